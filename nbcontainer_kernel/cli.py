@@ -1,0 +1,222 @@
+"""`nbcontainer` (also `jupyter nbcontainer`): images, kernelspecs and the orphan sweep.
+
+The commands only parse arguments and call the library; every library error
+is printed as one clear message with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import InvalidOption, NbcontainerError
+
+__all__ = ["main"]
+
+
+class _BuildPrinter:
+    """Live build output: a step bar for `Step N/M` lines, the rest indented."""
+
+    _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.width = min(30, max(10, shutil.get_terminal_size((80, 20)).columns - 60))
+
+    def __call__(self, line: str) -> None:
+        m = self._STEP.match(line)
+        if m:
+            n, total, what = int(m.group(1)), int(m.group(2)), m.group(3)
+            filled = int(self.width * n / total)
+            bar = "#" * filled + "-" * (self.width - filled)
+            print(f"[{bar}] step {n}/{total}: {what[:70]}", file=self.stream, flush=True)
+        else:
+            print(f"    {line}", file=self.stream, flush=True)
+
+
+def _engine():
+    from .engine import Engine
+
+    return Engine.connect()
+
+
+# ------------------------------------------------------------------ image
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from .images import build_kernel_image
+
+    reqs = list(args.pip or [])
+    if args.requirements:
+        with open(args.requirements) as fh:
+            reqs += [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    result = build_kernel_image(_engine(), args.base, args.tag, python=args.python,
+                                requirements=reqs, force=args.force, pull_policy=args.pull,
+                                on_line=_BuildPrinter())
+    verb = "built" if result.built else "up to date:"
+    print(f"{verb} {result.tag} ({result.image_id[7:19]}, {result.target.describe()})")
+    return 0
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from . import images as I
+
+    rows = []
+    for img in I.list_kernel_images(_engine()):
+        labels = img.labels or {}
+        for tag in img.tags or ["<none>"]:
+            rows.append((tag, img.short_id[7:], labels.get(I.LABEL_BASE, "?"),
+                         labels.get(I.LABEL_PYTHON, "?"), labels.get(I.LABEL_IPYKERNEL, "?"),
+                         labels.get("org.opencontainers.image.created", "?"),
+                         f"{img.attrs.get('Size', 0) / 1e6:.0f} MB"))
+    _table(("TAG", "ID", "BASE", "PYTHON", "IPYKERNEL", "CREATED", "SIZE"), rows)
+    return 0
+
+
+# ------------------------------------------------------------- kernelspec
+def _kv(values: Sequence[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        if "=" not in item:
+            raise InvalidOption(what, item, "expected NAME=VALUE")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def cmd_kernelspec_install(args: argparse.Namespace) -> int:
+    from . import kernelspec
+
+    single_user = not (args.sys_prefix or args.prefix)
+    options: dict[str, Any] = {}
+    for name in ("cpus", "memory", "gpus", "shm_size", "network_mode", "user", "pull_policy",
+                 "transport_encryption"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    if args.mount:
+        options["mounts"] = args.mount
+    if args.no_mount_cwd:
+        options["mount_cwd"] = False
+    if args.env_allow:
+        from .options import DEFAULT_ENV_ALLOWLIST
+
+        options["env_allowlist"] = DEFAULT_ENV_ALLOWLIST + args.env_allow
+    # The socket is root on the host: on by default only for a single user's own kernelspec.
+    options["docker_socket"] = single_user if args.docker_socket is None else args.docker_socket
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    path = kernelspec.install(args.image, args.name, args.display_name, options=options,
+                              env=_kv(args.env, "env"), user=single_user, prefix=prefix,
+                              check_image=not args.no_check_image)
+    print(f"installed kernelspec {args.name} in {path}")
+    if options["docker_socket"]:
+        print("note: the kernel can use the Docker socket (root-equivalent on this host); "
+              "--no-docker-socket turns that off", file=sys.stderr)
+    return 0
+
+
+def cmd_kernelspec_list(args: argparse.Namespace) -> int:
+    from . import kernelspec
+
+    _table(("NAME", "DISPLAY NAME", "IMAGE", "DIRECTORY"),
+           [(s.name, s.display_name, s.image, s.resource_dir) for s in kernelspec.list_specs()])
+    return 0
+
+
+def cmd_kernelspec_remove(args: argparse.Namespace) -> int:
+    from . import kernelspec
+
+    for name in args.names:
+        print(f"removed {kernelspec.remove(name)}")
+    return 0
+
+
+# --------------------------------------------------------------------- gc
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .gc import sweep
+
+    orphans = sweep(_engine(), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for o in orphans:
+        print(f"{verb} {o.role} container {o.name} ({o.status}; owner {o.owner} is gone)")
+    print(f"{verb} {len(orphans)} orphaned container(s)")
+    return 0
+
+
+def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nbcontainer", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    image = sub.add_parser("image", help="kernel images").add_subparsers(dest="sub", required=True)
+    b = image.add_parser("build", help="build a kernel image FROM any base with Python 3")
+    b.add_argument("--base", required=True, help="base image (a user's image, python:3.x-slim, a local one)")
+    b.add_argument("--tag", required=True, help="tag of the kernel image")
+    b.add_argument("--python", default="python3", help="the base's Python command (default: python3)")
+    b.add_argument("--pip", action="append", metavar="REQ", help="an extra requirement (repeatable)")
+    b.add_argument("--requirements", "-r", metavar="FILE", help="a requirements file to add")
+    b.add_argument("--pull", default="missing", choices=["missing", "always", "never"],
+                   help="when to pull the base (default: missing)")
+    b.add_argument("--force", action="store_true", help="build even when the image is up to date")
+    b.set_defaults(func=cmd_image_build)
+    image.add_parser("list", help="list the kernel images nbcontainer built").set_defaults(func=cmd_image_list)
+
+    ks = sub.add_parser("kernelspec", help="kernelspecs").add_subparsers(dest="sub", required=True)
+    i = ks.add_parser("install", help="install a kernelspec that runs kernels in IMAGE")
+    i.add_argument("--image", required=True)
+    i.add_argument("--name", required=True, help="kernelspec name (letters, digits, . _ -)")
+    i.add_argument("--display-name", help="name shown in the launcher")
+    i.add_argument("--cpus", type=float, help="CPU limit in cores")
+    i.add_argument("--memory", help="memory limit, e.g. 4g (no swap on top)")
+    i.add_argument("--shm-size", help="size of /dev/shm, e.g. 1g")
+    i.add_argument("--gpus", help="'all', a count, or 'device=0,1'")
+    i.add_argument("--mount", action="append", metavar="SRC:DST[:ro]", help="extra bind mount (repeatable)")
+    i.add_argument("--network", dest="network_mode", help="Docker network mode or network name")
+    i.add_argument("--user", help="'host' (default: your uid:gid), 'image', or UID[:GID]")
+    i.add_argument("--no-mount-cwd", action="store_true", help="do not mount the notebook's directory")
+    sock = i.add_mutually_exclusive_group()
+    sock.add_argument("--docker-socket", dest="docker_socket", action="store_true", default=None,
+                      help="mount the Docker socket (root-equivalent; default for a user install)")
+    sock.add_argument("--no-docker-socket", dest="docker_socket", action="store_false")
+    i.add_argument("--env", action="append", metavar="NAME=VALUE", help="kernel env var (repeatable)")
+    i.add_argument("--env-allow", action="append", metavar="NAME",
+                   help="pass this server env var through too (repeatable)")
+    i.add_argument("--pull", dest="pull_policy", choices=["missing", "always", "never"])
+    i.add_argument("--transport-encryption", choices=["auto", "disabled", "required"])
+    where = i.add_mutually_exclusive_group()
+    where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (shared)")
+    where.add_argument("--prefix", help="install under this prefix (shared)")
+    i.add_argument("--no-check-image", action="store_true", help="do not require the image to exist now")
+    i.set_defaults(func=cmd_kernelspec_install)
+    ks.add_parser("list", help="list nbcontainer kernelspecs").set_defaults(func=cmd_kernelspec_list)
+    r = ks.add_parser("remove", help="remove nbcontainer kernelspecs")
+    r.add_argument("names", nargs="+")
+    r.set_defaults(func=cmd_kernelspec_remove)
+
+    g = sub.add_parser("gc", help="remove containers whose owning process is gone")
+    g.add_argument("--dry-run", action="store_true", help="only list them")
+    g.set_defaults(func=cmd_gc)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NbcontainerError as exc:
+        print(f"nbcontainer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nbcontainer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The one place that talks to the Docker daemon (through docker-py).
+
+Everything else in the package calls :class:`Engine`; docker-py's and
+requests' exceptions are translated here, once, into
+:mod:`nbcontainer_kernel.errors`, so callers see messages that say what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.models.images import Image
+
+from .errors import DaemonNotAvailable, EngineError, ImageNotFound, NbcontainerError
+
+__all__ = ["Engine", "get_engine", "translate_errors", "make_tar"]
+
+DEFAULT_TIMEOUT = 120
+
+
+def _daemon_address() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+@contextlib.contextmanager
+def translate_errors(operation: str, image: str | None = None) -> Iterator[None]:
+    """Map docker-py / transport errors raised inside the block to NbcontainerError."""
+    try:
+        yield
+    except NbcontainerError:
+        raise
+    except docker.errors.ImageNotFound as exc:
+        raise ImageNotFound(image or "?", _explain(exc)) from exc
+    except docker.errors.NotFound as exc:
+        if image is not None and "image" in _explain(exc).lower():
+            raise ImageNotFound(image, _explain(exc)) from exc
+        raise EngineError(operation, _explain(exc)) from exc
+    except docker.errors.APIError as exc:
+        raise EngineError(operation, _explain(exc)) from exc
+    except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as exc:
+        raise DaemonNotAvailable(_daemon_address(), type(exc).__name__) from exc
+    except docker.errors.DockerException as exc:
+        if "Error while fetching server API version" in str(exc) or "Connection" in str(exc):
+            raise DaemonNotAvailable(_daemon_address(), str(exc).split(":")[0]) from exc
+        raise EngineError(operation, str(exc)) from exc
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+class Engine:
+    """A connected Docker daemon: the thin layer the rest of the package uses."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.api = client.api
+
+    @classmethod
+    def connect(cls, timeout: int = DEFAULT_TIMEOUT) -> "Engine":
+        """Connect to the daemon named by the environment (DOCKER_HOST etc.) and ping it."""
+        with translate_errors("connect"):
+            client = docker.from_env(timeout=timeout)
+            client.ping()
+        return cls(client)
+
+    # ----------------------------------------------------------------- images
+    def get_image(self, ref: str) -> Image:
+        with translate_errors(f"inspect image {ref}", image=ref):
+            return self.client.images.get(ref)
+
+    def has_image(self, ref: str) -> bool:
+        try:
+            self.get_image(ref)
+            return True
+        except ImageNotFound:
+            return False
+
+    def pull(self, ref: str, on_line: Callable[[str], None] | None = None) -> Image:
+        """Pull an image, reporting layer progress lines; ImageNotFound when it cannot."""
+        repo, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
+        try:
+            with translate_errors(f"pull {ref}", image=ref):
+                for event in self.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                    if on_line and "status" in event:
+                        on_line(f"{event.get('id', '')} {event['status']} {event.get('progress', '')}".strip())
+                    if "error" in event:
+                        raise ImageNotFound(ref, event["error"])
+        except EngineError as exc:
+            raise ImageNotFound(ref, exc.reason) from exc
+        return self.get_image(ref)
+
+    def ensure_image(self, ref: str, policy: str = "missing",
+                     on_line: Callable[[str], None] | None = None) -> Image:
+        """Return the image, pulling it first when the policy says so.
+
+        policy: "missing" pulls only when absent, "always" pulls every time
+        (falling back to a local copy), "never" only looks locally.
+        """
+        if policy == "always":
+            try:
+                return self.pull(ref, on_line)
+            except ImageNotFound:
+                return self.get_image(ref)
+        try:
+            return self.get_image(ref)
+        except ImageNotFound:
+            if policy == "never":
+                raise
+            return self.pull(ref, on_line)
+
+    def images(self, labels: dict[str, str] | Iterable[str]) -> list[Image]:
+        with translate_errors("list images"):
+            return self.client.images.list(filters={"label": _label_filters(labels)})
+
+    def remove_image(self, ref: str, force: bool = False) -> None:
+        with translate_errors(f"remove image {ref}", image=ref):
+            try:
+                self.client.images.remove(ref, force=force, noprune=False)
+            except docker.errors.ImageNotFound:
+                pass
+
+    def remove_unused_image(self, image_id: str) -> bool:
+        """Remove an untagged image nothing uses; False when it is kept."""
+        try:
+            img = self.client.images.get(image_id)
+            if img.tags:
+                return False
+            self.client.images.remove(image_id, noprune=False)
+            return True
+        except docker.errors.APIError:  # in use by a container, or already gone
+            return False
+
+    def build(self, context: io.BytesIO, tag: str, *, labels: dict[str, str] | None = None,
+              on_line: Callable[[str], None] | None = None,
+              buildargs: dict[str, str] | None = None) -> tuple[Image, list[str]]:
+        """Build from a tar build context; streams each output line to on_line.
+
+        Returns the image and the whole log. Raises ImageBuildError (with the
+        log's tail) when a step fails.
+        """
+        from .errors import ImageBuildError
+
+        log: list[str] = []
+        image_id = None
+        with translate_errors(f"build {tag}"):
+            stream = self.api.build(
+                fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
+                decode=True, labels=labels, buildargs=buildargs,
+            )
+            for chunk in stream:
+                if "stream" in chunk:
+                    for line in chunk["stream"].splitlines():
+                        if line.strip():
+                            log.append(line)
+                            if on_line:
+                                on_line(line)
+                if "aux" in chunk and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+                if "error" in chunk:
+                    raise ImageBuildError(tag, chunk["error"].strip(), log)
+        if image_id is None:
+            raise ImageBuildError(tag, "the daemon reported no image id", log)
+        return self.get_image(tag), log
+
+    # ------------------------------------------------------------- containers
+    def create_container(self, image: str, **kwargs: Any) -> Container:
+        with translate_errors(f"create a container from {image}", image=image):
+            return self.client.containers.create(image, **kwargs)
+
+    def container(self, ident: str) -> Container | None:
+        """The container, or None when it no longer exists."""
+        try:
+            with translate_errors(f"inspect container {ident}"):
+                return self.client.containers.get(ident)
+        except EngineError:
+            return None
+
+    def inspect(self, ident: str) -> dict[str, Any] | None:
+        """Raw inspect data, or None when the container no longer exists."""
+        try:
+            return self.api.inspect_container(ident)
+        except docker.errors.NotFound:
+            return None
+        except (requests.exceptions.ConnectionError, ConnectionError) as exc:
+            raise DaemonNotAvailable(_daemon_address(), type(exc).__name__) from exc
+
+    def containers(self, labels: dict[str, str] | Iterable[str], all: bool = True) -> list[Container]:
+        with translate_errors("list containers"):
+            return self.client.containers.list(all=all, filters={"label": _label_filters(labels)})
+
+    def start(self, container: Container) -> None:
+        with translate_errors(f"start container {container.name}"):
+            container.start()
+
+    def signal(self, ident: str, signum: int | str) -> bool:
+        """Send a signal; False when the container is gone or not running."""
+        try:
+            self.api.kill(ident, signal=signum)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running
+                return False
+            raise EngineError(f"signal container {ident}", _explain(exc)) from exc
+
+    def remove(self, ident: str) -> bool:
+        """Force-remove a container; idempotent (False when it was already gone)."""
+        try:
+            self.api.remove_container(ident, force=True, v=True)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and "already in progress" in _explain(exc):
+                return False
+            raise EngineError(f"remove container {ident}", _explain(exc)) from exc
+
+    def logs_tail(self, ident: str, lines: int = 20) -> list[str]:
+        try:
+            raw = self.api.logs(ident, stdout=True, stderr=True, tail=lines)
+        except docker.errors.APIError:
+            return []
+        return raw.decode("utf-8", "replace").splitlines()
+
+    def put_files(self, ident: str, dest: str, files: dict[str, bytes], *,
+                  uid: int = 0, gid: int = 0, mode: int = 0o600) -> None:
+        """Copy files into a (possibly not yet started) container through the API."""
+        with translate_errors(f"copy files into container {ident}"):
+            ok = self.api.put_archive(ident, dest, make_tar(files, uid=uid, gid=gid, mode=mode))
+        if not ok:
+            raise EngineError(f"copy files into container {ident}", f"{dest} does not exist in it")
+
+    def run_probe(self, image: str, command: list[str], labels: dict[str, str],
+                  timeout: float = 60) -> tuple[int, str]:
+        """Run a short command in a throwaway container; returns (exit code, output)."""
+        container = self.create_container(image, entrypoint=command[:1], command=command[1:],
+                                          labels=labels, network_disabled=True, detach=True)
+        try:
+            self.start(container)
+            with translate_errors(f"wait for a probe of {image}"):
+                result = container.wait(timeout=timeout)
+                out = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+            return int(result.get("StatusCode", 1)), out
+        finally:
+            self.remove(container.id)
+
+
+def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int = 0o644) -> bytes:
+    """A tar archive holding `files` (name -> content) owned by uid:gid."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            info.uid, info.gid = uid, gid
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _label_filters(labels: dict[str, str] | Iterable[str]) -> list[str]:
+    if isinstance(labels, dict):
+        return [f"{k}={v}" if v is not None else k for k, v in labels.items()]
+    return list(labels)
+
+
+_shared: Engine | None = None
+_shared_lock = threading.Lock()
+
+
+def get_engine() -> Engine:
+    """A process-wide connected Engine (connections are pooled by docker-py)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Engine.connect()
+        return _shared

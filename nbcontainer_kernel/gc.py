@@ -1,0 +1,96 @@
+"""Finding and removing containers whose owner is gone.
+
+Every container nbcontainer makes carries its owner's identity in labels
+(:mod:`nbcontainer_kernel.labels`). When a Jupyter server is killed with
+SIGKILL its kernels' containers keep running; the next provisioner start, or
+`nbcontainer gc`, removes them. A server that re-attaches to a kernel
+(`load_provisioner_info`) records itself as the container's adopter, so the
+container is not swept while the adopter lives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+from . import labels as L
+from .engine import Engine
+
+__all__ = ["Orphan", "find_orphans", "sweep", "adopt", "release"]
+
+log = logging.getLogger(__name__)
+
+
+def _adoption_dir() -> Path:
+    return Path(jupyter_runtime_dir()) / "nbcontainer" / "adopted"
+
+
+def adopt(container_id: str) -> None:
+    """Record this process as the owner of a container it did not create."""
+    d = _adoption_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    owner = L.Owner.current()
+    (d / f"{container_id}.json").write_text(json.dumps(owner.__dict__))
+
+
+def release(container_id: str) -> None:
+    try:
+        (_adoption_dir() / f"{container_id}.json").unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _adopter(container_id: str) -> L.Owner | None:
+    try:
+        data = json.loads((_adoption_dir() / f"{container_id}.json").read_text())
+        return L.Owner(**data)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Orphan:
+    container_id: str
+    name: str
+    role: str
+    owner: str
+    status: str
+
+
+def find_orphans(engine: Engine) -> list[Orphan]:
+    """Containers made on this host whose owner (and adopter, if any) is gone."""
+    orphans = []
+    for c in engine.containers([L.OWNER_PID]):
+        owner = L.Owner.from_labels(c.labels)
+        if owner is None or not owner.is_local() or owner.is_alive():
+            continue
+        adopter = _adopter(c.id)
+        if adopter is not None and adopter.is_alive():
+            continue
+        orphans.append(Orphan(c.id, c.name, c.labels.get(L.ROLE, "?"),
+                              f"pid {owner.pid} on {owner.host}", c.status))
+    return orphans
+
+
+def sweep(engine: Engine, dry_run: bool = False) -> list[Orphan]:
+    """Remove orphaned containers; returns what was (or, dry_run, would be) removed."""
+    orphans = find_orphans(engine)
+    for o in orphans:
+        if not dry_run:
+            engine.remove(o.container_id)
+            release(o.container_id)
+            log.info("removed orphaned %s container %s (%s)", o.role, o.name, o.owner)
+    # Adoption records of containers that no longer exist are litter too.
+    if not dry_run and _adoption_dir().is_dir():
+        for f in _adoption_dir().glob("*.json"):
+            if engine.inspect(f.stem) is None:
+                try:
+                    os.unlink(f)
+                except FileNotFoundError:
+                    pass
+    return orphans

@@ -1,0 +1,245 @@
+"""Kernel images: any base with Python 3, plus ipykernel and this package's runtime.
+
+A kernel image is built in two stages so that nothing a build copies in stays
+behind: the first stage installs the host-resolved wheels into a virtualenv
+at /opt/nbcontainer/venv (with the base's own site-packages visible, so a
+user's image keeps its packages), the second copies only that virtualenv onto
+the base. The build is skipped when an image with the same inputs digest
+already carries the tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from docker.models.images import Image
+
+from . import labels as L
+from .engine import Engine
+from .errors import EngineError, ImageNotUsable
+from .wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
+
+__all__ = [
+    "KernelImageFacts", "KernelImageResult", "build_kernel_image", "list_kernel_images",
+    "inspect_kernel_image", "probe_python", "RUNTIME_REQUIREMENTS", "VENV",
+]
+
+VENV = "/opt/nbcontainer/venv"
+# What the in-container side needs: the kernel, and the serializer of snapshots.
+RUNTIME_REQUIREMENTS = ["ipykernel", "cloudpickle"]
+
+LABEL_PYTHON = L.PREFIX + "python"
+LABEL_IPYKERNEL = L.PREFIX + "ipykernel"
+LABEL_CURVE = L.PREFIX + "curve"
+LABEL_INPUTS = L.PREFIX + "inputs"
+LABEL_BASE = L.PREFIX + "base"
+LABEL_BASE_ID = L.PREFIX + "base-id"
+
+
+@dataclass(frozen=True)
+class KernelImageFacts:
+    """What the provisioner needs to know about an image before running a kernel in it."""
+
+    python: str
+    ipykernel: str
+    curve: bool
+
+
+@dataclass(frozen=True)
+class KernelImageResult:
+    tag: str
+    image_id: str
+    built: bool  # False when an up-to-date image was already there
+    target: TargetPython
+
+
+def probe_python(engine: Engine, image: str, python: str = "python3") -> TargetPython:
+    """Ask an image's interpreter for its version and platform."""
+    labels = L.container_labels(L.ROLE_PROBE)
+    try:
+        code, out = engine.run_probe(image, [python, "-c", PROBE_SNIPPET], labels)
+    except EngineError as exc:
+        if "executable file not found" in exc.reason or "no such file" in exc.reason.lower():
+            raise ImageNotUsable(image, f"it has no `{python}` on its PATH",
+                                 "Use a base image with Python 3 (e.g. python:3.11-slim).") from exc
+        raise
+    if code != 0:
+        raise ImageNotUsable(image, f"`{python}` failed to start: {out.strip()[-300:]}",
+                             "Use a base image with a working Python 3.")
+    target = TargetPython.from_probe(out)
+    if target.version[0] != 3 or target.version[1] < 8:
+        raise ImageNotUsable(image, f"its Python is {target.minor}",
+                             "Kernel images need Python 3.8 or newer.")
+    return target
+
+
+_facts_cache: dict[str, KernelImageFacts] = {}
+
+_KERNEL_PROBE = (
+    "import json,sys,ipykernel,ipykernel.kernelapp as k;"
+    "print(json.dumps({'python':'%d.%d.%d'%sys.version_info[:3],'ipykernel':ipykernel.__version__,"
+    "'curve':hasattr(k.IPKernelApp,'curve_publickey')}))"
+)
+
+
+def inspect_kernel_image(engine: Engine, image: str, python: str = "python3") -> KernelImageFacts:
+    """Facts about an image's kernel: from its labels when nbcontainer built it, else a probe.
+
+    A probe runs once per image id and process. Raises ImageNotUsable when the
+    image has no Python or no ipykernel.
+    """
+    img = engine.get_image(image)
+    labels = img.labels or {}
+    if labels.get(L.ROLE) == L.ROLE_KERNEL_IMAGE and LABEL_IPYKERNEL in labels:
+        return KernelImageFacts(labels.get(LABEL_PYTHON, "?"), labels[LABEL_IPYKERNEL],
+                                labels.get(LABEL_CURVE) == "true")
+    if img.id in _facts_cache:
+        return _facts_cache[img.id]
+    hint = (f"Build a kernel image from it: `nbcontainer image build --base {image} "
+            f"--tag {image.split(':')[0]}-kernel`.")
+    try:
+        code, out = engine.run_probe(image, [python, "-c", _KERNEL_PROBE],
+                                     L.container_labels(L.ROLE_PROBE))
+    except EngineError as exc:
+        if "executable file not found" in exc.reason or "no such file" in exc.reason.lower():
+            raise ImageNotUsable(image, f"it has no `{python}` on its PATH", hint) from exc
+        raise
+    if code != 0:
+        reason = ("ipykernel is not installed in it" if "No module named" in out
+                  else f"its Python cannot import ipykernel: {out.strip()[-300:]}")
+        raise ImageNotUsable(image, reason, hint)
+    data = json.loads(out.strip().splitlines()[-1])
+    facts = KernelImageFacts(data["python"], data["ipykernel"], bool(data["curve"]))
+    _facts_cache[img.id] = facts
+    return facts
+
+
+def _wheel_supports_curve(wheels: list[Path]) -> tuple[str, bool]:
+    """(ipykernel version, whether its kernelapp reads CurveZMQ keys) from its wheel."""
+    for w in wheels:
+        if w.name.lower().startswith("ipykernel-"):
+            with zipfile.ZipFile(w) as zf:
+                src = zf.read("ipykernel/kernelapp.py").decode("utf-8", "replace")
+            return w.name.split("-")[1], "curve_publickey" in src
+    return "?", False
+
+
+_DOCKERFILE = """\
+# syntax: the classic builder's; made by nbcontainer image build
+FROM {base} AS deps
+COPY wheels/deps /tmp/nbcontainer-wheels
+RUN {python} -m venv --without-pip --system-site-packages {venv} \\
+ && {venv}/bin/python /tmp/nbcontainer-wheels/{pip_wheel}/pip install --no-index --no-cache-dir -q \\
+      --disable-pip-version-check --find-links /tmp/nbcontainer-wheels {requirements} \\
+ && chmod -R a+rX /opt/nbcontainer
+
+FROM {base}
+COPY --from=deps /opt/nbcontainer /opt/nbcontainer
+COPY wheels/self /tmp/nbcontainer-self
+RUN {venv}/bin/python -m pip install --no-index --no-deps --no-cache-dir \\
+      --disable-pip-version-check /tmp/nbcontainer-self/*.whl \\
+ && rm -rf /tmp/nbcontainer-self && chmod -R a+rX /opt/nbcontainer
+ENV PATH={venv}/bin:$PATH PYTHONUNBUFFERED=1
+LABEL {labels}
+"""
+
+
+def build_kernel_image(
+    engine: Engine,
+    base: str,
+    tag: str,
+    *,
+    python: str = "python3",
+    requirements: list[str] | None = None,
+    force: bool = False,
+    pull_policy: str = "missing",
+    on_line: Callable[[str], None] | None = None,
+) -> KernelImageResult:
+    """Build a kernel image FROM `base`, tagged `tag`.
+
+    Wheels for ipykernel, this package's runtime and `requirements` are
+    resolved on the host for the base's Python and platform, then copied
+    into the build context: the build itself needs no network.
+    """
+    say = on_line or (lambda _line: None)
+    say(f"base image {base}")
+    base_img = engine.ensure_image(base, pull_policy, say)
+    target = probe_python(engine, base, python)
+    say(f"base has {target.describe()}")
+    reqs = pinned(RUNTIME_REQUIREMENTS + ["pip"]) + list(requirements or [])
+
+    with tempfile.TemporaryDirectory(prefix="nbcontainer-build-") as tmp:
+        ctx = Path(tmp)
+        deps = resolve_wheels(reqs, target, ctx / "wheels" / "deps", say)
+        self_wheel = build_self_wheel(ctx / "wheels" / "self")
+        pip_wheel = next((w.name for w in deps if w.name.lower().startswith("pip-")), None)
+        if pip_wheel is None:  # pragma: no cover - pip is always among the requirements
+            raise ImageNotUsable(base, "no pip wheel could be resolved", "Check the package index.")
+        ipykernel_version, curve = _wheel_supports_curve(deps)
+        install = " ".join(f"'{r}'" for r in reqs)
+        from . import __version__
+
+        labels = {
+            L.ROLE: L.ROLE_KERNEL_IMAGE,
+            L.VERSION: __version__,
+            LABEL_PYTHON: ".".join(map(str, target.version)),
+            LABEL_IPYKERNEL: ipykernel_version,
+            LABEL_CURVE: "true" if curve else "false",
+            LABEL_BASE: base,
+            LABEL_BASE_ID: base_img.id,
+            L.OCI_TITLE: f"nbcontainer kernel image ({tag})",
+            L.OCI_SOURCE: L.SOURCE_URL,
+            L.OCI_VERSION: __version__,
+            L.OCI_BASE_NAME: base,
+        }
+        recipe = _DOCKERFILE.format(base=base_img.id, python=python, venv=VENV,
+                                    pip_wheel=pip_wheel, requirements=install,
+                                    labels=_label_line(labels))
+        # The inputs digest: everything that decides the image's content, nothing
+        # that changes with every build (the creation time).
+        digest = hashlib.sha256()
+        digest.update(recipe.encode())
+        for w in sorted(deps) + [self_wheel]:
+            digest.update(w.name.encode())
+            digest.update(hashlib.sha256(w.read_bytes()).digest())
+        inputs = digest.hexdigest()[:32]
+
+        previous = engine.get_image(tag) if engine.has_image(tag) else None
+        if not force and previous is not None:
+            existing = previous
+            if (existing.labels or {}).get(LABEL_INPUTS) == inputs:
+                say(f"{tag} is up to date ({existing.short_id})")
+                return KernelImageResult(tag, existing.id, False, target)
+
+        # Last, so that only this cheap step misses Docker's cache on a rebuild.
+        dockerfile = recipe + f"LABEL {_label_line({LABEL_INPUTS: inputs, L.OCI_CREATED: L.now_iso()})}\n"
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            data = dockerfile.encode()
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            tar.add(ctx / "wheels", arcname="wheels")
+        context.seek(0)
+        image, _log = engine.build(context, tag, on_line=say)
+    if previous is not None and previous.id != image.id:
+        # The tag moved: drop the image it left behind unless something still uses it.
+        engine.remove_unused_image(previous.id)
+    return KernelImageResult(tag, image.id, True, target)
+
+
+def _label_line(labels: dict[str, str]) -> str:
+    # One LABEL instruction: one layer-less step instead of one per label.
+    return " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))
+
+
+def list_kernel_images(engine: Engine) -> list[Image]:
+    return engine.images({L.ROLE: L.ROLE_KERNEL_IMAGE})

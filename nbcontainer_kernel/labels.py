@@ -1,0 +1,107 @@
+"""Label names put on every container and image nbcontainer makes, and the
+owner identity that lets a sweep tell a live kernel from an orphan.
+
+An owner is a process on a host. A pid alone can be reused after the process
+dies, so the identity also holds the process's start time.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import psutil
+
+PREFIX = "io.nbcontainer."
+ROLE = PREFIX + "role"
+KERNEL_ID = PREFIX + "kernel-id"
+OWNER_HOST = PREFIX + "owner-host"
+OWNER_PID = PREFIX + "owner-pid"
+OWNER_STARTED = PREFIX + "owner-started"
+OWNER_USER = PREFIX + "owner-user"
+CREATED = PREFIX + "created"
+VERSION = PREFIX + "version"
+
+# Roles (values of ROLE).
+ROLE_KERNEL = "kernel"
+ROLE_KERNEL_IMAGE = "kernel-image"
+ROLE_PROBE = "probe"
+
+OCI_CREATED = "org.opencontainers.image.created"
+OCI_TITLE = "org.opencontainers.image.title"
+OCI_SOURCE = "org.opencontainers.image.source"
+OCI_VERSION = "org.opencontainers.image.version"
+OCI_BASE_NAME = "org.opencontainers.image.base.name"
+
+SOURCE_URL = "https://github.com/nbcontainer/nbcontainer-kernel"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A process that owns containers: host name, pid and process start time."""
+
+    host: str
+    pid: int
+    started: str
+
+    @classmethod
+    def current(cls) -> "Owner":
+        return cls(socket.gethostname(), os.getpid(), _start_time(os.getpid()))
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> "Owner | None":
+        try:
+            return cls(labels[OWNER_HOST], int(labels[OWNER_PID]), labels.get(OWNER_STARTED, ""))
+        except (KeyError, ValueError):
+            return None
+
+    def labels(self) -> dict[str, str]:
+        return {
+            OWNER_HOST: self.host,
+            OWNER_PID: str(self.pid),
+            OWNER_STARTED: self.started,
+            OWNER_USER: _user(),
+        }
+
+    def is_local(self) -> bool:
+        return self.host == socket.gethostname()
+
+    def is_alive(self) -> bool:
+        """True when this owner's process still runs (only answerable on its own host)."""
+        if not self.is_local():
+            return True  # cannot tell from here: never treat another host's kernels as orphans
+        try:
+            return _start_time(self.pid) == self.started or not self.started
+        except psutil.NoSuchProcess:
+            return False
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.AccessDenied:
+        return ""
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (e.g. an arbitrary uid in a container)
+        return str(os.getuid())
+
+
+def container_labels(role: str, **extra: str) -> dict[str, str]:
+    """Labels for a container this process makes (owner, role, created, version)."""
+    from . import __version__
+
+    labels = {ROLE: role, CREATED: now_iso(), VERSION: __version__}
+    labels.update(Owner.current().labels())
+    labels.update({PREFIX + k.replace("_", "-"): v for k, v in extra.items()})
+    return labels

@@ -1,0 +1,163 @@
+"""Container options shared by the provisioner and `nbcontainer kernelspec install`.
+
+They are traitlets so that a kernelspec's `metadata.kernel_provisioner.config`
+is applied (and type-checked) by jupyter_client's provisioner factory, and so
+that `--help-all`-style tooling sees their help text. :func:`validate_options`
+adds the checks a type cannot express, and is what `kernelspec install` calls
+so that a bad value is refused at install, not at the first kernel start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from traitlets import Bool, CaselessStrEnum, Float, HasTraits, Int, List, TraitError, Unicode
+
+from .errors import InvalidOption
+
+__all__ = ["ContainerOptions", "validate_options", "parse_bytes", "parse_gpus", "parse_mount"]
+
+DEFAULT_ENV_ALLOWLIST = ["LANG", "LC_ALL", "LC_CTYPE", "TZ", "JPY_SESSION_NAME", "PYTHONUNBUFFERED"]
+
+
+class ContainerOptions(HasTraits):
+    """How a kernel's container is made. Each trait is a kernelspec provisioner option."""
+
+    image = Unicode("", help="Image the kernel runs in (a kernel image from `nbcontainer image build`, "
+                    "or any image with Python 3 and ipykernel).").tag(config=True)
+    pull_policy = CaselessStrEnum(["missing", "always", "never"], default_value="missing",
+                                  help="When to pull the image: only when it is missing, before every "
+                                  "start, or never.").tag(config=True)
+    cpus = Float(None, allow_none=True, help="CPU limit in cores (e.g. 1.5); none by default.").tag(config=True)
+    memory = Unicode(None, allow_none=True, help="Memory limit, e.g. '512m' or '4g'; swap is not "
+                     "added on top. A kernel that exceeds it is killed and reported as OOMKilled.").tag(config=True)
+    shm_size = Unicode(None, allow_none=True, help="Size of /dev/shm, e.g. '1g' (data loaders need "
+                       "more than Docker's 64m).").tag(config=True)
+    gpus = Unicode(None, allow_none=True, help="GPUs to give the kernel: 'all', a count ('2') or "
+                   "device ids ('device=0,1'). Needs the NVIDIA container toolkit.").tag(config=True)
+    mounts = List(Unicode(), help="Extra bind mounts as 'HOST_PATH:CONTAINER_PATH[:ro|rw]'.").tag(config=True)
+    network_mode = Unicode(None, allow_none=True, help="Docker network mode or network name "
+                           "(default: the bridge). 'host' shares the host's network; the kernel "
+                           "then listens on 127.0.0.1 only.").tag(config=True)
+    user = Unicode("host", help="User the kernel runs as: 'host' (the host user's uid:gid, so files "
+                   "written to mounts are the user's, not root's), 'image' (the image's USER), "
+                   "or an explicit 'UID[:GID]'.").tag(config=True)
+    mount_cwd = Bool(True, help="Mount the notebook's working directory at the same path and start "
+                     "the kernel there.").tag(config=True)
+    docker_socket = Bool(False, help="Mount the Docker daemon's socket so that the kernel can run "
+                         "containers (needed by %%remote_run inside a containerized kernel). "
+                         "Whoever can use the socket is root on the host: enable it only on a "
+                         "single-user machine.").tag(config=True)
+    env_allowlist = List(Unicode(), default_value=DEFAULT_ENV_ALLOWLIST,
+                         help="Names of the server's environment variables passed into the "
+                         "container (besides the kernelspec's own env). The server's whole "
+                         "environment is never passed.").tag(config=True)
+    init = Bool(True, help="Run an init process (docker --init) as PID 1, so signals reach the "
+                "kernel and zombies are reaped.").tag(config=True)
+    transport_encryption = CaselessStrEnum(
+        ["auto", "disabled", "required"], default_value="auto",
+        help="CurveZMQ encryption of the kernel's sockets: 'auto' uses it when pyzmq, jupyter_client "
+        "and the image's ipykernel all support it; 'required' refuses to start otherwise.",
+    ).tag(config=True)
+    startup_log_lines = Int(20, help="How many of the container's last log lines to report when the "
+                            "kernel dies.").tag(config=True)
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return sorted(cls.class_traits(config=True))
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_bytes(option: str, value: str) -> int:
+    """'512m' -> 536870912. Raises InvalidOption for anything else."""
+    m = _SIZE.match(str(value))
+    if not m:
+        raise InvalidOption(option, value, "expected a size such as '512m', '4g' or '1073741824'")
+    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if size < 6 * 1024**2:
+        raise InvalidOption(option, value, "Docker needs at least 6m")
+    return size
+
+
+def parse_gpus(value: str) -> tuple[int, list[str]]:
+    """'all' -> (-1, []), '2' -> (2, []), 'device=0,1' -> (0, ['0', '1'])."""
+    v = value.strip()
+    if v == "all":
+        return -1, []
+    if v.isdigit() and int(v) > 0:
+        return int(v), []
+    if v.startswith("device="):
+        ids = [d.strip() for d in v[len("device="):].split(",") if d.strip()]
+        if ids:
+            return 0, ids
+    raise InvalidOption("gpus", value, "expected 'all', a positive count, or 'device=ID[,ID...]'")
+
+
+def parse_mount(value: str) -> tuple[str, str, str]:
+    """'SRC:DST[:ro|rw]' -> (SRC, DST, mode); both paths absolute."""
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(parts[:2]):
+        raise InvalidOption("mounts", value, "expected 'HOST_PATH:CONTAINER_PATH[:ro|rw]'")
+    src, dst = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise InvalidOption("mounts", value, f"mode must be 'ro' or 'rw', not {mode!r}")
+    src = os.path.expanduser(src)
+    if not os.path.isabs(src) or not os.path.isabs(dst):
+        raise InvalidOption("mounts", value, "both paths must be absolute")
+    return src, dst, mode
+
+
+def parse_user(value: str) -> str | None:
+    """'host' -> 'uid:gid', 'image' -> None, 'UID[:GID]' unchanged."""
+    if value == "host":
+        return f"{os.getuid()}:{os.getgid()}"
+    if value == "image":
+        return None
+    if re.fullmatch(r"\d+(:\d+)?", value):
+        return value
+    raise InvalidOption("user", value, "expected 'host', 'image' or 'UID[:GID]'")
+
+
+def validate_options(config: dict[str, Any], *, check_paths: bool = True) -> dict[str, Any]:
+    """Check a provisioner config as a kernelspec would carry it; returns it normalised.
+
+    Raises InvalidOption naming the first bad option.
+    """
+    unknown = sorted(set(config) - set(ContainerOptions.option_names()))
+    if unknown:
+        raise InvalidOption(unknown[0], config[unknown[0]],
+                            f"unknown option; known options: {', '.join(ContainerOptions.option_names())}")
+    try:
+        opts = ContainerOptions(**config)
+    except TraitError as exc:
+        name = next((k for k in config if f"'{k}'" in str(exc)), "option")
+        raise InvalidOption(name, config.get(name), str(exc).splitlines()[0]) from exc
+    if not opts.image:
+        raise InvalidOption("image", opts.image, "an image is required")
+    if opts.cpus is not None and opts.cpus <= 0:
+        raise InvalidOption("cpus", opts.cpus, "must be a positive number of cores")
+    if opts.memory is not None:
+        parse_bytes("memory", opts.memory)
+    if opts.shm_size is not None:
+        parse_bytes("shm_size", opts.shm_size)
+    if opts.gpus is not None:
+        parse_gpus(opts.gpus)
+    for mount in opts.mounts:
+        src, _, _ = parse_mount(mount)
+        if check_paths and not os.path.exists(src):
+            raise InvalidOption("mounts", mount, f"{src} does not exist on this host")
+    if opts.network_mode == "none":
+        raise InvalidOption("network_mode", "none", "a kernel without a network cannot be reached")
+    parse_user(opts.user)
+    if opts.startup_log_lines < 0:
+        raise InvalidOption("startup_log_lines", opts.startup_log_lines, "must be >= 0")
+    bad_env = [n for n in opts.env_allowlist if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+    if bad_env:
+        raise InvalidOption("env_allowlist", bad_env[0], "not an environment variable name")
+    return {k: getattr(opts, k) for k in config}

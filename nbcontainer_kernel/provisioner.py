@@ -1,0 +1,427 @@
+"""DockerProvisioner: jupyter_client's kernel provisioner for kernels in Docker.
+
+jupyter_client's KernelManager drives a provisioner through a fixed sequence:
+``pre_launch`` -> ``launch_kernel`` -> ``post_launch`` when it starts a
+kernel, ``poll``/``wait``/``send_signal``/``kill``/``terminate`` while it
+lives, and ``cleanup`` when it is shut down or restarted. This one runs the
+kernel in one container per kernel: the kernel listens on fixed ports inside
+the container, Docker publishes them on 127.0.0.1 at ports it picks, and
+``launch_kernel`` returns those host ports, so jupyter_client rewrites the
+connection file with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal as signal_mod
+import stat
+from typing import Any
+
+import docker.errors
+import docker.types
+import zmq
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+
+from . import gc as gc_mod
+from . import labels as L
+from .engine import Engine, get_engine
+from .errors import EngineError, ImageNotUsable, InvalidOption, KernelDied
+from .images import KernelImageFacts, inspect_kernel_image
+from .options import ContainerOptions, parse_bytes, parse_gpus, parse_mount, parse_user
+
+__all__ = ["DockerProvisioner", "KERNEL_PORTS"]
+
+# Ports the kernel binds inside its container. Fixed, because each container
+# has its own network namespace; Docker maps them to free host ports.
+KERNEL_PORTS = {
+    "shell_port": 52700,
+    "iopub_port": 52701,
+    "stdin_port": 52702,
+    "control_port": 52703,
+    "hb_port": 52704,
+}
+CONNECTION_DIR = "/tmp"
+CONNECTION_NAME = "nbcontainer-kernel.json"
+
+# The first kernel start of a process sweeps orphans once.
+_swept = False
+
+
+class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignore[misc]
+    """Runs an IPython kernel in a Docker container (entry point ``nbcontainer-docker``)."""
+
+    container_id: str | None = None
+    container_name: str | None = None
+    exit_error: KernelDied | None = None
+    _host_ports: dict[str, int] | None = None
+    _shutdown_requested = False
+    _exit_reported = False
+    _facts: KernelImageFacts | None = None
+
+    # ------------------------------------------------------------ properties
+    @property
+    def has_process(self) -> bool:
+        """True once a container exists for this kernel (called by KernelManager)."""
+        return self.container_id is not None
+
+    @property
+    def engine(self) -> Engine:
+        return get_engine()
+
+    # ---------------------------------------------------------------- launch
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Called by KernelManager.pre_start_kernel, before the start timeout begins.
+
+        Sweeps orphans once per process, makes sure the image is present
+        (pulling per ``pull_policy``) and can run a kernel, and prepares the
+        connection key (and CurveZMQ keys). Returns the kwargs for launch_kernel.
+        """
+        global _swept
+        self._check_options()
+        if not _swept:
+            _swept = True
+            try:
+                removed = await asyncio.to_thread(gc_mod.sweep, self.engine)
+                if removed:
+                    self.log.warning("nbcontainer: removed %d orphaned container(s)", len(removed))
+            except EngineError as exc:  # a sweep must never stop a kernel from starting
+                self.log.warning("nbcontainer: orphan sweep failed: %s", exc)
+
+        self.log.info("nbcontainer: preparing image %s", self.image)
+        await asyncio.to_thread(self.engine.ensure_image, self.image, self.pull_policy,
+                                lambda line: self.log.info("pull %s", line))
+        self._facts = await asyncio.to_thread(inspect_kernel_image, self.engine, self.image,
+                                              self._python_command())
+        km = self.parent
+        self._setup_encryption(km, kwargs.pop("transport_encryption", None))
+        extra_arguments = kwargs.pop("extra_arguments", [])
+        cmd = [a.replace("{connection_file}", f"{CONNECTION_DIR}/{CONNECTION_NAME}")
+               for a in self.kernel_spec.argv] + list(extra_arguments)
+        self._shutdown_requested = False
+        self._exit_reported = False
+        self.exit_error = None
+        return await super().pre_launch(cmd=cmd, **kwargs)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Called by KernelManager to start the kernel: create, fill and start its container.
+
+        Returns the connection info with the host ports Docker published.
+        """
+        km = self.parent
+        key = km.session.key if km is not None else secrets.token_hex(32).encode()
+        scheme = km.session.signature_scheme if km is not None else "hmac-sha256"
+        host_network = self.network_mode == "host"
+        inner_ports = dict(KERNEL_PORTS)
+        if host_network:
+            # No port publishing on the host network: bind free loopback ports directly.
+            from jupyter_client.localinterfaces import localhost
+            from jupyter_client.provisioning.local_provisioner import LocalPortCache
+
+            lpc = LocalPortCache.instance()
+            inner_ports = {name: lpc.find_available_port(localhost()) for name in KERNEL_PORTS}
+        inner = {
+            **inner_ports,
+            "ip": "127.0.0.1" if host_network else "0.0.0.0",
+            "transport": "tcp",
+            "key": key.decode(),
+            "signature_scheme": scheme,
+            "kernel_name": self.kernel_spec.display_name if self.kernel_spec else "",
+        }
+        curve = self._curve_keys(km)
+        if curve:
+            inner.update(curve)
+
+        create_kwargs = self._container_kwargs(cmd, kwargs, inner_ports, host_network)
+        await asyncio.to_thread(self._create_and_start, create_kwargs, inner)
+
+        info = await asyncio.to_thread(self.engine.inspect, self.container_id)
+        if host_network:
+            self._host_ports = dict(inner_ports)
+        else:
+            self._host_ports = self._published_ports(info or {})
+        self.connection_info = {
+            **self._host_ports,
+            "ip": "127.0.0.1",
+            "transport": "tcp",
+            "key": key,
+            "signature_scheme": scheme,
+        }
+        if curve:
+            self.connection_info.update(curve)
+        self.log.info("nbcontainer: kernel %s in container %s (%s), ports %s", self.kernel_id,
+                      self.container_name, self.image, self._host_ports)
+        return self.connection_info
+
+    def _create_and_start(self, create_kwargs: dict[str, Any], inner: dict[str, Any]) -> None:
+        engine = self.engine
+        container = engine.create_container(self.image, **create_kwargs)
+        self.container_id, self.container_name = container.id, container.name
+        uid, gid = _uid_gid(create_kwargs.get("user"))
+        engine.put_files(container.id, CONNECTION_DIR,
+                         {CONNECTION_NAME: json.dumps(inner).encode()}, uid=uid, gid=gid, mode=0o600)
+        try:
+            engine.start(container)
+        except EngineError as exc:
+            if "port" in exc.reason and create_kwargs.get("ports"):
+                # The host ports a restart tried to keep are taken: take fresh ones.
+                engine.remove(container.id)
+                create_kwargs["ports"] = {p: ("127.0.0.1",) for p in create_kwargs["ports"]}
+                container = engine.create_container(self.image, **create_kwargs)
+                self.container_id, self.container_name = container.id, container.name
+                engine.put_files(container.id, CONNECTION_DIR,
+                                 {CONNECTION_NAME: json.dumps(inner).encode()},
+                                 uid=uid, gid=gid, mode=0o600)
+                engine.start(container)
+            else:
+                engine.remove(container.id)
+                self.container_id = None
+                raise
+
+    def _container_kwargs(self, cmd: list[str], kwargs: dict[str, Any],
+                          inner_ports: dict[str, int], host_network: bool) -> dict[str, Any]:
+        cwd = kwargs.get("cwd") or os.getcwd()
+        user = parse_user(self.user)
+        env = self._container_env(kwargs.get("env") or {}, user)
+        mounts: list[docker.types.Mount] = []
+        if self.mount_cwd:
+            mounts.append(docker.types.Mount(target=str(cwd), source=str(cwd), type="bind"))
+        for spec in self.mounts:
+            src, dst, mode = parse_mount(spec)
+            mounts.append(docker.types.Mount(target=dst, source=src, type="bind", read_only=mode == "ro"))
+        group_add: list[str] = []
+        if self.docker_socket:
+            sock = _docker_socket_path()
+            mounts.append(docker.types.Mount(target="/var/run/docker.sock", source=sock, type="bind"))
+            env["DOCKER_HOST"] = "unix:///var/run/docker.sock"
+            group_add.append(str(os.stat(sock).st_gid))
+        kernel_id = self.kernel_id or ""
+        out: dict[str, Any] = {
+            "entrypoint": cmd[:1],
+            "command": cmd[1:],
+            "name": f"nbcontainer-kernel-{kernel_id[:8] or 'x'}-{secrets.token_hex(3)}",
+            "labels": L.container_labels(L.ROLE_KERNEL, kernel_id=kernel_id, image=self.image),
+            "environment": env,
+            "working_dir": str(cwd) if self.mount_cwd else None,
+            "mounts": mounts,
+            "user": user,
+            "init": self.init,
+            "detach": True,
+            "group_add": group_add or None,
+        }
+        if host_network:
+            out["network_mode"] = "host"
+        else:
+            if self.network_mode:
+                out["network"] = self.network_mode
+            # Keep the host ports of a previous container across a restart, so that
+            # clients connected before the restart keep working (as LocalProvisioner does).
+            previous = self._host_ports or {}
+            out["ports"] = {
+                f"{port}/tcp": ("127.0.0.1", previous[name]) if name in previous else ("127.0.0.1",)
+                for name, port in inner_ports.items()
+            }
+        if self.cpus:
+            out["nano_cpus"] = int(self.cpus * 1e9)
+        if self.memory:
+            out["mem_limit"] = parse_bytes("memory", self.memory)
+            out["memswap_limit"] = out["mem_limit"]  # no swap on top: the limit is the limit
+        if self.shm_size:
+            out["shm_size"] = parse_bytes("shm_size", self.shm_size)
+        if self.gpus:
+            count, ids = parse_gpus(self.gpus)
+            out["device_requests"] = [docker.types.DeviceRequest(
+                count=count if not ids else None, device_ids=ids or None, capabilities=[["gpu"]])]
+        return out
+
+    def _container_env(self, env: dict[str, str], user: str | None) -> dict[str, str]:
+        """The kernelspec's env plus the allow-list, never the server's whole environment."""
+        spec_env = dict(getattr(self.kernel_spec, "env", None) or {})
+        allowed = set(self.env_allowlist)
+        out = {k: v for k, v in env.items() if k in spec_env or k in allowed}
+        out.update({k: env.get(k, v) for k, v in spec_env.items()})
+        out["NBCONTAINER_KERNEL_ID"] = self.kernel_id or ""
+        out["NBCONTAINER_IMAGE"] = self.image
+        if user and not user.startswith("0"):
+            # An arbitrary uid has no home in the image; IPython needs a writable one.
+            out.setdefault("HOME", "/tmp")
+        return out
+
+    @staticmethod
+    def _published_ports(info: dict[str, Any]) -> dict[str, int]:
+        published = (info.get("NetworkSettings") or {}).get("Ports") or {}
+        ports = {}
+        for name, port in KERNEL_PORTS.items():
+            bindings = published.get(f"{port}/tcp") or []
+            host = next((b for b in bindings if b.get("HostIp") in ("127.0.0.1", "")), None)
+            if host is None:
+                raise EngineError("publish the kernel's ports", f"port {port} was not published")
+            ports[name] = int(host["HostPort"])
+        return ports
+
+    # ------------------------------------------------------------ encryption
+    def _setup_encryption(self, km: Any, requested: str | None) -> None:
+        policy = self.transport_encryption
+        supported = (
+            km is not None
+            and hasattr(km, "curve_publickey")
+            and zmq.has("curve")
+            and bool(self._facts and self._facts.curve)
+        )
+        if policy == "required" and not supported:
+            raise ImageNotUsable(
+                self.image, "CurveZMQ encryption is required but not supported end to end",
+                "Use pyzmq with libsodium, jupyter_client >= 8.7 and an image whose ipykernel "
+                "supports CurveZMQ (rebuild it with `nbcontainer image build`), or set "
+                "transport_encryption to 'auto'.")
+        if policy != "disabled" and supported and km.curve_publickey is None:
+            km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
+
+    @staticmethod
+    def _curve_keys(km: Any) -> dict[str, str]:
+        if km is None or getattr(km, "curve_publickey", None) is None:
+            return {}
+        return {"curve_publickey": km.curve_publickey.decode(),
+                "curve_secretkey": km.curve_secretkey.decode()}
+
+    # ----------------------------------------------------------------- state
+    async def poll(self) -> int | None:
+        """Called by KernelManager.is_alive: None while the container runs, else its exit code."""
+        if self.container_id is None:
+            return 0
+        info = await asyncio.to_thread(self.engine.inspect, self.container_id)
+        if info is None:
+            self._report_exit(None, {"ExitCode": None, "OOMKilled": False}, gone=True)
+            return 255
+        state = info.get("State") or {}
+        if state.get("Running") or state.get("Status") in ("created", "restarting"):
+            return None
+        self._report_exit(info, state)
+        return int(state.get("ExitCode") or 0)
+
+    def _report_exit(self, info: dict[str, Any] | None, state: dict[str, Any], gone: bool = False) -> None:
+        if self._exit_reported:
+            return
+        self._exit_reported = True
+        if self._shutdown_requested and not state.get("OOMKilled"):
+            return
+        tail = [] if gone else self.engine.logs_tail(self.container_id or "", self.startup_log_lines)
+        self.exit_error = KernelDied(self.container_name or "?", state.get("ExitCode"),
+                                     bool(state.get("OOMKilled")), tail)
+        if state.get("OOMKilled") and self.memory:
+            self.log.error("nbcontainer: %s (memory limit %s)", self.exit_error, self.memory)
+        else:
+            self.log.error("nbcontainer: %s", self.exit_error)
+
+    async def wait(self) -> int | None:
+        """Called by KernelManager after kill/terminate: wait for the container to stop."""
+        while True:
+            code = await self.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(0.05)
+
+    async def send_signal(self, signum: int) -> None:
+        """Deliver a signal through the Docker API (interrupts fall back to SIGINT here)."""
+        if self.container_id is None:
+            return
+        if signum == 0:
+            await self.poll()
+            return
+        await asyncio.to_thread(self.engine.signal, self.container_id, int(signum))
+
+    async def kill(self, restart: bool = False) -> None:
+        """Called by KernelManager when a kernel does not shut down in time: SIGKILL it."""
+        if self.container_id is not None:
+            self._shutdown_requested = True
+            await asyncio.to_thread(self.engine.signal, self.container_id, "SIGKILL")
+
+    async def terminate(self, restart: bool = False) -> None:
+        """Ask the container to stop (SIGTERM to its init, which forwards it)."""
+        if self.container_id is not None:
+            self._shutdown_requested = True
+            await asyncio.to_thread(self.engine.signal, self.container_id,
+                                    int(signal_mod.SIGTERM))
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """Called by KernelManager after it sent shutdown_request: an exit is expected now."""
+        self._shutdown_requested = True
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Called by KernelManager after shutdown (and before a restart): remove the container.
+
+        Idempotent: calling it again, or after the container is gone, does nothing.
+        """
+        cid, self.container_id = self.container_id, None
+        if cid is None:
+            return
+        try:
+            await asyncio.to_thread(self.engine.remove, cid)
+        finally:
+            gc_mod.release(cid)
+        if not restart:
+            self._host_ports = None
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 5.0)
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return recommended
+
+    # ----------------------------------------------------------- persistence
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        """Called by a server that persists kernels: what finds this container again."""
+        info = await super().get_provisioner_info()
+        info.update({
+            "container_id": self.container_id,
+            "container_name": self.container_name,
+            "image": self.image,
+            "host_ports": self._host_ports,
+        })
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        """Called by a restarted server: re-attach to the kernel's container and own it."""
+        await super().load_provisioner_info(provisioner_info)
+        self.container_id = provisioner_info.get("container_id")
+        self.container_name = provisioner_info.get("container_name")
+        self.image = provisioner_info.get("image") or self.image
+        self._host_ports = provisioner_info.get("host_ports")
+        if self.container_id:
+            gc_mod.adopt(self.container_id)
+
+    # --------------------------------------------------------------- helpers
+    def _python_command(self) -> str:
+        argv = list(getattr(self.kernel_spec, "argv", None) or ["python3"])
+        return argv[0]
+
+    def _check_options(self) -> None:
+        from .options import validate_options
+
+        config = {name: getattr(self, name) for name in ContainerOptions.option_names()}
+        try:
+            validate_options(config)
+        except InvalidOption as exc:
+            raise InvalidOption(exc.option, exc.value,
+                                f"{exc.reason} (kernelspec {getattr(self.kernel_spec, 'display_name', '?')!r})") from exc
+
+
+def _uid_gid(user: str | None) -> tuple[int, int]:
+    if not user:
+        return 0, 0
+    uid, _, gid = user.partition(":")
+    return int(uid), int(gid or uid)
+
+
+def _docker_socket_path() -> str:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        raise InvalidOption("docker_socket", True,
+                            f"DOCKER_HOST is {host}, not a local socket that can be mounted")
+    path = host[len("unix://"):]
+    if not os.path.exists(path) or not stat.S_ISSOCK(os.stat(path).st_mode):
+        raise InvalidOption("docker_socket", True, f"{path} is not a Docker socket")
+    return path

@@ -1,0 +1,195 @@
+"""Wheels for an image, resolved on the host so that no build needs a network.
+
+The host's pip resolves the requirements for the *image's* interpreter and
+platform (``pip download --python-version --platform --abi``), into a wheel
+cache under the user's cache directory; a later build with the same
+requirements resolves from that cache alone (offline). This package itself
+travels as a wheel made here from its own files, so it does not matter
+whether it is installed from a wheel, an sdist or in editable mode.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from .errors import WheelResolutionError
+
+__all__ = ["TargetPython", "PROBE_SNIPPET", "resolve_wheels", "build_self_wheel", "pinned", "cache_dir"]
+
+# Printed by the image's interpreter: what pip needs to pick wheels for it.
+PROBE_SNIPPET = (
+    "import json,platform,sys;"
+    "l=platform.libc_ver();"
+    "print(json.dumps({'version':list(sys.version_info[:3]),'machine':platform.machine(),"
+    "'libc':l[0],'libc_version':l[1],'implementation':sys.implementation.name}))"
+)
+
+
+@dataclass(frozen=True)
+class TargetPython:
+    """The interpreter and platform of an image, as pip needs them."""
+
+    version: tuple[int, int, int]
+    machine: str
+    libc: str
+    libc_version: str
+    implementation: str = "cpython"
+
+    @classmethod
+    def from_probe(cls, output: str) -> "TargetPython":
+        data = json.loads(output.strip().splitlines()[-1])
+        return cls(tuple(data["version"]), data["machine"], data["libc"], data["libc_version"],
+                   data.get("implementation", "cpython"))
+
+    @property
+    def minor(self) -> str:
+        return f"{self.version[0]}.{self.version[1]}"
+
+    @property
+    def abi(self) -> str:
+        return f"cp{self.version[0]}{self.version[1]}"
+
+    def platforms(self) -> list[str]:
+        m = self.machine
+        if self.libc == "glibc":
+            major, _, minor = self.libc_version.partition(".")
+            top = int(minor) if major == "2" and minor.isdigit() else 17
+            tags = [f"manylinux_2_{n}_{m}" for n in range(top, 16, -1)]
+            tags.append(f"manylinux2014_{m}")
+            if m in ("x86_64", "i686"):
+                tags += [f"manylinux2010_{m}", f"manylinux1_{m}"]
+            return tags
+        # No glibc reported: assume musl (Alpine).
+        return [f"musllinux_1_{n}_{m}" for n in (2, 1)]
+
+    def describe(self) -> str:
+        libc = f"{self.libc} {self.libc_version}" if self.libc else "musl"
+        return f"Python {'.'.join(map(str, self.version))} on {self.machine} ({libc})"
+
+    def cache_key(self) -> str:
+        return f"{self.abi}-{self.platforms()[0]}"
+
+
+def cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("nbcontainer")) / "wheels"
+
+
+def pinned(names: list[str]) -> list[str]:
+    """Pin each requirement to the host's installed version when there is one.
+
+    Kernel images then hold the same ipykernel/cloudpickle as the host, which
+    keeps pickles and protocol features (CurveZMQ) compatible.
+    """
+    out = []
+    for name in names:
+        if any(op in name for op in "=<>!~ @"):
+            out.append(name)
+            continue
+        try:
+            out.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def resolve_wheels(requirements: list[str], target: TargetPython, dest: Path,
+                   on_line: Callable[[str], None] | None = None) -> list[Path]:
+    """Download wheels for `requirements` (and their dependencies) for `target` into dest.
+
+    Tries the local wheel cache alone first (offline); only when that cannot
+    satisfy the requirements does pip ask the package index. New wheels are
+    added to the cache.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir() / target.cache_key()
+    cache.mkdir(parents=True, exist_ok=True)
+    base = [
+        sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+        "--only-binary=:all:", "--python-version", target.minor,
+        "--implementation", "cp" if target.implementation == "cpython" else "pp",
+        "--abi", target.abi, "--abi", "abi3", "--abi", "none",
+        *[arg for p in target.platforms() for arg in ("--platform", p)],
+        "-d", str(dest),
+    ]
+    offline = subprocess.run(base + ["--no-index", "--find-links", str(cache), *requirements],
+                             capture_output=True, text=True)
+    if offline.returncode != 0:
+        if on_line:
+            on_line(f"resolving {len(requirements)} requirement(s) for {target.describe()} from the package index")
+        online = subprocess.Popen(base + ["--find-links", str(cache), "--progress-bar", "off", *requirements],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = []
+        assert online.stdout is not None
+        for line in online.stdout:
+            output.append(line)
+            if on_line and line.startswith(("Collecting", "Saved", "Downloading")):
+                on_line(line.rstrip())
+        if online.wait() != 0:
+            raise WheelResolutionError(requirements, target.describe(), "".join(output))
+    elif on_line:
+        on_line(f"resolved {len(requirements)} requirement(s) from the wheel cache (offline)")
+    wheels = sorted(dest.glob("*.whl"))
+    for w in wheels:
+        if not (cache / w.name).exists():
+            shutil.copy2(w, cache / w.name)
+    return wheels
+
+
+# Console scripts that only make sense inside an image.
+IMAGE_ONLY_SCRIPTS: dict[str, str] = {}
+
+
+def build_self_wheel(dest: Path) -> Path:
+    """Make a wheel of this package from its own files (deterministic bytes).
+
+    Fixed timestamps and sorted entries make the wheel identical while the
+    code is unchanged, so Docker's layer cache holds across builds.
+    """
+    from . import __version__
+
+    pkg = Path(__file__).resolve().parent
+    name, dist = "nbcontainer_kernel", f"nbcontainer_kernel-{__version__}.dist-info"
+    files: dict[str, bytes] = {}
+    for path in sorted(pkg.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
+            files[f"{name}/{path.relative_to(pkg).as_posix()}"] = path.read_bytes()
+    scripts = {"nbcontainer": "nbcontainer_kernel.cli:main", **IMAGE_ONLY_SCRIPTS}
+    files[f"{dist}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: nbcontainer-kernel\nVersion: {__version__}\n"
+        "Summary: nbcontainer-kernel's in-container runtime\n").encode()
+    files[f"{dist}/WHEEL"] = (
+        "Wheel-Version: 1.0\nGenerator: nbcontainer-kernel\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    ).encode()
+    files[f"{dist}/entry_points.txt"] = ("[console_scripts]\n" + "".join(
+        f"{k} = {v}\n" for k, v in sorted(scripts.items()))).encode()
+    record = []
+    for fname, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{fname},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / f"nbcontainer_kernel-{__version__}-py3-none-any.whl"
+    with tempfile.NamedTemporaryFile(dir=dest, delete=False) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for fname, data in files.items():
+                info = zipfile.ZipInfo(fname, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, data)
+    Path(tmp.name).replace(out)
+    return out
