@@ -77,7 +77,7 @@ def install(image: str, name: str, display_name: str | None = None, *,
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
         return KernelSpecManager().install_kernel_spec(tmp, kernel_name=name, user=user,
-                                                       prefix=prefix, replace=True)
+                                                       prefix=prefix)
 
 
 def list_specs() -> list[InstalledSpec]:

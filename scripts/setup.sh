@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Everything the demo and the tests need on a fresh Debian machine:
+#   a Docker engine (started when none answers), an offline-made base image,
+#   the project's virtualenv (.venv) with the package installed editable,
+#   and the demo's kernel image.
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$here/lib.sh"
+cd "$here/.."
+
+"$here/docker-engine.sh"
+"$here/base-image.sh" "${NBCONTAINER_BASE_IMAGE:-nbcontainer/base:bookworm}"
+
+venv="${VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  apt_install python3-venv
+  log "creating the virtualenv $venv"
+  python3 -m venv "$venv"
+fi
+log "installing nbcontainer-kernel (editable, with test extras) into $venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+  | grep -v '^WARNING: Location' >&2 || true
+"$venv/bin/python" -c 'import nbcontainer_kernel' || { log "install failed"; exit 1; }

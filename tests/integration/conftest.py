@@ -1,0 +1,84 @@
+"""Integration fixtures: a real Docker engine, the kernel image, kernelspecs.
+
+The engine and the base image are made by scripts/setup.sh (run by `make
+test`). The kernel image is a cached image like the base: it is rebuilt only
+when its inputs change, and kept between runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from nbcontainer_kernel import kernelspec, labels as L
+from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.errors import DaemonNotAvailable
+from nbcontainer_kernel.images import build_kernel_image
+
+BASE_IMAGE = os.environ.get("NBCONTAINER_BASE_IMAGE", "nbcontainer/base:bookworm")
+KERNEL_IMAGE = os.environ.get("NBCONTAINER_TEST_IMAGE", "nbcontainer/python:3.11")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    try:
+        return Engine.connect()
+    except DaemonNotAvailable as exc:
+        pytest.fail(f"integration tests need a Docker engine; run `make test` (scripts/setup.sh): {exc}")
+
+
+@pytest.fixture(scope="session")
+def kernel_image(engine: Engine) -> str:
+    if not engine.has_image(BASE_IMAGE):
+        pytest.fail(f"base image {BASE_IMAGE} is missing; run scripts/base-image.sh")
+    build_kernel_image(engine, BASE_IMAGE, KERNEL_IMAGE)
+    return KERNEL_IMAGE
+
+
+@pytest.fixture
+def make_kernelspec(kernel_image: str) -> Iterator[Callable[..., str]]:
+    """Install a kernelspec (in the tests' own Jupyter dir) with provisioner options."""
+    made: list[str] = []
+
+    def make(name: str = "nbc-test", image: str | None = None, argv: list[str] | None = None,
+             env: dict[str, str] | None = None, **options: Any) -> str:
+        path = kernelspec.install(image or kernel_image, name, f"test {name}", options=options,
+                                  env=env, check_image=False)
+        if argv is not None:
+            import json
+            spec_file = os.path.join(path, "kernel.json")
+            with open(spec_file) as fh:
+                spec = json.load(fh)
+            spec["argv"] = argv
+            with open(spec_file, "w") as fh:
+                json.dump(spec, fh)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        try:
+            kernelspec.remove(name)
+        except Exception:
+            pass
+
+
+def own_containers(engine: Engine) -> list[Any]:
+    """Containers made by this test process (its pid is their owner)."""
+    return engine.containers({L.OWNER_PID: str(os.getpid()), L.OWNER_HOST: L.Owner.current().host})
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every integration test must leave no container of its own behind."""
+    yield
+    if "engine" not in request.fixturenames:
+        return
+    engine = request.getfixturevalue("engine")
+    leaked = own_containers(engine)
+    for c in leaked:
+        engine.remove(c.id)
+    assert not leaked, f"containers left behind: {[c.name for c in leaked]}"
