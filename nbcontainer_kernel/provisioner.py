@@ -139,6 +139,13 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         await asyncio.to_thread(self._create_and_start, create_kwargs, inner)
 
         info = await asyncio.to_thread(self.engine.inspect, self.container_id)
+        state = (info or {}).get("State") or {}
+        if not state.get("Running"):
+            # Died before its ports could be read: report why, leave nothing behind.
+            self._report_exit(info, state, gone=info is None)
+            await self.cleanup()
+            assert self.exit_error is not None
+            raise self.exit_error
         if host_network:
             self._host_ports = dict(inner_ports)
         else:
