@@ -1,0 +1,92 @@
+"""Container options from the kernelspec reach the container."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from jupyter_client import KernelManager
+
+from nbcontainer_kernel.engine import Engine
+
+from .test_kernel_manager import run, stdout_of
+
+
+@pytest.fixture
+def kernel(make_kernelspec):
+    started = []
+
+    def start(**options):
+        km = KernelManager(kernel_name=make_kernelspec(f"nbc-opt{len(started)}", **options))
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        started.append((km, kc))
+        return km, kc
+
+    yield start
+    for km, kc in started:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_environment_is_the_spec_env_plus_the_allowlist(engine: Engine, kernel, monkeypatch) -> None:
+    monkeypatch.setenv("MY_API_TOKEN", "s3cr3t-value")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-s3cr3t")
+    monkeypatch.setenv("NBC_TEST_ALLOWED", "passed-through")
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    km, kc = kernel(env_allowlist=["TZ", "NBC_TEST_ALLOWED"], env={"FROM_SPEC": "spec-value"})
+    env = json.loads(stdout_of(run(kc, "import os, json; print(json.dumps(dict(os.environ)))")[1]))
+    assert env["FROM_SPEC"] == "spec-value"
+    assert env["NBC_TEST_ALLOWED"] == "passed-through"
+    assert env["TZ"] == "Europe/Paris"
+    assert "MY_API_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    inspected = engine.inspect(km.provisioner.container_id)["Config"]["Env"]
+    assert not any("s3cr3t" in e for e in inspected)
+
+
+def test_user_resources_mounts_and_labels(engine: Engine, kernel, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "input.txt").write_text("mounted")
+    km, kc = kernel(user="1234:2345", cpus=0.5, memory="256m", shm_size="128m",
+                    mounts=[f"{data}:/data:ro"])
+    out = stdout_of(run(kc, "import os\nprint(os.getuid(), os.getgid(), open('/data/input.txt').read())\n"
+                            "try:\n    open('/data/new', 'w')\nexcept OSError as e:\n    print(type(e).__name__)")[1])
+    # the kernel runs as the given user and the read-only mount refuses writes
+    assert out == "1234 2345 mounted\nOSError\n"
+    info = engine.inspect(km.provisioner.container_id)
+    host = info["HostConfig"]
+    assert host["NanoCpus"] == 500_000_000
+    assert host["Memory"] == host["MemorySwap"] == 256 * 1024**2
+    assert host["ShmSize"] == 128 * 1024**2
+    assert host["Init"] is True
+    labels = info["Config"]["Labels"]
+    assert labels["io.nbcontainer.kernel-id"] == km.kernel_id
+    assert labels["io.nbcontainer.owner-pid"] == str(os.getpid())
+    assert labels["io.nbcontainer.role"] == "kernel"
+    assert "io.nbcontainer.created" in labels and "io.nbcontainer.owner-host" in labels
+
+
+def test_docker_socket_mount_lets_the_kernel_reach_the_daemon(engine: Engine, kernel) -> None:
+    km, kc = kernel(docker_socket=True, user="4321:4321")
+    code = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('/var/run/docker.sock')\n"
+            "s.sendall(b'GET /_ping HTTP/1.0\\r\\n\\r\\n')\nprint(s.recv(4096).decode().split('\\r\\n')[0])")
+    assert stdout_of(run(kc, code)[1]).strip() == "HTTP/1.0 200 OK"
+
+
+def test_no_docker_socket_by_default_in_a_spec(engine: Engine, kernel) -> None:
+    km, kc = kernel()
+    assert stdout_of(run(kc, "import os; print(os.path.exists('/var/run/docker.sock'))")[1]) == "False\n"
+
+
+def test_host_network_binds_loopback_only(engine: Engine, kernel) -> None:
+    km, kc = kernel(network_mode="host")
+    info = engine.inspect(km.provisioner.container_id)
+    assert info["HostConfig"]["NetworkMode"] == "host"
+    conn = json.loads(stdout_of(run(kc, "import json; print(open('/tmp/nbcontainer-kernel.json').read())")[1]))
+    assert conn["ip"] == "127.0.0.1"
+    assert stdout_of(run(kc, "print(1 + 1)")[1]) == "2\n"

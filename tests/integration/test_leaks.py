@@ -1,0 +1,98 @@
+"""Nothing leaks: start/stop cycles, and orphans of a SIGKILLed owner are swept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from jupyter_client import KernelManager
+from jupyter_core.paths import jupyter_runtime_dir
+
+from nbcontainer_kernel.engine import Engine
+
+from .conftest import own_containers
+
+
+def test_twenty_start_stop_cycles_leave_nothing_behind(engine: Engine, make_kernelspec) -> None:
+    name = make_kernelspec("nbc-cycles")
+    runtime = Path(jupyter_runtime_dir())
+    before = set(runtime.glob("kernel-*.json")) if runtime.exists() else set()
+    seen = set()
+    for _ in range(20):
+        km = KernelManager(kernel_name=name)
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        seen.add(km.provisioner.container_id)
+        kc.stop_channels()
+        km.shutdown_kernel()
+    assert len(seen) == 20
+    assert own_containers(engine) == []
+    assert all(engine.inspect(cid) is None for cid in seen)
+    after = set(runtime.glob("kernel-*.json")) if runtime.exists() else set()
+    assert after <= before, f"connection files left behind: {after - before}"
+
+
+OWNER_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from jupyter_client import KernelManager
+    km = KernelManager(kernel_name=sys.argv[1])
+    km.start_kernel()
+    print(km.provisioner.container_id, flush=True)
+    time.sleep(600)
+""")
+
+
+def _start_owner(name: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT, name], stdout=subprocess.PIPE,
+                            text=True, env=os.environ.copy())
+    assert proc.stdout is not None
+    container_id = proc.stdout.readline().strip()
+    assert container_id, "the owner process did not start a kernel"
+    return proc, container_id
+
+
+def _kill9(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_gc_removes_the_container_of_a_sigkilled_owner(engine: Engine, make_kernelspec) -> None:
+    name = make_kernelspec("nbc-orphan")
+    proc, cid = _start_owner(name)
+    try:
+        # While the owner lives, gc leaves its kernel alone.
+        out = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
+                             capture_output=True, text=True, check=True).stdout
+        assert cid[:12] not in out and engine.inspect(cid)["State"]["Running"]
+    finally:
+        _kill9(proc)
+    assert engine.inspect(cid)["State"]["Running"], "SIGKILL leaves the container running"
+    out = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "removed 1 orphaned container(s)" in out or engine.inspect(cid) is None
+    assert engine.inspect(cid) is None
+
+
+def test_next_provisioner_start_sweeps_orphans(engine: Engine, make_kernelspec) -> None:
+    name = make_kernelspec("nbc-orphan2")
+    proc, cid = _start_owner(name)
+    _kill9(proc)
+    assert engine.inspect(cid) is not None
+    # A fresh process (a restarted server) starts a kernel: its provisioner sweeps first.
+    proc2, cid2 = _start_owner(name)
+    try:
+        deadline = time.monotonic() + 10
+        while engine.inspect(cid) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert engine.inspect(cid) is None
+        assert engine.inspect(cid2)["State"]["Running"]
+    finally:
+        _kill9(proc2)
+        engine.remove(cid2)

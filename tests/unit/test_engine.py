@@ -1,0 +1,36 @@
+"""Without a daemon, every entry point says so and what to do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from nbcontainer_kernel.engine import Engine, make_tar
+from nbcontainer_kernel.errors import DaemonNotAvailable
+
+
+def test_no_daemon_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")
+    with pytest.raises(DaemonNotAvailable) as err:
+        Engine.connect()
+    assert f"unix://{tmp_path}/no-daemon.sock" in str(err.value)
+    assert "scripts/docker-engine.sh" in str(err.value)
+
+
+def test_cli_without_daemon(tmp_path) -> None:
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert "No Docker daemon answers" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_make_tar_owner_and_mode() -> None:
+    import io
+    import tarfile
+
+    data = make_tar({"a.json": b"{}"}, uid=1000, gid=1001, mode=0o600)
+    member = tarfile.open(fileobj=io.BytesIO(data)).getmember("a.json")
+    assert (member.uid, member.gid, member.mode, member.size) == (1000, 1001, 0o600, 2)

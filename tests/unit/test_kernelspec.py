@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nbcontainer_kernel import kernelspec
+from nbcontainer_kernel.errors import InvalidOption, KernelSpecError
+
+
+def test_render_puts_options_in_the_provisioner_config() -> None:
+    spec = kernelspec.render("img:1", "Py (Docker)", {"memory": "1g", "cpus": 2.0}, {"A": "b"})
+    prov = spec["metadata"]["kernel_provisioner"]
+    assert prov["provisioner_name"] == "nbcontainer-docker"
+    assert prov["config"] == {"image": "img:1", "memory": "1g", "cpus": 2.0}
+    assert spec["interrupt_mode"] == "message"
+    assert spec["env"] == {"A": "b"}
+    assert spec["argv"][-2:] == ["-f", "{connection_file}"]
+
+
+def test_install_list_remove_roundtrip() -> None:
+    path = kernelspec.install("img:1", "nbc-unit", "Unit (Docker)", options={"memory": "1g"},
+                              check_image=False)
+    written = json.loads((Path(path) / "kernel.json").read_text())
+    assert written["metadata"]["kernel_provisioner"]["config"]["memory"] == "1g"
+    names = [s.name for s in kernelspec.list_specs()]
+    assert "nbc-unit" in names
+    kernelspec.remove("nbc-unit")
+    assert "nbc-unit" not in [s.name for s in kernelspec.list_specs()]
+    with pytest.raises(KernelSpecError, match="No kernelspec named"):
+        kernelspec.remove("nbc-unit")
+
+
+def test_bad_values_are_rejected_at_install() -> None:
+    with pytest.raises(InvalidOption, match="memory"):
+        kernelspec.install("img:1", "nbc-bad", options={"memory": "a lot"}, check_image=False)
+    with pytest.raises(InvalidOption, match="name"):
+        kernelspec.install("img:1", "bad name!", check_image=False)
+    assert "nbc-bad" not in [s.name for s in kernelspec.list_specs()]
+
+
+def test_cli_reports_a_bad_value_clearly() -> None:
+    proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "kernelspec", "install",
+                           "--image", "img:1", "--name", "nbc-cli", "--gpus", "plenty",
+                           "--no-check-image"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("nbcontainer: error: Invalid value for gpus: 'plenty'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_provisioner_entry_point_is_registered() -> None:
+    from jupyter_client.provisioning import KernelProvisionerFactory
+
+    from nbcontainer_kernel.provisioner import DockerProvisioner
+
+    factory = KernelProvisionerFactory.instance()
+    assert factory._check_availability("nbcontainer-docker")
+    ep = factory.provisioners["nbcontainer-docker"]
+    assert ep.load() is DockerProvisioner
