@@ -52,12 +52,15 @@ def main() -> int:
     p.add_argument("--kernel", default="py311-docker", help="the nbcontainer kernelspec")
     p.add_argument("--local", default="python3", help="the local ipykernel kernelspec")
     p.add_argument("--peer", default=None, help="a gateway_provisioners docker kernelspec, if installed")
+    p.add_argument("--also", action="append", default=[], metavar="KERNELSPEC",
+                   help="another kernelspec to measure in the same run (repeatable)")
     p.add_argument("--runs", type=int, default=12)
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
 
     available = KernelSpecManager().find_kernel_specs()
     kernels = {"local": args.local, "nbcontainer": args.kernel}
+    kernels.update({name: name for name in args.also})
     if args.peer:
         if args.peer not in available:
             print(f"peer kernelspec {args.peer!r} is not installed; run bench/peer_gateway.py first",
