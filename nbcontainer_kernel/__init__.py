@@ -1,12 +1,35 @@
-"""nbcontainer-kernel: Jupyter kernels in Docker containers.
+"""nbcontainer-kernel: Jupyter kernels in Docker containers, and runs of a kernel's
+cells and notebooks in images made from its state.
 
-Importing the package stays cheap and needs nothing but the standard
-library: the same package is the in-container runtime of kernel images,
-where docker-py is not installed.
+Importing the package stays cheap and needs nothing but the standard library:
+the same package is the in-container runtime of kernel and run images, where
+docker-py may not be installed. The API below is imported on first use.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "log_metric", "snapshot", "build_run_image", "run_image", "Snapshot",
+           "RunResult", "RemoteExecutionError"]
+
+_LAZY = {
+    "log_metric": ("nbcontainer_kernel.metrics", "log_metric"),
+    "snapshot": ("nbcontainer_kernel.snapshots", "snapshot"),
+    "Snapshot": ("nbcontainer_kernel.snapshots", "Snapshot"),
+    "build_run_image": ("nbcontainer_kernel.runimages", "build_run_image"),
+    "run_image": ("nbcontainer_kernel.localrun", "run_image"),
+    "RunResult": ("nbcontainer_kernel.results", "RunResult"),
+    "RemoteExecutionError": ("nbcontainer_kernel.errors", "RemoteExecutionError"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'nbcontainer_kernel' has no attribute {name!r}")

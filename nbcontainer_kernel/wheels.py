@@ -106,7 +106,7 @@ def pinned(names: list[str]) -> list[str]:
 
 
 def resolve_wheels(requirements: list[str], target: TargetPython, dest: Path,
-                   on_line: Callable[[str], None] | None = None) -> list[Path]:
+                   on_line: Callable[[str], None] | None = None, *, no_deps: bool = False) -> list[Path]:
     """Download wheels for `requirements` (and their dependencies) for `target` into dest.
 
     Tries the local wheel cache alone first (offline); only when that cannot
@@ -122,7 +122,7 @@ def resolve_wheels(requirements: list[str], target: TargetPython, dest: Path,
         "--implementation", "cp" if target.implementation == "cpython" else "pp",
         "--abi", target.abi, "--abi", "abi3", "--abi", "none",
         *[arg for p in target.platforms() for arg in ("--platform", p)],
-        "-d", str(dest),
+        "-d", str(dest), *(["--no-deps", "--ignore-requires-python"] if no_deps else []),
     ]
     offline = subprocess.run(base + ["--no-index", "--find-links", str(cache), *requirements],
                              capture_output=True, text=True)
@@ -149,7 +149,11 @@ def resolve_wheels(requirements: list[str], target: TargetPython, dest: Path,
 
 
 # Console scripts that only make sense inside an image.
-IMAGE_ONLY_SCRIPTS: dict[str, str] = {}
+IMAGE_ONLY_SCRIPTS = {
+    "nbcontainer-run": "nbcontainer_kernel.runner.main:console",
+    # SageMaker may start `train` directly when it overrides the entrypoint.
+    "train": "nbcontainer_kernel.runner.main:console_train",
+}
 
 
 def build_self_wheel(dest: Path) -> Path:

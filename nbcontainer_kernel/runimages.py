@@ -1,0 +1,309 @@
+"""Run images: base -> dependencies (cached) -> snapshot (small, new each run).
+
+* In a kernel on the host, the dependency layer is a virtualenv on the base
+  holding the kernel's lock, installed from wheels resolved on the host (the
+  build needs no network). Its tag is keyed by a hash of the base image id,
+  the lock and the runtime, so runs and kernels with the same dependencies
+  share it.
+* In a containerized kernel (made by the provisioner), the dependency layer
+  is the kernel's own container, committed: whatever was ``pip install``ed at
+  run time is in it and nothing is resolved again.
+* The snapshot layer copies the snapshot directory in (a build-context stream,
+  never a bind mount) and sets the entrypoint and labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import labels as L
+from .engine import Engine, get_engine
+from .errors import ImageNotUsable, NbcontainerError, WheelResolutionError
+from .images import VENV, _label_line, probe_python
+from .snapshots.capture import MANIFEST, SNAPSHOT_DIR, Snapshot
+from .snapshots.env import is_secret
+from .wheels import TargetPython, build_self_wheel, pinned, resolve_wheels
+
+__all__ = ["RunImage", "build_run_image", "default_base", "remove_run_image", "RUNTIME_FOR_CELLS",
+           "RUNTIME_FOR_NOTEBOOKS"]
+
+ROLE_DEPS = "deps-image"
+ROLE_RUN = "run-image"
+LABEL_DEPS_KEY = L.PREFIX + "deps-key"
+LABEL_DIGEST = L.PREFIX + "snapshot-digest"
+LABEL_PYTHON = L.PREFIX + "python"
+LABEL_NOTEBOOK = L.PREFIX + "source-notebook"
+LABEL_PARAMETERS = L.PREFIX + "parameters"
+LABEL_MODE = L.PREFIX + "mode"
+
+RUNTIME_FOR_CELLS = ["ipython", "cloudpickle"]
+RUNTIME_FOR_NOTEBOOKS = ["ipykernel", "cloudpickle", "nbclient", "nbformat", "nbconvert"]
+KERNEL_CONNECTION_FILE = "/tmp/nbcontainer-kernel.json"
+
+
+@dataclass
+class RunImage:
+    tag: str
+    image_id: str
+    digest: str
+    deps_image: str
+    deps_reused: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped_requirements: list[str] = field(default_factory=list)
+
+
+_python_cache: dict[str, TargetPython] = {}
+
+
+def _target(engine: Engine, image: str) -> TargetPython:
+    img = engine.get_image(image)
+    if img.id not in _python_cache:
+        _python_cache[img.id] = probe_python(engine, image)
+    return _python_cache[img.id]
+
+
+def default_base(engine: Engine, python: str) -> str:
+    """NBCONTAINER_BASE_IMAGE, else python:X.Y-slim when present or pullable, else the
+    offline-made nbcontainer/base:bookworm."""
+    if os.environ.get("NBCONTAINER_BASE_IMAGE"):
+        return os.environ["NBCONTAINER_BASE_IMAGE"]
+    minor = ".".join(python.split(".")[:2])
+    slim = f"python:{minor}-slim"
+    if engine.has_image(slim):
+        return slim
+    try:
+        engine.pull(slim)
+        return slim
+    except NbcontainerError:
+        pass
+    if engine.has_image("nbcontainer/base:bookworm"):
+        return "nbcontainer/base:bookworm"
+    raise ImageNotUsable(slim, "it is not present and cannot be pulled",
+                         "Pass a base image (--base), set NBCONTAINER_BASE_IMAGE, or make the "
+                         "offline base with scripts/base-image.sh.")
+
+
+def _check_python(base: str, target: TargetPython, snap: Snapshot) -> None:
+    kernel_minor = ".".join(snap.python.split(".")[:2])
+    if target.minor != kernel_minor:
+        raise ImageNotUsable(
+            base, f"its Python is {target.minor} but the kernel's is {kernel_minor}",
+            f"Pickles do not cross Python versions: use a base with Python {kernel_minor} "
+            f"(e.g. python:{kernel_minor}-slim).")
+
+
+# ----------------------------------------------------------------- deps layer
+_DEPS_DOCKERFILE = """\
+FROM {base}
+COPY wheels /tmp/nbcontainer-wheels
+RUN {python} -m venv --without-pip --system-site-packages {venv} \\
+ && {venv}/bin/python /tmp/nbcontainer-wheels/{pip_wheel}/pip install -q --no-index --no-deps \\
+      --ignore-requires-python --no-cache-dir --disable-pip-version-check /tmp/nbcontainer-wheels/*.whl \\
+ && rm -rf /tmp/nbcontainer-wheels \\
+ && mkdir -p /opt/ml/model /opt/ml/output/data /opt/ml/input/config /opt/nbcontainer/snapshot \\
+ && chmod -R a+rX /opt/nbcontainer && chmod 1777 /opt/ml /opt/ml/model /opt/ml/output /opt/ml/output/data
+ENV PATH={venv}/bin:$PATH PYTHONUNBUFFERED=1
+LABEL {labels}
+"""
+
+
+def _wheel_name(w: Path) -> str:
+    return w.name.split("-")[0].lower().replace("_", "-")
+
+
+def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, dest: Path,
+                  say: Callable[[str], None]) -> list[str]:
+    """Wheels for every pinned distribution, then the runtime's; returns what had no wheel.
+
+    The lock is exact (resolved without dependencies: it is complete); the
+    runtime fills in what the kernel did not have.
+    """
+    skipped: list[str] = []
+    if lock:
+        try:
+            resolve_wheels(lock, target, dest, say, no_deps=True)
+        except WheelResolutionError:
+            # One at a time, so one package without a wheel does not sink the rest; such a
+            # package is built into a wheel here when it is pure Python, else left out (reported).
+            for req in lock:
+                try:
+                    resolve_wheels([req], target, dest, None, no_deps=True)
+                except WheelResolutionError:
+                    name = req.split("==")[0]
+                    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                                            "-w", str(dest), req], capture_output=True, text=True)
+                    if built.returncode != 0 or not any(
+                            _wheel_name(w) == name and w.name.endswith("none-any.whl")
+                            for w in dest.glob("*.whl")):
+                        skipped.append(req)
+                        say(f"warning: no wheel of {req} for {target.describe()}: left out of the image")
+    have = {_wheel_name(w) for w in dest.glob("*.whl")}
+    missing = [r for r in runtime if r.split("==")[0].lower().replace("_", "-") not in have]
+    resolve_wheels(missing + ["pip"], target, dest, say)
+    pins = {r.split("==")[0]: r.split("==")[1] for r in lock if "==" in r}
+    # pip --no-deps installs every wheel it is given: keep one version per name, the lock's.
+    by_name: dict[str, list[Path]] = {}
+    for w in sorted(dest.glob("*.whl")):
+        by_name.setdefault(_wheel_name(w), []).append(w)
+    for name, wheels in by_name.items():
+        keep = next((w for w in wheels if w.name.split("-")[1] == pins.get(name)), wheels[-1])
+        for w in wheels:
+            if w is not keep:
+                w.unlink()
+    return skipped
+
+
+def _deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
+                runtime: list[str], say: Callable[[str], None]) -> tuple[str, bool, list[str]]:
+    lock = [f"{n}=={v}" for n, v in sorted(snap.packages.items())]
+    runtime_pins = pinned(runtime)
+    with tempfile.TemporaryDirectory(prefix="nbcontainer-deps-") as tmp:
+        self_wheel = build_self_wheel(Path(tmp) / "self")
+        key_src = json.dumps([engine.get_image(base).id, lock, runtime_pins,
+                              hashlib.sha256(self_wheel.read_bytes()).hexdigest()])
+        key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+        tag = f"nbcontainer/deps:{key}"
+        if engine.has_image(tag):
+            say(f"dependencies: reusing {tag}")
+            return tag, True, []
+        say(f"dependencies: building {tag} ({len(lock)} pinned distributions)")
+        wheels = Path(tmp) / "wheels"
+        skipped = _resolve_lock(lock, runtime_pins, target, wheels, say)
+        # Our own wheel last, replacing any copy of this package in the lock.
+        for w in wheels.glob("nbcontainer_kernel-*.whl"):
+            w.unlink()
+        (wheels / self_wheel.name).write_bytes(self_wheel.read_bytes())
+        pip_wheel = next(w.name for w in wheels.glob("pip-*.whl"))
+        labels = {L.ROLE: ROLE_DEPS, LABEL_DEPS_KEY: key, LABEL_PYTHON: ".".join(map(str, target.version)),
+                  L.OCI_BASE_NAME: base, L.OCI_CREATED: L.now_iso(), L.OCI_SOURCE: L.SOURCE_URL}
+        dockerfile = _DEPS_DOCKERFILE.format(base=engine.get_image(base).id, python="python3", venv=VENV,
+                                             pip_wheel=pip_wheel, labels=_label_line(labels))
+        ctx = _context(dockerfile, {"wheels": wheels})
+        engine.build(ctx, tag, on_line=say)
+    return tag, False, skipped
+
+
+def _committed_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -> tuple[str, bool]:
+    """Commit the containerized kernel's container as the dependency layer (cached per lock)."""
+    kernel_id = snap.kernel["kernel_id"]
+    containers = engine.containers({L.KERNEL_ID: kernel_id}, all=False)
+    if not containers:
+        raise ImageNotUsable(snap.kernel.get("image", "?"), f"the container of kernel {kernel_id} is gone",
+                             "Restart the kernel, or pass a base image.")
+    container = containers[0]
+    lock_hash = hashlib.sha256(json.dumps(sorted(snap.packages.items())).encode()).hexdigest()[:12]
+    tag = f"nbcontainer/kernel-commit:{container.id[:12]}-{lock_hash}"
+    if engine.has_image(tag):
+        say(f"dependencies: reusing the committed kernel {tag}")
+        return tag, True
+    # The kernel read its connection file long ago: remove it so its HMAC and Curve
+    # keys never reach an image. (We are inside that kernel, so this is our file.)
+    try:
+        os.unlink(KERNEL_CONNECTION_FILE)
+    except (FileNotFoundError, PermissionError):
+        pass
+    env_keys = [e.split("=", 1)[0] for e in (container.attrs["Config"].get("Env") or [])]
+    changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", f"LABEL {L.ROLE}={ROLE_DEPS}",
+               f"LABEL {L.KERNEL_ID}=", f"LABEL {L.OWNER_PID}=", f"LABEL {L.OWNER_HOST}="]
+    changes += [f"ENV {k}=" for k in env_keys if is_secret(k) or k in (
+        "NBCONTAINER_KERNEL_ID", "JPY_SESSION_NAME", "JPY_PARENT_PID")]
+    say(f"dependencies: committing the kernel's container {container.name} as {tag}")
+    repo, _, t = tag.partition(":")
+    container.commit(repository=repo, tag=t, changes=changes, pause=True)
+    return tag, False
+
+
+# -------------------------------------------------------------- snapshot layer
+_RUN_DOCKERFILE = """\
+FROM {deps}
+COPY snapshot {snapshot_dir}
+ENTRYPOINT ["{venv}/bin/nbcontainer-run"]
+CMD []
+LABEL {labels}
+"""
+
+
+def _context(dockerfile: str, trees: dict[str, Path]) -> io.BytesIO:
+    ctx = io.BytesIO()
+    with tarfile.open(fileobj=ctx, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+        def readable(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            ti.mode = 0o755 if ti.isdir() else 0o644
+            return ti
+
+        for arc, path in trees.items():
+            tar.add(path, arcname=arc, filter=readable)
+    ctx.seek(0)
+    return ctx
+
+
+def build_run_image(
+    snap: Snapshot,
+    *,
+    base: str | None = None,
+    tag: str | None = None,
+    engine: Engine | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> RunImage:
+    """Build the image that runs `snap` (cell or notebook mode), reusing the dependency layer."""
+    engine = engine or get_engine()
+    say = on_line or (lambda _l: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    skipped: list[str] = []
+    runtime = RUNTIME_FOR_NOTEBOOKS if snap.mode == "notebook" else RUNTIME_FOR_CELLS
+    if base is None and snap.kernel.get("kernel_id"):
+        deps, reused = _committed_kernel(engine, snap, say)
+        target = _target(engine, deps)
+        _check_python(deps, target, snap)
+    else:
+        base = base or default_base(engine, snap.python)
+        engine.ensure_image(base, "missing", say)
+        target = _target(engine, base)
+        _check_python(base, target, snap)
+        deps, reused, skipped = _deps_image(engine, base, snap, target, runtime, say)
+    timings["dependencies"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    labels = {
+        L.ROLE: ROLE_RUN,
+        LABEL_DIGEST: snap.digest,
+        LABEL_PYTHON: snap.python,
+        LABEL_MODE: snap.mode,
+        LABEL_NOTEBOOK: snap.notebook or "",
+        LABEL_PARAMETERS: json.dumps(snap.parameters, default=str),
+        L.OCI_CREATED: L.now_iso(),
+        L.OCI_TITLE: f"nbcontainer {snap.mode} run" + (f" of {Path(snap.notebook).name}" if snap.notebook else ""),
+        L.OCI_SOURCE: snap.notebook or L.SOURCE_URL,
+        L.OCI_BASE_NAME: base or snap.kernel.get("image", ""),
+    }
+    dockerfile = _RUN_DOCKERFILE.format(deps=deps, snapshot_dir=SNAPSHOT_DIR, venv=VENV,
+                                        labels=_label_line(labels))
+    if not (snap.directory / MANIFEST).exists():
+        snap.write_manifest()
+    tag = tag or f"nbcontainer/run:{snap.digest[:16]}"
+    image, _ = engine.build(_context(dockerfile, {"snapshot": snap.directory}), tag, on_line=say)
+    timings["snapshot_layer"] = time.perf_counter() - t1
+    return RunImage(tag, image.id, snap.digest, deps, reused, timings, skipped)
+
+
+def remove_run_image(tag: str, engine: Engine | None = None) -> None:
+    """Remove a run image (its dependency layer stays cached)."""
+    (engine or get_engine()).remove_image(tag, force=True)

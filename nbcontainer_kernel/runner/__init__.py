@@ -1,0 +1,1 @@
+"""What runs inside a run image: `nbcontainer-run` (and `train`, for SageMaker)."""

@@ -1,0 +1,139 @@
+"""Cell mode: restore the namespace, apply parameters, run the cell with IPython, collect."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .. import metrics
+from ..serialize import SerializationError, deserialize, serialize_value
+from ..snapshots.capture import Snapshot
+from ..snapshots.names import is_ipython_name, names_assigned, names_imported
+from .paths import Paths
+
+__all__ = ["restore_namespace", "run_cell"]
+
+
+def restore_environment(snap: Snapshot) -> None:
+    """Env vars (the platform's own win), sys.path for local code, and the working directory."""
+    env_file = snap.directory / "env.json"
+    if env_file.exists():
+        for k, v in json.loads(env_file.read_text()).items():
+            os.environ.setdefault(k, v)
+    code = snap.directory / "src" / "code"
+    site = snap.directory / "src" / "site"
+    entries = [str(code / p) for p in snap.source_paths] + [str(code), str(site)]
+    for e in reversed(entries):
+        if Path(e).is_dir() and e not in sys.path:
+            sys.path.insert(0, e)
+    if code.is_dir():
+        os.chdir(code)
+
+
+def restore_namespace(snap: Snapshot) -> dict[str, Any]:
+    ns: dict[str, Any] = {}
+    for var in snap.variables:
+        if var.kind in ("value", "module"):
+            ns[var.name] = deserialize({"name": var.name, "type": var.type, "serializer": var.serializer,
+                                        "files": [Path(f).name for f in var.files], "module": var.module,
+                                        "note": var.note}, snap.directory / "vars")
+    return ns
+
+
+def _shell():
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+
+    class KeepingPublisher(DisplayPublisher):
+        """display() calls: printed as text for the log, and kept as mime bundles."""
+
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.kept: list[dict[str, Any]] = []
+
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kw):
+            self.kept.append({"data": _jsonable(data), "metadata": _jsonable(metadata or {})})
+            if "text/plain" in data:
+                print(data["text/plain"], flush=True)
+
+    shell = InteractiveShell.instance(colors="nocolor")
+    shell.display_pub = KeepingPublisher(shell=shell)
+    return shell
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        json.dumps(obj)
+        return obj
+    except TypeError:
+        return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+                for k, v in obj.items()} if isinstance(obj, dict) else str(obj)
+
+
+def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths) -> int:
+    """Run the snapshot's cell; write results, metrics and (on error) the failure. Exit code."""
+    restore_environment(snap)
+    shell = _shell()
+    ns = restore_namespace(snap)
+    ns.update(params)  # parameters override restored variables of the same name
+    shell.user_ns.update(ns)
+    before = {k: id(v) for k, v in shell.user_ns.items()}
+    result = shell.run_cell(snap.cell, store_history=False, silent=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    error = result.error_before_exec or result.error_in_exec
+    imported = names_imported(snap.cell)
+    assigned = [n for n in names_assigned(snap.cell) if n in shell.user_ns and n not in imported]
+    # Names bound another way (exec, globals(), a magic) count too, imports do not.
+    changed = [k for k, v in shell.user_ns.items()
+               if k not in assigned and k not in imported and (k not in before or before[k] != id(v))
+               and not k.startswith("_") and not is_ipython_name(k) and k not in params]
+    write_results(shell.user_ns, assigned + changed, result.result if error is None else None,
+                  shell.display_pub.kept, params, paths)
+    if error is not None:
+        write_failure(error, paths, context=f"the cell raised {type(error).__name__}")
+        return 1
+    return 0
+
+
+def write_results(ns: dict[str, Any], names: list[str], last_value: Any, displays: list[dict[str, Any]],
+                  params: dict[str, Any], paths: Paths) -> None:
+    """/opt/ml/model: one file set per variable, results.json, metrics.json."""
+    import types
+
+    paths.make()
+    variables, skipped = {}, {}
+    for name in names:
+        value = ns[name]
+        if isinstance(value, types.ModuleType):
+            continue
+        try:
+            variables[name] = serialize_value(name, value, paths.model).to_dict()
+        except SerializationError as exc:
+            skipped[name] = str(exc)
+    last = None
+    if last_value is not None:
+        try:
+            last = serialize_value("_last", last_value, paths.model, prefix="__").to_dict()
+        except SerializationError as exc:
+            skipped["_last"] = str(exc)
+    (paths.model / "results.json").write_text(json.dumps({
+        "variables": variables, "skipped": skipped, "last_value": last,
+        "displays": displays, "parameters": _jsonable(params),
+    }, indent=1, default=str))
+    (paths.model / "metrics.json").write_text(json.dumps(metrics.summary(), indent=1))
+
+
+def write_failure(error: BaseException, paths: Paths, context: str) -> None:
+    """The failure file (reason, then traceback) and the pickled exception."""
+    from ..serialize import dumps_exception
+
+    paths.make()
+    tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    paths.failure.write_text(f"{context}: {type(error).__name__}: {error}\n\n{tb}")
+    paths.exception.write_bytes(dumps_exception(error))

@@ -1,0 +1,73 @@
+"""`nbcontainer-run [train] [-p NAME VALUE ...]`: the run image's entry point.
+
+SageMaker starts a training image as ``docker run IMAGE train``; `train` is
+accepted as the first argument and also installed on PATH as a script, for a
+platform that overrides the entrypoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from .paths import Paths
+
+__all__ = ["main", "train"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        argv = argv[1:]
+    p = argparse.ArgumentParser(prog="nbcontainer-run", description="Run the snapshot in this image.")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = p.parse_args(argv)
+
+    from ..snapshots.capture import Snapshot
+    from .cell import write_failure
+    from .params import resolve_params
+
+    paths = Paths.from_env()
+    paths.make()
+    t0 = time.monotonic()
+    try:
+        snap = Snapshot.load(paths.snapshot)
+        params, source = resolve_params([tuple(x) for x in args.param], os.environ, paths.hyperparameters)
+    except Exception as exc:  # a broken image or bad parameters: still leave the failure file
+        write_failure(exc, paths, context="the run could not start")
+        print(f"[nbcontainer] cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"[nbcontainer] {snap.mode} run of snapshot {snap.digest[:12]}"
+          + (f", parameters from {source}: {params}" if params else ""), flush=True)
+    if snap.mode == "notebook":
+        from .notebook import run_notebook
+
+        code = run_notebook(paths.snapshot / "notebook.ipynb", params, paths,
+                            workdir=paths.snapshot / "src" / "code")
+    else:
+        from .cell import run_cell
+
+        code = run_cell(snap, params, paths)
+    status = "succeeded" if code == 0 else "failed"
+    print(f"[nbcontainer] {status} in {time.monotonic() - t0:.1f} s", flush=True)
+    return code
+
+
+def train() -> int:
+    """The `train` script: SageMaker's entry, same as `nbcontainer-run`."""
+    return main(sys.argv[1:])
+
+
+def console() -> None:
+    sys.exit(main())
+
+
+def console_train() -> None:
+    sys.exit(train())
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,118 @@
+"""Notebook mode: execute the whole notebook with papermill-style parameters."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import metrics
+from .paths import Paths
+
+__all__ = ["parameters_of", "inject_parameters", "run_notebook"]
+
+
+def parameters_of(nb: Any) -> list[dict[str, Any]]:
+    """Names, types and defaults of the cell tagged `parameters` (simple assignments)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            out = []
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:
+                return []
+            for stmt in tree.body:
+                if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                    try:
+                        value = ast.literal_eval(stmt.value)
+                        typ = type(value).__name__
+                    except ValueError:
+                        value, typ = ast.unparse(stmt.value), "expression"
+                    out.append({"name": stmt.targets[0].id, "type": typ, "default": value})
+                elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value:
+                    try:
+                        value = ast.literal_eval(stmt.value)
+                    except ValueError:
+                        value = ast.unparse(stmt.value)
+                    out.append({"name": stmt.target.id, "type": ast.unparse(stmt.annotation), "default": value})
+            return out
+    return []
+
+
+def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
+    """Insert a cell tagged `injected-parameters` after the `parameters` cell (or first)."""
+    import nbformat
+
+    if not params:
+        return
+    source = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = ["injected-parameters"]
+    index = next((i + 1 for i, c in enumerate(nb.cells)
+                  if "parameters" in c.get("metadata", {}).get("tags", [])), 0)
+    nb.cells.insert(index, cell)
+
+
+def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, workdir: Path) -> int:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+    class EchoingClient(NotebookClient):
+        """Echo each cell's stream output to our stdout/stderr as it comes (the run's log)."""
+
+        def output(self, outs, msg, display_id, cell_index):  # type: ignore[override]
+            if msg["msg_type"] == "stream":
+                stream = sys.stderr if msg["content"]["name"] == "stderr" else sys.stdout
+                stream.write(msg["content"]["text"])
+                stream.flush()
+            return super().output(outs, msg, display_id, cell_index)
+
+    paths.make()
+    nb = nbformat.read(notebook, as_version=4)
+    inject_parameters(nb, params)
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+
+    def on_start(cell: Any, cell_index: int) -> None:
+        n = code_cells.index(cell_index) + 1 if cell_index in code_cells else 0
+        print(f"[nbcontainer] cell {n}/{len(code_cells)} (index {cell_index})", flush=True)
+
+    client = EchoingClient(nb, kernel_name="python3", timeout=None, startup_timeout=120,
+                           resources={"metadata": {"path": str(workdir)}}, on_cell_start=on_start)
+    stem = notebook.stem if notebook.stem != "notebook" else "output"
+    code = 0
+    try:
+        client.execute()
+    except (CellExecutionError, DeadKernelError) as exc:
+        code = 1
+        failed = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and any(
+            o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+        where = f"cell {failed}" if failed is not None else "a cell"
+        source = nb.cells[failed].source if failed is not None else ""
+        paths.failure.write_text(
+            f"notebook failed in {where}: {getattr(exc, 'ename', type(exc).__name__)}: "
+            f"{getattr(exc, 'evalue', exc)}\n\n--- cell source ---\n{source}\n\n--- traceback ---\n{exc}\n")
+        (paths.output / "failed_cell.json").write_text(json.dumps({"index": failed, "source": source}))
+        from ..serialize import dumps_exception
+
+        paths.exception.write_bytes(dumps_exception(exc))
+    finally:
+        out_nb = paths.output_data / f"{stem}.ipynb"
+        nbformat.write(nb, out_nb)
+        try:
+            from nbconvert import HTMLExporter
+
+            html, _ = HTMLExporter().from_notebook_node(nb)
+            (paths.output_data / f"{stem}.html").write_text(html)
+        except Exception as exc:  # the executed notebook is kept even when HTML fails
+            print(f"[nbcontainer] HTML export failed: {exc}", file=sys.stderr)
+        text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                       if o.get("output_type") == "stream")
+        (paths.model / "metrics.json").write_text(json.dumps(metrics.summary(metrics.parse_metric_lines(text)),
+                                                             indent=1))
+        (paths.model / "results.json").write_text(json.dumps({
+            "variables": {}, "skipped": {}, "last_value": None, "displays": [],
+            "parameters": params, "notebook": out_nb.name}, indent=1, default=str))
+    return code

@@ -1,0 +1,245 @@
+"""Capture: a namespace and a cell become a Snapshot directory and its manifest.
+
+Nothing here talks to Docker; building images from a snapshot happens in
+:mod:`nbcontainer_kernel.images`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import labels as L
+from ..serialize import SerializationError, Serialized, serialize_value, type_name
+from .deps import Dependencies, capture_dependencies, python_version
+from .env import filter_env
+from .names import is_ipython_name, names_read
+from .sources import collect_sources
+
+__all__ = ["Snapshot", "VariableRecord", "snapshot", "SNAPSHOT_DIR", "MANIFEST"]
+
+SNAPSHOT_DIR = "/opt/nbcontainer/snapshot"
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+@dataclass
+class VariableRecord:
+    """One name of the namespace: how it travels, or why it does not."""
+
+    name: str
+    kind: str  # "value", "module" or "skipped"
+    type: str
+    size: int = 0
+    serializer: str | None = None
+    files: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    module: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class Snapshot:
+    """A kernel's state captured for a run: files under `directory`, described by its manifest."""
+
+    directory: Path
+    cell: str
+    mode: str = "cell"
+    variables: list[VariableRecord] = field(default_factory=list)
+    env_names: list[str] = field(default_factory=list)
+    env_secrets_dropped: list[str] = field(default_factory=list)
+    python: str = field(default_factory=python_version)
+    packages: dict[str, str] = field(default_factory=dict)
+    local_packages: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    source_paths: list[str] = field(default_factory=list)
+    notebook: str | None = None
+    parameters: list[dict[str, Any]] = field(default_factory=list)
+    kernel: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=L.now_iso)
+    digest: str = ""
+    _owned: bool = False
+
+    # -------------------------------------------------------------- views
+    def manifest(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("directory")
+        data.pop("_owned")
+        data["format"] = FORMAT
+        return data
+
+    def preview(self):  # -> pandas.DataFrame
+        """The manifest's variables as a DataFrame: a dry run of what would travel."""
+        import pandas as pd
+
+        rows = [{"name": v.name, "kind": v.kind, "type": v.type, "size": v.size,
+                 "serializer": v.serializer, "skipped": v.skipped} for v in self.variables]
+        rows += [{"name": n, "kind": "env", "type": "str", "size": None, "serializer": "env",
+                  "skipped": None} for n in self.env_names]
+        rows += [{"name": n, "kind": "env", "type": "str", "size": None, "serializer": None,
+                  "skipped": "secret: never shipped"} for n in self.env_secrets_dropped]
+        return pd.DataFrame(rows, columns=["name", "kind", "type", "size", "serializer", "skipped"])
+
+    @property
+    def skipped(self) -> list[VariableRecord]:
+        return [v for v in self.variables if v.kind == "skipped"]
+
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+
+    # ---------------------------------------------------------- lifecycle
+    def write_manifest(self) -> None:
+        self.digest = self._compute_digest()
+        (self.directory / MANIFEST).write_text(json.dumps(self.manifest(), indent=1, default=str))
+
+    def _compute_digest(self) -> str:
+        h = hashlib.sha256()
+        body = self.manifest()
+        for key in ("created", "digest"):
+            body.pop(key, None)
+        h.update(json.dumps(body, sort_keys=True, default=str).encode())
+        for path in sorted(self.directory.rglob("*")):
+            if path.is_file() and path.name != MANIFEST:
+                h.update(path.relative_to(self.directory).as_posix().encode())
+                with open(path, "rb") as fh:
+                    h.update(hashlib.file_digest(fh, "sha256").digest()
+                             if hasattr(hashlib, "file_digest") else hashlib.sha256(fh.read()).digest())
+        return h.hexdigest()
+
+    @classmethod
+    def load(cls, directory: Path) -> "Snapshot":
+        data = json.loads((Path(directory) / MANIFEST).read_text())
+        data.pop("format", None)
+        data["variables"] = [VariableRecord(**v) for v in data.get("variables", [])]
+        return cls(directory=Path(directory), **data)
+
+    def cleanup(self) -> None:
+        """Remove the snapshot's files (only when this Snapshot made its directory)."""
+        if self._owned:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def _select(namespace: Mapping[str, Any], cell: str, variables: Iterable[str] | None,
+            all_vars: bool) -> tuple[list[str], list[str]]:
+    """(names to ship, names asked for that are not defined)."""
+    if variables is not None:
+        wanted = list(dict.fromkeys(variables))
+        return [n for n in wanted if n in namespace], [n for n in wanted if n not in namespace]
+    if all_vars:
+        return [n for n in namespace if not is_ipython_name(n) and not n.startswith("_")], []
+    read = names_read(cell)
+    return [n for n in namespace if n in read and not is_ipython_name(n)], []
+
+
+def _find_notebook(namespace: Mapping[str, Any], env: Mapping[str, str]) -> Path | None:
+    for candidate in (namespace.get("__session__"), env.get("JPY_SESSION_NAME")):
+        if isinstance(candidate, str) and candidate.endswith(".ipynb"):
+            path = Path(candidate)
+            if path.is_file():
+                return path
+    return None
+
+
+def snapshot(
+    namespace: Mapping[str, Any],
+    cell: str,
+    *,
+    variables: Iterable[str] | None = None,
+    all_vars: bool = False,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    notebook: Path | str | None = None,
+    include_sources: bool = True,
+    include_dependencies: bool = True,
+    max_source_bytes: int = 50 * 1024**2,
+    dest: Path | str | None = None,
+) -> Snapshot:
+    """Capture what `cell` needs from `namespace` into a snapshot directory.
+
+    By default the variables are the names the cell reads; pass `variables`
+    for an explicit list or `all_vars=True` for the whole namespace. A value
+    that cannot be serialized is skipped and reported in the manifest (and in
+    ``Snapshot.preview()``), never silently. Environment variables pass the
+    secret filter; dependencies are captured as a lock; local code under
+    `cwd` and the notebook (when the kernel knows its path) travel as files.
+    """
+    env = dict(os.environ if env is None else env)
+    cwd_path = Path(cwd or os.getcwd()).resolve()
+    owned = dest is None
+    directory = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="nbcontainer-snapshot-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    snap = Snapshot(directory=directory, cell=cell, _owned=owned)
+    try:
+        (directory / "cell.py").write_text(cell)
+        names, missing = _select(namespace, cell, variables, all_vars)
+        for name in missing:
+            snap.variables.append(VariableRecord(name, "skipped", "-", skipped="not defined in the namespace"))
+        for name in names:
+            snap.variables.append(_capture_one(name, namespace[name], directory / "vars"))
+
+        kept, secrets, _machine = filter_env(env)
+        (directory / "env.json").write_text(json.dumps(kept))
+        snap.env_names, snap.env_secrets_dropped = sorted(kept), secrets
+
+        if include_dependencies:
+            deps, roots = capture_dependencies()
+            _copy_local_packages(deps, roots, directory / "src" / "site")
+            snap.packages = deps.lock
+            snap.local_packages = [asdict(p) for p in deps.local]
+            (directory / "requirements.lock").write_text("\n".join(deps.lock_lines()) + "\n")
+        if include_sources:
+            tree = collect_sources(cwd_path, max_bytes=max_source_bytes)
+            for rel in tree.files:
+                target = directory / "src" / "code" / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(tree.root / rel, target)
+            snap.sources = [p.as_posix() for p in tree.files]
+            snap.source_paths = tree.path_entries
+
+        nb = Path(notebook) if notebook else _find_notebook(namespace, env)
+        if nb is not None:
+            shutil.copy2(nb, directory / "notebook.ipynb")
+            snap.notebook = str(nb)
+        if env.get("NBCONTAINER_KERNEL_ID"):
+            snap.kernel = {"kernel_id": env["NBCONTAINER_KERNEL_ID"], "image": env.get("NBCONTAINER_IMAGE", "")}
+        snap.write_manifest()
+        return snap
+    except BaseException:
+        snap.cleanup()
+        raise
+
+
+def _capture_one(name: str, value: Any, dest: Path) -> VariableRecord:
+    try:
+        s: Serialized = serialize_value(name, value, dest, prefix="")
+    except SerializationError as exc:
+        for f in dest.glob(f"{name}.*"):
+            f.unlink()
+        return VariableRecord(name, "skipped", type_name(value), skipped=str(exc))
+    kind = "module" if s.serializer == "import" else "value"
+    return VariableRecord(name, kind, s.type, s.size, s.serializer,
+                          [f"vars/{f}" for f in s.files], module=s.module, note=s.note)
+
+
+def _copy_local_packages(deps: Dependencies, roots: dict[str, Path], dest: Path) -> None:
+    for name, path in roots.items():
+        dest.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                            dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, dest / path.name)

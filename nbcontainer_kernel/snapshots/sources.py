@@ -1,0 +1,99 @@
+"""Local code: the working directory's modules and sys.path entries under it.
+
+Only source travels (``*.py`` and the files beside it in packages), bounded
+by a size cap, and filtered by ``.nbcontainerignore`` (glob patterns, one per
+line, like a simple .gitignore) on top of a default ignore list.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SourceTree", "collect_sources", "DEFAULT_IGNORE", "SourcesTooLarge"]
+
+DEFAULT_IGNORE = [".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", "*.pyc",
+                  "node_modules", ".ipynb_checkpoints", ".mypy_cache", ".pytest_cache",
+                  ".ruff_cache", ".tox", "build", "dist", "*.egg-info", ".DS_Store"]
+IGNORE_FILE = ".nbcontainerignore"
+# What a source tree may hold besides Python: package data small enough to be code.
+_CODE_SUFFIXES = {".py", ".pyi", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".txt", ".sql",
+                  ".pyx", ".pxd", ".so", ".pth"}
+
+
+class SourcesTooLarge(Exception):
+    def __init__(self, size: int, cap: int, biggest: list[tuple[str, int]]) -> None:
+        self.size, self.cap, self.biggest = size, cap, biggest
+        top = ", ".join(f"{p} ({s / 1e6:.1f} MB)" for p, s in biggest[:5])
+        super().__init__(
+            f"local code is {size / 1e6:.1f} MB, over the {cap / 1e6:.0f} MB cap; biggest: {top}. "
+            f"List what should not travel in {IGNORE_FILE}, or raise the cap.")
+
+
+@dataclass
+class SourceTree:
+    root: Path  # the working directory
+    files: list[Path]  # relative to root
+    size: int
+    path_entries: list[str]  # sys.path entries (relative to root) to restore
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    parts = rel.split("/")
+    return any(fnmatch.fnmatch(part, pat) for part in parts for pat in patterns) or any(
+        fnmatch.fnmatch(rel, pat) for pat in patterns)
+
+
+def collect_sources(cwd: Path | None = None, *, max_bytes: int = 50 * 1024**2,
+                    path: list[str] | None = None) -> SourceTree:
+    """The code under cwd that the kernel can import: cwd's modules and packages, and
+    every sys.path entry inside cwd (e.g. ``src/``)."""
+    root = (cwd or Path.cwd()).resolve()
+    patterns = list(DEFAULT_IGNORE)
+    ignore_file = root / IGNORE_FILE
+    if ignore_file.exists():
+        patterns += [ln.strip().rstrip("/") for ln in ignore_file.read_text().splitlines()
+                     if ln.strip() and not ln.startswith("#")]
+    entries = {"."}
+    for p in (path if path is not None else sys.path):
+        resolved = Path(p or ".").resolve()
+        if resolved == root or root in resolved.parents:
+            if "site-packages" not in resolved.parts:
+                entries.add(resolved.relative_to(root).as_posix())
+    sizes: dict[str, int] = {}
+
+    def add(path: Path) -> None:
+        rel = path.relative_to(root).as_posix()
+        if rel not in sizes and not _ignored(rel, patterns):
+            sizes[rel] = path.stat().st_size
+
+    def add_package(pkg: Path) -> None:
+        for child in sorted(pkg.iterdir()):
+            rel = child.relative_to(root).as_posix()
+            if _ignored(rel, patterns):
+                continue
+            if child.is_dir() and (child / "__init__.py").exists():
+                add_package(child)
+            elif child.is_file() and child.suffix in _CODE_SUFFIXES:
+                add(child)
+
+    # Each entry holds importable modules (top-level *.py) and packages (dirs with __init__.py).
+    for entry in sorted(entries):
+        base = root / entry
+        if not base.is_dir():
+            continue
+        for child in sorted(base.iterdir()):
+            rel = child.relative_to(root).as_posix()
+            if _ignored(rel, patterns):
+                continue
+            if child.is_file() and child.suffix == ".py":
+                add(child)
+            elif child.is_dir() and (child / "__init__.py").exists():
+                add_package(child)
+    files = [Path(p) for p in sorted(sizes)]
+    total = sum(sizes.values())
+    if total > max_bytes:
+        raise SourcesTooLarge(total, max_bytes, sorted(sizes.items(), key=lambda kv: -kv[1]))
+    return SourceTree(root, files, total, sorted(e for e in entries if e != "."))
