@@ -133,6 +133,65 @@ def cmd_kernelspec_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------- headless notebooks
+def cmd_containerize(args: argparse.Namespace) -> int:
+    from .notebooks import containerize
+
+    printer = _BuildPrinter()
+    _phase("snapshot + build", f"{args.notebook} -> {args.tag}")
+    image = containerize(args.notebook, args.tag, base=args.base, requirements=args.requirements,
+                         engine=_engine(), on_line=printer)
+    deps = "reused" if image.deps_reused else "built"
+    print(f"built {image.tag} ({image.image_id[7:19]}); dependency layer {image.deps_image} {deps}")
+    print(f"run it: docker run --rm {image.tag} -p NAME VALUE   or   nbcontainer run {image.tag} -p NAME VALUE")
+    return 0
+
+
+def _phase(name: str, detail: str = "") -> None:
+    print(f"==> {name}" + (f": {detail}" if detail else ""), file=sys.stderr, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .localrun import run_image
+    from .notebooks import containerize
+    from .runimages import remove_run_image
+
+    engine = _engine()
+    target = args.target
+    built = None
+    if target.endswith(".ipynb") or Path(target).is_file():
+        _phase("snapshot + build", target)
+        built = containerize(target, base=args.base, requirements=args.requirements, engine=engine,
+                             on_line=_BuildPrinter() if args.verbose else None)
+        image = built.tag
+        name = Path(target).stem
+    else:
+        image = target
+        name = target.split("/")[-1].replace(":", "-")
+    out = Path(args.output or Path("nbcontainer-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
+    cmd: list[str] = []
+    for pname, value in args.param or []:
+        cmd += ["-p", pname, value]
+    _phase("run", f"{image} (outputs: {out})")
+    try:
+        result = run_image(image, args=cmd, output_dir=out, timeout=args.timeout, engine=engine,
+                           on_log=lambda line: print(f"    {line}", flush=True))
+    finally:
+        if built is not None and not args.keep_image:
+            remove_run_image(built.tag, engine)
+    _phase("done" if result.succeeded else "failed",
+           f"exit code {result.exit_code} in {result.duration:.1f} s")
+    produced = sorted(p.name for p in result.data_dir.glob("*")) if result.data_dir.exists() else []
+    print(f"outputs in {out.resolve()}" + (f": {', '.join(produced)}" if produced else ""))
+    if not result.succeeded:
+        print(result.failure or ("timed out" if result.timed_out else "the run failed"), file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------- gc
 def cmd_gc(args: argparse.Namespace) -> int:
     from .gc import sweep
@@ -199,6 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     r = ks.add_parser("remove", help="remove nbcontainer kernelspecs")
     r.add_argument("names", nargs="+")
     r.set_defaults(func=cmd_kernelspec_remove)
+
+    c = sub.add_parser("containerize", help="build an image that runs a notebook with parameters")
+    c.add_argument("notebook")
+    c.add_argument("--tag", required=True)
+    c.add_argument("--base", help="base image (default: python:X.Y-slim, or NBCONTAINER_BASE_IMAGE)")
+    c.add_argument("--requirements", "-r", help="requirements file (default: this environment's packages)")
+    c.set_defaults(func=cmd_containerize)
+
+    rn = sub.add_parser("run", help="run a notebook (or an image made by containerize) in Docker")
+    rn.add_argument("target", help="a notebook path or an image")
+    rn.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="a parameter (repeatable); values are JSON where they parse")
+    rn.add_argument("--output", "-o", help="where to put the outputs (default: nbcontainer-runs/...)")
+    rn.add_argument("--base", help="base image when building from a notebook")
+    rn.add_argument("--requirements", "-r", help="requirements file when building from a notebook")
+    rn.add_argument("--timeout", type=float, help="seconds before the run is stopped")
+    rn.add_argument("--keep-image", action="store_true", help="keep the image built from a notebook")
+    rn.add_argument("--verbose", "-v", action="store_true", help="show the build's output")
+    rn.set_defaults(func=cmd_run)
 
     g = sub.add_parser("gc", help="remove containers whose owning process is gone")
     g.add_argument("--dry-run", action="store_true", help="only list them")

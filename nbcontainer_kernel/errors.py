@@ -19,6 +19,8 @@ __all__ = [
     "InvalidOption",
     "KernelSpecError",
     "KernelDied",
+    "RemoteExecutionError",
+    "RunTimeout",
 ]
 
 
@@ -130,3 +132,25 @@ class KernelDied(NbcontainerError):
             f"Kernel container {container} died ({why})."
             + (f"\n--- last log lines ---\n{tail}" if tail else "")
         )
+
+
+class RemoteExecutionError(NbcontainerError):
+    """A run failed where it ran; carries the reason, remote traceback, log tail and outputs."""
+
+    def __init__(self, image: str, exit_code: int | None, reason: str, traceback: str,
+                 log_tail: list[str], output_dir: object) -> None:
+        self.image = image
+        self.exit_code = exit_code
+        self.reason = reason
+        self.traceback = traceback
+        self.log_tail = list(log_tail)
+        self.output_dir = output_dir
+        tail = "\n".join(self.log_tail)
+        super().__init__(
+            f"The run of {image} failed ({reason}); its outputs are kept in {output_dir}."
+            + (f"\n--- remote traceback ---\n{traceback.rstrip()}" if traceback else "")
+            + (f"\n--- last log lines ---\n{tail}" if tail and not traceback else ""))
+
+
+class RunTimeout(NbcontainerError):
+    """A run exceeded its timeout and was stopped."""

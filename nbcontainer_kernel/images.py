@@ -33,8 +33,9 @@ __all__ = [
 ]
 
 VENV = "/opt/nbcontainer/venv"
-# What the in-container side needs: the kernel, and the serializer of snapshots.
-RUNTIME_REQUIREMENTS = ["ipykernel", "cloudpickle"]
+# What the in-container side needs: the kernel, the serializer of snapshots, and
+# docker-py, so that %%remote_run works from inside a containerized kernel.
+RUNTIME_REQUIREMENTS = ["ipykernel", "cloudpickle", "docker", "platformdirs", "psutil"]
 
 LABEL_PYTHON = L.PREFIX + "python"
 LABEL_IPYKERNEL = L.PREFIX + "ipykernel"

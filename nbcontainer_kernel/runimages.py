@@ -109,7 +109,7 @@ FROM {base}
 COPY wheels /tmp/nbcontainer-wheels
 RUN {python} -m venv --without-pip --system-site-packages {venv} \\
  && {venv}/bin/python /tmp/nbcontainer-wheels/{pip_wheel}/pip install -q --no-index --no-deps \\
-      --ignore-requires-python --no-cache-dir --disable-pip-version-check /tmp/nbcontainer-wheels/*.whl \\
+      --no-cache-dir --disable-pip-version-check /tmp/nbcontainer-wheels/*.whl \\
  && rm -rf /tmp/nbcontainer-wheels \\
  && mkdir -p /opt/ml/model /opt/ml/output/data /opt/ml/input/config /opt/nbcontainer/snapshot \\
  && chmod -R a+rX /opt/nbcontainer && chmod 1777 /opt/ml /opt/ml/model /opt/ml/output /opt/ml/output/data
@@ -134,20 +134,31 @@ def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, des
         try:
             resolve_wheels(lock, target, dest, say, no_deps=True)
         except WheelResolutionError:
-            # One at a time, so one package without a wheel does not sink the rest; such a
-            # package is built into a wheel here when it is pure Python, else left out (reported).
+            # One at a time, so one package without a wheel does not sink the rest. A pin
+            # the image's Python cannot use (Requires-Python) falls back to the newest
+            # version that it can; a package with no wheel at all is built here when it is
+            # pure Python, else left out. Each is reported.
             for req in lock:
+                name = req.split("==")[0]
                 try:
                     resolve_wheels([req], target, dest, None, no_deps=True)
+                    continue
                 except WheelResolutionError:
-                    name = req.split("==")[0]
-                    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                                            "-w", str(dest), req], capture_output=True, text=True)
-                    if built.returncode != 0 or not any(
-                            _wheel_name(w) == name and w.name.endswith("none-any.whl")
-                            for w in dest.glob("*.whl")):
-                        skipped.append(req)
-                        say(f"warning: no wheel of {req} for {target.describe()}: left out of the image")
+                    pass
+                try:
+                    got = resolve_wheels([name], target, dest, None, no_deps=True)
+                    version = next((w.name.split("-")[1] for w in got if _wheel_name(w) == name), "?")
+                    say(f"warning: {req} does not fit {target.describe()}; using {name} {version}")
+                    continue
+                except WheelResolutionError:
+                    pass
+                built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                                        "-w", str(dest), req], capture_output=True, text=True)
+                if built.returncode != 0 or not any(
+                        _wheel_name(w) == name and w.name.endswith("none-any.whl")
+                        for w in dest.glob("*.whl")):
+                    skipped.append(req)
+                    say(f"warning: no wheel of {req} for {target.describe()}: left out of the image")
     have = {_wheel_name(w) for w in dest.glob("*.whl")}
     missing = [r for r in runtime if r.split("==")[0].lower().replace("_", "-") not in have]
     resolve_wheels(missing + ["pip"], target, dest, say)
@@ -167,7 +178,7 @@ def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, des
 def _deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
                 runtime: list[str], say: Callable[[str], None]) -> tuple[str, bool, list[str]]:
     lock = [f"{n}=={v}" for n, v in sorted(snap.packages.items())]
-    runtime_pins = pinned(runtime)
+    runtime_pins = pinned(runtime) + list(snap.requirements)
     with tempfile.TemporaryDirectory(prefix="nbcontainer-deps-") as tmp:
         self_wheel = build_self_wheel(Path(tmp) / "self")
         key_src = json.dumps([engine.get_image(base).id, lock, runtime_pins,
@@ -214,7 +225,7 @@ def _committed_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]
     except (FileNotFoundError, PermissionError):
         pass
     env_keys = [e.split("=", 1)[0] for e in (container.attrs["Config"].get("Env") or [])]
-    changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", f"LABEL {L.ROLE}={ROLE_DEPS}",
+    changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {L.ROLE}={ROLE_DEPS}",
                f"LABEL {L.KERNEL_ID}=", f"LABEL {L.OWNER_PID}=", f"LABEL {L.OWNER_HOST}="]
     changes += [f"ENV {k}=" for k in env_keys if is_secret(k) or k in (
         "NBCONTAINER_KERNEL_ID", "JPY_SESSION_NAME", "JPY_PARENT_PID")]

@@ -118,11 +118,11 @@ def resolve_wheels(requirements: list[str], target: TargetPython, dest: Path,
     cache.mkdir(parents=True, exist_ok=True)
     base = [
         sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-        "--only-binary=:all:", "--python-version", target.minor,
+        "--only-binary=:all:", "--python-version", ".".join(map(str, target.version)),
         "--implementation", "cp" if target.implementation == "cpython" else "pp",
         "--abi", target.abi, "--abi", "abi3", "--abi", "none",
         *[arg for p in target.platforms() for arg in ("--platform", p)],
-        "-d", str(dest), *(["--no-deps", "--ignore-requires-python"] if no_deps else []),
+        "-d", str(dest), *(["--no-deps"] if no_deps else []),
     ]
     offline = subprocess.run(base + ["--no-index", "--find-links", str(cache), *requirements],
                              capture_output=True, text=True)

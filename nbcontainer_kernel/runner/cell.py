@@ -96,7 +96,7 @@ def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths) -> int:
     write_results(shell.user_ns, assigned + changed, result.result if error is None else None,
                   shell.display_pub.kept, params, paths)
     if error is not None:
-        write_failure(error, paths, context=f"the cell raised {type(error).__name__}")
+        write_failure(error, paths, context="the cell raised")
         return 1
     return 0
 

@@ -45,8 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if snap.mode == "notebook":
         from .notebook import run_notebook
 
+        from pathlib import Path
+
         code = run_notebook(paths.snapshot / "notebook.ipynb", params, paths,
-                            workdir=paths.snapshot / "src" / "code")
+                            workdir=paths.snapshot / "src" / "code",
+                            stem=Path(snap.notebook).stem if snap.notebook else "output")
     else:
         from .cell import run_cell
 

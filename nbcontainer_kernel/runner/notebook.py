@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,12 @@ from .. import metrics
 from .paths import Paths
 
 __all__ = ["parameters_of", "inject_parameters", "run_notebook"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
 
 
 def parameters_of(nb: Any) -> list[dict[str, Any]]:
@@ -55,10 +62,10 @@ def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
     nb.cells.insert(index, cell)
 
 
-def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, workdir: Path) -> int:
+def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, workdir: Path,
+                 stem: str = "output") -> int:
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     class EchoingClient(NotebookClient):
         """Echo each cell's stream output to our stdout/stderr as it comes (the run's log)."""
@@ -81,19 +88,18 @@ def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, workdir: 
 
     client = EchoingClient(nb, kernel_name="python3", timeout=None, startup_timeout=120,
                            resources={"metadata": {"path": str(workdir)}}, on_cell_start=on_start)
-    stem = notebook.stem if notebook.stem != "notebook" else "output"
     code = 0
     try:
         client.execute()
-    except (CellExecutionError, DeadKernelError) as exc:
+    except Exception as exc:  # a failing cell, a dead kernel, a kernel that never started
         code = 1
         failed = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and any(
             o.get("output_type") == "error" for o in c.get("outputs", []))), None)
         where = f"cell {failed}" if failed is not None else "a cell"
         source = nb.cells[failed].source if failed is not None else ""
-        paths.failure.write_text(
+        paths.failure.write_text(_strip_ansi(
             f"notebook failed in {where}: {getattr(exc, 'ename', type(exc).__name__)}: "
-            f"{getattr(exc, 'evalue', exc)}\n\n--- cell source ---\n{source}\n\n--- traceback ---\n{exc}\n")
+            f"{getattr(exc, 'evalue', exc)}\n\n--- cell source ---\n{source}\n\n--- traceback ---\n{exc}\n"))
         (paths.output / "failed_cell.json").write_text(json.dumps({"index": failed, "source": source}))
         from ..serialize import dumps_exception
 

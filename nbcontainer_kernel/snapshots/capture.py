@@ -57,6 +57,7 @@ class Snapshot:
     env_secrets_dropped: list[str] = field(default_factory=list)
     python: str = field(default_factory=python_version)
     packages: dict[str, str] = field(default_factory=dict)
+    requirements: list[str] = field(default_factory=list)  # resolved with their dependencies
     local_packages: list[dict[str, Any]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     source_paths: list[str] = field(default_factory=list)
