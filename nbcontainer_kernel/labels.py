@@ -13,8 +13,6 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import psutil
-
 PREFIX = "io.nbcontainer."
 ROLE = PREFIX + "role"
 KERNEL_ID = PREFIX + "kernel-id"
@@ -77,6 +75,8 @@ class Owner:
         """True when this owner's process still runs (only answerable on its own host)."""
         if not self.is_local():
             return True  # cannot tell from here: never treat another host's kernels as orphans
+        import psutil
+
         try:
             return _start_time(self.pid) == self.started or not self.started
         except psutil.NoSuchProcess:
@@ -84,6 +84,9 @@ class Owner:
 
 
 def _start_time(pid: int) -> str:
+    # psutil is imported here: this module is also imported inside run images.
+    import psutil
+
     try:
         return f"{psutil.Process(pid).create_time():.2f}"
     except psutil.AccessDenied:

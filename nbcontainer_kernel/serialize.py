@@ -12,6 +12,7 @@ pandas, pyarrow and cloudpickle only when a value needs them.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import types
@@ -24,6 +25,7 @@ __all__ = ["Serialized", "serialize_value", "deserialize", "SerializationError",
 PARQUET = "parquet"
 CLOUDPICKLE = "cloudpickle"
 IMPORT = "import"
+_FREQ_KEY = b"nbcontainer.index_freq"
 
 
 class SerializationError(Exception):
@@ -83,6 +85,10 @@ def serialize_value(name: str, obj: Any, dest: Path, prefix: str = "") -> Serial
     tname = type_name(obj)
     if isinstance(obj, types.ModuleType):
         return Serialized(name, tname, IMPORT, module=obj.__name__)
+    if isinstance(obj, io.IOBase):
+        # cloudpickle would copy a readable file's content and lose its position: refuse.
+        raise SerializationError(f"open file {getattr(obj, 'name', '')!r} ({tname}): pass its path "
+                                 "and open it in the cell instead")
     note = None
     kind = _is_pandas(obj)
     if kind:
@@ -101,10 +107,17 @@ def _write_parquet(name: str, tname: str, obj: Any, kind: str, dest: Path, base:
     frame = obj.to_frame(name="__series__" if obj.name is None else obj.name) if kind == "series" else obj
     if kind == "frame" and not all(isinstance(c, str) for c in frame.columns):
         raise SerializationError("non-string column names")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = dest / f"{base}.parquet"
+    table = pa.Table.from_pandas(frame, preserve_index=True)
+    freq = getattr(frame.index, "freqstr", None)
+    if freq:  # Parquet keeps a DatetimeIndex but not its frequency
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _FREQ_KEY: freq.encode()})
     # No compression: snapshots and results stay local or cross a fast link, and
     # writing at disk speed matters more than a smaller file.
-    frame.to_parquet(path, engine="pyarrow", compression=None, index=True)
+    pq.write_table(table, path, compression="none")
     return Serialized(name, tname, PARQUET, [path.name], path.stat().st_size,
                       note="series" if kind == "series" else None)
 
@@ -141,7 +154,13 @@ def deserialize(entry: Serialized | dict[str, Any], src: Path) -> Any:
     if entry.serializer == PARQUET:
         import pandas as pd
 
-        frame = pd.read_parquet(src / entry.files[0], engine="pyarrow")
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(src / entry.files[0])
+        frame = table.to_pandas()
+        freq = (table.schema.metadata or {}).get(_FREQ_KEY)
+        if freq and isinstance(frame.index, pd.DatetimeIndex):
+            frame.index = pd.DatetimeIndex(frame.index, freq=freq.decode())
         if entry.note == "series":
             series = frame.iloc[:, 0]
             return series.rename(None) if series.name == "__series__" else series

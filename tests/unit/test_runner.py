@@ -1,0 +1,101 @@
+"""The in-container runner, exercised on the host (its paths moved by env vars)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from nbcontainer_kernel.errors import ImageNotUsable
+from nbcontainer_kernel.results import RunResult
+from nbcontainer_kernel.runimages import _check_python
+from nbcontainer_kernel.runner.notebook import inject_parameters, parameters_of
+from nbcontainer_kernel.runner.params import resolve_params
+from nbcontainer_kernel.snapshots import snapshot
+from nbcontainer_kernel.wheels import TargetPython
+
+
+def _run(tmp_path: Path, ns: dict, cell: str, args: list[str] = (), env: dict | None = None,
+         hyper: dict | None = None) -> tuple[subprocess.CompletedProcess, RunResult]:
+    snap = snapshot(ns, cell, dest=tmp_path / "snap", cwd=tmp_path, include_dependencies=False)
+    ml = tmp_path / "ml"
+    if hyper is not None:
+        (ml / "input" / "config").mkdir(parents=True)
+        (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyper))
+    run_env = {**os.environ, "NBCONTAINER_SNAPSHOT_DIR": str(snap.directory), "NBCONTAINER_ML_ROOT": str(ml),
+               **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.runner.main", *args],
+                          env=run_env, capture_output=True, text=True, cwd=tmp_path)
+    return proc, RunResult(image="host", exit_code=proc.returncode, output_dir=ml)
+
+
+def test_parameters_first_found_wins(tmp_path: Path) -> None:
+    hyper = tmp_path / "h.json"
+    hyper.write_text(json.dumps({"alpha": "0.25", "name": "from-hyper", "flags": "[1, 2]"}))
+    assert resolve_params([("alpha", "0.5")], {"NBCONTAINER_PARAMS": '{"alpha": 0.7}'}, hyper) == (
+        {"alpha": 0.5}, "arguments")
+    assert resolve_params([], {"NBCONTAINER_PARAMS": '{"alpha": 0.7}'}, hyper) == (
+        {"alpha": 0.7}, "NBCONTAINER_PARAMS")
+    assert resolve_params([], {}, hyper) == (
+        {"alpha": 0.25, "name": "from-hyper", "flags": [1, 2]}, str(hyper))
+
+
+def test_cell_results_metrics_and_parameter_override(tmp_path: Path) -> None:
+    proc, res = _run(tmp_path, {"alpha": 0.1, "base": 10},
+                     "from nbcontainer_kernel import log_metric\nscaled = base * alpha\n"
+                     "log_metric('scaled', scaled, step=1)\nprint('scaled', scaled)\nscaled + 1",
+                     hyper={"alpha": "0.5"})
+    assert proc.returncode == 0, proc.stderr
+    assert "[nbcontainer-metric] scaled=5.0 step=1" in proc.stdout
+    assert res.results == {"scaled": 5.0}
+    assert res.metrics == {"scaled": 5.0}
+    assert res.last_value == 6.0
+    assert res.index["parameters"] == {"alpha": 0.5}
+
+
+def test_failing_cell_leaves_failure_exception_and_partial_results(tmp_path: Path) -> None:
+    proc, res = _run(tmp_path, {}, "partial = 41\nraise KeyError('no such column')")
+    assert proc.returncode != 0
+    assert res.failure.startswith("the cell raised: KeyError: 'no such column'")
+    assert "Traceback" in res.failure
+    assert res.results == {"partial": 41}
+    exc = res.exception()
+    assert isinstance(exc, KeyError) and "no such column" in exc.__cause__.text
+    with pytest.raises(Exception) as err:
+        res.raise_for_status()
+    assert type(err.value).__name__ == "RemoteExecutionError"
+    assert isinstance(err.value.__cause__, KeyError)
+
+
+def test_bad_parameters_still_leave_a_failure(tmp_path: Path) -> None:
+    proc, res = _run(tmp_path, {}, "1", env={"NBCONTAINER_PARAMS": "[not json"})
+    assert proc.returncode == 2
+    assert res.failure.startswith("the run could not start")
+
+
+def test_parameters_cell_and_injection() -> None:
+    params = new_code_cell("alpha = 0.5\nname: str = 'x'\nsteps = 10 * 2")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[new_code_cell("import os"), params, new_code_cell("print(alpha)")])
+    assert parameters_of(nb) == [{"name": "alpha", "type": "float", "default": 0.5},
+                                 {"name": "name", "type": "str", "default": "x"},
+                                 {"name": "steps", "type": "expression", "default": "10 * 2"}]
+    inject_parameters(nb, {"alpha": 0.9})
+    assert nb.cells[2].source == "# Parameters\nalpha = 0.9\n"
+    assert nb.cells[2].metadata["tags"] == ["injected-parameters"]
+
+
+def test_a_base_with_another_python_minor_is_refused(tmp_path: Path) -> None:
+    with snapshot({}, "", dest=tmp_path / "s", include_dependencies=False, include_sources=False) as snap:
+        other = TargetPython((3, 9, 18), "x86_64", "glibc", "2.36")
+        with pytest.raises(ImageNotUsable, match="Pickles do not cross Python versions"):
+            _check_python("python:3.9-slim", other, snap)
+        same = TargetPython(tuple(int(x) for x in snap.python.split(".")), "x86_64", "glibc", "2.36")
+        _check_python("ok", same, snap)
