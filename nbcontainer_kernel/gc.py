@@ -85,6 +85,8 @@ def sweep(engine: Engine, dry_run: bool = False) -> list[Orphan]:
             engine.remove(o.container_id)
             release(o.container_id)
             log.info("removed orphaned %s container %s (%s)", o.role, o.name, o.owner)
+    if not dry_run:
+        remove_commits_of_gone_containers(engine)
     # Adoption records of containers that no longer exist are litter too.
     if not dry_run and _adoption_dir().is_dir():
         for f in _adoption_dir().glob("*.json"):
@@ -94,3 +96,24 @@ def sweep(engine: Engine, dry_run: bool = False) -> list[Orphan]:
                 except FileNotFoundError:
                     pass
     return orphans
+
+
+COMMITTED_FROM = L.PREFIX + "committed-from"
+
+
+def remove_commits_of_gone_containers(engine: Engine, container_id: str | None = None) -> int:
+    """Remove images committed from kernel containers that no longer exist (or from
+    `container_id`); an image a run image still builds on is kept."""
+    removed = 0
+    selector = {COMMITTED_FROM: container_id} if container_id else [COMMITTED_FROM]
+    for image in engine.images(selector):
+        source = (image.labels or {}).get(COMMITTED_FROM, "")
+        if container_id is None and engine.inspect(source) is not None:
+            continue
+        for tag in image.tags or [image.id]:
+            try:
+                engine.remove_image(tag)
+                removed += 1
+            except Exception:  # noqa: BLE001 - in use by a run image: it goes with that image
+                pass
+    return removed

@@ -367,6 +367,8 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             return
         try:
             await asyncio.to_thread(self.engine.remove, cid)
+            # Images committed from this kernel for %%remote_run go with it.
+            await asyncio.to_thread(gc_mod.remove_commits_of_gone_containers, self.engine, cid)
         finally:
             gc_mod.release(cid)
         if not restart:

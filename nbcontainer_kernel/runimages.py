@@ -33,7 +33,7 @@ from .errors import ImageNotUsable, NbcontainerError, WheelResolutionError
 from .images import VENV, _label_line, probe_python
 from .snapshots.capture import MANIFEST, SNAPSHOT_DIR, Snapshot
 from .snapshots.env import is_secret
-from .wheels import TargetPython, build_self_wheel, pinned, resolve_wheels
+from .wheels import TargetPython, pinned, resolve_wheels
 
 __all__ = ["RunImage", "build_run_image", "default_base", "remove_run_image", "RUNTIME_FOR_CELLS",
            "RUNTIME_FOR_NOTEBOOKS"]
@@ -46,10 +46,15 @@ LABEL_PYTHON = L.PREFIX + "python"
 LABEL_NOTEBOOK = L.PREFIX + "source-notebook"
 LABEL_PARAMETERS = L.PREFIX + "parameters"
 LABEL_MODE = L.PREFIX + "mode"
+LABEL_COMMITTED_FROM = L.PREFIX + "committed-from"
 
 RUNTIME_FOR_CELLS = ["ipython", "cloudpickle"]
 RUNTIME_FOR_NOTEBOOKS = ["ipykernel", "cloudpickle", "nbclient", "nbformat", "nbconvert"]
 KERNEL_CONNECTION_FILE = "/tmp/nbcontainer-kernel.json"
+# This package's code in a run image: its own small layer, on sys.path through a .pth file
+# of the dependency layer, so a new version of it never invalidates the dependencies.
+RUNTIME_DIR = "/opt/nbcontainer/runtime"
+_DEPS_LAYOUT = 2  # bump when the dependency layer's recipe changes
 
 
 @dataclass
@@ -111,6 +116,10 @@ RUN {python} -m venv --without-pip --system-site-packages {venv} \\
  && {venv}/bin/python /tmp/nbcontainer-wheels/{pip_wheel}/pip install -q --no-index --no-deps \\
       --no-cache-dir --disable-pip-version-check /tmp/nbcontainer-wheels/*.whl \\
  && rm -rf /tmp/nbcontainer-wheels \\
+ && echo {runtime} > "$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nbcontainer-runtime.pth" \\
+ && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runner.main "$@"\\n' > {venv}/bin/nbcontainer-run \\
+ && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runner.main train "$@"\\n' > {venv}/bin/train \\
+ && chmod a+rx {venv}/bin/nbcontainer-run {venv}/bin/train \\
  && mkdir -p /opt/ml/model /opt/ml/output/data /opt/ml/input/config /opt/nbcontainer/snapshot \\
  && chmod -R a+rX /opt/nbcontainer && chmod 1777 /opt/ml /opt/ml/model /opt/ml/output /opt/ml/output/data
 ENV PATH={venv}/bin:$PATH PYTHONUNBUFFERED=1
@@ -180,9 +189,8 @@ def _deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
     lock = [f"{n}=={v}" for n, v in sorted(snap.packages.items())]
     runtime_pins = pinned(runtime) + list(snap.requirements)
     with tempfile.TemporaryDirectory(prefix="nbcontainer-deps-") as tmp:
-        self_wheel = build_self_wheel(Path(tmp) / "self")
-        key_src = json.dumps([engine.get_image(base).id, lock, runtime_pins,
-                              hashlib.sha256(self_wheel.read_bytes()).hexdigest()])
+        # This package's own code is not in the key: it is a layer of its own above.
+        key_src = json.dumps([_DEPS_LAYOUT, engine.get_image(base).id, lock, runtime_pins])
         key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
         tag = f"nbcontainer/deps:{key}"
         if engine.has_image(tag):
@@ -191,15 +199,14 @@ def _deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
         say(f"dependencies: building {tag} ({len(lock)} pinned distributions)")
         wheels = Path(tmp) / "wheels"
         skipped = _resolve_lock(lock, runtime_pins, target, wheels, say)
-        # Our own wheel last, replacing any copy of this package in the lock.
-        for w in wheels.glob("nbcontainer_kernel-*.whl"):
+        for w in wheels.glob("nbcontainer_kernel-*.whl"):  # it comes as the runtime layer
             w.unlink()
-        (wheels / self_wheel.name).write_bytes(self_wheel.read_bytes())
         pip_wheel = next(w.name for w in wheels.glob("pip-*.whl"))
         labels = {L.ROLE: ROLE_DEPS, LABEL_DEPS_KEY: key, LABEL_PYTHON: ".".join(map(str, target.version)),
                   L.OCI_BASE_NAME: base, L.OCI_CREATED: L.now_iso(), L.OCI_SOURCE: L.SOURCE_URL}
         dockerfile = _DEPS_DOCKERFILE.format(base=engine.get_image(base).id, python="python3", venv=VENV,
-                                             pip_wheel=pip_wheel, labels=_label_line(labels))
+                                             pip_wheel=pip_wheel, labels=_label_line(labels),
+                                             runtime=RUNTIME_DIR)
         ctx = _context(dockerfile, {"wheels": wheels})
         engine.build(ctx, tag, on_line=say)
     return tag, False, skipped
@@ -226,19 +233,21 @@ def _committed_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]
         pass
     env_keys = [e.split("=", 1)[0] for e in (container.attrs["Config"].get("Env") or [])]
     changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {L.ROLE}={ROLE_DEPS}",
+               f"LABEL {LABEL_COMMITTED_FROM}={container.id}",
                f"LABEL {L.KERNEL_ID}=", f"LABEL {L.OWNER_PID}=", f"LABEL {L.OWNER_HOST}="]
     changes += [f"ENV {k}=" for k in env_keys if is_secret(k) or k in (
         "NBCONTAINER_KERNEL_ID", "JPY_SESSION_NAME", "JPY_PARENT_PID")]
     say(f"dependencies: committing the kernel's container {container.name} as {tag}")
     repo, _, t = tag.partition(":")
-    container.commit(repository=repo, tag=t, changes=changes, pause=True)
+    # No pause: the kernel is blocked in this very call, and freezing it buys nothing.
+    container.commit(repository=repo, tag=t, changes=changes, pause=False)
     return tag, False
 
 
 # -------------------------------------------------------------- snapshot layer
 _RUN_DOCKERFILE = """\
 FROM {deps}
-COPY snapshot {snapshot_dir}
+{runtime_copy}COPY snapshot {snapshot_dir}
 ENTRYPOINT ["{venv}/bin/nbcontainer-run"]
 CMD []
 LABEL {labels}
@@ -253,7 +262,10 @@ def _context(dockerfile: str, trees: dict[str, Path]) -> io.BytesIO:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
 
-        def readable(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+        def readable(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            if "__pycache__" in ti.name or ti.name.endswith(".pyc"):
+                return None
+            ti.mtime = 0  # content alone decides Docker's cache
             ti.uid = ti.gid = 0
             ti.uname = ti.gname = ""
             ti.mode = 0o755 if ti.isdir() else 0o644
@@ -305,12 +317,18 @@ def build_run_image(
         L.OCI_SOURCE: snap.notebook or L.SOURCE_URL,
         L.OCI_BASE_NAME: base or snap.kernel.get("image", ""),
     }
+    committed = base is None and bool(snap.kernel.get("kernel_id"))
+    # A committed kernel has this package installed already (its kernel image's).
+    runtime_copy = "" if committed else f"COPY runtime {RUNTIME_DIR}\n"
     dockerfile = _RUN_DOCKERFILE.format(deps=deps, snapshot_dir=SNAPSHOT_DIR, venv=VENV,
-                                        labels=_label_line(labels))
+                                        labels=_label_line(labels), runtime_copy=runtime_copy)
     if not (snap.directory / MANIFEST).exists():
         snap.write_manifest()
     tag = tag or f"nbcontainer/run:{snap.digest[:16]}"
-    image, _ = engine.build(_context(dockerfile, {"snapshot": snap.directory}), tag, on_line=say)
+    trees = {"snapshot": snap.directory}
+    if not committed:
+        trees["runtime/nbcontainer_kernel"] = Path(__file__).resolve().parent
+    image, _ = engine.build(_context(dockerfile, trees), tag, on_line=say)
     timings["snapshot_layer"] = time.perf_counter() - t1
     return RunImage(tag, image.id, snap.digest, deps, reused, timings, skipped)
 

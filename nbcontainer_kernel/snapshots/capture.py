@@ -197,7 +197,7 @@ def snapshot(
         snap.env_names, snap.env_secrets_dropped = sorted(kept), secrets
 
         if include_dependencies:
-            deps, roots = capture_dependencies()
+            deps, roots = capture_dependencies(in_image=bool(env.get("NBCONTAINER_KERNEL_ID")))
             _copy_local_packages(deps, roots, directory / "src" / "site")
             snap.packages = deps.lock
             snap.local_packages = [asdict(p) for p in deps.local]

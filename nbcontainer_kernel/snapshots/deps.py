@@ -71,8 +71,13 @@ def _top_level(dist: md.Distribution) -> list[str]:
     return sorted(n for n in names if not n.startswith("_") or n == "__editable__")
 
 
-def capture_dependencies() -> tuple[Dependencies, dict[str, Path]]:
-    """The lock and the local packages' import roots (import name -> its directory or file)."""
+def capture_dependencies(*, in_image: bool = False) -> tuple[Dependencies, dict[str, Path]]:
+    """The lock and the local packages' import roots (import name -> its directory or file).
+
+    in_image: the kernel runs in a container that will be committed, so what was
+    installed from a local wheel is in the image already; only local source
+    directories (editable installs, often on a mount a commit does not see) travel.
+    """
     deps = Dependencies(python_version())
     roots: dict[str, Path] = {}
     seen: set[str] = set()
@@ -86,7 +91,7 @@ def capture_dependencies() -> tuple[Dependencies, dict[str, Path]]:
         seen.add(canon)
         direct = _direct_url(dist)
         is_local = bool(direct) and (
-            "dir_info" in direct or str(direct.get("url", "")).startswith("file:"))
+            "dir_info" in direct or (str(direct.get("url", "")).startswith("file:") and not in_image))
         if not is_local:
             deps.lock[canon] = dist.version
             continue

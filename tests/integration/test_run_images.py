@@ -159,7 +159,10 @@ def test_second_build_reuses_the_dependency_layer(engine: Engine, images: list[s
     layers1 = engine.get_image(first.tag).attrs["RootFS"]["Layers"]
     layers2 = engine.get_image(second.tag).attrs["RootFS"]["Layers"]
     assert layers1[:len(deps_layers)] == layers2[:len(deps_layers)] == deps_layers
-    assert len(layers2) == len(deps_layers) + 1, "only the snapshot layer is new"
+    # Above the dependencies: this package's runtime (shared, from Docker's cache), then
+    # the snapshot: the only new layer.
+    assert len(layers2) == len(deps_layers) + 2
+    assert layers1[-2] == layers2[-2] and layers1[-1] != layers2[-1]
     assert first.tag != second.tag
 
     snap = snapshot({"x": 3}, "y = x", cwd=tmp_path, env={})
