@@ -33,3 +33,10 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'nbcontainer_kernel' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext nbcontainer_kernel` registers %%remote_run and its friends."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

@@ -1,15 +1,8 @@
-"""Run a run image on this machine's Docker engine and collect what it leaves.
-
-Outputs come out of the container through the Docker API (get_archive), never
-a host bind mount, so this works from inside a containerized kernel and
-against a remote DOCKER_HOST. The container is removed whatever happens.
-"""
+"""Run a run image on this machine and wait for it: the local backend, driven to the end."""
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
+import secrets
 import tempfile
 import threading
 import time
@@ -17,27 +10,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-
-from . import labels as L
-from .engine import Engine, get_engine, translate_errors
-from .options import parse_bytes
+from .backends.base import Hooks, Phase, RunDriver, RunSpec
+from .backends.local import LocalBackend
+from .engine import Engine
 from .results import RunResult
 
-__all__ = ["run_image", "ROLE_RUN_CONTAINER"]
-
-ROLE_RUN_CONTAINER = "run"
-
-
-def _extract(engine: Engine, container_id: str, src: str, dest: Path) -> None:
-    """Copy a directory out of a (stopped) container into dest."""
-    try:
-        stream, _ = engine.api.get_archive(container_id, src)
-    except docker.errors.NotFound:
-        return
-    buf = io.BytesIO(b"".join(stream))
-    with tarfile.open(fileobj=buf) as tar:
-        tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
+__all__ = ["run_image"]
 
 
 def run_image(
@@ -55,79 +33,27 @@ def run_image(
     cancel: threading.Event | None = None,
     engine: Engine | None = None,
 ) -> RunResult:
-    """Run `image` (its entrypoint is the runner) and return what it left.
+    """Run `image` (its entrypoint is the runner) in Docker here and return what it left.
 
-    `params` travel as NBCONTAINER_PARAMS (JSON, types kept); `env` is given
-    at `docker run` time only (e.g. credentials: never in the image). The
-    outputs (/opt/ml/model, /opt/ml/output) are copied to `output_dir`.
-    A timeout or a set `cancel` event stops the container.
+    `params` travel as NBCONTAINER_PARAMS (JSON, types kept) and `args` as the
+    runner's arguments (``-p NAME VALUE``); `env` is given at run time only
+    (e.g. credentials: never in the image). Outputs are copied to `output_dir`
+    through the Docker API. A timeout or a set `cancel` event stops the run.
     """
-    engine = engine or get_engine()
     out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="nbcontainer-run-"))
     out.mkdir(parents=True, exist_ok=True)
-    run_env = dict(env or {})
-    if params:
-        run_env["NBCONTAINER_PARAMS"] = json.dumps(dict(params), default=str)
-    kwargs: dict[str, Any] = {
-        "command": list(args or []),
-        "environment": run_env,
-        "labels": {**L.container_labels(ROLE_RUN_CONTAINER, image=image), **(labels or {})},
-        "detach": True,
-        "init": True,
-    }
-    if cpus:
-        kwargs["nano_cpus"] = int(cpus * 1e9)
-    if memory:
-        kwargs["mem_limit"] = kwargs["memswap_limit"] = parse_bytes("memory", memory)
-    container = engine.create_container(image, **kwargs)
+    run_id = f"adhoc-{secrets.token_hex(4)}"
     logs: list[str] = []
-    result = RunResult(image=image, exit_code=None, output_dir=out, logs=logs, container=container.name)
+    hooks = Hooks(on_log=[lambda _rid, line: (logs.append(line), on_log(line) if on_log else None)])
+    driver = RunDriver(LocalBackend(engine), hooks)
+    if cancel is not None:
+        threading.Thread(target=lambda: (cancel.wait(), driver.cancel_event.set()), daemon=True).start()
+    spec = RunSpec(run_id, image, params=dict(params or {}), command=list(args or []), env=dict(env or {}),
+                   cpus=cpus, memory=memory, timeout=timeout, labels=dict(labels or {}))
     t0 = time.monotonic()
-    try:
-        engine.start(container)
-        reader = threading.Thread(target=_follow, args=(container, logs, on_log), daemon=True)
-        reader.start()
-        deadline = None if timeout is None else t0 + timeout
-        while True:
-            info = engine.inspect(container.id)
-            state = (info or {}).get("State") or {}
-            if not state.get("Running"):
-                result.exit_code = state.get("ExitCode")
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                result.timed_out = True
-                engine.signal(container.id, "SIGKILL")
-            elif cancel is not None and cancel.is_set():
-                result.cancelled = True
-                engine.signal(container.id, "SIGKILL")
-            time.sleep(0.05)
-        reader.join(timeout=10)
-        result.duration = time.monotonic() - t0
-        with translate_errors("copy the run's outputs"):
-            _extract(engine, container.id, "/opt/ml/model", out)
-            _extract(engine, container.id, "/opt/ml/output", out)
-        (out / "logs.txt").write_text("\n".join(logs) + ("\n" if logs else ""))
-        return result
-    finally:
-        engine.remove(container.id)
-
-
-def _follow(container: Any, logs: list[str], on_log: Callable[[str], None] | None) -> None:
-    """Stream the container's stdout/stderr as it is written, line by line."""
-    pending = b""
-    try:
-        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for raw in lines:
-                line = raw.decode("utf-8", "replace")
-                logs.append(line)
-                if on_log:
-                    on_log(line)
-    except Exception:  # the container was removed under us: the log ends here
-        pass
-    if pending:
-        line = pending.decode("utf-8", "replace")
-        logs.append(line)
-        if on_log:
-            on_log(line)
+    job = driver.backend.submit(spec)
+    phase, code = driver.wait(job, spec, out)
+    return RunResult(image=image, exit_code=code, output_dir=out, logs=logs, duration=time.monotonic() - t0,
+                     timed_out=phase == Phase.FAILED and code is not None and spec.timeout is not None
+                     and (time.monotonic() - t0) >= spec.timeout,
+                     cancelled=phase == Phase.CANCELLED, container=job.handle["container_name"])

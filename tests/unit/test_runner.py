@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -99,3 +97,17 @@ def test_a_base_with_another_python_minor_is_refused(tmp_path: Path) -> None:
             _check_python("python:3.9-slim", other, snap)
         same = TargetPython(tuple(int(x) for x in snap.python.split(".")), "x86_64", "glibc", "2.36")
         _check_python("ok", same, snap)
+
+
+def test_ipython_semantics_magics_shell_and_display(tmp_path: Path) -> None:
+    cell = ("%time squares = [i * i for i in range(4)]\n"
+            "!echo from-the-shell\n"
+            "from IPython.display import display, HTML\n"
+            "display(HTML('<i>shown</i>'))\n"
+            "len(squares)")
+    proc, res = _run(tmp_path, {}, cell)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "from-the-shell" in proc.stdout
+    assert res.results == {"squares": [0, 1, 4, 9]}
+    assert res.last_value == 4
+    assert res.displays[0]["data"]["text/html"] == "<i>shown</i>"

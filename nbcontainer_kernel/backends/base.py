@@ -1,0 +1,212 @@
+"""The backend seam: where a run image runs (this machine, AWS Batch, SageMaker).
+
+A backend implements a few steps, like jupyter_client's provisioner base:
+``submit`` a job, report its ``status`` as a :class:`Phase`, return its
+``logs`` since a line, ``cancel`` it, ``fetch_results`` into a directory, and
+``cleanup`` whatever it made. :class:`RunDriver` owns the lifecycle around
+them: phase changes with timestamps, the progress hooks, the timeout, the
+cancel request, and the always-run cleanup.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Phase", "RunSpec", "Job", "Backend", "RunDriver", "Hooks", "PhaseCallback", "LogCallback"]
+
+
+class Phase(str, enum.Enum):
+    """One status model for every backend."""
+
+    SNAPSHOT = "SNAPSHOT"
+    BUILD = "BUILD"
+    PUSH = "PUSH"
+    SUBMITTED = "SUBMITTED"
+    QUEUED = "QUEUED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    COLLECTING = "COLLECTING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
+
+    @property
+    def order(self) -> int:
+        return list(Phase).index(self)
+
+
+PhaseCallback = Callable[[str, "Phase", dict[str, float]], None]
+LogCallback = Callable[[str, str], None]
+
+
+@dataclass
+class Hooks:
+    """Progress listeners: the widget panel and the text printer are two of them."""
+
+    on_phase: list[PhaseCallback] = field(default_factory=list)
+    on_log: list[LogCallback] = field(default_factory=list)
+
+    def phase(self, run_id: str, phase: Phase, timings: dict[str, float]) -> None:
+        for cb in self.on_phase:
+            cb(run_id, phase, timings)
+
+    def log(self, run_id: str, line: str) -> None:
+        for cb in self.on_log:
+            cb(run_id, line)
+
+
+@dataclass
+class RunSpec:
+    """What to run: an image, its parameters, and its resources."""
+
+    run_id: str
+    image: str
+    params: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)  # arguments to the runner (e.g. -p NAME VALUE)
+    env: dict[str, str] = field(default_factory=dict)  # given at run time only, never baked in
+    cpus: float | None = None
+    memory: str | None = None
+    gpus: str | None = None
+    timeout: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    detached: bool = False
+
+
+@dataclass
+class Job:
+    """A submitted run, as a backend knows it; `handle` is what finds it again."""
+
+    backend: str
+    run_id: str
+    handle: dict[str, Any]
+
+
+class Backend(ABC):
+    """Runs run images somewhere. Found by name through the
+    ``nbcontainer_kernel.backends`` entry points (see registry.py)."""
+
+    name: str = "?"
+    #: Whether the image must be pushed to a registry before submit.
+    needs_push: bool = False
+
+    @abstractmethod
+    def submit(self, spec: RunSpec) -> Job:
+        """Start the run; called once by RunDriver after the image exists."""
+
+    @abstractmethod
+    def status(self, job: Job) -> tuple[Phase, int | None]:
+        """(phase, exit code once known); called by RunDriver while it waits."""
+
+    @abstractmethod
+    def logs(self, job: Job, since: int = 0) -> list[str]:
+        """Log lines from number `since` on (0-based), as they are written."""
+
+    @abstractmethod
+    def cancel(self, job: Job) -> None:
+        """Stop the run; idempotent."""
+
+    @abstractmethod
+    def fetch_results(self, job: Job, dest: Path) -> None:
+        """Copy the run's /opt/ml/model and /opt/ml/output into dest (model/, output/)."""
+
+    def cleanup(self, job: Job) -> None:
+        """Remove what the run left on the platform (RunDriver's `finally` calls it)."""
+
+    def push(self, image: str) -> str:
+        """Push the image where the backend can pull it; returns the pushed reference."""
+        return image
+
+
+class RunDriver:
+    """Owns a run's lifecycle on a backend: phases, hooks, timeout, cancel, cleanup."""
+
+    def __init__(self, backend: Backend, hooks: Hooks | None = None,
+                 on_phase_record: Callable[[str, Phase, float], None] | None = None,
+                 on_interrupt: str = "cancel") -> None:
+        self.backend = backend
+        self.on_interrupt = on_interrupt  # what Ctrl-C while waiting does: "cancel" or "detach"
+        self.hooks = hooks or Hooks()
+        self.record = on_phase_record
+        self.cancel_event = threading.Event()
+        self.timings: dict[str, float] = {}
+        self._phase_started: tuple[Phase, float] | None = None
+
+    def enter(self, run_id: str, phase: Phase) -> None:
+        """Record a phase change (with its timestamp) and tell the listeners."""
+        now = time.time()
+        if self._phase_started is not None:
+            prev, t0 = self._phase_started
+            self.timings[prev.value.lower()] = self.timings.get(prev.value.lower(), 0.0) + now - t0
+        self._phase_started = None if phase.terminal else (phase, now)
+        if self.record:
+            self.record(run_id, phase, now)
+        self.hooks.phase(run_id, phase, dict(self.timings))
+
+    def wait(self, job: Job, spec: RunSpec, dest: Path, poll: float = 0.1) -> tuple[Phase, int | None]:
+        """Follow a submitted job to its end, streaming its log; then collect its results.
+
+        The backend's cleanup runs whatever happens (timeout, cancel, an error, Ctrl-C),
+        except when Ctrl-C is to detach: then the job runs on and can be attached later.
+        """
+        try:
+            return self._wait(job, spec, dest, poll)
+        except KeyboardInterrupt:
+            if self.on_interrupt == "detach":
+                raise
+            self.backend.cancel(job)
+            self.enter(job.run_id, Phase.CANCELLED)
+            self.backend.cleanup(job)
+            raise
+
+    def _wait(self, job: Job, spec: RunSpec, dest: Path, poll: float) -> tuple[Phase, int | None]:
+        seen = 0
+        phase = Phase.SUBMITTED
+        code = None
+        deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+        timed_out = False
+        try:
+            while True:
+                new, code = self.backend.status(job)
+                if new != phase and not new.terminal:
+                    self.enter(job.run_id, new)
+                phase = new
+                for line in self.backend.logs(job, seen):
+                    seen += 1
+                    self.hooks.log(job.run_id, line)
+                if phase.terminal:
+                    break
+                if self.cancel_event.is_set() or (deadline is not None and time.monotonic() > deadline):
+                    timed_out = not self.cancel_event.is_set()
+                    self.backend.cancel(job)
+                    self.cancel_event.set()
+                time.sleep(poll)
+            for line in self.backend.logs(job, seen):
+                self.hooks.log(job.run_id, line)
+            self.enter(job.run_id, Phase.COLLECTING)
+            self.backend.fetch_results(job, dest)
+            if self.cancel_event.is_set():
+                phase = Phase.CANCELLED
+            if timed_out:
+                (dest / "output").mkdir(parents=True, exist_ok=True)
+                failure = dest / "output" / "failure"
+                failure.write_text(f"the run timed out after {spec.timeout:g} s and was stopped\n\n")
+                phase = Phase.FAILED
+            self.enter(job.run_id, phase)
+            self.backend.cleanup(job)
+            return phase, code
+        except KeyboardInterrupt:
+            raise  # wait() decides: cancel (and clean up) or detach
+        except BaseException:
+            self.backend.cleanup(job)
+            raise

@@ -1,0 +1,147 @@
+"""The local backend: run images in Docker on this machine (or DOCKER_HOST).
+
+Files go in and out through the Docker API (get_archive), never bind mounts,
+so it works inside a containerized kernel too. Logs are followed as they are
+written; cancel kills and cleanup removes the container.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from .. import labels as L
+from ..engine import Engine, get_engine
+from ..options import parse_bytes, parse_gpus
+from .base import Backend, Job, Phase, RunSpec
+
+__all__ = ["LocalBackend", "ROLE_RUN_CONTAINER", "DETACHED"]
+
+ROLE_RUN_CONTAINER = "run"
+RUN_ID = L.PREFIX + "run-id"
+DETACHED = L.PREFIX + "detached"
+
+
+class _LogFollower:
+    """Collects a container's log lines in a thread while it runs."""
+
+    def __init__(self, container: Any) -> None:
+        self.lines: list[str] = []
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._follow, args=(container,), daemon=True)
+        self._thread.start()
+
+    def _follow(self, container: Any) -> None:
+        pending = b""
+        try:
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                self.lines.extend(raw.decode("utf-8", "replace") for raw in complete)
+        except Exception:  # removed under us: the log ends here
+            pass
+        if pending:
+            self.lines.append(pending.decode("utf-8", "replace"))
+        self.done.set()
+
+    def wait(self, timeout: float = 10) -> None:
+        self.done.wait(timeout)
+
+
+class LocalBackend(Backend):
+    name = "local"
+    needs_push = False
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self._engine = engine
+        self._followers: dict[str, _LogFollower] = {}
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = get_engine()
+        return self._engine
+
+    def submit(self, spec: RunSpec) -> Job:
+        env = dict(spec.env)
+        if spec.params:
+            env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
+        labels = {**L.container_labels(ROLE_RUN_CONTAINER, image=spec.image), RUN_ID: spec.run_id,
+                  **spec.labels}
+        if spec.detached:
+            labels[DETACHED] = "true"
+        kwargs: dict[str, Any] = {"command": list(spec.command), "environment": env, "labels": labels, "detach": True, "init": True,
+                                  "name": f"nbcontainer-run-{spec.run_id}-{L.now_iso()[11:19].replace(':', '')}"}
+        if spec.cpus:
+            kwargs["nano_cpus"] = int(spec.cpus * 1e9)
+        if spec.memory:
+            kwargs["mem_limit"] = kwargs["memswap_limit"] = parse_bytes("memory", spec.memory)
+        if spec.gpus:
+            import docker.types
+
+            count, ids = parse_gpus(spec.gpus)
+            kwargs["device_requests"] = [docker.types.DeviceRequest(
+                count=count if not ids else None, device_ids=ids or None, capabilities=[["gpu"]])]
+        container = self.engine.create_container(spec.image, **kwargs)
+        try:
+            self.engine.start(container)
+        except Exception:
+            self.engine.remove(container.id)
+            raise
+        self._followers[container.id] = _LogFollower(container)
+        return Job(self.name, spec.run_id, {"container_id": container.id, "container_name": container.name})
+
+    def attach(self, job: Job) -> None:
+        """Follow a job submitted by an earlier process (after a kernel restart)."""
+        cid = job.handle["container_id"]
+        container = self.engine.container(cid)
+        if container is not None and cid not in self._followers:
+            self._followers[cid] = _LogFollower(container)
+
+    def status(self, job: Job) -> tuple[Phase, int | None]:
+        info = self.engine.inspect(job.handle["container_id"])
+        if info is None:
+            return Phase.FAILED, None
+        state = info.get("State") or {}
+        if state.get("Running"):
+            return Phase.RUNNING, None
+        if state.get("Status") == "created":
+            return Phase.STARTING, None
+        code = state.get("ExitCode")
+        follower = self._followers.get(job.handle["container_id"])
+        if follower is not None:
+            follower.wait()
+        return (Phase.SUCCEEDED if code == 0 else Phase.FAILED), code
+
+    def logs(self, job: Job, since: int = 0) -> list[str]:
+        follower = self._followers.get(job.handle["container_id"])
+        if follower is None:
+            raw = self.engine.api.logs(job.handle["container_id"], stdout=True, stderr=True)
+            return raw.decode("utf-8", "replace").splitlines()[since:]
+        return follower.lines[since:]
+
+    def cancel(self, job: Job) -> None:
+        self.engine.signal(job.handle["container_id"], "SIGKILL")
+
+    def fetch_results(self, job: Job, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for src in ("/opt/ml/model", "/opt/ml/output"):
+            try:
+                stream, _ = self.engine.api.get_archive(job.handle["container_id"], src)
+            except docker.errors.NotFound:
+                continue
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                tar.extractall(dest, filter="data")
+        logs = self.logs(job, 0)
+        (dest / "logs.txt").write_text("\n".join(logs) + ("\n" if logs else ""))
+
+    def cleanup(self, job: Job) -> None:
+        cid = job.handle["container_id"]
+        self._followers.pop(cid, None)
+        self.engine.remove(cid)

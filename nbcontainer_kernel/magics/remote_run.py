@@ -1,0 +1,316 @@
+"""%%remote_run and friends. The magic bodies parse arguments and call the library
+(:mod:`nbcontainer_kernel.remote`, :mod:`nbcontainer_kernel.runs`); progress goes to
+the widget panel or its text twin, both listeners on the library's hooks."""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import CaselessStrEnum, Float, Int, Unicode
+
+from ..backends.base import Hooks
+from ..backends.registry import UnknownBackend, available
+from ..errors import RemoteExecutionError
+from ..runs import Runs, UnknownRun
+
+__all__ = ["RemoteRun", "load_pyproject_defaults", "parse_value"]
+
+
+def parse_value(text: str) -> Any:
+    """A parameter value: a Python literal where it parses (0.5, 'a', [1, 2]), else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise UsageError(f"{flag} expects NAME=VALUE with NAME a Python identifier, not {item!r}")
+        out[name] = parse_value(value)
+    return out
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise UsageError(f"not a variable name: {bad[0]!r}")
+    return names
+
+
+def load_pyproject_defaults(start: Path | None = None) -> dict[str, Any]:
+    """The [tool.nbcontainer] table of the nearest pyproject.toml above `start`."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            return {}
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        f = d / "pyproject.toml"
+        if f.is_file():
+            with open(f, "rb") as fh:
+                return dict(tomllib.load(fh).get("tool", {}).get("nbcontainer", {}))
+    return {}
+
+
+@magics_class
+class RemoteRun(Magics):
+    """Run notebook cells in a container: here (--local), on AWS Batch or on SageMaker.
+
+    Defaults come from ``%config RemoteRun.<name>``, then from the
+    ``[tool.nbcontainer]`` table of the project's pyproject.toml.
+    """
+
+    backend = Unicode("local", help="Backend used when neither --local nor --backend is given.").tag(config=True)
+    base = Unicode(None, allow_none=True, help="Base image of run images (default: the kernel's own "
+                   "container in a containerized kernel, else python:X.Y-slim).").tag(config=True)
+    max_parallel = Int(4, help="How many children of a local sweep run at once.").tag(config=True)
+    timeout = Float(None, allow_none=True, help="Seconds before a run is stopped (none by default).").tag(config=True)
+    memory = Unicode(None, allow_none=True, help="Memory limit of run containers, e.g. '4g'.").tag(config=True)
+    cpus = Float(None, allow_none=True, help="CPU limit of run containers.").tag(config=True)
+    interrupt = CaselessStrEnum(["cancel", "detach"], default_value="cancel",
+                                help="What interrupting the kernel while a run is waited on does: cancel "
+                                "the run, or detach from it (collect it later with %remote_attach).").tag(config=True)
+    progress = CaselessStrEnum(["auto", "widget", "text"], default_value="auto",
+                               help="Progress display: the ipywidgets panel, its text twin, or auto "
+                               "(the panel when a Jupyter server started the kernel).").tag(config=True)
+    ledger_path = Unicode(None, allow_none=True, help="The run ledger's SQLite file (default: "
+                          "NBCONTAINER_RUNS_DB or the user data directory).").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._runner = None
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def runner(self):
+        from ..remote import RemoteRunner
+
+        if self._runner is None or (self.ledger_path and str(self._runner.ledger.path) != self.ledger_path):
+            self._runner = RemoteRunner(Runs(self.ledger_path))
+        return self._runner
+
+    def _setting(self, name: str, flag_value: Any = None) -> Any:
+        """flag > %config > pyproject > trait default."""
+        if flag_value is not None:
+            return flag_value
+        configured = self.config.get("RemoteRun", {})
+        if name in configured:
+            return getattr(self, name)
+        defaults = load_pyproject_defaults()
+        if name.replace("_", "-") in defaults or name in defaults:
+            return defaults.get(name, defaults.get(name.replace("_", "-")))
+        return getattr(self, name)
+
+    def _listeners(self, cancel: Any) -> tuple[Hooks, Any]:
+        mode = self._setting("progress")
+        if mode == "auto":
+            mode = "widget" if (os.environ.get("JPY_SESSION_NAME") and getattr(self.shell, "kernel", None)) else "text"
+        hooks = Hooks()
+        if mode == "widget":
+            from IPython.display import display
+
+            from ..widgets.panel import RunPanel
+
+            holder: dict[str, Any] = {}
+
+            def on_phase(run_id, phase, timings):
+                if "panel" not in holder:
+                    holder["panel"] = RunPanel(run_id, on_cancel=lambda: cancel(holder["panel"].run_id))
+                    display(holder["panel"].widget)
+                holder["panel"].on_phase(run_id, phase, timings)
+
+            hooks.on_phase.append(on_phase)
+            hooks.on_log.append(lambda rid, line: holder["panel"].on_log(rid, line) if "panel" in holder else None)
+            return hooks, holder
+        from ..widgets.text import TextProgress
+
+        text = TextProgress(sys.stdout)
+        hooks.on_phase.append(text.on_phase)
+        hooks.on_log.append(text.on_log)
+        return hooks, text
+
+    def _notebook(self) -> str | None:
+        return self.shell.user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
+
+    # ------------------------------------------------------------------ magics
+    @magic_arguments()
+    @argument("--local", action="store_true", help="Run in Docker on this machine (--backend local).")
+    @argument("--backend", help="Where to run: a name registered in the nbcontainer_kernel.backends "
+              "entry points (local, batch, sagemaker).")
+    @argument("-p", "--param", action="append", metavar="NAME=VALUE",
+              help="A parameter (repeatable); VALUE is a Python literal, else a string. It overrides "
+              "the variable of the same name.")
+    @argument("--sweep", metavar="NAME=V1,V2,...", help="One run per value; the results are concatenated "
+              "into one DataFrame with NAME as a column.")
+    @argument("--max-parallel", type=int, help="Children of a local sweep running at once.")
+    @argument("--vars", metavar="A,B", help="Variables to ship (default: the names the cell reads).")
+    @argument("--all-vars", action="store_true", help="Ship the whole namespace.")
+    @argument("--out", metavar="A,B", help="Variables to bring back (default: the names the cell assigns).")
+    @argument("--name", help="The run's name; runs are numbered NAME-1, NAME-2, ...")
+    @argument("--image", "--base", dest="base", metavar="IMAGE",
+              help="Base image of the run image (default: the kernel's container, or python:X.Y-slim).")
+    @argument("--cpus", type=float, help="CPU limit.")
+    @argument("--memory", help="Memory limit, e.g. 4g.")
+    @argument("--gpus", help="GPUs: 'all', a count, or 'device=0,1'.")
+    @argument("--timeout", type=float, help="Seconds before the run is stopped.")
+    @argument("--no-wait", action="store_true", help="Return a handle at once; %%remote_attach collects it.")
+    @argument("--rerun", metavar="RUN", help="Run RUN's image again with other parameters (no snapshot, no build).")
+    @cell_magic
+    def remote_run(self, line: str, cell: str) -> Any:
+        """Run this cell in a container built from the kernel's state; bring its results back."""
+        from ..remote import RemoteRequest
+
+        args = parse_argstring(self.remote_run, line)
+        if args.local and args.backend and args.backend != "local":
+            raise UsageError("--local and --backend are exclusive")
+        if args.vars and args.all_vars:
+            raise UsageError("--vars and --all-vars are exclusive")
+        backend = "local" if args.local else self._setting("backend", args.backend)
+        if backend not in available():
+            raise UsageError(f"unknown backend {backend!r}; available: {', '.join(sorted(available()))}\n"
+                             f"usage: {self.remote_run.__doc__.splitlines()[0]}")
+        sweep = None
+        if args.sweep:
+            name, sep, values = args.sweep.partition("=")
+            if not sep or not name.isidentifier() or not values:
+                raise UsageError(f"--sweep expects NAME=V1,V2,... not {args.sweep!r}")
+            sweep = (name, [parse_value(v.strip()) for v in values.split(",")])
+        if args.rerun:
+            try:
+                self.runner.ledger.get(args.rerun)
+            except UnknownRun as exc:
+                raise UsageError(str(exc)) from exc
+        max_parallel = self._setting("max_parallel", args.max_parallel)
+        if max_parallel < 1:
+            raise UsageError("--max-parallel must be at least 1")
+        req = RemoteRequest(
+            cell=cell, name=args.name, backend=backend, params=_pairs(args.param, "-p"), sweep=sweep,
+            max_parallel=max_parallel, variables=_names(args.vars), all_vars=args.all_vars,
+            out=_names(args.out), base=self._setting("base", args.base), cpus=self._setting("cpus", args.cpus),
+            memory=self._setting("memory", args.memory), gpus=args.gpus,
+            timeout=self._setting("timeout", args.timeout), wait=not args.no_wait, rerun=args.rerun,
+            interrupt=self._setting("interrupt"))
+        hooks, listener = self._listeners(self.runner.cancel)
+        try:
+            outcome = self.runner.run(req, self.shell.user_ns, hooks, notebook=self._notebook())
+        except UnknownBackend as exc:
+            raise UsageError(str(exc)) from exc
+        except RemoteExecutionError:
+            raise
+        except KeyboardInterrupt:
+            print("remote run interrupted: " + ("cancelled" if req.interrupt == "cancel" else
+                                                "detached; %remote_attach collects it"), file=sys.stderr)
+            raise
+        return self._show(outcome, listener)
+
+    def _show(self, outcome: Any, listener: Any) -> Any:
+        from ..remote import RunHandle
+        from ..results import RunResult
+
+        if isinstance(outcome, RunHandle):
+            return outcome
+        if isinstance(outcome, dict):  # a sweep: its combined results are in the namespace
+            self.shell.user_ns.update(outcome)
+            return None
+        assert isinstance(outcome, RunResult)
+        if isinstance(listener, dict):  # the panel showed the log; the cell shows stdout too
+            for line in outcome.logs:
+                if not line.startswith("[nbcontainer"):
+                    print(line)
+        from IPython.display import display
+
+        for bundle in outcome.displays:
+            display(bundle["data"], raw=True, metadata=bundle.get("metadata") or None)
+        return outcome.last_value
+
+    @magic_arguments()
+    @argument("--name", help="Only runs of this name.")
+    @argument("--status", help="Only runs in this status (e.g. FAILED).")
+    @line_magic
+    def remote_runs(self, line: str) -> Any:
+        """The run ledger as a DataFrame: id, name, backend, status, params, metrics, phase timings."""
+        args = parse_argstring(self.remote_runs, line)
+        return self.runner.ledger.to_dataframe(name=args.name, status=args.status)
+
+    @line_magic
+    def remote_compare(self, line: str) -> Any:
+        """%remote_compare RUN RUN ...: params, metrics and result summaries side by side."""
+        ids = line.split()
+        if len(ids) < 1:
+            raise UsageError("usage: %remote_compare RUN [RUN ...]")
+        try:
+            return self.runner.ledger.compare(ids)
+        except UnknownRun as exc:
+            raise UsageError(str(exc)) from exc
+
+    @magic_arguments()
+    @argument("run", help="The run id, e.g. lda-3.")
+    @argument("--out", metavar="A,B", help="Only these variables.")
+    @line_magic
+    def remote_result(self, line: str) -> Any:
+        """%remote_result RUN: load a run's results into the namespace (and return them)."""
+        from ..results import load_results
+
+        args = parse_argstring(self.remote_result, line)
+        result = self._result(args.run)
+        values = load_results(result.model_dir, _names(args.out))
+        self.shell.user_ns.update(values)
+        return values
+
+    @line_magic
+    def remote_logs(self, line: str) -> None:
+        """%remote_logs RUN: print a run's log."""
+        run_id = line.strip()
+        if not run_id:
+            raise UsageError("usage: %remote_logs RUN")
+        for log_line in self._result(run_id).logs:
+            print(log_line)
+
+    @magic_arguments()
+    @argument("run", help="The run id.")
+    @argument("--out", metavar="A,B", help="Only these variables.")
+    @line_magic
+    def remote_attach(self, line: str) -> Any:
+        """%remote_attach RUN: pick a run up where it is (e.g. after a kernel restart) and collect it."""
+        args = parse_argstring(self.remote_attach, line)
+        self._check_run(args.run)
+        hooks, listener = self._listeners(self.runner.cancel)
+        result = self.runner.attach(args.run, self.shell.user_ns, hooks, _names(args.out), self._setting("interrupt"))
+        return self._show(result, listener)
+
+    @line_magic
+    def remote_cancel(self, line: str) -> None:
+        """%remote_cancel RUN: stop a run and remove its container."""
+        run_id = line.strip()
+        if not run_id:
+            raise UsageError("usage: %remote_cancel RUN")
+        self._check_run(run_id)
+        self.runner.cancel(run_id)
+        print(f"cancelled {run_id}")
+
+    def _check_run(self, run_id: str) -> dict[str, Any]:
+        try:
+            return self.runner.ledger.get(run_id)
+        except UnknownRun as exc:
+            raise UsageError(str(exc)) from exc
+
+    def _result(self, run_id: str):
+        self._check_run(run_id)
+        return self.runner.result_of(run_id)

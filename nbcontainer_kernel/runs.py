@@ -1,0 +1,219 @@
+"""The run ledger: every run recorded in SQLite (WAL), so runs can be compared.
+
+One row per run, written at every phase change, so a kernel that dies mid-run
+loses nothing: `%remote_attach` finishes the record. Results live under the
+run's directory (``<data dir>/runs/<run id>/``) before they are loaded into a
+kernel. The ledger's path is ``NBCONTAINER_RUNS_DB`` or the user's data
+directory (platformdirs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+__all__ = ["Runs", "default_path", "UnknownRun"]
+
+from .errors import NbcontainerError
+
+
+class UnknownRun(NbcontainerError):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"No run {run_id!r} in the ledger; `%remote_runs` lists them.")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    image TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    phases TEXT NOT NULL DEFAULT '[]',
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    failure TEXT,
+    result_dir TEXT,
+    result_files TEXT NOT NULL DEFAULT '[]',
+    outputs TEXT NOT NULL DEFAULT '[]',
+    snapshot_digest TEXT,
+    notebook TEXT,
+    parent TEXT,
+    job TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_name ON runs(name);
+CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
+"""
+_JSON = {"params", "metrics", "phases", "result_files", "outputs", "job"}
+
+
+def default_path() -> Path:
+    env = os.environ.get("NBCONTAINER_RUNS_DB")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("nbcontainer")) / "runs.db"
+
+
+class Runs:
+    """The ledger. Safe to share between threads; each call is one transaction."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path.parent / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    # ----------------------------------------------------------------- write
+    def create(self, name: str, backend: str, *, params: dict[str, Any] | None = None,
+               parent: str | None = None, notebook: str | None = None, status: str = "SNAPSHOT") -> str:
+        """A new run row; its id is NAME-N (N counts runs of that name)."""
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = (self._db.execute("SELECT MAX(seq) FROM runs WHERE name = ?", (name,)).fetchone()[0] or 0) + 1
+                run_id = f"{name}-{seq}"
+                self._db.execute(
+                    "INSERT INTO runs (id, name, seq, backend, params, status, parent, notebook, created, updated, "
+                    "result_dir) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (run_id, name, seq, backend, json.dumps(params or {}, default=str), status, parent,
+                     notebook, now, now, str(self.run_dir(run_id))))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return run_id
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        cols, values = [], []
+        for k, v in fields.items():
+            cols.append(f"{k} = ?")
+            values.append(json.dumps(v, default=str) if k in _JSON else v)
+        with self._lock:
+            cur = self._db.execute(f"UPDATE runs SET {', '.join(cols)}, updated = ? WHERE id = ?",
+                                   (*values, time.time(), run_id))
+        if cur.rowcount == 0:
+            raise UnknownRun(run_id)
+
+    def add_phase(self, run_id: str, phase: str, at: float | None = None) -> None:
+        """Append (phase, timestamp) and make it the status, in one statement."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE runs SET phases = json_insert(phases, '$[#]', json_array(?, ?)), status = ?, updated = ? "
+                "WHERE id = ?", (phase, at or time.time(), phase, time.time(), run_id))
+
+    # ------------------------------------------------------------------ read
+    def get(self, run_id: str) -> dict[str, Any]:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+        if row is None:
+            raise UnknownRun(run_id)
+        return self._decode(dict(zip(names, row)))
+
+    def find(self, *, name: str | None = None, status: str | None = None, parent: str | None = None,
+             ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM runs WHERE 1=1", []
+        for col, val in (("name", name), ("status", status), ("parent", parent)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                args.append(val.upper() if col == "status" else val)
+        if ids is not None:
+            ids = list(ids)
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            args += ids
+        with self._lock:
+            cur = self._db.execute(sql + " ORDER BY created, seq", args)
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return [self._decode(dict(zip(names, r))) for r in rows]
+
+    @staticmethod
+    def _decode(row: dict[str, Any]) -> dict[str, Any]:
+        for k in _JSON:
+            if row.get(k) is not None:
+                row[k] = json.loads(row[k])
+        return row
+
+    @staticmethod
+    def timings(row: dict[str, Any]) -> dict[str, float]:
+        """Seconds spent in each phase, from the recorded phase timestamps."""
+        out: dict[str, float] = {}
+        phases = row.get("phases") or []
+        for (name, t0), (_next, t1) in zip(phases, phases[1:]):
+            out[name.lower()] = out.get(name.lower(), 0.0) + (t1 - t0)
+        return out
+
+    def to_dataframe(self, **filters: Any):
+        """id, name, backend, status, params, metrics, phase timings (one row per run)."""
+        import pandas as pd
+
+        rows = []
+        for r in self.find(**filters):
+            rows.append({"id": r["id"], "name": r["name"], "backend": r["backend"], "status": r["status"],
+                         "params": r["params"], "metrics": r["metrics"], "timings": self.timings(r),
+                         "duration": (r["phases"][-1][1] - r["phases"][0][1]) if r["phases"] else None,
+                         "exit_code": r["exit_code"], "image": r["image"], "parent": r["parent"],
+                         "created": pd.Timestamp(r["created"], unit="s")})
+        return pd.DataFrame(rows, columns=["id", "name", "backend", "status", "params", "metrics", "timings",
+                                           "duration", "exit_code", "image", "parent", "created"])
+
+    def compare(self, run_ids: list[str]):
+        """Params, metrics and result summaries side by side: one column per run."""
+        import pandas as pd
+
+        from .results import load_results
+
+        columns = {}
+        for rid in run_ids:
+            r = self.get(rid)
+            col: dict[str, Any] = {"status": r["status"], "backend": r["backend"]}
+            col.update({f"param.{k}": v for k, v in (r["params"] or {}).items()})
+            col.update({f"metric.{k}": v for k, v in (r["metrics"] or {}).items()})
+            col.update({f"time.{k}": round(v, 3) for k, v in self.timings(r).items()})
+            model = Path(r["result_dir"] or "") / "model"
+            if model.is_dir():
+                for name, value in load_results(model).items():
+                    col[f"result.{name}"] = _summary(value)
+            columns[rid] = col
+        return pd.DataFrame(columns)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _summary(value: Any) -> Any:
+    """A one-cell summary of a result (a number stays a number)."""
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    shape = getattr(value, "shape", None)
+    return f"{type(value).__name__}{tuple(shape) if shape is not None else ''}"

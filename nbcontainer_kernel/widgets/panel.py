@@ -1,0 +1,91 @@
+"""The progress panel (ipywidgets): phase, per-phase timings, a bar, elapsed time,
+live logs in a collapsible area and a Cancel button; one row per child of a sweep.
+
+It is one more listener on the library's progress hooks; the core never
+imports ipywidgets.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+
+import ipywidgets as w
+
+from ..backends.base import Phase
+
+__all__ = ["RunPanel"]
+
+# The bar counts the phases of a run; a terminal phase fills it.
+_STEPS = [Phase.SNAPSHOT, Phase.BUILD, Phase.PUSH, Phase.SUBMITTED, Phase.QUEUED, Phase.STARTING,
+          Phase.RUNNING, Phase.COLLECTING, Phase.SUCCEEDED]
+_STYLE = {Phase.SUCCEEDED: "success", Phase.FAILED: "danger", Phase.CANCELLED: "warning"}
+
+
+class _Row:
+    def __init__(self, run_id: str) -> None:
+        self.label = w.Label(run_id, layout=w.Layout(width="14em"))
+        self.bar = w.IntProgress(value=0, min=0, max=len(_STEPS), layout=w.Layout(width="40%"))
+        self.phase = w.Label("")
+        self.box = w.HBox([self.label, self.bar, self.phase])
+
+    def set(self, phase: Phase) -> None:
+        self.bar.value = len(_STEPS) if phase.terminal else _STEPS.index(phase) + 1
+        self.bar.bar_style = _STYLE.get(phase, "info")
+        self.phase.value = phase.value
+
+
+class RunPanel:
+    """One panel per run (a sweep's children get a row each)."""
+
+    def __init__(self, run_id: str, on_cancel: Callable[[], None] | None = None, max_log_lines: int = 2000) -> None:
+        self.run_id = run_id
+        self.started = time.monotonic()
+        self.phase = w.HTML(f"<b>{html.escape(run_id)}</b>: starting")
+        self.bar = w.IntProgress(value=0, min=0, max=len(_STEPS), description="progress")
+        self.elapsed = w.Label("0.0 s")
+        self.timings = w.HTML("")
+        self.log = w.Textarea(value="", layout=w.Layout(width="100%", height="14em"), disabled=True)
+        self.logs = w.Accordion(children=[self.log], selected_index=None)
+        self.logs.set_title(0, "log")
+        self.cancel = w.Button(description="Cancel", button_style="warning", icon="stop")
+        self.children = w.VBox([])
+        self.rows: dict[str, _Row] = {}
+        self._on_cancel = on_cancel
+        self.cancel.on_click(lambda _b: self.request_cancel())
+        self.max_log_lines = max_log_lines
+        self._log_lines: list[str] = []
+        self.widget = w.VBox([w.HBox([self.phase, self.elapsed, self.cancel]), self.bar, self.timings,
+                              self.children, self.logs])
+
+    def request_cancel(self) -> None:
+        self.cancel.disabled = True
+        self.cancel.description = "Cancelling"
+        if self._on_cancel:
+            self._on_cancel()
+
+    # listeners
+    def on_phase(self, run_id: str, phase: Phase, timings: dict[str, float]) -> None:
+        self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"
+        if run_id != self.run_id:
+            row = self.rows.get(run_id)
+            if row is None:
+                row = self.rows[run_id] = _Row(run_id)
+                self.children.children = (*self.children.children, row.box)
+            row.set(phase)
+            return
+        self.phase.value = f"<b>{html.escape(run_id)}</b>: {phase.value}"
+        self.bar.value = len(_STEPS) if phase.terminal else _STEPS.index(phase) + 1
+        self.bar.bar_style = _STYLE.get(phase, "info")
+        self.timings.value = "".join(f"<span style='margin-right:1em'>{k} {v:.2f}s</span>"
+                                     for k, v in timings.items())
+        if phase.terminal:
+            self.cancel.disabled = True
+
+    def on_log(self, run_id: str, line: str) -> None:
+        self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"
+        prefix = f"[{run_id}] " if run_id != self.run_id else ""
+        self._log_lines.append(prefix + line)
+        del self._log_lines[:-self.max_log_lines]
+        self.log.value = "\n".join(self._log_lines)
