@@ -23,7 +23,7 @@ from docker.models.images import Image
 
 from .errors import DaemonNotAvailable, EngineError, ImageNotFound, NbcontainerError
 
-__all__ = ["Engine", "get_engine", "translate_errors", "make_tar"]
+__all__ = ["Engine", "get_engine", "translate_errors", "make_tar", "extract_tar"]
 
 DEFAULT_TIMEOUT = 120
 
@@ -268,6 +268,22 @@ def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int =
             info.uid, info.gid = uid, gid
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def extract_tar(data: bytes, dest: "os.PathLike[str] | str") -> None:
+    """Unpack an archive from the Docker API, refusing members that would land outside dest."""
+    from pathlib import Path
+
+    root = Path(dest).resolve()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12
+            tar.extractall(root, filter="data")
+            return
+        for member in tar.getmembers():
+            target = (root / member.name).resolve()
+            if root != target and root not in target.parents or member.issym() or member.islnk():
+                raise EngineError("unpack a container's files", f"unsafe archive member {member.name!r}")
+        tar.extractall(root)
 
 
 def _label_filters(labels: dict[str, str] | Iterable[str]) -> list[str]:

@@ -66,14 +66,22 @@ def find_orphans(engine: Engine) -> list[Orphan]:
     """Containers made on this host whose owner (and adopter, if any) is gone."""
     orphans = []
     for c in engine.containers([L.OWNER_PID]):
-        owner = L.Owner.from_labels(c.labels)
-        if owner is None or not owner.is_local() or owner.is_alive():
-            continue
+        if c.labels.get(L.DETACHED) == "true" and c.status == "running":
+            continue  # a --no-wait run goes on without its kernel; %remote_attach collects it
+        owner_container = c.labels.get(L.OWNER_CONTAINER)
+        if owner_container:
+            if engine.inspect(owner_container) is not None:
+                continue
+        else:
+            owner = L.Owner.from_labels(c.labels)
+            if owner is None or not owner.is_local() or owner.is_alive():
+                continue
         adopter = _adopter(c.id)
         if adopter is not None and adopter.is_alive():
             continue
-        orphans.append(Orphan(c.id, c.name, c.labels.get(L.ROLE, "?"),
-                              f"pid {owner.pid} on {owner.host}", c.status))
+        who = (f"container {owner_container}" if owner_container
+               else f"pid {c.labels.get(L.OWNER_PID)} on {c.labels.get(L.OWNER_HOST)}")
+        orphans.append(Orphan(c.id, c.name, c.labels.get(L.ROLE, "?"), who, c.status))
     return orphans
 
 

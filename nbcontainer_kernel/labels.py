@@ -20,7 +20,12 @@ OWNER_HOST = PREFIX + "owner-host"
 OWNER_PID = PREFIX + "owner-pid"
 OWNER_STARTED = PREFIX + "owner-started"
 OWNER_USER = PREFIX + "owner-user"
+# Set when the owner runs inside a containerized kernel: its pid means nothing on the
+# host, so the owner is alive exactly as long as that container exists.
+OWNER_CONTAINER = PREFIX + "owner-container"
 CREATED = PREFIX + "created"
+DETACHED = PREFIX + "detached"  # a --no-wait run: it may outlive its kernel
+RUN_ID = PREFIX + "run-id"
 VERSION = PREFIX + "version"
 
 # Roles (values of ROLE).
@@ -106,5 +111,7 @@ def container_labels(role: str, **extra: str) -> dict[str, str]:
 
     labels = {ROLE: role, CREATED: now_iso(), VERSION: __version__}
     labels.update(Owner.current().labels())
+    if os.environ.get("NBCONTAINER_KERNEL_ID"):
+        labels[OWNER_CONTAINER] = socket.gethostname()  # Docker sets it to the container id
     labels.update({PREFIX + k.replace("_", "-"): v for k, v in extra.items()})
     return labels

@@ -50,6 +50,9 @@ class ContainerOptions(HasTraits):
                          "containers (needed by %%remote_run inside a containerized kernel). "
                          "Whoever can use the socket is root on the host: enable it only on a "
                          "single-user machine.").tag(config=True)
+    mount_ledger = Bool(True, help="Mount the user's nbcontainer data directory (the run ledger and "
+                        "run results) at the same path, so %%remote_run's records outlive the kernel's "
+                        "container and are shared with the host.").tag(config=True)
     env_allowlist = List(Unicode(), default_value=DEFAULT_ENV_ALLOWLIST,
                          help="Names of the server's environment variables passed into the "
                          "container (besides the kernelspec's own env). The server's whole "

@@ -199,6 +199,13 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         for spec in self.mounts:
             src, dst, mode = parse_mount(spec)
             mounts.append(docker.types.Mount(target=dst, source=src, type="bind", read_only=mode == "ro"))
+        if self.mount_ledger:
+            from .runs import default_path
+
+            ledger = default_path()
+            ledger.parent.mkdir(parents=True, exist_ok=True)
+            mounts.append(docker.types.Mount(target=str(ledger.parent), source=str(ledger.parent), type="bind"))
+            env["NBCONTAINER_RUNS_DB"] = str(ledger)
         group_add: list[str] = []
         if self.docker_socket:
             sock = _docker_socket_path()

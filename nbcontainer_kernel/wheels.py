@@ -170,15 +170,23 @@ def build_self_wheel(dest: Path) -> Path:
     for path in sorted(pkg.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
             files[f"{name}/{path.relative_to(pkg).as_posix()}"] = path.read_bytes()
-    scripts = {"nbcontainer": "nbcontainer_kernel.cli:main", **IMAGE_ONLY_SCRIPTS}
+    # The installed distribution's entry points (backends, the provisioner, scripts), plus
+    # the scripts that only make sense inside an image.
+    groups: dict[str, dict[str, str]] = {"console_scripts": dict(IMAGE_ONLY_SCRIPTS)}
+    try:
+        for ep in importlib.metadata.distribution("nbcontainer-kernel").entry_points:
+            groups.setdefault(ep.group, {})[ep.name] = ep.value
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        groups["console_scripts"]["nbcontainer"] = "nbcontainer_kernel.cli:main"
     files[f"{dist}/METADATA"] = (
         f"Metadata-Version: 2.1\nName: nbcontainer-kernel\nVersion: {__version__}\n"
         "Summary: nbcontainer-kernel's in-container runtime\n").encode()
     files[f"{dist}/WHEEL"] = (
         "Wheel-Version: 1.0\nGenerator: nbcontainer-kernel\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     ).encode()
-    files[f"{dist}/entry_points.txt"] = ("[console_scripts]\n" + "".join(
-        f"{k} = {v}\n" for k, v in sorted(scripts.items()))).encode()
+    files[f"{dist}/entry_points.txt"] = "".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(eps.items())) + "\n"
+        for group, eps in sorted(groups.items())).encode()
     record = []
     for fname, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()

@@ -7,9 +7,7 @@ written; cancel kills and cleanup removes the container.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,15 +15,13 @@ from typing import Any
 import docker.errors
 
 from .. import labels as L
-from ..engine import Engine, get_engine
+from ..engine import Engine, extract_tar, get_engine
 from ..options import parse_bytes, parse_gpus
 from .base import Backend, Job, Phase, RunSpec
 
-__all__ = ["LocalBackend", "ROLE_RUN_CONTAINER", "DETACHED"]
+__all__ = ["LocalBackend", "ROLE_RUN_CONTAINER"]
 
 ROLE_RUN_CONTAINER = "run"
-RUN_ID = L.PREFIX + "run-id"
-DETACHED = L.PREFIX + "detached"
 
 
 class _LogFollower:
@@ -72,10 +68,10 @@ class LocalBackend(Backend):
         env = dict(spec.env)
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
-        labels = {**L.container_labels(ROLE_RUN_CONTAINER, image=spec.image), RUN_ID: spec.run_id,
+        labels = {**L.container_labels(ROLE_RUN_CONTAINER, image=spec.image), L.RUN_ID: spec.run_id,
                   **spec.labels}
         if spec.detached:
-            labels[DETACHED] = "true"
+            labels[L.DETACHED] = "true"
         kwargs: dict[str, Any] = {"command": list(spec.command), "environment": env, "labels": labels, "detach": True, "init": True,
                                   "name": f"nbcontainer-run-{spec.run_id}-{L.now_iso()[11:19].replace(':', '')}"}
         if spec.cpus:
@@ -136,8 +132,7 @@ class LocalBackend(Backend):
                 stream, _ = self.engine.api.get_archive(job.handle["container_id"], src)
             except docker.errors.NotFound:
                 continue
-            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                tar.extractall(dest, filter="data")
+            extract_tar(b"".join(stream), dest)
         logs = self.logs(job, 0)
         (dest / "logs.txt").write_text("\n".join(logs) + ("\n" if logs else ""))
 

@@ -185,7 +185,7 @@ class RemoteRun(Magics):
         backend = "local" if args.local else self._setting("backend", args.backend)
         if backend not in available():
             raise UsageError(f"unknown backend {backend!r}; available: {', '.join(sorted(available()))}\n"
-                             f"usage: {self.remote_run.__doc__.splitlines()[0]}")
+                             + self.remote_run.parser.format_usage().strip())
         sweep = None
         if args.sweep:
             name, sep, values = args.sweep.partition("=")

@@ -1,0 +1,198 @@
+"""%%remote_run through a real InteractiveShell and through real (containerized) kernels."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from IPython.testing import globalipapp
+from jupyter_client import KernelManager
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+from nbcontainer_kernel import labels as L
+from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.errors import RemoteExecutionError
+from nbcontainer_kernel.runs import Runs
+
+from .conftest import BASE_IMAGE
+from .test_kernel_manager import run, stdout_of
+
+
+@pytest.fixture
+def new_images(engine: Engine) -> Iterator[None]:
+    """Run images and kernel commits a test makes are removed (dependency layers stay)."""
+    def made() -> set[str]:
+        return {i.id for role in ("run-image",) for i in engine.images({L.ROLE: role})}
+
+    before = made()
+    yield
+    for image_id in made() - before:
+        engine.remove_image(image_id, force=True)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runs:
+    path = tmp_path / "ledger" / "runs.db"
+    monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(path))
+    return Runs(path)
+
+
+@pytest.fixture
+def ip(ledger: Runs, new_images: None, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NBCONTAINER_BASE_IMAGE", BASE_IMAGE)
+    globalipapp.start_ipython()  # once per process; later calls do nothing
+    shell = globalipapp.get_ipython()
+    shell.run_line_magic("load_ext", "nbcontainer_kernel")
+    shell.run_line_magic("config", f"RemoteRun.ledger_path = {str(ledger.path)!r}")
+    shell.run_line_magic("config", "RemoteRun.progress = 'text'")
+    shell.run_cell("import pandas as pd\n"
+                   "docs = pd.DataFrame({'n': [1, 2, 3], 'w': [0.5, 1.5, 2.5], "
+                   "'c': pd.Categorical(['a', 'b', 'a'])}, index=pd.date_range('2024-01-01', periods=3, name='day'))\n"
+                   "topics = 2")
+    return shell
+
+
+def _run_containers(engine: Engine, run_id: str) -> list:
+    return engine.containers({L.RUN_ID: run_id})
+
+
+def test_results_come_back_into_the_namespace(engine: Engine, ip, ledger: Runs, capsys) -> None:
+    result = ip.run_cell("%%remote_run --local --name lda -p topics=50\n"
+                         "scores = docs.assign(score=docs.w * topics)\nprint('trained with', topics)")
+    assert result.error_in_exec is None, result.error_in_exec
+    out = capsys.readouterr().out
+    assert "trained with 50" in out
+    assert "[lda-1] SUCCEEDED" in out
+    scores = ip.user_ns["scores"]
+    expected = ip.user_ns["docs"].assign(score=ip.user_ns["docs"].w * 50)
+    pd.testing.assert_frame_equal(scores, expected)
+    assert scores.index.freqstr == "D" and str(scores["c"].dtype) == "category"
+    assert ip.user_ns["topics"] == 2, "a parameter does not change the kernel's own variable"
+    row = ledger.get("lda-1")
+    assert row["status"] == "SUCCEEDED" and row["params"] == {"topics": 50} and row["exit_code"] == 0
+    assert [p for p, _ in row["phases"]][:3] == ["SNAPSHOT", "BUILD", "SUBMITTED"]
+    assert (Path(row["result_dir"]) / "model" / "scores.parquet").exists()
+    assert _run_containers(engine, "lda-1") == []
+    df = ip.run_line_magic("remote_runs", "--name lda")
+    assert df.loc[0, "id"] == "lda-1" and df.loc[0, "status"] == "SUCCEEDED"
+
+    # --rerun: the same image with another parameter, then compare the two runs
+    ip.run_cell("%%remote_run --local --rerun lda-1 -p topics=10\nscores = docs.assign(score=docs.w * topics)")
+    assert ledger.get("lda-2")["image"] == row["image"]
+    assert ip.user_ns["scores"].score.tolist() == [5.0, 15.0, 25.0]
+    cmp = ip.run_line_magic("remote_compare", "lda-1 lda-2")
+    assert cmp.loc["param.topics"].tolist() == [50, 10]
+    assert cmp.loc["result.scores"].tolist() == ["DataFrame(3, 4)", "DataFrame(3, 4)"]
+
+
+def test_sweep_returns_one_dataframe_and_a_parent_with_children(engine: Engine, ip, ledger: Runs) -> None:
+    result = ip.run_cell("%%remote_run --local --name sw --sweep topics=1,2,3,4 --max-parallel 2\n"
+                         "scores = docs.assign(score=docs.w * topics)\nbest = float(scores.score.max())")
+    assert result.error_in_exec is None, result.error_in_exec
+    scores = ip.user_ns["scores"]
+    assert scores.groupby("topics").size().to_dict() == {1: 3, 2: 3, 3: 3, 4: 3}
+    assert (scores.score == scores.w * scores.topics).all()
+    assert ip.user_ns["best"].set_index("topics").best.to_dict() == {1: 2.5, 2: 5.0, 3: 7.5, 4: 10.0}
+    parent = ledger.get("sw-1")
+    children = ledger.find(parent="sw-1")
+    assert parent["status"] == "SUCCEEDED" and len(children) == 4
+    assert sorted(c["params"]["topics"] for c in children) == [1, 2, 3, 4]
+    assert {c["status"] for c in children} == {"SUCCEEDED"}
+    assert {c["image"] for c in children} == {parent["image"]}, "one build for the whole sweep"
+
+
+def test_failing_cell_raises_the_remote_error_and_is_recorded(engine: Engine, ip, ledger: Runs) -> None:
+    result = ip.run_cell("%%remote_run --local --name bad\npartial = 1\nvalue = docs['missing']")
+    err = result.error_in_exec
+    assert isinstance(err, RemoteExecutionError)
+    assert "KeyError: 'missing'" in err.traceback
+    assert isinstance(err.__cause__, KeyError)
+    row = ledger.get("bad-1")
+    assert row["status"] == "FAILED" and row["exit_code"] != 0 and "KeyError" in row["failure"]
+    assert (Path(row["result_dir"]) / "model" / "partial.pkl").exists(), "partial outputs are kept"
+    assert "partial" not in ip.user_ns
+
+
+def test_no_wait_then_cancel_stops_the_container(engine: Engine, ip, ledger: Runs) -> None:
+    handle = ip.run_cell("%%remote_run --local --no-wait --name bg\nimport time\ntime.sleep(120)").result
+    assert handle.run_id == "bg-1"
+    deadline = time.monotonic() + 60
+    while not _run_containers(engine, "bg-1") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [container] = _run_containers(engine, "bg-1")
+    assert container.labels[L.DETACHED] == "true"
+    ip.run_line_magic("remote_cancel", "bg-1")
+    assert handle.wait(60) == "CANCELLED"
+    assert _run_containers(engine, "bg-1") == []
+
+
+def _kernel(make_kernelspec, tmp_path: Path) -> tuple[KernelManager, object]:
+    km = KernelManager(kernel_name=make_kernelspec("nbc-magics", docker_socket=True))
+    km.start_kernel(cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return km, kc
+
+
+def test_kernel_interrupt_cancels_the_run(engine: Engine, make_kernelspec, ledger: Runs, new_images,
+                                          tmp_path: Path) -> None:
+    km, kc = _kernel(make_kernelspec, tmp_path)
+    try:
+        msg_id = kc.execute("%%remote_run --local --name intr\nimport time\ntime.sleep(120)")
+        deadline = time.monotonic() + 120
+        while not _run_containers(engine, "intr-1") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _run_containers(engine, "intr-1"), "the run should have started"
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=60)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=60)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert _run_containers(engine, "intr-1") == []
+        assert ledger.get("intr-1")["status"] == "CANCELLED"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_no_wait_restart_attach(engine: Engine, make_kernelspec, ledger: Runs, new_images, tmp_path: Path) -> None:
+    km, kc = _kernel(make_kernelspec, tmp_path)
+    try:
+        content, outputs = run(kc, "answer = 0\n", timeout=30)
+        content, outputs = run(kc, "%%remote_run --local --no-wait --name later\nimport time\ntime.sleep(3)\n"
+                                   "answer = 42", timeout=300)
+        assert content["status"] == "ok", [o["content"] for o in outputs]
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        content, outputs = run(kc, "%remote_attach later-1", timeout=300)
+        assert content["status"] == "ok", [o["content"] for o in outputs]
+        assert stdout_of(run(kc, "print(answer)")[1]) == "42\n"
+        assert ledger.get("later-1")["status"] == "SUCCEEDED"
+        assert _run_containers(engine, "later-1") == []
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(engine: Engine, make_kernelspec,
+                                                                     ledger: Runs, new_images,
+                                                                     tmp_path: Path) -> None:
+    name = make_kernelspec("nbc-nb-magics", docker_socket=True)
+    nb = new_notebook(cells=[
+        new_code_cell("import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]}, index=pd.Index(['x', 'y'], name='k'))"),
+        new_code_cell("%%remote_run --local --name nb\ndoubled = frame * 2\nprint('remote hello')"),
+        new_code_cell("print(doubled.a.tolist(), doubled.index.name, str(doubled.a.dtype))"),
+        new_code_cell("runs = %remote_runs\nprint(runs.id.tolist(), runs.status.tolist())"),
+    ])
+    NotebookClient(nb, kernel_name=name, timeout=300, startup_timeout=60,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = ["".join(o.get("text", "") for o in c.outputs if o.get("output_type") == "stream") for c in nb.cells]
+    assert "remote hello" in text[1] and "[nb-1] SUCCEEDED" in text[1]
+    assert text[2] == "[2, 4] k int64\n"
+    assert text[3] == "['nb-1'] ['SUCCEEDED']\n"

@@ -1,0 +1,58 @@
+"""The progress panel's widget states and its text twin's lines."""
+
+from __future__ import annotations
+
+import io
+
+from nbcontainer_kernel.backends.base import Phase
+from nbcontainer_kernel.widgets import RunPanel, TextProgress
+
+
+def test_panel_follows_phases_logs_and_wires_cancel() -> None:
+    cancelled = []
+    panel = RunPanel("lda-3", on_cancel=lambda: cancelled.append(True))
+    assert panel.bar.value == 0 and not panel.cancel.disabled
+    panel.on_phase("lda-3", Phase.SNAPSHOT, {})
+    assert panel.phase.value == "<b>lda-3</b>: SNAPSHOT" and panel.bar.value == 1
+    panel.on_phase("lda-3", Phase.BUILD, {"snapshot": 0.12})
+    panel.on_phase("lda-3", Phase.RUNNING, {"snapshot": 0.12, "build": 1.5})
+    assert panel.phase.value.endswith("RUNNING") and panel.bar.value == 7
+    assert "snapshot 0.12s" in panel.timings.value and "build 1.50s" in panel.timings.value
+    panel.on_log("lda-3", "epoch 1")
+    panel.on_log("lda-3", "epoch 2")
+    assert panel.log.value == "epoch 1\nepoch 2"
+    assert panel.logs.selected_index is None, "the log area starts collapsed"
+    panel.cancel.click()
+    assert cancelled == [True] and panel.cancel.disabled and panel.cancel.description == "Cancelling"
+    panel.on_phase("lda-3", Phase.CANCELLED, {})
+    assert panel.bar.value == panel.bar.max and panel.bar.bar_style == "warning"
+
+
+def test_panel_has_a_row_per_sweep_child() -> None:
+    panel = RunPanel("sweep-1")
+    panel.on_phase("sweep-1", Phase.RUNNING, {})
+    for child in ("sweep-2", "sweep-3"):
+        panel.on_phase(child, Phase.SUBMITTED, {})
+    panel.on_phase("sweep-2", Phase.SUCCEEDED, {})
+    panel.on_phase("sweep-3", Phase.FAILED, {})
+    assert list(panel.rows) == ["sweep-2", "sweep-3"]
+    assert len(panel.children.children) == 2
+    assert panel.rows["sweep-2"].phase.value == "SUCCEEDED" and panel.rows["sweep-2"].bar.bar_style == "success"
+    assert panel.rows["sweep-3"].bar.bar_style == "danger"
+    panel.on_log("sweep-3", "boom")
+    assert panel.log.value == "[sweep-3] boom"
+
+
+def test_text_twin_prints_a_line_per_phase_then_logs() -> None:
+    out = io.StringIO()
+    text = TextProgress(out)
+    text.on_phase("lda-3", Phase.SNAPSHOT, {})
+    text.on_phase("lda-3", Phase.BUILD, {"snapshot": 0.25})
+    text.on_log("lda-3", "hello from the container")
+    text.on_phase("lda-3", Phase.SUCCEEDED, {"snapshot": 0.25, "build": 1.0})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[lda-3] SNAPSHOT (")
+    assert lines[1].startswith("[lda-3] BUILD (") and lines[1].endswith("; snapshot 0.2s)")
+    assert lines[2] == "hello from the container"
+    assert lines[3].startswith("[lda-3] SUCCEEDED") and "build 1.0s" in lines[3]
+    assert text.lines == lines
