@@ -33,9 +33,11 @@ __all__ = [
 ]
 
 VENV = "/opt/nbcontainer/venv"
-# What the in-container side needs: the kernel, the serializer of snapshots, and
-# docker-py, so that %%remote_run works from inside a containerized kernel.
-RUNTIME_REQUIREMENTS = ["ipykernel", "cloudpickle", "docker", "platformdirs", "psutil"]
+# What the in-container side needs: the kernel, the serializers of snapshots and results
+# (DataFrames travel as Parquet), and docker-py, so that %%remote_run works from inside
+# a containerized kernel.
+RUNTIME_REQUIREMENTS = ["ipykernel", "cloudpickle", "pandas", "pyarrow", "docker", "platformdirs", "psutil",
+                        "ipywidgets"]
 
 LABEL_PYTHON = L.PREFIX + "python"
 LABEL_IPYKERNEL = L.PREFIX + "ipykernel"
