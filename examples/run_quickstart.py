@@ -18,6 +18,19 @@ from nbclient.exceptions import CellExecutionError
 HERE = Path(__file__).resolve().parent
 
 
+def _remove_demo_images() -> None:
+    """The demo's run image and the kernel commit under it: the demo leaves no images."""
+    from nbcontainer_kernel.engine import Engine
+    from nbcontainer_kernel.gc import remove_commits_of_gone_containers
+    from nbcontainer_kernel.runs import Runs
+
+    engine = Engine.connect()
+    for row in Runs().find(name="quickstart"):
+        if row["image"]:
+            engine.remove_image(row["image"], force=True)
+    remove_commits_of_gone_containers(engine)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernel", default="py311-docker", help="kernelspec name")
@@ -40,11 +53,16 @@ def main() -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out)
     elapsed = time.perf_counter() - t0
+    _remove_demo_images()
 
     where = "".join(o.get("text", "") for o in nb.cells[1].outputs if o.get("name") == "stdout")
     print("\nwhere the code ran:")
     print(where.rstrip())
     print(f"\nsum of squares computed in the container: {nb.cells[3].outputs[0]['data']['text/plain']}")
+    remote = "".join(o.get("text", "") for o in nb.cells[5].outputs + nb.cells[6].outputs
+                     if o.get("name") == "stdout")
+    print("\n%%remote_run (a run image made from the kernel's state):")
+    print("\n".join(f"  {line}" for line in remote.rstrip().splitlines()))
     print(f"executed in {elapsed:.1f} s; executed notebook saved to {out}")
     return 0
 

@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from .gc import sweep
 
-    orphans = sweep(_engine(), dry_run=args.dry_run)
+    orphans = sweep(_engine(), dry_run=args.dry_run, images=args.images)
     verb = "would remove" if args.dry_run else "removed"
     for o in orphans:
         print(f"{verb} {o.role} container {o.name} ({o.status}; owner {o.owner} is gone)")
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gc", help="remove containers whose owning process is gone")
     g.add_argument("--dry-run", action="store_true", help="only list them")
+    g.add_argument("--images", action="store_true",
+                   help="also remove run images no container uses (dependency layers stay cached)")
     g.set_defaults(func=cmd_gc)
     return p
 

@@ -85,14 +85,20 @@ def find_orphans(engine: Engine) -> list[Orphan]:
     return orphans
 
 
-def sweep(engine: Engine, dry_run: bool = False) -> list[Orphan]:
-    """Remove orphaned containers; returns what was (or, dry_run, would be) removed."""
+def sweep(engine: Engine, dry_run: bool = False, images: bool = False) -> list[Orphan]:
+    """Remove orphaned containers; returns what was (or, dry_run, would be) removed.
+
+    images: also remove every run image (``%%remote_run`` keeps them for ``--rerun``)
+    that no container uses; dependency and base images stay cached.
+    """
     orphans = find_orphans(engine)
     for o in orphans:
         if not dry_run:
             engine.remove(o.container_id)
             release(o.container_id)
             log.info("removed orphaned %s container %s (%s)", o.role, o.name, o.owner)
+    if not dry_run and images:
+        remove_run_images(engine)
     if not dry_run:
         remove_commits_of_gone_containers(engine)
     # Adoption records of containers that no longer exist are litter too.
@@ -123,5 +129,18 @@ def remove_commits_of_gone_containers(engine: Engine, container_id: str | None =
                 engine.remove_image(tag)
                 removed += 1
             except Exception:  # noqa: BLE001 - in use by a run image: it goes with that image
+                pass
+    return removed
+
+
+def remove_run_images(engine: Engine) -> int:
+    """Remove run images that no container uses (a run image is cheap to make again)."""
+    removed = 0
+    for image in engine.images({L.ROLE: "run-image"}):
+        for tag in image.tags or [image.id]:
+            try:
+                engine.remove_image(tag)
+                removed += 1
+            except Exception:  # noqa: BLE001 - a container still uses it
                 pass
     return removed
