@@ -54,6 +54,5 @@ def run_image(
     job = driver.backend.submit(spec)
     phase, code = driver.wait(job, spec, out)
     return RunResult(image=image, exit_code=code, output_dir=out, logs=logs, duration=time.monotonic() - t0,
-                     timed_out=phase == Phase.FAILED and code is not None and spec.timeout is not None
-                     and (time.monotonic() - t0) >= spec.timeout,
-                     cancelled=phase == Phase.CANCELLED, container=job.handle["container_name"])
+                     timed_out=driver.timed_out, cancelled=phase == Phase.CANCELLED,
+                     container=job.handle["container_name"])

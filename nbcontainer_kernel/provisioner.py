@@ -165,28 +165,27 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
 
     def _create_and_start(self, create_kwargs: dict[str, Any], inner: dict[str, Any]) -> None:
         engine = self.engine
-        container = engine.create_container(self.image, **create_kwargs)
-        self.container_id, self.container_name = container.id, container.name
         uid, gid = _uid_gid(create_kwargs.get("user"))
-        engine.put_files(container.id, CONNECTION_DIR,
-                         {CONNECTION_NAME: json.dumps(inner).encode()}, uid=uid, gid=gid, mode=0o600)
+
+        def create_and_fill() -> Any:
+            container = engine.create_container(self.image, **create_kwargs)
+            self.container_id, self.container_name = container.id, container.name
+            engine.put_files(container.id, CONNECTION_DIR, {CONNECTION_NAME: json.dumps(inner).encode()},
+                             uid=uid, gid=gid, mode=0o600)
+            return container
+
+        container = create_and_fill()
         try:
             engine.start(container)
         except EngineError as exc:
-            if "port" in exc.reason and create_kwargs.get("ports"):
-                # The host ports a restart tried to keep are taken: take fresh ones.
-                engine.remove(container.id)
-                create_kwargs["ports"] = {p: ("127.0.0.1",) for p in create_kwargs["ports"]}
-                container = engine.create_container(self.image, **create_kwargs)
-                self.container_id, self.container_name = container.id, container.name
-                engine.put_files(container.id, CONNECTION_DIR,
-                                 {CONNECTION_NAME: json.dumps(inner).encode()},
-                                 uid=uid, gid=gid, mode=0o600)
-                engine.start(container)
-            else:
-                engine.remove(container.id)
-                self.container_id = None
+            engine.remove(container.id)
+            self.container_id = None
+            if "port" not in exc.reason or not create_kwargs.get("ports"):
                 raise
+            # The host ports a restart tried to keep are taken: take fresh ones.
+            create_kwargs["ports"] = {p: ("127.0.0.1",) for p in create_kwargs["ports"]}
+            container = create_and_fill()
+            engine.start(container)
 
     def _container_kwargs(self, cmd: list[str], kwargs: dict[str, Any],
                           inner_ports: dict[str, int], host_network: bool) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec
 from .backends.registry import get_backend
-from .errors import RemoteExecutionError
+from .errors import NbcontainerError
 from .results import RunResult, load_results
 from .runimages import build_run_image
 from .runs import Runs
@@ -78,7 +78,6 @@ class RemoteRunner:
             notebook: str | None = None) -> RunResult | RunHandle | dict[str, Any]:
         backend = get_backend(req.backend)
         out_names = req.out if req.out is not None else names_assigned(req.cell)
-        image, digest = None, None
         name = req.name or (self.ledger.get(req.rerun)["name"] if req.rerun else "run")
         params = dict(req.params)
         if req.sweep:
@@ -86,18 +85,21 @@ class RemoteRunner:
         run_id = self.ledger.create(name, backend.name, params=params, notebook=notebook)
         driver = RunDriver(backend, hooks, self._record, req.interrupt)
         self.drivers[run_id] = driver
-        if req.rerun:
-            prior = self.ledger.get(req.rerun)
-            if not prior.get("image"):
-                raise RemoteExecutionError("?", None, f"run {req.rerun} has no image to re-run", "", [], "")
-            image, digest = prior["image"], prior["snapshot_digest"]
-        else:
-            image, digest = self._snapshot_and_build(run_id, driver, req, namespace)
-        self.ledger.update(run_id, image=image, snapshot_digest=digest)
-        if backend.needs_push:
-            driver.enter(run_id, Phase.PUSH)
-            image = backend.push(image)
-            self.ledger.update(run_id, image=image)
+        try:
+            image, digest = self._image_for(run_id, driver, req, namespace)
+            self.ledger.update(run_id, image=image, snapshot_digest=digest)
+            if backend.needs_push:
+                driver.enter(run_id, Phase.PUSH)
+                image = backend.push(image)
+                self.ledger.update(run_id, image=image)
+        except BaseException as exc:
+            # Nothing ran, but the record stays, saying why (an unusable base, Ctrl-C, ...).
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            self.ledger.update(run_id, failure="interrupted before it started" if interrupted
+                               else f"{type(exc).__name__}: {exc}")
+            driver.enter(run_id, Phase.CANCELLED if interrupted else Phase.FAILED)
+            self.drivers.pop(run_id, None)
+            raise
         if req.sweep:
             return self._sweep(run_id, name, backend, image, req, hooks, out_names)
         spec = self._spec(run_id, image, req, params=dict(req.params))
@@ -152,6 +154,16 @@ class RemoteRunner:
                          cancelled=row["status"] == "CANCELLED")
 
     # -------------------------------------------------------------- phases
+    def _image_for(self, run_id: str, driver: RunDriver, req: RemoteRequest,
+                   namespace: Mapping[str, Any]) -> tuple[str, str]:
+        if not req.rerun:
+            return self._snapshot_and_build(run_id, driver, req, namespace)
+        prior = self.ledger.get(req.rerun)
+        if not prior.get("image"):
+            raise NbcontainerError(f"Run {req.rerun} has no image to run again (it failed before its "
+                                   "build finished); run the cell without --rerun.")
+        return prior["image"], prior["snapshot_digest"]
+
     def _record(self, run_id: str, phase: Phase, at: float) -> None:
         self.ledger.add_phase(run_id, phase.value, at)
 

@@ -139,6 +139,7 @@ class RunDriver:
         self.hooks = hooks or Hooks()
         self.record = on_phase_record
         self.cancel_event = threading.Event()
+        self.timed_out = False
         self.timings: dict[str, float] = {}
         self._phase_started: tuple[Phase, float] | None = None
 
@@ -174,7 +175,6 @@ class RunDriver:
         phase = Phase.SUBMITTED
         code = None
         deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
-        timed_out = False
         try:
             while True:
                 new, code = self.backend.status(job)
@@ -187,7 +187,7 @@ class RunDriver:
                 if phase.terminal:
                     break
                 if self.cancel_event.is_set() or (deadline is not None and time.monotonic() > deadline):
-                    timed_out = not self.cancel_event.is_set()
+                    self.timed_out = not self.cancel_event.is_set()
                     self.backend.cancel(job)
                     self.cancel_event.set()
                 time.sleep(poll)
@@ -195,9 +195,9 @@ class RunDriver:
                 self.hooks.log(job.run_id, line)
             self.enter(job.run_id, Phase.COLLECTING)
             self.backend.fetch_results(job, dest)
-            if self.cancel_event.is_set():
+            if self.cancel_event.is_set() and not self.timed_out:
                 phase = Phase.CANCELLED
-            if timed_out:
+            if self.timed_out:
                 (dest / "output").mkdir(parents=True, exist_ok=True)
                 failure = dest / "output" / "failure"
                 failure.write_text(f"the run timed out after {spec.timeout:g} s and was stopped\n\n")

@@ -196,3 +196,14 @@ def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(engine: Eng
     assert "remote hello" in text[1] and "[nb-1] SUCCEEDED" in text[1]
     assert text[2] == "[2, 4] k int64\n"
     assert text[3] == "['nb-1'] ['SUCCEEDED']\n"
+
+
+def test_a_run_that_cannot_start_is_recorded_with_its_reason(engine: Engine, ip, ledger: Runs) -> None:
+    from nbcontainer_kernel.errors import ImageNotFound
+
+    result = ip.run_cell("%%remote_run --local --name nobase --base nbcontainer/does-not-exist:1\ny = 1")
+    assert isinstance(result.error_in_exec, ImageNotFound)
+    assert "could not be pulled" in str(result.error_in_exec)
+    row = ledger.get("nobase-1")
+    assert row["status"] == "FAILED" and "ImageNotFound" in row["failure"]
+    assert "y" not in ip.user_ns
