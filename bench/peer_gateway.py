@@ -9,14 +9,12 @@ with `jupyter-docker-spec install`. Remove it with --remove.
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.engine import Engine, build_context
 from nbcontainer_kernel.images import probe_python
 from nbcontainer_kernel.wheels import pinned, resolve_wheels
 
@@ -51,15 +49,8 @@ def main() -> int:
     reqs = pinned(["ipykernel", "gateway_provisioners"])
     with tempfile.TemporaryDirectory() as tmp:
         resolve_wheels(reqs, target, Path(tmp) / "wheels", print)
-        ctx = io.BytesIO()
-        with tarfile.open(fileobj=ctx, mode="w") as tar:
-            data = DOCKERFILE.format(base=args.base, reqs=" ".join(f"'{r}'" for r in reqs)).encode()
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-            tar.add(Path(tmp) / "wheels", arcname="wheels")
-        ctx.seek(0)
-        engine.build(ctx, args.tag, on_line=print)
+        dockerfile = DOCKERFILE.format(base=args.base, reqs=" ".join(f"'{r}'" for r in reqs))
+        engine.build(build_context(dockerfile, {"wheels": Path(tmp) / "wheels"}), args.tag, on_line=print)
     subprocess.run([bindir / "jupyter-docker-spec", "install", "--user", "--replace",
                     f"--image-name={args.tag}", f"--kernel-name={args.kernel_name}",
                     "--display-name=Python (gateway_provisioners Docker)"], check=True)

@@ -62,13 +62,14 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     from . import images as I
+    from . import labels as L
 
     rows = []
     for img in I.list_kernel_images(_engine()):
         labels = img.labels or {}
         for tag in img.tags or ["<none>"]:
-            rows.append((tag, img.short_id[7:], labels.get(I.LABEL_BASE, "?"),
-                         labels.get(I.LABEL_PYTHON, "?"), labels.get(I.LABEL_IPYKERNEL, "?"),
+            rows.append((tag, img.short_id[7:], labels.get(L.BASE, "?"),
+                         labels.get(L.PYTHON, "?"), labels.get(L.IPYKERNEL, "?"),
                          labels.get("org.opencontainers.image.created", "?"),
                          f"{img.attrs.get('Size', 0) / 1e6:.0f} MB"))
     _table(("TAG", "ID", "BASE", "PYTHON", "IPYKERNEL", "CREATED", "SIZE"), rows)

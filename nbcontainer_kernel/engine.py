@@ -23,7 +23,7 @@ from docker.models.images import Image
 
 from .errors import DaemonNotAvailable, EngineError, ImageNotFound, NbcontainerError
 
-__all__ = ["Engine", "get_engine", "translate_errors", "make_tar", "extract_tar"]
+__all__ = ["Engine", "get_engine", "translate_errors", "make_tar", "extract_tar", "build_context"]
 
 DEFAULT_TIMEOUT = 120
 
@@ -268,6 +268,34 @@ def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int =
             info.uid, info.gid = uid, gid
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def build_context(dockerfile: str, trees: dict[str, "os.PathLike[str] | str"]) -> io.BytesIO:
+    """A tar build context: the Dockerfile and directory trees (name in the context -> path).
+
+    Members are world-readable, owned by root and dated 0, so that content alone
+    decides Docker's cache; bytecode caches are left out.
+    """
+    ctx = io.BytesIO()
+    with tarfile.open(fileobj=ctx, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+        def readable(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            if "__pycache__" in ti.name or ti.name.endswith(".pyc"):
+                return None
+            ti.mtime = 0  # content alone decides Docker's cache
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            ti.mode = 0o755 if ti.isdir() else 0o644
+            return ti
+
+        for arc, path in trees.items():
+            tar.add(path, arcname=arc, filter=readable)
+    ctx.seek(0)
+    return ctx
 
 
 def extract_tar(data: bytes, dest: "os.PathLike[str] | str") -> None:

@@ -112,16 +112,14 @@ def sweep(engine: Engine, dry_run: bool = False, images: bool = False) -> list[O
     return orphans
 
 
-COMMITTED_FROM = L.PREFIX + "committed-from"
-
 
 def remove_commits_of_gone_containers(engine: Engine, container_id: str | None = None) -> int:
     """Remove images committed from kernel containers that no longer exist (or from
     `container_id`); an image a run image still builds on is kept."""
     removed = 0
-    selector = {COMMITTED_FROM: container_id} if container_id else [COMMITTED_FROM]
+    selector = {L.COMMITTED_FROM: container_id} if container_id else [L.COMMITTED_FROM]
     for image in engine.images(selector):
-        source = (image.labels or {}).get(COMMITTED_FROM, "")
+        source = (image.labels or {}).get(L.COMMITTED_FROM, "")
         if container_id is None and engine.inspect(source) is not None:
             continue
         for tag in image.tags or [image.id]:
@@ -136,7 +134,7 @@ def remove_commits_of_gone_containers(engine: Engine, container_id: str | None =
 def remove_run_images(engine: Engine) -> int:
     """Remove run images that no container uses (a run image is cheap to make again)."""
     removed = 0
-    for image in engine.images({L.ROLE: "run-image"}):
+    for image in engine.images({L.ROLE: L.ROLE_RUN_IMAGE}):
         for tag in image.tags or [image.id]:
             try:
                 engine.remove_image(tag)

@@ -11,9 +11,7 @@ already carries the tag.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from pathlib import Path
 from docker.models.images import Image
 
 from . import labels as L
-from .engine import Engine
+from .engine import Engine, build_context
 from .errors import EngineError, ImageNotUsable
 from .wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
 
@@ -39,12 +37,6 @@ VENV = "/opt/nbcontainer/venv"
 RUNTIME_REQUIREMENTS = ["ipykernel", "cloudpickle", "pandas", "pyarrow", "docker", "platformdirs", "psutil",
                         "ipywidgets"]
 
-LABEL_PYTHON = L.PREFIX + "python"
-LABEL_IPYKERNEL = L.PREFIX + "ipykernel"
-LABEL_CURVE = L.PREFIX + "curve"
-LABEL_INPUTS = L.PREFIX + "inputs"
-LABEL_BASE = L.PREFIX + "base"
-LABEL_BASE_ID = L.PREFIX + "base-id"
 
 
 @dataclass(frozen=True)
@@ -101,9 +93,9 @@ def inspect_kernel_image(engine: Engine, image: str, python: str = "python3") ->
     """
     img = engine.get_image(image)
     labels = img.labels or {}
-    if labels.get(L.ROLE) == L.ROLE_KERNEL_IMAGE and LABEL_IPYKERNEL in labels:
-        return KernelImageFacts(labels.get(LABEL_PYTHON, "?"), labels[LABEL_IPYKERNEL],
-                                labels.get(LABEL_CURVE) == "true")
+    if labels.get(L.ROLE) == L.ROLE_KERNEL_IMAGE and L.IPYKERNEL in labels:
+        return KernelImageFacts(labels.get(L.PYTHON, "?"), labels[L.IPYKERNEL],
+                                labels.get(L.CURVE) == "true")
     if img.id in _facts_cache:
         return _facts_cache[img.id]
     hint = (f"Build a kernel image from it: `nbcontainer image build --base {image} "
@@ -193,11 +185,11 @@ def build_kernel_image(
         labels = {
             L.ROLE: L.ROLE_KERNEL_IMAGE,
             L.VERSION: __version__,
-            LABEL_PYTHON: ".".join(map(str, target.version)),
-            LABEL_IPYKERNEL: ipykernel_version,
-            LABEL_CURVE: "true" if curve else "false",
-            LABEL_BASE: base,
-            LABEL_BASE_ID: base_img.id,
+            L.PYTHON: ".".join(map(str, target.version)),
+            L.IPYKERNEL: ipykernel_version,
+            L.CURVE: "true" if curve else "false",
+            L.BASE: base,
+            L.BASE_ID: base_img.id,
             L.OCI_TITLE: f"nbcontainer kernel image ({tag})",
             L.OCI_SOURCE: L.SOURCE_URL,
             L.OCI_VERSION: __version__,
@@ -205,7 +197,7 @@ def build_kernel_image(
         }
         recipe = _DOCKERFILE.format(base=base_img.id, python=python, venv=VENV,
                                     pip_wheel=pip_wheel, requirements=install,
-                                    labels=_label_line(labels))
+                                    labels=dockerfile_labels(labels))
         # The inputs digest: everything that decides the image's content, nothing
         # that changes with every build (the creation time).
         digest = hashlib.sha256()
@@ -218,29 +210,21 @@ def build_kernel_image(
         previous = engine.get_image(tag) if engine.has_image(tag) else None
         if not force and previous is not None:
             existing = previous
-            if (existing.labels or {}).get(LABEL_INPUTS) == inputs:
+            if (existing.labels or {}).get(L.INPUTS) == inputs:
                 say(f"{tag} is up to date ({existing.short_id})")
                 return KernelImageResult(tag, existing.id, False, target)
 
         # Last, so that only this cheap step misses Docker's cache on a rebuild.
-        dockerfile = recipe + f"LABEL {_label_line({LABEL_INPUTS: inputs, L.OCI_CREATED: L.now_iso()})}\n"
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            data = dockerfile.encode()
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-            tar.add(ctx / "wheels", arcname="wheels")
-        context.seek(0)
-        image, _log = engine.build(context, tag, on_line=say)
+        dockerfile = recipe + f"LABEL {dockerfile_labels({L.INPUTS: inputs, L.OCI_CREATED: L.now_iso()})}\n"
+        image, _log = engine.build(build_context(dockerfile, {"wheels": ctx / "wheels"}), tag, on_line=say)
     if previous is not None and previous.id != image.id:
         # The tag moved: drop the image it left behind unless something still uses it.
         engine.remove_unused_image(previous.id)
     return KernelImageResult(tag, image.id, True, target)
 
 
-def _label_line(labels: dict[str, str]) -> str:
-    # One LABEL instruction: one layer-less step instead of one per label.
+def dockerfile_labels(labels: dict[str, str]) -> str:
+    """The arguments of one LABEL instruction (one step, instead of one per label)."""
     return " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))
 
 

@@ -28,10 +28,27 @@ DETACHED = PREFIX + "detached"  # a --no-wait run: it may outlive its kernel
 RUN_ID = PREFIX + "run-id"
 VERSION = PREFIX + "version"
 
+# Image facts.
+PYTHON = PREFIX + "python"
+IPYKERNEL = PREFIX + "ipykernel"
+CURVE = PREFIX + "curve"
+INPUTS = PREFIX + "inputs"  # digest of what decides a kernel image's content
+BASE = PREFIX + "base"
+BASE_ID = PREFIX + "base-id"
+DEPS_KEY = PREFIX + "deps-key"
+SNAPSHOT_DIGEST = PREFIX + "snapshot-digest"
+SOURCE_NOTEBOOK = PREFIX + "source-notebook"
+PARAMETERS = PREFIX + "parameters"
+MODE = PREFIX + "mode"
+COMMITTED_FROM = PREFIX + "committed-from"
+
 # Roles (values of ROLE).
 ROLE_KERNEL = "kernel"
 ROLE_KERNEL_IMAGE = "kernel-image"
 ROLE_PROBE = "probe"
+ROLE_RUN = "run"
+ROLE_DEPS_IMAGE = "deps-image"
+ROLE_RUN_IMAGE = "run-image"
 
 OCI_CREATED = "org.opencontainers.image.created"
 OCI_TITLE = "org.opencontainers.image.title"

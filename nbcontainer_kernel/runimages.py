@@ -15,12 +15,10 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import labels as L
-from .engine import Engine, get_engine
+from .engine import Engine, build_context, get_engine
 from .errors import ImageNotUsable, NbcontainerError, WheelResolutionError
-from .images import VENV, _label_line, probe_python
+from .images import VENV, dockerfile_labels, probe_python
 from .snapshots.capture import MANIFEST, SNAPSHOT_DIR, Snapshot
 from .snapshots.env import is_secret
 from .wheels import TargetPython, pinned, resolve_wheels
@@ -38,15 +36,6 @@ from .wheels import TargetPython, pinned, resolve_wheels
 __all__ = ["RunImage", "build_run_image", "default_base", "remove_run_image", "RUNTIME_FOR_CELLS",
            "RUNTIME_FOR_NOTEBOOKS"]
 
-ROLE_DEPS = "deps-image"
-ROLE_RUN = "run-image"
-LABEL_DEPS_KEY = L.PREFIX + "deps-key"
-LABEL_DIGEST = L.PREFIX + "snapshot-digest"
-LABEL_PYTHON = L.PREFIX + "python"
-LABEL_NOTEBOOK = L.PREFIX + "source-notebook"
-LABEL_PARAMETERS = L.PREFIX + "parameters"
-LABEL_MODE = L.PREFIX + "mode"
-LABEL_COMMITTED_FROM = L.PREFIX + "committed-from"
 
 RUNTIME_FOR_CELLS = ["ipython", "cloudpickle"]
 RUNTIME_FOR_NOTEBOOKS = ["ipykernel", "cloudpickle", "nbclient", "nbformat", "nbconvert"]
@@ -202,12 +191,12 @@ def _deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
         for w in wheels.glob("nbcontainer_kernel-*.whl"):  # it comes as the runtime layer
             w.unlink()
         pip_wheel = next(w.name for w in wheels.glob("pip-*.whl"))
-        labels = {L.ROLE: ROLE_DEPS, LABEL_DEPS_KEY: key, LABEL_PYTHON: ".".join(map(str, target.version)),
+        labels = {L.ROLE: L.ROLE_DEPS_IMAGE, L.DEPS_KEY: key, L.PYTHON: ".".join(map(str, target.version)),
                   L.OCI_BASE_NAME: base, L.OCI_CREATED: L.now_iso(), L.OCI_SOURCE: L.SOURCE_URL}
         dockerfile = _DEPS_DOCKERFILE.format(base=engine.get_image(base).id, python="python3", venv=VENV,
-                                             pip_wheel=pip_wheel, labels=_label_line(labels),
+                                             pip_wheel=pip_wheel, labels=dockerfile_labels(labels),
                                              runtime=RUNTIME_DIR)
-        ctx = _context(dockerfile, {"wheels": wheels})
+        ctx = build_context(dockerfile, {"wheels": wheels})
         engine.build(ctx, tag, on_line=say)
     return tag, False, skipped
 
@@ -232,8 +221,8 @@ def _committed_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]
     except (FileNotFoundError, PermissionError):
         pass
     env_keys = [e.split("=", 1)[0] for e in (container.attrs["Config"].get("Env") or [])]
-    changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {L.ROLE}={ROLE_DEPS}",
-               f"LABEL {LABEL_COMMITTED_FROM}={container.id}",
+    changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {L.ROLE}={L.ROLE_DEPS_IMAGE}",
+               f"LABEL {L.COMMITTED_FROM}={container.id}",
                f"LABEL {L.KERNEL_ID}=", f"LABEL {L.OWNER_PID}=", f"LABEL {L.OWNER_HOST}="]
     changes += [f"ENV {k}=" for k in env_keys if is_secret(k) or k in (
         "NBCONTAINER_KERNEL_ID", "JPY_SESSION_NAME", "JPY_PARENT_PID")]
@@ -252,29 +241,6 @@ ENTRYPOINT ["{venv}/bin/nbcontainer-run"]
 CMD []
 LABEL {labels}
 """
-
-
-def _context(dockerfile: str, trees: dict[str, Path]) -> io.BytesIO:
-    ctx = io.BytesIO()
-    with tarfile.open(fileobj=ctx, mode="w") as tar:
-        data = dockerfile.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-        def readable(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
-            if "__pycache__" in ti.name or ti.name.endswith(".pyc"):
-                return None
-            ti.mtime = 0  # content alone decides Docker's cache
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = ""
-            ti.mode = 0o755 if ti.isdir() else 0o644
-            return ti
-
-        for arc, path in trees.items():
-            tar.add(path, arcname=arc, filter=readable)
-    ctx.seek(0)
-    return ctx
 
 
 def build_run_image(
@@ -306,12 +272,12 @@ def build_run_image(
 
     t1 = time.perf_counter()
     labels = {
-        L.ROLE: ROLE_RUN,
-        LABEL_DIGEST: snap.digest,
-        LABEL_PYTHON: snap.python,
-        LABEL_MODE: snap.mode,
-        LABEL_NOTEBOOK: snap.notebook or "",
-        LABEL_PARAMETERS: json.dumps(snap.parameters, default=str),
+        L.ROLE: L.ROLE_RUN_IMAGE,
+        L.SNAPSHOT_DIGEST: snap.digest,
+        L.PYTHON: snap.python,
+        L.MODE: snap.mode,
+        L.SOURCE_NOTEBOOK: snap.notebook or "",
+        L.PARAMETERS: json.dumps(snap.parameters, default=str),
         L.OCI_CREATED: L.now_iso(),
         L.OCI_TITLE: f"nbcontainer {snap.mode} run" + (f" of {Path(snap.notebook).name}" if snap.notebook else ""),
         L.OCI_SOURCE: snap.notebook or L.SOURCE_URL,
@@ -321,14 +287,14 @@ def build_run_image(
     # A committed kernel has this package installed already (its kernel image's).
     runtime_copy = "" if committed else f"COPY runtime {RUNTIME_DIR}\n"
     dockerfile = _RUN_DOCKERFILE.format(deps=deps, snapshot_dir=SNAPSHOT_DIR, venv=VENV,
-                                        labels=_label_line(labels), runtime_copy=runtime_copy)
+                                        labels=dockerfile_labels(labels), runtime_copy=runtime_copy)
     if not (snap.directory / MANIFEST).exists():
         snap.write_manifest()
     tag = tag or f"nbcontainer/run:{snap.digest[:16]}"
     trees = {"snapshot": snap.directory}
     if not committed:
         trees["runtime/nbcontainer_kernel"] = Path(__file__).resolve().parent
-    image, _ = engine.build(_context(dockerfile, trees), tag, on_line=say)
+    image, _ = engine.build(build_context(dockerfile, trees), tag, on_line=say)
     timings["snapshot_layer"] = time.perf_counter() - t1
     return RunImage(tag, image.id, snap.digest, deps, reused, timings, skipped)
 

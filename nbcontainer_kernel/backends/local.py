@@ -19,9 +19,7 @@ from ..engine import Engine, extract_tar, get_engine
 from ..options import parse_bytes, parse_gpus
 from .base import Backend, Job, Phase, RunSpec
 
-__all__ = ["LocalBackend", "ROLE_RUN_CONTAINER"]
-
-ROLE_RUN_CONTAINER = "run"
+__all__ = ["LocalBackend"]
 
 
 class _LogFollower:
@@ -68,7 +66,7 @@ class LocalBackend(Backend):
         env = dict(spec.env)
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
-        labels = {**L.container_labels(ROLE_RUN_CONTAINER, image=spec.image), L.RUN_ID: spec.run_id,
+        labels = {**L.container_labels(L.ROLE_RUN, image=spec.image), L.RUN_ID: spec.run_id,
                   **spec.labels}
         if spec.detached:
             labels[L.DETACHED] = "true"

@@ -18,6 +18,15 @@ def run(kc, code: str, timeout: float = 60) -> tuple[dict, list[dict]]:
     return reply["content"], outputs
 
 
+def interrupt_and_reply(km, kc, msg_id: str, timeout: float = 60) -> dict:
+    """Interrupt the kernel; return the shell reply to `msg_id`."""
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=timeout)
+    return reply
+
+
 def stdout_of(outputs: list[dict]) -> str:
     return "".join(m["content"]["text"] for m in outputs
                    if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
@@ -49,10 +58,7 @@ def test_start_execute_interrupt_restart_shutdown(engine: Engine, make_kernelspe
         # interrupt a busy loop: the kernel survives and answers
         msg_id = kc.execute("while True: pass")
         time.sleep(1.0)
-        km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=30)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = kc.get_shell_msg(timeout=30)
+        reply = interrupt_and_reply(km, kc, msg_id)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         content, outputs = run(kc, "print(x)")
@@ -85,10 +91,7 @@ def test_interrupt_by_signal_fallback(engine: Engine, make_kernelspec) -> None:
         kc.wait_for_ready(timeout=60)
         msg_id = kc.execute("import time\nwhile True: time.sleep(0.01)")
         time.sleep(1.0)
-        km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=30)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = kc.get_shell_msg(timeout=30)
+        reply = interrupt_and_reply(km, kc, msg_id)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert km.is_alive()
     finally:

@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 from IPython.testing import globalipapp
@@ -20,7 +19,7 @@ from nbcontainer_kernel.errors import RemoteExecutionError
 from nbcontainer_kernel.runs import Runs
 
 from .conftest import BASE_IMAGE
-from .test_kernel_manager import run, stdout_of
+from .test_kernel_manager import interrupt_and_reply, run, stdout_of
 
 
 @pytest.fixture
@@ -149,10 +148,7 @@ def test_kernel_interrupt_cancels_the_run(engine: Engine, make_kernelspec, ledge
         while not _run_containers(engine, "intr-1") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _run_containers(engine, "intr-1"), "the run should have started"
-        km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=60)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = kc.get_shell_msg(timeout=60)
+        reply = interrupt_and_reply(km, kc, msg_id)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert _run_containers(engine, "intr-1") == []
         assert ledger.get("intr-1")["status"] == "CANCELLED"

@@ -23,7 +23,7 @@ from nbcontainer_kernel.localrun import run_image
 from nbcontainer_kernel.notebooks import containerize
 from nbcontainer_kernel.results import RunResult
 from nbcontainer_kernel.runimages import RunImage, build_run_image
-from nbcontainer_kernel.snapshots import Snapshot, snapshot
+from nbcontainer_kernel.snapshots import snapshot
 
 from .conftest import BASE_IMAGE
 
