@@ -23,7 +23,8 @@ kernelspec: image
 demo: kernelspec
 	$(VENV)/bin/python examples/run_quickstart.py --kernel $(KERNEL)
 
-test: setup
+test:
+	scripts/setup.sh --browser
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 unit: setup

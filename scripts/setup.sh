@@ -2,10 +2,18 @@
 # Everything the demo and the tests need on a fresh Debian machine:
 #   a Docker engine (started when none answers), an offline-made base image,
 #   the project's virtualenv (.venv) with the package installed editable,
-#   and the demo's kernel image.
+#   and, with --browser, Debian's chromium for the browser tests.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib.sh"
 cd "$here/.."
+
+browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) browser=1 ;;
+    *) log "unknown argument: $arg"; exit 2 ;;
+  esac
+done
 
 "$here/docker-engine.sh"
 "$here/base-image.sh" "${NBCONTAINER_BASE_IMAGE:-nbcontainer/base:bookworm}"
@@ -20,3 +28,8 @@ log "installing nbcontainer-kernel (editable, with test extras) into $venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
   | grep -v '^WARNING: Location' >&2 || true
 "$venv/bin/python" -c 'import nbcontainer_kernel' || { log "install failed"; exit 1; }
+
+if [ "$browser" -eq 1 ]; then
+  # Playwright drives Debian's chromium (it cannot download its own browsers here).
+  apt_install chromium
+fi

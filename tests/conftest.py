@@ -21,6 +21,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.fspath) or "tests/e2e" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        if "tests/e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

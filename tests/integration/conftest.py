@@ -82,3 +82,15 @@ def no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
     for c in leaked:
         engine.remove(c.id)
     assert not leaked, f"containers left behind: {[c.name for c in leaked]}"
+
+
+@pytest.fixture
+def new_images(engine: Engine) -> Iterator[None]:
+    """Run images and kernel commits a test makes are removed (dependency layers stay)."""
+    def made() -> set[str]:
+        return {i.id for i in engine.images({L.ROLE: L.ROLE_RUN_IMAGE})}
+
+    before = made()
+    yield
+    for image_id in made() - before:
+        engine.remove_image(image_id, force=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,18 +19,6 @@ from nbcontainer_kernel.runs import Runs
 
 from .conftest import BASE_IMAGE
 from .test_kernel_manager import interrupt_and_reply, run, stdout_of
-
-
-@pytest.fixture
-def new_images(engine: Engine) -> Iterator[None]:
-    """Run images and kernel commits a test makes are removed (dependency layers stay)."""
-    def made() -> set[str]:
-        return {i.id for role in ("run-image",) for i in engine.images({L.ROLE: role})}
-
-    before = made()
-    yield
-    for image_id in made() - before:
-        engine.remove_image(image_id, force=True)
 
 
 @pytest.fixture

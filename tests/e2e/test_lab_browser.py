@@ -1,0 +1,77 @@
+"""JupyterLab in headless Chromium: the kernelspec is in the launcher, a notebook's
+code runs in the container, and %%remote_run's progress panel renders and finishes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from nbcontainer_kernel import labels as L
+from nbcontainer_kernel.engine import Engine
+from tests.integration.test_jupyter_server import Lab
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def _run_cell(page, code: str, index: int) -> None:
+    cell = page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".cm-content").click()
+    page.keyboard.insert_text(code)
+    page.keyboard.press("Shift+Enter")
+
+
+def test_lab_launcher_notebook_and_remote_run_panel(engine: Engine, make_kernelspec, new_images,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is needed (scripts/setup.sh --browser installs it)")
+    monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(tmp_path / "ledger" / "runs.db"))
+    name = make_kernelspec("nbc-e2e", docker_socket=True)
+    display = f"test {name}"
+    lab = Lab(tmp_path)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"{lab.url}/lab?token={lab.token}")
+                card = page.locator(".jp-LauncherCard", has_text=display).first
+                card.wait_for(timeout=60_000)  # the kernelspec is in the launcher
+                card.click()
+                page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+                page.locator(".jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator[data-status='idle'], "
+                             ".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+
+                _run_cell(page, "import os, socket\nprint('image', os.environ['NBCONTAINER_IMAGE'], socket.gethostname())", 0)
+                out = page.locator(".jp-OutputArea-output", has_text="image nbcontainer/python:3.11").first
+                out.wait_for(timeout=90_000)
+                host = out.inner_text().split()[-1]
+                [kernel_container] = [c for c in engine.containers({L.ROLE: L.ROLE_KERNEL})
+                                      if c.labels.get(L.OWNER_PID) == str(lab.proc.pid)]
+                assert kernel_container.id.startswith(host), "the notebook's code runs in the kernel's container"
+
+                _run_cell(page, "%%remote_run --local --name e2e\ny = 6 * 7", 1)
+                page.locator(".jp-OutputArea-output .widget-html", has_text=re.compile("e2e-1.*SUCCEEDED")) \
+                    .first.wait_for(timeout=180_000)
+                panel = page.locator(".jp-OutputArea-output .widget-vbox").first
+                bar = panel.locator(".widget-hprogress .progress-bar").first
+                assert "progress-bar-success" in (bar.get_attribute("class") or "")
+                assert panel.locator("button", has_text="Cancel").first.is_disabled()
+                assert "running" in panel.locator(".widget-html").nth(1).inner_text()
+                panel.locator(".jupyter-widget-Collapse-header", has_text="log").first.click()  # open the log
+                log = panel.locator("textarea").first
+                assert "[nbcontainer] succeeded" in log.input_value()
+
+                _run_cell(page, "print('y is', y)", 2)
+                page.locator(".jp-OutputArea-output", has_text="y is 42").first.wait_for(timeout=60_000)
+            finally:
+                browser.close()
+    finally:
+        lab.stop()
+    # The server's shutdown took its kernel's container with it.
+    assert [c for c in engine.containers({L.ROLE: L.ROLE_KERNEL})
+            if c.labels.get(L.OWNER_PID) == str(lab.proc.pid)] == []
