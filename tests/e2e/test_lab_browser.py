@@ -43,8 +43,8 @@ def test_lab_launcher_notebook_and_remote_run_panel(engine: Engine, make_kernels
                 card.wait_for(timeout=60_000)  # the kernelspec is in the launcher
                 card.click()
                 page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-                page.locator(".jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                             ".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+                # The kernel in the container has answered: the status bar says so.
+                page.get_by_text(f"{display} | Idle").first.wait_for(timeout=90_000)
 
                 _run_cell(page, "import os, socket\nprint('image', os.environ['NBCONTAINER_IMAGE'], socket.gethostname())", 0)
                 out = page.locator(".jp-OutputArea-output", has_text="image nbcontainer/python:3.11").first
