@@ -130,6 +130,7 @@ def _wheel_supports_curve(wheels: list[Path]) -> tuple[str, bool]:
 _DOCKERFILE = """\
 # syntax: the classic builder's; made by nbcontainer image build
 FROM {base} AS deps
+LABEL {stage_label}=true
 COPY wheels/deps /tmp/nbcontainer-wheels
 RUN {python} -m venv --without-pip --system-site-packages {venv} \\
  && {venv}/bin/python /tmp/nbcontainer-wheels/{pip_wheel}/pip install --no-index --no-cache-dir -q \\
@@ -195,7 +196,7 @@ def build_kernel_image(
             L.OCI_VERSION: __version__,
             L.OCI_BASE_NAME: base,
         }
-        recipe = _DOCKERFILE.format(base=base_img.id, python=python, venv=VENV,
+        recipe = _DOCKERFILE.format(base=base_img.id, python=python, venv=VENV, stage_label=_STAGE,
                                     pip_wheel=pip_wheel, requirements=install,
                                     labels=dockerfile_labels(labels))
         # The inputs digest: everything that decides the image's content, nothing
@@ -216,11 +217,24 @@ def build_kernel_image(
 
         # Last, so that only this cheap step misses Docker's cache on a rebuild.
         dockerfile = recipe + f"LABEL {dockerfile_labels({L.INPUTS: inputs, L.OCI_CREATED: L.now_iso()})}\n"
-        image, _log = engine.build(build_context(dockerfile, {"wheels": ctx / "wheels"}), tag, on_line=say)
+        image, log = engine.build(build_context(dockerfile, {"wheels": ctx / "wheels"}), tag, on_line=say)
+        _remove_old_stages(engine, log)
     if previous is not None and previous.id != image.id:
         # The tag moved: drop the image it left behind unless something still uses it.
         engine.remove_unused_image(previous.id)
     return KernelImageResult(tag, image.id, True, target)
+
+
+# Marks the first (install) stage of a kernel image build: Docker keeps it, untagged,
+# as the cache of the next build; older ones are removed after each build.
+_STAGE = L.PREFIX + "kernel-build-stage"
+
+
+def _remove_old_stages(engine: Engine, build_log: list[str]) -> None:
+    used = {line.split("--->", 1)[1].strip() for line in build_log if line.strip().startswith("--->")}
+    for image in engine.images({_STAGE: "true"}):
+        if not image.tags and image.short_id.split(":")[-1][:12] not in used:
+            engine.remove_unused_image(image.id)
 
 
 def dockerfile_labels(labels: dict[str, str]) -> str:
