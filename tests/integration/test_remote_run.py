@@ -190,3 +190,14 @@ def test_a_run_that_cannot_start_is_recorded_with_its_reason(engine: Engine, ip,
     row = ledger.get("nobase-1")
     assert row["status"] == "FAILED" and "ImageNotFound" in row["failure"]
     assert "y" not in ip.user_ns
+
+
+def test_timeout_stops_the_run_and_records_it(engine: Engine, ip, ledger: Runs) -> None:
+    result = ip.run_cell("%%remote_run --local --name slow --timeout 3\nimport time\ntime.sleep(120)\ndone = True")
+    err = result.error_in_exec
+    assert isinstance(err, RemoteExecutionError) and "timed out after 3 s" in str(err)
+    row = ledger.get("slow-1")
+    assert row["status"] == "FAILED" and "timed out" in row["failure"]
+    assert Runs.timings(row)["running"] < 60, "stopped at its timeout, not at the cell's end"
+    assert _run_containers(engine, "slow-1") == []
+    assert "done" not in ip.user_ns
