@@ -89,7 +89,7 @@ def sweep(engine: Engine, dry_run: bool = False, images: bool = False) -> list[O
     """Remove orphaned containers; returns what was (or, dry_run, would be) removed.
 
     images: also remove every run image (``%%remote_run`` keeps them for ``--rerun``)
-    that no container uses; dependency and base images stay cached.
+    that no container uses, and all but the newest dependency images.
     """
     orphans = find_orphans(engine)
     for o in orphans:
@@ -99,6 +99,7 @@ def sweep(engine: Engine, dry_run: bool = False, images: bool = False) -> list[O
             log.info("removed orphaned %s container %s (%s)", o.role, o.name, o.owner)
     if not dry_run and images:
         remove_run_images(engine)
+        remove_old_dependency_images(engine)
     if not dry_run:
         remove_commits_of_gone_containers(engine)
     # Adoption records of containers that no longer exist are litter too.
@@ -140,5 +141,22 @@ def remove_run_images(engine: Engine) -> int:
                 engine.remove_image(tag)
                 removed += 1
             except Exception:  # noqa: BLE001 - a container still uses it
+                pass
+    return removed
+
+
+def remove_old_dependency_images(engine: Engine, keep: int = 3) -> int:
+    """Keep the `keep` newest dependency layers (one per lock); remove older unused ones."""
+    deps = sorted(engine.images({L.ROLE: L.ROLE_DEPS_IMAGE}), key=lambda i: i.attrs.get("Created", ""),
+                  reverse=True)
+    removed = 0
+    for image in deps[keep:]:
+        if (image.labels or {}).get(L.COMMITTED_FROM):
+            continue  # a kernel's commit goes with its kernel
+        for tag in image.tags or [image.id]:
+            try:
+                engine.remove_image(tag)
+                removed += 1
+            except Exception:  # noqa: BLE001 - a run image still builds on it
                 pass
     return removed
