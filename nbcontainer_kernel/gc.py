@@ -15,11 +15,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jupyter_core.paths import jupyter_runtime_dir
 
 from . import labels as L
 from .engine import Engine
+from .errors import EngineError
 
 __all__ = ["Orphan", "find_orphans", "sweep", "adopt", "release"]
 
@@ -113,50 +115,33 @@ def sweep(engine: Engine, dry_run: bool = False, images: bool = False) -> list[O
     return orphans
 
 
+def _drop(engine: Engine, image: Any) -> int:
+    """Remove an image's tags (non-forced); an image a container or child image uses stays."""
+    removed = 0
+    for tag in image.tags or [image.id]:
+        try:
+            engine.remove_image(tag)
+            removed += 1
+        except EngineError:
+            pass
+    return removed
+
 
 def remove_commits_of_gone_containers(engine: Engine, container_id: str | None = None) -> int:
     """Remove images committed from kernel containers that no longer exist (or from
-    `container_id`); an image a run image still builds on is kept."""
-    removed = 0
+    `container_id`); an image a run image still builds on goes with that run image."""
     selector = {L.COMMITTED_FROM: container_id} if container_id else [L.COMMITTED_FROM]
-    for image in engine.images(selector):
-        source = (image.labels or {}).get(L.COMMITTED_FROM, "")
-        if container_id is None and engine.inspect(source) is not None:
-            continue
-        for tag in image.tags or [image.id]:
-            try:
-                engine.remove_image(tag)
-                removed += 1
-            except Exception:  # noqa: BLE001 - in use by a run image: it goes with that image
-                pass
-    return removed
+    return sum(_drop(engine, image) for image in engine.images(selector)
+               if container_id is not None or engine.inspect(image.labels.get(L.COMMITTED_FROM, "")) is None)
 
 
 def remove_run_images(engine: Engine) -> int:
     """Remove run images that no container uses (a run image is cheap to make again)."""
-    removed = 0
-    for image in engine.images({L.ROLE: L.ROLE_RUN_IMAGE}):
-        for tag in image.tags or [image.id]:
-            try:
-                engine.remove_image(tag)
-                removed += 1
-            except Exception:  # noqa: BLE001 - a container still uses it
-                pass
-    return removed
+    return sum(_drop(engine, image) for image in engine.images({L.ROLE: L.ROLE_RUN_IMAGE}))
 
 
 def remove_old_dependency_images(engine: Engine, keep: int = 3) -> int:
     """Keep the `keep` newest dependency layers (one per lock); remove older unused ones."""
-    deps = sorted(engine.images({L.ROLE: L.ROLE_DEPS_IMAGE}), key=lambda i: i.attrs.get("Created", ""),
-                  reverse=True)
-    removed = 0
-    for image in deps[keep:]:
-        if (image.labels or {}).get(L.COMMITTED_FROM):
-            continue  # a kernel's commit goes with its kernel
-        for tag in image.tags or [image.id]:
-            try:
-                engine.remove_image(tag)
-                removed += 1
-            except Exception:  # noqa: BLE001 - a run image still builds on it
-                pass
-    return removed
+    deps = [i for i in engine.images({L.ROLE: L.ROLE_DEPS_IMAGE}) if not (i.labels or {}).get(L.COMMITTED_FROM)]
+    deps.sort(key=lambda i: i.attrs.get("Created", ""), reverse=True)
+    return sum(_drop(engine, image) for image in deps[keep:])
