@@ -169,7 +169,8 @@ def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(engine: Eng
     name = make_kernelspec("nbc-nb-magics", docker_socket=True)
     nb = new_notebook(cells=[
         new_code_cell("import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]}, index=pd.Index(['x', 'y'], name='k'))"),
-        new_code_cell("%%remote_run --local --name nb\ndoubled = frame * 2\nprint('remote hello')"),
+        new_code_cell("%%remote_run --local --name nb\ndoubled = frame * 2\nprint('remote hello')\n"
+                      "from IPython.display import HTML, display\ndisplay(HTML('<b>remote html</b>'))\nlen(doubled)"),
         new_code_cell("print(doubled.a.tolist(), doubled.index.name, str(doubled.a.dtype))"),
         new_code_cell("runs = %remote_runs\nprint(runs.id.tolist(), runs.status.tolist())"),
     ])
@@ -177,6 +178,11 @@ def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(engine: Eng
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = ["".join(o.get("text", "") for o in c.outputs if o.get("output_type") == "stream") for c in nb.cells]
     assert "remote hello" in text[1] and "[nb-1] SUCCEEDED" in text[1]
+    # display() output and the last expression's value come back as the cell's own outputs
+    rich = [o for o in nb.cells[1].outputs if o.get("output_type") == "display_data"]
+    assert rich and rich[0]["data"]["text/html"] == "<b>remote html</b>"
+    [result] = [o for o in nb.cells[1].outputs if o.get("output_type") == "execute_result"]
+    assert result["data"]["text/plain"] == "2"
     assert text[2] == "[2, 4] k int64\n"
     assert text[3] == "['nb-1'] ['SUCCEEDED']\n"
 
