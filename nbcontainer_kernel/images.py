@@ -138,11 +138,12 @@ RUN {python} -m venv --without-pip --system-site-packages {venv} \\
  && chmod -R a+rX /opt/nbcontainer
 
 FROM {base}
+# No chmod in this stage: it would copy the whole virtualenv into one more layer.
 COPY --from=deps /opt/nbcontainer /opt/nbcontainer
 COPY wheels/self /tmp/nbcontainer-self
 RUN {venv}/bin/python -m pip install --no-index --no-deps --no-cache-dir \\
       --disable-pip-version-check /tmp/nbcontainer-self/*.whl \\
- && rm -rf /tmp/nbcontainer-self && chmod -R a+rX /opt/nbcontainer
+ && rm -rf /tmp/nbcontainer-self
 ENV PATH={venv}/bin:$PATH PYTHONUNBUFFERED=1
 LABEL {labels}
 """
