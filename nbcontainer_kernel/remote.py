@@ -103,13 +103,20 @@ class RemoteRunner:
         if req.sweep:
             return self._sweep(run_id, name, backend, image, req, hooks, out_names)
         spec = self._spec(run_id, image, req, params=dict(req.params))
-        job = self._submit(driver, backend, spec)
-        if not req.wait:
-            handle = RunHandle(run_id, self)
-            handle.thread = threading.Thread(target=self._finish, args=(driver, job, spec, []), daemon=True)
-            handle.thread.start()
-            return handle
-        result = self._finish(driver, job, spec, out_names)
+        job = None
+        try:
+            job = self._submit(driver, backend, spec)
+            if not req.wait:
+                handle = RunHandle(run_id, self)
+                handle.thread = threading.Thread(target=self._finish, args=(driver, job, spec, []), daemon=True)
+                handle.thread.start()
+                return handle
+            result = self._finish(driver, job, spec, out_names)
+        except KeyboardInterrupt:
+            # Wherever Ctrl-C lands once the job exists, the run is cancelled (or detached).
+            if job is not None and req.interrupt != "detach":
+                driver.cancel_and_clean(job)
+            raise
         result.raise_for_status()
         namespace.update(load_results(result.model_dir, out_names))
         return result

@@ -140,6 +140,7 @@ class RunDriver:
         self.record = on_phase_record
         self.cancel_event = threading.Event()
         self.timed_out = False
+        self.done = False  # set once the job's end is collected, or it was cancelled and cleaned up
         self.timings: dict[str, float] = {}
         self._phase_started: tuple[Phase, float] | None = None
 
@@ -165,10 +166,17 @@ class RunDriver:
         except KeyboardInterrupt:
             if self.on_interrupt == "detach":
                 raise
-            self.backend.cancel(job)
-            self.enter(job.run_id, Phase.CANCELLED)
-            self.backend.cleanup(job)
+            self.cancel_and_clean(job)
             raise
+
+    def cancel_and_clean(self, job: Job) -> None:
+        """Stop the job, record it CANCELLED and remove what it left (after Ctrl-C)."""
+        if self.done:
+            return
+        self.backend.cancel(job)
+        self.enter(job.run_id, Phase.CANCELLED)
+        self.backend.cleanup(job)
+        self.done = True
 
     def _wait(self, job: Job, spec: RunSpec, dest: Path, poll: float) -> tuple[Phase, int | None]:
         seen = 0
@@ -204,6 +212,7 @@ class RunDriver:
                 phase = Phase.FAILED
             self.enter(job.run_id, phase)
             self.backend.cleanup(job)
+            self.done = True
             return phase, code
         except KeyboardInterrupt:
             raise  # wait() decides: cancel (and clean up) or detach

@@ -85,11 +85,12 @@ class LocalBackend(Backend):
         container = self.engine.create_container(spec.image, **kwargs)
         try:
             self.engine.start(container)
-        except Exception:
+            self._followers[container.id] = _LogFollower(container)
+            return Job(self.name, spec.run_id, {"container_id": container.id, "container_name": container.name})
+        except BaseException:  # Ctrl-C included: a half-submitted run leaves nothing behind
+            self._followers.pop(container.id, None)
             self.engine.remove(container.id)
             raise
-        self._followers[container.id] = _LogFollower(container)
-        return Job(self.name, spec.run_id, {"container_id": container.id, "container_name": container.name})
 
     def attach(self, job: Job) -> None:
         """Follow a job submitted by an earlier process (after a kernel restart)."""

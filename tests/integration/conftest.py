@@ -15,7 +15,7 @@ import pytest
 
 from nbcontainer_kernel import kernelspec, labels as L
 from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.errors import DaemonNotAvailable
+from nbcontainer_kernel.errors import DaemonNotAvailable, EngineError
 from nbcontainer_kernel.images import build_kernel_image
 
 BASE_IMAGE = os.environ.get("NBCONTAINER_BASE_IMAGE", "nbcontainer/base:bookworm")
@@ -93,4 +93,7 @@ def new_images(engine: Engine) -> Iterator[None]:
     before = made()
     yield
     for image_id in made() - before:
-        engine.remove_image(image_id, force=True)
+        try:
+            engine.remove_image(image_id, force=True)
+        except EngineError:  # a leaked container still uses it: no_leaked_containers reports that
+            pass
