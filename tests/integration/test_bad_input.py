@@ -12,6 +12,7 @@ from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import ImageNotFound, ImageNotUsable, KernelDied
 
 from .conftest import BASE_IMAGE
+from .test_kernel_manager import started
 
 
 def test_missing_image_is_reported_before_the_start(engine: Engine, make_kernelspec) -> None:
@@ -81,12 +82,7 @@ def test_kernel_dying_during_start_reports_its_last_log_lines(engine: Engine, ma
 def test_out_of_memory_is_reported_and_restart_works(engine: Engine, make_kernelspec,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     name = make_kernelspec("nbc-oom", memory="160m")
-    km = KernelManager(kernel_name=name)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    with started(name) as (km, kc):
         info = engine.inspect(km.provisioner.container_id)
         assert info["HostConfig"]["Memory"] == 160 * 1024**2
         with caplog.at_level(logging.ERROR):
@@ -104,6 +100,3 @@ def test_out_of_memory_is_reported_and_restart_works(engine: Engine, make_kernel
         reply = kc.execute_interactive("small = b'x' * 1024", timeout=30)
         assert reply["content"]["status"] == "ok"
         assert km.provisioner.exit_error is None
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)

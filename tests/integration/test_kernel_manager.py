@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 import pytest
 from jupyter_client import AsyncKernelManager, KernelManager
@@ -25,6 +27,22 @@ def interrupt_and_reply(km, kc, msg_id: str, timeout: float = 60) -> dict:
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kc.get_shell_msg(timeout=timeout)
     return reply
+
+
+@contextlib.contextmanager
+def started(kernel_name: str, **start_kw) -> Iterator[tuple[KernelManager, object]]:
+    """A started kernel and a ready client; shut down (and its container removed) afterwards."""
+    km = KernelManager(kernel_name=kernel_name)
+    km.start_kernel(**start_kw)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
 
 
 def stdout_of(outputs: list[dict]) -> str:
@@ -174,12 +192,7 @@ def test_curve_encryption_keeps_out_a_client_without_the_keys(engine: Engine, ma
     from jupyter_client import BlockingKernelClient
 
     name = make_kernelspec("nbc-curve", transport_encryption="required")
-    km = KernelManager(kernel_name=name)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    with started(name) as (km, kc):
         info = km.get_connection_info()
         assert info.get("curve_publickey"), "CurveZMQ keys must be in the connection info"
         # The same ports and HMAC key, but no Curve keys: the kernel must not answer.
@@ -192,9 +205,6 @@ def test_curve_encryption_keeps_out_a_client_without_the_keys(engine: Engine, ma
                 plain.get_shell_msg(timeout=3)
         finally:
             plain.stop_channels()
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_reattach_with_provisioner_info(engine: Engine, make_kernelspec) -> None:
