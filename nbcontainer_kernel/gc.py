@@ -10,9 +10,9 @@ container is not swept while the adopter lives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,7 @@ def adopt(container_id: str) -> None:
 
 
 def release(container_id: str) -> None:
-    try:
-        (_adoption_dir() / f"{container_id}.json").unlink()
-    except FileNotFoundError:
-        pass
+    (_adoption_dir() / f"{container_id}.json").unlink(missing_ok=True)
 
 
 def _adopter(container_id: str) -> L.Owner | None:
@@ -108,10 +105,7 @@ def sweep(engine: Engine, dry_run: bool = False, images: bool = False) -> list[O
     if not dry_run and _adoption_dir().is_dir():
         for f in _adoption_dir().glob("*.json"):
             if engine.inspect(f.stem) is None:
-                try:
-                    os.unlink(f)
-                except FileNotFoundError:
-                    pass
+                f.unlink(missing_ok=True)
     return orphans
 
 
@@ -119,11 +113,9 @@ def _drop(engine: Engine, image: Any) -> int:
     """Remove an image's tags (non-forced); an image a container or child image uses stays."""
     removed = 0
     for tag in image.tags or [image.id]:
-        try:
+        with contextlib.suppress(EngineError):  # still in use: it stays
             engine.remove_image(tag)
             removed += 1
-        except EngineError:
-            pass
     return removed
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -76,11 +77,9 @@ def default_base(engine: Engine, python: str) -> str:
     slim = f"python:{minor}-slim"
     if engine.has_image(slim):
         return slim
-    try:
+    with contextlib.suppress(NbcontainerError):  # no registry here: fall through to the offline base
         engine.pull(slim)
         return slim
-    except NbcontainerError:
-        pass
     if engine.has_image("nbcontainer/base:bookworm"):
         return "nbcontainer/base:bookworm"
     raise ImageNotUsable(slim, "it is not present and cannot be pulled",
@@ -120,6 +119,25 @@ def _wheel_name(w: Path) -> str:
     return w.name.split("-")[0].lower().replace("_", "-")
 
 
+def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str], None]) -> bool:
+    """One pinned requirement: its wheel, else the newest version the image's Python can
+    use, else a wheel built here (pure Python only). False when none of these works."""
+    name = req.split("==")[0]
+    for attempt in (req, name):
+        try:
+            got = resolve_wheels([attempt], target, dest, None, no_deps=True)
+        except WheelResolutionError:
+            continue
+        if attempt != req:
+            version = next((w.name.split("-")[1] for w in got if _wheel_name(w) == name), "?")
+            say(f"warning: {req} does not fit {target.describe()}; using {name} {version}")
+        return True
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), req],
+                           capture_output=True, text=True)
+    return built.returncode == 0 and any(_wheel_name(w) == name and w.name.endswith("none-any.whl")
+                                         for w in dest.glob("*.whl"))
+
+
 def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, dest: Path,
                   say: Callable[[str], None]) -> list[str]:
     """Wheels for every pinned distribution, then the runtime's; returns what had no wheel.
@@ -137,24 +155,7 @@ def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, des
             # version that it can; a package with no wheel at all is built here when it is
             # pure Python, else left out. Each is reported.
             for req in lock:
-                name = req.split("==")[0]
-                try:
-                    resolve_wheels([req], target, dest, None, no_deps=True)
-                    continue
-                except WheelResolutionError:
-                    pass
-                try:
-                    got = resolve_wheels([name], target, dest, None, no_deps=True)
-                    version = next((w.name.split("-")[1] for w in got if _wheel_name(w) == name), "?")
-                    say(f"warning: {req} does not fit {target.describe()}; using {name} {version}")
-                    continue
-                except WheelResolutionError:
-                    pass
-                built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                                        "-w", str(dest), req], capture_output=True, text=True)
-                if built.returncode != 0 or not any(
-                        _wheel_name(w) == name and w.name.endswith("none-any.whl")
-                        for w in dest.glob("*.whl")):
+                if not _resolve_one(req, target, dest, say):
                     skipped.append(req)
                     say(f"warning: no wheel of {req} for {target.describe()}: left out of the image")
     have = {_wheel_name(w) for w in dest.glob("*.whl")}
@@ -216,10 +217,8 @@ def _committed_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]
         return tag, True
     # The kernel read its connection file long ago: remove it so its HMAC and Curve
     # keys never reach an image. (We are inside that kernel, so this is our file.)
-    try:
+    with contextlib.suppress(FileNotFoundError, PermissionError):  # already gone, or not ours
         os.unlink(KERNEL_CONNECTION_FILE)
-    except (FileNotFoundError, PermissionError):
-        pass
     env_keys = [e.split("=", 1)[0] for e in (container.attrs["Config"].get("Env") or [])]
     changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {L.ROLE}={L.ROLE_DEPS_IMAGE}",
                f"LABEL {L.COMMITTED_FROM}={container.id}",

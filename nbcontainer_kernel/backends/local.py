@@ -7,12 +7,14 @@ written; cancel kills and cleanup removes the container.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import docker.errors
+import requests.exceptions
 
 from .. import labels as L
 from ..engine import Engine, extract_tar, get_engine
@@ -33,13 +35,12 @@ class _LogFollower:
 
     def _follow(self, container: Any) -> None:
         pending = b""
-        try:
+        # The container may be removed under the stream (cancel, cleanup): the log ends there.
+        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
             for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
                 pending += chunk
                 *complete, pending = pending.split(b"\n")
                 self.lines.extend(raw.decode("utf-8", "replace") for raw in complete)
-        except Exception:  # removed under us: the log ends here
-            pass
         if pending:
             self.lines.append(pending.decode("utf-8", "replace"))
         self.done.set()
