@@ -36,7 +36,19 @@ def __getattr__(name: str) -> Any:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext nbcontainer_kernel` registers %%remote_run and its friends."""
+    """`%load_ext nbcontainer_kernel` registers %%remote_run and its friends.
+
+    In a containerized kernel it also removes the kernel's connection file,
+    read at start and never needed again, so its keys are in no later commit.
+    """
+    import os
+
     from .magics import load_ipython_extension as load
 
+    conn = os.environ.get("NBCONTAINER_CONNECTION_FILE")
+    if conn and os.environ.get("NBCONTAINER_KERNEL_ID"):
+        try:
+            os.unlink(conn)
+        except OSError:  # already gone, or not ours to remove: the commit check refuses it then
+            pass
     load(ipython)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import docker
 import docker.errors
@@ -21,7 +23,14 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.models.images import Image
 
-from .errors import DaemonNotAvailable, EngineError, ImageNotFound, NbcontainerError
+from .errors import (
+    DaemonNotAvailable,
+    EngineError,
+    ImageBuildError,
+    ImageNotFound,
+    NbcontainerError,
+    UnsafeArchive,
+)
 
 __all__ = ["Engine", "get_engine", "translate_errors", "make_tar", "extract_tar", "build_context"]
 
@@ -141,19 +150,17 @@ class Engine:
         except docker.errors.APIError:  # in use by a container, or already gone
             return False
 
-    def build(self, context: io.BytesIO, tag: str, *, labels: dict[str, str] | None = None,
+    def build(self, context: IO[bytes], tag: str, *, labels: dict[str, str] | None = None,
               on_line: Callable[[str], None] | None = None,
               buildargs: dict[str, str] | None = None) -> tuple[Image, list[str]]:
         """Build from a tar build context; streams each output line to on_line.
 
         Returns the image and the whole log. Raises ImageBuildError (with the
-        log's tail) when a step fails.
+        log's tail) when a step fails. The context is closed afterwards.
         """
-        from .errors import ImageBuildError
-
         log: list[str] = []
         image_id = None
-        with translate_errors(f"build {tag}"):
+        with contextlib.closing(context), translate_errors(f"build {tag}"):
             stream = self.api.build(
                 fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
                 decode=True, labels=labels, buildargs=buildargs,
@@ -227,6 +234,11 @@ class Engine:
                 return False
             raise EngineError(f"remove container {ident}", _explain(exc)) from exc
 
+    def container_changes(self, ident: str) -> list[dict[str, Any]]:
+        """What a container changed in its filesystem (docker diff): Path and Kind."""
+        with translate_errors(f"list the changes of container {ident}"):
+            return self.api.diff(ident) or []
+
     def logs_tail(self, ident: str, lines: int = 20) -> list[str]:
         try:
             raw = self.api.logs(ident, stdout=True, stderr=True, tail=lines)
@@ -235,10 +247,14 @@ class Engine:
         return raw.decode("utf-8", "replace").splitlines()
 
     def put_files(self, ident: str, dest: str, files: dict[str, bytes], *,
-                  uid: int = 0, gid: int = 0, mode: int = 0o600) -> None:
-        """Copy files into a (possibly not yet started) container through the API."""
+                  uid: int = 0, gid: int = 0, mode: int = 0o600, dirs: Iterable[str] = ()) -> None:
+        """Copy files into a (possibly not yet started) container through the API.
+
+        `dirs` (relative to dest) are made 0700 and owned by uid:gid, so the
+        container's user can remove what it was given.
+        """
         with translate_errors(f"copy files into container {ident}"):
-            ok = self.api.put_archive(ident, dest, make_tar(files, uid=uid, gid=gid, mode=mode))
+            ok = self.api.put_archive(ident, dest, make_tar(files, uid=uid, gid=gid, mode=mode, dirs=dirs))
         if not ok:
             raise EngineError(f"copy files into container {ident}", f"{dest} does not exist in it")
 
@@ -257,10 +273,17 @@ class Engine:
             self.remove(container.id)
 
 
-def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int = 0o644) -> bytes:
-    """A tar archive holding `files` (name -> content) owned by uid:gid."""
+def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int = 0o644,
+             dirs: Iterable[str] = ()) -> bytes:
+    """A tar archive holding `files` (name -> content) and `dirs` (0700), owned by uid:gid."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in dirs:
+            info = tarfile.TarInfo(name.rstrip("/") + "/")
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o700
+            info.uid, info.gid = uid, gid
+            tar.addfile(info)
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -270,48 +293,130 @@ def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int =
     return buf.getvalue()
 
 
-def build_context(dockerfile: str, trees: dict[str, "os.PathLike[str] | str"]) -> io.BytesIO:
+def max_context_bytes() -> int:
+    """Cap on a build context (NBCONTAINER_MAX_CONTEXT_BYTES, default 16 GiB)."""
+    return int(os.environ.get("NBCONTAINER_MAX_CONTEXT_BYTES", 16 * 1024**3))
+
+
+def max_result_bytes() -> int:
+    """Cap on the outputs unpacked from one run (NBCONTAINER_MAX_RESULT_BYTES, default 16 GiB)."""
+    return int(os.environ.get("NBCONTAINER_MAX_RESULT_BYTES", 16 * 1024**3))
+
+
+def build_context(dockerfile: str, trees: dict[str, os.PathLike[str] | str],
+                  max_bytes: int | None = None) -> IO[bytes]:
     """A tar build context: the Dockerfile and directory trees (name in the context -> path).
 
-    Members are world-readable, owned by root and dated 0, so that content alone
-    decides Docker's cache; bytecode caches are left out.
+    Written to a temporary file (never held in memory; a snapshot may be
+    gigabytes), and refused past `max_bytes` (default max_context_bytes()).
+    Members are world-readable, owned by root and dated 0, so that content
+    alone decides Docker's cache; bytecode caches are left out, and so is
+    anything but regular files and directories (links outside a tree, FIFOs).
     """
-    ctx = io.BytesIO()
-    with tarfile.open(fileobj=ctx, mode="w") as tar:
-        data = dockerfile.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    cap = max_context_bytes() if max_bytes is None else max_bytes
+    ctx = tempfile.TemporaryFile(prefix="nbcontainer-context-")
+    total = 0
+    try:
+        with tarfile.open(fileobj=ctx, mode="w") as tar:
+            data = dockerfile.encode()
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
-        def readable(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
-            if "__pycache__" in ti.name or ti.name.endswith(".pyc"):
-                return None
-            ti.mtime = 0  # content alone decides Docker's cache
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = ""
-            ti.mode = 0o755 if ti.isdir() else 0o644
-            return ti
+            def readable(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
+                nonlocal total
+                if "__pycache__" in ti.name or ti.name.endswith(".pyc"):
+                    return None
+                if not (ti.isfile() or ti.isdir()):
+                    return None
+                total += ti.size
+                if total > cap:
+                    raise ImageBuildError("(build context)", f"the build context is over its cap of "
+                                          f"{cap:,} bytes (NBCONTAINER_MAX_CONTEXT_BYTES); ship less")
+                ti.mtime = 0  # content alone decides Docker's cache
+                ti.uid = ti.gid = 0
+                ti.uname = ti.gname = ""
+                ti.mode = 0o755 if ti.isdir() else 0o644
+                return ti
 
-        for arc, path in trees.items():
-            tar.add(path, arcname=arc, filter=readable)
-    ctx.seek(0)
-    return ctx
+            for arc, path in trees.items():
+                tar.add(path, arcname=arc, filter=readable)
+        ctx.seek(0)
+        return ctx
+    except BaseException:
+        ctx.close()
+        raise
 
 
-def extract_tar(data: bytes, dest: "os.PathLike[str] | str") -> None:
-    """Unpack an archive from the Docker API, refusing members that would land outside dest."""
+class _ChunkReader(io.RawIOBase):
+    """A file-like reader over an iterator of byte chunks (a streamed archive)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def extract_tar(data: bytes | Iterable[bytes], dest: os.PathLike[str] | str,
+                max_bytes: int | None = None) -> int:
+    """Unpack an archive (bytes, or a stream of chunks from the Docker API) into dest.
+
+    Streams member by member. Only regular files and directories are unpacked,
+    inside dest; links, FIFOs, devices, absolute paths and ``..`` are refused with
+    UnsafeArchive, on every Python, and so is more than `max_bytes` in all
+    (default max_result_bytes()). Returns the bytes written.
+    """
     from pathlib import Path
 
+    cap = max_result_bytes() if max_bytes is None else max_bytes
     root = Path(dest).resolve()
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12
-            tar.extractall(root, filter="data")
-            return
-        for member in tar.getmembers():
-            target = (root / member.name).resolve()
-            if root != target and root not in target.parents or member.issym() or member.islnk():
-                raise EngineError("unpack a container's files", f"unsafe archive member {member.name!r}")
-        tar.extractall(root)
+    root.mkdir(parents=True, exist_ok=True)
+    chunks = [data] if isinstance(data, (bytes, bytearray)) else data
+    reader = io.BufferedReader(_ChunkReader(chunks), buffer_size=1 << 20)
+    total = 0
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for member in tar:
+                name = member.name
+                parts = [p for p in name.split("/") if p not in ("", ".")]
+                if name.startswith("/") or ".." in parts or "\x00" in name:
+                    raise UnsafeArchive(name, "its path leaves the destination")
+                if not (member.isfile() or member.isdir()):
+                    kind = ("a link" if member.issym() or member.islnk() else
+                            "a FIFO" if member.isfifo() else "a device" if member.isdev() else "not a file")
+                    raise UnsafeArchive(name, f"it is {kind}; only regular files and directories are unpacked")
+                target = root.joinpath(*parts) if parts else root
+                if target != root and root not in target.resolve().parents:
+                    raise UnsafeArchive(name, "its path leaves the destination")
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                total += member.size
+                if total > cap:
+                    raise UnsafeArchive(name, f"the archive is over its cap of {cap:,} bytes "
+                                        "(NBCONTAINER_MAX_RESULT_BYTES)")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                assert src is not None
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                os.chmod(target, 0o600 | (0o100 if member.mode & 0o100 else 0))
+    except tarfile.TarError as exc:
+        raise UnsafeArchive("(archive)", f"not a readable tar archive: {exc}") from exc
+    return total
 
 
 def _label_filters(labels: dict[str, str] | Iterable[str]) -> list[str]:

@@ -21,6 +21,9 @@ __all__ = [
     "KernelDied",
     "RemoteExecutionError",
     "RunTimeout",
+    "SerializationError",
+    "UntrustedResults",
+    "UnsafeArchive",
 ]
 
 
@@ -154,3 +157,36 @@ class RemoteExecutionError(NbcontainerError):
 
 class RunTimeout(NbcontainerError):
     """A run exceeded its timeout and was stopped."""
+
+
+class SerializationError(NbcontainerError):
+    """A value cannot be serialized (or read back); the message is the reason shown to the user."""
+
+
+class UntrustedResults(NbcontainerError):
+    """A run's outputs failed verification; nothing from them was loaded."""
+
+    def __init__(self, run_dir: str, file: str, reason: str) -> None:
+        self.run_dir = run_dir
+        self.file = file
+        self.reason = reason
+        super().__init__(
+            f"The outputs in {run_dir} were refused: {file}: {reason}. Nothing was loaded from them. "
+            "Data values (DataFrames, JSON) can still be read with `%remote_result RUN --unverified` "
+            "(pickles never); for a run made before signed results, `%config RemoteRun.trust = 'always'`.")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.run_dir, self.file, self.reason))
+
+
+class UnsafeArchive(NbcontainerError):
+    """An archive from a container or a store holds what must not be unpacked."""
+
+    def __init__(self, member: str, reason: str) -> None:
+        self.member = member
+        self.reason = reason
+        super().__init__(f"Refused to unpack {member!r}: {reason}. Nothing outside the run's directory "
+                         "was written.")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.member, self.reason))

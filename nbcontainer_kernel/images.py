@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -21,16 +22,16 @@ from pathlib import Path
 from docker.models.images import Image
 
 from . import labels as L
+from .contract import VENV
 from .engine import Engine, build_context
 from .errors import EngineError, ImageNotUsable
 from .wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
 
 __all__ = [
     "KernelImageFacts", "KernelImageResult", "build_kernel_image", "list_kernel_images",
-    "inspect_kernel_image", "probe_python", "RUNTIME_REQUIREMENTS", "VENV",
+    "inspect_kernel_image", "probe_python", "RUNTIME_REQUIREMENTS",
 ]
 
-VENV = "/opt/nbcontainer/venv"
 # What the in-container side needs: the kernel, the serializers of snapshots and results
 # (DataFrames travel as Parquet), and docker-py, so that %%remote_run works from inside
 # a containerized kernel.
@@ -181,7 +182,7 @@ def build_kernel_image(
         if pip_wheel is None:  # pragma: no cover - pip is always among the requirements
             raise ImageNotUsable(base, "no pip wheel could be resolved", "Check the package index.")
         ipykernel_version, curve = _wheel_supports_curve(deps)
-        install = " ".join(f"'{r}'" for r in reqs)
+        install = " ".join(shlex.quote(r) for r in reqs)
         from . import __version__
 
         labels = {
@@ -197,8 +198,8 @@ def build_kernel_image(
             L.OCI_VERSION: __version__,
             L.OCI_BASE_NAME: base,
         }
-        recipe = _DOCKERFILE.format(base=base_img.id, python=python, venv=VENV, stage_label=_STAGE,
-                                    pip_wheel=pip_wheel, requirements=install,
+        recipe = _DOCKERFILE.format(base=base_img.id, python=shlex.quote(python), venv=VENV, stage_label=_STAGE,
+                                    pip_wheel=shlex.quote(pip_wheel), requirements=install,
                                     labels=dockerfile_labels(labels))
         # The inputs digest: everything that decides the image's content, nothing
         # that changes with every build (the creation time).

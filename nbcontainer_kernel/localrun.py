@@ -14,6 +14,7 @@ from .backends.base import Hooks, Phase, RunDriver, RunSpec
 from .backends.local import LocalBackend
 from .engine import Engine
 from .results import RunResult
+from .trust import KEY_ENV, RunOutputs, new_key
 
 __all__ = ["run_image"]
 
@@ -32,6 +33,7 @@ def run_image(
     labels: Mapping[str, str] | None = None,
     cancel: threading.Event | None = None,
     engine: Engine | None = None,
+    trust: str = "signed",
 ) -> RunResult:
     """Run `image` (its entrypoint is the runner) in Docker here and return what it left.
 
@@ -39,20 +41,24 @@ def run_image(
     runner's arguments (``-p NAME VALUE``); `env` is given at run time only
     (e.g. credentials: never in the image). Outputs are copied to `output_dir`
     through the Docker API. A timeout or a set `cancel` event stops the run.
+    The run's outputs are signed with a key made here and read under `trust`
+    (see :mod:`nbcontainer_kernel.trust`).
     """
     out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="nbcontainer-run-"))
     out.mkdir(parents=True, exist_ok=True)
     run_id = f"adhoc-{secrets.token_hex(4)}"
+    key = new_key()  # signs this run's outputs; given to the container at run time only
     logs: list[str] = []
     hooks = Hooks(on_log=[lambda _rid, line: (logs.append(line), on_log(line) if on_log else None)])
-    driver = RunDriver(LocalBackend(engine), hooks)
+    driver = RunDriver(LocalBackend(engine), hooks, verify=lambda dest: RunOutputs(dest, key, trust).verdict())
     if cancel is not None:
         threading.Thread(target=lambda: (cancel.wait(), driver.cancel_event.set()), daemon=True).start()
-    spec = RunSpec(run_id, image, params=dict(params or {}), command=list(args or []), env=dict(env or {}),
+    spec = RunSpec(run_id, image, params=dict(params or {}), command=list(args or []),
+                   env={**dict(env or {}), KEY_ENV: key},
                    cpus=cpus, memory=memory, timeout=timeout, labels=dict(labels or {}))
     t0 = time.monotonic()
     job = driver.backend.submit(spec)
     phase, code = driver.wait(job, spec, out)
     return RunResult(image=image, exit_code=code, output_dir=out, logs=logs, duration=time.monotonic() - t0,
                      timed_out=driver.timed_out, cancelled=phase == Phase.CANCELLED,
-                     container=job.handle["container_name"])
+                     container=job.handle["container_name"], key=key, trust=trust, reason=driver.reason)

@@ -18,7 +18,7 @@ from .engine import Engine, get_engine
 from .errors import NbcontainerError
 from .runimages import RunImage, build_run_image
 from .runner.notebook import parameters_of
-from .snapshots.capture import Snapshot
+from .snapshots.capture import Snapshot, copy_notebook_without_outputs
 from .snapshots.deps import capture_dependencies, python_version
 from .snapshots.sources import collect_sources
 
@@ -44,7 +44,7 @@ def notebook_snapshot(notebook: Path | str, requirements: Path | str | None = No
     snap = Snapshot(directory=directory, cell="", mode="notebook", python=python_version(),
                     notebook=str(nb_path), parameters=parameters_of(nb), _owned=dest is None)
     try:
-        shutil.copy2(nb_path, directory / "notebook.ipynb")
+        copy_notebook_without_outputs(nb_path, directory / "notebook.ipynb")
         (directory / "env.json").write_text("{}")
         if requirements:
             snap.requirements = _requirements(Path(requirements))

@@ -28,6 +28,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from . import gc as gc_mod
 from . import labels as L
+from .contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
 from .engine import Engine, get_engine
 from .errors import EngineError, ImageNotUsable, InvalidOption, KernelDied
 from .images import KernelImageFacts, inspect_kernel_image
@@ -44,11 +45,10 @@ KERNEL_PORTS = {
     "control_port": 52703,
     "hb_port": 52704,
 }
-CONNECTION_DIR = "/tmp"
-CONNECTION_NAME = "nbcontainer-kernel.json"
-
 # The first kernel start of a process sweeps orphans once.
 _swept = False
+# Images whose kernels run without CurveZMQ although 'auto' asked for it: said once each.
+_unencrypted_said: set[str] = set()
 
 
 class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignore[misc]
@@ -99,7 +99,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         km = self.parent
         self._setup_encryption(km, kwargs.pop("transport_encryption", None))
         extra_arguments = kwargs.pop("extra_arguments", [])
-        cmd = [a.replace("{connection_file}", f"{CONNECTION_DIR}/{CONNECTION_NAME}")
+        cmd = [a.replace("{connection_file}", KERNEL_CONNECTION_FILE)
                for a in self.kernel_spec.argv] + list(extra_arguments)
         self._shutdown_requested = False
         self._exit_reported = False
@@ -170,8 +170,10 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         def create_and_fill() -> Any:
             container = engine.create_container(self.image, **create_kwargs)
             self.container_id, self.container_name = container.id, container.name
-            engine.put_files(container.id, CONNECTION_DIR, {CONNECTION_NAME: json.dumps(inner).encode()},
-                             uid=uid, gid=gid, mode=0o600)
+            # In a directory of the kernel's own, so that it can remove the file once read.
+            conn_dir = KERNEL_CONNECTION_DIR.lstrip("/")
+            engine.put_files(container.id, "/", {KERNEL_CONNECTION_FILE.lstrip("/"): json.dumps(inner).encode()},
+                             uid=uid, gid=gid, mode=0o600, dirs=[conn_dir])
             return container
 
         container = create_and_fill()
@@ -224,6 +226,9 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             "init": self.init,
             "detach": True,
             "group_add": group_add or None,
+            # /tmp (and HOME, IPython's profile and history, snapshot work directories) is a
+            # tmpfs: a commit of the kernel's container for %%remote_run never sees it.
+            "tmpfs": {KERNEL_SCRATCH: "rw,exec,nosuid,mode=1777"},
         }
         if host_network:
             out["network_mode"] = "host"
@@ -258,9 +263,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         out.update({k: env.get(k, v) for k, v in spec_env.items()})
         out["NBCONTAINER_KERNEL_ID"] = self.kernel_id or ""
         out["NBCONTAINER_IMAGE"] = self.image
-        if user and not user.startswith("0"):
-            # An arbitrary uid has no home in the image; IPython needs a writable one.
-            out.setdefault("HOME", "/tmp")
+        out["NBCONTAINER_CONNECTION_FILE"] = KERNEL_CONNECTION_FILE
+        # HOME on the tmpfs: writable for any uid, and never part of a commit (~/.aws,
+        # ~/.cache/*/token, IPython's history). A kernelspec may set its own.
+        out.setdefault("HOME", KERNEL_SCRATCH)
+        out.setdefault("IPYTHONDIR", f"{KERNEL_SCRATCH}/.ipython")
         return out
 
     @staticmethod
@@ -292,6 +299,12 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 "transport_encryption to 'auto'.")
         if policy != "disabled" and supported and km.curve_publickey is None:
             km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
+        if policy == "auto" and not supported and self.image not in _unencrypted_said:
+            _unencrypted_said.add(self.image)
+            why = ("the image's ipykernel cannot" if not (self._facts and self._facts.curve)
+                   else "this server's pyzmq or jupyter_client cannot")
+            self.log.warning("nbcontainer: kernels in %s run without CurveZMQ encryption (%s do it); "
+                             "their ports are on 127.0.0.1 and messages are still signed", self.image, why)
 
     @staticmethod
     def _curve_keys(km: Any) -> dict[str, str]:

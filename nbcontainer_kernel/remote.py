@@ -8,6 +8,7 @@ knows about widgets or IPython display.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,11 +17,24 @@ from typing import Any
 
 from .backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec
 from .backends.registry import get_backend
-from .errors import NbcontainerError
+from .errors import InvalidOption, NbcontainerError
 from .results import RunResult, load_results
 from .runimages import build_run_image
 from .runs import Runs
 from .snapshots import names_assigned, snapshot
+from .trust import KEY_ENV, TRUST_MODES, RunOutputs
+
+_TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
+MAX_NAME = 40
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_run_name(name: str) -> str:
+    """A run name must fit everywhere a run id goes (container and job names, directories)."""
+    if len(name) > MAX_NAME or not _NAME.fullmatch(name):
+        raise InvalidOption("--name", name, f"a run name is 1-{MAX_NAME} letters, digits, '_', '.' or '-', "
+                            "starting with a letter or digit")
+    return name
 
 __all__ = ["RemoteRequest", "RemoteRunner", "RunHandle", "combine_sweep"]
 
@@ -44,6 +58,7 @@ class RemoteRequest:
     wait: bool = True
     rerun: str | None = None
     interrupt: str = "cancel"
+    allow_unpinned: bool = False
 
 
 @dataclass
@@ -69,8 +84,11 @@ class RunHandle:
 class RemoteRunner:
     """Runs cells remotely and records every run in the ledger."""
 
-    def __init__(self, ledger: Runs | None = None) -> None:
+    def __init__(self, ledger: Runs | None = None, trust: str = "signed") -> None:
+        if trust not in TRUST_MODES:
+            raise InvalidOption("trust", trust, f"expected one of {', '.join(TRUST_MODES)}")
         self.ledger = ledger or Runs()
+        self.trust = trust  # how far run outputs are believed (see nbcontainer_kernel.trust)
         self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
 
     # ---------------------------------------------------------------- entry
@@ -78,12 +96,13 @@ class RemoteRunner:
             notebook: str | None = None) -> RunResult | RunHandle | dict[str, Any]:
         backend = get_backend(req.backend)
         out_names = req.out if req.out is not None else names_assigned(req.cell)
-        name = req.name or (self.ledger.get(req.rerun)["name"] if req.rerun else "run")
+        name = check_run_name(req.name) if req.name else (
+            self.ledger.get(req.rerun)["name"] if req.rerun else "run")
         params = dict(req.params)
         if req.sweep:
             params[req.sweep[0]] = req.sweep[1]
         run_id = self.ledger.create(name, backend.name, params=params, notebook=notebook)
-        driver = RunDriver(backend, hooks, self._record, req.interrupt)
+        driver = self._driver(run_id, backend, hooks, req.interrupt)
         self.drivers[run_id] = driver
         try:
             image, digest = self._image_for(run_id, driver, req, namespace)
@@ -118,18 +137,31 @@ class RemoteRunner:
                 driver.cancel_and_clean(job)
             raise
         result.raise_for_status()
-        namespace.update(load_results(result.model_dir, out_names))
+        namespace.update(load_results(result.outputs, out_names))
         return result
+
+    def _driver(self, run_id: str, backend: Backend, hooks: Hooks, interrupt: str) -> RunDriver:
+        key = self.ledger.get(run_id).get("run_key")
+        trust = self.trust
+        return RunDriver(backend, hooks, self._record, interrupt,
+                         verify=lambda dest: RunOutputs(dest, key, trust).verdict())
 
     def attach(self, run_id: str, namespace: dict[str, Any], hooks: Hooks, out: list[str] | None = None,
                interrupt: str = "cancel") -> RunResult:
         """Pick a run up where it is (after a kernel restart) and collect it."""
         row = self.ledger.get(run_id)
-        if row["status"] not in (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value):
+        if row["status"] not in _TERMINAL:
+            if not row["job"]:
+                # Its kernel died before the run reached a backend: nothing runs, record why.
+                reason = f"abandoned in {row['status']}: its kernel went away before the run was submitted"
+                self.ledger.update(run_id, failure=reason)
+                self.ledger.add_phase(run_id, Phase.FAILED.value)
+                raise NbcontainerError(f"Run {run_id} never reached its backend ({reason}); there is "
+                                       "nothing to attach to. Run the cell again.")
             backend = get_backend(row["backend"])
-            driver = RunDriver(backend, hooks, self._record, interrupt)
+            driver = self._driver(run_id, backend, hooks, interrupt)
             self.drivers[run_id] = driver
-            job = Job(row["backend"], run_id, row["job"] or {})
+            job = Job(row["backend"], run_id, row["job"])
             if hasattr(backend, "attach"):
                 backend.attach(job)  # type: ignore[attr-defined]
             spec = RunSpec(run_id, row["image"] or "", params=row["params"])
@@ -138,7 +170,7 @@ class RemoteRunner:
             result = self.result_of(run_id)
         result.raise_for_status()
         names = out if out is not None else list(result.index.get("variables", {}))
-        namespace.update(load_results(result.model_dir, names))
+        namespace.update(load_results(result.outputs, names))
         return result
 
     def cancel(self, run_id: str) -> None:
@@ -146,19 +178,23 @@ class RemoteRunner:
         if run_id in self.drivers:
             self.drivers[run_id].cancel_event.set()
             return
-        if row["job"] and row["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        if row["job"] and row["status"] not in _TERMINAL:
             backend = get_backend(row["backend"])
             job = Job(row["backend"], run_id, row["job"])
-            backend.cancel(job)
-            backend.cleanup(job)
-            self.ledger.add_phase(run_id, Phase.CANCELLED.value)
+            try:
+                backend.cancel(job)
+                backend.cleanup(job)
+            finally:
+                self.ledger.update(run_id, failure="cancelled")
+                self.ledger.add_phase(run_id, Phase.CANCELLED.value)
 
-    def result_of(self, run_id: str) -> RunResult:
+    def result_of(self, run_id: str, trust: str | None = None) -> RunResult:
+        """A recorded run's outputs, read under `trust` (default: the runner's)."""
         row = self.ledger.get(run_id)
         return RunResult(image=row["image"] or "", exit_code=row["exit_code"],
-                         output_dir=Path(row["result_dir"]),
-                         logs=_read_logs(Path(row["result_dir"])),
-                         cancelled=row["status"] == "CANCELLED")
+                         output_dir=Path(row["result_dir"]), logs=_read_logs(Path(row["result_dir"])),
+                         cancelled=row["status"] == Phase.CANCELLED.value, key=row.get("run_key"),
+                         trust=trust or self.trust, reason=row.get("failure"), run_id=run_id)
 
     # -------------------------------------------------------------- phases
     def _image_for(self, run_id: str, driver: RunDriver, req: RemoteRequest,
@@ -183,18 +219,33 @@ class RemoteRunner:
             if skipped:
                 driver.hooks.log(run_id, f"[nbcontainer] not shipped: {'; '.join(skipped)}")
             driver.enter(run_id, Phase.BUILD)
-            image = build_run_image(snap, base=req.base)
+            image = build_run_image(snap, base=req.base, allow_unpinned=req.allow_unpinned,
+                                    on_line=_warnings_to(driver.hooks, run_id))
+            if image.skipped_requirements:
+                driver.hooks.log(run_id, "[nbcontainer] not in the image (no wheel for its platform): "
+                                 + ", ".join(image.skipped_requirements))
             return image.tag, snap.digest
         finally:
             snap.cleanup()
 
     def _spec(self, run_id: str, image: str, req: RemoteRequest, params: dict[str, Any]) -> RunSpec:
+        # The signing key reaches the run only here, at run time, in its environment.
+        key = self.ledger.get(run_id)["run_key"]
         return RunSpec(run_id, image, params=params, cpus=req.cpus, memory=req.memory, gpus=req.gpus,
-                       timeout=req.timeout, detached=not req.wait)
+                       timeout=req.timeout, detached=not req.wait, env={KEY_ENV: key})
 
     def _submit(self, driver: RunDriver, backend: Backend, spec: RunSpec) -> Job:
         driver.enter(spec.run_id, Phase.SUBMITTED)
-        job = backend.submit(spec)
+        try:
+            job = backend.submit(spec)
+        except BaseException as exc:
+            # Nothing runs; the record says why and ends (a half-submitted job is the backend's to undo).
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            self.ledger.update(spec.run_id, failure="interrupted before it started" if interrupted
+                               else f"{type(exc).__name__} while submitting: {exc}")
+            driver.done = True
+            driver.enter(spec.run_id, Phase.CANCELLED if interrupted else Phase.FAILED)
+            raise
         self.ledger.update(spec.run_id, job=job.handle)
         return job
 
@@ -202,16 +253,21 @@ class RemoteRunner:
         dest = self.ledger.run_dir(spec.run_id)
         try:
             phase, code = driver.wait(job, spec, dest)
-        except KeyboardInterrupt:
-            if driver.on_interrupt != "detach":
-                self.ledger.update(spec.run_id, failure="cancelled by a kernel interrupt")
+        except BaseException:
+            if driver.reason:
+                self.ledger.update(spec.run_id, failure=driver.reason)
             raise
         finally:
             self.drivers.pop(spec.run_id, None)
+        row = self.ledger.get(spec.run_id)
         result = RunResult(image=spec.image, exit_code=code, output_dir=dest, logs=_read_logs(dest),
-                           cancelled=phase == Phase.CANCELLED)
-        metrics = result.metrics
-        self.ledger.update(spec.run_id, exit_code=code, metrics=metrics, failure=result.failure,
+                           cancelled=phase == Phase.CANCELLED, timed_out=driver.timed_out,
+                           key=row.get("run_key"), trust=self.trust, reason=driver.reason,
+                           run_id=spec.run_id)
+        trusted = driver.verdict is None or not driver.verdict.startswith("refused")
+        self.ledger.update(spec.run_id, exit_code=code, verified=driver.verdict,
+                           metrics=result.metrics if trusted else {},
+                           failure=(result.failure if trusted else driver.reason) or driver.reason,
                            result_files=sorted(p.name for p in result.model_dir.glob("*"))
                            if result.model_dir.exists() else [])
         return result
@@ -230,7 +286,7 @@ class RemoteRunner:
         parent_driver.enter(parent, Phase.RUNNING)
 
         def one(child: str, value: Any) -> RunResult:
-            driver = RunDriver(backend, hooks, self._record, req.interrupt)
+            driver = self._driver(child, backend, hooks, "cancel")
             self.drivers[child] = driver
             if parent_driver.cancel_event.is_set():
                 driver.cancel_event.set()
@@ -240,22 +296,55 @@ class RemoteRunner:
 
         parallel = max(1, req.max_parallel if backend.name == "local" else len(children))
         results: dict[str, RunResult] = {}
-        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-            futures = {pool.submit(one, c, v): c for c, v in children}
-            try:
-                for fut in concurrent.futures.as_completed(futures):
+        errors: dict[str, BaseException] = {}
+        pool = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix=f"sweep-{parent}")
+        futures = {pool.submit(one, c, v): c for c, v in children}
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                try:
                     results[futures[fut]] = fut.result()
-            except KeyboardInterrupt:
-                for c, _ in children:
-                    if c in self.drivers:
-                        self.drivers[c].cancel_event.set()
-                raise
-        ok = all(r.succeeded for r in results.values())
+                except Exception as exc:  # recorded in the child's row; the others go on
+                    errors[futures[fut]] = exc
+        except KeyboardInterrupt:
+            # Ctrl-C anywhere in a sweep cancels it: queued children never start, running
+            # ones are cancelled, and every row ends in a terminal phase.
+            self._cancel_sweep(parent, children, futures, pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        ok = not errors and all(r.succeeded for r in results.values())
+        self.ledger.update(parent, failure=None if ok else f"{len(errors) + sum(not r.succeeded for r in results.values())}"
+                           f" of {len(children)} children failed")
+        parent_driver.done = True
         parent_driver.enter(parent, Phase.SUCCEEDED if ok else Phase.FAILED)
         self.drivers.pop(parent, None)
         for c, _ in children:
+            if c in errors:
+                raise errors[c]
             results[c].raise_for_status()
         return combine_sweep(pname, [(v, results[c]) for c, v in children], out_names)
+
+    def _cancel_sweep(self, parent: str, children: list[tuple[str, Any]],
+                      futures: dict[concurrent.futures.Future[RunResult], str],
+                      pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        if parent in self.drivers:
+            self.drivers[parent].cancel_event.set()  # a child starting now cancels itself at once
+        for fut, child in futures.items():
+            if fut.cancel():  # still queued: it never starts
+                self.ledger.update(child, failure="cancelled before it started")
+                self.ledger.add_phase(child, Phase.CANCELLED.value)
+        for child, _ in children:
+            if child in self.drivers:
+                self.drivers[child].cancel_event.set()
+        # Running children see their cancel within a poll, stop, and record CANCELLED.
+        pool.shutdown(wait=True, cancel_futures=True)
+        self.ledger.update(parent, failure="cancelled by a kernel interrupt")
+        parent_driver = self.drivers.pop(parent, None)
+        if parent_driver is not None:
+            parent_driver.done = True
+            parent_driver.enter(parent, Phase.CANCELLED)
+        else:
+            self.ledger.add_phase(parent, Phase.CANCELLED.value)
 
 
 def combine_sweep(pname: str, runs: list[tuple[Any, RunResult]], out_names: list[str]) -> dict[str, Any]:
@@ -267,7 +356,7 @@ def combine_sweep(pname: str, runs: list[tuple[Any, RunResult]], out_names: list
     for name in out_names:
         frames = []
         for value, result in runs:
-            got = load_results(result.model_dir, [name])
+            got = load_results(result.outputs, [name])
             if name not in got:
                 continue
             v = got[name]
@@ -285,3 +374,11 @@ def combine_sweep(pname: str, runs: list[tuple[Any, RunResult]], out_names: list
 def _read_logs(dest: Path) -> list[str]:
     p = dest / "logs.txt"
     return p.read_text().splitlines() if p.exists() else []
+
+
+def _warnings_to(hooks: Hooks, run_id: str):  # noqa: ANN202 - a line callback
+    """Build output goes nowhere, except its warnings: those reach the run's log."""
+    def on_line(line: str) -> None:
+        if line.startswith("warning:"):
+            hooks.log(run_id, f"[nbcontainer] {line}")
+    return on_line

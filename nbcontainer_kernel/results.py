@@ -1,5 +1,10 @@
 """A finished run as the host sees it: results (DataFrames as DataFrames), metrics,
-logs, and for a failure the remote traceback and the re-raisable exception."""
+logs, and for a failure the remote traceback and the re-raisable exception.
+
+Everything is read through :class:`nbcontainer_kernel.trust.RunOutputs`: the
+manifest's signature is checked before anything is read, each file's digest
+as it is read, and pickles are loaded only from a run whose signature holds.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RemoteExecutionError
-from .serialize import deserialize
+from .errors import RemoteExecutionError, UntrustedResults
+from .serialize import DATA_SERIALIZERS, deserialize
+from .trust import RunOutputs
 
 __all__ = ["RunResult", "RemoteTraceback", "load_results"]
 
@@ -26,22 +32,45 @@ class RemoteTraceback(Exception):
         return f"\n\"\"\"\n{self.text}\"\"\""
 
 
-def load_results(model_dir: Path, names: list[str] | None = None) -> dict[str, Any]:
-    """The variables a run wrote to its model directory (all, or `names`)."""
-    path = model_dir / "results.json"
-    if not path.exists():
-        return {}
-    index = json.loads(path.read_text())
+def load_results(outputs: RunOutputs, names: list[str] | None = None, *,
+                 unverified_data: bool = False) -> dict[str, Any]:
+    """The variables a run wrote (all, or `names`).
+
+    Verified first (UntrustedResults when the outputs are refused). With
+    unverified_data, a refused run still gives its data values (Arrow,
+    Parquet, JSON) after the structural checks; its pickles are never read.
+    """
+    if unverified_data:
+        try:
+            outputs.manifest()
+        except UntrustedResults:
+            outputs = RunOutputs(outputs.root, None, "always")
+            return _load(outputs, names, data_only=True)
+    return _load(outputs, names, data_only=not outputs.allows_pickles)
+
+
+def _load(outputs: RunOutputs, names: list[str] | None, data_only: bool) -> dict[str, Any]:
+    index = outputs.manifest()
+    source = outputs.source("model")
     out = {}
-    for name, entry in index.get("variables", {}).items():
-        if names is None or name in names:
-            out[name] = deserialize(entry, model_dir)
+    for name, entry in (index.get("variables") or {}).items():
+        if names is not None and name not in names:
+            continue
+        if data_only and entry.get("serializer") not in DATA_SERIALIZERS:
+            continue
+        out[name] = deserialize(entry, source, allow_pickle=not data_only)
     return out
 
 
 @dataclass
 class RunResult:
-    """What a local run left behind; large values are read from output_dir on demand."""
+    """What a run left behind; large values are read from output_dir on demand.
+
+    `key` is the run's signing key (from the ledger) and `trust` the policy
+    (signed, always or never) under which its outputs are read. `reason` is
+    what the host knows of an end the run could not write itself (timed out,
+    cancelled).
+    """
 
     image: str
     exit_code: int | None
@@ -51,6 +80,17 @@ class RunResult:
     timed_out: bool = False
     cancelled: bool = False
     container: str = ""
+    key: str | None = None
+    trust: str = "signed"
+    reason: str | None = None
+    run_id: str | None = None
+    _outputs: RunOutputs | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def outputs(self) -> RunOutputs:
+        if self._outputs is None:
+            self._outputs = RunOutputs(self.output_dir, self.key, self.trust)
+        return self._outputs
 
     @property
     def model_dir(self) -> Path:
@@ -62,28 +102,38 @@ class RunResult:
 
     @property
     def succeeded(self) -> bool:
-        return self.exit_code == 0
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled
+
+    def verify(self) -> str:
+        """Check every output file; returns the verdict recorded in the ledger."""
+        return self.outputs.verdict()
 
     @property
     def index(self) -> dict[str, Any]:
-        p = self.model_dir / "results.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        """The verified results manifest (UntrustedResults when refused)."""
+        return self.outputs.manifest()
 
     @property
     def results(self) -> dict[str, Any]:
         """Every variable the cell assigned, loaded (DataFrames as DataFrames)."""
-        return load_results(self.model_dir)
+        return load_results(self.outputs)
 
-    def result(self, name: str) -> Any:
-        values = load_results(self.model_dir, [name])
+    def result(self, name: str, *, unverified_data: bool = False) -> Any:
+        values = load_results(self.outputs, [name], unverified_data=unverified_data)
         if name not in values:
-            raise KeyError(f"the run produced no result named {name!r}; it has {sorted(self.index.get('variables', {}))}")
+            raise KeyError(f"the run produced no result named {name!r}; it has "
+                           f"{sorted(self.index.get('variables', {}))}")
         return values[name]
 
     @property
     def last_value(self) -> Any:
         entry = self.index.get("last_value")
-        return deserialize(entry, self.model_dir) if entry else None
+        if not entry:
+            return None
+        data_only = not self.outputs.allows_pickles
+        if data_only and entry.get("serializer") not in DATA_SERIALIZERS:
+            return None
+        return deserialize(entry, self.outputs.source("model"), allow_pickle=not data_only)
 
     @property
     def displays(self) -> list[dict[str, Any]]:
@@ -91,36 +141,58 @@ class RunResult:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        p = self.model_dir / "metrics.json"
-        return json.loads(p.read_text()).get("last", {}) if p.exists() else {}
+        if not self.outputs.exists("model/metrics.json"):
+            return {}
+        return json.loads(self.outputs.read_bytes("model/metrics.json")).get("last", {})
+
+    def _verified_failure(self) -> str | None:
+        try:
+            if self.outputs.exists("output/failure"):
+                return self.outputs.read_text("output/failure")
+        except UntrustedResults:
+            return None
+        return None
 
     @property
     def failure(self) -> str | None:
-        p = self.output_dir / "output" / "failure"
-        return p.read_text() if p.exists() else None
+        """The run's own failure text (verified), else what the host knows of its end."""
+        return self._verified_failure() or self.reason
 
     def exception(self) -> BaseException | None:
-        """The exception raised where the cell ran, with the remote traceback as its cause."""
-        p = self.output_dir / "output" / "exception.pkl"
-        if not p.exists():
+        """The exception raised where the cell ran, with the remote traceback as its cause.
+
+        Loaded only from a run whose outputs are verified and trusted with pickles.
+        """
+        try:
+            if not self.outputs.allows_pickles or not self.outputs.exists("output/exception.pkl"):
+                return None
+            data = self.outputs.read_bytes("output/exception.pkl")
+        except UntrustedResults:
             return None
         try:
-            import cloudpickle  # noqa: F401
+            import cloudpickle  # noqa: F401 - loads exceptions pickled by value
 
-            exc = pickle.loads(p.read_bytes())
+            exc = pickle.loads(data)
         except Exception as err:  # its class may not exist here
-            exc = RuntimeError(f"remote exception (not loadable here: {err})")
-        tb = (self.failure or "").partition("\n\n")[2]
+            exc = RuntimeError(f"remote exception (not loadable here: {type(err).__name__}: {err})")
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(f"remote exception stand-in: {type(exc).__name__} {exc!r:.200}")
+        tb = (self._verified_failure() or "").partition("\n\n")[2]
         exc.__cause__ = RemoteTraceback(tb)
         return exc
 
     def raise_for_status(self) -> None:
-        """Raise RemoteExecutionError (with the remote exception as its cause) if the run failed."""
+        """Raise if the run failed (RemoteExecutionError, with the remote exception as its
+        cause) or if its outputs are refused (UntrustedResults)."""
         if self.succeeded:
+            self.index  # noqa: B018 - verify now: a refused run must not pass as a success
             return
-        failure = self.failure or ""
-        reason = failure.split("\n", 1)[0] if failure else (
-            "timed out" if self.timed_out else "cancelled" if self.cancelled else f"exit code {self.exit_code}")
+        failure = self._verified_failure() or ""
+        if self.timed_out or self.cancelled:
+            reason = self.reason or ("timed out" if self.timed_out else "cancelled")
+        else:
+            reason = failure.split("\n", 1)[0] if failure else (self.reason or f"exit code {self.exit_code}")
         err = RemoteExecutionError(self.image, self.exit_code, reason, failure.partition("\n\n")[2],
                                    self.logs[-20:], self.output_dir)
+        err.run_id = self.run_id  # type: ignore[attr-defined]
         raise err from self.exception()

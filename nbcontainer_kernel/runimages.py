@@ -18,6 +18,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -25,12 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import labels as L
+from .contract import DEFAULT_BASE_IMAGE, KERNEL_CONNECTION_FILE, RUNTIME_DIR, SNAPSHOT_DIR, VENV
 from .engine import Engine, build_context, get_engine
 from .errors import ImageNotUsable, NbcontainerError, WheelResolutionError
-from .images import VENV, dockerfile_labels, probe_python
-from .snapshots.capture import MANIFEST, SNAPSHOT_DIR, Snapshot
+from .images import dockerfile_labels, probe_python
+from .snapshots.capture import MANIFEST, Snapshot
 from .snapshots.env import is_secret
 from .wheels import TargetPython, pinned, resolve_wheels
 
@@ -40,10 +44,6 @@ __all__ = ["RunImage", "build_run_image", "default_base", "remove_run_image", "R
 
 RUNTIME_FOR_CELLS = ["ipython", "cloudpickle"]
 RUNTIME_FOR_NOTEBOOKS = ["ipykernel", "cloudpickle", "nbclient", "nbformat", "nbconvert"]
-KERNEL_CONNECTION_FILE = "/tmp/nbcontainer-kernel.json"
-# This package's code in a run image: its own small layer, on sys.path through a .pth file
-# of the dependency layer, so a new version of it never invalidates the dependencies.
-RUNTIME_DIR = "/opt/nbcontainer/runtime"
 _DEPS_LAYOUT = 2  # bump when the dependency layer's recipe changes
 
 
@@ -80,8 +80,8 @@ def default_base(engine: Engine, python: str) -> str:
     with contextlib.suppress(NbcontainerError):  # no registry here: fall through to the offline base
         engine.pull(slim)
         return slim
-    if engine.has_image("nbcontainer/base:bookworm"):
-        return "nbcontainer/base:bookworm"
+    if engine.has_image(DEFAULT_BASE_IMAGE):
+        return DEFAULT_BASE_IMAGE
     raise ImageNotUsable(slim, "it is not present and cannot be pulled",
                          "Pass a base image (--base), set NBCONTAINER_BASE_IMAGE, or make the "
                          "offline base with scripts/base-image.sh.")
@@ -119,11 +119,17 @@ def _wheel_name(w: Path) -> str:
     return w.name.split("-")[0].lower().replace("_", "-")
 
 
-def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str], None]) -> bool:
-    """One pinned requirement: its wheel, else the newest version the image's Python can
-    use, else a wheel built here (pure Python only). False when none of these works."""
+def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str], None],
+                 allow_unpinned: bool = False) -> bool:
+    """One pinned requirement: its wheel, else a wheel built here from that very version
+    (pure Python only). False when neither works.
+
+    Only with allow_unpinned is the newest version of the same *name* taken from the
+    index instead: for a private package missing there, that name may be someone
+    else's (dependency confusion), so it is never done silently.
+    """
     name = req.split("==")[0]
-    for attempt in (req, name):
+    for attempt in (req, name) if allow_unpinned else (req,):
         try:
             got = resolve_wheels([attempt], target, dest, None, no_deps=True)
         except WheelResolutionError:
@@ -139,7 +145,7 @@ def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str]
 
 
 def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, dest: Path,
-                  say: Callable[[str], None]) -> list[str]:
+                  say: Callable[[str], None], allow_unpinned: bool = False) -> list[str]:
     """Wheels for every pinned distribution, then the runtime's; returns what had no wheel.
 
     The lock is exact (resolved without dependencies: it is complete); the
@@ -155,9 +161,11 @@ def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, des
             # version that it can; a package with no wheel at all is built here when it is
             # pure Python, else left out. Each is reported.
             for req in lock:
-                if not _resolve_one(req, target, dest, say):
+                if not _resolve_one(req, target, dest, say, allow_unpinned):
                     skipped.append(req)
-                    say(f"warning: no wheel of {req} for {target.describe()}: left out of the image")
+                    say(f"warning: no wheel of {req} for {target.describe()}: left out of the image"
+                        + ("" if allow_unpinned else " (--allow-unpinned takes the newest version "
+                           "of that name from the package index)"))
     have = {_wheel_name(w) for w in dest.glob("*.whl")}
     missing = [r for r in runtime if r.split("==")[0].lower().replace("_", "-") not in have]
     resolve_wheels(missing + ["pip"], target, dest, say)
@@ -174,8 +182,10 @@ def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, des
     return skipped
 
 
-def _deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
-                runtime: list[str], say: Callable[[str], None]) -> tuple[str, bool, list[str]]:
+def _build_deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
+                      runtime: list[str], say: Callable[[str], None],
+                      allow_unpinned: bool = False) -> tuple[str, bool, list[str]]:
+    """The dependency layer for this lock on this base: reused when it exists, else built."""
     lock = [f"{n}=={v}" for n, v in sorted(snap.packages.items())]
     runtime_pins = pinned(runtime) + list(snap.requirements)
     with tempfile.TemporaryDirectory(prefix="nbcontainer-deps-") as tmp:
@@ -188,22 +198,48 @@ def _deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
             return tag, True, []
         say(f"dependencies: building {tag} ({len(lock)} pinned distributions)")
         wheels = Path(tmp) / "wheels"
-        skipped = _resolve_lock(lock, runtime_pins, target, wheels, say)
+        skipped = _resolve_lock(lock, runtime_pins, target, wheels, say, allow_unpinned)
         for w in wheels.glob("nbcontainer_kernel-*.whl"):  # it comes as the runtime layer
             w.unlink()
         pip_wheel = next(w.name for w in wheels.glob("pip-*.whl"))
         labels = {L.ROLE: L.ROLE_DEPS_IMAGE, L.DEPS_KEY: key, L.PYTHON: ".".join(map(str, target.version)),
                   L.OCI_BASE_NAME: base, L.OCI_CREATED: L.now_iso(), L.OCI_SOURCE: L.SOURCE_URL}
         dockerfile = _DEPS_DOCKERFILE.format(base=engine.get_image(base).id, python="python3", venv=VENV,
-                                             pip_wheel=pip_wheel, labels=dockerfile_labels(labels),
+                                             pip_wheel=shlex.quote(pip_wheel), labels=dockerfile_labels(labels),
                                              runtime=RUNTIME_DIR)
         ctx = build_context(dockerfile, {"wheels": wheels})
         engine.build(ctx, tag, on_line=say)
     return tag, False, skipped
 
 
-def _committed_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -> tuple[str, bool]:
-    """Commit the containerized kernel's container as the dependency layer (cached per lock)."""
+# Paths that must never reach an image made from a kernel's container: credentials
+# under a home directory, IPython's history (every typed cell), snapshot work
+# directories, and the kernel's connection file. The kernel's /tmp (also its HOME)
+# is a tmpfs, which a commit does not see; this list catches what lands elsewhere.
+_NEVER_COMMITTED = [
+    re.compile(p) for p in (
+        r"/\.aws(/|$)", r"/\.azure(/|$)", r"/\.config/gcloud(/|$)", r"/\.ssh(/|$)", r"/\.kube/config$",
+        r"/\.docker/config\.json$", r"/\.netrc$", r"/\.git-credentials$", r"/\.pypirc$", r"/\.pgpass$",
+        r"/\.cache/[^/]+/token$", r"/\.huggingface/token$", r"/\.config/[^/]+/(token|credentials)[^/]*$",
+        r"/history\.sqlite", r"/nbcontainer-snapshot-", r"/nbcontainer-notebook-",
+        r"\.ipython/profile_[^/]+/(history|security)",
+    )
+]
+
+
+def _forbidden_paths(changes: list[dict[str, Any]] | None) -> list[str]:
+    """Paths of a container's changes (docker diff) that must not be committed."""
+    paths = [c.get("Path", "") for c in changes or [] if c.get("Kind") in (0, 1)]  # modified, added
+    return sorted(p for p in paths if any(rx.search(p) for rx in _NEVER_COMMITTED)
+                  or p == KERNEL_CONNECTION_FILE)
+
+
+def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -> tuple[str, bool]:
+    """Commit the containerized kernel's container as the dependency layer (cached per lock).
+
+    Fails closed: when the connection file, a credential file, IPython's history or a
+    snapshot directory is in the container's filesystem, nothing is committed.
+    """
     kernel_id = snap.kernel["kernel_id"]
     containers = engine.containers({L.KERNEL_ID: kernel_id}, all=False)
     if not containers:
@@ -215,16 +251,24 @@ def _committed_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]
     if engine.has_image(tag):
         say(f"dependencies: reusing the committed kernel {tag}")
         return tag, True
-    # The kernel read its connection file long ago: remove it so its HMAC and Curve
-    # keys never reach an image. (We are inside that kernel, so this is our file.)
-    with contextlib.suppress(FileNotFoundError, PermissionError):  # already gone, or not ours
+    # The kernel read its connection file at start (and the extension removed it): make
+    # sure, so that its HMAC and Curve keys never reach an image. We are that kernel.
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(KERNEL_CONNECTION_FILE)
-    env_keys = [e.split("=", 1)[0] for e in (container.attrs["Config"].get("Env") or [])]
+    forbidden = _forbidden_paths(engine.container_changes(container.id))
+    if forbidden:
+        raise ImageNotUsable(
+            snap.kernel.get("image", "?"),
+            "the kernel's container holds files that must never be in an image: " + ", ".join(forbidden[:8]),
+            "Remove them (or keep them under /tmp, which is never committed), or pass --base IMAGE "
+            "to build the run image from a base instead of this kernel.")
+    env = [e.partition("=") for e in (container.attrs["Config"].get("Env") or [])]
     changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {L.ROLE}={L.ROLE_DEPS_IMAGE}",
                f"LABEL {L.COMMITTED_FROM}={container.id}",
                f"LABEL {L.KERNEL_ID}=", f"LABEL {L.OWNER_PID}=", f"LABEL {L.OWNER_HOST}="]
-    changes += [f"ENV {k}=" for k in env_keys if is_secret(k) or k in (
-        "NBCONTAINER_KERNEL_ID", "JPY_SESSION_NAME", "JPY_PARENT_PID")]
+    # Secrets by name or value, and the kernel's own identity, leave the image's config.
+    changes += [f"ENV {k}=" for k, _, v in env if is_secret(k, v) or k in (
+        "NBCONTAINER_KERNEL_ID", "JPY_SESSION_NAME", "JPY_PARENT_PID", "NBCONTAINER_CONNECTION_FILE")]
     say(f"dependencies: committing the kernel's container {container.name} as {tag}")
     repo, _, t = tag.partition(":")
     # No pause: the kernel is blocked in this very call, and freezing it buys nothing.
@@ -249,8 +293,14 @@ def build_run_image(
     tag: str | None = None,
     engine: Engine | None = None,
     on_line: Callable[[str], None] | None = None,
+    allow_unpinned: bool = False,
 ) -> RunImage:
-    """Build the image that runs `snap` (cell or notebook mode), reusing the dependency layer."""
+    """Build the image that runs `snap` (cell or notebook mode), reusing the dependency layer.
+
+    A pinned distribution with no wheel for the image is left out and reported
+    (RunImage.skipped_requirements); allow_unpinned takes the newest version of
+    the same name from the package index instead.
+    """
     engine = engine or get_engine()
     say = on_line or (lambda _l: None)
     timings: dict[str, float] = {}
@@ -258,7 +308,7 @@ def build_run_image(
     skipped: list[str] = []
     runtime = RUNTIME_FOR_NOTEBOOKS if snap.mode == "notebook" else RUNTIME_FOR_CELLS
     if base is None and snap.kernel.get("kernel_id"):
-        deps, reused = _committed_kernel(engine, snap, say)
+        deps, reused = _commit_kernel(engine, snap, say)
         target = _target(engine, deps)
         _check_python(deps, target, snap)
     else:
@@ -266,7 +316,7 @@ def build_run_image(
         engine.ensure_image(base, "missing", say)
         target = _target(engine, base)
         _check_python(base, target, snap)
-        deps, reused, skipped = _deps_image(engine, base, snap, target, runtime, say)
+        deps, reused, skipped = _build_deps_image(engine, base, snap, target, runtime, say, allow_unpinned)
     timings["dependencies"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -276,7 +326,7 @@ def build_run_image(
         L.PYTHON: snap.python,
         L.MODE: snap.mode,
         L.SOURCE_NOTEBOOK: snap.notebook or "",
-        L.PARAMETERS: json.dumps(snap.parameters, default=str),
+        L.PARAMETERS: json.dumps(_shown_parameters(snap.parameters), default=str),
         L.OCI_CREATED: L.now_iso(),
         L.OCI_TITLE: f"nbcontainer {snap.mode} run" + (f" of {Path(snap.notebook).name}" if snap.notebook else ""),
         L.OCI_SOURCE: snap.notebook or L.SOURCE_URL,
@@ -296,6 +346,12 @@ def build_run_image(
     image, _ = engine.build(build_context(dockerfile, trees), tag, on_line=say)
     timings["snapshot_layer"] = time.perf_counter() - t1
     return RunImage(tag, image.id, snap.digest, deps, reused, timings, skipped)
+
+
+def _shown_parameters(parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parameter defaults for the image's label, through the secret filter."""
+    return [{**p, "default": "<not shown: looks like a secret>"}
+            if is_secret(str(p.get("name", "")), str(p.get("default", ""))) else p for p in parameters]
 
 
 def remove_run_image(tag: str, engine: Engine | None = None) -> None:

@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS runs (
     notebook TEXT,
     parent TEXT,
     job TEXT,
+    run_key TEXT,
+    verified TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -59,6 +61,16 @@ CREATE INDEX IF NOT EXISTS runs_name ON runs(name);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
 """
 _JSON = {"params", "metrics", "phases", "result_files", "outputs", "job"}
+# Columns added after the first release: added to older ledgers when they are opened.
+_ADDED_COLUMNS = {"run_key": "TEXT", "verified": "TEXT"}
+
+
+def private_dir(path: Path) -> Path:
+    """Make a directory (and its parents) and keep it 0700: it holds run keys and results."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def default_path() -> Path:
@@ -73,24 +85,37 @@ class Runs:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The ledger holds each run's signing key: only its owner may read it.
+        private_dir(self.path.parent)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        old_umask = os.umask(0o077)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            os.umask(old_umask)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for col, typ in _ADDED_COLUMNS.items():
+            if col not in have:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
 
     @property
     def runs_dir(self) -> Path:
         return self.path.parent / "runs"
 
     def run_dir(self, run_id: str) -> Path:
+        """Where a run's outputs are collected (made private to the user)."""
+        private_dir(self.runs_dir)
         return self.runs_dir / run_id
 
     # ----------------------------------------------------------------- write
     def create(self, name: str, backend: str, *, params: dict[str, Any] | None = None,
                parent: str | None = None, notebook: str | None = None, status: str = "SNAPSHOT") -> str:
-        """A new run row; its id is NAME-N (N counts runs of that name)."""
+        """A new run row with its own signing key; its id is NAME-N (N counts runs of that name)."""
+        from .trust import new_key
+
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
         now = time.time()
         with self._lock:
@@ -100,9 +125,9 @@ class Runs:
                 run_id = f"{name}-{seq}"
                 self._db.execute(
                     "INSERT INTO runs (id, name, seq, backend, params, status, parent, notebook, created, updated, "
-                    "result_dir) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "result_dir, run_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (run_id, name, seq, backend, json.dumps(params or {}, default=str), status, parent,
-                     notebook, now, now, str(self.run_dir(run_id))))
+                     notebook, now, now, str(self.run_dir(run_id)), new_key()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -186,11 +211,15 @@ class Runs:
         return pd.DataFrame(rows, columns=["id", "name", "backend", "status", "params", "metrics", "timings",
                                            "duration", "exit_code", "image", "parent", "created"])
 
-    def compare(self, run_ids: list[str]):
-        """Params, metrics and result summaries side by side: one column per run."""
+    def compare(self, run_ids: list[str], trust: str = "signed"):
+        """Params, metrics and result summaries side by side: one column per run.
+
+        Results are read under `trust`; a run whose outputs are refused shows why.
+        """
         import pandas as pd
 
-        from .results import load_results
+        from .errors import UntrustedResults
+        from .results import RunResult
 
         columns = {}
         for rid in run_ids:
@@ -199,10 +228,14 @@ class Runs:
             col.update({f"param.{k}": v for k, v in (r["params"] or {}).items()})
             col.update({f"metric.{k}": v for k, v in (r["metrics"] or {}).items()})
             col.update({f"time.{k}": round(v, 3) for k, v in self.timings(r).items()})
-            model = Path(r["result_dir"] or "") / "model"
-            if model.is_dir():
-                for name, value in load_results(model).items():
-                    col[f"result.{name}"] = _summary(value)
+            result = RunResult(image=r["image"] or "", exit_code=r["exit_code"],
+                               output_dir=Path(r["result_dir"] or ""), key=r.get("run_key"), trust=trust)
+            if result.model_dir.is_dir():
+                try:
+                    for name, value in result.results.items():
+                        col[f"result.{name}"] = _summary(value)
+                except UntrustedResults as exc:
+                    col["result"] = f"refused: {exc.file}: {exc.reason}"
             columns[rid] = col
         return pd.DataFrame(columns)
 

@@ -1,10 +1,20 @@
 """How one value becomes files and back: the serializer of snapshots and results.
 
-pandas DataFrames and Series go to Parquet (pyarrow), keeping dtypes,
-categoricals and the index; everything else goes through cloudpickle with
-protocol 5 and out-of-band buffers, so large numpy arrays are written and
-read as raw buffers without extra copies. Functions and classes defined in
-``__main__`` travel by value (cloudpickle's default for ``__main__``).
+* pandas DataFrames and Series go to Arrow IPC files, which keep every Arrow
+  type (categoricals of any category type, nullable and pyarrow dtypes,
+  timezones, durations) and the index; a frame that Arrow cannot store
+  exactly (object columns of mixed types, ...) is pickled instead, and the
+  entry's ``note`` says why.
+* Small values made only of JSON types (int, float, str, bool, None, lists
+  and str-keyed dicts of them) go to JSON: readable without a pickle.
+* Everything else goes through cloudpickle with protocol 5 and out-of-band
+  buffers, so large numpy arrays are written and read as raw buffers.
+  Functions and classes defined in ``__main__`` travel by value.
+
+Files are read through a :class:`FileSource`: a plain directory for a
+snapshot inside its own image, or a verified view of a run's outputs on the
+host (:mod:`nbcontainer_kernel.trust`), which checks each file's digest as
+it reads it.
 
 This module runs on both sides (host kernel and run container) and imports
 pandas, pyarrow and cloudpickle only when a value needs them.
@@ -13,23 +23,32 @@ pandas, pyarrow and cloudpickle only when a value needs them.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Serialized", "serialize_value", "deserialize", "SerializationError", "type_name"]
+from .errors import SerializationError
 
-PARQUET = "parquet"
+__all__ = ["Serialized", "serialize_value", "deserialize", "SerializationError", "type_name",
+           "FileSource", "DirectorySource", "ARROW", "PARQUET", "JSON", "CLOUDPICKLE", "IMPORT",
+           "DATA_SERIALIZERS", "PICKLE_SERIALIZERS"]
+
+ARROW = "arrow"
+PARQUET = "parquet"  # read only: what runs made before Arrow IPC wrote
+JSON = "json"
 CLOUDPICKLE = "cloudpickle"
-IMPORT = "import"
-_FREQ_KEY = b"nbcontainer.index_freq"
+IMPORT = "import"  # snapshots only: a module travels as its name
+#: Serializers whose files are data: reading them runs no code of the writer's.
+DATA_SERIALIZERS = frozenset({ARROW, PARQUET, JSON})
+PICKLE_SERIALIZERS = frozenset({CLOUDPICKLE})
 
-
-class SerializationError(Exception):
-    """A value cannot be serialized; the message is the reason shown to the user."""
+_META_FREQ = b"nbcontainer.index_freq"
+_META_KIND = b"nbcontainer.kind"  # b"series" or b"series-unnamed" for a Series
+_JSON_MAX_BYTES = 64 * 1024  # larger values are pickled: JSON is slow for big lists
 
 
 @dataclass
@@ -42,14 +61,40 @@ class Serialized:
     files: list[str] = field(default_factory=list)
     size: int = 0
     module: str | None = None  # for serializer == "import"
-    note: str | None = None  # e.g. why a DataFrame fell back to cloudpickle
+    note: str | None = None  # why a DataFrame was pickled instead of stored as Arrow
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Serialized":
+    def from_dict(cls, data: dict[str, Any]) -> Serialized:
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+
+class FileSource(Protocol):
+    """Where deserialize reads a value's files (names are plain file names)."""
+
+    def read_bytes(self, name: str) -> bytes: ...
+
+    def read_buffer(self, name: str) -> bytearray: ...
+
+
+class DirectorySource:
+    """A directory whose files are trusted as they are (a snapshot in its own image)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, name: str) -> Path:
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise SerializationError(f"{name!r} is not a plain file name")
+        return self.root / name
+
+    def read_bytes(self, name: str) -> bytes:
+        return self._path(name).read_bytes()
+
+    def read_buffer(self, name: str) -> bytearray:
+        return read_into_bytearray(self._path(name))
 
 
 def type_name(obj: Any) -> str:
@@ -58,9 +103,8 @@ def type_name(obj: Any) -> str:
     return t.__qualname__ if mod == "builtins" else f"{mod}.{t.__qualname__}"
 
 
-def _is_pandas(obj: Any) -> str | None:
-    mod = type(obj).__module__
-    if not mod.startswith("pandas"):
+def _pandas_kind(obj: Any) -> str | None:
+    if not type(obj).__module__.startswith("pandas"):
         return None
     import pandas as pd
 
@@ -73,6 +117,22 @@ def _is_pandas(obj: Any) -> str | None:
 
 def _safe_filename(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "_"
+
+
+def _json_exact(obj: Any, depth: int = 0) -> bool:
+    """True when JSON gives back exactly this value (types included)."""
+    if depth > 20:
+        return False
+    t = type(obj)
+    if t in (int, str, bool, type(None)):
+        return True
+    if t is float:
+        return True  # json writes NaN/Infinity and reads them back
+    if t is list:
+        return all(_json_exact(v, depth + 1) for v in obj)
+    if t is dict:
+        return all(type(k) is str and _json_exact(v, depth + 1) for k, v in obj.items())
+    return False
 
 
 def serialize_value(name: str, obj: Any, dest: Path, prefix: str = "") -> Serialized:
@@ -90,36 +150,81 @@ def serialize_value(name: str, obj: Any, dest: Path, prefix: str = "") -> Serial
         raise SerializationError(f"open file {getattr(obj, 'name', '')!r} ({tname}): pass its path "
                                  "and open it in the cell instead")
     note = None
-    kind = _is_pandas(obj)
+    kind = _pandas_kind(obj)
     if kind:
         try:
-            return _write_parquet(name, tname, obj, kind, dest, base)
-        except Exception as exc:  # mixed object columns and the like: pickle instead
-            note = f"Parquet failed ({type(exc).__name__}: {exc}); pickled instead"
-            for f in dest.glob(base + ".parquet"):
-                f.unlink()
+            return _write_arrow(name, tname, obj, kind, dest, base)
+        except _NotExact as exc:
+            note = f"pickled: Arrow would not keep it exactly ({exc})"
+        (dest / f"{base}.arrow").unlink(missing_ok=True)
+    elif _json_exact(obj):
+        text = json.dumps(obj)
+        if len(text) <= _JSON_MAX_BYTES:
+            path = dest / f"{base}.json"
+            path.write_text(text)
+            return Serialized(name, tname, JSON, [path.name], len(text))
     entry = _write_pickle(name, tname, obj, dest, base)
     entry.note = note
     return entry
 
 
-def _write_parquet(name: str, tname: str, obj: Any, kind: str, dest: Path, base: str) -> Serialized:
-    frame = obj.to_frame(name="__series__" if obj.name is None else obj.name) if kind == "series" else obj
-    if kind == "frame" and not all(isinstance(c, str) for c in frame.columns):
-        raise SerializationError("non-string column names")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _NotExact(Exception):
+    """Arrow would change this frame; the message says how."""
 
-    path = dest / f"{base}.parquet"
-    table = pa.Table.from_pandas(frame, preserve_index=True)
+
+def _frame_of(obj: Any, kind: str) -> tuple[Any, bytes | None]:
+    if kind == "series":
+        return obj.to_frame(), (b"series-unnamed" if obj.name is None else b"series")
+    return obj, None
+
+
+def _check_exact(frame: Any, table: Any) -> None:
+    """Raise _NotExact unless Arrow gives the frame back as it is.
+
+    Types are checked on an empty slice (cheap whatever the size); values only
+    for object columns, where one Arrow type stands for many Python types.
+    """
+    import pandas as pd
+
+    try:
+        pd.testing.assert_frame_equal(table.slice(0, 0).to_pandas(), frame.iloc[0:0], check_exact=True,
+                                      check_dtype=True, check_index_type=True, check_column_type=True,
+                                      check_categorical=True, check_freq=False, check_flags=True)
+        has_object = any(str(t) == "object" for t in frame.dtypes) or any(
+            str(level.dtype) == "object" for level in getattr(frame.index, "levels", [frame.index]))
+        if has_object:
+            pd.testing.assert_frame_equal(table.to_pandas(), frame, check_exact=True, check_dtype=True,
+                                          check_index_type=True, check_column_type=True,
+                                          check_categorical=True, check_freq=False)
+    except AssertionError as exc:
+        raise _NotExact(" ".join(str(exc).split())[:200]) from None
+
+
+def _write_arrow(name: str, tname: str, obj: Any, kind: str, dest: Path, base: str) -> Serialized:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    frame, series_kind = _frame_of(obj, kind)
+    if frame.columns.has_duplicates:
+        raise _NotExact("duplicate column names")
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=None)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise _NotExact(f"{type(exc).__name__}: {exc}") from None
+    _check_exact(frame, table)
+    meta = dict(table.schema.metadata or {})
     freq = getattr(frame.index, "freqstr", None)
-    if freq:  # Parquet keeps a DatetimeIndex but not its frequency
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _FREQ_KEY: freq.encode()})
-    # No compression: snapshots and results stay local or cross a fast link, and
+    if freq:  # Arrow keeps a DatetimeIndex but not its frequency
+        meta[_META_FREQ] = freq.encode()
+    if series_kind:
+        meta[_META_KIND] = series_kind
+    table = table.replace_schema_metadata(meta)
+    path = dest / f"{base}.arrow"
+    # Uncompressed: snapshots and results stay local or cross a fast link, and
     # writing at disk speed matters more than a smaller file.
-    pq.write_table(table, path, compression="none")
-    return Serialized(name, tname, PARQUET, [path.name], path.stat().st_size,
-                      note="series" if kind == "series" else None)
+    with ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table)
+    return Serialized(name, tname, ARROW, [path.name], path.stat().st_size)
 
 
 def _write_pickle(name: str, tname: str, obj: Any, dest: Path, base: str) -> Serialized:
@@ -143,39 +248,75 @@ def _write_pickle(name: str, tname: str, obj: Any, dest: Path, base: str) -> Ser
     return Serialized(name, tname, CLOUDPICKLE, files, size)
 
 
-def deserialize(entry: Serialized | dict[str, Any], src: Path) -> Any:
-    """Read a value written by serialize_value from directory src."""
+def deserialize(entry: Serialized | dict[str, Any], src: Path | FileSource, *,
+                allow_pickle: bool = True) -> Any:
+    """Read a value written by serialize_value from `src` (a directory or a FileSource).
+
+    allow_pickle=False refuses pickled values (SerializationError), so only data
+    (Arrow, Parquet, JSON) is read.
+    """
     if isinstance(entry, dict):
         entry = Serialized.from_dict(entry)
+    source: FileSource = DirectorySource(src) if isinstance(src, (str, os.PathLike)) else src
     if entry.serializer == IMPORT:
         import importlib
 
         return importlib.import_module(entry.module or entry.name)
+    if not entry.files:
+        raise SerializationError(f"no files listed for {entry.name}")
+    if entry.serializer == ARROW:
+        return _read_arrow(source.read_bytes(entry.files[0]))
+    if entry.serializer == JSON:
+        return json.loads(source.read_bytes(entry.files[0]))
     if entry.serializer == PARQUET:
-        import pandas as pd
-
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(src / entry.files[0])
-        frame = table.to_pandas()
-        freq = (table.schema.metadata or {}).get(_FREQ_KEY)
-        if freq and isinstance(frame.index, pd.DatetimeIndex):
-            frame.index = pd.DatetimeIndex(frame.index, freq=freq.decode())
-        if entry.note == "series":
-            series = frame.iloc[:, 0]
-            return series.rename(None) if series.name == "__series__" else series
-        return frame
+        return _read_parquet(source.read_bytes(entry.files[0]), entry.note == "series")
     if entry.serializer == CLOUDPICKLE:
+        if not allow_pickle:
+            raise SerializationError(f"{entry.name} is a pickle, and pickles are not loaded here")
         import cloudpickle  # noqa: F401 - needed to load values pickled by value
 
-        data = (src / entry.files[0]).read_bytes()
-        buffers = [_read_buffer(src / f) for f in entry.files[1:]]
+        data = source.read_bytes(entry.files[0])
+        buffers = [source.read_buffer(f) for f in entry.files[1:]]
         return pickle.loads(data, buffers=buffers)
     raise SerializationError(f"unknown serializer {entry.serializer!r} for {entry.name}")
 
 
-def _read_buffer(path: Path) -> bytearray:
-    # A bytearray, so arrays restored on top of it are writable, read without a copy.
+def _read_arrow(data: bytes) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    table = ipc.open_file(pa.py_buffer(data)).read_all()
+    meta = table.schema.metadata or {}
+    frame = table.to_pandas()
+    freq = meta.get(_META_FREQ)
+    if freq and isinstance(frame.index, pd.DatetimeIndex):
+        frame.index = pd.DatetimeIndex(frame.index, freq=freq.decode())
+    kind = meta.get(_META_KIND)
+    if kind in (b"series", b"series-unnamed"):
+        series = frame.iloc[:, 0]
+        return series.rename(None) if kind == b"series-unnamed" else series
+    return frame
+
+
+def _read_parquet(data: bytes, series: bool) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pa.BufferReader(data))
+    frame = table.to_pandas()
+    freq = (table.schema.metadata or {}).get(_META_FREQ)
+    if freq and isinstance(frame.index, pd.DatetimeIndex):
+        frame.index = pd.DatetimeIndex(frame.index, freq=freq.decode())
+    if series:
+        col = frame.iloc[:, 0]
+        return col.rename(None) if col.name == "__series__" else col
+    return frame
+
+
+def read_into_bytearray(path: Path) -> bytearray:
+    """A file's bytes in a bytearray (so arrays restored on it are writable), no extra copy."""
     size = os.path.getsize(path)
     buf = bytearray(size)
     with open(path, "rb", buffering=0) as fh:

@@ -11,6 +11,7 @@ cancel request, and the always-run cleanup.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Phase", "RunSpec", "Job", "Backend", "RunDriver", "Hooks", "PhaseCallback", "LogCallback"]
+
+log = logging.getLogger(__name__)
 
 
 class Phase(str, enum.Enum):
@@ -129,17 +132,26 @@ class Backend(ABC):
 
 
 class RunDriver:
-    """Owns a run's lifecycle on a backend: phases, hooks, timeout, cancel, cleanup."""
+    """Owns a run's lifecycle on a backend: phases, hooks, timeout, cancel, cleanup.
+
+    Every run it waits on ends in a terminal phase with a reason (``self.reason``
+    for ends the run could not write itself: timed out, cancelled, the wait
+    failed), and the backend's cleanup runs whatever happens; a cleanup error
+    is logged beside the error that ended the run, never instead of it.
+    """
 
     def __init__(self, backend: Backend, hooks: Hooks | None = None,
                  on_phase_record: Callable[[str, Phase, float], None] | None = None,
-                 on_interrupt: str = "cancel") -> None:
+                 on_interrupt: str = "cancel", verify: Callable[[Path], str] | None = None) -> None:
         self.backend = backend
         self.on_interrupt = on_interrupt  # what Ctrl-C while waiting does: "cancel" or "detach"
         self.hooks = hooks or Hooks()
         self.record = on_phase_record
+        self.verify = verify  # checks the collected outputs; returns the verdict ("refused: ..." or other)
         self.cancel_event = threading.Event()
         self.timed_out = False
+        self.reason: str | None = None
+        self.verdict: str | None = None
         self.done = False  # set once the job's end is collected, or it was cancelled and cleaned up
         self.timings: dict[str, float] = {}
         self._phase_started: tuple[Phase, float] | None = None
@@ -163,20 +175,37 @@ class RunDriver:
         """
         try:
             return self._wait(job, spec, dest, poll)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             if self.on_interrupt == "detach":
                 raise
-            self.cancel_and_clean(job)
+            self.reason = "cancelled by a kernel interrupt"
+            self.cancel_and_clean(job, interrupt)
             raise
 
-    def cancel_and_clean(self, job: Job) -> None:
+    def cancel_and_clean(self, job: Job, cause: BaseException | None = None) -> None:
         """Stop the job, record it CANCELLED and remove what it left (after Ctrl-C)."""
         if self.done:
             return
-        self.backend.cancel(job)
-        self.enter(job.run_id, Phase.CANCELLED)
-        self.backend.cleanup(job)
         self.done = True
+        self.reason = self.reason or "cancelled"
+        try:
+            self.backend.cancel(job)
+        finally:
+            self.enter(job.run_id, Phase.CANCELLED)
+            self.clean(job, cause)
+
+    def clean(self, job: Job, cause: BaseException | None = None) -> None:
+        """The backend's cleanup; an error in it is logged (and noted on `cause`), never raised
+        in place of what ended the run."""
+        try:
+            self.backend.cleanup(job)
+        except Exception as exc:
+            msg = (f"cleanup of run {job.run_id} failed: {type(exc).__name__}: {exc}; "
+                   "`nbcontainer gc` removes what it left")
+            log.warning(msg)
+            self.hooks.log(job.run_id, f"[nbcontainer] {msg}")
+            if cause is not None and hasattr(cause, "add_note"):
+                cause.add_note(f"({msg})")
 
     def _wait(self, job: Job, spec: RunSpec, dest: Path, poll: float) -> tuple[Phase, int | None]:
         seen = 0
@@ -203,19 +232,30 @@ class RunDriver:
                 self.hooks.log(job.run_id, line)
             self.enter(job.run_id, Phase.COLLECTING)
             self.backend.fetch_results(job, dest)
-            if self.cancel_event.is_set() and not self.timed_out:
-                phase = Phase.CANCELLED
+            if self.verify is not None:
+                self.verdict = self.verify(dest)
             if self.timed_out:
-                (dest / "output").mkdir(parents=True, exist_ok=True)
-                failure = dest / "output" / "failure"
-                failure.write_text(f"the run timed out after {spec.timeout:g} s and was stopped\n\n")
+                self.reason = f"the run timed out after {spec.timeout:g} s and was stopped"
                 phase = Phase.FAILED
-            self.enter(job.run_id, phase)
-            self.backend.cleanup(job)
-            self.done = True
-            return phase, code
+            elif self.cancel_event.is_set():
+                self.reason = self.reason or "cancelled"
+                phase = Phase.CANCELLED
+            elif phase == Phase.SUCCEEDED and self.verdict and self.verdict.startswith("refused"):
+                self.reason = f"its outputs were {self.verdict}"
+                phase = Phase.FAILED
         except KeyboardInterrupt:
             raise  # wait() decides: cancel (and clean up) or detach
-        except BaseException:
-            self.backend.cleanup(job)
+        except Exception as exc:
+            # The daemon went away, a platform call failed, results could not be fetched:
+            # the run still ends, in FAILED, with the reason.
+            self.done = True
+            self.reason = f"{type(exc).__name__} while {'collecting' if phase.terminal else 'waiting'}: {exc}"
+            try:
+                self.enter(job.run_id, Phase.FAILED)
+            finally:
+                self.clean(job, exc)
             raise
+        self.done = True
+        self.enter(job.run_id, phase)
+        self.clean(job)
+        return phase, code

@@ -17,7 +17,7 @@ import docker.errors
 import requests.exceptions
 
 from .. import labels as L
-from ..engine import Engine, extract_tar, get_engine
+from ..engine import Engine, extract_tar, get_engine, max_result_bytes
 from ..options import parse_bytes, parse_gpus
 from .base import Backend, Job, Phase, RunSpec
 
@@ -126,13 +126,15 @@ class LocalBackend(Backend):
         self.engine.signal(job.handle["container_id"], "SIGKILL")
 
     def fetch_results(self, job: Job, dest: Path) -> None:
+        """Stream /opt/ml/model and /opt/ml/output out of the container (capped, checked)."""
         dest.mkdir(parents=True, exist_ok=True)
+        budget = max_result_bytes()
         for src in ("/opt/ml/model", "/opt/ml/output"):
             try:
-                stream, _ = self.engine.api.get_archive(job.handle["container_id"], src)
+                stream, _ = self.engine.api.get_archive(job.handle["container_id"], src, chunk_size=1 << 20)
             except docker.errors.NotFound:
                 continue
-            extract_tar(b"".join(stream), dest)
+            budget -= extract_tar(stream, dest, max_bytes=budget)
         logs = self.logs(job, 0)
         (dest / "logs.txt").write_text("\n".join(logs) + ("\n" if logs else ""))
 

@@ -17,7 +17,7 @@ from traitlets import CaselessStrEnum, Float, Int, Unicode
 
 from ..backends.base import Hooks
 from ..backends.registry import UnknownBackend, available
-from ..errors import RemoteExecutionError
+from ..errors import InvalidOption, RemoteExecutionError
 from ..runs import Runs, UnknownRun
 
 __all__ = ["RemoteRun", "load_pyproject_defaults", "parse_value"]
@@ -92,6 +92,11 @@ class RemoteRun(Magics):
                                "(the panel when a Jupyter server started the kernel).").tag(config=True)
     ledger_path = Unicode(None, allow_none=True, help="The run ledger's SQLite file (default: "
                           "NBCONTAINER_RUNS_DB or the user data directory).").tag(config=True)
+    trust = CaselessStrEnum(["signed", "always", "never"], default_value="signed",
+                            help="How far run outputs are believed: 'signed' loads pickles only from runs "
+                            "whose signed manifest and file digests hold; 'always' reads runs made before "
+                            "signed results; 'never' loads no pickles at all (DataFrames and JSON "
+                            "values only).").tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -104,6 +109,7 @@ class RemoteRun(Magics):
 
         if self._runner is None or (self.ledger_path and str(self._runner.ledger.path) != self.ledger_path):
             self._runner = RemoteRunner(Runs(self.ledger_path))
+        self._runner.trust = self._setting("trust")
         return self._runner
 
     def _setting(self, name: str, flag_value: Any = None) -> Any:
@@ -172,6 +178,10 @@ class RemoteRun(Magics):
     @argument("--timeout", type=float, help="Seconds before the run is stopped.")
     @argument("--no-wait", action="store_true", help="Return a handle at once; %%remote_attach collects it.")
     @argument("--rerun", metavar="RUN", help="Run RUN's image again with other parameters (no snapshot, no build).")
+    @argument("--allow-unpinned", action="store_true",
+              help="When a pinned package has no wheel for the image, take the newest version of that "
+              "name from the package index (never done without this flag: a private package's name "
+              "may belong to someone else there).")
     @cell_magic
     def remote_run(self, line: str, cell: str) -> Any:
         """Run this cell in a container built from the kernel's state; bring its results back."""
@@ -182,6 +192,13 @@ class RemoteRun(Magics):
             raise UsageError("--local and --backend are exclusive")
         if args.vars and args.all_vars:
             raise UsageError("--vars and --all-vars are exclusive")
+        if args.name is not None:
+            from ..remote import check_run_name
+
+            try:
+                check_run_name(args.name)
+            except InvalidOption as exc:
+                raise UsageError(f"--name {args.name[:50]!r}: {exc.reason}") from None
         backend = "local" if args.local else self._setting("backend", args.backend)
         if backend not in available():
             raise UsageError(f"unknown backend {backend!r}; available: {', '.join(sorted(available()))}\n"
@@ -206,7 +223,7 @@ class RemoteRun(Magics):
             out=_names(args.out), base=self._setting("base", args.base), cpus=self._setting("cpus", args.cpus),
             memory=self._setting("memory", args.memory), gpus=args.gpus,
             timeout=self._setting("timeout", args.timeout), wait=not args.no_wait, rerun=args.rerun,
-            interrupt=self._setting("interrupt"))
+            interrupt=self._setting("interrupt"), allow_unpinned=args.allow_unpinned)
         hooks, listener = self._listeners(self.runner.cancel)
         try:
             outcome = self.runner.run(req, self.shell.user_ns, hooks, notebook=self._notebook())
@@ -256,13 +273,16 @@ class RemoteRun(Magics):
         if len(ids) < 1:
             raise UsageError("usage: %remote_compare RUN [RUN ...]")
         try:
-            return self.runner.ledger.compare(ids)
+            return self.runner.ledger.compare(ids, trust=self.runner.trust)
         except UnknownRun as exc:
             raise UsageError(str(exc)) from exc
 
     @magic_arguments()
     @argument("run", help="The run id, e.g. lda-3.")
     @argument("--out", metavar="A,B", help="Only these variables.")
+    @argument("--unverified", action="store_true",
+              help="Read the data values (DataFrames, JSON) of a run whose outputs failed verification; "
+              "its pickles are never loaded.")
     @line_magic
     def remote_result(self, line: str) -> Any:
         """%remote_result RUN: load a run's results into the namespace (and return them)."""
@@ -270,7 +290,7 @@ class RemoteRun(Magics):
 
         args = parse_argstring(self.remote_result, line)
         result = self._result(args.run)
-        values = load_results(result.model_dir, _names(args.out))
+        values = load_results(result.outputs, _names(args.out), unverified_data=args.unverified)
         self.shell.user_ns.update(values)
         return values
 

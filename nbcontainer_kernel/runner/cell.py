@@ -74,8 +74,9 @@ def _jsonable(obj: Any) -> Any:
                 for k, v in obj.items()} if isinstance(obj, dict) else str(obj)
 
 
-def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths) -> int:
-    """Run the snapshot's cell; write results, metrics and (on error) the failure. Exit code."""
+def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths, index: dict[str, Any]) -> int:
+    """Run the snapshot's cell; write results (their entries go into `index`), metrics and
+    (on error) the failure. Returns the exit code."""
     restore_environment(snap)
     shell = _shell()
     ns = restore_namespace(snap)
@@ -93,8 +94,8 @@ def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths) -> int:
     changed = [k for k, v in shell.user_ns.items()
                if k not in assigned and k not in imported and (k not in before or before[k] != id(v))
                and not k.startswith("_") and not is_ipython_name(k) and k not in params]
-    write_results(shell.user_ns, assigned + changed, result.result if error is None else None,
-                  shell.display_pub.kept, params, paths)
+    index.update(write_results(shell.user_ns, assigned + changed, result.result if error is None else None,
+                               shell.display_pub.kept, params, paths))
     if error is not None:
         write_failure(error, paths, context="the cell raised")
         return 1
@@ -102,8 +103,9 @@ def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths) -> int:
 
 
 def write_results(ns: dict[str, Any], names: list[str], last_value: Any, displays: list[dict[str, Any]],
-                  params: dict[str, Any], paths: Paths) -> None:
-    """/opt/ml/model: one file set per variable, results.json, metrics.json."""
+                  params: dict[str, Any], paths: Paths) -> dict[str, Any]:
+    """/opt/ml/model: one file set per variable and metrics.json; returns the results index
+    (which the runner seals into results.json)."""
     import types
 
     paths.make()
@@ -122,11 +124,9 @@ def write_results(ns: dict[str, Any], names: list[str], last_value: Any, display
             last = serialize_value("_last", last_value, paths.model, prefix="__").to_dict()
         except SerializationError as exc:
             skipped["_last"] = str(exc)
-    (paths.model / "results.json").write_text(json.dumps({
-        "variables": variables, "skipped": skipped, "last_value": last,
-        "displays": displays, "parameters": _jsonable(params),
-    }, indent=1, default=str))
     (paths.model / "metrics.json").write_text(json.dumps(metrics.summary(), indent=1))
+    return {"variables": variables, "skipped": skipped, "last_value": last, "displays": displays,
+            "parameters": _jsonable(params)}
 
 
 def write_failure(error: BaseException, paths: Paths, context: str) -> None:

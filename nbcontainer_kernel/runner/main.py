@@ -12,6 +12,8 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from .paths import Paths
 
@@ -19,6 +21,11 @@ __all__ = ["main", "train"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The signing key first, before any code of the snapshot's runs: out of os.environ,
+    # so neither the cell, nor its subprocesses, nor a printed environment see it.
+    from ..trust import KEY_ENV
+
+    key = os.environ.pop(KEY_ENV, None)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         argv = argv[1:]
@@ -26,34 +33,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = p.parse_args(argv)
 
+    paths = Paths.from_env()
+    paths.make()
+    index: dict[str, Any] = {"variables": {}, "skipped": {}, "last_value": None, "displays": []}
+    try:
+        code = _run(args.param, paths, index)
+    finally:
+        # Whatever happened (a failing cell, a runner error), the outputs are sealed.
+        from ..trust import prune_special_files, seal
+
+        for removed in prune_special_files(paths.ml):
+            print(f"[nbcontainer] not kept: {removed} (only regular files travel)", file=sys.stderr)
+        seal(paths.ml, key, index)
+    return code
+
+
+def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> int:
     from ..snapshots.capture import Snapshot
     from .cell import write_failure
     from .params import resolve_params
 
-    paths = Paths.from_env()
-    paths.make()
     t0 = time.monotonic()
     try:
         snap = Snapshot.load(paths.snapshot)
-        params, source = resolve_params([tuple(x) for x in args.param], os.environ, paths.hyperparameters)
+        params, source = resolve_params([(n, v) for n, v in param_args], os.environ, paths.hyperparameters)
     except Exception as exc:  # a broken image or bad parameters: still leave the failure file
         write_failure(exc, paths, context="the run could not start")
         print(f"[nbcontainer] cannot start: {exc}", file=sys.stderr, flush=True)
         return 2
+    index["parameters"] = params
     print(f"[nbcontainer] {snap.mode} run of snapshot {snap.digest[:12]}"
           + (f", parameters from {source}: {params}" if params else ""), flush=True)
     if snap.mode == "notebook":
         from .notebook import run_notebook
 
-        from pathlib import Path
-
-        code = run_notebook(paths.snapshot / "notebook.ipynb", params, paths,
+        code = run_notebook(paths.snapshot / "notebook.ipynb", params, paths, index,
                             workdir=paths.snapshot / "src" / "code",
                             stem=Path(snap.notebook).stem if snap.notebook else "output")
     else:
         from .cell import run_cell
 
-        code = run_cell(snap, params, paths)
+        code = run_cell(snap, params, paths, index)
     status = "succeeded" if code == 0 else "failed"
     print(f"[nbcontainer] {status} in {time.monotonic() - t0:.1f} s", flush=True)
     return code

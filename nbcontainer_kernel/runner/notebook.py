@@ -21,6 +21,12 @@ def _strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+def _is_identifier(name: object) -> bool:
+    import keyword
+
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
 def parameters_of(nb: Any) -> list[dict[str, Any]]:
     """Names, types and defaults of the cell tagged `parameters` (simple assignments)."""
     for cell in nb.cells:
@@ -54,6 +60,9 @@ def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
 
     if not params:
         return
+    bad = [k for k in params if not _is_identifier(k)]
+    if bad:  # names become code in the injected cell: identifiers only
+        raise ValueError(f"parameter names must be Python identifiers, not {bad[0]!r}")
     source = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
     cell = nbformat.v4.new_code_cell(source)
     cell.metadata["tags"] = ["injected-parameters"]
@@ -62,8 +71,8 @@ def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
     nb.cells.insert(index, cell)
 
 
-def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, workdir: Path,
-                 stem: str = "output") -> int:
+def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, index: dict[str, Any],
+                 workdir: Path, stem: str = "output") -> int:
     import nbformat
     from nbclient import NotebookClient
 
@@ -118,7 +127,5 @@ def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, workdir: 
                        if o.get("output_type") == "stream")
         (paths.model / "metrics.json").write_text(json.dumps(metrics.summary(metrics.parse_metric_lines(text)),
                                                              indent=1))
-        (paths.model / "results.json").write_text(json.dumps({
-            "variables": {}, "skipped": {}, "last_value": None, "displays": [],
-            "parameters": params, "notebook": out_nb.name}, indent=1, default=str))
+        index.update({"parameters": params, "notebook": out_nb.name})
     return code

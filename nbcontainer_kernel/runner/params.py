@@ -5,7 +5,7 @@ where they parse)."""
 from __future__ import annotations
 
 import json
-import os
+import keyword
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,21 +23,27 @@ def decode(value: Any) -> Any:
         return value
 
 
+def _checked(params: dict[str, Any], source: str) -> dict[str, Any]:
+    # Names become variables (and, in notebook mode, code in the injected cell).
+    bad = [k for k in params if not (isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k))]
+    if bad:
+        raise ValueError(f"parameter names from {source} must be Python identifiers, not {bad[0]!r}")
+    return params
+
+
 def resolve_params(pairs: Sequence[tuple[str, str]], env: Mapping[str, str],
                    hyperparameters: Path) -> tuple[dict[str, Any], str]:
-    """(parameters, where they came from)."""
+    """(parameters, where they came from). Names that are not identifiers are refused."""
     if pairs:
-        return {name: decode(value) for name, value in pairs}, "arguments"
+        return _checked({name: decode(value) for name, value in pairs}, "arguments"), "arguments"
     if env.get("NBCONTAINER_PARAMS"):
         data = json.loads(env["NBCONTAINER_PARAMS"])
         if not isinstance(data, dict):
             raise ValueError("NBCONTAINER_PARAMS must be a JSON object")
-        return data, "NBCONTAINER_PARAMS"
+        return _checked(data, "NBCONTAINER_PARAMS"), "NBCONTAINER_PARAMS"
     if hyperparameters.is_file():
         data = json.loads(hyperparameters.read_text())
-        return {k: decode(v) for k, v in data.items()}, str(hyperparameters)
+        if not isinstance(data, dict):
+            raise ValueError(f"{hyperparameters} must hold a JSON object")
+        return _checked({k: decode(v) for k, v in data.items()}, str(hyperparameters)), str(hyperparameters)
     return {}, "none"
-
-
-def env_view() -> dict[str, str]:
-    return dict(os.environ)

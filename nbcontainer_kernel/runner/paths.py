@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import ML_ROOT, SNAPSHOT_DIR
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -18,8 +20,8 @@ class Paths:
 
     @classmethod
     def from_env(cls) -> "Paths":
-        return cls(Path(os.environ.get("NBCONTAINER_SNAPSHOT_DIR", "/opt/nbcontainer/snapshot")),
-                   Path(os.environ.get("NBCONTAINER_ML_ROOT", "/opt/ml")))
+        return cls(Path(os.environ.get("NBCONTAINER_SNAPSHOT_DIR", SNAPSHOT_DIR)),
+                   Path(os.environ.get("NBCONTAINER_ML_ROOT", ML_ROOT)))
 
     @property
     def model(self) -> Path:

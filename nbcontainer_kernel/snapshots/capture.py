@@ -6,6 +6,7 @@ Nothing here talks to Docker; building images from a snapshot happens in
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -17,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import labels as L
-from ..serialize import SerializationError, Serialized, serialize_value, type_name
+from ..contract import SNAPSHOT_DIR
+from ..errors import SerializationError
+from ..serialize import Serialized, serialize_value, type_name
 from .deps import Dependencies, capture_dependencies, python_version
-from .env import filter_env
+from .env import filter_env, looks_like_secret
 from .names import is_ipython_name, names_read
 from .sources import collect_sources
 
 __all__ = ["Snapshot", "VariableRecord", "snapshot", "SNAPSHOT_DIR", "MANIFEST"]
 
-SNAPSHOT_DIR = "/opt/nbcontainer/snapshot"
 MANIFEST = "manifest.json"
 FORMAT = 1
 
@@ -189,8 +191,16 @@ def snapshot(
         names, missing = _select(namespace, cell, variables, all_vars)
         for name in missing:
             snap.variables.append(VariableRecord(name, "skipped", "-", skipped="not defined in the namespace"))
+        named = set(variables or ())
         for name in names:
-            snap.variables.append(_capture_one(name, namespace[name], directory / "vars"))
+            value = namespace[name]
+            if isinstance(value, str) and name not in named and looks_like_secret(value):
+                # Only shipped when asked for by name; the reason names it, never the value.
+                snap.variables.append(VariableRecord(
+                    name, "skipped", "str", skipped="its value looks like a secret (a token, a password "
+                    "or a URL with credentials); name it in --vars to ship it"))
+                continue
+            snap.variables.append(_capture_one(name, value, directory / "vars"))
 
         kept, secrets, _machine = filter_env(env)
         (directory / "env.json").write_text(json.dumps(kept))
@@ -213,7 +223,7 @@ def snapshot(
 
         nb = Path(notebook) if notebook else _find_notebook(namespace, env)
         if nb is not None:
-            shutil.copy2(nb, directory / "notebook.ipynb")
+            copy_notebook_without_outputs(nb, directory / "notebook.ipynb")
             snap.notebook = str(nb)
         if env.get("NBCONTAINER_KERNEL_ID"):
             snap.kernel = {"kernel_id": env["NBCONTAINER_KERNEL_ID"], "image": env.get("NBCONTAINER_IMAGE", "")}
@@ -224,11 +234,24 @@ def snapshot(
         raise
 
 
+def copy_notebook_without_outputs(src: Path, dest: Path) -> None:
+    """The notebook's sources and metadata without outputs (which may hold secrets or data),
+    execution counts or saved widget state; papermill needs none of them."""
+    nb = json.loads(Path(src).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        cell.pop("attachments", None)
+    nb.get("metadata", {}).pop("widgets", None)
+    dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
 def _capture_one(name: str, value: Any, dest: Path) -> VariableRecord:
     try:
         s: Serialized = serialize_value(name, value, dest, prefix="")
     except SerializationError as exc:
-        for f in dest.glob(f"{name}.*"):
+        for f in dest.glob(f"{glob.escape(name)}.*"):
             f.unlink()
         return VariableRecord(name, "skipped", type_name(value), skipped=str(exc))
     kind = "module" if s.serializer == "import" else "value"

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import NbcontainerError
+
 __all__ = ["SourceTree", "collect_sources", "DEFAULT_IGNORE", "SourcesTooLarge"]
 
 DEFAULT_IGNORE = [".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", "*.pyc",
@@ -23,7 +25,7 @@ _CODE_SUFFIXES = {".py", ".pyi", ".json", ".yaml", ".yml", ".toml", ".cfg", ".in
                   ".pyx", ".pxd", ".so", ".pth"}
 
 
-class SourcesTooLarge(Exception):
+class SourcesTooLarge(NbcontainerError):
     def __init__(self, size: int, cap: int, biggest: list[tuple[str, int]]) -> None:
         self.size, self.cap, self.biggest = size, cap, biggest
         top = ", ".join(f"{p} ({s / 1e6:.1f} MB)" for p, s in biggest[:5])
@@ -63,13 +65,23 @@ def collect_sources(cwd: Path | None = None, *, max_bytes: int = 50 * 1024**2,
             if "site-packages" not in resolved.parts:
                 entries.add(resolved.relative_to(root).as_posix())
     sizes: dict[str, int] = {}
+    visited: set[Path] = set()
+
+    def inside(path: Path) -> bool:
+        # A symlink is followed only when it points inside the tree (never to ~/.aws).
+        target = path.resolve()
+        return target == root or root in target.parents
 
     def add(path: Path) -> None:
         rel = path.relative_to(root).as_posix()
-        if rel not in sizes and not _ignored(rel, patterns):
+        if rel not in sizes and not _ignored(rel, patterns) and inside(path):
             sizes[rel] = path.stat().st_size
 
     def add_package(pkg: Path) -> None:
+        real = pkg.resolve()
+        if real in visited or not inside(pkg):  # a symlink loop, or a way out
+            return
+        visited.add(real)
         for child in sorted(pkg.iterdir()):
             rel = child.relative_to(root).as_posix()
             if _ignored(rel, patterns):

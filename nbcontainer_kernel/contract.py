@@ -1,0 +1,28 @@
+"""Names and paths fixed between the host and the containers it makes.
+
+One constant, one name: the provisioner, the image builders and the runner
+all read them from here. Standard library only (imported inside images).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SNAPSHOT_DIR", "ML_ROOT", "VENV", "RUNTIME_DIR", "KERNEL_CONNECTION_DIR",
+           "KERNEL_CONNECTION_FILE", "KERNEL_SCRATCH", "DEFAULT_BASE_IMAGE"]
+
+#: Where a run image holds its snapshot (manifest, variables, cell, notebook, code).
+SNAPSHOT_DIR = "/opt/nbcontainer/snapshot"
+#: SageMaker's training layout: input/config, model, output (failure, data).
+ML_ROOT = "/opt/ml"
+#: The virtualenv of kernel images and dependency layers.
+VENV = "/opt/nbcontainer/venv"
+#: This package's code in a run image: its own small layer, on sys.path through a .pth file.
+RUNTIME_DIR = "/opt/nbcontainer/runtime"
+#: A kernel's connection file (HMAC and Curve keys), put in through the Docker API before
+#: start and removed by the kernel once read; a commit of a kernel fails while it exists.
+KERNEL_CONNECTION_DIR = "/run/nbcontainer-kernel"
+KERNEL_CONNECTION_FILE = f"{KERNEL_CONNECTION_DIR}/connection.json"
+#: A kernel's /tmp and HOME: a tmpfs, so nothing written there (IPython's history, snapshot
+#: work directories, ~/.aws) is ever in an image committed from the kernel.
+KERNEL_SCRATCH = "/tmp"
+#: The base image `scripts/base-image.sh` makes offline.
+DEFAULT_BASE_IMAGE = "nbcontainer/base:bookworm"
