@@ -24,6 +24,7 @@ __all__ = [
     "SerializationError",
     "UntrustedResults",
     "UnsafeArchive",
+    "UnknownBackend",
 ]
 
 
@@ -190,3 +191,14 @@ class UnsafeArchive(NbcontainerError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.member, self.reason))
+
+
+class UnknownBackend(NbcontainerError, LookupError):
+    """No backend is registered (or installed as an entry point) under a name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, list(known)
+        super().__init__(f"No backend named {name!r}; available: {', '.join(self.known) or 'none'}.")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.name, self.known))

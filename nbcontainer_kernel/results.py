@@ -44,8 +44,7 @@ def load_results(outputs: RunOutputs, names: list[str] | None = None, *,
         try:
             outputs.manifest()
         except UntrustedResults:
-            outputs = RunOutputs(outputs.root, None, "always")
-            return _load(outputs, names, data_only=True)
+            return _load(RunOutputs(outputs.root, None, lenient=True), names, data_only=True)
     return _load(outputs, names, data_only=not outputs.allows_pickles)
 
 
@@ -185,7 +184,7 @@ class RunResult:
         """Raise if the run failed (RemoteExecutionError, with the remote exception as its
         cause) or if its outputs are refused (UntrustedResults)."""
         if self.succeeded:
-            self.index  # noqa: B018 - verify now: a refused run must not pass as a success
+            self.outputs.verify_all()  # a refused run must not pass as a success
             return
         failure = self._verified_failure() or ""
         if self.timed_out or self.cancelled:

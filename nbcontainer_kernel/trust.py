@@ -139,14 +139,18 @@ class RunOutputs:
     Refusals raise :class:`UntrustedResults` naming the file and the reason.
     """
 
-    def __init__(self, root: Path, key: str | None, trust: str = "signed") -> None:
+    def __init__(self, root: Path, key: str | None, trust: str = "signed", *, lenient: bool = False) -> None:
+        """lenient: the view of a refused run's data on request: names and serializers are
+        still checked, signature, listing and digests are not, and pickles are never read."""
         if trust not in TRUST_MODES:
             raise ValueError(f"trust must be one of {', '.join(TRUST_MODES)}, not {trust!r}")
         self.root = Path(root)
         self.key = key
-        self.trust = trust
+        self.trust = "always" if lenient else trust
+        self.lenient = lenient
         self._manifest: dict[str, Any] | None = None
         self._refusal: UntrustedResults | None = None
+        self._all_verified = False
 
     # ------------------------------------------------------------ manifest
     def _refuse(self, file: str, reason: str) -> UntrustedResults:
@@ -167,7 +171,7 @@ class RunOutputs:
     @property
     def allows_pickles(self) -> bool:
         """Whether pickles may be loaded: the manifest holds and trust is not 'never'."""
-        if self.trust == "never":
+        if self.trust == "never" or self.lenient:
             return False
         try:
             self.manifest()
@@ -209,32 +213,32 @@ class RunOutputs:
                     raise self._refuse(str(name), "not a plain path under model/ or output/")
                 if not isinstance(digest, str) or len(digest) != 64:
                     raise self._refuse(name, "no SHA-256 digest")
+            if not self.lenient:
+                # Names only (cheap): nothing added, renamed or removed since the run sealed them.
+                present = set(self._present()) - {rel}
+                for extra in sorted(present - set(files)):
+                    raise self._refuse(extra, "present, but not in the signed manifest")
+                for missing in sorted(set(files) - present):
+                    raise self._refuse(missing, "listed in the signed manifest, but missing")
         elif self.trust != "always":
             raise self._refuse(rel, "it lists no file digests")
-        for section in ("variables",):
-            entries = doc.get(section) or {}
-            if not isinstance(entries, dict):
-                raise self._refuse(rel, f"'{section}' is not an object")
-            for entry in entries.values():
-                self._check_entry(entry)
+        variables = doc.get("variables") or {}
+        if not isinstance(variables, dict):
+            raise self._refuse(rel, "'variables' is not an object")
+        for name, entry in list(variables.items()):
+            problem = _entry_problem(entry)
+            if problem and self.lenient:
+                del variables[name]  # data on request: what is not plainly data is left out
+            elif problem:
+                raise self._refuse(*problem)
+        doc["variables"] = variables
         if doc.get("last_value") is not None:
-            self._check_entry(doc["last_value"])
+            problem = _entry_problem(doc["last_value"])
+            if problem and self.lenient:
+                doc["last_value"] = None
+            elif problem:
+                raise self._refuse(*problem)
         return doc
-
-    def _check_entry(self, entry: Any) -> None:
-        rel = f"model/{MANIFEST}"
-        if not isinstance(entry, dict):
-            raise self._refuse(rel, "a results entry is not an object")
-        name = entry.get("name", "?")
-        serializer = entry.get("serializer")
-        if serializer not in RESULT_SERIALIZERS:
-            raise self._refuse(rel, f"result {name!r} names serializer {serializer!r}, which runs never write")
-        files = entry.get("files")
-        if not isinstance(files, list) or not files:
-            raise self._refuse(rel, f"result {name!r} lists no files")
-        for f in files:
-            if not plain_name(f):
-                raise self._refuse(str(f), f"result {name!r} names a file that is not a plain file name")
 
     # ----------------------------------------------------------- the files
     def _path(self, rel: str) -> Path:
@@ -254,7 +258,7 @@ class RunOutputs:
 
     def _expected_digest(self, rel: str) -> str | None:
         files = self.manifest().get("files")
-        if files is None:  # a manifest from before signing, read with trust 'always'
+        if files is None or self.lenient:  # from before signing (trust 'always'), or data on request
             return None
         if rel not in files:
             raise self._refuse(rel, "not listed in the signed manifest")
@@ -276,16 +280,18 @@ class RunOutputs:
         return self.read_bytes(rel).decode("utf-8", "replace")
 
     def verify_all(self) -> None:
-        """Check every file: listed ones present with their digests, nothing unlisted."""
+        """Check every file's digest (the manifest already checked names: nothing unlisted).
+
+        Done once per instance; reads check the digest of what they read all the same.
+        """
         files = self.manifest().get("files")
-        if files is None:
+        if files is None or self._all_verified or self.lenient:
             return
         for rel, digest in files.items():
             if not hmac.compare_digest(_sha256(self._path(rel)), digest):
-                raise self._refuse(rel, "its content differs from the signed digest")
-        for rel in self._present():
-            if rel not in files and rel != f"model/{MANIFEST}":
-                raise self._refuse(rel, "present, but not in the signed manifest")
+                self._refusal = self._refuse(rel, "its content differs from the signed digest")
+                raise self._refusal
+        self._all_verified = True
 
     def _present(self) -> Iterator[str]:
         for sub in SIGNED_DIRS:
@@ -308,6 +314,24 @@ class RunOutputs:
     def source(self, subdir: str = "model") -> _Source:
         """A FileSource for deserialize: plain names under `subdir`, digests checked."""
         return _Source(self, subdir)
+
+
+def _entry_problem(entry: Any) -> tuple[str, str] | None:
+    """(file, reason) when a results entry is not one the runner writes."""
+    rel = f"model/{MANIFEST}"
+    if not isinstance(entry, dict):
+        return rel, "a results entry is not an object"
+    name = entry.get("name", "?")
+    serializer = entry.get("serializer")
+    if serializer not in RESULT_SERIALIZERS:
+        return rel, f"result {name!r} names serializer {serializer!r}, which runs never write"
+    files = entry.get("files")
+    if not isinstance(files, list) or not files:
+        return rel, f"result {name!r} lists no files"
+    for f in files:
+        if not plain_name(f):
+            return str(f), f"result {name!r} names a file that is not a plain file name"
+    return None
 
 
 class _Source:

@@ -17,23 +17,13 @@ from nbcontainer_kernel.runimages import _check_python
 from nbcontainer_kernel.runner.notebook import inject_parameters, parameters_of
 from nbcontainer_kernel.runner.params import resolve_params
 from nbcontainer_kernel.snapshots import snapshot
-from nbcontainer_kernel.trust import KEY_ENV, new_key
+from tests.helpers import run_runner
 from nbcontainer_kernel.wheels import TargetPython
 
 
 def _run(tmp_path: Path, ns: dict, cell: str, args: list[str] = (), env: dict | None = None,
          hyper: dict | None = None) -> tuple[subprocess.CompletedProcess, RunResult]:
-    snap = snapshot(ns, cell, dest=tmp_path / "snap", cwd=tmp_path, include_dependencies=False)
-    ml = tmp_path / "ml"
-    if hyper is not None:
-        (ml / "input" / "config").mkdir(parents=True)
-        (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyper))
-    key = new_key()
-    run_env = {**os.environ, "NBCONTAINER_SNAPSHOT_DIR": str(snap.directory), "NBCONTAINER_ML_ROOT": str(ml),
-               KEY_ENV: key, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.runner.main", *args],
-                          env=run_env, capture_output=True, text=True, cwd=tmp_path)
-    return proc, RunResult(image="host", exit_code=proc.returncode, output_dir=ml, key=key)
+    return run_runner(tmp_path, ns, cell, args, env, hyper)
 
 
 def test_parameters_first_found_wins(tmp_path: Path) -> None:
