@@ -223,7 +223,11 @@ def _write_arrow(name: str, tname: str, obj: Any, kind: str, dest: Path, base: s
     # Uncompressed: snapshots and results stay local or cross a fast link, and
     # writing at disk speed matters more than a smaller file.
     with ipc.new_file(str(path), table.schema) as writer:
-        writer.write_table(table)
+        if table.num_rows:
+            writer.write_table(table)
+        else:  # an explicit empty batch: without one, categoricals lose their categories
+            writer.write_batch(pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.columns],
+                                                          schema=table.schema))
     return Serialized(name, tname, ARROW, [path.name], path.stat().st_size)
 
 
