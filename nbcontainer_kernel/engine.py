@@ -408,12 +408,15 @@ def extract_tar(data: bytes | Iterable[bytes], dest: os.PathLike[str] | str,
                 if total > cap:
                     raise UnsafeArchive(name, f"the archive is over its cap of {cap:,} bytes "
                                         "(NBCONTAINER_MAX_RESULT_BYTES)")
-                target.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(member)
                 assert src is not None
-                with open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                os.chmod(target, 0o600 | (0o100 if member.mode & 0o100 else 0))
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    os.chmod(target, 0o600 | (0o100 if member.mode & 0o100 else 0))
+                except OSError as exc:  # a file where a directory is, and the like
+                    raise UnsafeArchive(name, f"it cannot be written ({exc.strerror})") from exc
     except tarfile.TarError as exc:
         raise UnsafeArchive("(archive)", f"not a readable tar archive: {exc}") from exc
     return total

@@ -150,6 +150,15 @@ LABEL {labels}
 """
 
 
+def kernel_dockerfile(base_id: str, python: str, pip_wheel: str, requirements: list[str],
+                      labels: dict[str, str]) -> str:
+    """The kernel image's Dockerfile; what comes from the user is shell-quoted."""
+    return _DOCKERFILE.format(base=base_id, python=shlex.quote(python), venv=VENV, stage_label=_STAGE,
+                              pip_wheel=shlex.quote(pip_wheel),
+                              requirements=" ".join(shlex.quote(r) for r in requirements),
+                              labels=dockerfile_labels(labels))
+
+
 def build_kernel_image(
     engine: Engine,
     base: str,
@@ -182,7 +191,6 @@ def build_kernel_image(
         if pip_wheel is None:  # pragma: no cover - pip is always among the requirements
             raise ImageNotUsable(base, "no pip wheel could be resolved", "Check the package index.")
         ipykernel_version, curve = _wheel_supports_curve(deps)
-        install = " ".join(shlex.quote(r) for r in reqs)
         from . import __version__
 
         labels = {
@@ -198,9 +206,7 @@ def build_kernel_image(
             L.OCI_VERSION: __version__,
             L.OCI_BASE_NAME: base,
         }
-        recipe = _DOCKERFILE.format(base=base_img.id, python=shlex.quote(python), venv=VENV, stage_label=_STAGE,
-                                    pip_wheel=shlex.quote(pip_wheel), requirements=install,
-                                    labels=dockerfile_labels(labels))
+        recipe = kernel_dockerfile(base_img.id, python, pip_wheel, reqs, labels)
         # The inputs digest: everything that decides the image's content, nothing
         # that changes with every build (the creation time).
         digest = hashlib.sha256()
@@ -240,8 +246,15 @@ def _remove_old_stages(engine: Engine, build_log: list[str]) -> None:
 
 
 def dockerfile_labels(labels: dict[str, str]) -> str:
-    """The arguments of one LABEL instruction (one step, instead of one per label)."""
-    return " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))
+    """The arguments of one LABEL instruction (one step, instead of one per label).
+
+    Values are JSON strings with `$` escaped, so Docker substitutes nothing in them.
+    """
+    return " \\\n      ".join(f"{k}={_label_value(v)}" for k, v in sorted(labels.items()))
+
+
+def _label_value(value: str) -> str:
+    return json.dumps(value).replace("$", "\\$")
 
 
 def list_kernel_images(engine: Engine) -> list[Image]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from .backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec
 from .backends.registry import get_backend
 from .errors import InvalidOption, NbcontainerError
 from .results import RunResult, load_results
-from .runimages import build_run_image
+from .runimages import RunImage, build_run_image
 from .runs import Runs
 from .snapshots import names_assigned, snapshot
 from .trust import KEY_ENV, TRUST_MODES, RunOutputs
@@ -84,9 +84,12 @@ class RunHandle:
 class RemoteRunner:
     """Runs cells remotely and records every run in the ledger."""
 
-    def __init__(self, ledger: Runs | None = None, trust: str = "signed") -> None:
+    def __init__(self, ledger: Runs | None = None, trust: str = "signed",
+                 image_builder: Callable[..., RunImage] = build_run_image) -> None:
+        """`image_builder` makes a run image from a snapshot (build_run_image; tests pass a fake)."""
         if trust not in TRUST_MODES:
             raise InvalidOption("trust", trust, f"expected one of {', '.join(TRUST_MODES)}")
+        self.image_builder = image_builder
         self.ledger = ledger or Runs()
         self.trust = trust  # how far run outputs are believed (see nbcontainer_kernel.trust)
         self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
@@ -219,7 +222,7 @@ class RemoteRunner:
             if skipped:
                 driver.hooks.log(run_id, f"[nbcontainer] not shipped: {'; '.join(skipped)}")
             driver.enter(run_id, Phase.BUILD)
-            image = build_run_image(snap, base=req.base, allow_unpinned=req.allow_unpinned,
+            image = self.image_builder(snap, base=req.base, allow_unpinned=req.allow_unpinned,
                                     on_line=_warnings_to(driver.hooks, run_id))
             if image.skipped_requirements:
                 driver.hooks.log(run_id, "[nbcontainer] not in the image (no wheel for its platform): "
@@ -294,7 +297,7 @@ class RemoteRunner:
             job = self._submit(driver, backend, spec)
             return self._finish(driver, job, spec, out_names)
 
-        parallel = max(1, req.max_parallel if backend.name == "local" else len(children))
+        parallel = max(1, req.max_parallel)
         results: dict[str, RunResult] = {}
         errors: dict[str, BaseException] = {}
         pool = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix=f"sweep-{parent}")

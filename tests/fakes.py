@@ -28,7 +28,8 @@ class Script:
     phases: list[Phase] = field(default_factory=lambda: [Phase.QUEUED, Phase.RUNNING, Phase.SUCCEEDED])
     exit_code: int = 0
     logs: list[str] = field(default_factory=list)
-    outputs: Path | None = None  # a directory holding model/ and output/
+    # A directory holding model/ and output/, or a callable (spec, dest) that writes them.
+    outputs: Path | Callable[[RunSpec, Path], None] | None = None
     fail_on: dict[str, BaseException] = field(default_factory=dict)  # step name -> error to raise
     wait_for_cancel: bool = False  # stay RUNNING until cancelled
 
@@ -94,7 +95,9 @@ class ScriptedBackend(Backend):
         state = self._step("fetch_results", job)
         dest.mkdir(parents=True, exist_ok=True)
         outputs = state["script"].outputs
-        if outputs is not None:
+        if callable(outputs):
+            outputs(self.specs[job.run_id], dest)
+        elif outputs is not None:
             for sub in ("model", "output"):
                 if (outputs / sub).is_dir():
                     shutil.copytree(outputs / sub, dest / sub, dirs_exist_ok=True)
@@ -105,3 +108,29 @@ class ScriptedBackend(Backend):
 
     def cleaned(self, run_id: str) -> bool:
         return bool(self._state.get(run_id, {}).get("cleaned"))
+
+
+def sealed_outputs(values: dict[str, Any], *, failure: str | None = None,
+                   key: str | None = None) -> Callable[[RunSpec, Path], None]:
+    """Outputs as a real run writes them: `values` as results, sealed with the run's key
+    (from its spec's environment, as the runner gets it) or with `key`."""
+    from nbcontainer_kernel.runner.cell import write_results
+    from nbcontainer_kernel.runner.paths import Paths
+    from nbcontainer_kernel.trust import KEY_ENV, seal
+
+    def write(spec: RunSpec, dest: Path) -> None:
+        paths = Paths(snapshot=dest / "unused", ml=dest)
+        index = write_results(dict(values), list(values), None, [], spec.params, paths)
+        if failure is not None:
+            paths.failure.write_text(failure)
+        seal(dest, key or spec.env.get(KEY_ENV), index)
+
+    return write
+
+
+def fake_image_builder(snap: Any, **_: Any) -> Any:
+    """Stands in for build_run_image: no Docker, a made-up tag per snapshot."""
+    from nbcontainer_kernel.runimages import RunImage
+
+    return RunImage(tag=f"fake/run:{snap.digest[:12]}", image_id="sha256:fake", digest=snap.digest,
+                    deps_image="fake/deps:1", deps_reused=True)

@@ -80,7 +80,7 @@ class RemoteRun(Magics):
     backend = Unicode("local", help="Backend used when neither --local nor --backend is given.").tag(config=True)
     base = Unicode(None, allow_none=True, help="Base image of run images (default: the kernel's own "
                    "container in a containerized kernel, else python:X.Y-slim).").tag(config=True)
-    max_parallel = Int(4, help="How many children of a local sweep run at once.").tag(config=True)
+    max_parallel = Int(4, help="How many children of a sweep run at once.").tag(config=True)
     timeout = Float(None, allow_none=True, help="Seconds before a run is stopped (none by default).").tag(config=True)
     memory = Unicode(None, allow_none=True, help="Memory limit of run containers, e.g. '4g'.").tag(config=True)
     cpus = Float(None, allow_none=True, help="CPU limit of run containers.").tag(config=True)
@@ -165,7 +165,7 @@ class RemoteRun(Magics):
               "the variable of the same name.")
     @argument("--sweep", metavar="NAME=V1,V2,...", help="One run per value; the results are concatenated "
               "into one DataFrame with NAME as a column.")
-    @argument("--max-parallel", type=int, help="Children of a local sweep running at once.")
+    @argument("--max-parallel", type=int, help="Children of a sweep running at once.")
     @argument("--vars", metavar="A,B", help="Variables to ship (default: the names the cell reads).")
     @argument("--all-vars", action="store_true", help="Ship the whole namespace.")
     @argument("--out", metavar="A,B", help="Variables to bring back (default: the names the cell assigns).")

@@ -1,0 +1,183 @@
+"""The run lifecycle on a scripted backend (no daemon): every run ends in a terminal phase
+with its reason, cleanup always runs and never hides the first error, a sweep stops as a
+whole on Ctrl-C, and refused outputs are recorded as such."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbcontainer_kernel.backends import registry
+from nbcontainer_kernel.backends.base import Hooks, Phase
+from nbcontainer_kernel.errors import NbcontainerError, RemoteExecutionError, UntrustedResults
+from nbcontainer_kernel.remote import RemoteRequest, RemoteRunner
+from nbcontainer_kernel.runs import Runs
+from nbcontainer_kernel.trust import new_key
+from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Runs:
+    return Runs(tmp_path / "ledger" / "runs.db")
+
+
+@pytest.fixture
+def backend() -> Iterator[ScriptedBackend]:
+    fake = ScriptedBackend()
+    registry.register("scripted", fake)
+    yield fake
+    registry.unregister("scripted")
+
+
+@pytest.fixture
+def runner(ledger: Runs) -> RemoteRunner:
+    return RemoteRunner(ledger, image_builder=fake_image_builder)
+
+
+def _req(cell: str = "y = x + 1", **kw: object) -> RemoteRequest:
+    return RemoteRequest(cell=cell, backend="scripted", **kw)  # type: ignore[arg-type]
+
+
+def _phases(ledger: Runs, run_id: str) -> list[str]:
+    return [p for p, _ in ledger.get(run_id)["phases"]]
+
+
+def test_a_run_goes_through_every_phase_and_its_results_come_back(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 42}), logs=["hello", "world"])}
+    ns = {"x": 41}
+    logged: list[str] = []
+    result = runner.run(_req(name="ok"), ns, Hooks(on_log=[lambda _r, line: logged.append(line)]))
+    assert ns["y"] == 42 and result.succeeded
+    assert _phases(ledger, "ok-1") == ["SNAPSHOT", "BUILD", "SUBMITTED", "QUEUED", "RUNNING", "COLLECTING",
+                                       "SUCCEEDED"]
+    row = ledger.get("ok-1")
+    assert row["verified"] == "signed" and row["exit_code"] == 0 and row["image"].startswith("fake/run:")
+    assert logged == ["hello", "world"] and backend.cleaned("ok-1")
+    # The key reached the run only through its environment, never its image or labels.
+    spec = backend.specs["ok-1"]
+    assert spec.env["NBCONTAINER_RUN_KEY"] == row["run_key"]
+    assert row["run_key"] not in spec.image + repr(spec.labels)
+
+
+def test_outputs_signed_with_another_key_are_refused_and_recorded(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 42}, key=new_key()))}
+    ns = {"x": 41}
+    with pytest.raises(UntrustedResults, match="signature does not match"):
+        runner.run(_req(name="forged"), ns, Hooks())
+    assert "y" not in ns
+    row = ledger.get("forged-1")
+    assert row["status"] == "FAILED" and row["verified"].startswith("refused: model/results.json")
+    assert "refused" in row["failure"] and row["metrics"] == {}
+
+
+def test_an_error_while_waiting_ends_the_run_with_its_reason(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(fail_on={"status": ConnectionError("daemon restarted")})}
+    with pytest.raises(ConnectionError):
+        runner.run(_req(name="lost"), {"x": 1}, Hooks())
+    row = ledger.get("lost-1")
+    assert row["status"] == "FAILED"
+    assert row["failure"] == "ConnectionError while waiting: daemon restarted"
+    assert backend.cleaned("lost-1")
+
+
+def test_a_failing_cleanup_is_logged_beside_the_first_error_never_instead(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(fail_on={"status": ConnectionError("daemon restarted"),
+                                            "cleanup": RuntimeError("cannot remove")})}
+    logged: list[str] = []
+    with pytest.raises(ConnectionError) as err:
+        runner.run(_req(name="both"), {"x": 1}, Hooks(on_log=[lambda _r, line: logged.append(line)]))
+    assert any("cleanup of run both-1 failed: RuntimeError: cannot remove" in n for n in err.value.__notes__)
+    assert any("cannot remove" in line for line in logged)
+    assert ledger.get("both-1")["failure"] == "ConnectionError while waiting: daemon restarted"
+
+
+def test_a_submit_that_fails_leaves_a_failed_row(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(fail_on={"submit": RuntimeError("quota exceeded")})}
+    with pytest.raises(RuntimeError):
+        runner.run(_req(name="sub"), {"x": 1}, Hooks())
+    row = ledger.get("sub-1")
+    assert row["status"] == "FAILED" and row["failure"] == "RuntimeError while submitting: quota exceeded"
+
+
+def test_a_timeout_cancels_cleans_and_says_so(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(wait_for_cancel=True)}
+    with pytest.raises(RemoteExecutionError) as err:
+        runner.run(_req(name="slow", timeout=0.3), {"x": 1}, Hooks())
+    assert "timed out after 0.3 s" in str(err.value)
+    row = ledger.get("slow-1")
+    assert row["status"] == "FAILED" and "timed out after 0.3 s" in row["failure"]
+    assert ("cancel", "slow-1") in backend.calls and backend.cleaned("slow-1")
+
+
+def test_cancel_from_another_thread_ends_the_run_cancelled(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(wait_for_cancel=True)}
+    hooks = Hooks(on_phase=[lambda rid, phase, _t: phase == Phase.RUNNING and threading.Timer(
+        0.1, runner.cancel, args=(rid,)).start()])
+    with pytest.raises(RemoteExecutionError, match="cancelled"):
+        runner.run(_req(name="stop"), {"x": 1}, hooks)
+    assert ledger.get("stop-1")["status"] == "CANCELLED" and backend.cleaned("stop-1")
+
+
+def test_ctrl_c_in_a_sweep_stops_queued_children_and_ends_every_row(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(wait_for_cancel=True)}
+    fired = threading.Event()
+
+    def interrupt_once(run_id: str, phase: Phase, _t: dict) -> None:
+        if phase == Phase.RUNNING and run_id != "sw-1" and not fired.is_set():
+            fired.set()
+            # Ctrl-C: a real SIGINT to the main thread, which wakes it from its wait.
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(_req(name="sw", sweep=("x", [1, 2, 3]), max_parallel=1), {"x": 0},
+                   Hooks(on_phase=[interrupt_once]))
+        time.sleep(5)  # pragma: no cover - the interrupt lands before this
+    rows = {r["id"]: r for r in ledger.find(name="sw")}
+    assert {r["status"] for r in rows.values()} == {"CANCELLED"}, {k: r["status"] for k, r in rows.items()}
+    submitted = {rid for step, rid in backend.calls if step == "submit"}
+    assert submitted == {"sw-2"}, ("queued children must never start", backend.calls)
+    assert rows["sw-3"]["failure"] == rows["sw-4"]["failure"] == "cancelled before it started"
+    assert rows["sw-1"]["failure"] == "cancelled by a kernel interrupt" and backend.cleaned("sw-2")
+
+
+def test_a_sweep_with_a_failing_child_keeps_the_others(runner, ledger, backend) -> None:
+    def script(spec):  # noqa: ANN001, ANN202
+        if spec.params["x"] == 2:
+            return Script(exit_code=1, phases=[Phase.RUNNING, Phase.FAILED],
+                          outputs=sealed_outputs({}, failure="the cell raised: ValueError: two\n\ntb"))
+        return Script(outputs=sealed_outputs({"y": spec.params["x"] * 10}))
+
+    backend.scripts = script
+    with pytest.raises(RemoteExecutionError, match="ValueError: two"):
+        runner.run(_req(name="part", sweep=("x", [1, 2, 3])), {"x": 0}, Hooks())
+    status = {r["id"]: r["status"] for r in ledger.find(name="part")}
+    assert status == {"part-1": "FAILED", "part-2": "SUCCEEDED", "part-3": "FAILED", "part-4": "SUCCEEDED"}
+    assert ledger.get("part-1")["failure"] == "1 of 3 children failed"
+    assert runner.result_of("part-4").results == {"y": 30}
+
+
+def test_attach_collects_a_run_after_a_restart(ledger, backend, tmp_path: Path) -> None:
+    backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 7}))}
+    first = RemoteRunner(ledger, image_builder=fake_image_builder)
+    handle = first.run(_req(name="bg", wait=False), {"x": 1}, Hooks())
+    handle.wait(5)
+    # A new kernel (a new runner over the same ledger) attaches and gets the results.
+    ns: dict = {}
+    RemoteRunner(Runs(ledger.path)).attach("bg-1", ns, Hooks())
+    assert ns == {"y": 7}
+
+
+def test_attach_of_a_run_that_never_reached_its_backend_says_so(runner, ledger) -> None:
+    run_id = ledger.create("dead", "scripted")
+    ledger.add_phase(run_id, "BUILD")
+    with pytest.raises(NbcontainerError, match="never reached its backend"):
+        runner.attach(run_id, {}, Hooks())
+    row = ledger.get(run_id)
+    assert row["status"] == "FAILED" and "abandoned in BUILD" in row["failure"]
