@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RemoteExecutionError, UntrustedResults
+from .errors import RemoteExecutionError, SerializationError, UntrustedResults
 from .serialize import DATA_SERIALIZERS, deserialize
 from .trust import RunOutputs
 
@@ -57,7 +57,13 @@ def _load(outputs: RunOutputs, names: list[str] | None, data_only: bool) -> dict
             continue
         if data_only and entry.get("serializer") not in DATA_SERIALIZERS:
             continue
-        out[name] = deserialize(entry, source, allow_pickle=not data_only)
+        if outputs.lenient:  # data on request: what cannot be read is left out, the rest comes
+            try:
+                out[name] = deserialize(entry, source, allow_pickle=False)
+            except (UntrustedResults, SerializationError, OSError, ValueError):
+                continue
+        else:
+            out[name] = deserialize(entry, source, allow_pickle=not data_only)
     return out
 
 

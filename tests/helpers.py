@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from jupyter_client import KernelManager
 
 from nbcontainer_kernel.results import RunResult
 from nbcontainer_kernel.snapshots import snapshot
@@ -30,3 +34,40 @@ def run_runner(tmp_path: Path, ns: dict[str, Any], cell: str, args: list[str] | 
     proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.runner.main", *args],
                           env=run_env, capture_output=True, text=True, cwd=tmp_path)
     return proc, RunResult(image="host", exit_code=proc.returncode, output_dir=ml, key=key)
+
+
+def run(kc, code: str, timeout: float = 60) -> tuple[dict, list[dict]]:
+    outputs: list[dict] = []
+    reply = kc.execute_interactive(code, timeout=timeout,
+                                   output_hook=lambda msg: outputs.append(msg))
+    return reply["content"], outputs
+
+
+def interrupt_and_reply(km, kc, msg_id: str, timeout: float = 60) -> dict:
+    """Interrupt the kernel; return the shell reply to `msg_id`."""
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=timeout)
+    return reply
+
+
+@contextlib.contextmanager
+def started(kernel_name: str, **start_kw) -> Iterator[tuple[KernelManager, object]]:
+    """A started kernel and a ready client; shut down (and its container removed) afterwards."""
+    km = KernelManager(kernel_name=kernel_name)
+    km.start_kernel(**start_kw)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+
+
+def stdout_of(outputs: list[dict]) -> str:
+    return "".join(m["content"]["text"] for m in outputs
+                   if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")

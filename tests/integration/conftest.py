@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from IPython.testing import globalipapp
 
 from nbcontainer_kernel import kernelspec, labels as L
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import DaemonNotAvailable, EngineError, KernelSpecError
 from nbcontainer_kernel.images import build_kernel_image
+from nbcontainer_kernel.runs import Runs
 
 BASE_IMAGE = os.environ.get("NBCONTAINER_BASE_IMAGE", "nbcontainer/base:bookworm")
 KERNEL_IMAGE = os.environ.get("NBCONTAINER_TEST_IMAGE", "nbcontainer/python:3.11")
@@ -94,3 +97,25 @@ def new_images(engine: Engine) -> Iterator[None]:
     for image_id in made() - before:
         with contextlib.suppress(EngineError):  # a leaked container uses it: no_leaked_containers says so
             engine.remove_image(image_id, force=True)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runs:
+    path = tmp_path / "ledger" / "runs.db"
+    monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(path))
+    return Runs(path)
+
+
+@pytest.fixture
+def ip(ledger: Runs, new_images: None, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NBCONTAINER_BASE_IMAGE", BASE_IMAGE)
+    globalipapp.start_ipython()  # once per process; later calls do nothing
+    shell = globalipapp.get_ipython()
+    shell.run_line_magic("load_ext", "nbcontainer_kernel")
+    shell.run_line_magic("config", f"RemoteRun.ledger_path = {str(ledger.path)!r}")
+    shell.run_line_magic("config", "RemoteRun.progress = 'text'")
+    shell.run_cell("import pandas as pd\n"
+                   "docs = pd.DataFrame({'n': [1, 2, 3], 'w': [0.5, 1.5, 2.5], "
+                   "'c': pd.Categorical(['a', 'b', 'a'])}, index=pd.date_range('2024-01-01', periods=3, name='day'))\n"
+                   "topics = 2")
+    return shell

@@ -12,7 +12,7 @@ from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import ImageNotFound, ImageNotUsable, KernelDied
 
 from .conftest import BASE_IMAGE
-from .test_kernel_manager import started
+from tests.helpers import started
 
 
 def test_missing_image_is_reported_before_the_start(engine: Engine, make_kernelspec) -> None:

@@ -11,7 +11,7 @@ from jupyter_client import KernelManager
 
 from nbcontainer_kernel.engine import Engine
 
-from .test_kernel_manager import run, stdout_of
+from tests.helpers import run, stdout_of
 
 
 @pytest.fixture
@@ -87,6 +87,8 @@ def test_host_network_binds_loopback_only(engine: Engine, kernel) -> None:
     km, kc = kernel(network_mode="host")
     info = engine.inspect(km.provisioner.container_id)
     assert info["HostConfig"]["NetworkMode"] == "host"
-    conn = json.loads(stdout_of(run(kc, "import json; print(open('/tmp/nbcontainer-kernel.json').read())")[1]))
-    assert conn["ip"] == "127.0.0.1"
+    # The kernel read its connection file and removed it; the app holds what it said.
+    code = ("import os; from ipykernel.kernelapp import IPKernelApp\n"
+            "print(IPKernelApp.instance().ip, os.path.exists(os.environ['NBCONTAINER_CONNECTION_FILE']))")
+    assert stdout_of(run(kc, code)[1]) == "127.0.0.1 False\n"
     assert stdout_of(run(kc, "print(1 + 1)")[1]) == "2\n"

@@ -3,51 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
 
 import pytest
 from jupyter_client import AsyncKernelManager, KernelManager
 
 from nbcontainer_kernel.engine import Engine
-
-
-def run(kc, code: str, timeout: float = 60) -> tuple[dict, list[dict]]:
-    outputs: list[dict] = []
-    reply = kc.execute_interactive(code, timeout=timeout,
-                                   output_hook=lambda msg: outputs.append(msg))
-    return reply["content"], outputs
-
-
-def interrupt_and_reply(km, kc, msg_id: str, timeout: float = 60) -> dict:
-    """Interrupt the kernel; return the shell reply to `msg_id`."""
-    km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=timeout)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = kc.get_shell_msg(timeout=timeout)
-    return reply
-
-
-@contextlib.contextmanager
-def started(kernel_name: str, **start_kw) -> Iterator[tuple[KernelManager, object]]:
-    """A started kernel and a ready client; shut down (and its container removed) afterwards."""
-    km = KernelManager(kernel_name=kernel_name)
-    km.start_kernel(**start_kw)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        if km.has_kernel:
-            km.shutdown_kernel(now=True)
-
-
-def stdout_of(outputs: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in outputs
-                   if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+from tests.helpers import interrupt_and_reply, run, started, stdout_of
 
 
 def test_start_execute_interrupt_restart_shutdown(engine: Engine, make_kernelspec) -> None:

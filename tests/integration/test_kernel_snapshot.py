@@ -13,7 +13,7 @@ from jupyter_client import KernelManager
 from nbcontainer_kernel import labels as L
 from nbcontainer_kernel.engine import Engine
 
-from .test_kernel_manager import run, stdout_of
+from tests.helpers import run, stdout_of
 
 
 def _probe_wheel(dest: Path) -> Path:

@@ -6,8 +6,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
-from IPython.testing import globalipapp
 from jupyter_client import KernelManager
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
@@ -17,30 +15,7 @@ from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import RemoteExecutionError
 from nbcontainer_kernel.runs import Runs
 
-from .conftest import BASE_IMAGE
-from .test_kernel_manager import interrupt_and_reply, run, stdout_of
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runs:
-    path = tmp_path / "ledger" / "runs.db"
-    monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(path))
-    return Runs(path)
-
-
-@pytest.fixture
-def ip(ledger: Runs, new_images: None, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("NBCONTAINER_BASE_IMAGE", BASE_IMAGE)
-    globalipapp.start_ipython()  # once per process; later calls do nothing
-    shell = globalipapp.get_ipython()
-    shell.run_line_magic("load_ext", "nbcontainer_kernel")
-    shell.run_line_magic("config", f"RemoteRun.ledger_path = {str(ledger.path)!r}")
-    shell.run_line_magic("config", "RemoteRun.progress = 'text'")
-    shell.run_cell("import pandas as pd\n"
-                   "docs = pd.DataFrame({'n': [1, 2, 3], 'w': [0.5, 1.5, 2.5], "
-                   "'c': pd.Categorical(['a', 'b', 'a'])}, index=pd.date_range('2024-01-01', periods=3, name='day'))\n"
-                   "topics = 2")
-    return shell
+from tests.helpers import interrupt_and_reply, run, stdout_of
 
 
 def _run_containers(engine: Engine, run_id: str) -> list:

@@ -196,3 +196,25 @@ def test_falling_back_to_no_encryption_is_logged_once(caplog: pytest.LogCaptureF
         prov._setup_encryption(KM(), None)
     assert len([r for r in records if "without CurveZMQ" in r]) == 1
     assert "nbc/no-curve:1" in records[0] and "image's ipykernel cannot" in records[0]
+
+
+def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(tmp_path: Path, monkeypatch) -> None:
+    from nbcontainer_kernel import runimages
+    from nbcontainer_kernel.errors import WheelResolutionError
+    from nbcontainer_kernel.wheels import TargetPython
+
+    asked: list[list[str]] = []
+
+    def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
+        asked.append(list(reqs))
+        raise WheelResolutionError(reqs, target.describe(), "no such wheel")
+
+    monkeypatch.setattr(runimages, "resolve_wheels", resolve)
+    monkeypatch.setattr(runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})())
+    target = TargetPython((3, 11, 7), "x86_64", "glibc", "2.36")
+    said: list[str] = []
+    assert not runimages._resolve_one("private-pkg==1.2.3", target, tmp_path, said.append)
+    assert asked == [["private-pkg==1.2.3"]], "only the exact pin is asked for"
+    asked.clear()
+    assert not runimages._resolve_one("private-pkg==1.2.3", target, tmp_path, said.append, allow_unpinned=True)
+    assert asked == [["private-pkg==1.2.3"], ["private-pkg"]]

@@ -1,0 +1,85 @@
+"""Trust and secrets against a real daemon: a run image made from a containerized kernel
+holds none of its secrets, and a real run's outputs tampered with after the run are refused
+by %remote_result without running anything."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from jupyter_client import KernelManager
+
+from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.runs import Runs
+from tests.helpers import run, stdout_of
+
+SPEC_ENV = {"DATABASE_URL": "postgres://app:SpecEnvSecret99@db/app", "MY_API_TOKEN": "SpecTokenSecret77",
+            "PLAIN_SETTING": "keep-me-plain"}
+
+
+def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(engine: Engine, make_kernelspec, ledger: Runs,
+                                                              new_images, tmp_path: Path) -> None:
+    name = make_kernelspec("nbc-secrets", docker_socket=True, env=SPEC_ENV)
+    km = KernelManager(kernel_name=name)
+    km.start_kernel(cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        cells = [
+            "import os, pathlib\nos.environ['RUNTIME_TOKEN'] = 'RuntimeTokenSecret55'",
+            "aws = pathlib.Path.home() / '.aws'\naws.mkdir(exist_ok=True)\n"
+            "(aws / 'credentials').write_text('[default]\\naws_secret_access_key = AwsFileSecret33\\n')",
+            "typed_secret = 'TypedSecret11'",
+            "print(os.path.exists(os.environ['NBCONTAINER_CONNECTION_FILE']), pathlib.Path.home())",
+            "%%remote_run --local --name leak\nanswer = 6 * 7\nprint(os.environ.get('PLAIN_SETTING'))",
+            "print(answer)",
+        ]
+        outs = []
+        for code in cells:
+            content, outputs = run(kc, code, timeout=300)
+            assert content["status"] == "ok", (code, [o["content"] for o in outputs])
+            outs.append(stdout_of(outputs))
+        assert outs[3] == "False /tmp\n", "the extension removed the connection file; HOME is the tmpfs"
+        assert "keep-me-plain" in outs[4] and outs[5] == "42\n"
+        row = ledger.get("leak-1")
+        assert row["status"] == "SUCCEEDED" and row["verified"] == "signed"
+        image = engine.get_image(row["image"])
+        saved = b"".join(image.save(named=True))  # every layer and the image's config
+        needles = {
+            "connection key": km.session.key,
+            "curve secret key": km.curve_secretkey or b"no-curve-key",
+            "spec env secret": b"SpecEnvSecret99",
+            "spec env token": b"SpecTokenSecret77",
+            "runtime env secret": b"RuntimeTokenSecret55",
+            "~/.aws file": b"AwsFileSecret33",
+            "typed secret": b"TypedSecret11",
+            "IPython history": b"history.sqlite",
+            "snapshot work directory": b"nbcontainer-snapshot-",
+            "run key": row["run_key"].encode(),
+        }
+        found = [what for what, needle in needles.items() if needle in saved]
+        assert found == [], f"found in the run image: {found}"
+        assert b"/opt/nbcontainer/snapshot" in saved  # the scan does see the image's files
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_outputs_tampered_after_a_real_run_are_refused(engine: Engine, ip, ledger: Runs, tmp_path: Path) -> None:
+    result = ip.run_cell("%%remote_run --local --name tamper\nframe = docs * 1\nlookup = {1, 2}")
+    assert result.error_in_exec is None, result.error_in_exec
+    model = Path(ledger.get("tamper-1")["result_dir"]) / "model"
+    marker = tmp_path / "MARKER"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.touch, (marker,))
+
+    (model / "lookup.pkl").write_bytes(pickle.dumps(Payload()))
+    refused = ip.run_cell("%remote_result tamper-1")
+    assert type(refused.error_in_exec).__name__ == "UntrustedResults"
+    assert "model/lookup.pkl: its content differs" in str(refused.error_in_exec) and not marker.exists()
+    # The data of a refused run on request; never its pickles.
+    values = ip.run_line_magic("remote_result", "tamper-1 --unverified")
+    assert sorted(values) == ["frame"] and not marker.exists()
