@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -138,10 +139,34 @@ def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str]
             version = next((w.name.split("-")[1] for w in got if _wheel_name(w) == name), "?")
             say(f"warning: {req} does not fit {target.describe()}; using {name} {version}")
         return True
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), req],
-                           capture_output=True, text=True)
-    return built.returncode == 0 and any(_wheel_name(w) == name and w.name.endswith("none-any.whl")
-                                         for w in dest.glob("*.whl"))
+    with tempfile.TemporaryDirectory(prefix="nbcontainer-wheel-") as tmp:
+        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, req],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            return False
+        for wheel in Path(tmp).glob("*.whl"):
+            # Only a pure-Python wheel, and only when the image's Python is one it accepts.
+            if _wheel_name(wheel) == name and wheel.name.endswith("none-any.whl") and _fits(wheel, target):
+                shutil.move(str(wheel), dest / wheel.name)
+                return True
+    return False
+
+
+def _fits(wheel: Path, target: TargetPython) -> bool:
+    """Whether a wheel's Requires-Python admits the target's version."""
+    import zipfile
+
+    from packaging.specifiers import SpecifierSet
+
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
+        text = zf.read(meta).decode("utf-8", "replace") if meta else ""
+    for line in text.splitlines():
+        if line.lower().startswith("requires-python:"):
+            return SpecifierSet(line.split(":", 1)[1].strip()).contains(".".join(map(str, target.version)))
+        if not line.strip():
+            break
+    return True
 
 
 def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, dest: Path,

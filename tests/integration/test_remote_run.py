@@ -37,7 +37,7 @@ def test_results_come_back_into_the_namespace(engine: Engine, ip, ledger: Runs, 
     row = ledger.get("lda-1")
     assert row["status"] == "SUCCEEDED" and row["params"] == {"topics": 50} and row["exit_code"] == 0
     assert [p for p, _ in row["phases"]][:3] == ["SNAPSHOT", "BUILD", "SUBMITTED"]
-    assert (Path(row["result_dir"]) / "model" / "scores.parquet").exists()
+    assert (Path(row["result_dir"]) / "model" / "scores.arrow").exists() and row["verified"] == "signed"
     assert _run_containers(engine, "lda-1") == []
     df = ip.run_line_magic("remote_runs", "--name lda")
     assert df.loc[0, "id"] == "lda-1" and df.loc[0, "status"] == "SUCCEEDED"

@@ -218,3 +218,19 @@ def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(tmp_path: P
     asked.clear()
     assert not runimages._resolve_one("private-pkg==1.2.3", target, tmp_path, said.append, allow_unpinned=True)
     assert asked == [["private-pkg==1.2.3"], ["private-pkg"]]
+
+
+@pytest.mark.parametrize(("requires", "fits"), [(">=3.11.5", False), (">=3.8", True), (None, True),
+                                                ("<3.11", False), ("~=3.11.0", True)])
+def test_a_wheel_built_here_must_accept_the_image_python(tmp_path: Path, requires: str | None,
+                                                         fits: bool) -> None:
+    import zipfile
+
+    from nbcontainer_kernel.runimages import _fits
+    from nbcontainer_kernel.wheels import TargetPython
+
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    meta = "Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n" + (f"Requires-Python: {requires}\n" if requires else "")
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg-1.0.dist-info/METADATA", meta + "\nlong description: Requires-Python: <2\n")
+    assert _fits(wheel, TargetPython((3, 11, 2), "x86_64", "glibc", "2.36")) is fits
