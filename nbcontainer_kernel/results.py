@@ -37,14 +37,12 @@ def load_results(outputs: RunOutputs, names: list[str] | None = None, *,
     """The variables a run wrote (all, or `names`).
 
     Verified first (UntrustedResults when the outputs are refused). With
-    unverified_data, a refused run still gives its data values (Arrow,
-    Parquet, JSON) after the structural checks; its pickles are never read.
+    unverified_data, the data values (Arrow, Parquet, JSON) are read after the
+    structural checks only, verified or not, and pickles never: how a refused
+    run's data is read on request.
     """
     if unverified_data:
-        try:
-            outputs.manifest()
-        except UntrustedResults:
-            return _load(RunOutputs(outputs.root, None, lenient=True), names, data_only=True)
+        return _load(RunOutputs(outputs.root, None, lenient=True), names, data_only=True)
     return _load(outputs, names, data_only=not outputs.allows_pickles)
 
 

@@ -45,7 +45,7 @@ __all__ = ["RunImage", "build_run_image", "default_base", "remove_run_image", "R
 
 RUNTIME_FOR_CELLS = ["ipython", "cloudpickle"]
 RUNTIME_FOR_NOTEBOOKS = ["ipykernel", "cloudpickle", "nbclient", "nbformat", "nbconvert"]
-_DEPS_LAYOUT = 2  # bump when the dependency layer's recipe changes
+_DEPS_LAYOUT = 3  # bump when the dependency layer's recipe or resolution changes
 
 
 @dataclass
@@ -117,28 +117,35 @@ LABEL {labels}
 
 
 def _wheel_name(w: Path) -> str:
-    return w.name.split("-")[0].lower().replace("_", "-")
+    return _canon(w.name.split("-")[0])
 
 
 def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str], None],
                  allow_unpinned: bool = False) -> bool:
-    """One pinned requirement: its wheel, else a wheel built here from that very version
-    (pure Python only). False when neither works.
+    """One pinned requirement: its wheel; else, when the index has that very version but
+    for another Python, the newest version of it that the image's Python accepts; else a
+    wheel built here from that very version (pure Python only). False when none works.
 
-    Only with allow_unpinned is the newest version of the same *name* taken from the
-    index instead: for a private package missing there, that name may be someone
-    else's (dependency confusion), so it is never done silently.
+    A pin the index does not have at all (a private package) is never replaced by the
+    newest version of the same *name* from the index (someone else's, maybe: dependency
+    confusion) unless allow_unpinned says so.
     """
-    name = req.split("==")[0]
-    for attempt in (req, name) if allow_unpinned else (req,):
-        try:
-            got = resolve_wheels([attempt], target, dest, None, no_deps=True)
-        except WheelResolutionError:
-            continue
-        if attempt != req:
-            version = next((w.name.split("-")[1] for w in got if _wheel_name(w) == name), "?")
-            say(f"warning: {req} does not fit {target.describe()}; using {name} {version}")
+    name, _, version = req.partition("==")
+    try:
+        resolve_wheels([req], target, dest, None, no_deps=True)
         return True
+    except WheelResolutionError as exc:
+        other_python = _needs_other_python(exc.output, version)
+    if other_python or allow_unpinned:
+        try:
+            got = resolve_wheels([name], target, dest, None, no_deps=True)
+        except WheelResolutionError:
+            got = []
+        if got:
+            found = next((w.name.split("-")[1] for w in got if _wheel_name(w) == _canon(name)), "?")
+            why = "needs another Python than" if other_python else "has no wheel for"
+            say(f"warning: {req} {why} {target.describe()}; using {name} {found}")
+            return True
     with tempfile.TemporaryDirectory(prefix="nbcontainer-wheel-") as tmp:
         built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, req],
                                capture_output=True, text=True)
@@ -146,10 +153,33 @@ def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str]
             return False
         for wheel in Path(tmp).glob("*.whl"):
             # Only a pure-Python wheel, and only when the image's Python is one it accepts.
-            if _wheel_name(wheel) == name and wheel.name.endswith("none-any.whl") and _fits(wheel, target):
+            if _wheel_name(wheel) == _canon(name) and wheel.name.endswith("none-any.whl") and _fits(wheel, target):
                 shutil.move(str(wheel), dest / wheel.name)
                 return True
     return False
+
+
+def _unresolved_pin(pip_output: str, pins: list[str]) -> str | None:
+    """The pin pip says it found no distribution for, if it names one of `pins`."""
+    by_name = {_canon(p.partition("==")[0]): p for p in pins}
+    for m in re.finditer(r"(?:No matching distribution found for|satisfies the requirement) ([^\s(]+)",
+                         pip_output):
+        name = re.split(r"[=<>!~\[;]", m.group(1), maxsplit=1)[0]
+        if _canon(name) in by_name:
+            return by_name[_canon(name)]
+    return None
+
+
+def _needs_other_python(pip_output: str, version: str) -> bool:
+    """Whether pip says the index has `version` but for another Python than the target's."""
+    for line in pip_output.splitlines():
+        if "require a different python version" in line:
+            return any(part.strip().startswith(f"{version} ") for part in line.split(":", 1)[-1].split(";"))
+    return False
+
+
+def _canon(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def _fits(wheel: Path, target: TargetPython) -> bool:
@@ -177,20 +207,30 @@ def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, des
     runtime fills in what the kernel did not have.
     """
     skipped: list[str] = []
-    if lock:
+    # The lock in one pip call; each pin pip names as unresolvable is set aside and the
+    # rest tried again, so one odd package costs one more call, not one call per package.
+    remaining, odd = list(lock), []
+    for _ in range(20):
+        if not remaining:
+            break
         try:
-            resolve_wheels(lock, target, dest, say, no_deps=True)
-        except WheelResolutionError:
-            # One at a time, so one package without a wheel does not sink the rest. A pin
-            # the image's Python cannot use (Requires-Python) falls back to the newest
-            # version that it can; a package with no wheel at all is built here when it is
-            # pure Python, else left out. Each is reported.
-            for req in lock:
-                if not _resolve_one(req, target, dest, say, allow_unpinned):
-                    skipped.append(req)
-                    say(f"warning: no wheel of {req} for {target.describe()}: left out of the image"
-                        + ("" if allow_unpinned else " (--allow-unpinned takes the newest version "
-                           "of that name from the package index)"))
+            resolve_wheels(remaining, target, dest, say, no_deps=True)
+            remaining = []
+        except WheelResolutionError as exc:
+            culprit = _unresolved_pin(exc.output, remaining)
+            if culprit is None:
+                break
+            odd.append(culprit)
+            remaining.remove(culprit)
+    # Then one at a time: a pin the image's Python cannot use (Requires-Python) falls back
+    # to the newest version that it can; a package with no wheel at all is built here when
+    # it is pure Python, else left out. Each is reported.
+    for req in odd + remaining:
+        if not _resolve_one(req, target, dest, say, allow_unpinned):
+            skipped.append(req)
+            say(f"warning: no wheel of {req} for {target.describe()}: left out of the image"
+                + ("" if allow_unpinned else " (--allow-unpinned takes the newest version "
+                   "of that name from the package index)"))
     have = {_wheel_name(w) for w in dest.glob("*.whl")}
     missing = [r for r in runtime if r.split("==")[0].lower().replace("_", "-") not in have]
     resolve_wheels(missing + ["pip"], target, dest, say)

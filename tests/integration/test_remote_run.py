@@ -75,7 +75,7 @@ def test_failing_cell_raises_the_remote_error_and_is_recorded(engine: Engine, ip
     assert isinstance(err.__cause__, KeyError)
     row = ledger.get("bad-1")
     assert row["status"] == "FAILED" and row["exit_code"] != 0 and "KeyError" in row["failure"]
-    assert (Path(row["result_dir"]) / "model" / "partial.pkl").exists(), "partial outputs are kept"
+    assert (Path(row["result_dir"]) / "model" / "partial.json").exists(), "partial outputs are kept"
     assert "partial" not in ip.user_ns
 
 

@@ -22,6 +22,7 @@ from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.localrun import run_image
 from nbcontainer_kernel.notebooks import containerize
 from nbcontainer_kernel.results import RunResult
+from nbcontainer_kernel.trust import new_key
 from nbcontainer_kernel.runimages import RunImage, build_run_image
 from nbcontainer_kernel.snapshots import snapshot
 
@@ -199,7 +200,9 @@ def test_started_as_sagemaker_starts_it(engine: Engine, images: list[str], tmp_p
     config.mkdir()
     (config / "hyperparameters.json").write_text(json.dumps({"alpha": "0.5"}))
     name = f"nbc-sagemaker-{os.getpid()}"
+    key = new_key()  # as a platform passes it: in the job's environment
     proc = subprocess.run(["docker", "run", "--name", name, "-v", f"{config}:/opt/ml/input/config:ro",
+                           "-e", f"NBCONTAINER_RUN_KEY={key}",
                            "--label", "io.nbcontainer.role=test", image.tag, "train"],
                           capture_output=True, text=True, timeout=120)
     try:
@@ -210,7 +213,7 @@ def test_started_as_sagemaker_starts_it(engine: Engine, images: list[str], tmp_p
             tar.extractall(tmp_path / "sm")
     finally:
         engine.remove(name)
-    res = RunResult(image=image.tag, exit_code=0, output_dir=tmp_path / "sm")
+    res = RunResult(image=image.tag, exit_code=0, output_dir=tmp_path / "sm", key=key)
     assert res.results == {"result": 5.0}
 
 

@@ -207,7 +207,7 @@ def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(tmp_path: P
 
     def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
         asked.append(list(reqs))
-        raise WheelResolutionError(reqs, target.describe(), "no such wheel")
+        raise WheelResolutionError(reqs, target.describe(), "ERROR: No matching distribution found")
 
     monkeypatch.setattr(runimages, "resolve_wheels", resolve)
     monkeypatch.setattr(runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})())
@@ -234,3 +234,52 @@ def test_a_wheel_built_here_must_accept_the_image_python(tmp_path: Path, require
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("pkg-1.0.dist-info/METADATA", meta + "\nlong description: Requires-Python: <2\n")
     assert _fits(wheel, TargetPython((3, 11, 2), "x86_64", "glibc", "2.36")) is fits
+
+
+def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(tmp_path: Path, monkeypatch) -> None:
+    from nbcontainer_kernel import runimages
+    from nbcontainer_kernel.errors import WheelResolutionError
+    from nbcontainer_kernel.wheels import TargetPython
+
+    pip_says = ("ERROR: Ignored the following versions that require a different python version: "
+                "3.0.2 Requires-Python >=3.11.5; 4.1.3 Requires-Python >=3.11.5\n"
+                "ERROR: Could not find a version that satisfies the requirement soupsieve==4.1.3")
+
+    def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
+        if reqs == ["soupsieve==4.1.3"]:
+            raise WheelResolutionError(reqs, target.describe(), pip_says)
+        wheel = dest / "soupsieve-3.0.1-py3-none-any.whl"
+        wheel.write_bytes(b"")
+        return [wheel]
+
+    monkeypatch.setattr(runimages, "resolve_wheels", resolve)
+    said: list[str] = []
+    target = TargetPython((3, 11, 2), "x86_64", "glibc", "2.36")
+    assert runimages._resolve_one("soupsieve==4.1.3", target, tmp_path, said.append)
+    assert said == ["warning: soupsieve==4.1.3 needs another Python than Python 3.11.2 on x86_64 (glibc 2.36); "
+                    "using soupsieve 3.0.1"]
+
+
+def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(tmp_path: Path, monkeypatch) -> None:
+    from nbcontainer_kernel import runimages
+    from nbcontainer_kernel.errors import WheelResolutionError
+    from nbcontainer_kernel.wheels import TargetPython
+
+    calls: list[list[str]] = []
+
+    def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
+        calls.append(list(reqs))
+        if any(r.startswith("Private_Pkg") for r in reqs):
+            raise WheelResolutionError(reqs, target.describe(),
+                                       "ERROR: No matching distribution found for private-pkg==1.0")
+        return []
+
+    monkeypatch.setattr(runimages, "resolve_wheels", resolve)
+    monkeypatch.setattr(runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})())
+    lock = [f"pkg{i}==1.0" for i in range(50)] + ["Private_Pkg==1.0"]
+    said: list[str] = []
+    skipped = runimages._resolve_lock(lock, [], TargetPython((3, 11, 7), "x86_64", "glibc", "2.36"),
+                                      tmp_path, said.append)
+    assert skipped == ["Private_Pkg==1.0"]
+    assert len(calls) == 4  # the lock, the lock without it, the pin alone, the runtime (pip)
+    assert any("left out of the image" in line and "--allow-unpinned" in line for line in said)
