@@ -45,7 +45,7 @@ __all__ = ["RunImage", "build_run_image", "default_base", "remove_run_image", "R
 
 RUNTIME_FOR_CELLS = ["ipython", "cloudpickle"]
 RUNTIME_FOR_NOTEBOOKS = ["ipykernel", "cloudpickle", "nbclient", "nbformat", "nbconvert"]
-_DEPS_LAYOUT = 3  # bump when the dependency layer's recipe or resolution changes
+_DEPS_LAYOUT = 4  # bump when the dependency layer's recipe or resolution changes
 
 
 @dataclass
@@ -135,7 +135,7 @@ def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str]
         resolve_wheels([req], target, dest, None, no_deps=True)
         return True
     except WheelResolutionError as exc:
-        other_python = _needs_other_python(exc.output, version)
+        other_python = _needs_other_python(exc.output, name, version)
     if other_python or allow_unpinned:
         try:
             got = resolve_wheels([name], target, dest, None, no_deps=True)
@@ -170,11 +170,16 @@ def _unresolved_pin(pip_output: str, pins: list[str]) -> str | None:
     return None
 
 
-def _needs_other_python(pip_output: str, version: str) -> bool:
-    """Whether pip says the index has `version` but for another Python than the target's."""
+def _needs_other_python(pip_output: str, name: str, version: str) -> bool:
+    """Whether pip says the index (or the wheel cache) has `name` `version`, but for
+    another Python than the target's. pip says it in one of two ways."""
     for line in pip_output.splitlines():
-        if "require a different python version" in line:
-            return any(part.strip().startswith(f"{version} ") for part in line.split(":", 1)[-1].split(";"))
+        if "require a different python version" in line:  # versions seen on the index
+            if any(part.strip().startswith(f"{version} ") for part in line.split(":", 1)[-1].split(";")):
+                return True
+        m = re.search(r"Package '([^']+)' requires a different Python", line)  # the pinned file itself
+        if m and _canon(m.group(1)) == _canon(name):
+            return True
     return False
 
 

@@ -236,14 +236,18 @@ def test_a_wheel_built_here_must_accept_the_image_python(tmp_path: Path, require
     assert _fits(wheel, TargetPython((3, 11, 2), "x86_64", "glibc", "2.36")) is fits
 
 
-def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("pip_says", [
+    "ERROR: Ignored the following versions that require a different python version: "
+    "3.0.2 Requires-Python >=3.11.5; 4.1.3 Requires-Python >=3.11.5\n"
+    "ERROR: Could not find a version that satisfies the requirement soupsieve==4.1.3",
+    "Processing ./soupsieve-4.1.3-py3-none-any.whl\n"
+    "ERROR: Package 'soupsieve' requires a different Python: 3.11.2 not in '>=3.11.5'",
+])
+def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(tmp_path: Path, monkeypatch,
+                                                                            pip_says: str) -> None:
     from nbcontainer_kernel import runimages
     from nbcontainer_kernel.errors import WheelResolutionError
     from nbcontainer_kernel.wheels import TargetPython
-
-    pip_says = ("ERROR: Ignored the following versions that require a different python version: "
-                "3.0.2 Requires-Python >=3.11.5; 4.1.3 Requires-Python >=3.11.5\n"
-                "ERROR: Could not find a version that satisfies the requirement soupsieve==4.1.3")
 
     def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
         if reqs == ["soupsieve==4.1.3"]:
