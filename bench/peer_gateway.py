@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from nbcontainer_kernel.engine import Engine, build_context
-from nbcontainer_kernel.images import probe_python
+from nbcontainer_kernel.kernel.images import probe_python
 from nbcontainer_kernel.wheels import pinned, resolve_wheels
 
 DOCKERFILE = """\

@@ -34,10 +34,10 @@ def main() -> int:
                 "factor = 2.0")
 
     from nbcontainer_kernel.engine import Engine
-    from nbcontainer_kernel.runs import Runs
+    from nbcontainer_kernel.remote.ledger import Ledger
 
     engine = Engine.connect()
-    ledger = Runs(tmp / "runs.db")
+    ledger = Ledger(tmp / "runs.db")
     local = []
     for _ in range(args.runs):
         t = time.perf_counter()
@@ -60,7 +60,7 @@ def main() -> int:
         if i == 0:
             continue
         remote.append(elapsed)
-        phases.append(Runs.timings(row))
+        phases.append(Ledger.timings(row))
         print(f"  run {i}/{args.runs}: {elapsed:.2f} s", file=sys.stderr, flush=True)
 
     med_remote, med_local = statistics.median(remote), statistics.median(local)

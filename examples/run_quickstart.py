@@ -21,11 +21,11 @@ HERE = Path(__file__).resolve().parent
 def _remove_demo_images() -> None:
     """The demo's run image and the kernel commit under it: the demo leaves no images."""
     from nbcontainer_kernel.engine import Engine
-    from nbcontainer_kernel.gc import remove_commits_of_gone_containers
-    from nbcontainer_kernel.runs import Runs
+    from nbcontainer_kernel.orphans import remove_commits_of_gone_containers
+    from nbcontainer_kernel.remote.ledger import Ledger
 
     engine = Engine.connect()
-    for row in Runs().find(name="quickstart"):
+    for row in Ledger().find(name="quickstart"):
         if row["image"]:
             engine.remove_image(row["image"], force=True)
     remove_commits_of_gone_containers(engine)

@@ -19,9 +19,9 @@ _LAZY = {
     "log_metric": ("nbcontainer_kernel.metrics", "log_metric"),
     "snapshot": ("nbcontainer_kernel.snapshots", "snapshot"),
     "Snapshot": ("nbcontainer_kernel.snapshots", "Snapshot"),
-    "build_run_image": ("nbcontainer_kernel.runimages", "build_run_image"),
-    "run_image": ("nbcontainer_kernel.localrun", "run_image"),
-    "RunResult": ("nbcontainer_kernel.results", "RunResult"),
+    "build_run_image": ("nbcontainer_kernel.remote.run_images", "build_run_image"),
+    "run_image": ("nbcontainer_kernel.remote.local_run", "run_image"),
+    "RunResult": ("nbcontainer_kernel.remote.results", "RunResult"),
     "RemoteExecutionError": ("nbcontainer_kernel.errors", "RemoteExecutionError"),
 }
 

@@ -46,7 +46,7 @@ def _engine():
 
 # ------------------------------------------------------------------ image
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .images import build_kernel_image
+    from .kernel.images import build_kernel_image
 
     reqs = list(args.pip or [])
     if args.requirements:
@@ -61,16 +61,16 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
-    from . import images as I
-    from . import labels as L
+    from .kernel import images
+    from . import labels
 
     rows = []
-    for img in I.list_kernel_images(_engine()):
-        labels = img.labels or {}
+    for img in images.list_kernel_images(_engine()):
+        img_labels = img.labels or {}
         for tag in img.tags or ["<none>"]:
-            rows.append((tag, img.short_id[7:], labels.get(L.BASE, "?"),
-                         labels.get(L.PYTHON, "?"), labels.get(L.IPYKERNEL, "?"),
-                         labels.get("org.opencontainers.image.created", "?"),
+            rows.append((tag, img.short_id[7:], img_labels.get(labels.BASE, "?"),
+                         img_labels.get(labels.PYTHON, "?"), img_labels.get(labels.IPYKERNEL, "?"),
+                         img_labels.get("org.opencontainers.image.created", "?"),
                          f"{img.attrs.get('Size', 0) / 1e6:.0f} MB"))
     _table(("TAG", "ID", "BASE", "PYTHON", "IPYKERNEL", "CREATED", "SIZE"), rows)
     return 0
@@ -88,7 +88,7 @@ def _kv(values: Sequence[str] | None, what: str) -> dict[str, str]:
 
 
 def cmd_kernelspec_install(args: argparse.Namespace) -> int:
-    from . import kernelspec
+    from .kernel import kernelspec
 
     single_user = not (args.sys_prefix or args.prefix)
     options: dict[str, Any] = {}
@@ -102,7 +102,7 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     if args.no_mount_cwd:
         options["mount_cwd"] = False
     if args.env_allow:
-        from .options import DEFAULT_ENV_ALLOWLIST
+        from .kernel.options import DEFAULT_ENV_ALLOWLIST
 
         options["env_allowlist"] = DEFAULT_ENV_ALLOWLIST + args.env_allow
     # The socket is root on the host: on by default only for a single user's own kernelspec.
@@ -119,7 +119,7 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
 
 
 def cmd_kernelspec_list(args: argparse.Namespace) -> int:
-    from . import kernelspec
+    from .kernel import kernelspec
 
     _table(("NAME", "DISPLAY NAME", "IMAGE", "DIRECTORY"),
            [(s.name, s.display_name, s.image, s.resource_dir) for s in kernelspec.list_specs()])
@@ -127,7 +127,7 @@ def cmd_kernelspec_list(args: argparse.Namespace) -> int:
 
 
 def cmd_kernelspec_remove(args: argparse.Namespace) -> int:
-    from . import kernelspec
+    from .kernel import kernelspec
 
     for name in args.names:
         print(f"removed {kernelspec.remove(name)}")
@@ -136,7 +136,7 @@ def cmd_kernelspec_remove(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------- headless notebooks
 def cmd_containerize(args: argparse.Namespace) -> int:
-    from .notebooks import containerize
+    from .remote.notebooks import containerize
 
     printer = _BuildPrinter()
     _phase("snapshot + build", f"{args.notebook} -> {args.tag}")
@@ -156,9 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from .localrun import run_image
-    from .notebooks import containerize
-    from .runimages import remove_run_image
+    from .remote.local_run import run_image
+    from .remote.notebooks import containerize
+    from .remote.run_images import remove_run_image
 
     engine = _engine()
     target = args.target
@@ -195,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- gc
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .gc import sweep
+    from .orphans import sweep
 
     orphans = sweep(_engine(), dry_run=args.dry_run, images=args.images)
     verb = "would remove" if args.dry_run else "removed"

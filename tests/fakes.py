@@ -130,7 +130,7 @@ def sealed_outputs(values: dict[str, Any], *, failure: str | None = None,
 
 def fake_image_builder(snap: Any, **_: Any) -> Any:
     """Stands in for build_run_image: no Docker, a made-up tag per snapshot."""
-    from nbcontainer_kernel.runimages import RunImage
+    from nbcontainer_kernel.remote.run_images import RunImage
 
     return RunImage(tag=f"fake/run:{snap.digest[:12]}", image_id="sha256:fake", digest=snap.digest,
                     deps_image="fake/deps:1", deps_reused=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from jupyter_client import KernelManager
 
-from nbcontainer_kernel.results import RunResult
+from nbcontainer_kernel.remote.results import RunResult
 from nbcontainer_kernel.snapshots import snapshot
 from nbcontainer_kernel.trust import KEY_ENV, new_key
 

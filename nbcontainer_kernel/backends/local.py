@@ -16,9 +16,9 @@ from typing import Any
 import docker.errors
 import requests.exceptions
 
-from .. import labels as L
+from .. import labels
 from ..engine import Engine, extract_tar, get_engine, max_result_bytes
-from ..options import parse_bytes, parse_gpus
+from ..kernel.options import parse_bytes, parse_gpus
 from .base import Backend, Job, Phase, RunSpec
 
 __all__ = ["LocalBackend"]
@@ -67,12 +67,12 @@ class LocalBackend(Backend):
         env = dict(spec.env)
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
-        labels = {**L.container_labels(L.ROLE_RUN, image=spec.image), L.RUN_ID: spec.run_id,
+        run_labels = {**labels.container_labels(labels.ROLE_RUN, image=spec.image), labels.RUN_ID: spec.run_id,
                   **spec.labels}
         if spec.detached:
-            labels[L.DETACHED] = "true"
-        kwargs: dict[str, Any] = {"command": list(spec.command), "environment": env, "labels": labels, "detach": True, "init": True,
-                                  "name": f"nbcontainer-run-{spec.run_id}-{L.now_iso()[11:19].replace(':', '')}"}
+            run_labels[labels.DETACHED] = "true"
+        kwargs: dict[str, Any] = {"command": list(spec.command), "environment": env, "labels": run_labels, "detach": True, "init": True,
+                                  "name": f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}"}
         if spec.cpus:
             kwargs["nano_cpus"] = int(spec.cpus * 1e9)
         if spec.memory:

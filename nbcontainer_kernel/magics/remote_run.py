@@ -1,5 +1,5 @@
 """%%remote_run and friends. The magic bodies parse arguments and call the library
-(:mod:`nbcontainer_kernel.remote`, :mod:`nbcontainer_kernel.runs`); progress goes to
+(:mod:`nbcontainer_kernel.remote.dispatch`, :mod:`nbcontainer_kernel.remote.ledger`); progress goes to
 the widget panel or its text twin, both listeners on the library's hooks."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from traitlets import CaselessStrEnum, Float, Int, Unicode
 from ..backends.base import Hooks
 from ..backends.registry import UnknownBackend, available
 from ..errors import InvalidOption, RemoteExecutionError
-from ..runs import Runs, UnknownRun
+from ..remote.ledger import Ledger, UnknownRun
 
 __all__ = ["RemoteRun", "load_pyproject_defaults", "parse_value"]
 
@@ -105,10 +105,10 @@ class RemoteRun(Magics):
     # ---------------------------------------------------------------- helpers
     @property
     def runner(self):
-        from ..remote import RemoteRunner
+        from ..remote.dispatch import RemoteRunner
 
         if self._runner is None or (self.ledger_path and str(self._runner.ledger.path) != self.ledger_path):
-            self._runner = RemoteRunner(Runs(self.ledger_path))
+            self._runner = RemoteRunner(Ledger(self.ledger_path))
         self._runner.trust = self._setting("trust")
         return self._runner
 
@@ -185,7 +185,7 @@ class RemoteRun(Magics):
     @cell_magic
     def remote_run(self, line: str, cell: str) -> Any:
         """Run this cell in a container built from the kernel's state; bring its results back."""
-        from ..remote import RemoteRequest
+        from ..remote.dispatch import RemoteRequest
 
         args = parse_argstring(self.remote_run, line)
         if args.local and args.backend and args.backend != "local":
@@ -193,7 +193,7 @@ class RemoteRun(Magics):
         if args.vars and args.all_vars:
             raise UsageError("--vars and --all-vars are exclusive")
         if args.name is not None:
-            from ..remote import check_run_name
+            from ..remote.dispatch import check_run_name
 
             try:
                 check_run_name(args.name)
@@ -238,8 +238,8 @@ class RemoteRun(Magics):
         return self._show(outcome, listener)
 
     def _show(self, outcome: Any, listener: Any) -> Any:
-        from ..remote import RunHandle
-        from ..results import RunResult
+        from ..remote.dispatch import RunHandle
+        from ..remote.results import RunResult
 
         if isinstance(outcome, RunHandle):
             return outcome
@@ -286,7 +286,7 @@ class RemoteRun(Magics):
     @line_magic
     def remote_result(self, line: str) -> Any:
         """%remote_result RUN: load a run's results into the namespace (and return them)."""
-        from ..results import load_results
+        from ..remote.results import load_results
 
         args = parse_argstring(self.remote_result, line)
         result = self._result(args.run)

@@ -1,7 +1,7 @@
 """Capture: a namespace and a cell become a Snapshot directory and its manifest.
 
 Nothing here talks to Docker; building images from a snapshot happens in
-:mod:`nbcontainer_kernel.images`.
+:mod:`nbcontainer_kernel.kernel.images`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import labels as L
+from .. import labels
 from ..contract import SNAPSHOT_DIR
 from ..errors import SerializationError
 from ..serialize import Serialized, serialize_value, type_name
@@ -66,7 +66,7 @@ class Snapshot:
     notebook: str | None = None
     parameters: list[dict[str, Any]] = field(default_factory=list)
     kernel: dict[str, str] = field(default_factory=dict)
-    created: str = field(default_factory=L.now_iso)
+    created: str = field(default_factory=labels.now_iso)
     digest: str = ""
     _owned: bool = False
 

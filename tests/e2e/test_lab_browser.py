@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from nbcontainer_kernel import labels as L
+from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 from tests.integration.test_jupyter_server import Lab
 
@@ -50,8 +50,8 @@ def test_lab_launcher_notebook_and_remote_run_panel(engine: Engine, make_kernels
                 out = page.locator(".jp-OutputArea-output", has_text="image nbcontainer/python:3.11").first
                 out.wait_for(timeout=90_000)
                 host = out.inner_text().split()[-1]
-                [kernel_container] = [c for c in engine.containers({L.ROLE: L.ROLE_KERNEL})
-                                      if c.labels.get(L.OWNER_PID) == str(lab.proc.pid)]
+                [kernel_container] = [c for c in engine.containers({labels.ROLE: labels.ROLE_KERNEL})
+                                      if c.labels.get(labels.OWNER_PID) == str(lab.proc.pid)]
                 assert kernel_container.id.startswith(host), "the notebook's code runs in the kernel's container"
 
                 _run_cell(page, "%%remote_run --local --name e2e\ny = 6 * 7", 1)
@@ -73,5 +73,5 @@ def test_lab_launcher_notebook_and_remote_run_panel(engine: Engine, make_kernels
     finally:
         lab.stop()
     # The server's shutdown took its kernel's container with it.
-    assert [c for c in engine.containers({L.ROLE: L.ROLE_KERNEL})
-            if c.labels.get(L.OWNER_PID) == str(lab.proc.pid)] == []
+    assert [c for c in engine.containers({labels.ROLE: labels.ROLE_KERNEL})
+            if c.labels.get(labels.OWNER_PID) == str(lab.proc.pid)] == []

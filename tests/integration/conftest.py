@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from IPython.testing import globalipapp
 
-from nbcontainer_kernel import kernelspec, labels as L
+from nbcontainer_kernel import labels
+from nbcontainer_kernel.kernel import kernelspec
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import DaemonNotAvailable, EngineError, KernelSpecError
-from nbcontainer_kernel.images import build_kernel_image
-from nbcontainer_kernel.runs import Runs
+from nbcontainer_kernel.kernel.images import build_kernel_image
+from nbcontainer_kernel.remote.ledger import Ledger
 
 BASE_IMAGE = os.environ.get("NBCONTAINER_BASE_IMAGE", "nbcontainer/base:bookworm")
 KERNEL_IMAGE = os.environ.get("NBCONTAINER_TEST_IMAGE", "nbcontainer/python:3.11")
@@ -70,7 +71,7 @@ def make_kernelspec(kernel_image: str) -> Iterator[Callable[..., str]]:
 
 def own_containers(engine: Engine) -> list[Any]:
     """Containers made by this test process (its pid is their owner)."""
-    return engine.containers({L.OWNER_PID: str(os.getpid()), L.OWNER_HOST: L.Owner.current().host})
+    return engine.containers({labels.OWNER_PID: str(os.getpid()), labels.OWNER_HOST: labels.Owner.current().host})
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +91,7 @@ def no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
 def new_images(engine: Engine) -> Iterator[None]:
     """Run images and kernel commits a test makes are removed (dependency layers stay)."""
     def made() -> set[str]:
-        return {i.id for i in engine.images({L.ROLE: L.ROLE_RUN_IMAGE})}
+        return {i.id for i in engine.images({labels.ROLE: labels.ROLE_RUN_IMAGE})}
 
     before = made()
     yield
@@ -100,14 +101,14 @@ def new_images(engine: Engine) -> Iterator[None]:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runs:
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ledger:
     path = tmp_path / "ledger" / "runs.db"
     monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(path))
-    return Runs(path)
+    return Ledger(path)
 
 
 @pytest.fixture
-def ip(ledger: Runs, new_images: None, monkeypatch: pytest.MonkeyPatch):
+def ip(ledger: Ledger, new_images: None, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NBCONTAINER_BASE_IMAGE", BASE_IMAGE)
     globalipapp.start_ipython()  # once per process; later calls do nothing
     shell = globalipapp.get_ipython()

@@ -20,7 +20,7 @@ import requests
 from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
 
-from nbcontainer_kernel import labels as L
+from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 
 
@@ -113,7 +113,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def _kernel_containers(engine: Engine, kernel_id: str) -> list:
-    return engine.containers({L.KERNEL_ID: kernel_id})
+    return engine.containers({labels.KERNEL_ID: kernel_id})
 
 
 def test_lab_lists_starts_runs_and_stops_the_containerized_kernel(engine: Engine, make_kernelspec,
@@ -125,7 +125,7 @@ def test_lab_lists_starts_runs_and_stops_the_containerized_kernel(engine: Engine
     kernel = lab.post("/api/kernels", {"name": name}).json()
     containers = _kernel_containers(engine, kernel["id"])
     assert len(containers) == 1
-    assert containers[0].labels[L.OWNER_PID] == str(lab.proc.pid)
+    assert containers[0].labels[labels.OWNER_PID] == str(lab.proc.pid)
     out = lab.execute(kernel["id"], "import os, socket\nprint(os.environ['NBCONTAINER_IMAGE'], socket.gethostname())")
     image, host = out.split()
     assert image == "nbcontainer/python:3.11" and containers[0].id.startswith(host)

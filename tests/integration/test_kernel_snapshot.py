@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jupyter_client import KernelManager
 
-from nbcontainer_kernel import labels as L
+from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 
 from tests.helpers import run, stdout_of
@@ -64,7 +64,7 @@ def test_cell_run_from_a_containerized_kernel_uses_its_runtime_installs(
         assert where.startswith("/opt/nbcontainer/venv/")
         assert deps.startswith("nbcontainer/kernel-commit:")
         committed = engine.get_image(deps)
-        assert committed.labels[L.ROLE] == "deps-image"
+        assert committed.labels[labels.ROLE] == "deps-image"
         assert committed.labels["io.nbcontainer.committed-from"] == km.provisioner.container_id
         # The kernel's connection secrets are not in the committed image.
         raw = b"".join(committed.save(named=True))

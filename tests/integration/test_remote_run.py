@@ -10,19 +10,19 @@ from jupyter_client import KernelManager
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel import labels as L
+from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import RemoteExecutionError
-from nbcontainer_kernel.runs import Runs
+from nbcontainer_kernel.remote.ledger import Ledger
 
 from tests.helpers import interrupt_and_reply, run, stdout_of
 
 
 def _run_containers(engine: Engine, run_id: str) -> list:
-    return engine.containers({L.RUN_ID: run_id})
+    return engine.containers({labels.RUN_ID: run_id})
 
 
-def test_results_come_back_into_the_namespace(engine: Engine, ip, ledger: Runs, capsys) -> None:
+def test_results_come_back_into_the_namespace(engine: Engine, ip, ledger: Ledger, capsys) -> None:
     result = ip.run_cell("%%remote_run --local --name lda -p topics=50\n"
                          "scores = docs.assign(score=docs.w * topics)\nprint('trained with', topics)")
     assert result.error_in_exec is None, result.error_in_exec
@@ -51,7 +51,7 @@ def test_results_come_back_into_the_namespace(engine: Engine, ip, ledger: Runs, 
     assert cmp.loc["result.scores"].tolist() == ["DataFrame(3, 4)", "DataFrame(3, 4)"]
 
 
-def test_sweep_returns_one_dataframe_and_a_parent_with_children(engine: Engine, ip, ledger: Runs) -> None:
+def test_sweep_returns_one_dataframe_and_a_parent_with_children(engine: Engine, ip, ledger: Ledger) -> None:
     result = ip.run_cell("%%remote_run --local --name sw --sweep topics=1,2,3,4 --max-parallel 2\n"
                          "scores = docs.assign(score=docs.w * topics)\nbest = float(scores.score.max())")
     assert result.error_in_exec is None, result.error_in_exec
@@ -67,7 +67,7 @@ def test_sweep_returns_one_dataframe_and_a_parent_with_children(engine: Engine, 
     assert {c["image"] for c in children} == {parent["image"]}, "one build for the whole sweep"
 
 
-def test_failing_cell_raises_the_remote_error_and_is_recorded(engine: Engine, ip, ledger: Runs) -> None:
+def test_failing_cell_raises_the_remote_error_and_is_recorded(engine: Engine, ip, ledger: Ledger) -> None:
     result = ip.run_cell("%%remote_run --local --name bad\npartial = 1\nvalue = docs['missing']")
     err = result.error_in_exec
     assert isinstance(err, RemoteExecutionError)
@@ -79,14 +79,14 @@ def test_failing_cell_raises_the_remote_error_and_is_recorded(engine: Engine, ip
     assert "partial" not in ip.user_ns
 
 
-def test_no_wait_then_cancel_stops_the_container(engine: Engine, ip, ledger: Runs) -> None:
+def test_no_wait_then_cancel_stops_the_container(engine: Engine, ip, ledger: Ledger) -> None:
     handle = ip.run_cell("%%remote_run --local --no-wait --name bg\nimport time\ntime.sleep(120)").result
     assert handle.run_id == "bg-1"
     deadline = time.monotonic() + 60
     while not _run_containers(engine, "bg-1") and time.monotonic() < deadline:
         time.sleep(0.2)
     [container] = _run_containers(engine, "bg-1")
-    assert container.labels[L.DETACHED] == "true"
+    assert container.labels[labels.DETACHED] == "true"
     ip.run_line_magic("remote_cancel", "bg-1")
     assert handle.wait(60) == "CANCELLED"
     assert _run_containers(engine, "bg-1") == []
@@ -101,7 +101,7 @@ def _kernel(make_kernelspec, tmp_path: Path) -> tuple[KernelManager, object]:
     return km, kc
 
 
-def test_kernel_interrupt_cancels_the_run(engine: Engine, make_kernelspec, ledger: Runs, new_images,
+def test_kernel_interrupt_cancels_the_run(engine: Engine, make_kernelspec, ledger: Ledger, new_images,
                                           tmp_path: Path) -> None:
     km, kc = _kernel(make_kernelspec, tmp_path)
     try:
@@ -119,7 +119,7 @@ def test_kernel_interrupt_cancels_the_run(engine: Engine, make_kernelspec, ledge
         km.shutdown_kernel(now=True)
 
 
-def test_no_wait_restart_attach(engine: Engine, make_kernelspec, ledger: Runs, new_images, tmp_path: Path) -> None:
+def test_no_wait_restart_attach(engine: Engine, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path) -> None:
     km, kc = _kernel(make_kernelspec, tmp_path)
     try:
         content, outputs = run(kc, "answer = 0\n", timeout=30)
@@ -139,7 +139,7 @@ def test_no_wait_restart_attach(engine: Engine, make_kernelspec, ledger: Runs, n
 
 
 def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(engine: Engine, make_kernelspec,
-                                                                     ledger: Runs, new_images,
+                                                                     ledger: Ledger, new_images,
                                                                      tmp_path: Path) -> None:
     name = make_kernelspec("nbc-nb-magics", docker_socket=True)
     nb = new_notebook(cells=[
@@ -162,7 +162,7 @@ def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(engine: Eng
     assert text[3] == "['nb-1'] ['SUCCEEDED']\n"
 
 
-def test_a_run_that_cannot_start_is_recorded_with_its_reason(engine: Engine, ip, ledger: Runs) -> None:
+def test_a_run_that_cannot_start_is_recorded_with_its_reason(engine: Engine, ip, ledger: Ledger) -> None:
     from nbcontainer_kernel.errors import ImageNotFound
 
     result = ip.run_cell("%%remote_run --local --name nobase --base nbcontainer/does-not-exist:1\ny = 1")
@@ -173,12 +173,12 @@ def test_a_run_that_cannot_start_is_recorded_with_its_reason(engine: Engine, ip,
     assert "y" not in ip.user_ns
 
 
-def test_timeout_stops_the_run_and_records_it(engine: Engine, ip, ledger: Runs) -> None:
+def test_timeout_stops_the_run_and_records_it(engine: Engine, ip, ledger: Ledger) -> None:
     result = ip.run_cell("%%remote_run --local --name slow --timeout 3\nimport time\ntime.sleep(120)\ndone = True")
     err = result.error_in_exec
     assert isinstance(err, RemoteExecutionError) and "timed out after 3 s" in str(err)
     row = ledger.get("slow-1")
     assert row["status"] == "FAILED" and "timed out" in row["failure"]
-    assert Runs.timings(row)["running"] < 60, "stopped at its timeout, not at the cell's end"
+    assert Ledger.timings(row)["running"] < 60, "stopped at its timeout, not at the cell's end"
     assert _run_containers(engine, "slow-1") == []
     assert "done" not in ip.user_ns

@@ -19,11 +19,11 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.localrun import run_image
-from nbcontainer_kernel.notebooks import containerize
-from nbcontainer_kernel.results import RunResult
+from nbcontainer_kernel.remote.local_run import run_image
+from nbcontainer_kernel.remote.notebooks import containerize
+from nbcontainer_kernel.remote.results import RunResult
 from nbcontainer_kernel.trust import new_key
-from nbcontainer_kernel.runimages import RunImage, build_run_image
+from nbcontainer_kernel.remote.run_images import RunImage, build_run_image
 from nbcontainer_kernel.snapshots import snapshot
 
 from .conftest import BASE_IMAGE

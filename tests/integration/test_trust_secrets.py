@@ -12,14 +12,14 @@ from pathlib import Path
 from jupyter_client import KernelManager
 
 from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.runs import Runs
+from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import run, stdout_of
 
 SPEC_ENV = {"DATABASE_URL": "postgres://app:SpecEnvSecret99@db/app", "MY_API_TOKEN": "SpecTokenSecret77",
             "PLAIN_SETTING": "keep-me-plain"}
 
 
-def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(engine: Engine, make_kernelspec, ledger: Runs,
+def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(engine: Engine, make_kernelspec, ledger: Ledger,
                                                               new_images, tmp_path: Path) -> None:
     name = make_kernelspec("nbc-secrets", docker_socket=True, env=SPEC_ENV)
     km = KernelManager(kernel_name=name)
@@ -82,7 +82,7 @@ def _image_files(engine: Engine, image: str) -> tuple[bytes, list[str]]:
     return b"".join(blobs), names
 
 
-def test_outputs_tampered_after_a_real_run_are_refused(engine: Engine, ip, ledger: Runs, tmp_path: Path) -> None:
+def test_outputs_tampered_after_a_real_run_are_refused(engine: Engine, ip, ledger: Ledger, tmp_path: Path) -> None:
     result = ip.run_cell("%%remote_run --local --name tamper\nframe = docs.copy()\nlookup = {1, 2}")
     assert result.error_in_exec is None, result.error_in_exec
     model = Path(ledger.get("tamper-1")["result_dir"]) / "model"

@@ -14,7 +14,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nbcontainer_kernel.results import RunResult
+from nbcontainer_kernel.remote.results import RunResult
 from nbcontainer_kernel.runner.cell import restore_namespace, write_results
 from nbcontainer_kernel.runner.paths import Paths
 from nbcontainer_kernel.snapshots import snapshot

@@ -18,12 +18,12 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from nbcontainer_kernel.engine import build_context, extract_tar
 from nbcontainer_kernel.errors import ImageBuildError, InvalidOption, UnsafeArchive
-from nbcontainer_kernel.images import KernelImageFacts, dockerfile_labels, kernel_dockerfile
-from nbcontainer_kernel.remote import check_run_name
-from nbcontainer_kernel.runimages import _forbidden_paths
+from nbcontainer_kernel.kernel.images import KernelImageFacts, dockerfile_labels, kernel_dockerfile
+from nbcontainer_kernel.remote.dispatch import check_run_name
+from nbcontainer_kernel.remote.run_images import _forbidden_paths
 from nbcontainer_kernel.runner.notebook import inject_parameters
 from nbcontainer_kernel.runner.params import resolve_params
-from nbcontainer_kernel.runs import Runs
+from nbcontainer_kernel.remote.ledger import Ledger
 
 
 def _tar(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> bytes:
@@ -129,7 +129,7 @@ def test_a_long_name_is_a_usage_error_in_the_magic() -> None:
 
 
 def test_the_ledger_is_private_and_keeps_a_key_per_run(tmp_path: Path) -> None:
-    ledger = Runs(tmp_path / "shared" / "runs.db")
+    ledger = Ledger(tmp_path / "shared" / "runs.db")
     a, b = ledger.create("r", "local"), ledger.create("r", "local")
     assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "shared" / "runs.db").stat().st_mode) & 0o077 == 0
@@ -153,7 +153,7 @@ def test_a_ledger_from_before_signing_is_migrated(tmp_path: Path) -> None:
                "VALUES ('old-1', 'old', 1, 'local', 'SUCCEEDED', 0, 0)")
     db.commit()
     db.close()
-    ledger = Runs(path)
+    ledger = Ledger(path)
     assert ledger.get("old-1")["run_key"] is None
     assert ledger.get(ledger.create("new", "local"))["run_key"]
 
@@ -180,7 +180,7 @@ def test_a_kernel_commit_refuses_credentials_history_and_snapshots(path: str, re
 
 
 def test_falling_back_to_no_encryption_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    from nbcontainer_kernel.provisioner import DockerProvisioner
+    from nbcontainer_kernel.kernel.provisioner import DockerProvisioner
 
     class KM:
         curve_publickey = None
@@ -199,7 +199,7 @@ def test_falling_back_to_no_encryption_is_logged_once(caplog: pytest.LogCaptureF
 
 
 def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(tmp_path: Path, monkeypatch) -> None:
-    from nbcontainer_kernel import runimages
+    from nbcontainer_kernel.remote import run_images as runimages
     from nbcontainer_kernel.errors import WheelResolutionError
     from nbcontainer_kernel.wheels import TargetPython
 
@@ -226,7 +226,7 @@ def test_a_wheel_built_here_must_accept_the_image_python(tmp_path: Path, require
                                                          fits: bool) -> None:
     import zipfile
 
-    from nbcontainer_kernel.runimages import _fits
+    from nbcontainer_kernel.remote.run_images import _fits
     from nbcontainer_kernel.wheels import TargetPython
 
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
@@ -245,7 +245,7 @@ def test_a_wheel_built_here_must_accept_the_image_python(tmp_path: Path, require
 ])
 def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(tmp_path: Path, monkeypatch,
                                                                             pip_says: str) -> None:
-    from nbcontainer_kernel import runimages
+    from nbcontainer_kernel.remote import run_images as runimages
     from nbcontainer_kernel.errors import WheelResolutionError
     from nbcontainer_kernel.wheels import TargetPython
 
@@ -265,7 +265,7 @@ def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(tmp_
 
 
 def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(tmp_path: Path, monkeypatch) -> None:
-    from nbcontainer_kernel import runimages
+    from nbcontainer_kernel.remote import run_images as runimages
     from nbcontainer_kernel.errors import WheelResolutionError
     from nbcontainer_kernel.wheels import TargetPython
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nbcontainer_kernel import kernelspec
+from nbcontainer_kernel.kernel import kernelspec
 from nbcontainer_kernel.errors import InvalidOption, KernelSpecError
 
 
@@ -54,7 +54,7 @@ def test_cli_reports_a_bad_value_clearly() -> None:
 def test_provisioner_entry_point_is_registered() -> None:
     from jupyter_client.provisioning import KernelProvisionerFactory
 
-    from nbcontainer_kernel.provisioner import DockerProvisioner
+    from nbcontainer_kernel.kernel.provisioner import DockerProvisioner
 
     factory = KernelProvisionerFactory.instance()
     assert factory._check_availability("nbcontainer-docker")

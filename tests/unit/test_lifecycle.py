@@ -15,8 +15,8 @@ import pytest
 from nbcontainer_kernel.backends import registry
 from nbcontainer_kernel.backends.base import Hooks, Phase
 from nbcontainer_kernel.errors import NbcontainerError, RemoteExecutionError, UntrustedResults
-from nbcontainer_kernel.remote import RemoteRequest, RemoteRunner
-from nbcontainer_kernel.runs import Runs
+from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
+from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.trust import new_key
 from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
 
@@ -24,8 +24,8 @@ TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Runs:
-    return Runs(tmp_path / "ledger" / "runs.db")
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ledger" / "runs.db")
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def backend() -> Iterator[ScriptedBackend]:
 
 
 @pytest.fixture
-def runner(ledger: Runs) -> RemoteRunner:
+def runner(ledger: Ledger) -> RemoteRunner:
     return RemoteRunner(ledger, image_builder=fake_image_builder)
 
 
@@ -45,7 +45,7 @@ def _req(cell: str = "y = x + 1", **kw: object) -> RemoteRequest:
     return RemoteRequest(cell=cell, backend="scripted", **kw)  # type: ignore[arg-type]
 
 
-def _phases(ledger: Runs, run_id: str) -> list[str]:
+def _phases(ledger: Ledger, run_id: str) -> list[str]:
     return [p for p, _ in ledger.get(run_id)["phases"]]
 
 
@@ -170,7 +170,7 @@ def test_attach_collects_a_run_after_a_restart(ledger, backend, tmp_path: Path) 
     handle.wait(5)
     # A new kernel (a new runner over the same ledger) attaches and gets the results.
     ns: dict = {}
-    RemoteRunner(Runs(ledger.path)).attach("bg-1", ns, Hooks())
+    RemoteRunner(Ledger(ledger.path)).attach("bg-1", ns, Hooks())
     assert ns == {"y": 7}
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from nbcontainer_kernel.errors import InvalidOption
-from nbcontainer_kernel.options import parse_bytes, parse_gpus, parse_mount, parse_user, validate_options
+from nbcontainer_kernel.kernel.options import parse_bytes, parse_gpus, parse_mount, parse_user, validate_options
 
 
 def test_valid_options_are_kept() -> None:

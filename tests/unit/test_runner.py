@@ -10,8 +10,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from nbcontainer_kernel.errors import ImageNotUsable
-from nbcontainer_kernel.results import RunResult
-from nbcontainer_kernel.runimages import _check_python
+from nbcontainer_kernel.remote.results import RunResult
+from nbcontainer_kernel.remote.run_images import _check_python
 from nbcontainer_kernel.runner.notebook import inject_parameters, parameters_of
 from nbcontainer_kernel.runner.params import resolve_params
 from nbcontainer_kernel.snapshots import snapshot

@@ -6,7 +6,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from nbcontainer_kernel import labels as L
+from nbcontainer_kernel import labels
 from nbcontainer_kernel.wheels import TargetPython, build_self_wheel, pinned
 
 
@@ -34,20 +34,20 @@ def test_self_wheel_is_deterministic_and_complete(tmp_path: Path) -> None:
     assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
     names = zipfile.ZipFile(a).namelist()
     assert "nbcontainer_kernel/__init__.py" in names
-    assert "nbcontainer_kernel/kernelspecs/python/kernel.json" in names
+    assert "nbcontainer_kernel/kernel/kernelspecs/python/kernel.json" in names
     assert not any("__pycache__" in n for n in names)
     record = zipfile.ZipFile(a).read("nbcontainer_kernel-0.1.0.dist-info/RECORD").decode()
-    assert "nbcontainer_kernel/provisioner.py,sha256=" in record
+    assert "nbcontainer_kernel/kernel/provisioner.py,sha256=" in record
 
 
 def test_owner_liveness() -> None:
-    me = L.Owner.current()
+    me = labels.Owner.current()
     assert me.is_alive()
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     import socket
-    gone = L.Owner(socket.gethostname(), proc.pid, "1.00")
+    gone = labels.Owner(socket.gethostname(), proc.pid, "1.00")
     assert not gone.is_alive()
-    elsewhere = L.Owner("some-other-host", proc.pid, "1.00")
+    elsewhere = labels.Owner("some-other-host", proc.pid, "1.00")
     assert elsewhere.is_alive(), "another host's owner is never judged dead from here"
-    assert L.Owner.from_labels(me.labels()) == me
+    assert labels.Owner.from_labels(me.labels()) == me

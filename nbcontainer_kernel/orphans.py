@@ -19,7 +19,7 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_runtime_dir
 
-from . import labels as L
+from . import labels
 from .engine import Engine
 from .errors import EngineError
 
@@ -36,7 +36,7 @@ def adopt(container_id: str) -> None:
     """Record this process as the owner of a container it did not create."""
     d = _adoption_dir()
     d.mkdir(parents=True, exist_ok=True)
-    owner = L.Owner.current()
+    owner = labels.Owner.current()
     (d / f"{container_id}.json").write_text(json.dumps(owner.__dict__))
 
 
@@ -44,10 +44,10 @@ def release(container_id: str) -> None:
     (_adoption_dir() / f"{container_id}.json").unlink(missing_ok=True)
 
 
-def _adopter(container_id: str) -> L.Owner | None:
+def _adopter(container_id: str) -> labels.Owner | None:
     try:
         data = json.loads((_adoption_dir() / f"{container_id}.json").read_text())
-        return L.Owner(**data)
+        return labels.Owner(**data)
     except (FileNotFoundError, ValueError, TypeError):
         return None
 
@@ -64,23 +64,23 @@ class Orphan:
 def find_orphans(engine: Engine) -> list[Orphan]:
     """Containers made on this host whose owner (and adopter, if any) is gone."""
     orphans = []
-    for c in engine.containers([L.OWNER_PID]):
-        if c.labels.get(L.DETACHED) == "true" and c.status == "running":
+    for c in engine.containers([labels.OWNER_PID]):
+        if c.labels.get(labels.DETACHED) == "true" and c.status == "running":
             continue  # a --no-wait run goes on without its kernel; %remote_attach collects it
-        owner_container = c.labels.get(L.OWNER_CONTAINER)
+        owner_container = c.labels.get(labels.OWNER_CONTAINER)
         if owner_container:
             if engine.inspect(owner_container) is not None:
                 continue
         else:
-            owner = L.Owner.from_labels(c.labels)
+            owner = labels.Owner.from_labels(c.labels)
             if owner is None or not owner.is_local() or owner.is_alive():
                 continue
         adopter = _adopter(c.id)
         if adopter is not None and adopter.is_alive():
             continue
         who = (f"container {owner_container}" if owner_container
-               else f"pid {c.labels.get(L.OWNER_PID)} on {c.labels.get(L.OWNER_HOST)}")
-        orphans.append(Orphan(c.id, c.name, c.labels.get(L.ROLE, "?"), who, c.status))
+               else f"pid {c.labels.get(labels.OWNER_PID)} on {c.labels.get(labels.OWNER_HOST)}")
+        orphans.append(Orphan(c.id, c.name, c.labels.get(labels.ROLE, "?"), who, c.status))
     return orphans
 
 
@@ -122,18 +122,18 @@ def _drop(engine: Engine, image: Any) -> int:
 def remove_commits_of_gone_containers(engine: Engine, container_id: str | None = None) -> int:
     """Remove images committed from kernel containers that no longer exist (or from
     `container_id`); an image a run image still builds on goes with that run image."""
-    selector = {L.COMMITTED_FROM: container_id} if container_id else [L.COMMITTED_FROM]
+    selector = {labels.COMMITTED_FROM: container_id} if container_id else [labels.COMMITTED_FROM]
     return sum(_drop(engine, image) for image in engine.images(selector)
-               if container_id is not None or engine.inspect(image.labels.get(L.COMMITTED_FROM, "")) is None)
+               if container_id is not None or engine.inspect(image.labels.get(labels.COMMITTED_FROM, "")) is None)
 
 
 def remove_run_images(engine: Engine) -> int:
     """Remove run images that no container uses (a run image is cheap to make again)."""
-    return sum(_drop(engine, image) for image in engine.images({L.ROLE: L.ROLE_RUN_IMAGE}))
+    return sum(_drop(engine, image) for image in engine.images({labels.ROLE: labels.ROLE_RUN_IMAGE}))
 
 
 def remove_old_dependency_images(engine: Engine, keep: int = 3) -> int:
     """Keep the `keep` newest dependency layers (one per lock); remove older unused ones."""
-    deps = [i for i in engine.images({L.ROLE: L.ROLE_DEPS_IMAGE}) if not (i.labels or {}).get(L.COMMITTED_FROM)]
+    deps = [i for i in engine.images({labels.ROLE: labels.ROLE_DEPS_IMAGE}) if not (i.labels or {}).get(labels.COMMITTED_FROM)]
     deps.sort(key=lambda i: i.attrs.get("Created", ""), reverse=True)
     return sum(_drop(engine, image) for image in deps[keep:])

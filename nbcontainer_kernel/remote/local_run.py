@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .backends.base import Hooks, Phase, RunDriver, RunSpec
-from .backends.local import LocalBackend
-from .engine import Engine
+from ..backends.base import Hooks, Phase, RunDriver, RunSpec
+from ..backends.local import LocalBackend
+from ..engine import Engine
 from .results import RunResult
-from .trust import KEY_ENV, RunOutputs, new_key
+from ..trust import KEY_ENV, RunOutputs, new_key
 
 __all__ = ["run_image"]
 

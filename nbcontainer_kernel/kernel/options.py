@@ -15,7 +15,7 @@ from typing import Any
 
 from traitlets import Bool, CaselessStrEnum, Float, HasTraits, Int, List, TraitError, Unicode
 
-from .errors import InvalidOption
+from ..errors import InvalidOption
 
 __all__ = ["ContainerOptions", "validate_options", "parse_bytes", "parse_gpus", "parse_mount"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RemoteExecutionError, SerializationError, UntrustedResults
-from .serialize import DATA_SERIALIZERS, deserialize
-from .trust import RunOutputs
+from ..errors import RemoteExecutionError, SerializationError, UntrustedResults
+from ..serialize import DATA_SERIALIZERS, deserialize
+from ..trust import RunOutputs
 
 __all__ = ["RunResult", "RemoteTraceback", "load_results"]
 

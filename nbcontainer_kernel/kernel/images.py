@@ -21,11 +21,11 @@ from pathlib import Path
 
 from docker.models.images import Image
 
-from . import labels as L
-from .contract import VENV
-from .engine import Engine, build_context
-from .errors import EngineError, ImageNotUsable
-from .wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
+from .. import labels
+from ..contract import VENV
+from ..engine import Engine, build_context
+from ..errors import EngineError, ImageNotUsable
+from ..wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
 
 __all__ = [
     "KernelImageFacts", "KernelImageResult", "build_kernel_image", "list_kernel_images",
@@ -59,9 +59,9 @@ class KernelImageResult:
 
 def probe_python(engine: Engine, image: str, python: str = "python3") -> TargetPython:
     """Ask an image's interpreter for its version and platform."""
-    labels = L.container_labels(L.ROLE_PROBE)
+    probe_labels = labels.container_labels(labels.ROLE_PROBE)
     try:
-        code, out = engine.run_probe(image, [python, "-c", PROBE_SNIPPET], labels)
+        code, out = engine.run_probe(image, [python, "-c", PROBE_SNIPPET], probe_labels)
     except EngineError as exc:
         if "executable file not found" in exc.reason or "no such file" in exc.reason.lower():
             raise ImageNotUsable(image, f"it has no `{python}` on its PATH",
@@ -93,17 +93,17 @@ def inspect_kernel_image(engine: Engine, image: str, python: str = "python3") ->
     image has no Python or no ipykernel.
     """
     img = engine.get_image(image)
-    labels = img.labels or {}
-    if labels.get(L.ROLE) == L.ROLE_KERNEL_IMAGE and L.IPYKERNEL in labels:
-        return KernelImageFacts(labels.get(L.PYTHON, "?"), labels[L.IPYKERNEL],
-                                labels.get(L.CURVE) == "true")
+    known = img.labels or {}
+    if known.get(labels.ROLE) == labels.ROLE_KERNEL_IMAGE and labels.IPYKERNEL in known:
+        return KernelImageFacts(known.get(labels.PYTHON, "?"), known[labels.IPYKERNEL],
+                                known.get(labels.CURVE) == "true")
     if img.id in _facts_cache:
         return _facts_cache[img.id]
     hint = (f"Build a kernel image from it: `nbcontainer image build --base {image} "
             f"--tag {image.split(':')[0]}-kernel`.")
     try:
         code, out = engine.run_probe(image, [python, "-c", _KERNEL_PROBE],
-                                     L.container_labels(L.ROLE_PROBE))
+                                     labels.container_labels(labels.ROLE_PROBE))
     except EngineError as exc:
         if "executable file not found" in exc.reason or "no such file" in exc.reason.lower():
             raise ImageNotUsable(image, f"it has no `{python}` on its PATH", hint) from exc
@@ -151,12 +151,12 @@ LABEL {labels}
 
 
 def kernel_dockerfile(base_id: str, python: str, pip_wheel: str, requirements: list[str],
-                      labels: dict[str, str]) -> str:
+                      image_labels: dict[str, str]) -> str:
     """The kernel image's Dockerfile; what comes from the user is shell-quoted."""
     return _DOCKERFILE.format(base=base_id, python=shlex.quote(python), venv=VENV, stage_label=_STAGE,
                               pip_wheel=shlex.quote(pip_wheel),
                               requirements=" ".join(shlex.quote(r) for r in requirements),
-                              labels=dockerfile_labels(labels))
+                              labels=dockerfile_labels(image_labels))
 
 
 def build_kernel_image(
@@ -191,22 +191,22 @@ def build_kernel_image(
         if pip_wheel is None:  # pragma: no cover - pip is always among the requirements
             raise ImageNotUsable(base, "no pip wheel could be resolved", "Check the package index.")
         ipykernel_version, curve = _wheel_supports_curve(deps)
-        from . import __version__
+        from .. import __version__
 
-        labels = {
-            L.ROLE: L.ROLE_KERNEL_IMAGE,
-            L.VERSION: __version__,
-            L.PYTHON: ".".join(map(str, target.version)),
-            L.IPYKERNEL: ipykernel_version,
-            L.CURVE: "true" if curve else "false",
-            L.BASE: base,
-            L.BASE_ID: base_img.id,
-            L.OCI_TITLE: f"nbcontainer kernel image ({tag})",
-            L.OCI_SOURCE: L.SOURCE_URL,
-            L.OCI_VERSION: __version__,
-            L.OCI_BASE_NAME: base,
+        image_labels = {
+            labels.ROLE: labels.ROLE_KERNEL_IMAGE,
+            labels.VERSION: __version__,
+            labels.PYTHON: ".".join(map(str, target.version)),
+            labels.IPYKERNEL: ipykernel_version,
+            labels.CURVE: "true" if curve else "false",
+            labels.BASE: base,
+            labels.BASE_ID: base_img.id,
+            labels.OCI_TITLE: f"nbcontainer kernel image ({tag})",
+            labels.OCI_SOURCE: labels.SOURCE_URL,
+            labels.OCI_VERSION: __version__,
+            labels.OCI_BASE_NAME: base,
         }
-        recipe = kernel_dockerfile(base_img.id, python, pip_wheel, reqs, labels)
+        recipe = kernel_dockerfile(base_img.id, python, pip_wheel, reqs, image_labels)
         # The inputs digest: everything that decides the image's content, nothing
         # that changes with every build (the creation time).
         digest = hashlib.sha256()
@@ -219,12 +219,12 @@ def build_kernel_image(
         previous = engine.get_image(tag) if engine.has_image(tag) else None
         if not force and previous is not None:
             existing = previous
-            if (existing.labels or {}).get(L.INPUTS) == inputs:
+            if (existing.labels or {}).get(labels.INPUTS) == inputs:
                 say(f"{tag} is up to date ({existing.short_id})")
                 return KernelImageResult(tag, existing.id, False, target)
 
         # Last, so that only this cheap step misses Docker's cache on a rebuild.
-        dockerfile = recipe + f"LABEL {dockerfile_labels({L.INPUTS: inputs, L.OCI_CREATED: L.now_iso()})}\n"
+        dockerfile = recipe + f"LABEL {dockerfile_labels({labels.INPUTS: inputs, labels.OCI_CREATED: labels.now_iso()})}\n"
         image, log = engine.build(build_context(dockerfile, {"wheels": ctx / "wheels"}), tag, on_line=say)
         _remove_old_stages(engine, log)
     if previous is not None and previous.id != image.id:
@@ -235,7 +235,7 @@ def build_kernel_image(
 
 # Marks the first (install) stage of a kernel image build: Docker keeps it, untagged,
 # as the cache of the next build; older ones are removed after each build.
-_STAGE = L.PREFIX + "kernel-build-stage"
+_STAGE = labels.PREFIX + "kernel-build-stage"
 
 
 def _remove_old_stages(engine: Engine, build_log: list[str]) -> None:
@@ -245,12 +245,12 @@ def _remove_old_stages(engine: Engine, build_log: list[str]) -> None:
             engine.remove_unused_image(image.id)
 
 
-def dockerfile_labels(labels: dict[str, str]) -> str:
+def dockerfile_labels(image_labels: dict[str, str]) -> str:
     """The arguments of one LABEL instruction (one step, instead of one per label).
 
     Values are JSON strings with `$` escaped, so Docker substitutes nothing in them.
     """
-    return " \\\n      ".join(f"{k}={_label_value(v)}" for k, v in sorted(labels.items()))
+    return " \\\n      ".join(f"{k}={_label_value(v)}" for k, v in sorted(image_labels.items()))
 
 
 def _label_value(value: str) -> str:
@@ -258,4 +258,4 @@ def _label_value(value: str) -> str:
 
 
 def list_kernel_images(engine: Engine) -> list[Image]:
-    return engine.images({L.ROLE: L.ROLE_KERNEL_IMAGE})
+    return engine.images({labels.ROLE: labels.ROLE_KERNEL_IMAGE})

@@ -21,9 +21,9 @@ from typing import Any
 
 import platformdirs
 
-__all__ = ["Runs", "default_path", "UnknownRun"]
+__all__ = ["Ledger", "default_path", "UnknownRun"]
 
-from .errors import NbcontainerError
+from ..errors import NbcontainerError
 
 
 class UnknownRun(NbcontainerError):
@@ -80,7 +80,7 @@ def default_path() -> Path:
     return Path(platformdirs.user_data_dir("nbcontainer")) / "runs.db"
 
 
-class Runs:
+class Ledger:
     """The ledger. Safe to share between threads; each call is one transaction."""
 
     def __init__(self, path: Path | str | None = None) -> None:
@@ -114,7 +114,7 @@ class Runs:
     def create(self, name: str, backend: str, *, params: dict[str, Any] | None = None,
                parent: str | None = None, notebook: str | None = None, status: str = "SNAPSHOT") -> str:
         """A new run row with its own signing key; its id is NAME-N (N counts runs of that name)."""
-        from .trust import new_key
+        from ..trust import new_key
 
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
         now = time.time()
@@ -218,7 +218,7 @@ class Runs:
         """
         import pandas as pd
 
-        from .errors import UntrustedResults
+        from ..errors import UntrustedResults
         from .results import RunResult
 
         columns = {}

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import labels as L
-from .contract import DEFAULT_BASE_IMAGE, KERNEL_CONNECTION_FILE, RUNTIME_DIR, SNAPSHOT_DIR, VENV
-from .engine import Engine, build_context, get_engine
-from .errors import ImageNotUsable, NbcontainerError, WheelResolutionError
-from .images import dockerfile_labels, probe_python
-from .snapshots.capture import MANIFEST, Snapshot
-from .snapshots.env import is_secret
-from .wheels import TargetPython, pinned, resolve_wheels
+from .. import labels
+from ..contract import DEFAULT_BASE_IMAGE, KERNEL_CONNECTION_FILE, RUNTIME_DIR, SNAPSHOT_DIR, VENV
+from ..engine import Engine, build_context, get_engine
+from ..errors import ImageNotUsable, NbcontainerError, WheelResolutionError
+from ..kernel.images import dockerfile_labels, probe_python
+from ..snapshots.capture import MANIFEST, Snapshot
+from ..snapshots.env import is_secret
+from ..wheels import TargetPython, pinned, resolve_wheels
 
 __all__ = ["RunImage", "build_run_image", "default_base", "remove_run_image", "RUNTIME_FOR_CELLS",
            "RUNTIME_FOR_NOTEBOOKS"]
@@ -272,10 +272,10 @@ def _build_deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetP
         for w in wheels.glob("nbcontainer_kernel-*.whl"):  # it comes as the runtime layer
             w.unlink()
         pip_wheel = next(w.name for w in wheels.glob("pip-*.whl"))
-        labels = {L.ROLE: L.ROLE_DEPS_IMAGE, L.DEPS_KEY: key, L.PYTHON: ".".join(map(str, target.version)),
-                  L.OCI_BASE_NAME: base, L.OCI_CREATED: L.now_iso(), L.OCI_SOURCE: L.SOURCE_URL}
+        image_labels = {labels.ROLE: labels.ROLE_DEPS_IMAGE, labels.DEPS_KEY: key, labels.PYTHON: ".".join(map(str, target.version)),
+                  labels.OCI_BASE_NAME: base, labels.OCI_CREATED: labels.now_iso(), labels.OCI_SOURCE: labels.SOURCE_URL}
         dockerfile = _DEPS_DOCKERFILE.format(base=engine.get_image(base).id, python="python3", venv=VENV,
-                                             pip_wheel=shlex.quote(pip_wheel), labels=dockerfile_labels(labels),
+                                             pip_wheel=shlex.quote(pip_wheel), labels=dockerfile_labels(image_labels),
                                              runtime=RUNTIME_DIR)
         ctx = build_context(dockerfile, {"wheels": wheels})
         engine.build(ctx, tag, on_line=say)
@@ -311,7 +311,7 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
     snapshot directory is in the container's filesystem, nothing is committed.
     """
     kernel_id = snap.kernel["kernel_id"]
-    containers = engine.containers({L.KERNEL_ID: kernel_id}, all=False)
+    containers = engine.containers({labels.KERNEL_ID: kernel_id}, all=False)
     if not containers:
         raise ImageNotUsable(snap.kernel.get("image", "?"), f"the container of kernel {kernel_id} is gone",
                              "Restart the kernel, or pass a base image.")
@@ -333,9 +333,9 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
             "Remove them (or keep them under /tmp, which is never committed), or pass --base IMAGE "
             "to build the run image from a base instead of this kernel.")
     env = [e.partition("=") for e in (container.attrs["Config"].get("Env") or [])]
-    changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {L.ROLE}={L.ROLE_DEPS_IMAGE}",
-               f"LABEL {L.COMMITTED_FROM}={container.id}",
-               f"LABEL {L.KERNEL_ID}=", f"LABEL {L.OWNER_PID}=", f"LABEL {L.OWNER_HOST}="]
+    changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {labels.ROLE}={labels.ROLE_DEPS_IMAGE}",
+               f"LABEL {labels.COMMITTED_FROM}={container.id}",
+               f"LABEL {labels.KERNEL_ID}=", f"LABEL {labels.OWNER_PID}=", f"LABEL {labels.OWNER_HOST}="]
     # Secrets by name or value, and the kernel's own identity, leave the image's config.
     changes += [f"ENV {k}=" for k, _, v in env if is_secret(k, v) or k in (
         "NBCONTAINER_KERNEL_ID", "JPY_SESSION_NAME", "JPY_PARENT_PID", "NBCONTAINER_CONNECTION_FILE")]
@@ -390,23 +390,23 @@ def build_run_image(
     timings["dependencies"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    labels = {
-        L.ROLE: L.ROLE_RUN_IMAGE,
-        L.SNAPSHOT_DIGEST: snap.digest,
-        L.PYTHON: snap.python,
-        L.MODE: snap.mode,
-        L.SOURCE_NOTEBOOK: snap.notebook or "",
-        L.PARAMETERS: json.dumps(_shown_parameters(snap.parameters), default=str),
-        L.OCI_CREATED: L.now_iso(),
-        L.OCI_TITLE: f"nbcontainer {snap.mode} run" + (f" of {Path(snap.notebook).name}" if snap.notebook else ""),
-        L.OCI_SOURCE: snap.notebook or L.SOURCE_URL,
-        L.OCI_BASE_NAME: base or snap.kernel.get("image", ""),
+    image_labels = {
+        labels.ROLE: labels.ROLE_RUN_IMAGE,
+        labels.SNAPSHOT_DIGEST: snap.digest,
+        labels.PYTHON: snap.python,
+        labels.MODE: snap.mode,
+        labels.SOURCE_NOTEBOOK: snap.notebook or "",
+        labels.PARAMETERS: json.dumps(_shown_parameters(snap.parameters), default=str),
+        labels.OCI_CREATED: labels.now_iso(),
+        labels.OCI_TITLE: f"nbcontainer {snap.mode} run" + (f" of {Path(snap.notebook).name}" if snap.notebook else ""),
+        labels.OCI_SOURCE: snap.notebook or labels.SOURCE_URL,
+        labels.OCI_BASE_NAME: base or snap.kernel.get("image", ""),
     }
     committed = base is None and bool(snap.kernel.get("kernel_id"))
     # A committed kernel has this package installed already (its kernel image's).
     runtime_copy = "" if committed else f"COPY runtime {RUNTIME_DIR}\n"
     dockerfile = _RUN_DOCKERFILE.format(deps=deps, snapshot_dir=SNAPSHOT_DIR, venv=VENV,
-                                        labels=dockerfile_labels(labels), runtime_copy=runtime_copy)
+                                        labels=dockerfile_labels(image_labels), runtime_copy=runtime_copy)
     if not (snap.directory / MANIFEST).exists():
         snap.write_manifest()
     tag = tag or f"nbcontainer/run:{snap.digest[:16]}"

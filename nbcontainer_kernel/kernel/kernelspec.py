@@ -18,8 +18,8 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from .engine import Engine
-from .errors import ImageNotFound, InvalidOption, KernelSpecError
+from ..engine import Engine
+from ..errors import ImageNotFound, InvalidOption, KernelSpecError
 from .options import validate_options
 
 __all__ = ["PROVISIONER_NAME", "InstalledSpec", "install", "list_specs", "remove", "render"]
@@ -38,7 +38,7 @@ class InstalledSpec:
 
 
 def _template() -> dict[str, Any]:
-    text = resources.files("nbcontainer_kernel").joinpath("kernelspecs/python/kernel.json").read_text()
+    text = resources.files("nbcontainer_kernel.kernel").joinpath("kernelspecs/python/kernel.json").read_text()
     return json.loads(text)
 
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec
-from .backends.registry import get_backend
-from .errors import InvalidOption, NbcontainerError
+from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec
+from ..backends.registry import get_backend
+from ..errors import InvalidOption, NbcontainerError
 from .results import RunResult, load_results
-from .runimages import RunImage, build_run_image
-from .runs import Runs
-from .snapshots import names_assigned, snapshot
-from .trust import KEY_ENV, TRUST_MODES, RunOutputs
+from .run_images import RunImage, build_run_image
+from .ledger import Ledger
+from ..snapshots import names_assigned, snapshot
+from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
 
 _TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
 MAX_NAME = 40
@@ -84,13 +84,13 @@ class RunHandle:
 class RemoteRunner:
     """Runs cells remotely and records every run in the ledger."""
 
-    def __init__(self, ledger: Runs | None = None, trust: str = "signed",
+    def __init__(self, ledger: Ledger | None = None, trust: str = "signed",
                  image_builder: Callable[..., RunImage] = build_run_image) -> None:
         """`image_builder` makes a run image from a snapshot (build_run_image; tests pass a fake)."""
         if trust not in TRUST_MODES:
             raise InvalidOption("trust", trust, f"expected one of {', '.join(TRUST_MODES)}")
         self.image_builder = image_builder
-        self.ledger = ledger or Runs()
+        self.ledger = ledger or Ledger()
         self.trust = trust  # how far run outputs are believed (see nbcontainer_kernel.trust)
         self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
 

@@ -26,11 +26,11 @@ import zmq
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
-from . import gc as gc_mod
-from . import labels as L
-from .contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
-from .engine import Engine, get_engine
-from .errors import EngineError, ImageNotUsable, InvalidOption, KernelDied
+from .. import orphans
+from .. import labels
+from ..contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
+from ..engine import Engine, get_engine
+from ..errors import EngineError, ImageNotUsable, InvalidOption, KernelDied
 from .images import KernelImageFacts, inspect_kernel_image
 from .options import ContainerOptions, parse_bytes, parse_gpus, parse_mount, parse_user
 
@@ -85,7 +85,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         if not _swept:
             _swept = True
             try:
-                removed = await asyncio.to_thread(gc_mod.sweep, self.engine)
+                removed = await asyncio.to_thread(orphans.sweep, self.engine)
                 if removed:
                     self.log.warning("nbcontainer: removed %d orphaned container(s)", len(removed))
             except EngineError as exc:  # a sweep must never stop a kernel from starting
@@ -201,7 +201,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             src, dst, mode = parse_mount(spec)
             mounts.append(docker.types.Mount(target=dst, source=src, type="bind", read_only=mode == "ro"))
         if self.mount_ledger:
-            from .runs import default_path
+            from ..remote.ledger import default_path
 
             ledger = default_path()
             ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             "entrypoint": cmd[:1],
             "command": cmd[1:],
             "name": f"nbcontainer-kernel-{kernel_id[:8] or 'x'}-{secrets.token_hex(3)}",
-            "labels": L.container_labels(L.ROLE_KERNEL, kernel_id=kernel_id, image=self.image),
+            "labels": labels.container_labels(labels.ROLE_KERNEL, kernel_id=kernel_id, image=self.image),
             "environment": env,
             "working_dir": str(cwd) if self.mount_cwd else None,
             "mounts": mounts,
@@ -387,9 +387,9 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         try:
             await asyncio.to_thread(self.engine.remove, cid)
             # Images committed from this kernel for %%remote_run go with it.
-            await asyncio.to_thread(gc_mod.remove_commits_of_gone_containers, self.engine, cid)
+            await asyncio.to_thread(orphans.remove_commits_of_gone_containers, self.engine, cid)
         finally:
-            gc_mod.release(cid)
+            orphans.release(cid)
         if not restart:
             self._host_ports = None
 
@@ -419,7 +419,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         self.image = provisioner_info.get("image") or self.image
         self._host_ports = provisioner_info.get("host_ports")
         if self.container_id:
-            gc_mod.adopt(self.container_id)
+            orphans.adopt(self.container_id)
 
     # --------------------------------------------------------------- helpers
     def _python_command(self) -> str:
