@@ -43,10 +43,11 @@ def load_ipython_extension(ipython: Any) -> None:
     """
     import os
 
+    from .config import in_container_kernel
     from .magics import load_ipython_extension as load
 
-    conn = os.environ.get("NBCONTAINER_CONNECTION_FILE")
-    if conn and os.environ.get("NBCONTAINER_KERNEL_ID"):
+    conn = os.environ.get("NBCONTAINER_CONNECTION_FILE")  # set by the provisioner
+    if conn and in_container_kernel():
         try:
             os.unlink(conn)
         except OSError:  # already gone, or not ours to remove: the commit check refuses it then

@@ -89,26 +89,20 @@ def _kv(values: Sequence[str] | None, what: str) -> dict[str, str]:
 
 def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     from .kernel import kernelspec
+    from .kernel.options import DEFAULT_ENV_ALLOWLIST, ContainerOptions
 
     single_user = not (args.sys_prefix or args.prefix)
     options: dict[str, Any] = {}
-    for name in ("cpus", "memory", "gpus", "shm_size", "network_mode", "user", "pull_policy",
-                 "transport_encryption"):
-        value = getattr(args, name)
-        if value is not None:
+    for name in ContainerOptions.option_names():
+        value = getattr(args, f"opt_{name}", None)
+        if name != "image" and value is not None:
             options[name] = value
-    if args.mount:
-        options["mounts"] = args.mount
-    if args.no_mount_cwd:
-        options["mount_cwd"] = False
-    if args.env_allow:
-        from .kernel.options import DEFAULT_ENV_ALLOWLIST
-
-        options["env_allowlist"] = DEFAULT_ENV_ALLOWLIST + args.env_allow
+    if "env_allowlist" in options:  # --env-allow adds to the allow-list, it does not replace it
+        options["env_allowlist"] = DEFAULT_ENV_ALLOWLIST + options["env_allowlist"]
     # The socket is root on the host: on by default only for a single user's own kernelspec.
-    options["docker_socket"] = single_user if args.docker_socket is None else args.docker_socket
+    options.setdefault("docker_socket", single_user)
     prefix = sys.prefix if args.sys_prefix else args.prefix
-    path = kernelspec.install(args.image, args.name, args.display_name, options=options,
+    path = kernelspec.install(args.opt_image, args.name, args.display_name, options=options,
                               env=_kv(args.env, "env"), user=single_user, prefix=prefix,
                               check_image=not args.no_check_image)
     print(f"installed kernelspec {args.name} in {path}")
@@ -116,6 +110,36 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
         print("note: the kernel can use the Docker socket (root-equivalent on this host); "
               "--no-docker-socket turns that off", file=sys.stderr)
     return 0
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per provisioner option, made from its trait: type, choices and help.
+
+    A trait may name its flag (metadata ``flag``); booleans get ``--x/--no-x`` and
+    lists are repeatable. Nothing is written twice: the help is the trait's.
+    """
+    from traitlets import Bool, CaselessStrEnum, Enum, Float, Int, List
+
+    from .kernel.options import ContainerOptions
+
+    for name, trait in sorted(ContainerOptions.class_traits(config=True).items()):
+        flag = trait.metadata.get("flag", "--" + name.replace("_", "-"))
+        kw: dict[str, Any] = {"dest": f"opt_{name}", "help": trait.help, "default": None}
+        if isinstance(trait, Bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(trait, List):
+            kw.update(action="append", metavar=trait.metadata.get("metavar", "VALUE"))
+        elif isinstance(trait, (CaselessStrEnum, Enum)):
+            kw["choices"] = sorted(trait.values)
+        elif isinstance(trait, Float):
+            kw.update(type=float, metavar="N")
+        elif isinstance(trait, Int):
+            kw.update(type=int, metavar="N")
+        else:
+            kw["metavar"] = name.upper()
+        if name == "image":
+            kw["required"] = True
+        parser.add_argument(flag, **kw)
 
 
 def cmd_kernelspec_list(args: argparse.Namespace) -> int:
@@ -229,27 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_parser("list", help="list the kernel images nbcontainer built").set_defaults(func=cmd_image_list)
 
     ks = sub.add_parser("kernelspec", help="kernelspecs").add_subparsers(dest="sub", required=True)
-    i = ks.add_parser("install", help="install a kernelspec that runs kernels in IMAGE")
-    i.add_argument("--image", required=True)
+    i = ks.add_parser("install", help="install a kernelspec that runs kernels in IMAGE",
+                      description="Every provisioner option has a flag (its help is the option's own); "
+                      "server-wide defaults go in jupyter_server_config.py as c.DockerProvisioner.NAME.")
     i.add_argument("--name", required=True, help="kernelspec name (letters, digits, . _ -)")
     i.add_argument("--display-name", help="name shown in the launcher")
-    i.add_argument("--cpus", type=float, help="CPU limit in cores")
-    i.add_argument("--memory", help="memory limit, e.g. 4g (no swap on top)")
-    i.add_argument("--shm-size", help="size of /dev/shm, e.g. 1g")
-    i.add_argument("--gpus", help="'all', a count, or 'device=0,1'")
-    i.add_argument("--mount", action="append", metavar="SRC:DST[:ro]", help="extra bind mount (repeatable)")
-    i.add_argument("--network", dest="network_mode", help="Docker network mode or network name")
-    i.add_argument("--user", help="'host' (default: your uid:gid), 'image', or UID[:GID]")
-    i.add_argument("--no-mount-cwd", action="store_true", help="do not mount the notebook's directory")
-    sock = i.add_mutually_exclusive_group()
-    sock.add_argument("--docker-socket", dest="docker_socket", action="store_true", default=None,
-                      help="mount the Docker socket (root-equivalent; default for a user install)")
-    sock.add_argument("--no-docker-socket", dest="docker_socket", action="store_false")
+    add_option_flags(i)
     i.add_argument("--env", action="append", metavar="NAME=VALUE", help="kernel env var (repeatable)")
-    i.add_argument("--env-allow", action="append", metavar="NAME",
-                   help="pass this server env var through too (repeatable)")
-    i.add_argument("--pull", dest="pull_policy", choices=["missing", "always", "never"])
-    i.add_argument("--transport-encryption", choices=["auto", "disabled", "required"])
     where = i.add_mutually_exclusive_group()
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (shared)")
     where.add_argument("--prefix", help="install under this prefix (shared)")

@@ -23,6 +23,7 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.models.images import Image
 
+from . import config
 from .errors import (
     DaemonNotAvailable,
     EngineError,
@@ -38,7 +39,7 @@ DEFAULT_TIMEOUT = 120
 
 
 def _daemon_address() -> str:
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return config.docker_host()
 
 
 @contextlib.contextmanager
@@ -293,16 +294,6 @@ def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int =
     return buf.getvalue()
 
 
-def max_context_bytes() -> int:
-    """Cap on a build context (NBCONTAINER_MAX_CONTEXT_BYTES, default 16 GiB)."""
-    return int(os.environ.get("NBCONTAINER_MAX_CONTEXT_BYTES", 16 * 1024**3))
-
-
-def max_result_bytes() -> int:
-    """Cap on the outputs unpacked from one run (NBCONTAINER_MAX_RESULT_BYTES, default 16 GiB)."""
-    return int(os.environ.get("NBCONTAINER_MAX_RESULT_BYTES", 16 * 1024**3))
-
-
 def build_context(dockerfile: str, trees: dict[str, os.PathLike[str] | str],
                   max_bytes: int | None = None) -> IO[bytes]:
     """A tar build context: the Dockerfile and directory trees (name in the context -> path).
@@ -313,7 +304,7 @@ def build_context(dockerfile: str, trees: dict[str, os.PathLike[str] | str],
     alone decides Docker's cache; bytecode caches are left out, and so is
     anything but regular files and directories (links outside a tree, FIFOs).
     """
-    cap = max_context_bytes() if max_bytes is None else max_bytes
+    cap = config.max_context_bytes() if max_bytes is None else max_bytes
     ctx = tempfile.TemporaryFile(prefix="nbcontainer-context-")
     total = 0
     try:
@@ -381,7 +372,7 @@ def extract_tar(data: bytes | Iterable[bytes], dest: os.PathLike[str] | str,
     """
     from pathlib import Path
 
-    cap = max_result_bytes() if max_bytes is None else max_bytes
+    cap = config.max_result_bytes() if max_bytes is None else max_bytes
     root = Path(dest).resolve()
     root.mkdir(parents=True, exist_ok=True)
     chunks = [data] if isinstance(data, (bytes, bytearray)) else data

@@ -128,7 +128,9 @@ def container_labels(role: str, **extra: str) -> dict[str, str]:
 
     labels = {ROLE: role, CREATED: now_iso(), VERSION: __version__}
     labels.update(Owner.current().labels())
-    if os.environ.get("NBCONTAINER_KERNEL_ID"):
+    from .config import in_container_kernel
+
+    if in_container_kernel():
         labels[OWNER_CONTAINER] = socket.gethostname()  # Docker sets it to the container id
     labels.update({PREFIX + k.replace("_", "-"): v for k, v in extra.items()})
     return labels

@@ -17,8 +17,9 @@ import docker.errors
 import requests.exceptions
 
 from .. import labels
-from ..engine import Engine, extract_tar, get_engine, max_result_bytes
-from ..kernel.options import parse_bytes, parse_gpus
+from ..config import max_result_bytes
+from ..engine import Engine, extract_tar, get_engine
+from ..kernel.options import resource_kwargs
 from .base import Backend, Job, Phase, RunSpec
 
 __all__ = ["LocalBackend"]
@@ -73,16 +74,7 @@ class LocalBackend(Backend):
             run_labels[labels.DETACHED] = "true"
         kwargs: dict[str, Any] = {"command": list(spec.command), "environment": env, "labels": run_labels, "detach": True, "init": True,
                                   "name": f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}"}
-        if spec.cpus:
-            kwargs["nano_cpus"] = int(spec.cpus * 1e9)
-        if spec.memory:
-            kwargs["mem_limit"] = kwargs["memswap_limit"] = parse_bytes("memory", spec.memory)
-        if spec.gpus:
-            import docker.types
-
-            count, ids = parse_gpus(spec.gpus)
-            kwargs["device_requests"] = [docker.types.DeviceRequest(
-                count=count if not ids else None, device_ids=ids or None, capabilities=[["gpu"]])]
+        kwargs.update(resource_kwargs(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus))
         container = self.engine.create_container(spec.image, **kwargs)
         try:
             self.engine.start(container)

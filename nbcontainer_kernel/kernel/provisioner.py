@@ -26,13 +26,12 @@ import zmq
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
-from .. import orphans
-from .. import labels
+from .. import config, labels, orphans
 from ..contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
 from ..engine import Engine, get_engine
 from ..errors import EngineError, ImageNotUsable, InvalidOption, KernelDied
 from .images import KernelImageFacts, inspect_kernel_image
-from .options import ContainerOptions, parse_bytes, parse_gpus, parse_mount, parse_user
+from .options import ContainerOptions, parse_mount, parse_user, resource_kwargs
 
 __all__ = ["DockerProvisioner", "KERNEL_PORTS"]
 
@@ -242,17 +241,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 f"{port}/tcp": ("127.0.0.1", previous[name]) if name in previous else ("127.0.0.1",)
                 for name, port in inner_ports.items()
             }
-        if self.cpus:
-            out["nano_cpus"] = int(self.cpus * 1e9)
-        if self.memory:
-            out["mem_limit"] = parse_bytes("memory", self.memory)
-            out["memswap_limit"] = out["mem_limit"]  # no swap on top: the limit is the limit
-        if self.shm_size:
-            out["shm_size"] = parse_bytes("shm_size", self.shm_size)
-        if self.gpus:
-            count, ids = parse_gpus(self.gpus)
-            out["device_requests"] = [docker.types.DeviceRequest(
-                count=count if not ids else None, device_ids=ids or None, capabilities=[["gpu"]])]
+        out.update(resource_kwargs(cpus=self.cpus, memory=self.memory, gpus=self.gpus, shm_size=self.shm_size))
         return out
 
     def _container_env(self, env: dict[str, str], user: str | None) -> dict[str, str]:
@@ -445,7 +434,7 @@ def _uid_gid(user: str | None) -> tuple[int, int]:
 
 
 def _docker_socket_path() -> str:
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    host = config.docker_host()
     if not host.startswith("unix://"):
         raise InvalidOption("docker_socket", True,
                             f"DOCKER_HOST is {host}, not a local socket that can be mounted")

@@ -13,14 +13,16 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import CaselessStrEnum, Float, Int, Unicode
+from traitlets import CaselessStrEnum, Float, Int, Unicode, default
+
+from ..config import trait_default
 
 from ..backends.base import Hooks
 from ..backends.registry import UnknownBackend, available
 from ..errors import InvalidOption, RemoteExecutionError
 from ..remote.ledger import Ledger, UnknownRun
 
-__all__ = ["RemoteRun", "load_pyproject_defaults", "parse_value"]
+__all__ = ["RemoteRun", "parse_value"]
 
 
 def parse_value(text: str) -> Any:
@@ -51,60 +53,93 @@ def _names(text: str | None) -> list[str] | None:
     return names
 
 
-def load_pyproject_defaults(start: Path | None = None) -> dict[str, Any]:
-    """The [tool.nbcontainer] table of the nearest pyproject.toml above `start`."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ImportError:
-            return {}
-    here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        f = d / "pyproject.toml"
-        if f.is_file():
-            with open(f, "rb") as fh:
-                return dict(tomllib.load(fh).get("tool", {}).get("nbcontainer", {}))
-    return {}
-
-
 @magics_class
 class RemoteRun(Magics):
     """Run notebook cells in a container: here (--local), on AWS Batch or on SageMaker.
 
-    Defaults come from ``%config RemoteRun.<name>``, then from the
-    ``[tool.nbcontainer]`` table of the project's pyproject.toml.
+    Each setting is a trait: a flag wins, then ``%config RemoteRun.<name>`` (or a
+    config file), then the environment variable named in its help, then the
+    ``[tool.nbcontainer]`` table of the project's pyproject.toml
+    (:mod:`nbcontainer_kernel.config`).
     """
 
-    backend = Unicode("local", help="Backend used when neither --local nor --backend is given.").tag(config=True)
+    backend = Unicode("local", help="Backend used when neither --local nor --backend is given "
+                      "(env NBCONTAINER_BACKEND).").tag(config=True, env="NBCONTAINER_BACKEND")
     base = Unicode(None, allow_none=True, help="Base image of run images (default: the kernel's own "
-                   "container in a containerized kernel, else python:X.Y-slim).").tag(config=True)
-    max_parallel = Int(4, help="How many children of a sweep run at once.").tag(config=True)
-    timeout = Float(None, allow_none=True, help="Seconds before a run is stopped (none by default).").tag(config=True)
-    memory = Unicode(None, allow_none=True, help="Memory limit of run containers, e.g. '4g'.").tag(config=True)
-    cpus = Float(None, allow_none=True, help="CPU limit of run containers.").tag(config=True)
+                   "container in a containerized kernel, else NBCONTAINER_BASE_IMAGE or "
+                   "python:X.Y-slim).").tag(config=True)
+    max_parallel = Int(4, min=1, help="How many children of a sweep run at once "
+                       "(env NBCONTAINER_MAX_PARALLEL).").tag(config=True, env="NBCONTAINER_MAX_PARALLEL")
+    timeout = Float(None, allow_none=True, help="Seconds before a run is stopped (none by default; "
+                    "env NBCONTAINER_TIMEOUT).").tag(config=True, env="NBCONTAINER_TIMEOUT")
+    memory = Unicode(None, allow_none=True, help="Memory limit of run containers, e.g. '4g' "
+                     "(env NBCONTAINER_MEMORY).").tag(config=True, env="NBCONTAINER_MEMORY")
+    cpus = Float(None, allow_none=True, help="CPU limit of run containers "
+                 "(env NBCONTAINER_CPUS).").tag(config=True, env="NBCONTAINER_CPUS")
     interrupt = CaselessStrEnum(["cancel", "detach"], default_value="cancel",
                                 help="What interrupting the kernel while a run is waited on does: cancel "
-                                "the run, or detach from it (collect it later with %remote_attach).").tag(config=True)
+                                "the run, or detach from it (collect it later with %remote_attach; "
+                                "env NBCONTAINER_INTERRUPT).").tag(config=True, env="NBCONTAINER_INTERRUPT")
     progress = CaselessStrEnum(["auto", "widget", "text"], default_value="auto",
                                help="Progress display: the ipywidgets panel, its text twin, or auto "
-                               "(the panel when a Jupyter server started the kernel).").tag(config=True)
+                               "(the panel when a Jupyter server started the kernel; env "
+                               "NBCONTAINER_PROGRESS).").tag(config=True, env="NBCONTAINER_PROGRESS")
     ledger_path = Unicode(None, allow_none=True, help="The run ledger's SQLite file (default: "
                           "NBCONTAINER_RUNS_DB or the user data directory).").tag(config=True)
     trust = CaselessStrEnum(["signed", "always", "never"], default_value="signed",
                             help="How far run outputs are believed: 'signed' loads pickles only from runs "
                             "whose signed manifest and file digests hold; 'always' reads runs made before "
                             "signed results; 'never' loads no pickles at all (DataFrames and JSON "
-                            "values only).").tag(config=True)
+                            "values only; env NBCONTAINER_TRUST).").tag(config=True, env="NBCONTAINER_TRUST")
+
+    # Defaults: the environment variable, then [tool.nbcontainer] (config.trait_default).
+    @default("backend")
+    def _backend_default(self) -> str:
+        return trait_default(self, "backend")
+
+    @default("max_parallel")
+    def _max_parallel_default(self) -> int:
+        return trait_default(self, "max_parallel")
+
+    @default("timeout")
+    def _timeout_default(self) -> float | None:
+        return trait_default(self, "timeout")
+
+    @default("memory")
+    def _memory_default(self) -> str | None:
+        return trait_default(self, "memory")
+
+    @default("cpus")
+    def _cpus_default(self) -> float | None:
+        return trait_default(self, "cpus")
+
+    @default("interrupt")
+    def _interrupt_default(self) -> str:
+        return trait_default(self, "interrupt")
+
+    @default("progress")
+    def _progress_default(self) -> str:
+        return trait_default(self, "progress")
+
+    @default("trust")
+    def _trust_default(self) -> str:
+        return trait_default(self, "trust")
+
+    @default("base")
+    def _base_default(self) -> str | None:
+        return trait_default(self, "base")
+
+    @default("ledger_path")
+    def _ledger_path_default(self) -> str | None:
+        return trait_default(self, "ledger_path")
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self._runner = None
+        self._runner: Any = None
 
     # ---------------------------------------------------------------- helpers
     @property
-    def runner(self):
+    def runner(self) -> Any:
         from ..remote.dispatch import RemoteRunner
 
         if self._runner is None or (self.ledger_path and str(self._runner.ledger.path) != self.ledger_path):
@@ -113,16 +148,13 @@ class RemoteRun(Magics):
         return self._runner
 
     def _setting(self, name: str, flag_value: Any = None) -> Any:
-        """flag > %config > pyproject > trait default."""
+        """The flag's value when given, else the trait's (config > env > pyproject > default)."""
         if flag_value is not None:
             return flag_value
-        configured = self.config.get("RemoteRun", {})
-        if name in configured:
+        try:
             return getattr(self, name)
-        defaults = load_pyproject_defaults()
-        if name.replace("_", "-") in defaults or name in defaults:
-            return defaults.get(name, defaults.get(name.replace("_", "-")))
-        return getattr(self, name)
+        except InvalidOption as exc:  # a bad value in the environment or pyproject.toml
+            raise UsageError(str(exc)) from None
 
     def _listeners(self, cancel: Any) -> tuple[Hooks, Any]:
         mode = self._setting("progress")

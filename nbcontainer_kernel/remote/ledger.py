@@ -23,6 +23,7 @@ import platformdirs
 
 __all__ = ["Ledger", "default_path", "UnknownRun"]
 
+from .. import config
 from ..errors import NbcontainerError
 
 
@@ -74,9 +75,9 @@ def private_dir(path: Path) -> Path:
 
 
 def default_path() -> Path:
-    env = os.environ.get("NBCONTAINER_RUNS_DB")
-    if env:
-        return Path(env)
+    configured = config.runs_db()
+    if configured is not None:
+        return configured
     return Path(platformdirs.user_data_dir("nbcontainer")) / "runs.db"
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import labels
+from .. import config, labels
 from ..contract import DEFAULT_BASE_IMAGE, KERNEL_CONNECTION_FILE, RUNTIME_DIR, SNAPSHOT_DIR, VENV
 from ..engine import Engine, build_context, get_engine
 from ..errors import ImageNotUsable, NbcontainerError, WheelResolutionError
@@ -72,8 +72,8 @@ def _target(engine: Engine, image: str) -> TargetPython:
 def default_base(engine: Engine, python: str) -> str:
     """NBCONTAINER_BASE_IMAGE, else python:X.Y-slim when present or pullable, else the
     offline-made nbcontainer/base:bookworm."""
-    if os.environ.get("NBCONTAINER_BASE_IMAGE"):
-        return os.environ["NBCONTAINER_BASE_IMAGE"]
+    if config.base_image():
+        return str(config.base_image())
     minor = ".".join(python.split(".")[:2])
     slim = f"python:{minor}-slim"
     if engine.has_image(slim):

@@ -60,3 +60,31 @@ def test_provisioner_entry_point_is_registered() -> None:
     assert factory._check_availability("nbcontainer-docker")
     ep = factory.provisioners["nbcontainer-docker"]
     assert ep.load() is DockerProvisioner
+
+
+def test_every_provisioner_option_has_an_install_flag_made_from_its_trait() -> None:
+    from nbcontainer_kernel.cli import build_parser
+    from nbcontainer_kernel.kernel.options import ContainerOptions
+
+    install = build_parser()._subparsers._group_actions[0].choices["kernelspec"]  # type: ignore[union-attr]
+    install = install._subparsers._group_actions[0].choices["install"]
+    by_dest = {a.dest: a for a in install._actions}
+    for name, trait in ContainerOptions.class_traits(config=True).items():
+        assert f"opt_{name}" in by_dest, f"no flag for {name}"
+        assert by_dest[f"opt_{name}"].help == trait.help
+
+
+def test_install_flags_reach_the_kernelspec(tmp_path: Path) -> None:
+    from nbcontainer_kernel.cli import main
+
+    assert main(["kernelspec", "install", "--image", "img:1", "--name", "nbc-flags", "--no-check-image",
+                 "--no-init", "--no-mount-ledger", "--startup-log-lines", "5", "--mount", f"{tmp_path}:/data:ro",
+                 "--env-allow", "MY_VAR", "--pull", "never", "--no-docker-socket", "--memory", "1g"]) == 0
+    try:
+        config = next(s.config for s in kernelspec.list_specs() if s.name == "nbc-flags")
+        assert config["init"] is False and config["mount_ledger"] is False and config["startup_log_lines"] == 5
+        assert config["mounts"] == [f"{tmp_path}:/data:ro"] and config["pull_policy"] == "never"
+        assert config["env_allowlist"][-1] == "MY_VAR" and "LANG" in config["env_allowlist"]
+        assert config["docker_socket"] is False and config["memory"] == "1g"
+    finally:
+        kernelspec.remove("nbc-flags")

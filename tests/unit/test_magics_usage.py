@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
-from nbcontainer_kernel.magics.remote_run import load_pyproject_defaults, parse_value
+from nbcontainer_kernel.magics.remote_run import parse_value
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +53,9 @@ def test_help_documents_every_flag(ip) -> None:
         assert flag in doc, flag
 
 
-def test_values_and_pyproject_defaults(tmp_path: Path) -> None:
+def test_parameter_values_are_literals_or_strings() -> None:
     assert parse_value("50") == 50 and parse_value("0.5") == 0.5 and parse_value("[1, 2]") == [1, 2]
     assert parse_value("adam") == "adam"
-    (tmp_path / "pyproject.toml").write_text("[tool.nbcontainer]\nbackend = 'batch'\nmax-parallel = 8\n")
-    (tmp_path / "sub").mkdir()
-    assert load_pyproject_defaults(tmp_path / "sub") == {"backend": "batch", "max-parallel": 8}
 
 
 def test_remote_runs_is_a_dataframe_even_when_empty(ip) -> None:

@@ -48,3 +48,24 @@ def test_parsers() -> None:
     assert parse_user("host") == f"{os.getuid()}:{os.getgid()}"
     assert parse_user("image") is None
     assert parse_user("1000:1000") == "1000:1000"
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, {}),
+    ({"cpus": 1.5}, {"nano_cpus": 1_500_000_000}),
+    ({"memory": "512m"}, {"mem_limit": 512 * 1024**2, "memswap_limit": 512 * 1024**2}),
+    ({"shm_size": "1g"}, {"shm_size": 1024**3}),
+])
+def test_one_translation_of_resources_for_kernels_and_runs(given: dict, expected: dict) -> None:
+    from nbcontainer_kernel.kernel.options import resource_kwargs
+
+    assert resource_kwargs(**given) == expected
+
+
+def test_gpus_become_device_requests() -> None:
+    from nbcontainer_kernel.kernel.options import resource_kwargs
+
+    [req] = resource_kwargs(gpus="device=0,1")["device_requests"]
+    assert req["DeviceIDs"] == ["0", "1"] and req["Capabilities"] == [["gpu"]]
+    [req] = resource_kwargs(gpus="all")["device_requests"]
+    assert req["Count"] == -1
