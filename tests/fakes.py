@@ -134,3 +134,199 @@ def fake_image_builder(snap: Any, **_: Any) -> Any:
 
     return RunImage(tag=f"fake/run:{snap.digest[:12]}", image_id="sha256:fake", digest=snap.digest,
                     deps_image="fake/deps:1", deps_reused=True)
+
+
+# ---------------------------------------------------------------- a fake Docker daemon
+class _Response:
+    def __init__(self, status: int, reason: str = "") -> None:
+        self.status_code = status
+        self.reason = reason
+        self.url = "http+docker://localhost/fake"
+
+    def json(self) -> dict[str, Any]:
+        return {"message": self.reason}
+
+
+def api_error(status: int, explanation: str) -> Exception:
+    """A docker-py APIError as the daemon raises it (status code and explanation)."""
+    import docker.errors
+
+    cls = docker.errors.NotFound if status == 404 else docker.errors.APIError
+    return cls(f"{status} Client Error", response=_Response(status, explanation), explanation=explanation)
+
+
+class FakeContainer:
+    def __init__(self, daemon: FakeDocker, cid: str, name: str, image: str, kwargs: dict[str, Any]) -> None:
+        self.daemon, self.id, self.name, self.image = daemon, cid, name, image
+        self.kwargs = kwargs
+        self.labels = dict(kwargs.get("labels") or {})
+        self.state: dict[str, Any] = {"Status": "created", "Running": False, "ExitCode": 0, "OOMKilled": False}
+        self.files: dict[str, bytes] = {}
+        self.ports: dict[str, list[dict[str, str]]] = {}
+        self.log = b""
+
+    @property
+    def status(self) -> str:
+        return self.state["Status"]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.daemon.api.inspect_container(self.id)
+
+    def start(self) -> None:
+        self.daemon.api.start(self.id)
+
+    def exit(self, code: int, oom: bool = False, log: bytes = b"") -> None:
+        """What the test makes the container do: exit with a code (or be OOM-killed)."""
+        self.state.update(Status="exited", Running=False, ExitCode=code, OOMKilled=oom)
+        self.log += log
+
+
+class FakeDocker:
+    """The part of docker-py's DockerClient the Engine uses, over in-memory state.
+
+    `fail` maps an operation name ("create", "start", "kill", "remove", "put_archive",
+    "inspect") to a list of errors raised by its next calls, in order.
+    """
+
+    def __init__(self, images: dict[str, dict[str, str]] | None = None) -> None:
+        self.containers_by_id: dict[str, FakeContainer] = {}
+        self.image_labels = dict(images or {})
+        self.fail: dict[str, list[Exception]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.next_port = 40000
+        self.taken_ports: set[int] = set()
+        self.api = _FakeAPI(self)
+        self.containers = _FakeContainers(self)
+        self.images = _FakeImages(self)
+
+    def ping(self) -> bool:
+        return True
+
+    def _check(self, op: str, ident: str = "") -> None:
+        self.calls.append((op, ident))
+        errors = self.fail.get(op)
+        if errors:
+            raise errors.pop(0)
+
+    def get(self, ident: str) -> FakeContainer:
+        c = self.containers_by_id.get(ident) or next(
+            (c for c in self.containers_by_id.values() if c.name == ident), None)
+        if c is None:
+            raise api_error(404, f"No such container: {ident}")
+        return c
+
+
+class _FakeContainers:
+    def __init__(self, daemon: FakeDocker) -> None:
+        self.daemon = daemon
+
+    def create(self, image: str, **kwargs: Any) -> FakeContainer:
+        self.daemon._check("create", image)
+        if image not in self.daemon.image_labels:
+            import docker.errors
+
+            raise docker.errors.ImageNotFound(f"No such image: {image}", response=_Response(404))
+        cid = f"{len(self.daemon.containers_by_id) + 1:064x}"
+        c = FakeContainer(self.daemon, cid, kwargs.get("name") or f"fake-{cid[:8]}", image, kwargs)
+        self.daemon.containers_by_id[cid] = c
+        return c
+
+    def get(self, ident: str) -> FakeContainer:
+        return self.daemon.get(ident)
+
+    def list(self, all: bool = False, filters: dict[str, Any] | None = None) -> list[FakeContainer]:
+        wanted = (filters or {}).get("label", [])
+        out = []
+        for c in self.daemon.containers_by_id.values():
+            ok = all or c.state["Running"]
+            for f in wanted:
+                k, sep, v = f.partition("=")
+                ok = ok and k in c.labels and (not sep or c.labels[k] == v)
+            if ok:
+                out.append(c)
+        return out
+
+
+class _FakeImage:
+    def __init__(self, ref: str, labels: dict[str, str]) -> None:
+        self.id = f"sha256:{abs(hash(ref)):064x}"[:71]
+        self.short_id = self.id[:19]
+        self.tags = [ref]
+        self.labels = labels
+        self.attrs = {"Size": 0, "Created": ""}
+
+
+class _FakeImages:
+    def __init__(self, daemon: FakeDocker) -> None:
+        self.daemon = daemon
+
+    def get(self, ref: str) -> _FakeImage:
+        self.daemon._check("image", ref)
+        if ref not in self.daemon.image_labels:
+            import docker.errors
+
+            raise docker.errors.ImageNotFound(f"No such image: {ref}", response=_Response(404))
+        return _FakeImage(ref, self.daemon.image_labels[ref])
+
+    def list(self, filters: dict[str, Any] | None = None) -> list[_FakeImage]:
+        return []
+
+
+class _FakeAPI:
+    def __init__(self, daemon: FakeDocker) -> None:
+        self.daemon = daemon
+
+    def start(self, ident: str) -> None:
+        self.daemon._check("start", ident)
+        c = self.daemon.get(ident)
+        wanted = (c.kwargs.get("ports") or {})
+        for inner, binding in wanted.items():
+            host_port = binding[1] if len(binding) > 1 else None
+            if host_port is not None and host_port in self.daemon.taken_ports:
+                raise api_error(500, "driver failed programming external connectivity on endpoint "
+                                f"{c.name}: Bind for 127.0.0.1:{host_port} failed: port is already allocated")
+        for inner, binding in wanted.items():
+            port = binding[1] if len(binding) > 1 else self.daemon.next_port
+            self.daemon.next_port += 1
+            c.ports[inner] = [{"HostIp": binding[0], "HostPort": str(port)}]
+        c.state.update(Status="running", Running=True)
+
+    def inspect_container(self, ident: str) -> dict[str, Any]:
+        self.daemon._check("inspect", ident)
+        c = self.daemon.get(ident)
+        return {"Id": c.id, "Name": "/" + c.name, "State": dict(c.state),
+                "Config": {"Labels": c.labels, "Env": [f"{k}={v}" for k, v in (c.kwargs.get("environment") or {}).items()]},
+                "HostConfig": {"NetworkMode": c.kwargs.get("network_mode", "default")},
+                "NetworkSettings": {"Ports": dict(c.ports)}}
+
+    def kill(self, ident: str, signal: Any = None) -> None:
+        self.daemon._check("kill", ident)
+        c = self.daemon.get(ident)
+        if not c.state["Running"]:
+            raise api_error(409, f"Container {ident} is not running")
+        if signal in ("SIGKILL", 9, 15, "SIGTERM"):
+            c.exit(137 if signal in ("SIGKILL", 9) else 143)
+
+    def remove_container(self, ident: str, force: bool = False, v: bool = False) -> None:
+        self.daemon._check("remove", ident)
+        c = self.daemon.get(ident)
+        del self.daemon.containers_by_id[c.id]
+
+    def put_archive(self, ident: str, path: str, data: bytes) -> bool:
+        self.daemon._check("put_archive", ident)
+        import io
+        import tarfile
+
+        c = self.daemon.get(ident)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for m in tar.getmembers():
+                if m.isfile():
+                    c.files[f"{path.rstrip('/')}/{m.name}"] = tar.extractfile(m).read()  # type: ignore[union-attr]
+        return True
+
+    def logs(self, ident: str, stdout: bool = True, stderr: bool = True, tail: Any = "all") -> bytes:
+        return self.daemon.get(ident).log
+
+    def diff(self, ident: str) -> list[dict[str, Any]]:
+        return []

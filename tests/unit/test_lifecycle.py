@@ -181,3 +181,66 @@ def test_attach_of_a_run_that_never_reached_its_backend_says_so(runner, ledger) 
         runner.attach(run_id, {}, Hooks())
     row = ledger.get(run_id)
     assert row["status"] == "FAILED" and "abandoned in BUILD" in row["failure"]
+
+
+class _InterruptsWhenPickled:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+
+def _interrupting_builder(snap, **_):  # noqa: ANN001, ANN202
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(("where", "last_phase", "job_made"), [
+    ("snapshot", "SNAPSHOT", False), ("build", "BUILD", False), ("submit", "SUBMITTED", False),
+    ("status", "SUBMITTED", True), ("logs", "QUEUED", True), ("fetch_results", "COLLECTING", True),
+])
+def test_ctrl_c_at_each_phase_ends_the_run_cancelled_and_cleaned(ledger, backend, where: str, last_phase: str,
+                                                                 job_made: bool) -> None:
+    ns: dict = {"x": 1}
+    builder = fake_image_builder
+    script = Script(outputs=sealed_outputs({"y": 2}))
+    if where == "snapshot":
+        ns["x"] = _InterruptsWhenPickled()
+    elif where == "build":
+        builder = _interrupting_builder
+    else:
+        script.fail_on[where] = KeyboardInterrupt()
+    backend.scripts = {"*": script}
+    runner = RemoteRunner(ledger, image_builder=builder)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(_req(name="ci"), ns, Hooks())
+    row = ledger.get("ci-1")
+    phases = _phases(ledger, "ci-1")
+    assert row["status"] == "CANCELLED" and phases[-1] == "CANCELLED" and phases[-2] == last_phase, phases
+    assert row["failure"] in ("interrupted before it started", "cancelled by a kernel interrupt")
+    assert ("cleanup", "ci-1") in backend.calls if job_made else ("cleanup", "ci-1") not in backend.calls
+    assert ("cancel", "ci-1") in backend.calls if job_made else True
+    assert "y" not in ns
+
+
+def test_ctrl_c_with_detach_leaves_the_job_running_for_attach(ledger, backend) -> None:
+    backend.scripts = {"*": Script(fail_on={"logs": KeyboardInterrupt()}, wait_for_cancel=True)}
+    with pytest.raises(KeyboardInterrupt):
+        RemoteRunner(ledger, image_builder=fake_image_builder).run(_req(name="det", interrupt="detach"),
+                                                                  {"x": 1}, Hooks())
+    row = ledger.get("det-1")
+    assert row["status"] not in TERMINAL and row["job"] == {"fake_id": "job-det-1"}
+    assert ("cancel", "det-1") not in backend.calls and not backend.cleaned("det-1")
+
+
+def test_the_ledger_records_every_transition_with_its_time(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(phases=[Phase.QUEUED, Phase.QUEUED, Phase.STARTING, Phase.RUNNING,
+                                           Phase.RUNNING, Phase.SUCCEEDED], outputs=sealed_outputs({}))}
+    seen: list[tuple[str, str]] = []
+    hooks = Hooks(on_phase=[lambda rid, phase, _t: seen.append((phase.value, ledger.get(rid)["status"]))])
+    runner.run(_req(name="tr"), {"x": 1}, hooks)
+    # Each phase is in the ledger by the time the listeners hear of it, once, in order.
+    assert [p for p, _ in seen] == ["SNAPSHOT", "BUILD", "SUBMITTED", "QUEUED", "STARTING", "RUNNING",
+                                    "COLLECTING", "SUCCEEDED"]
+    assert all(phase == status for phase, status in seen)
+    times = [t for _, t in ledger.get("tr-1")["phases"]]
+    assert times == sorted(times)
+    assert set(ledger.timings(ledger.get("tr-1"))) == {"snapshot", "build", "submitted", "queued", "starting",
+                                                       "running", "collecting"}

@@ -1,0 +1,115 @@
+"""DockerProvisioner over a fake Docker daemon (tests/fakes.py): the branches a real daemon
+cannot be made to take on demand. The real-daemon tests in tests/integration stay."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from jupyter_client.kernelspec import KernelSpec
+
+from nbcontainer_kernel import labels
+from nbcontainer_kernel.contract import KERNEL_CONNECTION_FILE
+from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.errors import KernelDied
+from nbcontainer_kernel.kernel import provisioner as provisioner_module
+from nbcontainer_kernel.kernel.kernelspec import render
+from nbcontainer_kernel.kernel.provisioner import KERNEL_PORTS, DockerProvisioner
+from tests.fakes import FakeDocker, api_error
+
+IMAGE = "nbc/fake-kernel:1"
+
+
+def _Spec() -> KernelSpec:  # noqa: N802 - reads like the class it makes
+    return KernelSpec(**render(IMAGE, "Fake (Docker)", check_paths=False))
+
+
+@pytest.fixture
+def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocker]:
+    fake = FakeDocker(images={IMAGE: {labels.ROLE: labels.ROLE_KERNEL_IMAGE, labels.IPYKERNEL: "7.0.0",
+                                      labels.PYTHON: "3.11.7", labels.CURVE: "false"}})
+    engine = Engine(fake)  # type: ignore[arg-type]
+    monkeypatch.setattr(provisioner_module, "get_engine", lambda: engine)
+    monkeypatch.setattr(provisioner_module, "_swept", True)  # the orphan sweep has its own tests
+    yield fake
+
+
+async def _started(**options: object) -> DockerProvisioner:
+    prov = DockerProvisioner(kernel_id="0123456789abcdef", kernel_spec=_Spec(), parent=None, image=IMAGE,
+                             mount_cwd=False, mount_ledger=False, **options)
+    kwargs = await prov.pre_launch()
+    await prov.launch_kernel(**kwargs)
+    return prov
+
+
+async def test_a_kernel_starts_with_its_connection_file_and_scratch_space(daemon: FakeDocker) -> None:
+    prov = await _started()
+    [container] = daemon.containers_by_id.values()
+    conn = json.loads(container.files[f"/{KERNEL_CONNECTION_FILE.lstrip('/')}"])
+    assert conn["ip"] == "0.0.0.0" and conn["shell_port"] == KERNEL_PORTS["shell_port"] and conn["key"]
+    assert container.kwargs["tmpfs"] == {"/tmp": "rw,exec,nosuid,mode=1777"}
+    assert container.kwargs["environment"]["HOME"] == "/tmp"
+    assert set(prov.connection_info) >= set(KERNEL_PORTS) and prov.connection_info["ip"] == "127.0.0.1"
+    assert {p["HostIp"] for b in container.ports.values() for p in b} == {"127.0.0.1"}
+    assert await prov.poll() is None
+
+
+@pytest.mark.parametrize(("code", "oom", "says"), [(1, False, "exit code 1"),
+                                                    (137, True, "OOMKilled: it exceeded its memory limit")])
+async def test_a_kernel_that_exits_is_reported_with_its_log(daemon: FakeDocker, code: int, oom: bool,
+                                                            says: str) -> None:
+    prov = await _started()
+    [container] = daemon.containers_by_id.values()
+    container.exit(code, oom=oom, log=b"Traceback...\nMemoryError\n")
+    assert await prov.poll() == code
+    assert isinstance(prov.exit_error, KernelDied) and says in str(prov.exit_error)
+    assert "MemoryError" in str(prov.exit_error) and prov.exit_error.oom_killed is oom
+    assert await prov.poll() == code  # reported once, still answered
+
+
+async def test_a_container_removed_under_the_kernel_is_reported_gone(daemon: FakeDocker) -> None:
+    prov = await _started()
+    daemon.containers_by_id.clear()
+    assert await prov.poll() == 255
+    assert isinstance(prov.exit_error, KernelDied)
+
+
+async def test_an_expected_shutdown_is_not_an_error(daemon: FakeDocker) -> None:
+    prov = await _started()
+    await prov.shutdown_requested()
+    next(iter(daemon.containers_by_id.values())).exit(0)
+    assert await prov.poll() == 0 and prov.exit_error is None
+    await prov.cleanup()
+    assert daemon.containers_by_id == {}
+    await prov.cleanup()  # idempotent
+
+
+async def test_a_restart_whose_ports_were_taken_takes_fresh_ones(daemon: FakeDocker) -> None:
+    prov = await _started()
+    first = {k: prov.connection_info[k] for k in KERNEL_PORTS}
+    await prov.cleanup(restart=True)
+    daemon.taken_ports = set(first.values())  # someone took them meanwhile
+    kwargs = await prov.pre_launch()
+    await prov.launch_kernel(**kwargs)
+    second = {k: prov.connection_info[k] for k in KERNEL_PORTS}
+    assert set(second.values()).isdisjoint(first.values())
+    assert [op for op, _ in daemon.calls].count("create") == 3  # first start, the refused one, the retry
+    assert len(daemon.containers_by_id) == 1, "the refused container was removed"
+
+
+async def test_a_restart_keeps_its_ports_when_they_are_free(daemon: FakeDocker) -> None:
+    prov = await _started()
+    first = {k: prov.connection_info[k] for k in KERNEL_PORTS}
+    await prov.cleanup(restart=True)
+    await prov.launch_kernel(**(await prov.pre_launch()))
+    assert {k: prov.connection_info[k] for k in KERNEL_PORTS} == first
+
+
+async def test_an_error_other_than_a_port_is_not_retried(daemon: FakeDocker) -> None:
+    from nbcontainer_kernel.errors import EngineError
+
+    daemon.fail["start"] = [api_error(500, "OCI runtime create failed: no such file")]
+    with pytest.raises(EngineError, match="OCI runtime"):
+        await _started()
+    assert daemon.containers_by_id == {}, "nothing left behind"
