@@ -7,10 +7,14 @@ PYTEST_ARGS ?=
 
 export VENV
 
-.PHONY: setup image kernelspec demo test unit bench gc clean
+.PHONY: setup venv image kernelspec demo test lint format unit bench gc clean
 
 setup:
 	scripts/setup.sh
+
+# The virtualenv alone: no Docker engine, no base image (what lint and unit need).
+venv:
+	scripts/setup.sh --venv-only
 
 image: setup
 	$(VENV)/bin/nbcontainer image build --base $(BASE) --tag $(IMAGE)
@@ -23,11 +27,23 @@ kernelspec: image
 demo: kernelspec
 	$(VENV)/bin/python examples/run_quickstart.py --kernel $(KERNEL)
 
-test:
+# Lint first: CI runs this target, so the gates hold on every landing.
+test: lint
 	scripts/setup.sh --browser
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-unit: setup
+# ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade; formatting) and mypy.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The tests that need no Docker engine and no root: seconds, on any machine with Python.
+unit: venv
 	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: kernelspec

@@ -41,7 +41,9 @@ def main() -> int:
     engine = Engine.connect()
     bindir = Path(sys.executable).parent
     if args.remove:
-        subprocess.run([bindir / "jupyter", "kernelspec", "remove", "-y", args.kernel_name], check=False)
+        subprocess.run(
+            [bindir / "jupyter", "kernelspec", "remove", "-y", args.kernel_name], check=False
+        )
         engine.remove_image(args.tag, force=True)
         return 0
 
@@ -50,10 +52,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         resolve_wheels(reqs, target, Path(tmp) / "wheels", print)
         dockerfile = DOCKERFILE.format(base=args.base, reqs=" ".join(f"'{r}'" for r in reqs))
-        engine.build(build_context(dockerfile, {"wheels": Path(tmp) / "wheels"}), args.tag, on_line=print)
-    subprocess.run([bindir / "jupyter-docker-spec", "install", "--user", "--replace",
-                    f"--image-name={args.tag}", f"--kernel-name={args.kernel_name}",
-                    "--display-name=Python (gateway_provisioners Docker)"], check=True)
+        engine.build(
+            build_context(dockerfile, {"wheels": Path(tmp) / "wheels"}), args.tag, on_line=print
+        )
+    subprocess.run(
+        [
+            bindir / "jupyter-docker-spec",
+            "install",
+            "--user",
+            "--replace",
+            f"--image-name={args.tag}",
+            f"--kernel-name={args.kernel_name}",
+            "--display-name=Python (gateway_provisioners Docker)",
+        ],
+        check=True,
+    )
     print(f"peer kernelspec {args.kernel_name} uses {args.tag}; set KERNEL_USERNAME to run it")
     return 0
 

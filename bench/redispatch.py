@@ -46,7 +46,9 @@ def warm_once(engine: Engine, base: str, ns: dict, workdir: Path) -> tuple[dict[
     t = time.perf_counter()
     values = res.results
     phases["results"] = time.perf_counter() - t
-    assert res.exit_code == 0 and abs(values["total"] - float(ns["state"].sum())) < 1e-6, res.failure
+    assert res.exit_code == 0 and abs(values["total"] - float(ns["state"].sum())) < 1e-6, (
+        res.failure
+    )
     engine.remove_image(image.tag, force=True)
     return phases, image.deps_image
 
@@ -56,21 +58,35 @@ FROM {base}
 # pip trusts the system CA bundle (the base has the host's), as the project's builds do.
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 COPY . /work
-RUN python3 -m venv /venv && /venv/bin/pip install -q --no-cache-dir -r /work/requirements.txt papermill
+RUN python3 -m venv /venv \\
+ && /venv/bin/pip install -q --no-cache-dir -r /work/requirements.txt papermill
 WORKDIR /work
 CMD ["/venv/bin/papermill", "cell.ipynb", "out.ipynb"]
 """
 
 
 def naive_once(engine: Engine, base: str, requirements: str, run_no: int) -> float:
-    nb = new_notebook(cells=[new_code_cell(
-        "import numpy as np\nstate = np.random.default_rng(0).standard_normal(10 * 1024 * 1024 // 8)\n"
-        f"factor = 2.0\n# run {run_no}\n" + CELL)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = new_notebook(
+        cells=[
+            new_code_cell(
+                "import numpy as np\nstate = np.random.default_rng(0).standard_normal(10 * 1024 * "
+                "1024 // 8)\n"
+                f"factor = 2.0\n# run {run_no}\n" + CELL
+            )
+        ]
+    )
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     ctx = io.BytesIO()
     with tarfile.open(fileobj=ctx, mode="w") as tar:
-        for name, data in {"Dockerfile": NAIVE_DOCKERFILE.format(base=base),
-                           "requirements.txt": requirements, "cell.ipynb": nbformat.writes(nb)}.items():
+        for name, data in {
+            "Dockerfile": NAIVE_DOCKERFILE.format(base=base),
+            "requirements.txt": requirements,
+            "cell.ipynb": nbformat.writes(nb),
+        }.items():
             info = tarfile.TarInfo(name)
             info.size = len(data.encode())
             tar.addfile(info, io.BytesIO(data.encode()))
@@ -94,15 +110,37 @@ def main() -> int:
     ns = {"state": np.random.default_rng(0).standard_normal(10 * 1024 * 1024 // 8), "factor": 2.0}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        _, deps = warm_once(engine, args.base, ns, workdir)  # warm-up: builds or reuses the dependency layer
+        _, deps = warm_once(
+            engine, args.base, ns, workdir
+        )  # warm-up: builds or reuses the dependency layer
         samples = []
         for i in range(args.runs):
             phases, _ = warm_once(engine, args.base, ns, workdir)
             samples.append(phases)
-            print(f"  warm {i + 1}/{args.runs}: {sum(phases.values()):.2f} s", file=sys.stderr, flush=True)
-    freeze = subprocess.run(["docker", "run", "--rm", "--entrypoint", "/opt/nbcontainer/venv/bin/python", deps,
-                             "-m", "pip", "list", "--format=freeze", "--local", "--disable-pip-version-check"],
-                            capture_output=True, text=True, check=True).stdout
+            print(
+                f"  warm {i + 1}/{args.runs}: {sum(phases.values()):.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    freeze = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/opt/nbcontainer/venv/bin/python",
+            deps,
+            "-m",
+            "pip",
+            "list",
+            "--format=freeze",
+            "--local",
+            "--disable-pip-version-check",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     freeze = "\n".join(ln for ln in freeze.splitlines() if "==" in ln and " " not in ln) + "\n"
     naive = []
     for i in range(args.naive_runs):
@@ -110,12 +148,18 @@ def main() -> int:
         print(f"  naive {i + 1}/{args.naive_runs}: {naive[-1]:.1f} s", file=sys.stderr, flush=True)
 
     total = statistics.median(sum(s.values()) for s in samples)
-    print(f"warm re-dispatch, median of {args.runs} (10 MB of state, {len(freeze.splitlines())} pinned packages):")
+    print(
+        f"warm re-dispatch, median of {args.runs} (10 MB of state, {len(freeze.splitlines())} "
+        "pinned packages):"
+    )
     for phase in samples[0]:
         print(f"  {phase:>9}: {statistics.median(s[phase] for s in samples) * 1000:8.0f} ms")
     print(f"  {'total':>9}: {total * 1000:8.0f} ms")
     nmed = statistics.median(naive)
-    print(f"naive rebuild (docker build + pip install + papermill), median of {args.naive_runs}: {nmed:.1f} s")
+    print(
+        f"naive rebuild (docker build + pip install + papermill), median of {args.naive_runs}: "
+        f"{nmed:.1f} s"
+    )
     print(f"speed-up: {nmed / total:.0f}x (target >= 10x)")
     return 0
 

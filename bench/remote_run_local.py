@@ -30,8 +30,11 @@ def main() -> int:
     ip.run_line_magic("load_ext", "nbcontainer_kernel")
     ip.run_line_magic("config", f"RemoteRun.ledger_path = {str(tmp / 'runs.db')!r}")
     ip.run_line_magic("config", "RemoteRun.progress = 'text'")
-    ip.run_cell("import numpy as np\nstate = np.random.default_rng(0).standard_normal(10 * 1024 * 1024 // 8)\n"
-                "factor = 2.0")
+    ip.run_cell(
+        "import numpy as np\nstate = np.random.default_rng(0).standard_normal(10 * 1024 * 1024 // "
+        "8)\n"
+        "factor = 2.0"
+    )
 
     from nbcontainer_kernel.engine import Engine
     from nbcontainer_kernel.remote.ledger import Ledger
@@ -66,8 +69,13 @@ def main() -> int:
     med_remote, med_local = statistics.median(remote), statistics.median(local)
     print(f"%%remote_run --local, trivial cell, 10 MB of state; median of {args.runs}:")
     for phase in phases[0]:
-        print(f"  {phase:>10}: {statistics.median(p.get(phase, 0.0) for p in phases) * 1000:8.0f} ms")
-    print(f"  {'end to end':>10}: {med_remote * 1000:8.0f} ms  (min {min(remote) * 1000:.0f}, max {max(remote) * 1000:.0f})")
+        print(
+            f"  {phase:>10}: {statistics.median(p.get(phase, 0.0) for p in phases) * 1000:8.0f} ms"
+        )
+    print(
+        f"  {'end to end':>10}: {med_remote * 1000:8.0f} ms  (min {min(remote) * 1000:.0f}, max "
+        f"{max(remote) * 1000:.0f})"
+    )
     print(f"same cell in-process: {med_local * 1000:.2f} ms; ratio {med_remote / med_local:.0f}x")
     return 0
 

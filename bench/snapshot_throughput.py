@@ -33,7 +33,9 @@ def make_namespace(total_mib: int) -> dict:
         "weights": rng.standard_normal(n),
         "embeddings": rng.standard_normal((n // 64, 64)).astype(np.float64),
         "counts": rng.integers(0, 1 << 30, n, dtype=np.int64),
-        "frame": pd.DataFrame({"a": rng.standard_normal(n // 2), "b": rng.integers(0, 100, n // 2)}),
+        "frame": pd.DataFrame(
+            {"a": rng.standard_normal(n // 2), "b": rng.integers(0, 100, n // 2)}
+        ),
     }
 
 
@@ -68,8 +70,15 @@ def main() -> int:
     try:
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            snap = snapshot(ns, "", variables=list(ns), env={}, include_dependencies=False,
-                            include_sources=False, dest=root / "snap")
+            snap = snapshot(
+                ns,
+                "",
+                variables=list(ns),
+                env={},
+                include_dependencies=False,
+                include_sources=False,
+                dest=root / "snap",
+            )
             snap_s = time.perf_counter() - t0
             nbytes = sum(f.stat().st_size for f in (root / "snap" / "vars").iterdir())
             t0 = time.perf_counter()
@@ -86,8 +95,14 @@ def main() -> int:
     med = [statistics.median(r[i] for r in rows) for i in range(1, 5)]
     mb = nbytes / 1e6
     print(f"namespace: {nbytes / 2**30:.2f} GiB in 4 variables; median of {args.repeat}")
-    print(f"  snapshot  {mb / med[0]:8.0f} MB/s   plain write {mb / med[2]:8.0f} MB/s   ratio {med[2] / med[0]:.2f}")
-    print(f"  restore   {mb / med[1]:8.0f} MB/s   plain read  {mb / med[3]:8.0f} MB/s   ratio {med[3] / med[1]:.2f}")
+    print(
+        f"  snapshot  {mb / med[0]:8.0f} MB/s   plain write {mb / med[2]:8.0f} MB/s   ratio "
+        f"{med[2] / med[0]:.2f}"
+    )
+    print(
+        f"  restore   {mb / med[1]:8.0f} MB/s   plain read  {mb / med[3]:8.0f} MB/s   ratio "
+        f"{med[3] / med[1]:.2f}"
+    )
     return 0
 
 

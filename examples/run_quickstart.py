@@ -39,8 +39,13 @@ def main() -> int:
     args = p.parse_args()
 
     nb = nbformat.read(args.notebook, as_version=4)
-    client = NotebookClient(nb, kernel_name=args.kernel, timeout=120, startup_timeout=120,
-                            resources={"metadata": {"path": str(HERE)}})
+    client = NotebookClient(
+        nb,
+        kernel_name=args.kernel,
+        timeout=120,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(HERE)}},
+    )
     print(f"executing {args.notebook} with kernel {args.kernel} ...", flush=True)
     t0 = time.perf_counter()
     try:
@@ -58,9 +63,15 @@ def main() -> int:
     where = "".join(o.get("text", "") for o in nb.cells[1].outputs if o.get("name") == "stdout")
     print("\nwhere the code ran:")
     print(where.rstrip())
-    print(f"\nsum of squares computed in the container: {nb.cells[3].outputs[0]['data']['text/plain']}")
-    remote = "".join(o.get("text", "") for o in nb.cells[5].outputs + nb.cells[6].outputs
-                     if o.get("name") == "stdout")
+    print(
+        "\nsum of squares computed in the container: "
+        f"{nb.cells[3].outputs[0]['data']['text/plain']}"
+    )
+    remote = "".join(
+        o.get("text", "")
+        for o in nb.cells[5].outputs + nb.cells[6].outputs
+        if o.get("name") == "stdout"
+    )
     print("\n%%remote_run (a run image made from the kernel's state):")
     print("\n".join(f"  {line}" for line in remote.rstrip().splitlines()))
     print(f"executed in {elapsed:.1f} s; executed notebook saved to {out}")

@@ -12,8 +12,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "log_metric", "snapshot", "build_run_image", "run_image", "Snapshot",
-           "RunResult", "RemoteExecutionError"]
+__all__ = [
+    "__version__",
+    "log_metric",
+    "snapshot",
+    "build_run_image",
+    "run_image",
+    "Snapshot",
+    "RunResult",
+    "RemoteExecutionError",
+]
 
 _LAZY = {
     "log_metric": ("nbcontainer_kernel.metrics", "log_metric"),

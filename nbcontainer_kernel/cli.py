@@ -52,26 +52,40 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     if args.requirements:
         with open(args.requirements) as fh:
             reqs += [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-    result = build_kernel_image(_engine(), args.base, args.tag, python=args.python,
-                                requirements=reqs, force=args.force, pull_policy=args.pull,
-                                on_line=_BuildPrinter())
+    result = build_kernel_image(
+        _engine(),
+        args.base,
+        args.tag,
+        python=args.python,
+        requirements=reqs,
+        force=args.force,
+        pull_policy=args.pull,
+        on_line=_BuildPrinter(),
+    )
     verb = "built" if result.built else "up to date:"
     print(f"{verb} {result.tag} ({result.image_id[7:19]}, {result.target.describe()})")
     return 0
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
-    from .kernel import images
     from . import labels
+    from .kernel import images
 
     rows = []
     for img in images.list_kernel_images(_engine()):
         img_labels = img.labels or {}
         for tag in img.tags or ["<none>"]:
-            rows.append((tag, img.short_id[7:], img_labels.get(labels.BASE, "?"),
-                         img_labels.get(labels.PYTHON, "?"), img_labels.get(labels.IPYKERNEL, "?"),
-                         img_labels.get("org.opencontainers.image.created", "?"),
-                         f"{img.attrs.get('Size', 0) / 1e6:.0f} MB"))
+            rows.append(
+                (
+                    tag,
+                    img.short_id[7:],
+                    img_labels.get(labels.BASE, "?"),
+                    img_labels.get(labels.PYTHON, "?"),
+                    img_labels.get(labels.IPYKERNEL, "?"),
+                    img_labels.get("org.opencontainers.image.created", "?"),
+                    f"{img.attrs.get('Size', 0) / 1e6:.0f} MB",
+                )
+            )
     _table(("TAG", "ID", "BASE", "PYTHON", "IPYKERNEL", "CREATED", "SIZE"), rows)
     return 0
 
@@ -102,13 +116,23 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     # The socket is root on the host: on by default only for a single user's own kernelspec.
     options.setdefault("docker_socket", single_user)
     prefix = sys.prefix if args.sys_prefix else args.prefix
-    path = kernelspec.install(args.opt_image, args.name, args.display_name, options=options,
-                              env=_kv(args.env, "env"), user=single_user, prefix=prefix,
-                              check_image=not args.no_check_image)
+    path = kernelspec.install(
+        args.opt_image,
+        args.name,
+        args.display_name,
+        options=options,
+        env=_kv(args.env, "env"),
+        user=single_user,
+        prefix=prefix,
+        check_image=not args.no_check_image,
+    )
     print(f"installed kernelspec {args.name} in {path}")
     if options["docker_socket"]:
-        print("note: the kernel can use the Docker socket (root-equivalent on this host); "
-              "--no-docker-socket turns that off", file=sys.stderr)
+        print(
+            "note: the kernel can use the Docker socket (root-equivalent on this host); "
+            "--no-docker-socket turns that off",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -130,7 +154,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         elif isinstance(trait, List):
             kw.update(action="append", metavar=trait.metadata.get("metavar", "VALUE"))
         elif isinstance(trait, (CaselessStrEnum, Enum)):
-            kw["choices"] = sorted(trait.values)
+            kw["choices"] = sorted(trait.values or ())
         elif isinstance(trait, Float):
             kw.update(type=float, metavar="N")
         elif isinstance(trait, Int):
@@ -145,8 +169,10 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_kernelspec_list(args: argparse.Namespace) -> int:
     from .kernel import kernelspec
 
-    _table(("NAME", "DISPLAY NAME", "IMAGE", "DIRECTORY"),
-           [(s.name, s.display_name, s.image, s.resource_dir) for s in kernelspec.list_specs()])
+    _table(
+        ("NAME", "DISPLAY NAME", "IMAGE", "DIRECTORY"),
+        [(s.name, s.display_name, s.image, s.resource_dir) for s in kernelspec.list_specs()],
+    )
     return 0
 
 
@@ -164,11 +190,20 @@ def cmd_containerize(args: argparse.Namespace) -> int:
 
     printer = _BuildPrinter()
     _phase("snapshot + build", f"{args.notebook} -> {args.tag}")
-    image = containerize(args.notebook, args.tag, base=args.base, requirements=args.requirements,
-                         engine=_engine(), on_line=printer)
+    image = containerize(
+        args.notebook,
+        args.tag,
+        base=args.base,
+        requirements=args.requirements,
+        engine=_engine(),
+        on_line=printer,
+    )
     deps = "reused" if image.deps_reused else "built"
     print(f"built {image.tag} ({image.image_id[7:19]}); dependency layer {image.deps_image} {deps}")
-    print(f"run it: docker run --rm {image.tag} -p NAME VALUE   or   nbcontainer run {image.tag} -p NAME VALUE")
+    print(
+        f"run it: docker run --rm {image.tag} -p NAME VALUE   or   nbcontainer run {image.tag} -p "
+        "NAME VALUE"
+    )
     return 0
 
 
@@ -189,8 +224,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     built = None
     if target.endswith(".ipynb") or Path(target).is_file():
         _phase("snapshot + build", target)
-        built = containerize(target, base=args.base, requirements=args.requirements, engine=engine,
-                             on_line=_BuildPrinter() if args.verbose else None)
+        built = containerize(
+            target,
+            base=args.base,
+            requirements=args.requirements,
+            engine=engine,
+            on_line=_BuildPrinter() if args.verbose else None,
+        )
         image = built.tag
         name = Path(target).stem
     else:
@@ -202,17 +242,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd += ["-p", pname, value]
     _phase("run", f"{image} (outputs: {out})")
     try:
-        result = run_image(image, args=cmd, output_dir=out, timeout=args.timeout, engine=engine,
-                           on_log=lambda line: print(f"    {line}", flush=True))
+        result = run_image(
+            image,
+            args=cmd,
+            output_dir=out,
+            timeout=args.timeout,
+            engine=engine,
+            on_log=lambda line: print(f"    {line}", flush=True),
+        )
     finally:
         if built is not None and not args.keep_image:
             remove_run_image(built.tag, engine)
-    _phase("done" if result.succeeded else "failed",
-           f"exit code {result.exit_code} in {result.duration:.1f} s")
+    _phase(
+        "done" if result.succeeded else "failed",
+        f"exit code {result.exit_code} in {result.duration:.1f} s",
+    )
     produced = sorted(p.name for p in result.data_dir.glob("*")) if result.data_dir.exists() else []
     print(f"outputs in {out.resolve()}" + (f": {', '.join(produced)}" if produced else ""))
     if not result.succeeded:
-        print(result.failure or ("timed out" if result.timed_out else "the run failed"), file=sys.stderr)
+        print(
+            result.failure or ("timed out" if result.timed_out else "the run failed"),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -229,10 +280,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     for row in [header, *rows]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,31 +292,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", help="kernel images").add_subparsers(dest="sub", required=True)
     b = image.add_parser("build", help="build a kernel image FROM any base with Python 3")
-    b.add_argument("--base", required=True, help="base image (a user's image, python:3.x-slim, a local one)")
+    b.add_argument(
+        "--base", required=True, help="base image (a user's image, python:3.x-slim, a local one)"
+    )
     b.add_argument("--tag", required=True, help="tag of the kernel image")
-    b.add_argument("--python", default="python3", help="the base's Python command (default: python3)")
-    b.add_argument("--pip", action="append", metavar="REQ", help="an extra requirement (repeatable)")
+    b.add_argument(
+        "--python", default="python3", help="the base's Python command (default: python3)"
+    )
+    b.add_argument(
+        "--pip", action="append", metavar="REQ", help="an extra requirement (repeatable)"
+    )
     b.add_argument("--requirements", "-r", metavar="FILE", help="a requirements file to add")
-    b.add_argument("--pull", default="missing", choices=["missing", "always", "never"],
-                   help="when to pull the base (default: missing)")
+    b.add_argument(
+        "--pull",
+        default="missing",
+        choices=["missing", "always", "never"],
+        help="when to pull the base (default: missing)",
+    )
     b.add_argument("--force", action="store_true", help="build even when the image is up to date")
     b.set_defaults(func=cmd_image_build)
-    image.add_parser("list", help="list the kernel images nbcontainer built").set_defaults(func=cmd_image_list)
+    image.add_parser("list", help="list the kernel images nbcontainer built").set_defaults(
+        func=cmd_image_list
+    )
 
     ks = sub.add_parser("kernelspec", help="kernelspecs").add_subparsers(dest="sub", required=True)
-    i = ks.add_parser("install", help="install a kernelspec that runs kernels in IMAGE",
-                      description="Every provisioner option has a flag (its help is the option's own); "
-                      "server-wide defaults go in jupyter_server_config.py as c.DockerProvisioner.NAME.")
+    i = ks.add_parser(
+        "install",
+        help="install a kernelspec that runs kernels in IMAGE",
+        description="Every provisioner option has a flag (its help is the option's own); "
+        "server-wide defaults go in jupyter_server_config.py as c.DockerProvisioner.NAME.",
+    )
     i.add_argument("--name", required=True, help="kernelspec name (letters, digits, . _ -)")
     i.add_argument("--display-name", help="name shown in the launcher")
     add_option_flags(i)
-    i.add_argument("--env", action="append", metavar="NAME=VALUE", help="kernel env var (repeatable)")
+    i.add_argument(
+        "--env", action="append", metavar="NAME=VALUE", help="kernel env var (repeatable)"
+    )
     where = i.add_mutually_exclusive_group()
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (shared)")
     where.add_argument("--prefix", help="install under this prefix (shared)")
-    i.add_argument("--no-check-image", action="store_true", help="do not require the image to exist now")
+    i.add_argument(
+        "--no-check-image", action="store_true", help="do not require the image to exist now"
+    )
     i.set_defaults(func=cmd_kernelspec_install)
-    ks.add_parser("list", help="list nbcontainer kernelspecs").set_defaults(func=cmd_kernelspec_list)
+    ks.add_parser("list", help="list nbcontainer kernelspecs").set_defaults(
+        func=cmd_kernelspec_list
+    )
     r = ks.add_parser("remove", help="remove nbcontainer kernelspecs")
     r.add_argument("names", nargs="+")
     r.set_defaults(func=cmd_kernelspec_remove)
@@ -273,26 +345,43 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("containerize", help="build an image that runs a notebook with parameters")
     c.add_argument("notebook")
     c.add_argument("--tag", required=True)
-    c.add_argument("--base", help="base image (default: python:X.Y-slim, or NBCONTAINER_BASE_IMAGE)")
-    c.add_argument("--requirements", "-r", help="requirements file (default: this environment's packages)")
+    c.add_argument(
+        "--base", help="base image (default: python:X.Y-slim, or NBCONTAINER_BASE_IMAGE)"
+    )
+    c.add_argument(
+        "--requirements", "-r", help="requirements file (default: this environment's packages)"
+    )
     c.set_defaults(func=cmd_containerize)
 
     rn = sub.add_parser("run", help="run a notebook (or an image made by containerize) in Docker")
     rn.add_argument("target", help="a notebook path or an image")
-    rn.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                    help="a parameter (repeatable); values are JSON where they parse")
-    rn.add_argument("--output", "-o", help="where to put the outputs (default: nbcontainer-runs/...)")
+    rn.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="a parameter (repeatable); values are JSON where they parse",
+    )
+    rn.add_argument(
+        "--output", "-o", help="where to put the outputs (default: nbcontainer-runs/...)"
+    )
     rn.add_argument("--base", help="base image when building from a notebook")
     rn.add_argument("--requirements", "-r", help="requirements file when building from a notebook")
     rn.add_argument("--timeout", type=float, help="seconds before the run is stopped")
-    rn.add_argument("--keep-image", action="store_true", help="keep the image built from a notebook")
+    rn.add_argument(
+        "--keep-image", action="store_true", help="keep the image built from a notebook"
+    )
     rn.add_argument("--verbose", "-v", action="store_true", help="show the build's output")
     rn.set_defaults(func=cmd_run)
 
     g = sub.add_parser("gc", help="remove containers whose owning process is gone")
     g.add_argument("--dry-run", action="store_true", help="only list them")
-    g.add_argument("--images", action="store_true",
-                   help="also remove run images no container uses (dependency layers stay cached)")
+    g.add_argument(
+        "--images",
+        action="store_true",
+        help="also remove run images no container uses (dependency layers stay cached)",
+    )
     g.set_defaults(func=cmd_gc)
     return p
 

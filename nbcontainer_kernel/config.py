@@ -20,13 +20,24 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidOption
 
-__all__ = ["ENVIRONMENT", "trait_default", "pyproject_table", "in_container_kernel", "kernel_id",
-           "docker_host", "runs_db", "base_image", "max_context_bytes", "max_result_bytes"]
+__all__ = [
+    "ENVIRONMENT",
+    "trait_default",
+    "pyproject_table",
+    "in_container_kernel",
+    "kernel_id",
+    "docker_host",
+    "runs_db",
+    "base_image",
+    "max_context_bytes",
+    "max_result_bytes",
+]
 
 #: Every environment variable the host side reads, and what it sets. (The in-container
 #: contract's variables, NBCONTAINER_PARAMS and friends, are the runner's: runner/.)
@@ -57,11 +68,11 @@ def _env(name: str) -> str | None:
 # ------------------------------------------------------------------ pyproject
 @functools.lru_cache(maxsize=32)
 def _table_of(directory: str) -> tuple[str | None, dict[str, Any]]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10
+    else:  # Python 3.10: tomli when it is there, else no table
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ImportError:
             return None, {}
     here = Path(directory)
@@ -137,7 +148,9 @@ def _bytes(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise InvalidOption(f"environment variable {name}", value, "expected a number of bytes") from None
+        raise InvalidOption(
+            f"environment variable {name}", value, "expected a number of bytes"
+        ) from None
 
 
 def max_context_bytes() -> int:

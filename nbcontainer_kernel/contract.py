@@ -6,8 +6,16 @@ all read them from here. Standard library only (imported inside images).
 
 from __future__ import annotations
 
-__all__ = ["SNAPSHOT_DIR", "ML_ROOT", "VENV", "RUNTIME_DIR", "KERNEL_CONNECTION_DIR",
-           "KERNEL_CONNECTION_FILE", "KERNEL_SCRATCH", "DEFAULT_BASE_IMAGE"]
+__all__ = [
+    "SNAPSHOT_DIR",
+    "ML_ROOT",
+    "VENV",
+    "RUNTIME_DIR",
+    "KERNEL_CONNECTION_DIR",
+    "KERNEL_CONNECTION_FILE",
+    "KERNEL_SCRATCH",
+    "DEFAULT_BASE_IMAGE",
+]
 
 #: Where a run image holds its snapshot (manifest, variables, cell, notebook, code).
 SNAPSHOT_DIR = "/opt/nbcontainer/snapshot"

@@ -14,7 +14,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 import docker
@@ -77,7 +77,7 @@ class Engine:
         self.api = client.api
 
     @classmethod
-    def connect(cls, timeout: int = DEFAULT_TIMEOUT) -> "Engine":
+    def connect(cls, timeout: int = DEFAULT_TIMEOUT) -> Engine:
         """Connect to the daemon named by the environment (DOCKER_HOST etc.) and ping it."""
         with translate_errors("connect"):
             client = docker.from_env(timeout=timeout)
@@ -103,15 +103,17 @@ class Engine:
             with translate_errors(f"pull {ref}", image=ref):
                 for event in self.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
                     if on_line and "status" in event:
-                        on_line(f"{event.get('id', '')} {event['status']} {event.get('progress', '')}".strip())
+                        parts = (event.get("id", ""), event["status"], event.get("progress", ""))
+                        on_line(" ".join(p for p in parts if p))
                     if "error" in event:
                         raise ImageNotFound(ref, event["error"])
         except EngineError as exc:
             raise ImageNotFound(ref, exc.reason) from exc
         return self.get_image(ref)
 
-    def ensure_image(self, ref: str, policy: str = "missing",
-                     on_line: Callable[[str], None] | None = None) -> Image:
+    def ensure_image(
+        self, ref: str, policy: str = "missing", on_line: Callable[[str], None] | None = None
+    ) -> Image:
         """Return the image, pulling it first when the policy says so.
 
         policy: "missing" pulls only when absent, "always" pulls every time
@@ -151,9 +153,15 @@ class Engine:
         except docker.errors.APIError:  # in use by a container, or already gone
             return False
 
-    def build(self, context: IO[bytes], tag: str, *, labels: dict[str, str] | None = None,
-              on_line: Callable[[str], None] | None = None,
-              buildargs: dict[str, str] | None = None) -> tuple[Image, list[str]]:
+    def build(
+        self,
+        context: IO[bytes],
+        tag: str,
+        *,
+        labels: dict[str, str] | None = None,
+        on_line: Callable[[str], None] | None = None,
+        buildargs: dict[str, str] | None = None,
+    ) -> tuple[Image, list[str]]:
         """Build from a tar build context; streams each output line to on_line.
 
         Returns the image and the whole log. Raises ImageBuildError (with the
@@ -163,8 +171,14 @@ class Engine:
         image_id = None
         with contextlib.closing(context), translate_errors(f"build {tag}"):
             stream = self.api.build(
-                fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
-                decode=True, labels=labels, buildargs=buildargs,
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                decode=True,
+                labels=labels,
+                buildargs=buildargs,
             )
             for chunk in stream:
                 if "stream" in chunk:
@@ -203,7 +217,9 @@ class Engine:
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
             raise DaemonNotAvailable(_daemon_address(), type(exc).__name__) from exc
 
-    def containers(self, labels: dict[str, str] | Iterable[str], all: bool = True) -> list[Container]:
+    def containers(
+        self, labels: dict[str, str] | Iterable[str], all: bool = True
+    ) -> list[Container]:
         with translate_errors("list containers"):
             return self.client.containers.list(all=all, filters={"label": _label_filters(labels)})
 
@@ -247,23 +263,41 @@ class Engine:
             return []
         return raw.decode("utf-8", "replace").splitlines()
 
-    def put_files(self, ident: str, dest: str, files: dict[str, bytes], *,
-                  uid: int = 0, gid: int = 0, mode: int = 0o600, dirs: Iterable[str] = ()) -> None:
+    def put_files(
+        self,
+        ident: str,
+        dest: str,
+        files: dict[str, bytes],
+        *,
+        uid: int = 0,
+        gid: int = 0,
+        mode: int = 0o600,
+        dirs: Iterable[str] = (),
+    ) -> None:
         """Copy files into a (possibly not yet started) container through the API.
 
         `dirs` (relative to dest) are made 0700 and owned by uid:gid, so the
         container's user can remove what it was given.
         """
         with translate_errors(f"copy files into container {ident}"):
-            ok = self.api.put_archive(ident, dest, make_tar(files, uid=uid, gid=gid, mode=mode, dirs=dirs))
+            ok = self.api.put_archive(
+                ident, dest, make_tar(files, uid=uid, gid=gid, mode=mode, dirs=dirs)
+            )
         if not ok:
             raise EngineError(f"copy files into container {ident}", f"{dest} does not exist in it")
 
-    def run_probe(self, image: str, command: list[str], labels: dict[str, str],
-                  timeout: float = 60) -> tuple[int, str]:
+    def run_probe(
+        self, image: str, command: list[str], labels: dict[str, str], timeout: float = 60
+    ) -> tuple[int, str]:
         """Run a short command in a throwaway container; returns (exit code, output)."""
-        container = self.create_container(image, entrypoint=command[:1], command=command[1:],
-                                          labels=labels, network_disabled=True, detach=True)
+        container = self.create_container(
+            image,
+            entrypoint=command[:1],
+            command=command[1:],
+            labels=labels,
+            network_disabled=True,
+            detach=True,
+        )
         try:
             self.start(container)
             with translate_errors(f"wait for a probe of {image}"):
@@ -274,8 +308,14 @@ class Engine:
             self.remove(container.id)
 
 
-def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int = 0o644,
-             dirs: Iterable[str] = ()) -> bytes:
+def make_tar(
+    files: dict[str, bytes],
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    mode: int = 0o644,
+    dirs: Iterable[str] = (),
+) -> bytes:
     """A tar archive holding `files` (name -> content) and `dirs` (0700), owned by uid:gid."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -294,8 +334,9 @@ def make_tar(files: dict[str, bytes], *, uid: int = 0, gid: int = 0, mode: int =
     return buf.getvalue()
 
 
-def build_context(dockerfile: str, trees: dict[str, os.PathLike[str] | str],
-                  max_bytes: int | None = None) -> IO[bytes]:
+def build_context(
+    dockerfile: str, trees: Mapping[str, os.PathLike[str] | str], max_bytes: int | None = None
+) -> IO[bytes]:
     """A tar build context: the Dockerfile and directory trees (name in the context -> path).
 
     Written to a temporary file (never held in memory; a snapshot may be
@@ -322,8 +363,11 @@ def build_context(dockerfile: str, trees: dict[str, os.PathLike[str] | str],
                     return None
                 total += ti.size
                 if total > cap:
-                    raise ImageBuildError("(build context)", f"the build context is over its cap of "
-                                          f"{cap:,} bytes (NBCONTAINER_MAX_CONTEXT_BYTES); ship less")
+                    raise ImageBuildError(
+                        "(build context)",
+                        f"the build context is over its cap of "
+                        f"{cap:,} bytes (NBCONTAINER_MAX_CONTEXT_BYTES); ship less",
+                    )
                 ti.mtime = 0  # content alone decides Docker's cache
                 ti.uid = ti.gid = 0
                 ti.uname = ti.gname = ""
@@ -361,8 +405,9 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
-def extract_tar(data: bytes | Iterable[bytes], dest: os.PathLike[str] | str,
-                max_bytes: int | None = None) -> int:
+def extract_tar(
+    data: bytes | Iterable[bytes], dest: os.PathLike[str] | str, max_bytes: int | None = None
+) -> int:
     """Unpack an archive (bytes, or a stream of chunks from the Docker API) into dest.
 
     Streams member by member. Only regular files and directories are unpacked,
@@ -386,9 +431,18 @@ def extract_tar(data: bytes | Iterable[bytes], dest: os.PathLike[str] | str,
                 if name.startswith("/") or ".." in parts or "\x00" in name:
                     raise UnsafeArchive(name, "its path leaves the destination")
                 if not (member.isfile() or member.isdir()):
-                    kind = ("a link" if member.issym() or member.islnk() else
-                            "a FIFO" if member.isfifo() else "a device" if member.isdev() else "not a file")
-                    raise UnsafeArchive(name, f"it is {kind}; only regular files and directories are unpacked")
+                    kind = (
+                        "a link"
+                        if member.issym() or member.islnk()
+                        else "a FIFO"
+                        if member.isfifo()
+                        else "a device"
+                        if member.isdev()
+                        else "not a file"
+                    )
+                    raise UnsafeArchive(
+                        name, f"it is {kind}; only regular files and directories are unpacked"
+                    )
                 target = root.joinpath(*parts) if parts else root
                 if target != root and root not in target.resolve().parents:
                     raise UnsafeArchive(name, "its path leaves the destination")
@@ -397,8 +451,11 @@ def extract_tar(data: bytes | Iterable[bytes], dest: os.PathLike[str] | str,
                     continue
                 total += member.size
                 if total > cap:
-                    raise UnsafeArchive(name, f"the archive is over its cap of {cap:,} bytes "
-                                        "(NBCONTAINER_MAX_RESULT_BYTES)")
+                    raise UnsafeArchive(
+                        name,
+                        f"the archive is over its cap of {cap:,} bytes "
+                        "(NBCONTAINER_MAX_RESULT_BYTES)",
+                    )
                 src = tar.extractfile(member)
                 assert src is not None
                 try:

@@ -8,6 +8,8 @@ their message always says what happened and what to do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "NbcontainerError",
     "DaemonNotAvailable",
@@ -62,7 +64,8 @@ class ImageNotFound(NbcontainerError):
         self.reason = reason
         detail = f" ({reason})" if reason else ""
         super().__init__(
-            f"Image {image!r} is not present on this Docker engine and could not be pulled{detail}. "
+            f"Image {image!r} is not present on this Docker engine and could not be "
+            f"pulled{detail}. "
             f"Build a kernel image with `nbcontainer image build --base BASE --tag {image}`, "
             "pull it with `docker pull`, or choose another image."
         )
@@ -87,7 +90,8 @@ class ImageBuildError(NbcontainerError):
         self.log_tail = list(log_tail or [])
         tail = "\n".join(self.log_tail[-15:])
         super().__init__(
-            f"Building image {tag!r} failed: {reason}" + (f"\n--- build log (tail) ---\n{tail}" if tail else "")
+            f"Building image {tag!r} failed: {reason}"
+            + (f"\n--- build log (tail) ---\n{tail}" if tail else "")
         )
 
 
@@ -141,8 +145,15 @@ class KernelDied(NbcontainerError):
 class RemoteExecutionError(NbcontainerError):
     """A run failed where it ran; carries the reason, remote traceback, log tail and outputs."""
 
-    def __init__(self, image: str, exit_code: int | None, reason: str, traceback: str,
-                 log_tail: list[str], output_dir: object) -> None:
+    def __init__(
+        self,
+        image: str,
+        exit_code: int | None,
+        reason: str,
+        traceback: str,
+        log_tail: list[str],
+        output_dir: object,
+    ) -> None:
         self.image = image
         self.exit_code = exit_code
         self.reason = reason
@@ -153,7 +164,8 @@ class RemoteExecutionError(NbcontainerError):
         super().__init__(
             f"The run of {image} failed ({reason}); its outputs are kept in {output_dir}."
             + (f"\n--- remote traceback ---\n{traceback.rstrip()}" if traceback else "")
-            + (f"\n--- last log lines ---\n{tail}" if tail and not traceback else ""))
+            + (f"\n--- last log lines ---\n{tail}" if tail and not traceback else "")
+        )
 
 
 class RunTimeout(NbcontainerError):
@@ -172,11 +184,15 @@ class UntrustedResults(NbcontainerError):
         self.file = file
         self.reason = reason
         super().__init__(
-            f"The outputs in {run_dir} were refused: {file}: {reason}. Nothing was loaded from them. "
-            "Data values (DataFrames, JSON) can still be read with `%remote_result RUN --unverified` "
-            "(pickles never); for a run made before signed results, `%config RemoteRun.trust = 'always'`.")
+            f"The outputs in {run_dir} were refused: {file}: {reason}. Nothing was loaded from "
+            "them. "
+            "Data values (DataFrames, JSON) can still be read with `%remote_result RUN "
+            "--unverified` "
+            "(pickles never); for a run made before signed results, `%config RemoteRun.trust = "
+            "'always'`."
+        )
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.run_dir, self.file, self.reason))
 
 
@@ -186,10 +202,12 @@ class UnsafeArchive(NbcontainerError):
     def __init__(self, member: str, reason: str) -> None:
         self.member = member
         self.reason = reason
-        super().__init__(f"Refused to unpack {member!r}: {reason}. Nothing outside the run's directory "
-                         "was written.")
+        super().__init__(
+            f"Refused to unpack {member!r}: {reason}. Nothing outside the run's directory "
+            "was written."
+        )
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.member, self.reason))
 
 
@@ -198,7 +216,9 @@ class UnknownBackend(NbcontainerError, LookupError):
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name, self.known = name, list(known)
-        super().__init__(f"No backend named {name!r}; available: {', '.join(self.known) or 'none'}.")
+        super().__init__(
+            f"No backend named {name!r}; available: {', '.join(self.known) or 'none'}."
+        )
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.known))

@@ -72,11 +72,11 @@ class Owner:
     started: str
 
     @classmethod
-    def current(cls) -> "Owner":
+    def current(cls) -> Owner:
         return cls(socket.gethostname(), os.getpid(), _start_time(os.getpid()))
 
     @classmethod
-    def from_labels(cls, labels: dict[str, str]) -> "Owner | None":
+    def from_labels(cls, labels: dict[str, str]) -> Owner | None:
         try:
             return cls(labels[OWNER_HOST], int(labels[OWNER_PID]), labels.get(OWNER_STARTED, ""))
         except (KeyError, ValueError):

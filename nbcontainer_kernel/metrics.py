@@ -16,7 +16,9 @@ from typing import Any
 __all__ = ["log_metric", "metric_regex", "recorded", "summary", "parse_metric_lines", "reset"]
 
 PREFIX = "[nbcontainer-metric]"
-_LINE = re.compile(r"^\[nbcontainer-metric\] (?P<name>[^=\s]+)=(?P<value>\S+)(?: step=(?P<step>-?\d+))?\s*$")
+_LINE = re.compile(
+    r"^\[nbcontainer-metric\] (?P<name>[^=\s]+)=(?P<value>\S+)(?: step=(?P<step>-?\d+))?\s*$"
+)
 _records: list[dict[str, Any]] = []
 
 
@@ -44,8 +46,14 @@ def parse_metric_lines(text: str) -> list[dict[str, Any]]:
                 v = float(m.group("value"))
             except ValueError:
                 continue
-            out.append({"name": m.group("name"), "value": v,
-                        "step": int(m.group("step")) if m.group("step") else None, "timestamp": None})
+            out.append(
+                {
+                    "name": m.group("name"),
+                    "value": v,
+                    "step": int(m.group("step")) if m.group("step") else None,
+                    "timestamp": None,
+                }
+            )
     return out
 
 
@@ -62,5 +70,7 @@ def summary(records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     records = _records if records is None else records
     last = {}
     for r in records:
-        last[r["name"]] = None if isinstance(r["value"], float) and math.isnan(r["value"]) else r["value"]
+        last[r["name"]] = (
+            None if isinstance(r["value"], float) and math.isnan(r["value"]) else r["value"]
+        )
     return {"last": last, "history": list(records)}

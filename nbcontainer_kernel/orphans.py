@@ -78,8 +78,11 @@ def find_orphans(engine: Engine) -> list[Orphan]:
         adopter = _adopter(c.id)
         if adopter is not None and adopter.is_alive():
             continue
-        who = (f"container {owner_container}" if owner_container
-               else f"pid {c.labels.get(labels.OWNER_PID)} on {c.labels.get(labels.OWNER_HOST)}")
+        who = (
+            f"container {owner_container}"
+            if owner_container
+            else f"pid {c.labels.get(labels.OWNER_PID)} on {c.labels.get(labels.OWNER_HOST)}"
+        )
         orphans.append(Orphan(c.id, c.name, c.labels.get(labels.ROLE, "?"), who, c.status))
     return orphans
 
@@ -123,17 +126,27 @@ def remove_commits_of_gone_containers(engine: Engine, container_id: str | None =
     """Remove images committed from kernel containers that no longer exist (or from
     `container_id`); an image a run image still builds on goes with that run image."""
     selector = {labels.COMMITTED_FROM: container_id} if container_id else [labels.COMMITTED_FROM]
-    return sum(_drop(engine, image) for image in engine.images(selector)
-               if container_id is not None or engine.inspect(image.labels.get(labels.COMMITTED_FROM, "")) is None)
+    return sum(
+        _drop(engine, image)
+        for image in engine.images(selector)
+        if container_id is not None
+        or engine.inspect(image.labels.get(labels.COMMITTED_FROM, "")) is None
+    )
 
 
 def remove_run_images(engine: Engine) -> int:
     """Remove run images that no container uses (a run image is cheap to make again)."""
-    return sum(_drop(engine, image) for image in engine.images({labels.ROLE: labels.ROLE_RUN_IMAGE}))
+    return sum(
+        _drop(engine, image) for image in engine.images({labels.ROLE: labels.ROLE_RUN_IMAGE})
+    )
 
 
 def remove_old_dependency_images(engine: Engine, keep: int = 3) -> int:
     """Keep the `keep` newest dependency layers (one per lock); remove older unused ones."""
-    deps = [i for i in engine.images({labels.ROLE: labels.ROLE_DEPS_IMAGE}) if not (i.labels or {}).get(labels.COMMITTED_FROM)]
+    deps = [
+        i
+        for i in engine.images({labels.ROLE: labels.ROLE_DEPS_IMAGE})
+        if not (i.labels or {}).get(labels.COMMITTED_FROM)
+    ]
     deps.sort(key=lambda i: i.attrs.get("Created", ""), reverse=True)
     return sum(_drop(engine, image) for image in deps[keep:])

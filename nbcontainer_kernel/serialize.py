@@ -33,9 +33,22 @@ from typing import Any, Protocol
 
 from .errors import SerializationError
 
-__all__ = ["Serialized", "serialize_value", "deserialize", "SerializationError", "type_name",
-           "FileSource", "DirectorySource", "ARROW", "PARQUET", "JSON", "CLOUDPICKLE", "IMPORT",
-           "DATA_SERIALIZERS", "PICKLE_SERIALIZERS"]
+__all__ = [
+    "Serialized",
+    "serialize_value",
+    "deserialize",
+    "SerializationError",
+    "type_name",
+    "FileSource",
+    "DirectorySource",
+    "ARROW",
+    "PARQUET",
+    "JSON",
+    "CLOUDPICKLE",
+    "IMPORT",
+    "DATA_SERIALIZERS",
+    "PICKLE_SERIALIZERS",
+]
 
 ARROW = "arrow"
 PARQUET = "parquet"  # read only: what runs made before Arrow IPC wrote
@@ -68,7 +81,8 @@ class Serialized:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Serialized:
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+        fields: dict[str, Any] = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**fields)
 
 
 class FileSource(Protocol):
@@ -147,8 +161,10 @@ def serialize_value(name: str, obj: Any, dest: Path, prefix: str = "") -> Serial
         return Serialized(name, tname, IMPORT, module=obj.__name__)
     if isinstance(obj, io.IOBase):
         # cloudpickle would copy a readable file's content and lose its position: refuse.
-        raise SerializationError(f"open file {getattr(obj, 'name', '')!r} ({tname}): pass its path "
-                                 "and open it in the cell instead")
+        raise SerializationError(
+            f"open file {getattr(obj, 'name', '')!r} ({tname}): pass its path "
+            "and open it in the cell instead"
+        )
     note = None
     kind = _pandas_kind(obj)
     if kind:
@@ -187,15 +203,31 @@ def _check_exact(frame: Any, table: Any) -> None:
     import pandas as pd
 
     try:
-        pd.testing.assert_frame_equal(table.slice(0, 0).to_pandas(), frame.iloc[0:0], check_exact=True,
-                                      check_dtype=True, check_index_type=True, check_column_type=True,
-                                      check_categorical=True, check_freq=False, check_flags=True)
+        pd.testing.assert_frame_equal(
+            table.slice(0, 0).to_pandas(),
+            frame.iloc[0:0],
+            check_exact=True,
+            check_dtype=True,
+            check_index_type=True,
+            check_column_type=True,
+            check_categorical=True,
+            check_freq=False,
+            check_flags=True,
+        )
         has_object = any(str(t) == "object" for t in frame.dtypes) or any(
-            str(level.dtype) == "object" for level in getattr(frame.index, "levels", [frame.index]))
+            str(level.dtype) == "object" for level in getattr(frame.index, "levels", [frame.index])
+        )
         if has_object:
-            pd.testing.assert_frame_equal(table.to_pandas(), frame, check_exact=True, check_dtype=True,
-                                          check_index_type=True, check_column_type=True,
-                                          check_categorical=True, check_freq=False)
+            pd.testing.assert_frame_equal(
+                table.to_pandas(),
+                frame,
+                check_exact=True,
+                check_dtype=True,
+                check_index_type=True,
+                check_column_type=True,
+                check_categorical=True,
+                check_freq=False,
+            )
     except AssertionError as exc:
         raise _NotExact(" ".join(str(exc).split())[:200]) from None
 
@@ -226,8 +258,11 @@ def _write_arrow(name: str, tname: str, obj: Any, kind: str, dest: Path, base: s
         if table.num_rows:
             writer.write_table(table)
         else:  # an explicit empty batch: without one, categoricals lose their categories
-            writer.write_batch(pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.columns],
-                                                          schema=table.schema))
+            writer.write_batch(
+                pa.RecordBatch.from_arrays(
+                    [c.combine_chunks() for c in table.columns], schema=table.schema
+                )
+            )
     return Serialized(name, tname, ARROW, [path.name], path.stat().st_size)
 
 
@@ -252,8 +287,9 @@ def _write_pickle(name: str, tname: str, obj: Any, dest: Path, base: str) -> Ser
     return Serialized(name, tname, CLOUDPICKLE, files, size)
 
 
-def deserialize(entry: Serialized | dict[str, Any], src: Path | FileSource, *,
-                allow_pickle: bool = True) -> Any:
+def deserialize(
+    entry: Serialized | dict[str, Any], src: Path | FileSource, *, allow_pickle: bool = True
+) -> Any:
     """Read a value written by serialize_value from `src` (a directory or a FileSource).
 
     allow_pickle=False refuses pickled values (SerializationError), so only data

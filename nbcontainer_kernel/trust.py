@@ -38,8 +38,17 @@ from typing import Any
 
 from .errors import SerializationError, UntrustedResults
 
-__all__ = ["KEY_ENV", "MANIFEST", "TRUST_MODES", "new_key", "seal", "sign", "RunOutputs",
-           "plain_name", "prune_special_files"]
+__all__ = [
+    "KEY_ENV",
+    "MANIFEST",
+    "TRUST_MODES",
+    "new_key",
+    "seal",
+    "sign",
+    "RunOutputs",
+    "plain_name",
+    "prune_special_files",
+]
 
 KEY_ENV = "NBCONTAINER_RUN_KEY"
 MANIFEST = "results.json"  # under model/
@@ -119,16 +128,27 @@ def seal(ml_root: Path, key: str | None, index: dict[str, Any]) -> dict[str, Any
 
 def plain_name(name: object) -> bool:
     """A plain file name: no directory part, no traversal, nothing odd."""
-    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name
-            and "\\" not in name and "\x00" not in name and not name.startswith("."))
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and not name.startswith(".")
+    )
 
 
 def _plain_relpath(rel: object) -> bool:
     if not isinstance(rel, str) or "\\" in rel or "\x00" in rel:
         return False
     parts = PurePosixPath(rel).parts
-    return (len(parts) >= 2 and parts[0] in SIGNED_DIRS and not rel.startswith("/")
-            and all(p not in ("", ".", "..") for p in parts))
+    return (
+        len(parts) >= 2
+        and parts[0] in SIGNED_DIRS
+        and not rel.startswith("/")
+        and all(p not in ("", ".", "..") for p in parts)
+    )
 
 
 class RunOutputs:
@@ -139,7 +159,9 @@ class RunOutputs:
     Refusals raise :class:`UntrustedResults` naming the file and the reason.
     """
 
-    def __init__(self, root: Path, key: str | None, trust: str = "signed", *, lenient: bool = False) -> None:
+    def __init__(
+        self, root: Path, key: str | None, trust: str = "signed", *, lenient: bool = False
+    ) -> None:
         """lenient: the view of a refused run's data on request: names and serializers are
         still checked, signature, listing and digests are not, and pickles are never read."""
         if trust not in TRUST_MODES:
@@ -181,16 +203,23 @@ class RunOutputs:
 
     def _signature_ok(self, doc: dict[str, Any]) -> bool:
         sig = doc.get("signature")
-        return (bool(self.key) and isinstance(sig, dict) and sig.get("scheme") == SCHEME
-                and isinstance(sig.get("value"), str)
-                and hmac.compare_digest(sig["value"], sign(doc, self.key or "")))
+        return (
+            bool(self.key)
+            and isinstance(sig, dict)
+            and sig.get("scheme") == SCHEME
+            and isinstance(sig.get("value"), str)
+            and hmac.compare_digest(sig["value"], sign(doc, self.key or ""))
+        )
 
     def _load_manifest(self) -> dict[str, Any]:
         rel = f"model/{MANIFEST}"
         path = self.root / "model" / MANIFEST
         if not path.is_file() or path.is_symlink():
-            raise self._refuse(rel, "there is no results manifest: the run did not finish, "
-                               "or its outputs are not a run's")
+            raise self._refuse(
+                rel,
+                "there is no results manifest: the run did not finish, "
+                "or its outputs are not a run's",
+            )
         try:
             doc = json.loads(path.read_bytes())
         except ValueError as exc:
@@ -201,7 +230,9 @@ class RunOutputs:
             if doc.get("signature") is None:
                 raise self._refuse(rel, "it is not signed")
             if not self.key:
-                raise self._refuse(rel, "the ledger holds no key for this run (made before signed results?)")
+                raise self._refuse(
+                    rel, "the ledger holds no key for this run (made before signed results?)"
+                )
             if not self._signature_ok(doc):
                 raise self._refuse(rel, "its signature does not match this run's key")
         files = doc.get("files")
@@ -258,7 +289,9 @@ class RunOutputs:
 
     def _expected_digest(self, rel: str) -> str | None:
         files = self.manifest().get("files")
-        if files is None or self.lenient:  # from before signing (trust 'always'), or data on request
+        if (
+            files is None or self.lenient
+        ):  # from before signing (trust 'always'), or data on request
             return None
         if rel not in files:
             raise self._refuse(rel, "not listed in the signed manifest")
@@ -272,7 +305,9 @@ class RunOutputs:
         """A file's bytes, once its digest matches the manifest."""
         expected = self._expected_digest(rel)
         data = self._path(rel).read_bytes()
-        if expected is not None and not hmac.compare_digest(hashlib.sha256(data).hexdigest(), expected):
+        if expected is not None and not hmac.compare_digest(
+            hashlib.sha256(data).hexdigest(), expected
+        ):
             raise self._refuse(rel, "its content differs from the signed digest")
         return data
 

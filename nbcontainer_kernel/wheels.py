@@ -27,7 +27,14 @@ import platformdirs
 
 from .errors import WheelResolutionError
 
-__all__ = ["TargetPython", "PROBE_SNIPPET", "resolve_wheels", "build_self_wheel", "pinned", "cache_dir"]
+__all__ = [
+    "TargetPython",
+    "PROBE_SNIPPET",
+    "resolve_wheels",
+    "build_self_wheel",
+    "pinned",
+    "cache_dir",
+]
 
 # Printed by the image's interpreter: what pip needs to pick wheels for it.
 PROBE_SNIPPET = (
@@ -49,10 +56,15 @@ class TargetPython:
     implementation: str = "cpython"
 
     @classmethod
-    def from_probe(cls, output: str) -> "TargetPython":
+    def from_probe(cls, output: str) -> TargetPython:
         data = json.loads(output.strip().splitlines()[-1])
-        return cls(tuple(data["version"]), data["machine"], data["libc"], data["libc_version"],
-                   data.get("implementation", "cpython"))
+        return cls(
+            tuple(data["version"]),
+            data["machine"],
+            data["libc"],
+            data["libc_version"],
+            data.get("implementation", "cpython"),
+        )
 
     @property
     def minor(self) -> str:
@@ -105,8 +117,14 @@ def pinned(names: list[str]) -> list[str]:
     return out
 
 
-def resolve_wheels(requirements: list[str], target: TargetPython, dest: Path,
-                   on_line: Callable[[str], None] | None = None, *, no_deps: bool = False) -> list[Path]:
+def resolve_wheels(
+    requirements: list[str],
+    target: TargetPython,
+    dest: Path,
+    on_line: Callable[[str], None] | None = None,
+    *,
+    no_deps: bool = False,
+) -> list[Path]:
     """Download wheels for `requirements` (and their dependencies) for `target` into dest.
 
     Tries the local wheel cache alone first (offline); only when that cannot
@@ -117,20 +135,44 @@ def resolve_wheels(requirements: list[str], target: TargetPython, dest: Path,
     cache = cache_dir() / target.cache_key()
     cache.mkdir(parents=True, exist_ok=True)
     base = [
-        sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-        "--only-binary=:all:", "--python-version", ".".join(map(str, target.version)),
-        "--implementation", "cp" if target.implementation == "cpython" else "pp",
-        "--abi", target.abi, "--abi", "abi3", "--abi", "none",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--python-version",
+        ".".join(map(str, target.version)),
+        "--implementation",
+        "cp" if target.implementation == "cpython" else "pp",
+        "--abi",
+        target.abi,
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
         *[arg for p in target.platforms() for arg in ("--platform", p)],
-        "-d", str(dest), *(["--no-deps"] if no_deps else []),
+        "-d",
+        str(dest),
+        *(["--no-deps"] if no_deps else []),
     ]
-    offline = subprocess.run(base + ["--no-index", "--find-links", str(cache), *requirements],
-                             capture_output=True, text=True)
+    offline = subprocess.run(
+        base + ["--no-index", "--find-links", str(cache), *requirements],
+        capture_output=True,
+        text=True,
+    )
     if offline.returncode != 0:
         if on_line:
-            on_line(f"resolving {len(requirements)} requirement(s) for {target.describe()} from the package index")
-        online = subprocess.Popen(base + ["--find-links", str(cache), "--progress-bar", "off", *requirements],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            on_line(
+                f"resolving {len(requirements)} requirement(s) for {target.describe()} from the "
+                "package index"
+            )
+        online = subprocess.Popen(
+            base + ["--find-links", str(cache), "--progress-bar", "off", *requirements],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         output = []
         assert online.stdout is not None
         for line in online.stdout:
@@ -168,7 +210,11 @@ def build_self_wheel(dest: Path) -> Path:
     name, dist = "nbcontainer_kernel", f"nbcontainer_kernel-{__version__}.dist-info"
     files: dict[str, bytes] = {}
     for path in sorted(pkg.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
+        if (
+            path.is_file()
+            and "__pycache__" not in path.parts
+            and path.suffix not in (".pyc", ".pyo")
+        ):
             files[f"{name}/{path.relative_to(pkg).as_posix()}"] = path.read_bytes()
     # The installed distribution's entry points (backends, the provisioner, scripts), plus
     # the scripts that only make sense inside an image.
@@ -180,13 +226,16 @@ def build_self_wheel(dest: Path) -> Path:
         groups["console_scripts"]["nbcontainer"] = "nbcontainer_kernel.cli:main"
     files[f"{dist}/METADATA"] = (
         f"Metadata-Version: 2.1\nName: nbcontainer-kernel\nVersion: {__version__}\n"
-        "Summary: nbcontainer-kernel's in-container runtime\n").encode()
-    files[f"{dist}/WHEEL"] = (
-        "Wheel-Version: 1.0\nGenerator: nbcontainer-kernel\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        "Summary: nbcontainer-kernel's in-container runtime\n"
     ).encode()
+    files[f"{dist}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: nbcontainer-kernel\nRoot-Is-Purelib: true\nTag: "
+        b"py3-none-any\n"
+    )
     files[f"{dist}/entry_points.txt"] = "".join(
         f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(eps.items())) + "\n"
-        for group, eps in sorted(groups.items())).encode()
+        for group, eps in sorted(groups.items())
+    ).encode()
     record = []
     for fname, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()

@@ -8,24 +8,29 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
 
 browser=0
+venv_only=0
 for arg in "$@"; do
   case "$arg" in
     --browser) browser=1 ;;
+    --venv-only) venv_only=1 ;;  # no Docker engine, no base image: for `make lint` and `make unit`
     *) log "unknown argument: $arg"; exit 2 ;;
   esac
 done
 
-"$here/docker-engine.sh"
-"$here/base-image.sh" "${NBCONTAINER_BASE_IMAGE:-nbcontainer/base:bookworm}"
+if [ "$venv_only" -eq 0 ]; then
+  "$here/docker-engine.sh"
+  "$here/base-image.sh" "${NBCONTAINER_BASE_IMAGE:-nbcontainer/base:bookworm}"
+fi
 
 venv="${VENV:-.venv}"
 if [ ! -x "$venv/bin/python" ]; then
-  apt_install python3-venv
+  # Debian's python3 lacks venv until python3-venv is installed (the one step that needs root).
+  python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
   log "creating the virtualenv $venv"
   python3 -m venv "$venv"
 fi
-log "installing nbcontainer-kernel (editable, with test extras) into $venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+log "installing nbcontainer-kernel (editable, with test and lint extras) into $venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,lint]' 2>&1 \
   | grep -v '^WARNING: Location' >&2 || true
 "$venv/bin/python" -c 'import nbcontainer_kernel' || { log "install failed"; exit 1; }
 

@@ -25,7 +25,9 @@ class Script:
     """What one job does: the phases its status calls report (the last one repeats), its
     exit code at the end, log lines (one more per status call), and its outputs."""
 
-    phases: list[Phase] = field(default_factory=lambda: [Phase.QUEUED, Phase.RUNNING, Phase.SUCCEEDED])
+    phases: list[Phase] = field(
+        default_factory=lambda: [Phase.QUEUED, Phase.RUNNING, Phase.SUCCEEDED]
+    )
     exit_code: int = 0
     logs: list[str] = field(default_factory=list)
     # A directory holding model/ and output/, or a callable (spec, dest) that writes them.
@@ -39,7 +41,9 @@ class ScriptedBackend(Backend):
 
     name = "scripted"
 
-    def __init__(self, scripts: dict[str, Script] | Callable[[RunSpec], Script] | None = None) -> None:
+    def __init__(
+        self, scripts: dict[str, Script] | Callable[[RunSpec], Script] | None = None
+    ) -> None:
         self.scripts = scripts or {}
         self.calls: list[tuple[str, str]] = []
         self.specs: dict[str, RunSpec] = {}
@@ -65,7 +69,12 @@ class ScriptedBackend(Backend):
         script = self.script_for(spec)
         with self._lock:
             self.specs[spec.run_id] = spec
-            self._state[spec.run_id] = {"script": script, "calls": 0, "cancelled": False, "cleaned": False}
+            self._state[spec.run_id] = {
+                "script": script,
+                "calls": 0,
+                "cancelled": False,
+                "cleaned": False,
+            }
         self._step("submit", spec.run_id)
         return Job(self.name, spec.run_id, {"fake_id": f"job-{spec.run_id}"})
 
@@ -85,7 +94,7 @@ class ScriptedBackend(Backend):
         state = self._step("logs", job)
         lines = state["script"].logs
         done = state["cancelled"] or state["calls"] >= len(state["script"].phases)
-        return (lines if done else lines[:state["calls"]])[since:]
+        return (lines if done else lines[: state["calls"]])[since:]
 
     def cancel(self, job: Job) -> None:
         state = self._step("cancel", job)
@@ -110,8 +119,9 @@ class ScriptedBackend(Backend):
         return bool(self._state.get(run_id, {}).get("cleaned"))
 
 
-def sealed_outputs(values: dict[str, Any], *, failure: str | None = None,
-                   key: str | None = None) -> Callable[[RunSpec, Path], None]:
+def sealed_outputs(
+    values: dict[str, Any], *, failure: str | None = None, key: str | None = None
+) -> Callable[[RunSpec, Path], None]:
     """Outputs as a real run writes them: `values` as results, sealed with the run's key
     (from its spec's environment, as the runner gets it) or with `key`."""
     from nbcontainer_kernel.runner.cell import write_results
@@ -132,8 +142,13 @@ def fake_image_builder(snap: Any, **_: Any) -> Any:
     """Stands in for build_run_image: no Docker, a made-up tag per snapshot."""
     from nbcontainer_kernel.remote.run_images import RunImage
 
-    return RunImage(tag=f"fake/run:{snap.digest[:12]}", image_id="sha256:fake", digest=snap.digest,
-                    deps_image="fake/deps:1", deps_reused=True)
+    return RunImage(
+        tag=f"fake/run:{snap.digest[:12]}",
+        image_id="sha256:fake",
+        digest=snap.digest,
+        deps_image="fake/deps:1",
+        deps_reused=True,
+    )
 
 
 # ---------------------------------------------------------------- a fake Docker daemon
@@ -152,15 +167,24 @@ def api_error(status: int, explanation: str) -> Exception:
     import docker.errors
 
     cls = docker.errors.NotFound if status == 404 else docker.errors.APIError
-    return cls(f"{status} Client Error", response=_Response(status, explanation), explanation=explanation)
+    return cls(
+        f"{status} Client Error", response=_Response(status, explanation), explanation=explanation
+    )
 
 
 class FakeContainer:
-    def __init__(self, daemon: FakeDocker, cid: str, name: str, image: str, kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, daemon: FakeDocker, cid: str, name: str, image: str, kwargs: dict[str, Any]
+    ) -> None:
         self.daemon, self.id, self.name, self.image = daemon, cid, name, image
         self.kwargs = kwargs
         self.labels = dict(kwargs.get("labels") or {})
-        self.state: dict[str, Any] = {"Status": "created", "Running": False, "ExitCode": 0, "OOMKilled": False}
+        self.state: dict[str, Any] = {
+            "Status": "created",
+            "Running": False,
+            "ExitCode": 0,
+            "OOMKilled": False,
+        }
         self.files: dict[str, bytes] = {}
         self.ports: dict[str, list[dict[str, str]]] = {}
         self.log = b""
@@ -211,7 +235,8 @@ class FakeDocker:
 
     def get(self, ident: str) -> FakeContainer:
         c = self.containers_by_id.get(ident) or next(
-            (c for c in self.containers_by_id.values() if c.name == ident), None)
+            (c for c in self.containers_by_id.values() if c.name == ident), None
+        )
         if c is None:
             raise api_error(404, f"No such container: {ident}")
         return c
@@ -280,12 +305,15 @@ class _FakeAPI:
     def start(self, ident: str) -> None:
         self.daemon._check("start", ident)
         c = self.daemon.get(ident)
-        wanted = (c.kwargs.get("ports") or {})
-        for inner, binding in wanted.items():
+        wanted = c.kwargs.get("ports") or {}
+        for binding in wanted.values():
             host_port = binding[1] if len(binding) > 1 else None
             if host_port is not None and host_port in self.daemon.taken_ports:
-                raise api_error(500, "driver failed programming external connectivity on endpoint "
-                                f"{c.name}: Bind for 127.0.0.1:{host_port} failed: port is already allocated")
+                raise api_error(
+                    500,
+                    "driver failed programming external connectivity on endpoint "
+                    f"{c.name}: Bind for 127.0.0.1:{host_port} failed: port is already allocated",
+                )
         for inner, binding in wanted.items():
             port = binding[1] if len(binding) > 1 else self.daemon.next_port
             self.daemon.next_port += 1
@@ -295,10 +323,17 @@ class _FakeAPI:
     def inspect_container(self, ident: str) -> dict[str, Any]:
         self.daemon._check("inspect", ident)
         c = self.daemon.get(ident)
-        return {"Id": c.id, "Name": "/" + c.name, "State": dict(c.state),
-                "Config": {"Labels": c.labels, "Env": [f"{k}={v}" for k, v in (c.kwargs.get("environment") or {}).items()]},
-                "HostConfig": {"NetworkMode": c.kwargs.get("network_mode", "default")},
-                "NetworkSettings": {"Ports": dict(c.ports)}}
+        return {
+            "Id": c.id,
+            "Name": "/" + c.name,
+            "State": dict(c.state),
+            "Config": {
+                "Labels": c.labels,
+                "Env": [f"{k}={v}" for k, v in (c.kwargs.get("environment") or {}).items()],
+            },
+            "HostConfig": {"NetworkMode": c.kwargs.get("network_mode", "default")},
+            "NetworkSettings": {"Ports": dict(c.ports)},
+        }
 
     def kill(self, ident: str, signal: Any = None) -> None:
         self.daemon._check("kill", ident)
@@ -325,7 +360,9 @@ class _FakeAPI:
                     c.files[f"{path.rstrip('/')}/{m.name}"] = tar.extractfile(m).read()  # type: ignore[union-attr]
         return True
 
-    def logs(self, ident: str, stdout: bool = True, stderr: bool = True, tail: Any = "all") -> bytes:
+    def logs(
+        self, ident: str, stdout: bool = True, stderr: bool = True, tail: Any = "all"
+    ) -> bytes:
         return self.daemon.get(ident).log
 
     def diff(self, ident: str) -> list[dict[str, Any]]:

@@ -18,9 +18,15 @@ from nbcontainer_kernel.snapshots import snapshot
 from nbcontainer_kernel.trust import KEY_ENV, new_key
 
 
-def run_runner(tmp_path: Path, ns: dict[str, Any], cell: str, args: list[str] | tuple[str, ...] = (),
-               env: dict[str, str] | None = None, hyper: dict[str, Any] | None = None,
-               key: str | None = None) -> tuple[subprocess.CompletedProcess[str], RunResult]:
+def run_runner(
+    tmp_path: Path,
+    ns: dict[str, Any],
+    cell: str,
+    args: list[str] | tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    hyper: dict[str, Any] | None = None,
+    key: str | None = None,
+) -> tuple[subprocess.CompletedProcess[str], RunResult]:
     """Snapshot `ns` and `cell`, then run the in-container runner on the host (its paths moved
     by environment variables), signed with `key` (a new one by default)."""
     snap = snapshot(ns, cell, dest=tmp_path / "snap", cwd=tmp_path, include_dependencies=False)
@@ -29,17 +35,28 @@ def run_runner(tmp_path: Path, ns: dict[str, Any], cell: str, args: list[str] | 
         (ml / "input" / "config").mkdir(parents=True)
         (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyper))
     key = key or new_key()
-    run_env = {**os.environ, "NBCONTAINER_SNAPSHOT_DIR": str(snap.directory), "NBCONTAINER_ML_ROOT": str(ml),
-               KEY_ENV: key, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.runner.main", *args],
-                          env=run_env, capture_output=True, text=True, cwd=tmp_path)
+    run_env = {
+        **os.environ,
+        "NBCONTAINER_SNAPSHOT_DIR": str(snap.directory),
+        "NBCONTAINER_ML_ROOT": str(ml),
+        KEY_ENV: key,
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbcontainer_kernel.runner.main", *args],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     return proc, RunResult(image="host", exit_code=proc.returncode, output_dir=ml, key=key)
 
 
 def run(kc, code: str, timeout: float = 60) -> tuple[dict, list[dict]]:
     outputs: list[dict] = []
-    reply = kc.execute_interactive(code, timeout=timeout,
-                                   output_hook=lambda msg: outputs.append(msg))
+    reply = kc.execute_interactive(
+        code, timeout=timeout, output_hook=lambda msg: outputs.append(msg)
+    )
     return reply["content"], outputs
 
 
@@ -69,5 +86,8 @@ def started(kernel_name: str, **start_kw) -> Iterator[tuple[KernelManager, objec
 
 
 def stdout_of(outputs: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in outputs
-                   if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )

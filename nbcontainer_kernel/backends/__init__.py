@@ -3,5 +3,14 @@
 from .base import Backend, Hooks, Job, Phase, RunDriver, RunSpec
 from .registry import UnknownBackend, available, get_backend
 
-__all__ = ["Backend", "Hooks", "Job", "Phase", "RunDriver", "RunSpec", "UnknownBackend", "available",
-           "get_backend"]
+__all__ = [
+    "Backend",
+    "Hooks",
+    "Job",
+    "Phase",
+    "RunDriver",
+    "RunSpec",
+    "UnknownBackend",
+    "available",
+    "get_backend",
+]

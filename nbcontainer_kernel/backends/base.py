@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Phase", "RunSpec", "Job", "Backend", "RunDriver", "Hooks", "PhaseCallback", "LogCallback"]
+__all__ = [
+    "Phase",
+    "RunSpec",
+    "Job",
+    "Backend",
+    "RunDriver",
+    "Hooks",
+    "PhaseCallback",
+    "LogCallback",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +132,7 @@ class Backend(ABC):
     def fetch_results(self, job: Job, dest: Path) -> None:
         """Copy the run's /opt/ml/model and /opt/ml/output into dest (model/, output/)."""
 
-    def cleanup(self, job: Job) -> None:
+    def cleanup(self, job: Job) -> None:  # noqa: B027 - optional step: nothing to remove by default
         """Remove what the run left on the platform (RunDriver's `finally` calls it)."""
 
     def push(self, image: str) -> str:
@@ -140,14 +149,21 @@ class RunDriver:
     is logged beside the error that ended the run, never instead of it.
     """
 
-    def __init__(self, backend: Backend, hooks: Hooks | None = None,
-                 on_phase_record: Callable[[str, Phase, float], None] | None = None,
-                 on_interrupt: str = "cancel", verify: Callable[[Path], str] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        hooks: Hooks | None = None,
+        on_phase_record: Callable[[str, Phase, float], None] | None = None,
+        on_interrupt: str = "cancel",
+        verify: Callable[[Path], str] | None = None,
+    ) -> None:
         self.backend = backend
         self.on_interrupt = on_interrupt  # what Ctrl-C while waiting does: "cancel" or "detach"
         self.hooks = hooks or Hooks()
         self.record = on_phase_record
-        self.verify = verify  # checks the collected outputs; returns the verdict ("refused: ..." or other)
+        self.verify = (
+            verify  # checks the collected outputs; returns the verdict ("refused: ..." or other)
+        )
         self.cancel_event = threading.Event()
         self.timed_out = False
         self.reason: str | None = None
@@ -167,7 +183,9 @@ class RunDriver:
             self.record(run_id, phase, now)
         self.hooks.phase(run_id, phase, dict(self.timings))
 
-    def wait(self, job: Job, spec: RunSpec, dest: Path, poll: float = 0.1) -> tuple[Phase, int | None]:
+    def wait(
+        self, job: Job, spec: RunSpec, dest: Path, poll: float = 0.1
+    ) -> tuple[Phase, int | None]:
         """Follow a submitted job to its end, streaming its log; then collect its results.
 
         The backend's cleanup runs whatever happens (timeout, cancel, an error, Ctrl-C),
@@ -200,8 +218,10 @@ class RunDriver:
         try:
             self.backend.cleanup(job)
         except Exception as exc:
-            msg = (f"cleanup of run {job.run_id} failed: {type(exc).__name__}: {exc}; "
-                   "`nbcontainer gc` removes what it left")
+            msg = (
+                f"cleanup of run {job.run_id} failed: {type(exc).__name__}: {exc}; "
+                "`nbcontainer gc` removes what it left"
+            )
             log.warning(msg)
             self.hooks.log(job.run_id, f"[nbcontainer] {msg}")
             if cause is not None and hasattr(cause, "add_note"):
@@ -223,7 +243,9 @@ class RunDriver:
                     self.hooks.log(job.run_id, line)
                 if phase.terminal:
                     break
-                if self.cancel_event.is_set() or (deadline is not None and time.monotonic() > deadline):
+                if self.cancel_event.is_set() or (
+                    deadline is not None and time.monotonic() > deadline
+                ):
                     self.timed_out = not self.cancel_event.is_set()
                     self.backend.cancel(job)
                     self.cancel_event.set()
@@ -249,7 +271,9 @@ class RunDriver:
             # The daemon went away, a platform call failed, results could not be fetched:
             # the run still ends, in FAILED, with the reason.
             self.done = True
-            self.reason = f"{type(exc).__name__} while {'collecting' if phase.terminal else 'waiting'}: {exc}"
+            self.reason = (
+                f"{type(exc).__name__} while {'collecting' if phase.terminal else 'waiting'}: {exc}"
+            )
             try:
                 self.enter(job.run_id, Phase.FAILED)
             finally:

@@ -37,7 +37,9 @@ class _LogFollower:
     def _follow(self, container: Any) -> None:
         pending = b""
         # The container may be removed under the stream (cancel, cleanup): the log ends there.
-        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+        with contextlib.suppress(
+            docker.errors.DockerException, requests.exceptions.RequestException
+        ):
             for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
                 pending += chunk
                 *complete, pending = pending.split(b"\n")
@@ -68,18 +70,31 @@ class LocalBackend(Backend):
         env = dict(spec.env)
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
-        run_labels = {**labels.container_labels(labels.ROLE_RUN, image=spec.image), labels.RUN_ID: spec.run_id,
-                  **spec.labels}
+        run_labels = {
+            **labels.container_labels(labels.ROLE_RUN, image=spec.image),
+            labels.RUN_ID: spec.run_id,
+            **spec.labels,
+        }
         if spec.detached:
             run_labels[labels.DETACHED] = "true"
-        kwargs: dict[str, Any] = {"command": list(spec.command), "environment": env, "labels": run_labels, "detach": True, "init": True,
-                                  "name": f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}"}
+        kwargs: dict[str, Any] = {
+            "command": list(spec.command),
+            "environment": env,
+            "labels": run_labels,
+            "detach": True,
+            "init": True,
+            "name": f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}",
+        }
         kwargs.update(resource_kwargs(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus))
         container = self.engine.create_container(spec.image, **kwargs)
         try:
             self.engine.start(container)
             self._followers[container.id] = _LogFollower(container)
-            return Job(self.name, spec.run_id, {"container_id": container.id, "container_name": container.name})
+            return Job(
+                self.name,
+                spec.run_id,
+                {"container_id": container.id, "container_name": container.name},
+            )
         except BaseException:  # Ctrl-C included: a half-submitted run leaves nothing behind
             self._followers.pop(container.id, None)
             self.engine.remove(container.id)
@@ -123,7 +138,9 @@ class LocalBackend(Backend):
         budget = max_result_bytes()
         for src in ("/opt/ml/model", "/opt/ml/output"):
             try:
-                stream, _ = self.engine.api.get_archive(job.handle["container_id"], src, chunk_size=1 << 20)
+                stream, _ = self.engine.api.get_archive(
+                    job.handle["container_id"], src, chunk_size=1 << 20
+                )
             except docker.errors.NotFound:
                 continue
             budget -= extract_tar(stream, dest, max_bytes=budget)

@@ -28,16 +28,28 @@ from ..errors import EngineError, ImageNotUsable
 from ..wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
 
 __all__ = [
-    "KernelImageFacts", "KernelImageResult", "build_kernel_image", "list_kernel_images",
-    "inspect_kernel_image", "probe_python", "RUNTIME_REQUIREMENTS",
+    "KernelImageFacts",
+    "KernelImageResult",
+    "build_kernel_image",
+    "list_kernel_images",
+    "inspect_kernel_image",
+    "probe_python",
+    "RUNTIME_REQUIREMENTS",
 ]
 
 # What the in-container side needs: the kernel, the serializers of snapshots and results
 # (DataFrames travel as Parquet), and docker-py, so that %%remote_run works from inside
 # a containerized kernel.
-RUNTIME_REQUIREMENTS = ["ipykernel", "cloudpickle", "pandas", "pyarrow", "docker", "platformdirs", "psutil",
-                        "ipywidgets"]
-
+RUNTIME_REQUIREMENTS = [
+    "ipykernel",
+    "cloudpickle",
+    "pandas",
+    "pyarrow",
+    "docker",
+    "platformdirs",
+    "psutil",
+    "ipywidgets",
+]
 
 
 @dataclass(frozen=True)
@@ -64,16 +76,23 @@ def probe_python(engine: Engine, image: str, python: str = "python3") -> TargetP
         code, out = engine.run_probe(image, [python, "-c", PROBE_SNIPPET], probe_labels)
     except EngineError as exc:
         if "executable file not found" in exc.reason or "no such file" in exc.reason.lower():
-            raise ImageNotUsable(image, f"it has no `{python}` on its PATH",
-                                 "Use a base image with Python 3 (e.g. python:3.11-slim).") from exc
+            raise ImageNotUsable(
+                image,
+                f"it has no `{python}` on its PATH",
+                "Use a base image with Python 3 (e.g. python:3.11-slim).",
+            ) from exc
         raise
     if code != 0:
-        raise ImageNotUsable(image, f"`{python}` failed to start: {out.strip()[-300:]}",
-                             "Use a base image with a working Python 3.")
+        raise ImageNotUsable(
+            image,
+            f"`{python}` failed to start: {out.strip()[-300:]}",
+            "Use a base image with a working Python 3.",
+        )
     target = TargetPython.from_probe(out)
     if target.version[0] != 3 or target.version[1] < 8:
-        raise ImageNotUsable(image, f"its Python is {target.minor}",
-                             "Kernel images need Python 3.8 or newer.")
+        raise ImageNotUsable(
+            image, f"its Python is {target.minor}", "Kernel images need Python 3.8 or newer."
+        )
     return target
 
 
@@ -95,22 +114,31 @@ def inspect_kernel_image(engine: Engine, image: str, python: str = "python3") ->
     img = engine.get_image(image)
     known = img.labels or {}
     if known.get(labels.ROLE) == labels.ROLE_KERNEL_IMAGE and labels.IPYKERNEL in known:
-        return KernelImageFacts(known.get(labels.PYTHON, "?"), known[labels.IPYKERNEL],
-                                known.get(labels.CURVE) == "true")
+        return KernelImageFacts(
+            known.get(labels.PYTHON, "?"),
+            known[labels.IPYKERNEL],
+            known.get(labels.CURVE) == "true",
+        )
     if img.id in _facts_cache:
         return _facts_cache[img.id]
-    hint = (f"Build a kernel image from it: `nbcontainer image build --base {image} "
-            f"--tag {image.split(':')[0]}-kernel`.")
+    hint = (
+        f"Build a kernel image from it: `nbcontainer image build --base {image} "
+        f"--tag {image.split(':')[0]}-kernel`."
+    )
     try:
-        code, out = engine.run_probe(image, [python, "-c", _KERNEL_PROBE],
-                                     labels.container_labels(labels.ROLE_PROBE))
+        code, out = engine.run_probe(
+            image, [python, "-c", _KERNEL_PROBE], labels.container_labels(labels.ROLE_PROBE)
+        )
     except EngineError as exc:
         if "executable file not found" in exc.reason or "no such file" in exc.reason.lower():
             raise ImageNotUsable(image, f"it has no `{python}` on its PATH", hint) from exc
         raise
     if code != 0:
-        reason = ("ipykernel is not installed in it" if "No module named" in out
-                  else f"its Python cannot import ipykernel: {out.strip()[-300:]}")
+        reason = (
+            "ipykernel is not installed in it"
+            if "No module named" in out
+            else f"its Python cannot import ipykernel: {out.strip()[-300:]}"
+        )
         raise ImageNotUsable(image, reason, hint)
     data = json.loads(out.strip().splitlines()[-1])
     facts = KernelImageFacts(data["python"], data["ipykernel"], bool(data["curve"]))
@@ -134,8 +162,9 @@ FROM {base} AS deps
 LABEL {stage_label}=true
 COPY wheels/deps /tmp/nbcontainer-wheels
 RUN {python} -m venv --without-pip --system-site-packages {venv} \\
- && {venv}/bin/python /tmp/nbcontainer-wheels/{pip_wheel}/pip install --no-index --no-cache-dir -q \\
-      --disable-pip-version-check --find-links /tmp/nbcontainer-wheels {requirements} \\
+ && {venv}/bin/python /tmp/nbcontainer-wheels/{pip_wheel}/pip install \\
+      --no-index --no-cache-dir -q --disable-pip-version-check \\
+      --find-links /tmp/nbcontainer-wheels {requirements} \\
  && chmod -R a+rX /opt/nbcontainer
 
 FROM {base}
@@ -150,13 +179,19 @@ LABEL {labels}
 """
 
 
-def kernel_dockerfile(base_id: str, python: str, pip_wheel: str, requirements: list[str],
-                      image_labels: dict[str, str]) -> str:
+def kernel_dockerfile(
+    base_id: str, python: str, pip_wheel: str, requirements: list[str], image_labels: dict[str, str]
+) -> str:
     """The kernel image's Dockerfile; what comes from the user is shell-quoted."""
-    return _DOCKERFILE.format(base=base_id, python=shlex.quote(python), venv=VENV, stage_label=_STAGE,
-                              pip_wheel=shlex.quote(pip_wheel),
-                              requirements=" ".join(shlex.quote(r) for r in requirements),
-                              labels=dockerfile_labels(image_labels))
+    return _DOCKERFILE.format(
+        base=base_id,
+        python=shlex.quote(python),
+        venv=VENV,
+        stage_label=_STAGE,
+        pip_wheel=shlex.quote(pip_wheel),
+        requirements=" ".join(shlex.quote(r) for r in requirements),
+        labels=dockerfile_labels(image_labels),
+    )
 
 
 def build_kernel_image(
@@ -224,8 +259,11 @@ def build_kernel_image(
                 return KernelImageResult(tag, existing.id, False, target)
 
         # Last, so that only this cheap step misses Docker's cache on a rebuild.
-        dockerfile = recipe + f"LABEL {dockerfile_labels({labels.INPUTS: inputs, labels.OCI_CREATED: labels.now_iso()})}\n"
-        image, log = engine.build(build_context(dockerfile, {"wheels": ctx / "wheels"}), tag, on_line=say)
+        last = {labels.INPUTS: inputs, labels.OCI_CREATED: labels.now_iso()}
+        dockerfile = recipe + f"LABEL {dockerfile_labels(last)}\n"
+        image, log = engine.build(
+            build_context(dockerfile, {"wheels": ctx / "wheels"}), tag, on_line=say
+        )
         _remove_old_stages(engine, log)
     if previous is not None and previous.id != image.id:
         # The tag moved: drop the image it left behind unless something still uses it.
@@ -239,7 +277,9 @@ _STAGE = labels.PREFIX + "kernel-build-stage"
 
 
 def _remove_old_stages(engine: Engine, build_log: list[str]) -> None:
-    used = {line.split("--->", 1)[1].strip() for line in build_log if line.strip().startswith("--->")}
+    used = {
+        line.split("--->", 1)[1].strip() for line in build_log if line.strip().startswith("--->")
+    }
     for image in engine.images({_STAGE: "true"}):
         if not image.tags and image.short_id.split(":")[-1][:12] not in used:
             engine.remove_unused_image(image.id)

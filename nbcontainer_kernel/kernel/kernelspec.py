@@ -38,12 +38,22 @@ class InstalledSpec:
 
 
 def _template() -> dict[str, Any]:
-    text = resources.files("nbcontainer_kernel.kernel").joinpath("kernelspecs/python/kernel.json").read_text()
+    text = (
+        resources.files("nbcontainer_kernel.kernel")
+        .joinpath("kernelspecs/python/kernel.json")
+        .read_text()
+    )
     return json.loads(text)
 
 
-def render(image: str, display_name: str | None = None, options: dict[str, Any] | None = None,
-           env: dict[str, str] | None = None, *, check_paths: bool = True) -> dict[str, Any]:
+def render(
+    image: str,
+    display_name: str | None = None,
+    options: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    check_paths: bool = True,
+) -> dict[str, Any]:
     """The kernel.json for a kernel in `image` with provisioner `options` (validated)."""
     config = validate_options({"image": image, **(options or {})}, check_paths=check_paths)
     spec = _template()
@@ -53,10 +63,18 @@ def render(image: str, display_name: str | None = None, options: dict[str, Any] 
     return spec
 
 
-def install(image: str, name: str, display_name: str | None = None, *,
-            options: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-            user: bool = True, prefix: str | None = None, engine: Engine | None = None,
-            check_image: bool = True) -> str:
+def install(
+    image: str,
+    name: str,
+    display_name: str | None = None,
+    *,
+    options: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    user: bool = True,
+    prefix: str | None = None,
+    engine: Engine | None = None,
+    check_image: bool = True,
+) -> str:
     """Write a kernelspec; returns its directory.
 
     `options` are DockerProvisioner options (see ``nbcontainer kernelspec
@@ -64,7 +82,9 @@ def install(image: str, name: str, display_name: str | None = None, *,
     (or be pullable), so a typo is caught now.
     """
     if not _NAME.match(name):
-        raise InvalidOption("name", name, "kernelspec names may hold only letters, digits, '.', '_' and '-'")
+        raise InvalidOption(
+            "name", name, "kernelspec names may hold only letters, digits, '.', '_' and '-'"
+        )
     spec = render(image, display_name, options, env)
     if check_image:
         if engine is None:
@@ -72,12 +92,16 @@ def install(image: str, name: str, display_name: str | None = None, *,
         try:
             engine.get_image(image)
         except ImageNotFound as exc:
-            raise ImageNotFound(image, "check the name, or pass --no-check-image for an image "
-                                "that a later pull will provide") from exc
+            raise ImageNotFound(
+                image,
+                "check the name, or pass --no-check-image for an image "
+                "that a later pull will provide",
+            ) from exc
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
-        return KernelSpecManager().install_kernel_spec(tmp, kernel_name=name, user=user,
-                                                       prefix=prefix)
+        return KernelSpecManager().install_kernel_spec(
+            tmp, kernel_name=name, user=user, prefix=prefix
+        )
 
 
 def list_specs() -> list[InstalledSpec]:
@@ -89,8 +113,15 @@ def list_specs() -> list[InstalledSpec]:
         prov = (spec.get("metadata") or {}).get("kernel_provisioner") or {}
         if prov.get("provisioner_name") == PROVISIONER_NAME:
             config = prov.get("config") or {}
-            out.append(InstalledSpec(name, spec.get("display_name", name), config.get("image", "?"),
-                                     entry.get("resource_dir", ""), config))
+            out.append(
+                InstalledSpec(
+                    name,
+                    spec.get("display_name", name),
+                    config.get("image", "?"),
+                    entry.get("resource_dir", ""),
+                    config,
+                )
+            )
     return out
 
 
@@ -100,9 +131,13 @@ def remove(name: str) -> str:
     try:
         spec = ksm.get_kernel_spec(name)
     except NoSuchKernel as exc:
-        raise KernelSpecError(f"No kernelspec named {name!r}; `nbcontainer kernelspec list` shows them.") from exc
+        raise KernelSpecError(
+            f"No kernelspec named {name!r}; `nbcontainer kernelspec list` shows them."
+        ) from exc
     prov = (spec.metadata or {}).get("kernel_provisioner") or {}
     if prov.get("provisioner_name") != PROVISIONER_NAME:
-        raise KernelSpecError(f"Kernelspec {name!r} does not use {PROVISIONER_NAME}; "
-                              "remove it with `jupyter kernelspec remove`.")
+        raise KernelSpecError(
+            f"Kernelspec {name!r} does not use {PROVISIONER_NAME}; "
+            "remove it with `jupyter kernelspec remove`."
+        )
     return ksm.remove_kernel_spec(name)

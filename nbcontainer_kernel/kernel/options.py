@@ -17,7 +17,14 @@ from traitlets import Bool, CaselessStrEnum, Float, HasTraits, Int, List, TraitE
 
 from ..errors import InvalidOption
 
-__all__ = ["ContainerOptions", "validate_options", "parse_bytes", "parse_gpus", "parse_mount", "resource_kwargs"]
+__all__ = [
+    "ContainerOptions",
+    "validate_options",
+    "parse_bytes",
+    "parse_gpus",
+    "parse_mount",
+    "resource_kwargs",
+]
 
 DEFAULT_ENV_ALLOWLIST = ["LANG", "LC_ALL", "LC_CTYPE", "TZ", "JPY_SESSION_NAME", "PYTHONUNBUFFERED"]
 
@@ -25,51 +32,93 @@ DEFAULT_ENV_ALLOWLIST = ["LANG", "LC_ALL", "LC_CTYPE", "TZ", "JPY_SESSION_NAME",
 class ContainerOptions(HasTraits):
     """How a kernel's container is made. Each trait is a kernelspec provisioner option."""
 
-    image = Unicode("", help="Image the kernel runs in (a kernel image from `nbcontainer image build`, "
-                    "or any image with Python 3 and ipykernel).").tag(config=True)
-    pull_policy = CaselessStrEnum(["missing", "always", "never"], default_value="missing",
-                                  help="When to pull the image: only when it is missing, before every "
-                                  "start, or never.").tag(config=True, flag="--pull")
-    cpus = Float(None, allow_none=True, help="CPU limit in cores (e.g. 1.5); none by default.").tag(config=True)
-    memory = Unicode(None, allow_none=True, help="Memory limit, e.g. '512m' or '4g'; swap is not "
-                     "added on top. A kernel that exceeds it is killed and reported as OOMKilled.").tag(config=True)
-    shm_size = Unicode(None, allow_none=True, help="Size of /dev/shm, e.g. '1g' (data loaders need "
-                       "more than Docker's 64m).").tag(config=True)
-    gpus = Unicode(None, allow_none=True, help="GPUs to give the kernel: 'all', a count ('2') or "
-                   "device ids ('device=0,1'). Needs the NVIDIA container toolkit.").tag(config=True)
-    mounts = List(Unicode(), help="Extra bind mounts as 'HOST_PATH:CONTAINER_PATH[:ro|rw]' "
-                  "(repeatable).").tag(config=True, flag="--mount", metavar="SRC:DST[:ro]")
-    network_mode = Unicode(None, allow_none=True, help="Docker network mode or network name "
-                           "(default: the bridge). 'host' shares the host's network; the kernel "
-                           "then listens on 127.0.0.1 only.").tag(config=True, flag="--network")
-    user = Unicode("host", help="User the kernel runs as: 'host' (the host user's uid:gid, so files "
-                   "written to mounts are the user's, not root's), 'image' (the image's USER), "
-                   "or an explicit 'UID[:GID]'.").tag(config=True)
-    mount_cwd = Bool(True, help="Mount the notebook's working directory at the same path and start "
-                     "the kernel there.").tag(config=True)
-    docker_socket = Bool(False, help="Mount the Docker daemon's socket so that the kernel can run "
-                         "containers (needed by %%remote_run inside a containerized kernel). "
-                         "Whoever can use the socket is root on the host: enable it only on a "
-                         "single-user machine. `kernelspec install` turns it on by default for a user's "
-                         "own kernelspec only.").tag(config=True)
-    mount_ledger = Bool(True, help="Mount the user's nbcontainer data directory (the run ledger and "
-                        "run results) at the same path, so %%remote_run's records outlive the kernel's "
-                        "container and are shared with the host.").tag(config=True)
-    env_allowlist = List(Unicode(), default_value=DEFAULT_ENV_ALLOWLIST,
-                         help="Names of the server's environment variables passed into the "
-                         "container (besides the kernelspec's own env). The server's whole "
-                         "environment is never passed. The flag adds to the default list "
-                         "(LANG, LC_ALL, LC_CTYPE, TZ, JPY_SESSION_NAME, PYTHONUNBUFFERED).").tag(
-                             config=True, flag="--env-allow", metavar="NAME")
-    init = Bool(True, help="Run an init process (docker --init) as PID 1, so signals reach the "
-                "kernel and zombies are reaped.").tag(config=True)
-    transport_encryption = CaselessStrEnum(
-        ["auto", "disabled", "required"], default_value="auto",
-        help="CurveZMQ encryption of the kernel's sockets: 'auto' uses it when pyzmq, jupyter_client "
-        "and the image's ipykernel all support it; 'required' refuses to start otherwise.",
+    image = Unicode(
+        "",
+        help="Image the kernel runs in (a kernel image from `nbcontainer image build`, "
+        "or any image with Python 3 and ipykernel).",
     ).tag(config=True)
-    startup_log_lines = Int(20, help="How many of the container's last log lines to report when the "
-                            "kernel dies.").tag(config=True)
+    pull_policy = CaselessStrEnum(
+        ["missing", "always", "never"],
+        default_value="missing",
+        help="When to pull the image: only when it is missing, before every start, or never.",
+    ).tag(config=True, flag="--pull")
+    cpus = Float(None, allow_none=True, help="CPU limit in cores (e.g. 1.5); none by default.").tag(
+        config=True
+    )
+    memory = Unicode(
+        None,
+        allow_none=True,
+        help="Memory limit, e.g. '512m' or '4g'; swap is not "
+        "added on top. A kernel that exceeds it is killed and reported as OOMKilled.",
+    ).tag(config=True)
+    shm_size = Unicode(
+        None,
+        allow_none=True,
+        help="Size of /dev/shm, e.g. '1g' (data loaders need more than Docker's 64m).",
+    ).tag(config=True)
+    gpus = Unicode(
+        None,
+        allow_none=True,
+        help="GPUs to give the kernel: 'all', a count ('2') or "
+        "device ids ('device=0,1'). Needs the NVIDIA container toolkit.",
+    ).tag(config=True)
+    mounts = List(
+        Unicode(), help="Extra bind mounts as 'HOST_PATH:CONTAINER_PATH[:ro|rw]' (repeatable)."
+    ).tag(config=True, flag="--mount", metavar="SRC:DST[:ro]")
+    network_mode = Unicode(
+        None,
+        allow_none=True,
+        help="Docker network mode or network name "
+        "(default: the bridge). 'host' shares the host's network; the kernel "
+        "then listens on 127.0.0.1 only.",
+    ).tag(config=True, flag="--network")
+    user = Unicode(
+        "host",
+        help="User the kernel runs as: 'host' (the host user's uid:gid, so files "
+        "written to mounts are the user's, not root's), 'image' (the image's USER), "
+        "or an explicit 'UID[:GID]'.",
+    ).tag(config=True)
+    mount_cwd = Bool(
+        True,
+        help="Mount the notebook's working directory at the same path and start the kernel there.",
+    ).tag(config=True)
+    docker_socket = Bool(
+        False,
+        help="Mount the Docker daemon's socket so that the kernel can run "
+        "containers (needed by %%remote_run inside a containerized kernel). "
+        "Whoever can use the socket is root on the host: enable it only on a "
+        "single-user machine. `kernelspec install` turns it on by default for a user's "
+        "own kernelspec only.",
+    ).tag(config=True)
+    mount_ledger = Bool(
+        True,
+        help="Mount the user's nbcontainer data directory (the run ledger and "
+        "run results) at the same path, so %%remote_run's records outlive the kernel's "
+        "container and are shared with the host.",
+    ).tag(config=True)
+    env_allowlist = List(
+        Unicode(),
+        default_value=DEFAULT_ENV_ALLOWLIST,
+        help="Names of the server's environment variables passed into the "
+        "container (besides the kernelspec's own env). The server's whole "
+        "environment is never passed. The flag adds to the default list "
+        "(LANG, LC_ALL, LC_CTYPE, TZ, JPY_SESSION_NAME, PYTHONUNBUFFERED).",
+    ).tag(config=True, flag="--env-allow", metavar="NAME")
+    init = Bool(
+        True,
+        help="Run an init process (docker --init) as PID 1, so signals reach the "
+        "kernel and zombies are reaped.",
+    ).tag(config=True)
+    transport_encryption = CaselessStrEnum(
+        ["auto", "disabled", "required"],
+        default_value="auto",
+        help="CurveZMQ encryption of the kernel's sockets: 'auto' uses it when pyzmq, "
+        "jupyter_client and the image's ipykernel all support it; 'required' refuses to start "
+        "otherwise.",
+    ).tag(config=True)
+    startup_log_lines = Int(
+        20, help="How many of the container's last log lines to report when the kernel dies."
+    ).tag(config=True)
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -99,14 +148,19 @@ def parse_gpus(value: str) -> tuple[int, list[str]]:
     if v.isdigit() and int(v) > 0:
         return int(v), []
     if v.startswith("device="):
-        ids = [d.strip() for d in v[len("device="):].split(",") if d.strip()]
+        ids = [d.strip() for d in v[len("device=") :].split(",") if d.strip()]
         if ids:
             return 0, ids
     raise InvalidOption("gpus", value, "expected 'all', a positive count, or 'device=ID[,ID...]'")
 
 
-def resource_kwargs(*, cpus: float | None = None, memory: str | None = None, gpus: str | None = None,
-                    shm_size: str | None = None) -> dict[str, Any]:
+def resource_kwargs(
+    *,
+    cpus: float | None = None,
+    memory: str | None = None,
+    gpus: str | None = None,
+    shm_size: str | None = None,
+) -> dict[str, Any]:
     """docker-py's create arguments for resource limits: one translation for kernels and runs.
 
     Memory gets no swap on top (the limit is the limit); GPUs become device requests.
@@ -122,8 +176,11 @@ def resource_kwargs(*, cpus: float | None = None, memory: str | None = None, gpu
         import docker.types
 
         count, ids = parse_gpus(gpus)
-        out["device_requests"] = [docker.types.DeviceRequest(
-            count=count if not ids else None, device_ids=ids or None, capabilities=[["gpu"]])]
+        out["device_requests"] = [
+            docker.types.DeviceRequest(
+                count=count if not ids else None, device_ids=ids or None, capabilities=[["gpu"]]
+            )
+        ]
     return out
 
 
@@ -160,8 +217,11 @@ def validate_options(config: dict[str, Any], *, check_paths: bool = True) -> dic
     """
     unknown = sorted(set(config) - set(ContainerOptions.option_names()))
     if unknown:
-        raise InvalidOption(unknown[0], config[unknown[0]],
-                            f"unknown option; known options: {', '.join(ContainerOptions.option_names())}")
+        raise InvalidOption(
+            unknown[0],
+            config[unknown[0]],
+            f"unknown option; known options: {', '.join(ContainerOptions.option_names())}",
+        )
     try:
         opts = ContainerOptions(**config)
     except TraitError as exc:

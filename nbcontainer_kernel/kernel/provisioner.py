@@ -18,7 +18,7 @@ import os
 import secrets
 import signal as signal_mod
 import stat
-from typing import Any
+from typing import Any, cast
 
 import docker.errors
 import docker.types
@@ -50,7 +50,8 @@ _swept = False
 _unencrypted_said: set[str] = set()
 
 
-class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignore[misc]
+# Both bases are HasTraits; their metaclasses combine at run time, mypy cannot tell.
+class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignore[metaclass]
     """Runs an IPython kernel in a Docker container (entry point ``nbcontainer-docker``)."""
 
     container_id: str | None = None
@@ -91,15 +92,21 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 self.log.warning("nbcontainer: orphan sweep failed: %s", exc)
 
         self.log.info("nbcontainer: preparing image %s", self.image)
-        await asyncio.to_thread(self.engine.ensure_image, self.image, self.pull_policy,
-                                lambda line: self.log.info("pull %s", line))
-        self._facts = await asyncio.to_thread(inspect_kernel_image, self.engine, self.image,
-                                              self._python_command())
+        await asyncio.to_thread(
+            self.engine.ensure_image,
+            self.image,
+            self.pull_policy,
+            lambda line: self.log.info("pull %s", line),
+        )
+        self._facts = await asyncio.to_thread(
+            inspect_kernel_image, self.engine, self.image, self._python_command()
+        )
         km = self.parent
         self._setup_encryption(km, kwargs.pop("transport_encryption", None))
         extra_arguments = kwargs.pop("extra_arguments", [])
-        cmd = [a.replace("{connection_file}", KERNEL_CONNECTION_FILE)
-               for a in self.kernel_spec.argv] + list(extra_arguments)
+        cmd = [
+            a.replace("{connection_file}", KERNEL_CONNECTION_FILE) for a in self.kernel_spec.argv
+        ] + list(extra_arguments)
         self._shutdown_requested = False
         self._exit_reported = False
         self.exit_error = None
@@ -137,6 +144,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         create_kwargs = self._container_kwargs(cmd, kwargs, inner_ports, host_network)
         await asyncio.to_thread(self._create_and_start, create_kwargs, inner)
 
+        assert self.container_id is not None  # _create_and_start made it
         info = await asyncio.to_thread(self.engine.inspect, self.container_id)
         state = (info or {}).get("State") or {}
         if not state.get("Running"):
@@ -149,17 +157,22 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             self._host_ports = dict(inner_ports)
         else:
             self._host_ports = self._published_ports(info or {})
-        self.connection_info = {
+        info_out: dict[str, Any] = {
             **self._host_ports,
             "ip": "127.0.0.1",
             "transport": "tcp",
             "key": key,
             "signature_scheme": scheme,
+            **curve,
         }
-        if curve:
-            self.connection_info.update(curve)
-        self.log.info("nbcontainer: kernel %s in container %s (%s), ports %s", self.kernel_id,
-                      self.container_name, self.image, self._host_ports)
+        self.connection_info = cast(KernelConnectionInfo, info_out)
+        self.log.info(
+            "nbcontainer: kernel %s in container %s (%s), ports %s",
+            self.kernel_id,
+            self.container_name,
+            self.image,
+            self._host_ports,
+        )
         return self.connection_info
 
     def _create_and_start(self, create_kwargs: dict[str, Any], inner: dict[str, Any]) -> None:
@@ -171,8 +184,15 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             self.container_id, self.container_name = container.id, container.name
             # In a directory of the kernel's own, so that it can remove the file once read.
             conn_dir = KERNEL_CONNECTION_DIR.lstrip("/")
-            engine.put_files(container.id, "/", {KERNEL_CONNECTION_FILE.lstrip("/"): json.dumps(inner).encode()},
-                             uid=uid, gid=gid, mode=0o600, dirs=[conn_dir])
+            engine.put_files(
+                container.id,
+                "/",
+                {KERNEL_CONNECTION_FILE.lstrip("/"): json.dumps(inner).encode()},
+                uid=uid,
+                gid=gid,
+                mode=0o600,
+                dirs=[conn_dir],
+            )
             return container
 
         container = create_and_fill()
@@ -188,8 +208,13 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             container = create_and_fill()
             engine.start(container)
 
-    def _container_kwargs(self, cmd: list[str], kwargs: dict[str, Any],
-                          inner_ports: dict[str, int], host_network: bool) -> dict[str, Any]:
+    def _container_kwargs(
+        self,
+        cmd: list[str],
+        kwargs: dict[str, Any],
+        inner_ports: dict[str, int],
+        host_network: bool,
+    ) -> dict[str, Any]:
         cwd = kwargs.get("cwd") or os.getcwd()
         user = parse_user(self.user)
         env = self._container_env(kwargs.get("env") or {}, user)
@@ -198,18 +223,26 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             mounts.append(docker.types.Mount(target=str(cwd), source=str(cwd), type="bind"))
         for spec in self.mounts:
             src, dst, mode = parse_mount(spec)
-            mounts.append(docker.types.Mount(target=dst, source=src, type="bind", read_only=mode == "ro"))
+            mounts.append(
+                docker.types.Mount(target=dst, source=src, type="bind", read_only=mode == "ro")
+            )
         if self.mount_ledger:
             from ..remote.ledger import default_path
 
             ledger = default_path()
             ledger.parent.mkdir(parents=True, exist_ok=True)
-            mounts.append(docker.types.Mount(target=str(ledger.parent), source=str(ledger.parent), type="bind"))
+            mounts.append(
+                docker.types.Mount(
+                    target=str(ledger.parent), source=str(ledger.parent), type="bind"
+                )
+            )
             env["NBCONTAINER_RUNS_DB"] = str(ledger)
         group_add: list[str] = []
         if self.docker_socket:
             sock = _docker_socket_path()
-            mounts.append(docker.types.Mount(target="/var/run/docker.sock", source=sock, type="bind"))
+            mounts.append(
+                docker.types.Mount(target="/var/run/docker.sock", source=sock, type="bind")
+            )
             env["DOCKER_HOST"] = "unix:///var/run/docker.sock"
             group_add.append(str(os.stat(sock).st_gid))
         kernel_id = self.kernel_id or ""
@@ -217,7 +250,9 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             "entrypoint": cmd[:1],
             "command": cmd[1:],
             "name": f"nbcontainer-kernel-{kernel_id[:8] or 'x'}-{secrets.token_hex(3)}",
-            "labels": labels.container_labels(labels.ROLE_KERNEL, kernel_id=kernel_id, image=self.image),
+            "labels": labels.container_labels(
+                labels.ROLE_KERNEL, kernel_id=kernel_id, image=self.image
+            ),
             "environment": env,
             "working_dir": str(cwd) if self.mount_cwd else None,
             "mounts": mounts,
@@ -241,7 +276,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 f"{port}/tcp": ("127.0.0.1", previous[name]) if name in previous else ("127.0.0.1",)
                 for name, port in inner_ports.items()
             }
-        out.update(resource_kwargs(cpus=self.cpus, memory=self.memory, gpus=self.gpus, shm_size=self.shm_size))
+        out.update(
+            resource_kwargs(
+                cpus=self.cpus, memory=self.memory, gpus=self.gpus, shm_size=self.shm_size
+            )
+        )
         return out
 
     def _container_env(self, env: dict[str, str], user: str | None) -> dict[str, str]:
@@ -282,25 +321,36 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         )
         if policy == "required" and not supported:
             raise ImageNotUsable(
-                self.image, "CurveZMQ encryption is required but not supported end to end",
+                self.image,
+                "CurveZMQ encryption is required but not supported end to end",
                 "Use pyzmq with libsodium, jupyter_client >= 8.7 and an image whose ipykernel "
                 "supports CurveZMQ (rebuild it with `nbcontainer image build`), or set "
-                "transport_encryption to 'auto'.")
+                "transport_encryption to 'auto'.",
+            )
         if policy != "disabled" and supported and km.curve_publickey is None:
             km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
         if policy == "auto" and not supported and self.image not in _unencrypted_said:
             _unencrypted_said.add(self.image)
-            why = ("the image's ipykernel cannot" if not (self._facts and self._facts.curve)
-                   else "this server's pyzmq or jupyter_client cannot")
-            self.log.warning("nbcontainer: kernels in %s run without CurveZMQ encryption (%s do it); "
-                             "their ports are on 127.0.0.1 and messages are still signed", self.image, why)
+            why = (
+                "the image's ipykernel cannot"
+                if not (self._facts and self._facts.curve)
+                else "this server's pyzmq or jupyter_client cannot"
+            )
+            self.log.warning(
+                "nbcontainer: kernels in %s run without CurveZMQ encryption (%s do it); "
+                "their ports are on 127.0.0.1 and messages are still signed",
+                self.image,
+                why,
+            )
 
     @staticmethod
     def _curve_keys(km: Any) -> dict[str, str]:
         if km is None or getattr(km, "curve_publickey", None) is None:
             return {}
-        return {"curve_publickey": km.curve_publickey.decode(),
-                "curve_secretkey": km.curve_secretkey.decode()}
+        return {
+            "curve_publickey": km.curve_publickey.decode(),
+            "curve_secretkey": km.curve_secretkey.decode(),
+        }
 
     # ----------------------------------------------------------------- state
     async def poll(self) -> int | None:
@@ -317,15 +367,20 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         self._report_exit(info, state)
         return int(state.get("ExitCode") or 0)
 
-    def _report_exit(self, info: dict[str, Any] | None, state: dict[str, Any], gone: bool = False) -> None:
+    def _report_exit(
+        self, info: dict[str, Any] | None, state: dict[str, Any], gone: bool = False
+    ) -> None:
         if self._exit_reported:
             return
         self._exit_reported = True
         if self._shutdown_requested and not state.get("OOMKilled"):
             return
-        tail = [] if gone else self.engine.logs_tail(self.container_id or "", self.startup_log_lines)
-        self.exit_error = KernelDied(self.container_name or "?", state.get("ExitCode"),
-                                     bool(state.get("OOMKilled")), tail)
+        tail = (
+            [] if gone else self.engine.logs_tail(self.container_id or "", self.startup_log_lines)
+        )
+        self.exit_error = KernelDied(
+            self.container_name or "?", state.get("ExitCode"), bool(state.get("OOMKilled")), tail
+        )
         if state.get("OOMKilled") and self.memory:
             self.log.error("nbcontainer: %s (memory limit %s)", self.exit_error, self.memory)
         else:
@@ -358,8 +413,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         """Ask the container to stop (SIGTERM to its init, which forwards it)."""
         if self.container_id is not None:
             self._shutdown_requested = True
-            await asyncio.to_thread(self.engine.signal, self.container_id,
-                                    int(signal_mod.SIGTERM))
+            await asyncio.to_thread(self.engine.signal, self.container_id, int(signal_mod.SIGTERM))
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """Called by KernelManager after it sent shutdown_request: an exit is expected now."""
@@ -392,12 +446,14 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     async def get_provisioner_info(self) -> dict[str, Any]:
         """Called by a server that persists kernels: what finds this container again."""
         info = await super().get_provisioner_info()
-        info.update({
-            "container_id": self.container_id,
-            "container_name": self.container_name,
-            "image": self.image,
-            "host_ports": self._host_ports,
-        })
+        info.update(
+            {
+                "container_id": self.container_id,
+                "container_name": self.container_name,
+                "image": self.image,
+                "host_ports": self._host_ports,
+            }
+        )
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
@@ -422,8 +478,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         try:
             validate_options(config)
         except InvalidOption as exc:
-            raise InvalidOption(exc.option, exc.value,
-                                f"{exc.reason} (kernelspec {getattr(self.kernel_spec, 'display_name', '?')!r})") from exc
+            raise InvalidOption(
+                exc.option,
+                exc.value,
+                f"{exc.reason} (kernelspec {getattr(self.kernel_spec, 'display_name', '?')!r})",
+            ) from exc
 
 
 def _uid_gid(user: str | None) -> tuple[int, int]:
@@ -436,9 +495,10 @@ def _uid_gid(user: str | None) -> tuple[int, int]:
 def _docker_socket_path() -> str:
     host = config.docker_host()
     if not host.startswith("unix://"):
-        raise InvalidOption("docker_socket", True,
-                            f"DOCKER_HOST is {host}, not a local socket that can be mounted")
-    path = host[len("unix://"):]
+        raise InvalidOption(
+            "docker_socket", True, f"DOCKER_HOST is {host}, not a local socket that can be mounted"
+        )
+    path = host[len("unix://") :]
     if not os.path.exists(path) or not stat.S_ISSOCK(os.stat(path).st_mode):
         raise InvalidOption("docker_socket", True, f"{path} is not a Docker socket")
     return path

@@ -1,13 +1,12 @@
 """%%remote_run and friends. The magic bodies parse arguments and call the library
-(:mod:`nbcontainer_kernel.remote.dispatch`, :mod:`nbcontainer_kernel.remote.ledger`); progress goes to
-the widget panel or its text twin, both listeners on the library's hooks."""
+(:mod:`nbcontainer_kernel.remote.dispatch`, :mod:`nbcontainer_kernel.remote.ledger`);
+progress goes to the widget panel or its text twin, both listeners on the library's hooks."""
 
 from __future__ import annotations
 
 import ast
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -15,10 +14,9 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import CaselessStrEnum, Float, Int, Unicode, default
 
-from ..config import trait_default
-
 from ..backends.base import Hooks
 from ..backends.registry import UnknownBackend, available
+from ..config import trait_default
 from ..errors import InvalidOption, RemoteExecutionError
 from ..remote.ledger import Ledger, UnknownRun
 
@@ -38,7 +36,9 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
     for item in items or []:
         name, sep, value = item.partition("=")
         if not sep or not name.isidentifier():
-            raise UsageError(f"{flag} expects NAME=VALUE with NAME a Python identifier, not {item!r}")
+            raise UsageError(
+                f"{flag} expects NAME=VALUE with NAME a Python identifier, not {item!r}"
+            )
         out[name] = parse_value(value)
     return out
 
@@ -63,34 +63,61 @@ class RemoteRun(Magics):
     (:mod:`nbcontainer_kernel.config`).
     """
 
-    backend = Unicode("local", help="Backend used when neither --local nor --backend is given "
-                      "(env NBCONTAINER_BACKEND).").tag(config=True, env="NBCONTAINER_BACKEND")
-    base = Unicode(None, allow_none=True, help="Base image of run images (default: the kernel's own "
-                   "container in a containerized kernel, else NBCONTAINER_BASE_IMAGE or "
-                   "python:X.Y-slim).").tag(config=True)
-    max_parallel = Int(4, min=1, help="How many children of a sweep run at once "
-                       "(env NBCONTAINER_MAX_PARALLEL).").tag(config=True, env="NBCONTAINER_MAX_PARALLEL")
-    timeout = Float(None, allow_none=True, help="Seconds before a run is stopped (none by default; "
-                    "env NBCONTAINER_TIMEOUT).").tag(config=True, env="NBCONTAINER_TIMEOUT")
-    memory = Unicode(None, allow_none=True, help="Memory limit of run containers, e.g. '4g' "
-                     "(env NBCONTAINER_MEMORY).").tag(config=True, env="NBCONTAINER_MEMORY")
-    cpus = Float(None, allow_none=True, help="CPU limit of run containers "
-                 "(env NBCONTAINER_CPUS).").tag(config=True, env="NBCONTAINER_CPUS")
-    interrupt = CaselessStrEnum(["cancel", "detach"], default_value="cancel",
-                                help="What interrupting the kernel while a run is waited on does: cancel "
-                                "the run, or detach from it (collect it later with %remote_attach; "
-                                "env NBCONTAINER_INTERRUPT).").tag(config=True, env="NBCONTAINER_INTERRUPT")
-    progress = CaselessStrEnum(["auto", "widget", "text"], default_value="auto",
-                               help="Progress display: the ipywidgets panel, its text twin, or auto "
-                               "(the panel when a Jupyter server started the kernel; env "
-                               "NBCONTAINER_PROGRESS).").tag(config=True, env="NBCONTAINER_PROGRESS")
-    ledger_path = Unicode(None, allow_none=True, help="The run ledger's SQLite file (default: "
-                          "NBCONTAINER_RUNS_DB or the user data directory).").tag(config=True)
-    trust = CaselessStrEnum(["signed", "always", "never"], default_value="signed",
-                            help="How far run outputs are believed: 'signed' loads pickles only from runs "
-                            "whose signed manifest and file digests hold; 'always' reads runs made before "
-                            "signed results; 'never' loads no pickles at all (DataFrames and JSON "
-                            "values only; env NBCONTAINER_TRUST).").tag(config=True, env="NBCONTAINER_TRUST")
+    backend = Unicode(
+        "local",
+        help="Backend used when neither --local nor --backend is given (env NBCONTAINER_BACKEND).",
+    ).tag(config=True, env="NBCONTAINER_BACKEND")
+    base = Unicode(
+        None,
+        allow_none=True,
+        help="Base image of run images (default: the kernel's own "
+        "container in a containerized kernel, else NBCONTAINER_BASE_IMAGE or "
+        "python:X.Y-slim).",
+    ).tag(config=True)
+    max_parallel = Int(
+        4, min=1, help="How many children of a sweep run at once (env NBCONTAINER_MAX_PARALLEL)."
+    ).tag(config=True, env="NBCONTAINER_MAX_PARALLEL")
+    timeout = Float(
+        None,
+        allow_none=True,
+        help="Seconds before a run is stopped (none by default; env NBCONTAINER_TIMEOUT).",
+    ).tag(config=True, env="NBCONTAINER_TIMEOUT")
+    memory = Unicode(
+        None,
+        allow_none=True,
+        help="Memory limit of run containers, e.g. '4g' (env NBCONTAINER_MEMORY).",
+    ).tag(config=True, env="NBCONTAINER_MEMORY")
+    cpus = Float(
+        None, allow_none=True, help="CPU limit of run containers (env NBCONTAINER_CPUS)."
+    ).tag(config=True, env="NBCONTAINER_CPUS")
+    interrupt = CaselessStrEnum(
+        ["cancel", "detach"],
+        default_value="cancel",
+        help="What interrupting the kernel while a run is waited on does: cancel "
+        "the run, or detach from it (collect it later with %remote_attach; "
+        "env NBCONTAINER_INTERRUPT).",
+    ).tag(config=True, env="NBCONTAINER_INTERRUPT")
+    progress = CaselessStrEnum(
+        ["auto", "widget", "text"],
+        default_value="auto",
+        help="Progress display: the ipywidgets panel, its text twin, or auto "
+        "(the panel when a Jupyter server started the kernel; env "
+        "NBCONTAINER_PROGRESS).",
+    ).tag(config=True, env="NBCONTAINER_PROGRESS")
+    ledger_path = Unicode(
+        None,
+        allow_none=True,
+        help="The run ledger's SQLite file (default: "
+        "NBCONTAINER_RUNS_DB or the user data directory).",
+    ).tag(config=True)
+    trust = CaselessStrEnum(
+        ["signed", "always", "never"],
+        default_value="signed",
+        help="How far run outputs are believed: 'signed' loads pickles only from runs "
+        "whose signed manifest and file digests hold; 'always' reads runs made before "
+        "signed results; 'never' loads no pickles at all (DataFrames and JSON "
+        "values only; env NBCONTAINER_TRUST).",
+    ).tag(config=True, env="NBCONTAINER_TRUST")
 
     # Defaults: the environment variable, then [tool.nbcontainer] (config.trait_default).
     @default("backend")
@@ -139,10 +166,17 @@ class RemoteRun(Magics):
 
     # ---------------------------------------------------------------- helpers
     @property
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None, "the magics are registered on a shell"
+        return self.shell.user_ns
+
+    @property
     def runner(self) -> Any:
         from ..remote.dispatch import RemoteRunner
 
-        if self._runner is None or (self.ledger_path and str(self._runner.ledger.path) != self.ledger_path):
+        if self._runner is None or (
+            self.ledger_path and str(self._runner.ledger.path) != self.ledger_path
+        ):
             self._runner = RemoteRunner(Ledger(self.ledger_path))
         self._runner.trust = self._setting("trust")
         return self._runner
@@ -159,7 +193,11 @@ class RemoteRun(Magics):
     def _listeners(self, cancel: Any) -> tuple[Hooks, Any]:
         mode = self._setting("progress")
         if mode == "auto":
-            mode = "widget" if (os.environ.get("JPY_SESSION_NAME") and getattr(self.shell, "kernel", None)) else "text"
+            mode = (
+                "widget"
+                if (os.environ.get("JPY_SESSION_NAME") and getattr(self.shell, "kernel", None))
+                else "text"
+            )
         hooks = Hooks()
         if mode == "widget":
             from IPython.display import display
@@ -170,12 +208,16 @@ class RemoteRun(Magics):
 
             def on_phase(run_id, phase, timings):
                 if "panel" not in holder:
-                    holder["panel"] = RunPanel(run_id, on_cancel=lambda: cancel(holder["panel"].run_id))
+                    holder["panel"] = RunPanel(
+                        run_id, on_cancel=lambda: cancel(holder["panel"].run_id)
+                    )
                     display(holder["panel"].widget)
                 holder["panel"].on_phase(run_id, phase, timings)
 
             hooks.on_phase.append(on_phase)
-            hooks.on_log.append(lambda rid, line: holder["panel"].on_log(rid, line) if "panel" in holder else None)
+            hooks.on_log.append(
+                lambda rid, line: holder["panel"].on_log(rid, line) if "panel" in holder else None
+            )
             return hooks, holder
         from ..widgets.text import TextProgress
 
@@ -185,35 +227,71 @@ class RemoteRun(Magics):
         return hooks, text
 
     def _notebook(self) -> str | None:
-        return self.shell.user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
+        return self._user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
 
     # ------------------------------------------------------------------ magics
     @magic_arguments()
-    @argument("--local", action="store_true", help="Run in Docker on this machine (--backend local).")
-    @argument("--backend", help="Where to run: a name registered in the nbcontainer_kernel.backends "
-              "entry points (local, batch, sagemaker).")
-    @argument("-p", "--param", action="append", metavar="NAME=VALUE",
-              help="A parameter (repeatable); VALUE is a Python literal, else a string. It overrides "
-              "the variable of the same name.")
-    @argument("--sweep", metavar="NAME=V1,V2,...", help="One run per value; the results are concatenated "
-              "into one DataFrame with NAME as a column.")
+    @argument(
+        "--local", action="store_true", help="Run in Docker on this machine (--backend local)."
+    )
+    @argument(
+        "--backend",
+        help="Where to run: a name registered in the nbcontainer_kernel.backends "
+        "entry points (local, batch, sagemaker).",
+    )
+    @argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="A parameter (repeatable); VALUE is a Python literal, else a string. It overrides "
+        "the variable of the same name.",
+    )
+    @argument(
+        "--sweep",
+        metavar="NAME=V1,V2,...",
+        help="One run per value; the results are concatenated "
+        "into one DataFrame with NAME as a column.",
+    )
     @argument("--max-parallel", type=int, help="Children of a sweep running at once.")
-    @argument("--vars", metavar="A,B", help="Variables to ship (default: the names the cell reads).")
+    @argument(
+        "--vars", metavar="A,B", help="Variables to ship (default: the names the cell reads)."
+    )
     @argument("--all-vars", action="store_true", help="Ship the whole namespace.")
-    @argument("--out", metavar="A,B", help="Variables to bring back (default: the names the cell assigns).")
+    @argument(
+        "--out",
+        metavar="A,B",
+        help="Variables to bring back (default: the names the cell assigns).",
+    )
     @argument("--name", help="The run's name; runs are numbered NAME-1, NAME-2, ...")
-    @argument("--image", "--base", dest="base", metavar="IMAGE",
-              help="Base image of the run image (default: the kernel's container, or python:X.Y-slim).")
+    @argument(
+        "--image",
+        "--base",
+        dest="base",
+        metavar="IMAGE",
+        help="Base image of the run image (default: the kernel's container, or python:X.Y-slim).",
+    )
     @argument("--cpus", type=float, help="CPU limit.")
     @argument("--memory", help="Memory limit, e.g. 4g.")
     @argument("--gpus", help="GPUs: 'all', a count, or 'device=0,1'.")
     @argument("--timeout", type=float, help="Seconds before the run is stopped.")
-    @argument("--no-wait", action="store_true", help="Return a handle at once; %%remote_attach collects it.")
-    @argument("--rerun", metavar="RUN", help="Run RUN's image again with other parameters (no snapshot, no build).")
-    @argument("--allow-unpinned", action="store_true",
-              help="When a pinned package has no wheel for the image, take the newest version of that "
-              "name from the package index (never done without this flag: a private package's name "
-              "may belong to someone else there).")
+    @argument(
+        "--no-wait",
+        action="store_true",
+        help="Return a handle at once; %%remote_attach collects it.",
+    )
+    @argument(
+        "--rerun",
+        metavar="RUN",
+        help="Run RUN's image again with other parameters (no snapshot, no build).",
+    )
+    @argument(
+        "--allow-unpinned",
+        action="store_true",
+        help="When a pinned package has no wheel for the image, take the newest version of that "
+        "name from the package index (never done without this flag: a private package's name "
+        "may belong to someone else there).",
+    )
     @cell_magic
     def remote_run(self, line: str, cell: str) -> Any:
         """Run this cell in a container built from the kernel's state; bring its results back."""
@@ -233,8 +311,10 @@ class RemoteRun(Magics):
                 raise UsageError(f"--name {args.name[:50]!r}: {exc.reason}") from None
         backend = "local" if args.local else self._setting("backend", args.backend)
         if backend not in available():
-            raise UsageError(f"unknown backend {backend!r}; available: {', '.join(sorted(available()))}\n"
-                             + self.remote_run.parser.format_usage().strip())
+            raise UsageError(
+                f"unknown backend {backend!r}; available: {', '.join(sorted(available()))}\n"
+                + self.remote_run.parser.format_usage().strip()
+            )
         sweep = None
         if args.sweep:
             name, sep, values = args.sweep.partition("=")
@@ -250,22 +330,42 @@ class RemoteRun(Magics):
         if max_parallel < 1:
             raise UsageError("--max-parallel must be at least 1")
         req = RemoteRequest(
-            cell=cell, name=args.name, backend=backend, params=_pairs(args.param, "-p"), sweep=sweep,
-            max_parallel=max_parallel, variables=_names(args.vars), all_vars=args.all_vars,
-            out=_names(args.out), base=self._setting("base", args.base), cpus=self._setting("cpus", args.cpus),
-            memory=self._setting("memory", args.memory), gpus=args.gpus,
-            timeout=self._setting("timeout", args.timeout), wait=not args.no_wait, rerun=args.rerun,
-            interrupt=self._setting("interrupt"), allow_unpinned=args.allow_unpinned)
+            cell=cell,
+            name=args.name,
+            backend=backend,
+            params=_pairs(args.param, "-p"),
+            sweep=sweep,
+            max_parallel=max_parallel,
+            variables=_names(args.vars),
+            all_vars=args.all_vars,
+            out=_names(args.out),
+            base=self._setting("base", args.base),
+            cpus=self._setting("cpus", args.cpus),
+            memory=self._setting("memory", args.memory),
+            gpus=args.gpus,
+            timeout=self._setting("timeout", args.timeout),
+            wait=not args.no_wait,
+            rerun=args.rerun,
+            interrupt=self._setting("interrupt"),
+            allow_unpinned=args.allow_unpinned,
+        )
         hooks, listener = self._listeners(self.runner.cancel)
         try:
-            outcome = self.runner.run(req, self.shell.user_ns, hooks, notebook=self._notebook())
+            outcome = self.runner.run(req, self._user_ns, hooks, notebook=self._notebook())
         except UnknownBackend as exc:
             raise UsageError(str(exc)) from exc
         except RemoteExecutionError:
             raise
         except KeyboardInterrupt:
-            print("remote run interrupted: " + ("cancelled" if req.interrupt == "cancel" else
-                                                "detached; %remote_attach collects it"), file=sys.stderr)
+            print(
+                "remote run interrupted: "
+                + (
+                    "cancelled"
+                    if req.interrupt == "cancel"
+                    else "detached; %remote_attach collects it"
+                ),
+                file=sys.stderr,
+            )
             raise
         return self._show(outcome, listener)
 
@@ -276,7 +376,7 @@ class RemoteRun(Magics):
         if isinstance(outcome, RunHandle):
             return outcome
         if isinstance(outcome, dict):  # a sweep: its combined results are in the namespace
-            self.shell.user_ns.update(outcome)
+            self._user_ns.update(outcome)
             return None
         assert isinstance(outcome, RunResult)
         if isinstance(listener, dict):  # the panel showed the log; the cell shows stdout too
@@ -294,7 +394,8 @@ class RemoteRun(Magics):
     @argument("--status", help="Only runs in this status (e.g. FAILED).")
     @line_magic
     def remote_runs(self, line: str) -> Any:
-        """The run ledger as a DataFrame: id, name, backend, status, params, metrics, phase timings."""
+        """The run ledger as a DataFrame: id, name, backend, status, params, metrics, phase "
+        "timings."""
         args = parse_argstring(self.remote_runs, line)
         return self.runner.ledger.to_dataframe(name=args.name, status=args.status)
 
@@ -312,9 +413,12 @@ class RemoteRun(Magics):
     @magic_arguments()
     @argument("run", help="The run id, e.g. lda-3.")
     @argument("--out", metavar="A,B", help="Only these variables.")
-    @argument("--unverified", action="store_true",
-              help="Read the data values (DataFrames, JSON) of a run whose outputs failed verification; "
-              "its pickles are never loaded.")
+    @argument(
+        "--unverified",
+        action="store_true",
+        help="Read the data values (DataFrames, JSON) of a run whose outputs failed verification; "
+        "its pickles are never loaded.",
+    )
     @line_magic
     def remote_result(self, line: str) -> Any:
         """%remote_result RUN: load a run's results into the namespace (and return them)."""
@@ -323,7 +427,7 @@ class RemoteRun(Magics):
         args = parse_argstring(self.remote_result, line)
         result = self._result(args.run)
         values = load_results(result.outputs, _names(args.out), unverified_data=args.unverified)
-        self.shell.user_ns.update(values)
+        self._user_ns.update(values)
         return values
 
     @line_magic
@@ -340,11 +444,14 @@ class RemoteRun(Magics):
     @argument("--out", metavar="A,B", help="Only these variables.")
     @line_magic
     def remote_attach(self, line: str) -> Any:
-        """%remote_attach RUN: pick a run up where it is (e.g. after a kernel restart) and collect it."""
+        """%remote_attach RUN: pick a run up where it is (e.g. after a kernel restart) and collect "
+        "it."""
         args = parse_argstring(self.remote_attach, line)
         self._check_run(args.run)
         hooks, listener = self._listeners(self.runner.cancel)
-        result = self.runner.attach(args.run, self.shell.user_ns, hooks, _names(args.out), self._setting("interrupt"))
+        result = self.runner.attach(
+            args.run, self._user_ns, hooks, _names(args.out), self._setting("interrupt")
+        )
         return self._show(result, listener)
 
     @line_magic

@@ -18,11 +18,11 @@ from typing import Any
 from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec
 from ..backends.registry import get_backend
 from ..errors import InvalidOption, NbcontainerError
-from .results import RunResult, load_results
-from .run_images import RunImage, build_run_image
-from .ledger import Ledger
 from ..snapshots import names_assigned, snapshot
 from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
+from .ledger import Ledger
+from .results import RunResult, load_results
+from .run_images import RunImage, build_run_image
 
 _TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
 MAX_NAME = 40
@@ -32,9 +32,14 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 def check_run_name(name: str) -> str:
     """A run name must fit everywhere a run id goes (container and job names, directories)."""
     if len(name) > MAX_NAME or not _NAME.fullmatch(name):
-        raise InvalidOption("--name", name, f"a run name is 1-{MAX_NAME} letters, digits, '_', '.' or '-', "
-                            "starting with a letter or digit")
+        raise InvalidOption(
+            "--name",
+            name,
+            f"a run name is 1-{MAX_NAME} letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+        )
     return name
+
 
 __all__ = ["RemoteRequest", "RemoteRunner", "RunHandle", "combine_sweep"]
 
@@ -66,7 +71,7 @@ class RunHandle:
     """A run that goes on without the cell waiting (``--no-wait``)."""
 
     run_id: str
-    runner: "RemoteRunner"
+    runner: RemoteRunner
     thread: threading.Thread | None = None
 
     def status(self) -> str:
@@ -78,15 +83,22 @@ class RunHandle:
         return self.status()
 
     def __repr__(self) -> str:
-        return f"<remote run {self.run_id}: {self.status()}; %remote_attach {self.run_id} collects it>"
+        return (
+            f"<remote run {self.run_id}: {self.status()}; %remote_attach {self.run_id} collects it>"
+        )
 
 
 class RemoteRunner:
     """Runs cells remotely and records every run in the ledger."""
 
-    def __init__(self, ledger: Ledger | None = None, trust: str = "signed",
-                 image_builder: Callable[..., RunImage] = build_run_image) -> None:
-        """`image_builder` makes a run image from a snapshot (build_run_image; tests pass a fake)."""
+    def __init__(
+        self,
+        ledger: Ledger | None = None,
+        trust: str = "signed",
+        image_builder: Callable[..., RunImage] = build_run_image,
+    ) -> None:
+        """`image_builder` makes a run image from a snapshot (build_run_image; tests pass a "
+        "fake)."""
         if trust not in TRUST_MODES:
             raise InvalidOption("trust", trust, f"expected one of {', '.join(TRUST_MODES)}")
         self.image_builder = image_builder
@@ -95,12 +107,20 @@ class RemoteRunner:
         self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
 
     # ---------------------------------------------------------------- entry
-    def run(self, req: RemoteRequest, namespace: dict[str, Any], hooks: Hooks,
-            notebook: str | None = None) -> RunResult | RunHandle | dict[str, Any]:
+    def run(
+        self,
+        req: RemoteRequest,
+        namespace: dict[str, Any],
+        hooks: Hooks,
+        notebook: str | None = None,
+    ) -> RunResult | RunHandle | dict[str, Any]:
         backend = get_backend(req.backend)
         out_names = req.out if req.out is not None else names_assigned(req.cell)
-        name = check_run_name(req.name) if req.name else (
-            self.ledger.get(req.rerun)["name"] if req.rerun else "run")
+        name = (
+            check_run_name(req.name)
+            if req.name
+            else (self.ledger.get(req.rerun)["name"] if req.rerun else "run")
+        )
         params = dict(req.params)
         if req.sweep:
             params[req.sweep[0]] = req.sweep[1]
@@ -117,8 +137,12 @@ class RemoteRunner:
         except BaseException as exc:
             # Nothing ran, but the record stays, saying why (an unusable base, Ctrl-C, ...).
             interrupted = isinstance(exc, KeyboardInterrupt)
-            self.ledger.update(run_id, failure="interrupted before it started" if interrupted
-                               else f"{type(exc).__name__}: {exc}")
+            self.ledger.update(
+                run_id,
+                failure="interrupted before it started"
+                if interrupted
+                else f"{type(exc).__name__}: {exc}",
+            )
             driver.enter(run_id, Phase.CANCELLED if interrupted else Phase.FAILED)
             self.drivers.pop(run_id, None)
             raise
@@ -130,7 +154,9 @@ class RemoteRunner:
             job = self._submit(driver, backend, spec)
             if not req.wait:
                 handle = RunHandle(run_id, self)
-                handle.thread = threading.Thread(target=self._finish, args=(driver, job, spec, []), daemon=True)
+                handle.thread = threading.Thread(
+                    target=self._finish, args=(driver, job, spec, []), daemon=True
+                )
                 handle.thread.start()
                 return handle
             result = self._finish(driver, job, spec, out_names)
@@ -146,27 +172,44 @@ class RemoteRunner:
     def _driver(self, run_id: str, backend: Backend, hooks: Hooks, interrupt: str) -> RunDriver:
         key = self.ledger.get(run_id).get("run_key")
         trust = self.trust
-        return RunDriver(backend, hooks, self._record, interrupt,
-                         verify=lambda dest: RunOutputs(dest, key, trust).verdict())
+        return RunDriver(
+            backend,
+            hooks,
+            self._record,
+            interrupt,
+            verify=lambda dest: RunOutputs(dest, key, trust).verdict(),
+        )
 
-    def attach(self, run_id: str, namespace: dict[str, Any], hooks: Hooks, out: list[str] | None = None,
-               interrupt: str = "cancel") -> RunResult:
+    def attach(
+        self,
+        run_id: str,
+        namespace: dict[str, Any],
+        hooks: Hooks,
+        out: list[str] | None = None,
+        interrupt: str = "cancel",
+    ) -> RunResult:
         """Pick a run up where it is (after a kernel restart) and collect it."""
         row = self.ledger.get(run_id)
         if row["status"] not in _TERMINAL:
             if not row["job"]:
                 # Its kernel died before the run reached a backend: nothing runs, record why.
-                reason = f"abandoned in {row['status']}: its kernel went away before the run was submitted"
+                reason = (
+                    f"abandoned in {row['status']}: its kernel went away before the run "
+                    "was submitted"
+                )
                 self.ledger.update(run_id, failure=reason)
                 self.ledger.add_phase(run_id, Phase.FAILED.value)
-                raise NbcontainerError(f"Run {run_id} never reached its backend ({reason}); there is "
-                                       "nothing to attach to. Run the cell again.")
+                raise NbcontainerError(
+                    f"Run {run_id} never reached its backend ({reason}); there is "
+                    "nothing to attach to. Run the cell again."
+                )
             backend = get_backend(row["backend"])
             driver = self._driver(run_id, backend, hooks, interrupt)
             self.drivers[run_id] = driver
             job = Job(row["backend"], run_id, row["job"])
-            if hasattr(backend, "attach"):
-                backend.attach(job)  # type: ignore[attr-defined]
+            attach = getattr(backend, "attach", None)
+            if attach is not None:
+                attach(job)
             spec = RunSpec(run_id, row["image"] or "", params=row["params"])
             result = self._finish(driver, job, spec, [])
         else:
@@ -194,27 +237,38 @@ class RemoteRunner:
     def result_of(self, run_id: str, trust: str | None = None) -> RunResult:
         """A recorded run's outputs, read under `trust` (default: the runner's)."""
         row = self.ledger.get(run_id)
-        return RunResult(image=row["image"] or "", exit_code=row["exit_code"],
-                         output_dir=Path(row["result_dir"]), logs=_read_logs(Path(row["result_dir"])),
-                         cancelled=row["status"] == Phase.CANCELLED.value, key=row.get("run_key"),
-                         trust=trust or self.trust, reason=row.get("failure"), run_id=run_id)
+        return RunResult(
+            image=row["image"] or "",
+            exit_code=row["exit_code"],
+            output_dir=Path(row["result_dir"]),
+            logs=_read_logs(Path(row["result_dir"])),
+            cancelled=row["status"] == Phase.CANCELLED.value,
+            key=row.get("run_key"),
+            trust=trust or self.trust,
+            reason=row.get("failure"),
+            run_id=run_id,
+        )
 
     # -------------------------------------------------------------- phases
-    def _image_for(self, run_id: str, driver: RunDriver, req: RemoteRequest,
-                   namespace: Mapping[str, Any]) -> tuple[str, str]:
+    def _image_for(
+        self, run_id: str, driver: RunDriver, req: RemoteRequest, namespace: Mapping[str, Any]
+    ) -> tuple[str, str]:
         if not req.rerun:
             return self._snapshot_and_build(run_id, driver, req, namespace)
         prior = self.ledger.get(req.rerun)
         if not prior.get("image"):
-            raise NbcontainerError(f"Run {req.rerun} has no image to run again (it failed before its "
-                                   "build finished); run the cell without --rerun.")
+            raise NbcontainerError(
+                f"Run {req.rerun} has no image to run again (it failed before its "
+                "build finished); run the cell without --rerun."
+            )
         return prior["image"], prior["snapshot_digest"]
 
     def _record(self, run_id: str, phase: Phase, at: float) -> None:
         self.ledger.add_phase(run_id, phase.value, at)
 
-    def _snapshot_and_build(self, run_id: str, driver: RunDriver, req: RemoteRequest,
-                            namespace: Mapping[str, Any]) -> tuple[str, str]:
+    def _snapshot_and_build(
+        self, run_id: str, driver: RunDriver, req: RemoteRequest, namespace: Mapping[str, Any]
+    ) -> tuple[str, str]:
         driver.enter(run_id, Phase.SNAPSHOT)
         snap = snapshot(namespace, req.cell, variables=req.variables, all_vars=req.all_vars)
         try:
@@ -222,11 +276,18 @@ class RemoteRunner:
             if skipped:
                 driver.hooks.log(run_id, f"[nbcontainer] not shipped: {'; '.join(skipped)}")
             driver.enter(run_id, Phase.BUILD)
-            image = self.image_builder(snap, base=req.base, allow_unpinned=req.allow_unpinned,
-                                    on_line=_warnings_to(driver.hooks, run_id))
+            image = self.image_builder(
+                snap,
+                base=req.base,
+                allow_unpinned=req.allow_unpinned,
+                on_line=_warnings_to(driver.hooks, run_id),
+            )
             if image.skipped_requirements:
-                driver.hooks.log(run_id, "[nbcontainer] not in the image (no wheel for its platform): "
-                                 + ", ".join(image.skipped_requirements))
+                driver.hooks.log(
+                    run_id,
+                    "[nbcontainer] not in the image (no wheel for its platform): "
+                    + ", ".join(image.skipped_requirements),
+                )
             return image.tag, snap.digest
         finally:
             snap.cleanup()
@@ -234,25 +295,41 @@ class RemoteRunner:
     def _spec(self, run_id: str, image: str, req: RemoteRequest, params: dict[str, Any]) -> RunSpec:
         # The signing key reaches the run only here, at run time, in its environment.
         key = self.ledger.get(run_id)["run_key"]
-        return RunSpec(run_id, image, params=params, cpus=req.cpus, memory=req.memory, gpus=req.gpus,
-                       timeout=req.timeout, detached=not req.wait, env={KEY_ENV: key})
+        return RunSpec(
+            run_id,
+            image,
+            params=params,
+            cpus=req.cpus,
+            memory=req.memory,
+            gpus=req.gpus,
+            timeout=req.timeout,
+            detached=not req.wait,
+            env={KEY_ENV: key},
+        )
 
     def _submit(self, driver: RunDriver, backend: Backend, spec: RunSpec) -> Job:
         driver.enter(spec.run_id, Phase.SUBMITTED)
         try:
             job = backend.submit(spec)
         except BaseException as exc:
-            # Nothing runs; the record says why and ends (a half-submitted job is the backend's to undo).
+            # Nothing runs; the record says why and ends (a half-submitted job is the
+            # backend's to undo).
             interrupted = isinstance(exc, KeyboardInterrupt)
-            self.ledger.update(spec.run_id, failure="interrupted before it started" if interrupted
-                               else f"{type(exc).__name__} while submitting: {exc}")
+            self.ledger.update(
+                spec.run_id,
+                failure="interrupted before it started"
+                if interrupted
+                else f"{type(exc).__name__} while submitting: {exc}",
+            )
             driver.done = True
             driver.enter(spec.run_id, Phase.CANCELLED if interrupted else Phase.FAILED)
             raise
         self.ledger.update(spec.run_id, job=job.handle)
         return job
 
-    def _finish(self, driver: RunDriver, job: Job, spec: RunSpec, out_names: list[str]) -> RunResult:
+    def _finish(
+        self, driver: RunDriver, job: Job, spec: RunSpec, out_names: list[str]
+    ) -> RunResult:
         dest = self.ledger.run_dir(spec.run_id)
         try:
             phase, code = driver.wait(job, spec, dest)
@@ -263,27 +340,52 @@ class RemoteRunner:
         finally:
             self.drivers.pop(spec.run_id, None)
         row = self.ledger.get(spec.run_id)
-        result = RunResult(image=spec.image, exit_code=code, output_dir=dest, logs=_read_logs(dest),
-                           cancelled=phase == Phase.CANCELLED, timed_out=driver.timed_out,
-                           key=row.get("run_key"), trust=self.trust, reason=driver.reason,
-                           run_id=spec.run_id)
+        result = RunResult(
+            image=spec.image,
+            exit_code=code,
+            output_dir=dest,
+            logs=_read_logs(dest),
+            cancelled=phase == Phase.CANCELLED,
+            timed_out=driver.timed_out,
+            key=row.get("run_key"),
+            trust=self.trust,
+            reason=driver.reason,
+            run_id=spec.run_id,
+        )
         trusted = driver.verdict is None or not driver.verdict.startswith("refused")
-        self.ledger.update(spec.run_id, exit_code=code, verified=driver.verdict,
-                           metrics=result.metrics if trusted else {},
-                           failure=(result.failure if trusted else driver.reason) or driver.reason,
-                           result_files=sorted(p.name for p in result.model_dir.glob("*"))
-                           if result.model_dir.exists() else [])
+        self.ledger.update(
+            spec.run_id,
+            exit_code=code,
+            verified=driver.verdict,
+            metrics=result.metrics if trusted else {},
+            failure=(result.failure if trusted else driver.reason) or driver.reason,
+            result_files=sorted(p.name for p in result.model_dir.glob("*"))
+            if result.model_dir.exists()
+            else [],
+        )
         return result
 
     # --------------------------------------------------------------- sweeps
-    def _sweep(self, parent: str, name: str, backend: Backend, image: str, req: RemoteRequest,
-               hooks: Hooks, out_names: list[str]) -> dict[str, Any]:
+    def _sweep(
+        self,
+        parent: str,
+        name: str,
+        backend: Backend,
+        image: str,
+        req: RemoteRequest,
+        hooks: Hooks,
+        out_names: list[str],
+    ) -> dict[str, Any]:
         assert req.sweep is not None
         pname, values = req.sweep
         children = []
         for v in values:
-            child = self.ledger.create(name, backend.name, params={**req.params, pname: v}, parent=parent)
-            self.ledger.update(child, image=image, snapshot_digest=self.ledger.get(parent)["snapshot_digest"])
+            child = self.ledger.create(
+                name, backend.name, params={**req.params, pname: v}, parent=parent
+            )
+            self.ledger.update(
+                child, image=image, snapshot_digest=self.ledger.get(parent)["snapshot_digest"]
+            )
             children.append((child, v))
         parent_driver = self.drivers[parent]
         parent_driver.enter(parent, Phase.RUNNING)
@@ -301,8 +403,10 @@ class RemoteRunner:
         results: dict[str, RunResult] = {}
         errors: dict[str, BaseException] = {}
         pool = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix=f"sweep-{parent}")
-        futures = {pool.submit(one, c, v): c for c, v in children}
+        futures: dict[concurrent.futures.Future[RunResult], str] = {}
         try:
+            for c, v in children:
+                futures[pool.submit(one, c, v)] = c
             for fut in concurrent.futures.as_completed(futures):
                 try:
                     results[futures[fut]] = fut.result()
@@ -316,8 +420,13 @@ class RemoteRunner:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         ok = not errors and all(r.succeeded for r in results.values())
-        self.ledger.update(parent, failure=None if ok else f"{len(errors) + sum(not r.succeeded for r in results.values())}"
-                           f" of {len(children)} children failed")
+        self.ledger.update(
+            parent,
+            failure=None
+            if ok
+            else f"{len(errors) + sum(not r.succeeded for r in results.values())}"
+            f" of {len(children)} children failed",
+        )
         parent_driver.done = True
         parent_driver.enter(parent, Phase.SUCCEEDED if ok else Phase.FAILED)
         self.drivers.pop(parent, None)
@@ -327,13 +436,21 @@ class RemoteRunner:
             results[c].raise_for_status()
         return combine_sweep(pname, [(v, results[c]) for c, v in children], out_names)
 
-    def _cancel_sweep(self, parent: str, children: list[tuple[str, Any]],
-                      futures: dict[concurrent.futures.Future[RunResult], str],
-                      pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    def _cancel_sweep(
+        self,
+        parent: str,
+        children: list[tuple[str, Any]],
+        futures: dict[concurrent.futures.Future[RunResult], str],
+        pool: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
         if parent in self.drivers:
             self.drivers[parent].cancel_event.set()  # a child starting now cancels itself at once
+        submitted = set(futures.values())
         for fut, child in futures.items():
             if fut.cancel():  # still queued: it never starts
+                submitted.discard(child)
+        for child, _ in children:
+            if child not in submitted:
                 self.ledger.update(child, failure="cancelled before it started")
                 self.ledger.add_phase(child, Phase.CANCELLED.value)
         for child, _ in children:
@@ -350,7 +467,9 @@ class RemoteRunner:
             self.ledger.add_phase(parent, Phase.CANCELLED.value)
 
 
-def combine_sweep(pname: str, runs: list[tuple[Any, RunResult]], out_names: list[str]) -> dict[str, Any]:
+def combine_sweep(
+    pname: str, runs: list[tuple[Any, RunResult]], out_names: list[str]
+) -> dict[str, Any]:
     """One value per out name: DataFrames concatenated with the swept parameter as a
     column; other values as a DataFrame of (parameter, value) rows."""
     import pandas as pd
@@ -370,7 +489,9 @@ def combine_sweep(pname: str, runs: list[tuple[Any, RunResult]], out_names: list
             else:
                 frames.append(pd.DataFrame({pname: [value], name: [v]}))
         if frames:
-            combined[name] = pd.concat(frames, ignore_index=not isinstance(frames[0].index, pd.DatetimeIndex))
+            combined[name] = pd.concat(
+                frames, ignore_index=not isinstance(frames[0].index, pd.DatetimeIndex)
+            )
     return combined
 
 
@@ -381,7 +502,9 @@ def _read_logs(dest: Path) -> list[str]:
 
 def _warnings_to(hooks: Hooks, run_id: str):  # noqa: ANN202 - a line callback
     """Build output goes nowhere, except its warnings: those reach the run's log."""
+
     def on_line(line: str) -> None:
         if line.startswith("warning:"):
             hooks.log(run_id, f"[nbcontainer] {line}")
+
     return on_line

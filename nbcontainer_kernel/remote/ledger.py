@@ -91,7 +91,9 @@ class Ledger:
         self._lock = threading.Lock()
         old_umask = os.umask(0o077)
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=30, isolation_level=None
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
         finally:
             os.umask(old_umask)
@@ -112,8 +114,16 @@ class Ledger:
         return self.runs_dir / run_id
 
     # ----------------------------------------------------------------- write
-    def create(self, name: str, backend: str, *, params: dict[str, Any] | None = None,
-               parent: str | None = None, notebook: str | None = None, status: str = "SNAPSHOT") -> str:
+    def create(
+        self,
+        name: str,
+        backend: str,
+        *,
+        params: dict[str, Any] | None = None,
+        parent: str | None = None,
+        notebook: str | None = None,
+        status: str = "SNAPSHOT",
+    ) -> str:
         """A new run row with its own signing key; its id is NAME-N (N counts runs of that name)."""
         from ..trust import new_key
 
@@ -122,13 +132,32 @@ class Ledger:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                seq = (self._db.execute("SELECT MAX(seq) FROM runs WHERE name = ?", (name,)).fetchone()[0] or 0) + 1
+                seq = (
+                    self._db.execute(
+                        "SELECT MAX(seq) FROM runs WHERE name = ?", (name,)
+                    ).fetchone()[0]
+                    or 0
+                ) + 1
                 run_id = f"{name}-{seq}"
                 self._db.execute(
-                    "INSERT INTO runs (id, name, seq, backend, params, status, parent, notebook, created, updated, "
+                    "INSERT INTO runs (id, name, seq, backend, params, status, parent, notebook, "
+                    "created, updated, "
                     "result_dir, run_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (run_id, name, seq, backend, json.dumps(params or {}, default=str), status, parent,
-                     notebook, now, now, str(self.run_dir(run_id)), new_key()))
+                    (
+                        run_id,
+                        name,
+                        seq,
+                        backend,
+                        json.dumps(params or {}, default=str),
+                        status,
+                        parent,
+                        notebook,
+                        now,
+                        now,
+                        str(self.run_dir(run_id)),
+                        new_key(),
+                    ),
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -143,8 +172,10 @@ class Ledger:
             cols.append(f"{k} = ?")
             values.append(json.dumps(v, default=str) if k in _JSON else v)
         with self._lock:
-            cur = self._db.execute(f"UPDATE runs SET {', '.join(cols)}, updated = ? WHERE id = ?",
-                                   (*values, time.time(), run_id))
+            cur = self._db.execute(
+                f"UPDATE runs SET {', '.join(cols)}, updated = ? WHERE id = ?",
+                (*values, time.time(), run_id),
+            )
         if cur.rowcount == 0:
             raise UnknownRun(run_id)
 
@@ -152,8 +183,11 @@ class Ledger:
         """Append (phase, timestamp) and make it the status, in one statement."""
         with self._lock:
             self._db.execute(
-                "UPDATE runs SET phases = json_insert(phases, '$[#]', json_array(?, ?)), status = ?, updated = ? "
-                "WHERE id = ?", (phase, at or time.time(), phase, time.time(), run_id))
+                "UPDATE runs SET phases = json_insert(phases, '$[#]', json_array(?, ?)), status = "
+                "?, updated = ? "
+                "WHERE id = ?",
+                (phase, at or time.time(), phase, time.time(), run_id),
+            )
 
     # ------------------------------------------------------------------ read
     def get(self, run_id: str) -> dict[str, Any]:
@@ -163,10 +197,16 @@ class Ledger:
             names = [d[0] for d in cur.description]
         if row is None:
             raise UnknownRun(run_id)
-        return self._decode(dict(zip(names, row)))
+        return self._decode(dict(zip(names, row, strict=True)))
 
-    def find(self, *, name: str | None = None, status: str | None = None, parent: str | None = None,
-             ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def find(
+        self,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        parent: str | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
         for col, val in (("name", name), ("status", status), ("parent", parent)):
             if val is not None:
@@ -180,7 +220,7 @@ class Ledger:
             cur = self._db.execute(sql + " ORDER BY created, seq", args)
             names = [d[0] for d in cur.description]
             rows = cur.fetchall()
-        return [self._decode(dict(zip(names, r))) for r in rows]
+        return [self._decode(dict(zip(names, r, strict=True))) for r in rows]
 
     @staticmethod
     def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +234,7 @@ class Ledger:
         """Seconds spent in each phase, from the recorded phase timestamps."""
         out: dict[str, float] = {}
         phases = row.get("phases") or []
-        for (name, t0), (_next, t1) in zip(phases, phases[1:]):
+        for (name, t0), (_next, t1) in zip(phases, phases[1:], strict=False):
             out[name.lower()] = out.get(name.lower(), 0.0) + (t1 - t0)
         return out
 
@@ -204,13 +244,39 @@ class Ledger:
 
         rows = []
         for r in self.find(**filters):
-            rows.append({"id": r["id"], "name": r["name"], "backend": r["backend"], "status": r["status"],
-                         "params": r["params"], "metrics": r["metrics"], "timings": self.timings(r),
-                         "duration": (r["phases"][-1][1] - r["phases"][0][1]) if r["phases"] else None,
-                         "exit_code": r["exit_code"], "image": r["image"], "parent": r["parent"],
-                         "created": pd.Timestamp(r["created"], unit="s")})
-        return pd.DataFrame(rows, columns=["id", "name", "backend", "status", "params", "metrics", "timings",
-                                           "duration", "exit_code", "image", "parent", "created"])
+            rows.append(
+                {
+                    "id": r["id"],
+                    "name": r["name"],
+                    "backend": r["backend"],
+                    "status": r["status"],
+                    "params": r["params"],
+                    "metrics": r["metrics"],
+                    "timings": self.timings(r),
+                    "duration": (r["phases"][-1][1] - r["phases"][0][1]) if r["phases"] else None,
+                    "exit_code": r["exit_code"],
+                    "image": r["image"],
+                    "parent": r["parent"],
+                    "created": pd.Timestamp(r["created"], unit="s"),
+                }
+            )
+        return pd.DataFrame(
+            rows,
+            columns=[
+                "id",
+                "name",
+                "backend",
+                "status",
+                "params",
+                "metrics",
+                "timings",
+                "duration",
+                "exit_code",
+                "image",
+                "parent",
+                "created",
+            ],
+        )
 
     def compare(self, run_ids: list[str], trust: str = "signed"):
         """Params, metrics and result summaries side by side: one column per run.
@@ -229,8 +295,13 @@ class Ledger:
             col.update({f"param.{k}": v for k, v in (r["params"] or {}).items()})
             col.update({f"metric.{k}": v for k, v in (r["metrics"] or {}).items()})
             col.update({f"time.{k}": round(v, 3) for k, v in self.timings(r).items()})
-            result = RunResult(image=r["image"] or "", exit_code=r["exit_code"],
-                               output_dir=Path(r["result_dir"] or ""), key=r.get("run_key"), trust=trust)
+            result = RunResult(
+                image=r["image"] or "",
+                exit_code=r["exit_code"],
+                output_dir=Path(r["result_dir"] or ""),
+                key=r.get("run_key"),
+                trust=trust,
+            )
             if result.model_dir.is_dir():
                 try:
                     for name, value in result.results.items():

@@ -13,8 +13,8 @@ from typing import Any
 from ..backends.base import Hooks, Phase, RunDriver, RunSpec
 from ..backends.local import LocalBackend
 from ..engine import Engine
-from .results import RunResult
 from ..trust import KEY_ENV, RunOutputs, new_key
+from .results import RunResult
 
 __all__ = ["run_image"]
 
@@ -49,16 +49,47 @@ def run_image(
     run_id = f"adhoc-{secrets.token_hex(4)}"
     key = new_key()  # signs this run's outputs; given to the container at run time only
     logs: list[str] = []
-    hooks = Hooks(on_log=[lambda _rid, line: (logs.append(line), on_log(line) if on_log else None)])
-    driver = RunDriver(LocalBackend(engine), hooks, verify=lambda dest: RunOutputs(dest, key, trust).verdict())
+
+    def keep(_run_id: str, line: str) -> None:
+        logs.append(line)
+        if on_log:
+            on_log(line)
+
+    hooks = Hooks(on_log=[keep])
+    driver = RunDriver(
+        LocalBackend(engine), hooks, verify=lambda dest: RunOutputs(dest, key, trust).verdict()
+    )
     if cancel is not None:
-        threading.Thread(target=lambda: (cancel.wait(), driver.cancel_event.set()), daemon=True).start()
-    spec = RunSpec(run_id, image, params=dict(params or {}), command=list(args or []),
-                   env={**dict(env or {}), KEY_ENV: key},
-                   cpus=cpus, memory=memory, timeout=timeout, labels=dict(labels or {}))
+
+        def forward_cancel(event: threading.Event) -> None:
+            event.wait()
+            driver.cancel_event.set()
+
+        threading.Thread(target=forward_cancel, args=(cancel,), daemon=True).start()
+    spec = RunSpec(
+        run_id,
+        image,
+        params=dict(params or {}),
+        command=list(args or []),
+        env={**dict(env or {}), KEY_ENV: key},
+        cpus=cpus,
+        memory=memory,
+        timeout=timeout,
+        labels=dict(labels or {}),
+    )
     t0 = time.monotonic()
     job = driver.backend.submit(spec)
     phase, code = driver.wait(job, spec, out)
-    return RunResult(image=image, exit_code=code, output_dir=out, logs=logs, duration=time.monotonic() - t0,
-                     timed_out=driver.timed_out, cancelled=phase == Phase.CANCELLED,
-                     container=job.handle["container_name"], key=key, trust=trust, reason=driver.reason)
+    return RunResult(
+        image=image,
+        exit_code=code,
+        output_dir=out,
+        logs=logs,
+        duration=time.monotonic() - t0,
+        timed_out=driver.timed_out,
+        cancelled=phase == Phase.CANCELLED,
+        container=job.handle["container_name"],
+        key=key,
+        trust=trust,
+        reason=driver.reason,
+    )

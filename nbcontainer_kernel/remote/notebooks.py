@@ -16,22 +16,26 @@ from pathlib import Path
 
 from ..engine import Engine, get_engine
 from ..errors import NbcontainerError
-from .run_images import RunImage, build_run_image
 from ..runner.notebook import parameters_of
 from ..snapshots.capture import Snapshot, copy_notebook_without_outputs
 from ..snapshots.deps import capture_dependencies, python_version
 from ..snapshots.sources import collect_sources
+from .run_images import RunImage, build_run_image
 
 __all__ = ["notebook_snapshot", "containerize"]
 
 
 def _requirements(path: Path) -> list[str]:
-    return [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()
-            if ln.split("#", 1)[0].strip() and not ln.lstrip().startswith("-")]
+    return [
+        ln.split("#", 1)[0].strip()
+        for ln in path.read_text().splitlines()
+        if ln.split("#", 1)[0].strip() and not ln.lstrip().startswith("-")
+    ]
 
 
-def notebook_snapshot(notebook: Path | str, requirements: Path | str | None = None,
-                      dest: Path | None = None) -> Snapshot:
+def notebook_snapshot(
+    notebook: Path | str, requirements: Path | str | None = None, dest: Path | None = None
+) -> Snapshot:
     """A notebook-mode snapshot: the notebook, its directory's code, and its dependencies
     (the requirements file when given, else this environment's lock)."""
     import nbformat
@@ -41,8 +45,15 @@ def notebook_snapshot(notebook: Path | str, requirements: Path | str | None = No
         raise NbcontainerError(f"No notebook at {nb_path}.")
     nb = nbformat.read(nb_path, as_version=4)
     directory = dest or Path(tempfile.mkdtemp(prefix="nbcontainer-notebook-"))
-    snap = Snapshot(directory=directory, cell="", mode="notebook", python=python_version(),
-                    notebook=str(nb_path), parameters=parameters_of(nb), _owned=dest is None)
+    snap = Snapshot(
+        directory=directory,
+        cell="",
+        mode="notebook",
+        python=python_version(),
+        notebook=str(nb_path),
+        parameters=parameters_of(nb),
+        _owned=dest is None,
+    )
     try:
         copy_notebook_without_outputs(nb_path, directory / "notebook.ipynb")
         (directory / "env.json").write_text("{}")
@@ -66,9 +77,17 @@ def notebook_snapshot(notebook: Path | str, requirements: Path | str | None = No
         raise
 
 
-def containerize(notebook: Path | str, tag: str | None = None, *, base: str | None = None,
-                 requirements: Path | str | None = None, engine: Engine | None = None,
-                 on_line: Callable[[str], None] | None = None) -> RunImage:
+def containerize(
+    notebook: Path | str,
+    tag: str | None = None,
+    *,
+    base: str | None = None,
+    requirements: Path | str | None = None,
+    engine: Engine | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> RunImage:
     """Build an image that runs `notebook` with parameters (see the module doc)."""
     with notebook_snapshot(notebook, requirements) as snap:
-        return build_run_image(snap, base=base, tag=tag, engine=engine or get_engine(), on_line=on_line)
+        return build_run_image(
+            snap, base=base, tag=tag, engine=engine or get_engine(), on_line=on_line
+        )

@@ -29,11 +29,12 @@ class RemoteTraceback(Exception):
         self.text = text
 
     def __str__(self) -> str:
-        return f"\n\"\"\"\n{self.text}\"\"\""
+        return f'\n"""\n{self.text}"""'
 
 
-def load_results(outputs: RunOutputs, names: list[str] | None = None, *,
-                 unverified_data: bool = False) -> dict[str, Any]:
+def load_results(
+    outputs: RunOutputs, names: list[str] | None = None, *, unverified_data: bool = False
+) -> dict[str, Any]:
     """The variables a run wrote (all, or `names`).
 
     Verified first (UntrustedResults when the outputs are refused). With
@@ -124,8 +125,10 @@ class RunResult:
     def result(self, name: str, *, unverified_data: bool = False) -> Any:
         values = load_results(self.outputs, [name], unverified_data=unverified_data)
         if name not in values:
-            raise KeyError(f"the run produced no result named {name!r}; it has "
-                           f"{sorted(self.index.get('variables', {}))}")
+            raise KeyError(
+                f"the run produced no result named {name!r}; it has "
+                f"{sorted(self.index.get('variables', {}))}"
+            )
         return values[name]
 
     @property
@@ -194,8 +197,18 @@ class RunResult:
         if self.timed_out or self.cancelled:
             reason = self.reason or ("timed out" if self.timed_out else "cancelled")
         else:
-            reason = failure.split("\n", 1)[0] if failure else (self.reason or f"exit code {self.exit_code}")
-        err = RemoteExecutionError(self.image, self.exit_code, reason, failure.partition("\n\n")[2],
-                                   self.logs[-20:], self.output_dir)
+            reason = (
+                failure.split("\n", 1)[0]
+                if failure
+                else (self.reason or f"exit code {self.exit_code}")
+            )
+        err = RemoteExecutionError(
+            self.image,
+            self.exit_code,
+            reason,
+            failure.partition("\n\n")[2],
+            self.logs[-20:],
+            self.output_dir,
+        )
         err.run_id = self.run_id  # type: ignore[attr-defined]
         raise err from self.exception()

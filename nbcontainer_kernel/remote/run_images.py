@@ -39,8 +39,14 @@ from ..snapshots.capture import MANIFEST, Snapshot
 from ..snapshots.env import is_secret
 from ..wheels import TargetPython, pinned, resolve_wheels
 
-__all__ = ["RunImage", "build_run_image", "default_base", "remove_run_image", "RUNTIME_FOR_CELLS",
-           "RUNTIME_FOR_NOTEBOOKS"]
+__all__ = [
+    "RunImage",
+    "build_run_image",
+    "default_base",
+    "remove_run_image",
+    "RUNTIME_FOR_CELLS",
+    "RUNTIME_FOR_NOTEBOOKS",
+]
 
 
 RUNTIME_FOR_CELLS = ["ipython", "cloudpickle"]
@@ -78,23 +84,30 @@ def default_base(engine: Engine, python: str) -> str:
     slim = f"python:{minor}-slim"
     if engine.has_image(slim):
         return slim
-    with contextlib.suppress(NbcontainerError):  # no registry here: fall through to the offline base
+    with contextlib.suppress(
+        NbcontainerError
+    ):  # no registry here: fall through to the offline base
         engine.pull(slim)
         return slim
     if engine.has_image(DEFAULT_BASE_IMAGE):
         return DEFAULT_BASE_IMAGE
-    raise ImageNotUsable(slim, "it is not present and cannot be pulled",
-                         "Pass a base image (--base), set NBCONTAINER_BASE_IMAGE, or make the "
-                         "offline base with scripts/base-image.sh.")
+    raise ImageNotUsable(
+        slim,
+        "it is not present and cannot be pulled",
+        "Pass a base image (--base), set NBCONTAINER_BASE_IMAGE, or make the "
+        "offline base with scripts/base-image.sh.",
+    )
 
 
 def _check_python(base: str, target: TargetPython, snap: Snapshot) -> None:
     kernel_minor = ".".join(snap.python.split(".")[:2])
     if target.minor != kernel_minor:
         raise ImageNotUsable(
-            base, f"its Python is {target.minor} but the kernel's is {kernel_minor}",
+            base,
+            f"its Python is {target.minor} but the kernel's is {kernel_minor}",
             f"Pickles do not cross Python versions: use a base with Python {kernel_minor} "
-            f"(e.g. python:{kernel_minor}-slim).")
+            f"(e.g. python:{kernel_minor}-slim).",
+        )
 
 
 # ----------------------------------------------------------------- deps layer
@@ -105,12 +118,16 @@ RUN {python} -m venv --without-pip --system-site-packages {venv} \\
  && {venv}/bin/python /tmp/nbcontainer-wheels/{pip_wheel}/pip install -q --no-index --no-deps \\
       --no-cache-dir --disable-pip-version-check /tmp/nbcontainer-wheels/*.whl \\
  && rm -rf /tmp/nbcontainer-wheels \\
- && echo {runtime} > "$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nbcontainer-runtime.pth" \\
- && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runner.main "$@"\\n' > {venv}/bin/nbcontainer-run \\
- && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runner.main train "$@"\\n' > {venv}/bin/train \\
+ && purelib="$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \\
+ && echo {runtime} > "$purelib/nbcontainer-runtime.pth" \\
+ && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runner.main "$@"\\n' \\
+      > {venv}/bin/nbcontainer-run \\
+ && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runner.main train "$@"\\n' \\
+      > {venv}/bin/train \\
  && chmod a+rx {venv}/bin/nbcontainer-run {venv}/bin/train \\
  && mkdir -p /opt/ml/model /opt/ml/output/data /opt/ml/input/config /opt/nbcontainer/snapshot \\
- && chmod -R a+rX /opt/nbcontainer && chmod 1777 /opt/ml /opt/ml/model /opt/ml/output /opt/ml/output/data
+ && chmod -R a+rX /opt/nbcontainer \\
+ && chmod 1777 /opt/ml /opt/ml/model /opt/ml/output /opt/ml/output/data
 ENV PATH={venv}/bin:$PATH PYTHONUNBUFFERED=1
 LABEL {labels}
 """
@@ -120,8 +137,13 @@ def _wheel_name(w: Path) -> str:
     return _canon(w.name.split("-")[0])
 
 
-def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str], None],
-                 allow_unpinned: bool = False) -> bool:
+def _resolve_one(
+    req: str,
+    target: TargetPython,
+    dest: Path,
+    say: Callable[[str], None],
+    allow_unpinned: bool = False,
+) -> bool:
     """One pinned requirement: its wheel; else, when the index has that very version but
     for another Python, the newest version of it that the image's Python accepts; else a
     wheel built here from that very version (pure Python only). False when none works.
@@ -147,13 +169,20 @@ def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str]
             say(f"warning: {req} {why} {target.describe()}; using {name} {found}")
             return True
     with tempfile.TemporaryDirectory(prefix="nbcontainer-wheel-") as tmp:
-        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, req],
-                               capture_output=True, text=True)
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, req],
+            capture_output=True,
+            text=True,
+        )
         if built.returncode != 0:
             return False
         for wheel in Path(tmp).glob("*.whl"):
             # Only a pure-Python wheel, and only when the image's Python is one it accepts.
-            if _wheel_name(wheel) == _canon(name) and wheel.name.endswith("none-any.whl") and _fits(wheel, target):
+            if (
+                _wheel_name(wheel) == _canon(name)
+                and wheel.name.endswith("none-any.whl")
+                and _fits(wheel, target)
+            ):
                 shutil.move(str(wheel), dest / wheel.name)
                 return True
     return False
@@ -162,8 +191,9 @@ def _resolve_one(req: str, target: TargetPython, dest: Path, say: Callable[[str]
 def _unresolved_pin(pip_output: str, pins: list[str]) -> str | None:
     """The pin pip says it found no distribution for, if it names one of `pins`."""
     by_name = {_canon(p.partition("==")[0]): p for p in pins}
-    for m in re.finditer(r"(?:No matching distribution found for|satisfies the requirement) ([^\s(]+)",
-                         pip_output):
+    for m in re.finditer(
+        r"(?:No matching distribution found for|satisfies the requirement) ([^\s(]+)", pip_output
+    ):
         name = re.split(r"[=<>!~\[;]", m.group(1), maxsplit=1)[0]
         if _canon(name) in by_name:
             return by_name[_canon(name)]
@@ -175,9 +205,13 @@ def _needs_other_python(pip_output: str, name: str, version: str) -> bool:
     another Python than the target's. pip says it in one of two ways."""
     for line in pip_output.splitlines():
         if "require a different python version" in line:  # versions seen on the index
-            if any(part.strip().startswith(f"{version} ") for part in line.split(":", 1)[-1].split(";")):
+            if any(
+                part.strip().startswith(f"{version} ") for part in line.split(":", 1)[-1].split(";")
+            ):
                 return True
-        m = re.search(r"Package '([^']+)' requires a different Python", line)  # the pinned file itself
+        m = re.search(
+            r"Package '([^']+)' requires a different Python", line
+        )  # the pinned file itself
         if m and _canon(m.group(1)) == _canon(name):
             return True
     return False
@@ -198,14 +232,22 @@ def _fits(wheel: Path, target: TargetPython) -> bool:
         text = zf.read(meta).decode("utf-8", "replace") if meta else ""
     for line in text.splitlines():
         if line.lower().startswith("requires-python:"):
-            return SpecifierSet(line.split(":", 1)[1].strip()).contains(".".join(map(str, target.version)))
+            return SpecifierSet(line.split(":", 1)[1].strip()).contains(
+                ".".join(map(str, target.version))
+            )
         if not line.strip():
             break
     return True
 
 
-def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, dest: Path,
-                  say: Callable[[str], None], allow_unpinned: bool = False) -> list[str]:
+def _resolve_lock(
+    lock: list[str],
+    runtime: list[str],
+    target: TargetPython,
+    dest: Path,
+    say: Callable[[str], None],
+    allow_unpinned: bool = False,
+) -> list[str]:
     """Wheels for every pinned distribution, then the runtime's; returns what had no wheel.
 
     The lock is exact (resolved without dependencies: it is complete); the
@@ -233,9 +275,15 @@ def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, des
     for req in odd + remaining:
         if not _resolve_one(req, target, dest, say, allow_unpinned):
             skipped.append(req)
-            say(f"warning: no wheel of {req} for {target.describe()}: left out of the image"
-                + ("" if allow_unpinned else " (--allow-unpinned takes the newest version "
-                   "of that name from the package index)"))
+            say(
+                f"warning: no wheel of {req} for {target.describe()}: left out of the image"
+                + (
+                    ""
+                    if allow_unpinned
+                    else " (--allow-unpinned takes the newest version "
+                    "of that name from the package index)"
+                )
+            )
     have = {_wheel_name(w) for w in dest.glob("*.whl")}
     missing = [r for r in runtime if r.split("==")[0].lower().replace("_", "-") not in have]
     resolve_wheels(missing + ["pip"], target, dest, say)
@@ -252,9 +300,15 @@ def _resolve_lock(lock: list[str], runtime: list[str], target: TargetPython, des
     return skipped
 
 
-def _build_deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetPython,
-                      runtime: list[str], say: Callable[[str], None],
-                      allow_unpinned: bool = False) -> tuple[str, bool, list[str]]:
+def _build_deps_image(
+    engine: Engine,
+    base: str,
+    snap: Snapshot,
+    target: TargetPython,
+    runtime: list[str],
+    say: Callable[[str], None],
+    allow_unpinned: bool = False,
+) -> tuple[str, bool, list[str]]:
     """The dependency layer for this lock on this base: reused when it exists, else built."""
     lock = [f"{n}=={v}" for n, v in sorted(snap.packages.items())]
     runtime_pins = pinned(runtime) + list(snap.requirements)
@@ -272,11 +326,22 @@ def _build_deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetP
         for w in wheels.glob("nbcontainer_kernel-*.whl"):  # it comes as the runtime layer
             w.unlink()
         pip_wheel = next(w.name for w in wheels.glob("pip-*.whl"))
-        image_labels = {labels.ROLE: labels.ROLE_DEPS_IMAGE, labels.DEPS_KEY: key, labels.PYTHON: ".".join(map(str, target.version)),
-                  labels.OCI_BASE_NAME: base, labels.OCI_CREATED: labels.now_iso(), labels.OCI_SOURCE: labels.SOURCE_URL}
-        dockerfile = _DEPS_DOCKERFILE.format(base=engine.get_image(base).id, python="python3", venv=VENV,
-                                             pip_wheel=shlex.quote(pip_wheel), labels=dockerfile_labels(image_labels),
-                                             runtime=RUNTIME_DIR)
+        image_labels = {
+            labels.ROLE: labels.ROLE_DEPS_IMAGE,
+            labels.DEPS_KEY: key,
+            labels.PYTHON: ".".join(map(str, target.version)),
+            labels.OCI_BASE_NAME: base,
+            labels.OCI_CREATED: labels.now_iso(),
+            labels.OCI_SOURCE: labels.SOURCE_URL,
+        }
+        dockerfile = _DEPS_DOCKERFILE.format(
+            base=engine.get_image(base).id,
+            python="python3",
+            venv=VENV,
+            pip_wheel=shlex.quote(pip_wheel),
+            labels=dockerfile_labels(image_labels),
+            runtime=RUNTIME_DIR,
+        )
         ctx = build_context(dockerfile, {"wheels": wheels})
         engine.build(ctx, tag, on_line=say)
     return tag, False, skipped
@@ -287,11 +352,24 @@ def _build_deps_image(engine: Engine, base: str, snap: Snapshot, target: TargetP
 # directories, and the kernel's connection file. The kernel's /tmp (also its HOME)
 # is a tmpfs, which a commit does not see; this list catches what lands elsewhere.
 _NEVER_COMMITTED = [
-    re.compile(p) for p in (
-        r"/\.aws(/|$)", r"/\.azure(/|$)", r"/\.config/gcloud(/|$)", r"/\.ssh(/|$)", r"/\.kube/config$",
-        r"/\.docker/config\.json$", r"/\.netrc$", r"/\.git-credentials$", r"/\.pypirc$", r"/\.pgpass$",
-        r"/\.cache/[^/]+/token$", r"/\.huggingface/token$", r"/\.config/[^/]+/(token|credentials)[^/]*$",
-        r"/history\.sqlite", r"/nbcontainer-snapshot-", r"/nbcontainer-notebook-",
+    re.compile(p)
+    for p in (
+        r"/\.aws(/|$)",
+        r"/\.azure(/|$)",
+        r"/\.config/gcloud(/|$)",
+        r"/\.ssh(/|$)",
+        r"/\.kube/config$",
+        r"/\.docker/config\.json$",
+        r"/\.netrc$",
+        r"/\.git-credentials$",
+        r"/\.pypirc$",
+        r"/\.pgpass$",
+        r"/\.cache/[^/]+/token$",
+        r"/\.huggingface/token$",
+        r"/\.config/[^/]+/(token|credentials)[^/]*$",
+        r"/history\.sqlite",
+        r"/nbcontainer-snapshot-",
+        r"/nbcontainer-notebook-",
         r"\.ipython/profile_[^/]+/(history|security)",
     )
 ]
@@ -300,8 +378,11 @@ _NEVER_COMMITTED = [
 def _forbidden_paths(changes: list[dict[str, Any]] | None) -> list[str]:
     """Paths of a container's changes (docker diff) that must not be committed."""
     paths = [c.get("Path", "") for c in changes or [] if c.get("Kind") in (0, 1)]  # modified, added
-    return sorted(p for p in paths if any(rx.search(p) for rx in _NEVER_COMMITTED)
-                  or p == KERNEL_CONNECTION_FILE)
+    return sorted(
+        p
+        for p in paths
+        if any(rx.search(p) for rx in _NEVER_COMMITTED) or p == KERNEL_CONNECTION_FILE
+    )
 
 
 def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -> tuple[str, bool]:
@@ -313,8 +394,11 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
     kernel_id = snap.kernel["kernel_id"]
     containers = engine.containers({labels.KERNEL_ID: kernel_id}, all=False)
     if not containers:
-        raise ImageNotUsable(snap.kernel.get("image", "?"), f"the container of kernel {kernel_id} is gone",
-                             "Restart the kernel, or pass a base image.")
+        raise ImageNotUsable(
+            snap.kernel.get("image", "?"),
+            f"the container of kernel {kernel_id} is gone",
+            "Restart the kernel, or pass a base image.",
+        )
     container = containers[0]
     lock_hash = hashlib.sha256(json.dumps(sorted(snap.packages.items())).encode()).hexdigest()[:12]
     tag = f"nbcontainer/kernel-commit:{container.id[:12]}-{lock_hash}"
@@ -329,16 +413,36 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
     if forbidden:
         raise ImageNotUsable(
             snap.kernel.get("image", "?"),
-            "the kernel's container holds files that must never be in an image: " + ", ".join(forbidden[:8]),
+            "the kernel's container holds files that must never be in an image: "
+            + ", ".join(forbidden[:8]),
             "Remove them (or keep them under /tmp, which is never committed), or pass --base IMAGE "
-            "to build the run image from a base instead of this kernel.")
+            "to build the run image from a base instead of this kernel.",
+        )
     env = [e.partition("=") for e in (container.attrs["Config"].get("Env") or [])]
-    changes = ["ENTRYPOINT []", "CMD []", "WORKDIR /", "USER 0", f"LABEL {labels.ROLE}={labels.ROLE_DEPS_IMAGE}",
-               f"LABEL {labels.COMMITTED_FROM}={container.id}",
-               f"LABEL {labels.KERNEL_ID}=", f"LABEL {labels.OWNER_PID}=", f"LABEL {labels.OWNER_HOST}="]
+    changes = [
+        "ENTRYPOINT []",
+        "CMD []",
+        "WORKDIR /",
+        "USER 0",
+        f"LABEL {labels.ROLE}={labels.ROLE_DEPS_IMAGE}",
+        f"LABEL {labels.COMMITTED_FROM}={container.id}",
+        f"LABEL {labels.KERNEL_ID}=",
+        f"LABEL {labels.OWNER_PID}=",
+        f"LABEL {labels.OWNER_HOST}=",
+    ]
     # Secrets by name or value, and the kernel's own identity, leave the image's config.
-    changes += [f"ENV {k}=" for k, _, v in env if is_secret(k, v) or k in (
-        "NBCONTAINER_KERNEL_ID", "JPY_SESSION_NAME", "JPY_PARENT_PID", "NBCONTAINER_CONNECTION_FILE")]
+    changes += [
+        f"ENV {k}="
+        for k, _, v in env
+        if is_secret(k, v)
+        or k
+        in (
+            "NBCONTAINER_KERNEL_ID",
+            "JPY_SESSION_NAME",
+            "JPY_PARENT_PID",
+            "NBCONTAINER_CONNECTION_FILE",
+        )
+    ]
     say(f"dependencies: committing the kernel's container {container.name} as {tag}")
     repo, _, t = tag.partition(":")
     # No pause: the kernel is blocked in this very call, and freezing it buys nothing.
@@ -386,7 +490,9 @@ def build_run_image(
         engine.ensure_image(base, "missing", say)
         target = _target(engine, base)
         _check_python(base, target, snap)
-        deps, reused, skipped = _build_deps_image(engine, base, snap, target, runtime, say, allow_unpinned)
+        deps, reused, skipped = _build_deps_image(
+            engine, base, snap, target, runtime, say, allow_unpinned
+        )
     timings["dependencies"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -398,15 +504,21 @@ def build_run_image(
         labels.SOURCE_NOTEBOOK: snap.notebook or "",
         labels.PARAMETERS: json.dumps(_shown_parameters(snap.parameters), default=str),
         labels.OCI_CREATED: labels.now_iso(),
-        labels.OCI_TITLE: f"nbcontainer {snap.mode} run" + (f" of {Path(snap.notebook).name}" if snap.notebook else ""),
+        labels.OCI_TITLE: f"nbcontainer {snap.mode} run"
+        + (f" of {Path(snap.notebook).name}" if snap.notebook else ""),
         labels.OCI_SOURCE: snap.notebook or labels.SOURCE_URL,
         labels.OCI_BASE_NAME: base or snap.kernel.get("image", ""),
     }
     committed = base is None and bool(snap.kernel.get("kernel_id"))
     # A committed kernel has this package installed already (its kernel image's).
     runtime_copy = "" if committed else f"COPY runtime {RUNTIME_DIR}\n"
-    dockerfile = _RUN_DOCKERFILE.format(deps=deps, snapshot_dir=SNAPSHOT_DIR, venv=VENV,
-                                        labels=dockerfile_labels(image_labels), runtime_copy=runtime_copy)
+    dockerfile = _RUN_DOCKERFILE.format(
+        deps=deps,
+        snapshot_dir=SNAPSHOT_DIR,
+        venv=VENV,
+        labels=dockerfile_labels(image_labels),
+        runtime_copy=runtime_copy,
+    )
     if not (snap.directory / MANIFEST).exists():
         snap.write_manifest()
     tag = tag or f"nbcontainer/run:{snap.digest[:16]}"
@@ -420,8 +532,12 @@ def build_run_image(
 
 def _shown_parameters(parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Parameter defaults for the image's label, through the secret filter."""
-    return [{**p, "default": "<not shown: looks like a secret>"}
-            if is_secret(str(p.get("name", "")), str(p.get("default", ""))) else p for p in parameters]
+    return [
+        {**p, "default": "<not shown: looks like a secret>"}
+        if is_secret(str(p.get("name", "")), str(p.get("default", "")))
+        else p
+        for p in parameters
+    ]
 
 
 def remove_run_image(tag: str, engine: Engine | None = None) -> None:

@@ -38,9 +38,17 @@ def restore_namespace(snap: Snapshot) -> dict[str, Any]:
     ns: dict[str, Any] = {}
     for var in snap.variables:
         if var.kind in ("value", "module"):
-            ns[var.name] = deserialize({"name": var.name, "type": var.type, "serializer": var.serializer,
-                                        "files": [Path(f).name for f in var.files], "module": var.module,
-                                        "note": var.note}, snap.directory / "vars")
+            ns[var.name] = deserialize(
+                {
+                    "name": var.name,
+                    "type": var.type,
+                    "serializer": var.serializer,
+                    "files": [Path(f).name for f in var.files],
+                    "module": var.module,
+                    "note": var.note,
+                },
+                snap.directory / "vars",
+            )
     return ns
 
 
@@ -70,8 +78,14 @@ def _jsonable(obj: Any) -> Any:
         json.dumps(obj)
         return obj
     except TypeError:
-        return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
-                for k, v in obj.items()} if isinstance(obj, dict) else str(obj)
+        return (
+            {
+                k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+                for k, v in obj.items()
+            }
+            if isinstance(obj, dict)
+            else str(obj)
+        )
 
 
 def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths, index: dict[str, Any]) -> int:
@@ -91,19 +105,40 @@ def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths, index: dict[s
     imported = names_imported(snap.cell)
     assigned = [n for n in names_assigned(snap.cell) if n in shell.user_ns and n not in imported]
     # Names bound another way (exec, globals(), a magic) count too, imports do not.
-    changed = [k for k, v in shell.user_ns.items()
-               if k not in assigned and k not in imported and (k not in before or before[k] != id(v))
-               and not k.startswith("_") and not is_ipython_name(k) and k not in params]
-    index.update(write_results(shell.user_ns, assigned + changed, result.result if error is None else None,
-                               shell.display_pub.kept, params, paths))
+    changed = [
+        k
+        for k, v in shell.user_ns.items()
+        if k not in assigned
+        and k not in imported
+        and (k not in before or before[k] != id(v))
+        and not k.startswith("_")
+        and not is_ipython_name(k)
+        and k not in params
+    ]
+    index.update(
+        write_results(
+            shell.user_ns,
+            assigned + changed,
+            result.result if error is None else None,
+            shell.display_pub.kept,
+            params,
+            paths,
+        )
+    )
     if error is not None:
         write_failure(error, paths, context="the cell raised")
         return 1
     return 0
 
 
-def write_results(ns: dict[str, Any], names: list[str], last_value: Any, displays: list[dict[str, Any]],
-                  params: dict[str, Any], paths: Paths) -> dict[str, Any]:
+def write_results(
+    ns: dict[str, Any],
+    names: list[str],
+    last_value: Any,
+    displays: list[dict[str, Any]],
+    params: dict[str, Any],
+    paths: Paths,
+) -> dict[str, Any]:
     """/opt/ml/model: one file set per variable and metrics.json; returns the results index
     (which the runner seals into results.json)."""
     import types
@@ -125,8 +160,13 @@ def write_results(ns: dict[str, Any], names: list[str], last_value: Any, display
         except SerializationError as exc:
             skipped["_last"] = str(exc)
     (paths.model / "metrics.json").write_text(json.dumps(metrics.summary(), indent=1))
-    return {"variables": variables, "skipped": skipped, "last_value": last, "displays": displays,
-            "parameters": _jsonable(params)}
+    return {
+        "variables": variables,
+        "skipped": skipped,
+        "last_value": last,
+        "displays": displays,
+        "parameters": _jsonable(params),
+    }
 
 
 def write_failure(error: BaseException, paths: Paths, context: str) -> None:

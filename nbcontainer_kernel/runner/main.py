@@ -29,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         argv = argv[1:]
-    p = argparse.ArgumentParser(prog="nbcontainer-run", description="Run the snapshot in this image.")
+    p = argparse.ArgumentParser(
+        prog="nbcontainer-run", description="Run the snapshot in this image."
+    )
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = p.parse_args(argv)
 
@@ -56,20 +58,30 @@ def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> in
     t0 = time.monotonic()
     try:
         snap = Snapshot.load(paths.snapshot)
-        params, source = resolve_params([(n, v) for n, v in param_args], os.environ, paths.hyperparameters)
+        params, source = resolve_params(
+            [(n, v) for n, v in param_args], os.environ, paths.hyperparameters
+        )
     except Exception as exc:  # a broken image or bad parameters: still leave the failure file
         write_failure(exc, paths, context="the run could not start")
         print(f"[nbcontainer] cannot start: {exc}", file=sys.stderr, flush=True)
         return 2
     index["parameters"] = params
-    print(f"[nbcontainer] {snap.mode} run of snapshot {snap.digest[:12]}"
-          + (f", parameters from {source}: {params}" if params else ""), flush=True)
+    print(
+        f"[nbcontainer] {snap.mode} run of snapshot {snap.digest[:12]}"
+        + (f", parameters from {source}: {params}" if params else ""),
+        flush=True,
+    )
     if snap.mode == "notebook":
         from .notebook import run_notebook
 
-        code = run_notebook(paths.snapshot / "notebook.ipynb", params, paths, index,
-                            workdir=paths.snapshot / "src" / "code",
-                            stem=Path(snap.notebook).stem if snap.notebook else "output")
+        code = run_notebook(
+            paths.snapshot / "notebook.ipynb",
+            params,
+            paths,
+            index,
+            workdir=paths.snapshot / "src" / "code",
+            stem=Path(snap.notebook).stem if snap.notebook else "output",
+        )
     else:
         from .cell import run_cell
 

@@ -37,19 +37,33 @@ def parameters_of(nb: Any) -> list[dict[str, Any]]:
             except SyntaxError:
                 return []
             for stmt in tree.body:
-                if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                if (
+                    isinstance(stmt, ast.Assign)
+                    and len(stmt.targets) == 1
+                    and isinstance(stmt.targets[0], ast.Name)
+                ):
                     try:
                         value = ast.literal_eval(stmt.value)
                         typ = type(value).__name__
                     except ValueError:
                         value, typ = ast.unparse(stmt.value), "expression"
                     out.append({"name": stmt.targets[0].id, "type": typ, "default": value})
-                elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value:
+                elif (
+                    isinstance(stmt, ast.AnnAssign)
+                    and isinstance(stmt.target, ast.Name)
+                    and stmt.value
+                ):
                     try:
                         value = ast.literal_eval(stmt.value)
                     except ValueError:
                         value = ast.unparse(stmt.value)
-                    out.append({"name": stmt.target.id, "type": ast.unparse(stmt.annotation), "default": value})
+                    out.append(
+                        {
+                            "name": stmt.target.id,
+                            "type": ast.unparse(stmt.annotation),
+                            "default": value,
+                        }
+                    )
             return out
     return []
 
@@ -66,20 +80,32 @@ def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
     source = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
     cell = nbformat.v4.new_code_cell(source)
     cell.metadata["tags"] = ["injected-parameters"]
-    index = next((i + 1 for i, c in enumerate(nb.cells)
-                  if "parameters" in c.get("metadata", {}).get("tags", [])), 0)
+    index = next(
+        (
+            i + 1
+            for i, c in enumerate(nb.cells)
+            if "parameters" in c.get("metadata", {}).get("tags", [])
+        ),
+        0,
+    )
     nb.cells.insert(index, cell)
 
 
-def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, index: dict[str, Any],
-                 workdir: Path, stem: str = "output") -> int:
+def run_notebook(
+    notebook: Path,
+    params: dict[str, Any],
+    paths: Paths,
+    index: dict[str, Any],
+    workdir: Path,
+    stem: str = "output",
+) -> int:
     import nbformat
     from nbclient import NotebookClient
 
     class EchoingClient(NotebookClient):
         """Echo each cell's stream output to our stdout/stderr as it comes (the run's log)."""
 
-        def output(self, outs, msg, display_id, cell_index):  # type: ignore[override]
+        def output(self, outs, msg, display_id, cell_index):
             if msg["msg_type"] == "stream":
                 stream = sys.stderr if msg["content"]["name"] == "stderr" else sys.stdout
                 stream.write(msg["content"]["text"])
@@ -95,21 +121,40 @@ def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, index: di
         n = code_cells.index(cell_index) + 1 if cell_index in code_cells else 0
         print(f"[nbcontainer] cell {n}/{len(code_cells)} (index {cell_index})", flush=True)
 
-    client = EchoingClient(nb, kernel_name="python3", timeout=None, startup_timeout=120,
-                           resources={"metadata": {"path": str(workdir)}}, on_cell_start=on_start)
+    client = EchoingClient(
+        nb,
+        kernel_name="python3",
+        timeout=None,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(workdir)}},
+        on_cell_start=on_start,
+    )
     code = 0
     try:
         client.execute()
     except Exception as exc:  # a failing cell, a dead kernel, a kernel that never started
         code = 1
-        failed = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and any(
-            o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+        failed = next(
+            (
+                i
+                for i, c in enumerate(nb.cells)
+                if c.cell_type == "code"
+                and any(o.get("output_type") == "error" for o in c.get("outputs", []))
+            ),
+            None,
+        )
         where = f"cell {failed}" if failed is not None else "a cell"
         source = nb.cells[failed].source if failed is not None else ""
-        paths.failure.write_text(_strip_ansi(
-            f"notebook failed in {where}: {getattr(exc, 'ename', type(exc).__name__)}: "
-            f"{getattr(exc, 'evalue', exc)}\n\n--- cell source ---\n{source}\n\n--- traceback ---\n{exc}\n"))
-        (paths.output / "failed_cell.json").write_text(json.dumps({"index": failed, "source": source}))
+        paths.failure.write_text(
+            _strip_ansi(
+                f"notebook failed in {where}: {getattr(exc, 'ename', type(exc).__name__)}: "
+                f"{getattr(exc, 'evalue', exc)}\n\n--- cell source ---\n{source}\n\n--- traceback "
+                f"---\n{exc}\n"
+            )
+        )
+        (paths.output / "failed_cell.json").write_text(
+            json.dumps({"index": failed, "source": source})
+        )
         from ..serialize import dumps_exception
 
         paths.exception.write_bytes(dumps_exception(exc))
@@ -123,9 +168,14 @@ def run_notebook(notebook: Path, params: dict[str, Any], paths: Paths, index: di
             (paths.output_data / f"{stem}.html").write_text(html)
         except Exception as exc:  # the executed notebook is kept even when HTML fails
             print(f"[nbcontainer] HTML export failed: {exc}", file=sys.stderr)
-        text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
-                       if o.get("output_type") == "stream")
-        (paths.model / "metrics.json").write_text(json.dumps(metrics.summary(metrics.parse_metric_lines(text)),
-                                                             indent=1))
+        text = "".join(
+            o.get("text", "")
+            for c in nb.cells
+            for o in c.get("outputs", [])
+            if o.get("output_type") == "stream"
+        )
+        (paths.model / "metrics.json").write_text(
+            json.dumps(metrics.summary(metrics.parse_metric_lines(text)), indent=1)
+        )
         index.update({"parameters": params, "notebook": out_nb.name})
     return code

@@ -25,14 +25,21 @@ def decode(value: Any) -> Any:
 
 def _checked(params: dict[str, Any], source: str) -> dict[str, Any]:
     # Names become variables (and, in notebook mode, code in the injected cell).
-    bad = [k for k in params if not (isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k))]
+    bad = [
+        k
+        for k in params
+        if not (isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k))
+    ]
     if bad:
-        raise ValueError(f"parameter names from {source} must be Python identifiers, not {bad[0]!r}")
+        raise ValueError(
+            f"parameter names from {source} must be Python identifiers, not {bad[0]!r}"
+        )
     return params
 
 
-def resolve_params(pairs: Sequence[tuple[str, str]], env: Mapping[str, str],
-                   hyperparameters: Path) -> tuple[dict[str, Any], str]:
+def resolve_params(
+    pairs: Sequence[tuple[str, str]], env: Mapping[str, str], hyperparameters: Path
+) -> tuple[dict[str, Any], str]:
     """(parameters, where they came from). Names that are not identifiers are refused."""
     if pairs:
         return _checked({name: decode(value) for name, value in pairs}, "arguments"), "arguments"
@@ -45,5 +52,7 @@ def resolve_params(pairs: Sequence[tuple[str, str]], env: Mapping[str, str],
         data = json.loads(hyperparameters.read_text())
         if not isinstance(data, dict):
             raise ValueError(f"{hyperparameters} must hold a JSON object")
-        return _checked({k: decode(v) for k, v in data.items()}, str(hyperparameters)), str(hyperparameters)
+        return _checked({k: decode(v) for k, v in data.items()}, str(hyperparameters)), str(
+            hyperparameters
+        )
     return {}, "none"

@@ -19,9 +19,11 @@ class Paths:
     ml: Path
 
     @classmethod
-    def from_env(cls) -> "Paths":
-        return cls(Path(os.environ.get("NBCONTAINER_SNAPSHOT_DIR", SNAPSHOT_DIR)),
-                   Path(os.environ.get("NBCONTAINER_ML_ROOT", ML_ROOT)))
+    def from_env(cls) -> Paths:
+        return cls(
+            Path(os.environ.get("NBCONTAINER_SNAPSHOT_DIR", SNAPSHOT_DIR)),
+            Path(os.environ.get("NBCONTAINER_ML_ROOT", ML_ROOT)),
+        )
 
     @property
     def model(self) -> Path:

@@ -4,5 +4,14 @@ from .capture import MANIFEST, SNAPSHOT_DIR, Snapshot, VariableRecord, snapshot
 from .env import filter_env, is_secret
 from .names import names_assigned, names_read
 
-__all__ = ["Snapshot", "VariableRecord", "snapshot", "names_read", "names_assigned",
-           "filter_env", "is_secret", "SNAPSHOT_DIR", "MANIFEST"]
+__all__ = [
+    "Snapshot",
+    "VariableRecord",
+    "snapshot",
+    "names_read",
+    "names_assigned",
+    "filter_env",
+    "is_secret",
+    "SNAPSHOT_DIR",
+    "MANIFEST",
+]

@@ -82,12 +82,39 @@ class Snapshot:
         """The manifest's variables as a DataFrame: a dry run of what would travel."""
         import pandas as pd
 
-        rows = [{"name": v.name, "kind": v.kind, "type": v.type, "size": v.size,
-                 "serializer": v.serializer, "skipped": v.skipped} for v in self.variables]
-        rows += [{"name": n, "kind": "env", "type": "str", "size": None, "serializer": "env",
-                  "skipped": None} for n in self.env_names]
-        rows += [{"name": n, "kind": "env", "type": "str", "size": None, "serializer": None,
-                  "skipped": "secret: never shipped"} for n in self.env_secrets_dropped]
+        rows = [
+            {
+                "name": v.name,
+                "kind": v.kind,
+                "type": v.type,
+                "size": v.size,
+                "serializer": v.serializer,
+                "skipped": v.skipped,
+            }
+            for v in self.variables
+        ]
+        rows += [
+            {
+                "name": n,
+                "kind": "env",
+                "type": "str",
+                "size": None,
+                "serializer": "env",
+                "skipped": None,
+            }
+            for n in self.env_names
+        ]
+        rows += [
+            {
+                "name": n,
+                "kind": "env",
+                "type": "str",
+                "size": None,
+                "serializer": None,
+                "skipped": "secret: never shipped",
+            }
+            for n in self.env_secrets_dropped
+        ]
         return pd.DataFrame(rows, columns=["name", "kind", "type", "size", "serializer", "skipped"])
 
     @property
@@ -113,12 +140,15 @@ class Snapshot:
             if path.is_file() and path.name != MANIFEST:
                 h.update(path.relative_to(self.directory).as_posix().encode())
                 with open(path, "rb") as fh:
-                    h.update(hashlib.file_digest(fh, "sha256").digest()
-                             if hasattr(hashlib, "file_digest") else hashlib.sha256(fh.read()).digest())
+                    h.update(
+                        hashlib.file_digest(fh, "sha256").digest()
+                        if hasattr(hashlib, "file_digest")
+                        else hashlib.sha256(fh.read()).digest()
+                    )
         return h.hexdigest()
 
     @classmethod
-    def load(cls, directory: Path) -> "Snapshot":
+    def load(cls, directory: Path) -> Snapshot:
         data = json.loads((Path(directory) / MANIFEST).read_text())
         data.pop("format", None)
         data["variables"] = [VariableRecord(**v) for v in data.get("variables", [])]
@@ -129,15 +159,16 @@ class Snapshot:
         if self._owned:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "Snapshot":
+    def __enter__(self) -> Snapshot:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
 
 
-def _select(namespace: Mapping[str, Any], cell: str, variables: Iterable[str] | None,
-            all_vars: bool) -> tuple[list[str], list[str]]:
+def _select(
+    namespace: Mapping[str, Any], cell: str, variables: Iterable[str] | None, all_vars: bool
+) -> tuple[list[str], list[str]]:
     """(names to ship, names asked for that are not defined)."""
     if variables is not None:
         wanted = list(dict.fromkeys(variables))
@@ -190,15 +221,23 @@ def snapshot(
         (directory / "cell.py").write_text(cell)
         names, missing = _select(namespace, cell, variables, all_vars)
         for name in missing:
-            snap.variables.append(VariableRecord(name, "skipped", "-", skipped="not defined in the namespace"))
+            snap.variables.append(
+                VariableRecord(name, "skipped", "-", skipped="not defined in the namespace")
+            )
         named = set(variables or ())
         for name in names:
             value = namespace[name]
             if isinstance(value, str) and name not in named and looks_like_secret(value):
                 # Only shipped when asked for by name; the reason names it, never the value.
-                snap.variables.append(VariableRecord(
-                    name, "skipped", "str", skipped="its value looks like a secret (a token, a password "
-                    "or a URL with credentials); name it in --vars to ship it"))
+                snap.variables.append(
+                    VariableRecord(
+                        name,
+                        "skipped",
+                        "str",
+                        skipped="its value looks like a secret (a token, a password "
+                        "or a URL with credentials); name it in --vars to ship it",
+                    )
+                )
                 continue
             snap.variables.append(_capture_one(name, value, directory / "vars"))
 
@@ -226,7 +265,10 @@ def snapshot(
             copy_notebook_without_outputs(nb, directory / "notebook.ipynb")
             snap.notebook = str(nb)
         if env.get("NBCONTAINER_KERNEL_ID"):
-            snap.kernel = {"kernel_id": env["NBCONTAINER_KERNEL_ID"], "image": env.get("NBCONTAINER_IMAGE", "")}
+            snap.kernel = {
+                "kernel_id": env["NBCONTAINER_KERNEL_ID"],
+                "image": env.get("NBCONTAINER_IMAGE", ""),
+            }
         snap.write_manifest()
         return snap
     except BaseException:
@@ -255,15 +297,27 @@ def _capture_one(name: str, value: Any, dest: Path) -> VariableRecord:
             f.unlink()
         return VariableRecord(name, "skipped", type_name(value), skipped=str(exc))
     kind = "module" if s.serializer == "import" else "value"
-    return VariableRecord(name, kind, s.type, s.size, s.serializer,
-                          [f"vars/{f}" for f in s.files], module=s.module, note=s.note)
+    return VariableRecord(
+        name,
+        kind,
+        s.type,
+        s.size,
+        s.serializer,
+        [f"vars/{f}" for f in s.files],
+        module=s.module,
+        note=s.note,
+    )
 
 
 def _copy_local_packages(deps: Dependencies, roots: dict[str, Path], dest: Path) -> None:
     for name, path in roots.items():
         dest.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
-            shutil.copytree(path, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                            dirs_exist_ok=True)
+            shutil.copytree(
+                path,
+                dest / name,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                dirs_exist_ok=True,
+            )
         else:
             shutil.copy2(path, dest / path.name)

@@ -62,7 +62,11 @@ def _top_level(dist: md.Distribution) -> list[str]:
         names |= {ln.strip() for ln in text.splitlines() if ln.strip()}
     for f in dist.files or []:
         parts = f.parts
-        if len(parts) >= 2 and parts[1] == "__init__.py" and not parts[0].endswith((".dist-info", ".data")):
+        if (
+            len(parts) >= 2
+            and parts[1] == "__init__.py"
+            and not parts[0].endswith((".dist-info", ".data"))
+        ):
             names.add(parts[0])
         elif len(parts) == 1 and f.suffix == ".py":
             names.add(f.stem)
@@ -89,9 +93,11 @@ def capture_dependencies(*, in_image: bool = False) -> tuple[Dependencies, dict[
         if canon in seen or canon in _PROVIDED:
             continue
         seen.add(canon)
-        direct = _direct_url(dist)
+        direct = _direct_url(dist) or {}
         is_local = bool(direct) and (
-            "dir_info" in direct or (str(direct.get("url", "")).startswith("file:") and not in_image))
+            "dir_info" in direct
+            or (str(direct.get("url", "")).startswith("file:") and not in_image)
+        )
         if not is_local:
             deps.lock[canon] = dist.version
             continue

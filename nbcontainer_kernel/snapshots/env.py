@@ -27,16 +27,65 @@ __all__ = ["is_secret", "is_secret_name", "looks_like_secret", "filter_env"]
 
 # Words that make a name a secret's.
 _SECRET_WORDS = {
-    "KEY", "KEYS", "APIKEY", "ACCESSKEY", "SECRETKEY", "PRIVATEKEY", "SECRET", "SECRETS", "TOKEN",
-    "TOKENS", "PASSWORD", "PASSWORDS", "PASSWD", "PASS", "PASSPHRASE", "PWD", "PW", "PAT",
-    "CREDENTIAL", "CREDENTIALS", "CREDS", "CRED", "AUTH", "AUTHTOKEN", "PRIVATE", "DSN", "WEBHOOK",
-    "WEBHOOKS", "SK", "COOKIE", "COOKIES", "SESSIONID", "SIGNATURE", "SIG", "SALT", "OTP",
-    "CERTKEY", "JWT", "BEARER", "CONNSTR", "CONNECTIONSTRING", "SAS",
+    "KEY",
+    "KEYS",
+    "APIKEY",
+    "ACCESSKEY",
+    "SECRETKEY",
+    "PRIVATEKEY",
+    "SECRET",
+    "SECRETS",
+    "TOKEN",
+    "TOKENS",
+    "PASSWORD",
+    "PASSWORDS",
+    "PASSWD",
+    "PASS",
+    "PASSPHRASE",
+    "PWD",
+    "PW",
+    "PAT",
+    "CREDENTIAL",
+    "CREDENTIALS",
+    "CREDS",
+    "CRED",
+    "AUTH",
+    "AUTHTOKEN",
+    "PRIVATE",
+    "DSN",
+    "WEBHOOK",
+    "WEBHOOKS",
+    "SK",
+    "COOKIE",
+    "COOKIES",
+    "SESSIONID",
+    "SIGNATURE",
+    "SIG",
+    "SALT",
+    "OTP",
+    "CERTKEY",
+    "JWT",
+    "BEARER",
+    "CONNSTR",
+    "CONNECTIONSTRING",
+    "SAS",
 }
 # Words glued to a prefix without a separator: PGPASS, PGPASSWORD, MYSQLPWD, APITOKEN.
 _SECRET_SUFFIXES = ("PASSWORD", "PASSWD", "PASS", "PWD", "TOKEN", "SECRET", "APIKEY", "KEY")
-_GLUED_OK = {"MONKEY", "TURKEY", "HOCKEY", "JOCKEY", "DONKEY", "WHISKEY", "HOTKEY", "BYPASS",
-             "COMPASS", "SURPASS", "OVERPASS", "UNDERPASS"}
+_GLUED_OK = {
+    "MONKEY",
+    "TURKEY",
+    "HOCKEY",
+    "JOCKEY",
+    "DONKEY",
+    "WHISKEY",
+    "HOTKEY",
+    "BYPASS",
+    "COMPASS",
+    "SURPASS",
+    "OVERPASS",
+    "UNDERPASS",
+}
 # Names made of these words describe, not authenticate: AWS_REGION, KEYBOARD_LAYOUT, ...
 _AWS_KEPT = {"AWS_REGION", "AWS_DEFAULT_REGION"}
 _SECRET_NAME_PREFIXES = ("AWS_",)
@@ -76,26 +125,82 @@ _TOKEN_PATTERNS = [
 _TOKEN = re.compile("|".join(f"(?:{p})" for p in _TOKEN_PATTERNS))
 # user:password@ (user may be empty) in any URL, the password may hold '/'.
 # (":8080/path/@x" is a port and a path, not a password.)
-_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/@:]*:(?!\d+(?:/|$))[^\s@]+@[^\s@]", re.IGNORECASE)
+_URL_PASSWORD = re.compile(
+    r"[a-z][a-z0-9+.-]*://[^\s/@:]*:(?!\d+(?:/|$))[^\s@]+@[^\s@]", re.IGNORECASE
+)
 # A token alone in the user part (Sentry DSNs: https://<32 hex>@o1.ingest.sentry.io/1).
 _URL_TOKEN_USER = re.compile(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9_-]{16,}@", re.IGNORECASE)
 # key=value secrets in DSNs, JDBC URLs, connection strings and query strings.
 _KV_SECRET = re.compile(
     r"(?:^|[\s;?&,(])(?:password|passwd|pwd|pass|secret|token|access_token|api_key|apikey|"
     r"client_secret|accountkey|sharedaccesskey|sig|auth|authtoken|private_key)\s*=\s*[^\s;&,)]+",
-    re.IGNORECASE)
-_AUTH_HEADER = re.compile(r"^\s*(?:Authorization:\s*)?(Basic|Bearer|Token)\s+(\S+)\s*$", re.IGNORECASE)
+    re.IGNORECASE,
+)
+_AUTH_HEADER = re.compile(
+    r"^\s*(?:Authorization:\s*)?(Basic|Bearer|Token)\s+(\S+)\s*$", re.IGNORECASE
+)
 
 # Describe this machine or session, not the computation: never shipped.
-_MACHINE = {"PATH", "HOME", "HOSTNAME", "PWD", "OLDPWD", "SHLVL", "TERM", "SHELL", "USER",
-            "LOGNAME", "MAIL", "DISPLAY", "_", "VIRTUAL_ENV", "CONDA_PREFIX", "DOCKER_HOST",
-            "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "TMPDIR", "XDG_RUNTIME_DIR", "PS1",
-            "LS_COLORS", "COLUMNS", "LINES", "CLICOLOR", "PAGER", "GIT_PAGER", "MPLBACKEND",
-            "NBCONTAINER_KERNEL_ID", "NBCONTAINER_IMAGE", "PYTHONEXECUTABLE", "IPYTHONDIR"}
-_MACHINE_PREFIX = ("JPY_", "JUPYTER_", "IPYKERNEL", "LC_", "XDG_", "PYENV", "SSH_", "KUBERNETES_",
-                   "NBCONTAINER_TEST", "PYTEST_", "ECS_", "SAGEMAKER_", "PIP_", "SSL_CERT_")
+_MACHINE = {
+    "PATH",
+    "HOME",
+    "HOSTNAME",
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "TERM",
+    "SHELL",
+    "USER",
+    "LOGNAME",
+    "MAIL",
+    "DISPLAY",
+    "_",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "DOCKER_HOST",
+    "SSH_CLIENT",
+    "SSH_CONNECTION",
+    "SSH_TTY",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+    "PS1",
+    "LS_COLORS",
+    "COLUMNS",
+    "LINES",
+    "CLICOLOR",
+    "PAGER",
+    "GIT_PAGER",
+    "MPLBACKEND",
+    "NBCONTAINER_KERNEL_ID",
+    "NBCONTAINER_IMAGE",
+    "PYTHONEXECUTABLE",
+    "IPYTHONDIR",
+}
+_MACHINE_PREFIX = (
+    "JPY_",
+    "JUPYTER_",
+    "IPYKERNEL",
+    "LC_",
+    "XDG_",
+    "PYENV",
+    "SSH_",
+    "KUBERNETES_",
+    "NBCONTAINER_TEST",
+    "PYTEST_",
+    "ECS_",
+    "SAGEMAKER_",
+    "PIP_",
+    "SSL_CERT_",
+)
 # Paths of this machine's certificate bundles and tool configs (the image has its own).
-_MACHINE_SUFFIX = ("_CA_BUNDLE", "_CERTS_FILE", "_CA_CERTS", "_CAINFO", "_CONFIG_FILE", "_ROOTS_FILE_PATH")
+_MACHINE_SUFFIX = (
+    "_CA_BUNDLE",
+    "_CERTS_FILE",
+    "_CA_CERTS",
+    "_CAINFO",
+    "_CONFIG_FILE",
+    "_ROOTS_FILE_PATH",
+)
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
@@ -156,8 +261,11 @@ def filter_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[
             machine.append(name)
         elif is_secret(name, value):
             secrets.append(name)
-        elif (name in _MACHINE or name.upper().startswith(_MACHINE_PREFIX)
-              or name.upper().endswith(_MACHINE_SUFFIX)):
+        elif (
+            name in _MACHINE
+            or name.upper().startswith(_MACHINE_PREFIX)
+            or name.upper().endswith(_MACHINE_SUFFIX)
+        ):
             machine.append(name)
         else:
             kept[name] = value

@@ -8,10 +8,34 @@ import re
 __all__ = ["to_python", "names_read", "names_assigned", "names_imported", "is_ipython_name"]
 
 # IPython's own names in a user namespace: never shipped, never results.
-_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open", "_", "__", "___",
-                  "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "_sh", "__builtin__", "__builtins__",
-                  "__name__", "__doc__", "__package__", "__loader__", "__spec__", "__session__",
-                  "__file__", "__cached__"}
+_IPYTHON_NAMES = {
+    "In",
+    "Out",
+    "get_ipython",
+    "exit",
+    "quit",
+    "open",
+    "_",
+    "__",
+    "___",
+    "_i",
+    "_ii",
+    "_iii",
+    "_ih",
+    "_oh",
+    "_dh",
+    "_sh",
+    "__builtin__",
+    "__builtins__",
+    "__name__",
+    "__doc__",
+    "__package__",
+    "__loader__",
+    "__spec__",
+    "__session__",
+    "__file__",
+    "__cached__",
+}
 _IPYTHON_PATTERN = re.compile(r"^_i?\d+$|^_i{1,3}$")
 
 
@@ -41,16 +65,22 @@ def names_read(cell: str) -> set[str]:
     out = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     # Names passed to magics as text, e.g. `%time train(docs)`, are parsed too.
     for call in ast.walk(tree):
-        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                and call.func.attr in ("run_line_magic", "run_cell_magic")):
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in ("run_line_magic", "run_cell_magic")
+        ):
             for arg in call.args[1:]:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     try:
                         inner = ast.parse(arg.value)
                     except SyntaxError:
                         continue
-                    out |= {n.id for n in ast.walk(inner)
-                            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+                    out |= {
+                        n.id
+                        for n in ast.walk(inner)
+                        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+                    }
     return {n for n in out if not is_ipython_name(n)}
 
 
@@ -71,7 +101,7 @@ def names_assigned(cell: str) -> list[str]:
     def visit(body: list[ast.stmt]) -> None:
         for stmt in body:
             if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-                for t in getattr(stmt, "targets", None) or [stmt.target]:  # type: ignore[attr-defined]
+                for t in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
                     targets(t)
             elif isinstance(stmt, (ast.For, ast.AsyncFor)):
                 targets(stmt.target)
@@ -97,6 +127,7 @@ def names_assigned(cell: str) -> list[str]:
                 for n in ast.walk(stmt):  # walrus targets
                     if isinstance(n, ast.NamedExpr):
                         add(n.target.id)
+
     visit(tree.body)
     return found
 

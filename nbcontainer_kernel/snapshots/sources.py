@@ -16,13 +16,44 @@ from ..errors import NbcontainerError
 
 __all__ = ["SourceTree", "collect_sources", "DEFAULT_IGNORE", "SourcesTooLarge"]
 
-DEFAULT_IGNORE = [".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", "*.pyc",
-                  "node_modules", ".ipynb_checkpoints", ".mypy_cache", ".pytest_cache",
-                  ".ruff_cache", ".tox", "build", "dist", "*.egg-info", ".DS_Store"]
+DEFAULT_IGNORE = [
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    "venv",
+    "env",
+    "__pycache__",
+    "*.pyc",
+    "node_modules",
+    ".ipynb_checkpoints",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".tox",
+    "build",
+    "dist",
+    "*.egg-info",
+    ".DS_Store",
+]
 IGNORE_FILE = ".nbcontainerignore"
 # What a source tree may hold besides Python: package data small enough to be code.
-_CODE_SUFFIXES = {".py", ".pyi", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".txt", ".sql",
-                  ".pyx", ".pxd", ".so", ".pth"}
+_CODE_SUFFIXES = {
+    ".py",
+    ".pyi",
+    ".json",
+    ".yaml",
+    ".yml",
+    ".toml",
+    ".cfg",
+    ".ini",
+    ".txt",
+    ".sql",
+    ".pyx",
+    ".pxd",
+    ".so",
+    ".pth",
+}
 
 
 class SourcesTooLarge(NbcontainerError):
@@ -31,7 +62,8 @@ class SourcesTooLarge(NbcontainerError):
         top = ", ".join(f"{p} ({s / 1e6:.1f} MB)" for p, s in biggest[:5])
         super().__init__(
             f"local code is {size / 1e6:.1f} MB, over the {cap / 1e6:.0f} MB cap; biggest: {top}. "
-            f"List what should not travel in {IGNORE_FILE}, or raise the cap.")
+            f"List what should not travel in {IGNORE_FILE}, or raise the cap."
+        )
 
 
 @dataclass
@@ -45,21 +77,26 @@ class SourceTree:
 def _ignored(rel: str, patterns: list[str]) -> bool:
     parts = rel.split("/")
     return any(fnmatch.fnmatch(part, pat) for part in parts for pat in patterns) or any(
-        fnmatch.fnmatch(rel, pat) for pat in patterns)
+        fnmatch.fnmatch(rel, pat) for pat in patterns
+    )
 
 
-def collect_sources(cwd: Path | None = None, *, max_bytes: int = 50 * 1024**2,
-                    path: list[str] | None = None) -> SourceTree:
+def collect_sources(
+    cwd: Path | None = None, *, max_bytes: int = 50 * 1024**2, path: list[str] | None = None
+) -> SourceTree:
     """The code under cwd that the kernel can import: cwd's modules and packages, and
     every sys.path entry inside cwd (e.g. ``src/``)."""
     root = (cwd or Path.cwd()).resolve()
     patterns = list(DEFAULT_IGNORE)
     ignore_file = root / IGNORE_FILE
     if ignore_file.exists():
-        patterns += [ln.strip().rstrip("/") for ln in ignore_file.read_text().splitlines()
-                     if ln.strip() and not ln.startswith("#")]
+        patterns += [
+            ln.strip().rstrip("/")
+            for ln in ignore_file.read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")
+        ]
     entries = {"."}
-    for p in (path if path is not None else sys.path):
+    for p in path if path is not None else sys.path:
         resolved = Path(p or ".").resolve()
         if resolved == root or root in resolved.parents:
             if "site-packages" not in resolved.parts:

@@ -18,8 +18,17 @@ from ..backends.base import Phase
 __all__ = ["RunPanel"]
 
 # The bar counts the phases of a run; a terminal phase fills it.
-_STEPS = [Phase.SNAPSHOT, Phase.BUILD, Phase.PUSH, Phase.SUBMITTED, Phase.QUEUED, Phase.STARTING,
-          Phase.RUNNING, Phase.COLLECTING, Phase.SUCCEEDED]
+_STEPS = [
+    Phase.SNAPSHOT,
+    Phase.BUILD,
+    Phase.PUSH,
+    Phase.SUBMITTED,
+    Phase.QUEUED,
+    Phase.STARTING,
+    Phase.RUNNING,
+    Phase.COLLECTING,
+    Phase.SUCCEEDED,
+]
 _STYLE = {Phase.SUCCEEDED: "success", Phase.FAILED: "danger", Phase.CANCELLED: "warning"}
 
 
@@ -39,7 +48,9 @@ class _Row:
 class RunPanel:
     """One panel per run (a sweep's children get a row each)."""
 
-    def __init__(self, run_id: str, on_cancel: Callable[[], None] | None = None, max_log_lines: int = 2000) -> None:
+    def __init__(
+        self, run_id: str, on_cancel: Callable[[], None] | None = None, max_log_lines: int = 2000
+    ) -> None:
         self.run_id = run_id
         self.started = time.monotonic()
         self.phase = w.HTML(f"<b>{html.escape(run_id)}</b>: starting")
@@ -56,8 +67,15 @@ class RunPanel:
         self.cancel.on_click(lambda _b: self.request_cancel())
         self.max_log_lines = max_log_lines
         self._log_lines: list[str] = []
-        self.widget = w.VBox([w.HBox([self.phase, self.elapsed, self.cancel]), self.bar, self.timings,
-                              self.children, self.logs])
+        self.widget = w.VBox(
+            [
+                w.HBox([self.phase, self.elapsed, self.cancel]),
+                self.bar,
+                self.timings,
+                self.children,
+                self.logs,
+            ]
+        )
 
     def request_cancel(self) -> None:
         self.cancel.disabled = True
@@ -78,8 +96,9 @@ class RunPanel:
         self.phase.value = f"<b>{html.escape(run_id)}</b>: {phase.value}"
         self.bar.value = len(_STEPS) if phase.terminal else _STEPS.index(phase) + 1
         self.bar.bar_style = _STYLE.get(phase, "info")
-        self.timings.value = "".join(f"<span style='margin-right:1em'>{k} {v:.2f}s</span>"
-                                     for k, v in timings.items())
+        self.timings.value = "".join(
+            f"<span style='margin-right:1em'>{k} {v:.2f}s</span>" for k, v in timings.items()
+        )
         if phase.terminal:
             self.cancel.disabled = True
 
@@ -87,5 +106,5 @@ class RunPanel:
         self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"
         prefix = f"[{run_id}] " if run_id != self.run_id else ""
         self._log_lines.append(prefix + line)
-        del self._log_lines[:-self.max_log_lines]
+        del self._log_lines[: -self.max_log_lines]
         self.log.value = "\n".join(self._log_lines)

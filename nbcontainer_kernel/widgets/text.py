@@ -29,7 +29,9 @@ class TextProgress:
     def on_phase(self, run_id: str, phase: Phase, timings: dict[str, float]) -> None:
         done = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
         elapsed = time.monotonic() - self.started
-        self._print(f"[{run_id}] {phase.value} ({elapsed:.1f}s elapsed" + (f"; {done})" if done else ")"))
+        self._print(
+            f"[{run_id}] {phase.value} ({elapsed:.1f}s elapsed" + (f"; {done})" if done else ")")
+        )
 
     def on_log(self, run_id: str, line: str) -> None:
         self._print(f"[{run_id}] {line}" if self.prefix_logs else line)

@@ -14,8 +14,15 @@ from nbcontainer_kernel.engine import Engine
 from tests.integration.test_jupyter_server import Lab
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _run_cell(page, code: str, index: int) -> None:
@@ -25,8 +32,9 @@ def _run_cell(page, code: str, index: int) -> None:
     page.keyboard.press("Shift+Enter")
 
 
-def test_lab_launcher_notebook_and_remote_run_panel(engine: Engine, make_kernelspec, new_images,
-                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lab_launcher_notebook_and_remote_run_panel(
+    engine: Engine, make_kernelspec, new_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is needed (scripts/setup.sh --browser installs it)")
     monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(tmp_path / "ledger" / "runs.db"))
@@ -42,36 +50,58 @@ def test_lab_launcher_notebook_and_remote_run_panel(engine: Engine, make_kernels
                 card = page.locator(".jp-LauncherCard", has_text=display).first
                 card.wait_for(timeout=60_000)  # the kernelspec is in the launcher
                 card.click()
-                page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+                page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").first.wait_for(
+                    timeout=60_000
+                )
                 # The kernel in the container has answered: the status bar says so.
                 page.get_by_text(f"{display} | Idle").first.wait_for(timeout=90_000)
 
-                _run_cell(page, "import os, socket\nprint('image', os.environ['NBCONTAINER_IMAGE'], socket.gethostname())", 0)
-                out = page.locator(".jp-OutputArea-output", has_text="image nbcontainer/python:3.11").first
+                _run_cell(
+                    page,
+                    "import os, socket\nprint('image', os.environ['NBCONTAINER_IMAGE'], "
+                    "socket.gethostname())",
+                    0,
+                )
+                out = page.locator(
+                    ".jp-OutputArea-output", has_text="image nbcontainer/python:3.11"
+                ).first
                 out.wait_for(timeout=90_000)
                 host = out.inner_text().split()[-1]
-                [kernel_container] = [c for c in engine.containers({labels.ROLE: labels.ROLE_KERNEL})
-                                      if c.labels.get(labels.OWNER_PID) == str(lab.proc.pid)]
-                assert kernel_container.id.startswith(host), "the notebook's code runs in the kernel's container"
+                [kernel_container] = [
+                    c
+                    for c in engine.containers({labels.ROLE: labels.ROLE_KERNEL})
+                    if c.labels.get(labels.OWNER_PID) == str(lab.proc.pid)
+                ]
+                assert kernel_container.id.startswith(host), (
+                    "the notebook's code runs in the kernel's container"
+                )
 
                 _run_cell(page, "%%remote_run --local --name e2e\ny = 6 * 7", 1)
-                page.locator(".jp-OutputArea-output .widget-html", has_text=re.compile("e2e-1.*SUCCEEDED")) \
-                    .first.wait_for(timeout=180_000)
+                page.locator(
+                    ".jp-OutputArea-output .widget-html", has_text=re.compile("e2e-1.*SUCCEEDED")
+                ).first.wait_for(timeout=180_000)
                 panel = page.locator(".jp-OutputArea-output .widget-vbox").first
                 bar = panel.locator(".widget-hprogress .progress-bar").first
                 assert "progress-bar-success" in (bar.get_attribute("class") or "")
                 assert panel.locator("button", has_text="Cancel").first.is_disabled()
                 assert "running" in panel.locator(".widget-html").nth(1).inner_text()
-                panel.locator(".jupyter-widget-Collapse-header", has_text="log").first.click()  # open the log
+                panel.locator(
+                    ".jupyter-widget-Collapse-header", has_text="log"
+                ).first.click()  # open the log
                 log = panel.locator("textarea").first
                 assert "[nbcontainer] succeeded" in log.input_value()
 
                 _run_cell(page, "print('y is', y)", 2)
-                page.locator(".jp-OutputArea-output", has_text="y is 42").first.wait_for(timeout=60_000)
+                page.locator(".jp-OutputArea-output", has_text="y is 42").first.wait_for(
+                    timeout=60_000
+                )
             finally:
                 browser.close()
     finally:
         lab.stop()
     # The server's shutdown took its kernel's container with it.
-    assert [c for c in engine.containers({labels.ROLE: labels.ROLE_KERNEL})
-            if c.labels.get(labels.OWNER_PID) == str(lab.proc.pid)] == []
+    assert [
+        c
+        for c in engine.containers({labels.ROLE: labels.ROLE_KERNEL})
+        if c.labels.get(labels.OWNER_PID) == str(lab.proc.pid)
+    ] == []

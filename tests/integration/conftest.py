@@ -17,9 +17,9 @@ import pytest
 from IPython.testing import globalipapp
 
 from nbcontainer_kernel import labels
-from nbcontainer_kernel.kernel import kernelspec
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import DaemonNotAvailable, EngineError, KernelSpecError
+from nbcontainer_kernel.kernel import kernelspec
 from nbcontainer_kernel.kernel.images import build_kernel_image
 from nbcontainer_kernel.remote.ledger import Ledger
 
@@ -32,7 +32,9 @@ def engine() -> Engine:
     try:
         return Engine.connect()
     except DaemonNotAvailable as exc:
-        pytest.fail(f"integration tests need a Docker engine; run `make test` (scripts/setup.sh): {exc}")
+        pytest.fail(
+            f"integration tests need a Docker engine; run `make test` (scripts/setup.sh): {exc}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +50,19 @@ def make_kernelspec(kernel_image: str) -> Iterator[Callable[..., str]]:
     """Install a kernelspec (in the tests' own Jupyter dir) with provisioner options."""
     made: list[str] = []
 
-    def make(name: str = "nbc-test", image: str | None = None, argv: list[str] | None = None,
-             env: dict[str, str] | None = None, **options: Any) -> str:
-        path = kernelspec.install(image or kernel_image, name, f"test {name}", options=options,
-                                  env=env, check_image=False)
+    def make(
+        name: str = "nbc-test",
+        image: str | None = None,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **options: Any,
+    ) -> str:
+        path = kernelspec.install(
+            image or kernel_image, name, f"test {name}", options=options, env=env, check_image=False
+        )
         if argv is not None:
             import json
+
             spec_file = os.path.join(path, "kernel.json")
             with open(spec_file) as fh:
                 spec = json.load(fh)
@@ -71,7 +80,9 @@ def make_kernelspec(kernel_image: str) -> Iterator[Callable[..., str]]:
 
 def own_containers(engine: Engine) -> list[Any]:
     """Containers made by this test process (its pid is their owner)."""
-    return engine.containers({labels.OWNER_PID: str(os.getpid()), labels.OWNER_HOST: labels.Owner.current().host})
+    return engine.containers(
+        {labels.OWNER_PID: str(os.getpid()), labels.OWNER_HOST: labels.Owner.current().host}
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -90,13 +101,16 @@ def no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def new_images(engine: Engine) -> Iterator[None]:
     """Run images and kernel commits a test makes are removed (dependency layers stay)."""
+
     def made() -> set[str]:
         return {i.id for i in engine.images({labels.ROLE: labels.ROLE_RUN_IMAGE})}
 
     before = made()
     yield
     for image_id in made() - before:
-        with contextlib.suppress(EngineError):  # a leaked container uses it: no_leaked_containers says so
+        with contextlib.suppress(
+            EngineError
+        ):  # a leaked container uses it: no_leaked_containers says so
             engine.remove_image(image_id, force=True)
 
 
@@ -115,8 +129,11 @@ def ip(ledger: Ledger, new_images: None, monkeypatch: pytest.MonkeyPatch):
     shell.run_line_magic("load_ext", "nbcontainer_kernel")
     shell.run_line_magic("config", f"RemoteRun.ledger_path = {str(ledger.path)!r}")
     shell.run_line_magic("config", "RemoteRun.progress = 'text'")
-    shell.run_cell("import pandas as pd\n"
-                   "docs = pd.DataFrame({'n': [1, 2, 3], 'w': [0.5, 1.5, 2.5], "
-                   "'c': pd.Categorical(['a', 'b', 'a'])}, index=pd.date_range('2024-01-01', periods=3, name='day'))\n"
-                   "topics = 2")
+    shell.run_cell(
+        "import pandas as pd\n"
+        "docs = pd.DataFrame({'n': [1, 2, 3], 'w': [0.5, 1.5, 2.5], "
+        "'c': pd.Categorical(['a', 'b', "
+        "'a'])}, index=pd.date_range('2024-01-01', periods=3, name='day'))\n"
+        "topics = 2"
+    )
     return shell

@@ -10,9 +10,9 @@ from jupyter_client import KernelManager
 
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import ImageNotFound, ImageNotUsable, KernelDied
+from tests.helpers import started
 
 from .conftest import BASE_IMAGE
-from tests.helpers import started
 
 
 def test_missing_image_is_reported_before_the_start(engine: Engine, make_kernelspec) -> None:
@@ -36,8 +36,10 @@ def test_image_without_ipykernel_is_refused(engine: Engine, make_kernelspec) -> 
 
 
 def test_kernel_dying_at_once_fails_the_start_with_its_log(engine: Engine, make_kernelspec) -> None:
-    name = make_kernelspec("nbc-dies-now", argv=[
-        "python3", "-c", "import sys; print('boom at once', file=sys.stderr); sys.exit(3)"])
+    name = make_kernelspec(
+        "nbc-dies-now",
+        argv=["python3", "-c", "import sys; print('boom at once', file=sys.stderr); sys.exit(3)"],
+    )
     km = KernelManager(kernel_name=name)
     # Docker may still report the container running when its ports are read;
     # then the death is seen by the client's readiness wait instead.
@@ -58,11 +60,18 @@ def test_kernel_dying_at_once_fails_the_start_with_its_log(engine: Engine, make_
         km.shutdown_kernel(now=True)
 
 
-def test_kernel_dying_during_start_reports_its_last_log_lines(engine: Engine, make_kernelspec,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
-    name = make_kernelspec("nbc-dies", argv=[
-        "python3", "-c",
-        "import sys, time; time.sleep(1.5); print('boom at start', file=sys.stderr); sys.exit(3)"])
+def test_kernel_dying_during_start_reports_its_last_log_lines(
+    engine: Engine, make_kernelspec, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = make_kernelspec(
+        "nbc-dies",
+        argv=[
+            "python3",
+            "-c",
+            "import sys, time; time.sleep(1.5); print('boom at start', file=sys.stderr); "
+            "sys.exit(3)",
+        ],
+    )
     km = KernelManager(kernel_name=name)
     km.start_kernel()
     kc = km.client()
@@ -79,8 +88,9 @@ def test_kernel_dying_during_start_reports_its_last_log_lines(engine: Engine, ma
         km.shutdown_kernel(now=True)
 
 
-def test_out_of_memory_is_reported_and_restart_works(engine: Engine, make_kernelspec,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_out_of_memory_is_reported_and_restart_works(
+    engine: Engine, make_kernelspec, caplog: pytest.LogCaptureFixture
+) -> None:
     name = make_kernelspec("nbc-oom", memory="160m")
     with started(name) as (km, kc):
         info = engine.inspect(km.provisioner.container_id)

@@ -10,7 +10,6 @@ import pytest
 from jupyter_client import KernelManager
 
 from nbcontainer_kernel.engine import Engine
-
 from tests.helpers import run, stdout_of
 
 
@@ -33,7 +32,9 @@ def kernel(make_kernelspec):
         km.shutdown_kernel(now=True)
 
 
-def test_environment_is_the_spec_env_plus_the_allowlist(engine: Engine, kernel, monkeypatch) -> None:
+def test_environment_is_the_spec_env_plus_the_allowlist(
+    engine: Engine, kernel, monkeypatch
+) -> None:
     monkeypatch.setenv("MY_API_TOKEN", "s3cr3t-value")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-s3cr3t")
     monkeypatch.setenv("NBC_TEST_ALLOWED", "passed-through")
@@ -52,10 +53,16 @@ def test_user_resources_mounts_and_labels(engine: Engine, kernel, tmp_path: Path
     data = tmp_path / "data"
     data.mkdir()
     (data / "input.txt").write_text("mounted")
-    km, kc = kernel(user="1234:2345", cpus=0.5, memory="256m", shm_size="128m",
-                    mounts=[f"{data}:/data:ro"])
-    out = stdout_of(run(kc, "import os\nprint(os.getuid(), os.getgid(), open('/data/input.txt').read())\n"
-                            "try:\n    open('/data/new', 'w')\nexcept OSError as e:\n    print(type(e).__name__)")[1])
+    km, kc = kernel(
+        user="1234:2345", cpus=0.5, memory="256m", shm_size="128m", mounts=[f"{data}:/data:ro"]
+    )
+    out = stdout_of(
+        run(
+            kc,
+            "import os\nprint(os.getuid(), os.getgid(), open('/data/input.txt').read())\n"
+            "try:\n    open('/data/new', 'w')\nexcept OSError as e:\n    print(type(e).__name__)",
+        )[1]
+    )
     # the kernel runs as the given user and the read-only mount refuses writes
     assert out == "1234 2345 mounted\nOSError\n"
     info = engine.inspect(km.provisioner.container_id)
@@ -73,14 +80,20 @@ def test_user_resources_mounts_and_labels(engine: Engine, kernel, tmp_path: Path
 
 def test_docker_socket_mount_lets_the_kernel_reach_the_daemon(engine: Engine, kernel) -> None:
     km, kc = kernel(docker_socket=True, user="4321:4321")
-    code = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('/var/run/docker.sock')\n"
-            "s.sendall(b'GET /_ping HTTP/1.0\\r\\n\\r\\n')\nprint(s.recv(4096).decode().split('\\r\\n')[0])")
+    code = (
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('/var/run/docker.sock')\n"
+        "s.sendall(b'GET /_ping "
+        "HTTP/1.0\\r\\n\\r\\n')\nprint(s.recv(4096).decode().split('\\r\\n')[0])"
+    )
     assert stdout_of(run(kc, code)[1]).strip() == "HTTP/1.0 200 OK"
 
 
 def test_no_docker_socket_by_default_in_a_spec(engine: Engine, kernel) -> None:
     km, kc = kernel()
-    assert stdout_of(run(kc, "import os; print(os.path.exists('/var/run/docker.sock'))")[1]) == "False\n"
+    assert (
+        stdout_of(run(kc, "import os; print(os.path.exists('/var/run/docker.sock'))")[1])
+        == "False\n"
+    )
 
 
 def test_host_network_binds_loopback_only(engine: Engine, kernel) -> None:
@@ -88,7 +101,10 @@ def test_host_network_binds_loopback_only(engine: Engine, kernel) -> None:
     info = engine.inspect(km.provisioner.container_id)
     assert info["HostConfig"]["NetworkMode"] == "host"
     # The kernel read its connection file and removed it; the app holds what it said.
-    code = ("import os; from ipykernel.kernelapp import IPKernelApp\n"
-            "print(IPKernelApp.instance().ip, os.path.exists(os.environ['NBCONTAINER_CONNECTION_FILE']))")
+    code = (
+        "import os; from ipykernel.kernelapp import IPKernelApp\n"
+        "print(IPKernelApp.instance().ip, "
+        "os.path.exists(os.environ['NBCONTAINER_CONNECTION_FILE']))"
+    )
     assert stdout_of(run(kc, code)[1]) == "127.0.0.1 False\n"
     assert stdout_of(run(kc, "print(1 + 1)")[1]) == "2\n"

@@ -37,11 +37,22 @@ class Lab:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "lab.log", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-             f"--ServerApp.port={self.port}", f"--IdentityProvider.token={self.token}",
-             f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-             *(["--allow-root"] if os.getuid() == 0 else [])],
-            stdout=self.log, stderr=subprocess.STDOUT, env=os.environ.copy())
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={self.port}",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.port_retries=0",
+                *(["--allow-root"] if os.getuid() == 0 else []),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
@@ -69,17 +80,36 @@ class Lab:
 
     def execute(self, kernel_id: str, code: str, timeout: float = 60) -> str:
         """Run code over the kernel's websocket, as JupyterLab does; returns its stdout."""
+
         async def go() -> str:
             url = f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}"
             ws = await websocket_connect(url)
             msg_id = uuid.uuid4().hex
-            ws.write_message(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                           "session": uuid.uuid4().hex, "date": "", "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": code, "silent": False, "store_history": True,
-                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-            }))
+            ws.write_message(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "msg_type": "execute_request",
+                            "username": "test",
+                            "session": uuid.uuid4().hex,
+                            "date": "",
+                            "version": "5.3",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "content": {
+                            "code": code,
+                            "silent": False,
+                            "store_history": True,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                            "stop_on_error": True,
+                        },
+                    }
+                )
+            )
             out = []
             while True:
                 raw = await ws.read_message()
@@ -116,8 +146,9 @@ def _kernel_containers(engine: Engine, kernel_id: str) -> list:
     return engine.containers({labels.KERNEL_ID: kernel_id})
 
 
-def test_lab_lists_starts_runs_and_stops_the_containerized_kernel(engine: Engine, make_kernelspec,
-                                                                  lab: Lab) -> None:
+def test_lab_lists_starts_runs_and_stops_the_containerized_kernel(
+    engine: Engine, make_kernelspec, lab: Lab
+) -> None:
     name = make_kernelspec("nbc-lab")
     specs = lab.get("/api/kernelspecs").json()["kernelspecs"]
     assert specs[name]["spec"]["display_name"] == f"test {name}"  # what the launcher shows
@@ -126,7 +157,10 @@ def test_lab_lists_starts_runs_and_stops_the_containerized_kernel(engine: Engine
     containers = _kernel_containers(engine, kernel["id"])
     assert len(containers) == 1
     assert containers[0].labels[labels.OWNER_PID] == str(lab.proc.pid)
-    out = lab.execute(kernel["id"], "import os, socket\nprint(os.environ['NBCONTAINER_IMAGE'], socket.gethostname())")
+    out = lab.execute(
+        kernel["id"],
+        "import os, socket\nprint(os.environ['NBCONTAINER_IMAGE'], socket.gethostname())",
+    )
     image, host = out.split()
     assert image == "nbcontainer/python:3.11" and containers[0].id.startswith(host)
 
@@ -134,15 +168,20 @@ def test_lab_lists_starts_runs_and_stops_the_containerized_kernel(engine: Engine
     assert _kernel_containers(engine, kernel["id"]) == []
 
 
-def test_sigkilled_server_leaves_a_container_that_gc_removes(engine: Engine, make_kernelspec,
-                                                             lab: Lab) -> None:
+def test_sigkilled_server_leaves_a_container_that_gc_removes(
+    engine: Engine, make_kernelspec, lab: Lab
+) -> None:
     name = make_kernelspec("nbc-lab-kill")
     kernel = lab.post("/api/kernels", {"name": name}).json()
     [container] = _kernel_containers(engine, kernel["id"])
     lab.proc.send_signal(signal.SIGKILL)
     lab.proc.wait(timeout=10)
     assert engine.inspect(container.id)["State"]["Running"]
-    out = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert container.name in out
     assert engine.inspect(container.id) is None

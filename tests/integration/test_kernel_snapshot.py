@@ -12,7 +12,6 @@ from jupyter_client import KernelManager
 
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
-
 from tests.helpers import run, stdout_of
 
 
@@ -20,11 +19,17 @@ def _probe_wheel(dest: Path) -> Path:
     """A tiny pure-Python wheel, so the kernel's `pip install` needs no network."""
     files = {
         "nbc_probe_pkg/__init__.py": b"VALUE = 'probe-ok'\n",
-        "nbc_probe_pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: nbc-probe-pkg\nVersion: 1.0\n",
-        "nbc_probe_pkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "nbc_probe_pkg-1.0.dist-info/METADATA": (
+            b"Metadata-Version: 2.1\nName: nbc-probe-pkg\nVersion: 1.0\n"
+        ),
+        "nbc_probe_pkg-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
     }
-    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
-              for n, d in files.items()] + ["nbc_probe_pkg-1.0.dist-info/RECORD,,"]
+    record = [
+        f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
+        for n, d in files.items()
+    ] + ["nbc_probe_pkg-1.0.dist-info/RECORD,,"]
     files["nbc_probe_pkg-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
     path = dest / "nbc_probe_pkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as zf:
@@ -34,7 +39,8 @@ def _probe_wheel(dest: Path) -> Path:
 
 
 def test_cell_run_from_a_containerized_kernel_uses_its_runtime_installs(
-        engine: Engine, make_kernelspec, tmp_path: Path) -> None:
+    engine: Engine, make_kernelspec, tmp_path: Path
+) -> None:
     wheel = _probe_wheel(tmp_path)
     name = make_kernelspec("nbc-inside", docker_socket=True)
     km = KernelManager(kernel_name=name)
@@ -54,7 +60,8 @@ def test_cell_run_from_a_containerized_kernel_uses_its_runtime_installs(
             "img = build_run_image(snap)\n"
             "res = run_image(img.tag)\n"
             "snap.cleanup()\n"
-            "print(res.exit_code, res.results['y'], res.results['where'], img.tag, img.deps_image, sep='|')\n"
+            "print(res.exit_code, res.results['y'], res.results['where'], img.tag, img.deps_image, "
+            "sep='|')\n"
         )
         content, outputs = run(kc, code, timeout=300)
         assert content["status"] == "ok", [o["content"] for o in outputs]

@@ -50,8 +50,12 @@ OWNER_SCRIPT = textwrap.dedent("""
 
 
 def _start_owner(name: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT, name], stdout=subprocess.PIPE,
-                            text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT, name],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     assert proc.stdout is not None
     container_id = proc.stdout.readline().strip()
     assert container_id, "the owner process did not start a kernel"
@@ -68,14 +72,22 @@ def test_gc_removes_the_container_of_a_sigkilled_owner(engine: Engine, make_kern
     proc, cid = _start_owner(name)
     try:
         # While the owner lives, gc leaves its kernel alone.
-        out = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert cid[:12] not in out and engine.inspect(cid)["State"]["Running"]
     finally:
         _kill9(proc)
     assert engine.inspect(cid)["State"]["Running"], "SIGKILL leaves the container running"
-    out = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "removed 1 orphaned container(s)" in out or engine.inspect(cid) is None
     assert engine.inspect(cid) is None
 

@@ -22,13 +22,13 @@ from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.remote.local_run import run_image
 from nbcontainer_kernel.remote.notebooks import containerize
 from nbcontainer_kernel.remote.results import RunResult
-from nbcontainer_kernel.trust import new_key
 from nbcontainer_kernel.remote.run_images import RunImage, build_run_image
 from nbcontainer_kernel.snapshots import snapshot
+from nbcontainer_kernel.trust import new_key
 
 from .conftest import BASE_IMAGE
 
-MAIN_CODE = '''
+MAIN_CODE = """
 def double(x):
     return 2 * x
 
@@ -47,7 +47,7 @@ def make_adder(k):
     return add
 
 add_five = make_adder(5)
-'''
+"""
 
 
 @pytest.fixture
@@ -60,16 +60,27 @@ def images(engine: Engine) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def build_and_run(engine: Engine, images: list[str], tmp_path: Path) -> Callable[..., tuple[RunImage, RunResult]]:
-    def go(ns: dict, cell: str, params: dict | None = None, env: dict | None = None,
-           **snap_kw) -> tuple[RunImage, RunResult]:
-        snap = snapshot(ns, cell, cwd=snap_kw.pop("cwd", tmp_path), env=env if env is not None else {}, **snap_kw)
+def build_and_run(
+    engine: Engine, images: list[str], tmp_path: Path
+) -> Callable[..., tuple[RunImage, RunResult]]:
+    def go(
+        ns: dict, cell: str, params: dict | None = None, env: dict | None = None, **snap_kw
+    ) -> tuple[RunImage, RunResult]:
+        snap = snapshot(
+            ns,
+            cell,
+            cwd=snap_kw.pop("cwd", tmp_path),
+            env=env if env is not None else {},
+            **snap_kw,
+        )
         try:
             image = build_run_image(snap, base=BASE_IMAGE, engine=engine)
         finally:
             snap.cleanup()
         images.append(image.tag)
-        result = run_image(image.tag, params=params, output_dir=tmp_path / f"out-{len(images)}", engine=engine)
+        result = run_image(
+            image.tag, params=params, output_dir=tmp_path / f"out-{len(images)}", engine=engine
+        )
         return image, result
 
     return go
@@ -82,14 +93,29 @@ def _main_namespace() -> dict:
 
 
 def test_round_trip_through_a_run_image(build_and_run) -> None:
-    df = pd.DataFrame({"i": np.arange(4), "f": [0.5, None, 2.0, 3.5], "s": ["a", "b", None, "d"],
-                       "cat": pd.Categorical(["x", "y", "x", "z"]), "flag": [True, False, True, True]},
-                      index=pd.date_range("2024-01-01", periods=4, freq="D", name="day"))
-    ns = {"n": 7, "text": "héllo", "nested": {"a": [1, {"b": (2, 3)}], "c": None},
-          "arr": np.arange(12.0).reshape(3, 4), "df": df, **_main_namespace()}
-    cell = ("n2 = double(n)\nc = Counter(n2)\nc.bump()\nsq = square(3)\nplus = add_five(1)\n"
-            "arr2 = arr * 2\ndf2 = df.assign(g=df.i * 2)\ntext2 = text.upper()\n"
-            "nested2 = {**nested, 'd': n2}\nprint('remote says', n2)")
+    df = pd.DataFrame(
+        {
+            "i": np.arange(4),
+            "f": [0.5, None, 2.0, 3.5],
+            "s": ["a", "b", None, "d"],
+            "cat": pd.Categorical(["x", "y", "x", "z"]),
+            "flag": [True, False, True, True],
+        },
+        index=pd.date_range("2024-01-01", periods=4, freq="D", name="day"),
+    )
+    ns = {
+        "n": 7,
+        "text": "héllo",
+        "nested": {"a": [1, {"b": (2, 3)}], "c": None},
+        "arr": np.arange(12.0).reshape(3, 4),
+        "df": df,
+        **_main_namespace(),
+    }
+    cell = (
+        "n2 = double(n)\nc = Counter(n2)\nc.bump()\nsq = square(3)\nplus = add_five(1)\n"
+        "arr2 = arr * 2\ndf2 = df.assign(g=df.i * 2)\ntext2 = text.upper()\n"
+        "nested2 = {**nested, 'd': n2}\nprint('remote says', n2)"
+    )
     image, res = build_and_run(ns, cell)
     assert res.exit_code == 0, res.failure or res.logs
     assert "remote says 14" in res.logs
@@ -110,11 +136,19 @@ def test_unserializable_values_are_skipped_and_the_run_works(build_and_run, tmp_
     fh = open(tmp_path / "f.txt", "w")
     sock = socket.socket()
     try:
-        ns = {"fh": fh, "sock": sock, "lock": threading.Lock(), "gen": (i for i in range(2)), "x": 20}
+        ns = {
+            "fh": fh,
+            "sock": sock,
+            "lock": threading.Lock(),
+            "gen": (i for i in range(2)),
+            "x": 20,
+        }
         snap = snapshot(ns, "fh; sock; lock; gen\ny = x + 1", cwd=tmp_path, env={})
         assert sorted(v.name for v in snap.skipped) == ["fh", "gen", "lock", "sock"]
         snap.cleanup()
-        _, res = build_and_run(ns, "try:\n    lock\nexcept NameError:\n    missing = True\ny = x + 1")
+        _, res = build_and_run(
+            ns, "try:\n    lock\nexcept NameError:\n    missing = True\ny = x + 1"
+        )
         assert res.exit_code == 0, res.failure
         assert res.results == {"missing": True, "y": 21}
     finally:
@@ -123,9 +157,16 @@ def test_unserializable_values_are_skipped_and_the_run_works(build_and_run, tmp_
 
 
 def test_secret_env_values_are_in_no_layer(engine: Engine, build_and_run) -> None:
-    secrets = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret-42", "MY_API_TOKEN": "tok-9f8e7d6c5b4a"}
-    image, res = build_and_run({"v": 1}, "import os\nseen = {k: os.environ.get(k) for k in %r}\nkept = os.environ.get('PLAIN')"
-                               % list(secrets), env={**secrets, "PLAIN": "plain-value"})
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret-42",
+        "MY_API_TOKEN": "tok-9f8e7d6c5b4a",
+    }
+    image, res = build_and_run(
+        {"v": 1},
+        f"import os\nseen = {{k: os.environ.get(k) for k in {list(secrets)!r}}}\n"
+        "kept = os.environ.get('PLAIN')",
+        env={**secrets, "PLAIN": "plain-value"},
+    )
     assert res.exit_code == 0, res.failure
     assert res.results["seen"] == {k: None for k in secrets}
     assert res.results["kept"] == "plain-value"
@@ -140,7 +181,9 @@ def test_secret_env_values_are_in_no_layer(engine: Engine, build_and_run) -> Non
         assert not any(value.encode() in b for b in blobs), f"{value} is in the image"
 
 
-def test_second_build_reuses_the_dependency_layer(engine: Engine, images: list[str], tmp_path: Path) -> None:
+def test_second_build_reuses_the_dependency_layer(
+    engine: Engine, images: list[str], tmp_path: Path
+) -> None:
     def build(ns: dict, packages: dict | None = None) -> RunImage:
         snap = snapshot(ns, "y = x", cwd=tmp_path, env={})
         if packages is not None:
@@ -159,7 +202,7 @@ def test_second_build_reuses_the_dependency_layer(engine: Engine, images: list[s
     deps_layers = engine.get_image(first.deps_image).attrs["RootFS"]["Layers"]
     layers1 = engine.get_image(first.tag).attrs["RootFS"]["Layers"]
     layers2 = engine.get_image(second.tag).attrs["RootFS"]["Layers"]
-    assert layers1[:len(deps_layers)] == layers2[:len(deps_layers)] == deps_layers
+    assert layers1[: len(deps_layers)] == layers2[: len(deps_layers)] == deps_layers
     # Above the dependencies: this package's runtime (shared, from Docker's cache), then
     # the snapshot: the only new layer.
     assert len(layers2) == len(deps_layers) + 2
@@ -201,10 +244,25 @@ def test_started_as_sagemaker_starts_it(engine: Engine, images: list[str], tmp_p
     (config / "hyperparameters.json").write_text(json.dumps({"alpha": "0.5"}))
     name = f"nbc-sagemaker-{os.getpid()}"
     key = new_key()  # as a platform passes it: in the job's environment
-    proc = subprocess.run(["docker", "run", "--name", name, "-v", f"{config}:/opt/ml/input/config:ro",
-                           "-e", f"NBCONTAINER_RUN_KEY={key}",
-                           "--label", "io.nbcontainer.role=test", image.tag, "train"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--name",
+            name,
+            "-v",
+            f"{config}:/opt/ml/input/config:ro",
+            "-e",
+            f"NBCONTAINER_RUN_KEY={key}",
+            "--label",
+            "io.nbcontainer.role=test",
+            image.tag,
+            "train",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     try:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "parameters from /opt/ml/input/config/hyperparameters.json" in proc.stdout
@@ -217,34 +275,68 @@ def test_started_as_sagemaker_starts_it(engine: Engine, images: list[str], tmp_p
     assert res.results == {"result": 5.0}
 
 
-def test_notebook_mode_with_parameters_and_failure(engine: Engine, images: list[str], tmp_path: Path) -> None:
+def test_notebook_mode_with_parameters_and_failure(
+    engine: Engine, images: list[str], tmp_path: Path
+) -> None:
     params = new_code_cell("alpha = 0.1\nlabel = 'default'")
     params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[params, new_code_cell("from nbcontainer_kernel import log_metric\n"
-                                                   "print(f'{label}: {alpha}')\nlog_metric('alpha', alpha)"),
-                             new_code_cell("assert alpha < 1, 'alpha too large'")])
+    nb = new_notebook(
+        cells=[
+            params,
+            new_code_cell(
+                "from nbcontainer_kernel import log_metric\n"
+                "print(f'{label}: {alpha}')\nlog_metric('alpha', alpha)"
+            ),
+            new_code_cell("assert alpha < 1, 'alpha too large'"),
+        ]
+    )
     path = tmp_path / "study.ipynb"
     nbformat.write(nb, path)
-    image = containerize(path, f"nbcontainer-test/study:{os.getpid()}", base=BASE_IMAGE, engine=engine)
+    image = containerize(
+        path, f"nbcontainer-test/study:{os.getpid()}", base=BASE_IMAGE, engine=engine
+    )
     images.append(image.tag)
     labels = engine.get_image(image.tag).labels
     assert json.loads(labels["io.nbcontainer.parameters"]) == [
-        {"name": "alpha", "type": "float", "default": 0.1}, {"name": "label", "type": "str", "default": "default"}]
+        {"name": "alpha", "type": "float", "default": 0.1},
+        {"name": "label", "type": "str", "default": "default"},
+    ]
     assert labels["io.nbcontainer.source-notebook"] == str(path)
     assert labels["org.opencontainers.image.created"]
 
-    ok = run_image(image.tag, args=["-p", "alpha", "0.5", "-p", "label", "tuned"], output_dir=tmp_path / "ok",
-                   engine=engine)
+    ok = run_image(
+        image.tag,
+        args=["-p", "alpha", "0.5", "-p", "label", "tuned"],
+        output_dir=tmp_path / "ok",
+        engine=engine,
+    )
     assert ok.exit_code == 0, ok.failure
     executed = nbformat.read(ok.data_dir / "study.ipynb", as_version=4)
-    printed = [o["text"] for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stdout"]
+    printed = [
+        o["text"] for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stdout"
+    ]
     assert printed[0].startswith("tuned: 0.5")
     assert (ok.data_dir / "study.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert ok.metrics == {"alpha": 0.5}
 
     # The CLI, with a failing parameter value: non-zero exit, the failing cell printed.
-    proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "run", image.tag, "-p", "alpha", "2",
-                           "-o", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nbcontainer_kernel.cli",
+            "run",
+            image.tag,
+            "-p",
+            "alpha",
+            "2",
+            "-o",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert "notebook failed in cell 3: AssertionError: alpha too large" in proc.stderr
     assert "assert alpha < 1" in proc.stderr

@@ -15,12 +15,16 @@ from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import run, stdout_of
 
-SPEC_ENV = {"DATABASE_URL": "postgres://app:SpecEnvSecret99@db/app", "MY_API_TOKEN": "SpecTokenSecret77",
-            "PLAIN_SETTING": "keep-me-plain"}
+SPEC_ENV = {
+    "DATABASE_URL": "postgres://app:SpecEnvSecret99@db/app",
+    "MY_API_TOKEN": "SpecTokenSecret77",
+    "PLAIN_SETTING": "keep-me-plain",
+}
 
 
-def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(engine: Engine, make_kernelspec, ledger: Ledger,
-                                                              new_images, tmp_path: Path) -> None:
+def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(
+    engine: Engine, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
+) -> None:
     name = make_kernelspec("nbc-secrets", docker_socket=True, env=SPEC_ENV)
     km = KernelManager(kernel_name=name)
     km.start_kernel(cwd=str(tmp_path))
@@ -31,10 +35,12 @@ def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(engine: Engine, mak
         cells = [
             "import os, pathlib\nos.environ['RUNTIME_TOKEN'] = 'RuntimeTokenSecret55'",
             "aws = pathlib.Path.home() / '.aws'\naws.mkdir(exist_ok=True)\n"
-            "(aws / 'credentials').write_text('[default]\\naws_secret_access_key = AwsFileSecret33\\n')",
+            "(aws / 'credentials').write_text('[default]\\naws_secret_access_key = "
+            "AwsFileSecret33\\n')",
             "typed_secret = 'TypedSecret11'",
             "print(os.path.exists(os.environ['NBCONTAINER_CONNECTION_FILE']), pathlib.Path.home())",
-            "%%remote_run --local --name leak\nanswer = 6 * 7\nprint(os.environ.get('PLAIN_SETTING'))",
+            "%%remote_run --local --name leak\nanswer = 6 * "
+            "7\nprint(os.environ.get('PLAIN_SETTING'))",
             "print(answer)",
         ]
         outs = []
@@ -42,7 +48,9 @@ def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(engine: Engine, mak
             content, outputs = run(kc, code, timeout=300)
             assert content["status"] == "ok", (code, [o["content"] for o in outputs])
             outs.append(stdout_of(outputs))
-        assert outs[3] == "False /tmp\n", "the extension removed the connection file; HOME is the tmpfs"
+        assert outs[3] == "False /tmp\n", (
+            "the extension removed the connection file; HOME is the tmpfs"
+        )
         assert "keep-me-plain" in outs[4] and outs[5] == "42\n"
         row = ledger.get("leak-1")
         assert row["status"] == "SUCCEEDED" and row["verified"] == "signed"
@@ -58,8 +66,14 @@ def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(engine: Engine, mak
             "run key": row["run_key"].encode(),
         }
         assert [what for what, s in secrets.items() if s in contents] == []
-        paths = [n for n in names if "history.sqlite" in n or "nbcontainer-snapshot-" in n
-                 or "/.aws/" in n or n.endswith("connection.json")]
+        paths = [
+            n
+            for n in names
+            if "history.sqlite" in n
+            or "nbcontainer-snapshot-" in n
+            or "/.aws/" in n
+            or n.endswith("connection.json")
+        ]
         assert paths == [], f"files that must not be in the image: {paths}"
         # The scan sees the image's files: the snapshot, and the package's own code.
         assert "opt/nbcontainer/snapshot/manifest.json" in names and b"SNAPSHOT_DIR" in contents
@@ -82,7 +96,9 @@ def _image_files(engine: Engine, image: str) -> tuple[bytes, list[str]]:
     return b"".join(blobs), names
 
 
-def test_outputs_tampered_after_a_real_run_are_refused(engine: Engine, ip, ledger: Ledger, tmp_path: Path) -> None:
+def test_outputs_tampered_after_a_real_run_are_refused(
+    engine: Engine, ip, ledger: Ledger, tmp_path: Path
+) -> None:
     result = ip.run_cell("%%remote_run --local --name tamper\nframe = docs.copy()\nlookup = {1, 2}")
     assert result.error_in_exec is None, result.error_in_exec
     model = Path(ledger.get("tamper-1")["result_dir"]) / "model"
@@ -95,7 +111,10 @@ def test_outputs_tampered_after_a_real_run_are_refused(engine: Engine, ip, ledge
     (model / "lookup.pkl").write_bytes(pickle.dumps(Payload()))
     refused = ip.run_cell("%remote_result tamper-1")
     assert type(refused.error_in_exec).__name__ == "UntrustedResults"
-    assert "model/lookup.pkl: its content differs" in str(refused.error_in_exec) and not marker.exists()
+    assert (
+        "model/lookup.pkl: its content differs" in str(refused.error_in_exec)
+        and not marker.exists()
+    )
     # The data of a refused run on request; never its pickles.
     values = ip.run_line_magic("remote_result", "tamper-1 --unverified")
     assert sorted(values) == ["frame"] and not marker.exists()

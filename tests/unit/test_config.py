@@ -45,8 +45,9 @@ PRECEDENCE = [
 
 
 @pytest.mark.parametrize(("toml", "env", "configured", "flag", "expected"), PRECEDENCE)
-def test_a_setting_comes_from_the_most_explicit_source(project: Path, monkeypatch, toml, env, configured,
-                                                       flag, expected) -> None:
+def test_a_setting_comes_from_the_most_explicit_source(
+    project: Path, monkeypatch, toml, env, configured, flag, expected
+) -> None:
     if toml is not None:
         (project / "pyproject.toml").write_text(f"[tool.nbcontainer]\nmax-parallel = {toml}\n")
     if env is not None:
@@ -57,13 +58,18 @@ def test_a_setting_comes_from_the_most_explicit_source(project: Path, monkeypatc
     assert _magics(cfg)._setting("max_parallel", flag) == expected
 
 
-@pytest.mark.parametrize(("toml", "where", "why"), [
-    ('max-parallel = "8"', "[tool.nbcontainer] max-parallel", "expected an int"),
-    ("max-parallel = 0", "[tool.nbcontainer] max-parallel", "should not be less than 1"),
-    ('trust = "sometimes"', "[tool.nbcontainer] trust", "any of"),
-    ("timeout = [1]", "[tool.nbcontainer] timeout", "float"),
-])
-def test_a_bad_pyproject_value_is_refused_and_says_where(project: Path, toml: str, where: str, why: str) -> None:
+@pytest.mark.parametrize(
+    ("toml", "where", "why"),
+    [
+        ('max-parallel = "8"', "[tool.nbcontainer] max-parallel", "expected an int"),
+        ("max-parallel = 0", "[tool.nbcontainer] max-parallel", "should not be less than 1"),
+        ('trust = "sometimes"', "[tool.nbcontainer] trust", "any of"),
+        ("timeout = [1]", "[tool.nbcontainer] timeout", "float"),
+    ],
+)
+def test_a_bad_pyproject_value_is_refused_and_says_where(
+    project: Path, toml: str, where: str, why: str
+) -> None:
     (project / "pyproject.toml").write_text(f"[tool.nbcontainer]\n{toml}\n")
     name = toml.split(" =")[0].replace("-", "_")
     with pytest.raises(InvalidOption) as err:
@@ -74,7 +80,9 @@ def test_a_bad_pyproject_value_is_refused_and_says_where(project: Path, toml: st
         _magics()._setting(name)
 
 
-def test_a_bad_environment_value_is_refused_and_names_the_variable(project: Path, monkeypatch) -> None:
+def test_a_bad_environment_value_is_refused_and_names_the_variable(
+    project: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("NBCONTAINER_MAX_PARALLEL", "many")
     with pytest.raises(UsageError, match="environment variable NBCONTAINER_MAX_PARALLEL"):
         _magics()._setting("max_parallel")
@@ -116,6 +124,10 @@ def test_server_wide_provisioner_defaults_apply_unless_the_kernelspec_says(monke
     for spec_options, memory in (({}, "1g"), ({"memory": "2g"}, "2g")):
         spec = render("img:1", options=spec_options, check_paths=False)
         config_of_spec = spec["metadata"]["kernel_provisioner"]["config"]
-        kernel_spec = KernelSpec(**{k: v for k, v in spec.items() if k != "metadata"}, metadata=spec["metadata"])
-        prov = DockerProvisioner(kernel_id="k", kernel_spec=kernel_spec, parent=km, **config_of_spec)
+        kernel_spec = KernelSpec(
+            **{k: v for k, v in spec.items() if k != "metadata"}, metadata=spec["metadata"]
+        )
+        prov = DockerProvisioner(
+            kernel_id="k", kernel_spec=kernel_spec, parent=km, **config_of_spec
+        )
         assert (prov.memory, prov.pull_policy, prov.image) == (memory, "never", "img:1")

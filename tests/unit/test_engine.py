@@ -21,8 +21,12 @@ def test_no_daemon_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -
 
 def test_cli_without_daemon(tmp_path) -> None:
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 1
     assert "No Docker daemon answers" in proc.stderr and "Traceback" not in proc.stderr
 

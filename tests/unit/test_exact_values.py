@@ -20,8 +20,13 @@ from nbcontainer_kernel.runner.paths import Paths
 from nbcontainer_kernel.snapshots import snapshot
 from nbcontainer_kernel.trust import new_key, seal
 
-EXACT = {"check_exact": True, "check_dtype": True, "check_index_type": True, "check_categorical": True,
-         "check_freq": True}
+EXACT = {
+    "check_exact": True,
+    "check_dtype": True,
+    "check_index_type": True,
+    "check_categorical": True,
+    "check_freq": True,
+}
 
 _INT = st.integers(-(2**40), 2**40)
 _FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=64)
@@ -34,7 +39,9 @@ def _column(kind: str, n: int) -> st.SearchStrategy[Any]:
     lists = lambda elems: st.lists(elems, min_size=n, max_size=n)  # noqa: E731
     makers = {
         "int64": lambda: lists(_INT).map(lambda v: pd.Series(v, dtype="int64")),
-        "int32": lambda: lists(st.integers(-(2**31), 2**31 - 1)).map(lambda v: pd.Series(v, dtype="int32")),
+        "int32": lambda: lists(st.integers(-(2**31), 2**31 - 1)).map(
+            lambda v: pd.Series(v, dtype="int32")
+        ),
         "uint8": lambda: lists(st.integers(0, 255)).map(lambda v: pd.Series(v, dtype="uint8")),
         "float64": lambda: lists(_FLOAT).map(lambda v: pd.Series(v, dtype="float64")),
         "float32": lambda: lists(st.floats(width=32)).map(lambda v: pd.Series(v, dtype="float32")),
@@ -42,38 +49,76 @@ def _column(kind: str, n: int) -> st.SearchStrategy[Any]:
         "str": lambda: lists(st.one_of(_TEXT, st.none())).map(lambda v: pd.Series(v, dtype="str")),
         "object-str": lambda: lists(_TEXT).map(lambda v: pd.Series(v, dtype=object)),
         "string[python]": lambda: lists(st.one_of(_TEXT, st.none())).map(
-            lambda v: pd.Series(v, dtype="string[python]")),
+            lambda v: pd.Series(v, dtype="string[python]")
+        ),
         "string[pyarrow]": lambda: lists(st.one_of(_TEXT, st.none())).map(
-            lambda v: pd.Series(v, dtype="string[pyarrow]")),
-        "Int64": lambda: lists(st.one_of(_INT, st.none())).map(lambda v: pd.Series(v, dtype="Int64")),
-        "boolean": lambda: lists(st.one_of(st.booleans(), st.none())).map(lambda v: pd.Series(v, dtype="boolean")),
+            lambda v: pd.Series(v, dtype="string[pyarrow]")
+        ),
+        "Int64": lambda: lists(st.one_of(_INT, st.none())).map(
+            lambda v: pd.Series(v, dtype="Int64")
+        ),
+        "boolean": lambda: lists(st.one_of(st.booleans(), st.none())).map(
+            lambda v: pd.Series(v, dtype="boolean")
+        ),
         "Float64": lambda: lists(st.one_of(st.floats(allow_nan=False), st.none())).map(
-            lambda v: pd.Series(v, dtype="Float64")),
+            lambda v: pd.Series(v, dtype="Float64")
+        ),
         "category-int": lambda: st.tuples(lists(st.integers(0, 3)), st.booleans()).map(
-            lambda t: pd.Series(pd.Categorical(t[0], categories=[0, 1, 2, 3], ordered=t[1]))),
+            lambda t: pd.Series(pd.Categorical(t[0], categories=[0, 1, 2, 3], ordered=t[1]))
+        ),
         "category-str": lambda: lists(st.sampled_from(["a", "b", "c"])).map(
-            lambda v: pd.Series(pd.Categorical(v, categories=["c", "b", "a"]))),
+            lambda v: pd.Series(pd.Categorical(v, categories=["c", "b", "a"]))
+        ),
         "datetime": lambda: lists(_TS).map(lambda v: pd.Series(pd.to_datetime(v))),
-        "datetime-tz": lambda: st.tuples(lists(_TS), st.sampled_from(["UTC", "Europe/Paris", "Asia/Tokyo"])).map(
-            lambda t: pd.Series(pd.to_datetime(t[0])).dt.tz_localize(t[1], ambiguous="NaT",
-                                                                      nonexistent="NaT")),
-        "datetime-s": lambda: lists(_TS).map(lambda v: pd.Series(pd.to_datetime(v)).astype("datetime64[s]")),
+        "datetime-tz": lambda: st.tuples(
+            lists(_TS), st.sampled_from(["UTC", "Europe/Paris", "Asia/Tokyo"])
+        ).map(
+            lambda t: pd.Series(pd.to_datetime(t[0])).dt.tz_localize(
+                t[1], ambiguous="NaT", nonexistent="NaT"
+            )
+        ),
+        "datetime-s": lambda: lists(_TS).map(
+            lambda v: pd.Series(pd.to_datetime(v)).astype("datetime64[s]")
+        ),
         "timedelta": lambda: lists(st.integers(-(10**12), 10**12)).map(
-            lambda v: pd.Series(pd.to_timedelta(v, unit="us"))),
-        "object-mixed": lambda: lists(st.one_of(_INT, _TEXT, st.none(), st.floats(allow_nan=False))).map(
-            lambda v: pd.Series(v, dtype=object)),
+            lambda v: pd.Series(pd.to_timedelta(v, unit="us"))
+        ),
+        "object-mixed": lambda: lists(
+            st.one_of(_INT, _TEXT, st.none(), st.floats(allow_nan=False))
+        ).map(lambda v: pd.Series(v, dtype=object)),
     }
     return makers[kind]()
 
 
-KINDS = ["int64", "int32", "uint8", "float64", "float32", "bool", "str", "object-str", "string[python]",
-         "string[pyarrow]", "Int64", "boolean", "Float64", "category-int", "category-str", "datetime",
-         "datetime-tz", "datetime-s", "timedelta", "object-mixed"]
+KINDS = [
+    "int64",
+    "int32",
+    "uint8",
+    "float64",
+    "float32",
+    "bool",
+    "str",
+    "object-str",
+    "string[python]",
+    "string[pyarrow]",
+    "Int64",
+    "boolean",
+    "Float64",
+    "category-int",
+    "category-str",
+    "datetime",
+    "datetime-tz",
+    "datetime-s",
+    "timedelta",
+    "object-mixed",
+]
 
 
 @st.composite
 def indexes(draw: st.DrawFn, n: int) -> pd.Index:
-    kind = draw(st.sampled_from(["range", "range-step", "datetime-freq", "multi", "named-int", "named-str"]))
+    kind = draw(
+        st.sampled_from(["range", "range-step", "datetime-freq", "multi", "named-int", "named-str"])
+    )
     name = draw(st.sampled_from([None, "idx", "when"]))
     if kind == "range":
         return pd.RangeIndex(n, name=name)
@@ -87,7 +132,9 @@ def indexes(draw: st.DrawFn, n: int) -> pd.Index:
         a = draw(st.lists(st.sampled_from(["x", "y"]), min_size=n, max_size=n))
         return pd.MultiIndex.from_arrays([a, list(range(n))], names=["k", name])
     if kind == "named-int":
-        return pd.Index(draw(st.lists(_INT, min_size=n, max_size=n)), dtype="int64", name=name or "i")
+        return pd.Index(
+            draw(st.lists(_INT, min_size=n, max_size=n)), dtype="int64", name=name or "i"
+        )
     return pd.Index(draw(st.lists(_TEXT, min_size=n, max_size=n)), dtype="str", name=name or "s")
 
 
@@ -95,8 +142,7 @@ def indexes(draw: st.DrawFn, n: int) -> pd.Index:
 def frames(draw: st.DrawFn) -> pd.DataFrame:
     n = draw(st.integers(0, 5))
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=0, max_size=4))
-    data = {f"c{i}_{kind}": draw(_column(kind, n)).array
-            for i, kind in enumerate(kinds)}
+    data = {f"c{i}_{kind}": draw(_column(kind, n)).array for i, kind in enumerate(kinds)}
     index = draw(indexes(n))
     if not kinds:
         return pd.DataFrame(index=index)
@@ -107,12 +153,20 @@ def frames(draw: st.DrawFn) -> pd.DataFrame:
 def series(draw: st.DrawFn) -> pd.Series:
     n = draw(st.integers(0, 5))
     values = draw(_column(draw(st.sampled_from(KINDS)), n))
-    return pd.Series(values.array, index=draw(indexes(n)), name=draw(st.sampled_from([None, "v", 0, "c1"])))
+    return pd.Series(
+        values.array, index=draw(indexes(n)), name=draw(st.sampled_from([None, "v", 0, "c1"]))
+    )
 
 
 def _snapshot_round_trip(value: Any, tmp: Path) -> Any:
-    with snapshot({"value": value}, "value", dest=tmp / "snap", cwd=tmp, include_dependencies=False,
-                  include_sources=False) as snap:
+    with snapshot(
+        {"value": value},
+        "value",
+        dest=tmp / "snap",
+        cwd=tmp,
+        include_dependencies=False,
+        include_sources=False,
+    ) as snap:
         return restore_namespace(snap)["value"]
 
 
@@ -126,8 +180,11 @@ def _result_round_trip(value: Any, tmp: Path) -> tuple[Any, dict[str, Any]]:
     return result.results["value"], result.index["variables"]["value"]
 
 
-_SETTINGS = settings(max_examples=150, deadline=None,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @_SETTINGS
@@ -139,7 +196,9 @@ def test_dataframes_come_back_exactly(df: pd.DataFrame) -> None:
         back, entry = _result_round_trip(df, tmp)
         pd.testing.assert_frame_equal(back, df, **EXACT)
         # What Arrow cannot keep is pickled, and the manifest says so.
-        assert entry["serializer"] == "arrow" or entry["note"].startswith("pickled: Arrow would not keep it")
+        assert entry["serializer"] == "arrow" or entry["note"].startswith(
+            "pickled: Arrow would not keep it"
+        )
 
 
 @_SETTINGS
@@ -153,10 +212,16 @@ def test_series_come_back_exactly(s: pd.Series) -> None:
 
 
 def test_dtypes_arrow_keeps_are_not_pickled(tmp_path: Path) -> None:
-    df = pd.DataFrame({"ci": pd.Categorical([1, 2, 1]), "tz": pd.date_range("2024", periods=3, tz="UTC"),
-                       "n": pd.array([1, None, 3], dtype="Int64"), "td": pd.to_timedelta([1, 2, 3], unit="s"),
-                       "s": pd.array(["a", None, "c"], dtype="string[pyarrow]")},
-                      index=pd.date_range("2024-01-01", periods=3, freq="D", name="day"))
+    df = pd.DataFrame(
+        {
+            "ci": pd.Categorical([1, 2, 1]),
+            "tz": pd.date_range("2024", periods=3, tz="UTC"),
+            "n": pd.array([1, None, 3], dtype="Int64"),
+            "td": pd.to_timedelta([1, 2, 3], unit="s"),
+            "s": pd.array(["a", None, "c"], dtype="string[pyarrow]"),
+        },
+        index=pd.date_range("2024-01-01", periods=3, freq="D", name="day"),
+    )
     back, entry = _result_round_trip(df, tmp_path)
     assert entry["serializer"] == "arrow"
     pd.testing.assert_frame_equal(back, df, **EXACT)

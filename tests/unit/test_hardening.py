@@ -20,10 +20,10 @@ from nbcontainer_kernel.engine import build_context, extract_tar
 from nbcontainer_kernel.errors import ImageBuildError, InvalidOption, UnsafeArchive
 from nbcontainer_kernel.kernel.images import KernelImageFacts, dockerfile_labels, kernel_dockerfile
 from nbcontainer_kernel.remote.dispatch import check_run_name
+from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.remote.run_images import _forbidden_paths
 from nbcontainer_kernel.runner.notebook import inject_parameters
 from nbcontainer_kernel.runner.params import resolve_params
-from nbcontainer_kernel.remote.ledger import Ledger
 
 
 def _tar(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> bytes:
@@ -57,8 +57,9 @@ BAD_MEMBERS = [
 
 
 @pytest.mark.parametrize(("label", "member", "why"), BAD_MEMBERS, ids=[b[0] for b in BAD_MEMBERS])
-def test_archives_refuse_what_is_not_a_plain_file_inside(tmp_path: Path, label: str,
-                                                         member: tarfile.TarInfo, why: str) -> None:
+def test_archives_refuse_what_is_not_a_plain_file_inside(
+    tmp_path: Path, label: str, member: tarfile.TarInfo, why: str
+) -> None:
     data = _tar([member], {member.name: b"x"} if member.isreg() else None)
     with pytest.raises(UnsafeArchive) as err:
         extract_tar(data, tmp_path / "dest")
@@ -67,9 +68,11 @@ def test_archives_refuse_what_is_not_a_plain_file_inside(tmp_path: Path, label: 
 
 
 def test_archives_stream_in_chunks_and_stop_at_the_cap(tmp_path: Path) -> None:
-    data = _tar([_member("model/", tarfile.DIRTYPE), _member("model/a"), _member("model/b")],
-                {"model/a": b"a" * 1000, "model/b": b"b" * 1000})
-    chunks = (data[i:i + 7] for i in range(0, len(data), 7))  # as the Docker API streams it
+    data = _tar(
+        [_member("model/", tarfile.DIRTYPE), _member("model/a"), _member("model/b")],
+        {"model/a": b"a" * 1000, "model/b": b"b" * 1000},
+    )
+    chunks = (data[i : i + 7] for i in range(0, len(data), 7))  # as the Docker API streams it
     assert extract_tar(chunks, tmp_path / "ok") == 2000
     assert (tmp_path / "ok" / "model" / "b").read_bytes() == b"b" * 1000
     assert stat.S_IMODE((tmp_path / "ok" / "model" / "a").stat().st_mode) == 0o600
@@ -99,10 +102,14 @@ BAD_NAMES = ['__import__("os").system("id"); a', "a b", "1abc", "class", "a-b", 
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES)
-def test_parameter_names_must_be_identifiers_wherever_they_come_from(tmp_path: Path, bad: str) -> None:
+def test_parameter_names_must_be_identifiers_wherever_they_come_from(
+    tmp_path: Path, bad: str
+) -> None:
     hyper = tmp_path / "hyperparameters.json"
-    for call in (lambda: resolve_params([(bad, "1")], {}, hyper),
-                 lambda: resolve_params([], {"NBCONTAINER_PARAMS": json.dumps({bad: 1})}, hyper)):
+    for call in (
+        lambda: resolve_params([(bad, "1")], {}, hyper),
+        lambda: resolve_params([], {"NBCONTAINER_PARAMS": json.dumps({bad: 1})}, hyper),
+    ):
         with pytest.raises(ValueError, match="must be Python identifiers"):
             call()
     hyper.write_text(json.dumps({bad: "1"}))
@@ -112,7 +119,9 @@ def test_parameter_names_must_be_identifiers_wherever_they_come_from(tmp_path: P
         inject_parameters(new_notebook(cells=[new_code_cell("x = 1")]), {bad: 1})
 
 
-@pytest.mark.parametrize("name", ["a" * 41, "a" * 300, "has space", "-lead", "semi;colon", "ünï", ""])
+@pytest.mark.parametrize(
+    "name", ["a" * 41, "a" * 300, "has space", "-lead", "semi;colon", "ünï", ""]
+)
 def test_run_names_are_checked_before_anything_runs(name: str) -> None:
     with pytest.raises(InvalidOption):
         check_run_name(name)
@@ -143,14 +152,21 @@ def test_the_ledger_is_private_and_keeps_a_key_per_run(tmp_path: Path) -> None:
 def test_a_ledger_from_before_signing_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT NOT NULL, seq INTEGER NOT NULL, "
-               "backend TEXT NOT NULL, image TEXT, params TEXT NOT NULL DEFAULT '{}', metrics TEXT NOT NULL "
-               "DEFAULT '{}', phases TEXT NOT NULL DEFAULT '[]', status TEXT NOT NULL, exit_code INTEGER, "
-               "failure TEXT, result_dir TEXT, result_files TEXT NOT NULL DEFAULT '[]', outputs TEXT NOT NULL "
-               "DEFAULT '[]', snapshot_digest TEXT, notebook TEXT, parent TEXT, job TEXT, created REAL NOT NULL, "
-               "updated REAL NOT NULL)")
-    db.execute("INSERT INTO runs (id, name, seq, backend, status, created, updated) "
-               "VALUES ('old-1', 'old', 1, 'local', 'SUCCEEDED', 0, 0)")
+    db.execute(
+        "CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "backend TEXT NOT NULL, image TEXT, params TEXT NOT NULL DEFAULT '{}', metrics TEXT NOT "
+        "NULL "
+        "DEFAULT '{}', phases TEXT NOT NULL DEFAULT '[]', status TEXT NOT NULL, exit_code INTEGER, "
+        "failure TEXT, result_dir TEXT, result_files TEXT NOT NULL DEFAULT '[]', outputs TEXT NOT "
+        "NULL "
+        "DEFAULT '[]', snapshot_digest TEXT, notebook TEXT, parent TEXT, job TEXT, created REAL "
+        "NOT NULL, "
+        "updated REAL NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO runs (id, name, seq, backend, status, created, updated) "
+        "VALUES ('old-1', 'old', 1, 'local', 'SUCCEEDED', 0, 0)"
+    )
     db.commit()
     db.close()
     ledger = Ledger(path)
@@ -160,21 +176,37 @@ def test_a_ledger_from_before_signing_is_migrated(tmp_path: Path) -> None:
 
 def test_dockerfiles_quote_what_they_interpolate() -> None:
     hostile = "pkg; rm -rf / #"
-    recipe = kernel_dockerfile("sha256:abc", "python3 $(id)", "pip-24.0-py3-none-any.whl",
-                               ["ok==1.0", hostile, "q'uote"], {"io.nbcontainer.x": "a $HOME b"})
+    recipe = kernel_dockerfile(
+        "sha256:abc",
+        "python3 $(id)",
+        "pip-24.0-py3-none-any.whl",
+        ["ok==1.0", hostile, "q'uote"],
+        {"io.nbcontainer.x": "a $HOME b"},
+    )
     assert "'pkg; rm -rf / #'" in recipe and "'python3 $(id)'" in recipe
     assert "'q'\"'\"'uote'" in recipe
     assert dockerfile_labels({"k": "a $HOME b"}) == 'k="a \\$HOME b"'
 
 
-@pytest.mark.parametrize(("path", "refused"), [
-    ("/root/.aws/credentials", True), ("/home/u/.aws", True), ("/root/.cache/huggingface/token", True),
-    ("/root/.ipython/profile_default/history.sqlite", True), ("/var/tmp/nbcontainer-snapshot-abc/x", True),
-    ("/run/nbcontainer-kernel/connection.json", True), ("/root/.netrc", True), ("/root/.docker/config.json", True),
-    ("/opt/nbcontainer/venv/lib/python3.11/site-packages/pkg/__init__.py", False), ("/etc/hosts", False),
-    ("/root/.cache/pip/http/a/b", False),
-])
-def test_a_kernel_commit_refuses_credentials_history_and_snapshots(path: str, refused: bool) -> None:
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        ("/root/.aws/credentials", True),
+        ("/home/u/.aws", True),
+        ("/root/.cache/huggingface/token", True),
+        ("/root/.ipython/profile_default/history.sqlite", True),
+        ("/var/tmp/nbcontainer-snapshot-abc/x", True),
+        ("/run/nbcontainer-kernel/connection.json", True),
+        ("/root/.netrc", True),
+        ("/root/.docker/config.json", True),
+        ("/opt/nbcontainer/venv/lib/python3.11/site-packages/pkg/__init__.py", False),
+        ("/etc/hosts", False),
+        ("/root/.cache/pip/http/a/b", False),
+    ],
+)
+def test_a_kernel_commit_refuses_credentials_history_and_snapshots(
+    path: str, refused: bool
+) -> None:
     assert _forbidden_paths([{"Path": path, "Kind": 1}]) == ([path] if refused else [])
     assert _forbidden_paths([{"Path": path, "Kind": 2}]) == []  # deleted: not in the layer
 
@@ -188,7 +220,9 @@ def test_falling_back_to_no_encryption_is_logged_once(caplog: pytest.LogCaptureF
 
     records: list[str] = []
     for _ in range(2):
-        prov = DockerProvisioner(kernel_id="k", kernel_spec=None, parent=None, image="nbc/no-curve:1")
+        prov = DockerProvisioner(
+            kernel_id="k", kernel_spec=None, parent=None, image="nbc/no-curve:1"
+        )
         prov.log = logging.getLogger("test-provisioner")
         prov.log.addHandler(handler := logging.Handler())
         handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
@@ -198,9 +232,11 @@ def test_falling_back_to_no_encryption_is_logged_once(caplog: pytest.LogCaptureF
     assert "nbc/no-curve:1" in records[0] and "image's ipykernel cannot" in records[0]
 
 
-def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(tmp_path: Path, monkeypatch) -> None:
-    from nbcontainer_kernel.remote import run_images as runimages
+def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(
+    tmp_path: Path, monkeypatch
+) -> None:
     from nbcontainer_kernel.errors import WheelResolutionError
+    from nbcontainer_kernel.remote import run_images as runimages
     from nbcontainer_kernel.wheels import TargetPython
 
     asked: list[list[str]] = []
@@ -210,43 +246,58 @@ def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(tmp_path: P
         raise WheelResolutionError(reqs, target.describe(), "ERROR: No matching distribution found")
 
     monkeypatch.setattr(runimages, "resolve_wheels", resolve)
-    monkeypatch.setattr(runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})())
+    monkeypatch.setattr(
+        runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})()
+    )
     target = TargetPython((3, 11, 7), "x86_64", "glibc", "2.36")
     said: list[str] = []
     assert not runimages._resolve_one("private-pkg==1.2.3", target, tmp_path, said.append)
     assert asked == [["private-pkg==1.2.3"]], "only the exact pin is asked for"
     asked.clear()
-    assert not runimages._resolve_one("private-pkg==1.2.3", target, tmp_path, said.append, allow_unpinned=True)
+    assert not runimages._resolve_one(
+        "private-pkg==1.2.3", target, tmp_path, said.append, allow_unpinned=True
+    )
     assert asked == [["private-pkg==1.2.3"], ["private-pkg"]]
 
 
-@pytest.mark.parametrize(("requires", "fits"), [(">=3.11.5", False), (">=3.8", True), (None, True),
-                                                ("<3.11", False), ("~=3.11.0", True)])
-def test_a_wheel_built_here_must_accept_the_image_python(tmp_path: Path, requires: str | None,
-                                                         fits: bool) -> None:
+@pytest.mark.parametrize(
+    ("requires", "fits"),
+    [(">=3.11.5", False), (">=3.8", True), (None, True), ("<3.11", False), ("~=3.11.0", True)],
+)
+def test_a_wheel_built_here_must_accept_the_image_python(
+    tmp_path: Path, requires: str | None, fits: bool
+) -> None:
     import zipfile
 
     from nbcontainer_kernel.remote.run_images import _fits
     from nbcontainer_kernel.wheels import TargetPython
 
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
-    meta = "Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n" + (f"Requires-Python: {requires}\n" if requires else "")
+    meta = "Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n" + (
+        f"Requires-Python: {requires}\n" if requires else ""
+    )
     with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("pkg-1.0.dist-info/METADATA", meta + "\nlong description: Requires-Python: <2\n")
+        zf.writestr(
+            "pkg-1.0.dist-info/METADATA", meta + "\nlong description: Requires-Python: <2\n"
+        )
     assert _fits(wheel, TargetPython((3, 11, 2), "x86_64", "glibc", "2.36")) is fits
 
 
-@pytest.mark.parametrize("pip_says", [
-    "ERROR: Ignored the following versions that require a different python version: "
-    "3.0.2 Requires-Python >=3.11.5; 4.1.3 Requires-Python >=3.11.5\n"
-    "ERROR: Could not find a version that satisfies the requirement soupsieve==4.1.3",
-    "Processing ./soupsieve-4.1.3-py3-none-any.whl\n"
-    "ERROR: Package 'soupsieve' requires a different Python: 3.11.2 not in '>=3.11.5'",
-])
-def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(tmp_path: Path, monkeypatch,
-                                                                            pip_says: str) -> None:
-    from nbcontainer_kernel.remote import run_images as runimages
+@pytest.mark.parametrize(
+    "pip_says",
+    [
+        "ERROR: Ignored the following versions that require a different python version: "
+        "3.0.2 Requires-Python >=3.11.5; 4.1.3 Requires-Python >=3.11.5\n"
+        "ERROR: Could not find a version that satisfies the requirement soupsieve==4.1.3",
+        "Processing ./soupsieve-4.1.3-py3-none-any.whl\n"
+        "ERROR: Package 'soupsieve' requires a different Python: 3.11.2 not in '>=3.11.5'",
+    ],
+)
+def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(
+    tmp_path: Path, monkeypatch, pip_says: str
+) -> None:
     from nbcontainer_kernel.errors import WheelResolutionError
+    from nbcontainer_kernel.remote import run_images as runimages
     from nbcontainer_kernel.wheels import TargetPython
 
     def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
@@ -260,13 +311,17 @@ def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(tmp_
     said: list[str] = []
     target = TargetPython((3, 11, 2), "x86_64", "glibc", "2.36")
     assert runimages._resolve_one("soupsieve==4.1.3", target, tmp_path, said.append)
-    assert said == ["warning: soupsieve==4.1.3 needs another Python than Python 3.11.2 on x86_64 (glibc 2.36); "
-                    "using soupsieve 3.0.1"]
+    assert said == [
+        "warning: soupsieve==4.1.3 needs another Python than Python 3.11.2 on x86_64 (glibc 2.36); "
+        "using soupsieve 3.0.1"
+    ]
 
 
-def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(tmp_path: Path, monkeypatch) -> None:
-    from nbcontainer_kernel.remote import run_images as runimages
+def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(
+    tmp_path: Path, monkeypatch
+) -> None:
     from nbcontainer_kernel.errors import WheelResolutionError
+    from nbcontainer_kernel.remote import run_images as runimages
     from nbcontainer_kernel.wheels import TargetPython
 
     calls: list[list[str]] = []
@@ -274,16 +329,22 @@ def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(tmp_path: Path,
     def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
         calls.append(list(reqs))
         if any(r.startswith("Private_Pkg") for r in reqs):
-            raise WheelResolutionError(reqs, target.describe(),
-                                       "ERROR: No matching distribution found for private-pkg==1.0")
+            raise WheelResolutionError(
+                reqs,
+                target.describe(),
+                "ERROR: No matching distribution found for private-pkg==1.0",
+            )
         return []
 
     monkeypatch.setattr(runimages, "resolve_wheels", resolve)
-    monkeypatch.setattr(runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})())
+    monkeypatch.setattr(
+        runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})()
+    )
     lock = [f"pkg{i}==1.0" for i in range(50)] + ["Private_Pkg==1.0"]
     said: list[str] = []
-    skipped = runimages._resolve_lock(lock, [], TargetPython((3, 11, 7), "x86_64", "glibc", "2.36"),
-                                      tmp_path, said.append)
+    skipped = runimages._resolve_lock(
+        lock, [], TargetPython((3, 11, 7), "x86_64", "glibc", "2.36"), tmp_path, said.append
+    )
     assert skipped == ["Private_Pkg==1.0"]
     assert len(calls) == 4  # the lock, the lock without it, the pin alone, the runtime (pip)
     assert any("left out of the image" in line and "--allow-unpinned" in line for line in said)

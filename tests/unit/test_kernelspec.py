@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nbcontainer_kernel.kernel import kernelspec
 from nbcontainer_kernel.errors import InvalidOption, KernelSpecError
+from nbcontainer_kernel.kernel import kernelspec
 
 
 def test_render_puts_options_in_the_provisioner_config() -> None:
@@ -22,8 +22,9 @@ def test_render_puts_options_in_the_provisioner_config() -> None:
 
 
 def test_install_list_remove_roundtrip() -> None:
-    path = kernelspec.install("img:1", "nbc-unit", "Unit (Docker)", options={"memory": "1g"},
-                              check_image=False)
+    path = kernelspec.install(
+        "img:1", "nbc-unit", "Unit (Docker)", options={"memory": "1g"}, check_image=False
+    )
     written = json.loads((Path(path) / "kernel.json").read_text())
     assert written["metadata"]["kernel_provisioner"]["config"]["memory"] == "1g"
     names = [s.name for s in kernelspec.list_specs()]
@@ -43,9 +44,24 @@ def test_bad_values_are_rejected_at_install() -> None:
 
 
 def test_cli_reports_a_bad_value_clearly() -> None:
-    proc = subprocess.run([sys.executable, "-m", "nbcontainer_kernel.cli", "kernelspec", "install",
-                           "--image", "img:1", "--name", "nbc-cli", "--gpus", "plenty",
-                           "--no-check-image"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nbcontainer_kernel.cli",
+            "kernelspec",
+            "install",
+            "--image",
+            "img:1",
+            "--name",
+            "nbc-cli",
+            "--gpus",
+            "plenty",
+            "--no-check-image",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("nbcontainer: error: Invalid value for gpus: 'plenty'")
     assert "Traceback" not in proc.stderr
@@ -77,12 +93,40 @@ def test_every_provisioner_option_has_an_install_flag_made_from_its_trait() -> N
 def test_install_flags_reach_the_kernelspec(tmp_path: Path) -> None:
     from nbcontainer_kernel.cli import main
 
-    assert main(["kernelspec", "install", "--image", "img:1", "--name", "nbc-flags", "--no-check-image",
-                 "--no-init", "--no-mount-ledger", "--startup-log-lines", "5", "--mount", f"{tmp_path}:/data:ro",
-                 "--env-allow", "MY_VAR", "--pull", "never", "--no-docker-socket", "--memory", "1g"]) == 0
+    assert (
+        main(
+            [
+                "kernelspec",
+                "install",
+                "--image",
+                "img:1",
+                "--name",
+                "nbc-flags",
+                "--no-check-image",
+                "--no-init",
+                "--no-mount-ledger",
+                "--startup-log-lines",
+                "5",
+                "--mount",
+                f"{tmp_path}:/data:ro",
+                "--env-allow",
+                "MY_VAR",
+                "--pull",
+                "never",
+                "--no-docker-socket",
+                "--memory",
+                "1g",
+            ]
+        )
+        == 0
+    )
     try:
         config = next(s.config for s in kernelspec.list_specs() if s.name == "nbc-flags")
-        assert config["init"] is False and config["mount_ledger"] is False and config["startup_log_lines"] == 5
+        assert (
+            config["init"] is False
+            and config["mount_ledger"] is False
+            and config["startup_log_lines"] == 5
+        )
         assert config["mounts"] == [f"{tmp_path}:/data:ro"] and config["pull_policy"] == "never"
         assert config["env_allowlist"][-1] == "MY_VAR" and "LANG" in config["env_allowlist"]
         assert config["docker_socket"] is False and config["memory"] == "1g"

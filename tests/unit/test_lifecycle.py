@@ -55,10 +55,21 @@ def test_a_run_goes_through_every_phase_and_its_results_come_back(runner, ledger
     logged: list[str] = []
     result = runner.run(_req(name="ok"), ns, Hooks(on_log=[lambda _r, line: logged.append(line)]))
     assert ns["y"] == 42 and result.succeeded
-    assert _phases(ledger, "ok-1") == ["SNAPSHOT", "BUILD", "SUBMITTED", "QUEUED", "RUNNING", "COLLECTING",
-                                       "SUCCEEDED"]
+    assert _phases(ledger, "ok-1") == [
+        "SNAPSHOT",
+        "BUILD",
+        "SUBMITTED",
+        "QUEUED",
+        "RUNNING",
+        "COLLECTING",
+        "SUCCEEDED",
+    ]
     row = ledger.get("ok-1")
-    assert row["verified"] == "signed" and row["exit_code"] == 0 and row["image"].startswith("fake/run:")
+    assert (
+        row["verified"] == "signed"
+        and row["exit_code"] == 0
+        and row["image"].startswith("fake/run:")
+    )
     assert logged == ["hello", "world"] and backend.cleaned("ok-1")
     # The key reached the run only through its environment, never its image or labels.
     spec = backend.specs["ok-1"]
@@ -87,13 +98,26 @@ def test_an_error_while_waiting_ends_the_run_with_its_reason(runner, ledger, bac
     assert backend.cleaned("lost-1")
 
 
-def test_a_failing_cleanup_is_logged_beside_the_first_error_never_instead(runner, ledger, backend) -> None:
-    backend.scripts = {"*": Script(fail_on={"status": ConnectionError("daemon restarted"),
-                                            "cleanup": RuntimeError("cannot remove")})}
+def test_a_failing_cleanup_is_logged_beside_the_first_error_never_instead(
+    runner, ledger, backend
+) -> None:
+    backend.scripts = {
+        "*": Script(
+            fail_on={
+                "status": ConnectionError("daemon restarted"),
+                "cleanup": RuntimeError("cannot remove"),
+            }
+        )
+    }
     logged: list[str] = []
     with pytest.raises(ConnectionError) as err:
-        runner.run(_req(name="both"), {"x": 1}, Hooks(on_log=[lambda _r, line: logged.append(line)]))
-    assert any("cleanup of run both-1 failed: RuntimeError: cannot remove" in n for n in err.value.__notes__)
+        runner.run(
+            _req(name="both"), {"x": 1}, Hooks(on_log=[lambda _r, line: logged.append(line)])
+        )
+    assert any(
+        "cleanup of run both-1 failed: RuntimeError: cannot remove" in n
+        for n in err.value.__notes__
+    )
     assert any("cannot remove" in line for line in logged)
     assert ledger.get("both-1")["failure"] == "ConnectionError while waiting: daemon restarted"
 
@@ -103,7 +127,10 @@ def test_a_submit_that_fails_leaves_a_failed_row(runner, ledger, backend) -> Non
     with pytest.raises(RuntimeError):
         runner.run(_req(name="sub"), {"x": 1}, Hooks())
     row = ledger.get("sub-1")
-    assert row["status"] == "FAILED" and row["failure"] == "RuntimeError while submitting: quota exceeded"
+    assert (
+        row["status"] == "FAILED"
+        and row["failure"] == "RuntimeError while submitting: quota exceeded"
+    )
 
 
 def test_a_timeout_cancels_cleans_and_says_so(runner, ledger, backend) -> None:
@@ -118,14 +145,21 @@ def test_a_timeout_cancels_cleans_and_says_so(runner, ledger, backend) -> None:
 
 def test_cancel_from_another_thread_ends_the_run_cancelled(runner, ledger, backend) -> None:
     backend.scripts = {"*": Script(wait_for_cancel=True)}
-    hooks = Hooks(on_phase=[lambda rid, phase, _t: phase == Phase.RUNNING and threading.Timer(
-        0.1, runner.cancel, args=(rid,)).start()])
+    hooks = Hooks(
+        on_phase=[
+            lambda rid, phase, _t: (
+                phase == Phase.RUNNING and threading.Timer(0.1, runner.cancel, args=(rid,)).start()
+            )
+        ]
+    )
     with pytest.raises(RemoteExecutionError, match="cancelled"):
         runner.run(_req(name="stop"), {"x": 1}, hooks)
     assert ledger.get("stop-1")["status"] == "CANCELLED" and backend.cleaned("stop-1")
 
 
-def test_ctrl_c_in_a_sweep_stops_queued_children_and_ends_every_row(runner, ledger, backend) -> None:
+def test_ctrl_c_in_a_sweep_stops_queued_children_and_ends_every_row(
+    runner, ledger, backend
+) -> None:
     backend.scripts = {"*": Script(wait_for_cancel=True)}
     fired = threading.Event()
 
@@ -136,11 +170,16 @@ def test_ctrl_c_in_a_sweep_stops_queued_children_and_ends_every_row(runner, ledg
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
-        runner.run(_req(name="sw", sweep=("x", [1, 2, 3]), max_parallel=1), {"x": 0},
-                   Hooks(on_phase=[interrupt_once]))
+        runner.run(
+            _req(name="sw", sweep=("x", [1, 2, 3]), max_parallel=1),
+            {"x": 0},
+            Hooks(on_phase=[interrupt_once]),
+        )
         time.sleep(5)  # pragma: no cover - the interrupt lands before this
     rows = {r["id"]: r for r in ledger.find(name="sw")}
-    assert {r["status"] for r in rows.values()} == {"CANCELLED"}, {k: r["status"] for k, r in rows.items()}
+    assert {r["status"] for r in rows.values()} == {"CANCELLED"}, {
+        k: r["status"] for k, r in rows.items()
+    }
     submitted = {rid for step, rid in backend.calls if step == "submit"}
     assert submitted == {"sw-2"}, ("queued children must never start", backend.calls)
     assert rows["sw-3"]["failure"] == rows["sw-4"]["failure"] == "cancelled before it started"
@@ -150,15 +189,23 @@ def test_ctrl_c_in_a_sweep_stops_queued_children_and_ends_every_row(runner, ledg
 def test_a_sweep_with_a_failing_child_keeps_the_others(runner, ledger, backend) -> None:
     def script(spec):  # noqa: ANN001, ANN202
         if spec.params["x"] == 2:
-            return Script(exit_code=1, phases=[Phase.RUNNING, Phase.FAILED],
-                          outputs=sealed_outputs({}, failure="the cell raised: ValueError: two\n\ntb"))
+            return Script(
+                exit_code=1,
+                phases=[Phase.RUNNING, Phase.FAILED],
+                outputs=sealed_outputs({}, failure="the cell raised: ValueError: two\n\ntb"),
+            )
         return Script(outputs=sealed_outputs({"y": spec.params["x"] * 10}))
 
     backend.scripts = script
     with pytest.raises(RemoteExecutionError, match="ValueError: two"):
         runner.run(_req(name="part", sweep=("x", [1, 2, 3])), {"x": 0}, Hooks())
     status = {r["id"]: r["status"] for r in ledger.find(name="part")}
-    assert status == {"part-1": "FAILED", "part-2": "SUCCEEDED", "part-3": "FAILED", "part-4": "SUCCEEDED"}
+    assert status == {
+        "part-1": "FAILED",
+        "part-2": "SUCCEEDED",
+        "part-3": "FAILED",
+        "part-4": "SUCCEEDED",
+    }
     assert ledger.get("part-1")["failure"] == "1 of 3 children failed"
     assert runner.result_of("part-4").results == {"y": 30}
 
@@ -192,12 +239,20 @@ def _interrupting_builder(snap, **_):  # noqa: ANN001, ANN202
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize(("where", "last_phase", "job_made"), [
-    ("snapshot", "SNAPSHOT", False), ("build", "BUILD", False), ("submit", "SUBMITTED", False),
-    ("status", "SUBMITTED", True), ("logs", "QUEUED", True), ("fetch_results", "COLLECTING", True),
-])
-def test_ctrl_c_at_each_phase_ends_the_run_cancelled_and_cleaned(ledger, backend, where: str, last_phase: str,
-                                                                 job_made: bool) -> None:
+@pytest.mark.parametrize(
+    ("where", "last_phase", "job_made"),
+    [
+        ("snapshot", "SNAPSHOT", False),
+        ("build", "BUILD", False),
+        ("submit", "SUBMITTED", False),
+        ("status", "SUBMITTED", True),
+        ("logs", "QUEUED", True),
+        ("fetch_results", "COLLECTING", True),
+    ],
+)
+def test_ctrl_c_at_each_phase_ends_the_run_cancelled_and_cleaned(
+    ledger, backend, where: str, last_phase: str, job_made: bool
+) -> None:
     ns: dict = {"x": 1}
     builder = fake_image_builder
     script = Script(outputs=sealed_outputs({"y": 2}))
@@ -213,9 +268,15 @@ def test_ctrl_c_at_each_phase_ends_the_run_cancelled_and_cleaned(ledger, backend
         runner.run(_req(name="ci"), ns, Hooks())
     row = ledger.get("ci-1")
     phases = _phases(ledger, "ci-1")
-    assert row["status"] == "CANCELLED" and phases[-1] == "CANCELLED" and phases[-2] == last_phase, phases
+    assert (
+        row["status"] == "CANCELLED" and phases[-1] == "CANCELLED" and phases[-2] == last_phase
+    ), phases
     assert row["failure"] in ("interrupted before it started", "cancelled by a kernel interrupt")
-    assert ("cleanup", "ci-1") in backend.calls if job_made else ("cleanup", "ci-1") not in backend.calls
+    assert (
+        ("cleanup", "ci-1") in backend.calls
+        if job_made
+        else ("cleanup", "ci-1") not in backend.calls
+    )
     assert ("cancel", "ci-1") in backend.calls if job_made else True
     assert "y" not in ns
 
@@ -223,24 +284,53 @@ def test_ctrl_c_at_each_phase_ends_the_run_cancelled_and_cleaned(ledger, backend
 def test_ctrl_c_with_detach_leaves_the_job_running_for_attach(ledger, backend) -> None:
     backend.scripts = {"*": Script(fail_on={"logs": KeyboardInterrupt()}, wait_for_cancel=True)}
     with pytest.raises(KeyboardInterrupt):
-        RemoteRunner(ledger, image_builder=fake_image_builder).run(_req(name="det", interrupt="detach"),
-                                                                  {"x": 1}, Hooks())
+        RemoteRunner(ledger, image_builder=fake_image_builder).run(
+            _req(name="det", interrupt="detach"), {"x": 1}, Hooks()
+        )
     row = ledger.get("det-1")
     assert row["status"] not in TERMINAL and row["job"] == {"fake_id": "job-det-1"}
     assert ("cancel", "det-1") not in backend.calls and not backend.cleaned("det-1")
 
 
 def test_the_ledger_records_every_transition_with_its_time(runner, ledger, backend) -> None:
-    backend.scripts = {"*": Script(phases=[Phase.QUEUED, Phase.QUEUED, Phase.STARTING, Phase.RUNNING,
-                                           Phase.RUNNING, Phase.SUCCEEDED], outputs=sealed_outputs({}))}
+    backend.scripts = {
+        "*": Script(
+            phases=[
+                Phase.QUEUED,
+                Phase.QUEUED,
+                Phase.STARTING,
+                Phase.RUNNING,
+                Phase.RUNNING,
+                Phase.SUCCEEDED,
+            ],
+            outputs=sealed_outputs({}),
+        )
+    }
     seen: list[tuple[str, str]] = []
-    hooks = Hooks(on_phase=[lambda rid, phase, _t: seen.append((phase.value, ledger.get(rid)["status"]))])
+    hooks = Hooks(
+        on_phase=[lambda rid, phase, _t: seen.append((phase.value, ledger.get(rid)["status"]))]
+    )
     runner.run(_req(name="tr"), {"x": 1}, hooks)
     # Each phase is in the ledger by the time the listeners hear of it, once, in order.
-    assert [p for p, _ in seen] == ["SNAPSHOT", "BUILD", "SUBMITTED", "QUEUED", "STARTING", "RUNNING",
-                                    "COLLECTING", "SUCCEEDED"]
+    assert [p for p, _ in seen] == [
+        "SNAPSHOT",
+        "BUILD",
+        "SUBMITTED",
+        "QUEUED",
+        "STARTING",
+        "RUNNING",
+        "COLLECTING",
+        "SUCCEEDED",
+    ]
     assert all(phase == status for phase, status in seen)
     times = [t for _, t in ledger.get("tr-1")["phases"]]
     assert times == sorted(times)
-    assert set(ledger.timings(ledger.get("tr-1"))) == {"snapshot", "build", "submitted", "queued", "starting",
-                                                       "running", "collecting"}
+    assert set(ledger.timings(ledger.get("tr-1"))) == {
+        "snapshot",
+        "build",
+        "submitted",
+        "queued",
+        "starting",
+        "running",
+        "collecting",
+    }

@@ -14,33 +14,44 @@ def ip(tmp_path_factory: pytest.TempPathFactory):
     globalipapp.start_ipython()  # once per process; later calls do nothing
     shell = globalipapp.get_ipython()
     shell.run_line_magic("load_ext", "nbcontainer_kernel")
-    shell.run_line_magic("config", f"RemoteRun.ledger_path = {str(tmp_path_factory.mktemp('ledger') / 'runs.db')!r}")
+    shell.run_line_magic(
+        "config", f"RemoteRun.ledger_path = {str(tmp_path_factory.mktemp('ledger') / 'runs.db')!r}"
+    )
     return shell
 
 
-@pytest.mark.parametrize("line, fragment", [
-    ("--backend nowhere", "unknown backend 'nowhere'"),
-    ("--local --backend batch", "exclusive"),
-    ("-p topics", "NAME=VALUE"),
-    ("-p 1x=2", "NAME=VALUE"),
-    ("--sweep topics", "--sweep expects"),
-    ("--vars a --all-vars", "exclusive"),
-    ("--out 'not a name'", "not a variable name"),
-    ("--max-parallel 0", "at least 1"),
-    ("--rerun nope-7", "No run 'nope-7'"),
-    ("--bogus-flag", "unrecognized arguments"),
-    ("--cpus many", "invalid float value"),
-])
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("--backend nowhere", "unknown backend 'nowhere'"),
+        ("--local --backend batch", "exclusive"),
+        ("-p topics", "NAME=VALUE"),
+        ("-p 1x=2", "NAME=VALUE"),
+        ("--sweep topics", "--sweep expects"),
+        ("--vars a --all-vars", "exclusive"),
+        ("--out 'not a name'", "not a variable name"),
+        ("--max-parallel 0", "at least 1"),
+        ("--rerun nope-7", "No run 'nope-7'"),
+        ("--bogus-flag", "unrecognized arguments"),
+        ("--cpus many", "invalid float value"),
+    ],
+)
 def test_bad_arguments_are_usage_errors(ip, line: str, fragment: str) -> None:
     with pytest.raises(UsageError) as err:
         ip.run_cell_magic("remote_run", line, "x = 1")
     assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize("magic, line", [
-    ("remote_result", "nope-1"), ("remote_logs", "nope-1"), ("remote_attach", "nope-1"),
-    ("remote_cancel", "nope-1"), ("remote_compare", "nope-1 nope-2"),
-])
+@pytest.mark.parametrize(
+    "magic, line",
+    [
+        ("remote_result", "nope-1"),
+        ("remote_logs", "nope-1"),
+        ("remote_attach", "nope-1"),
+        ("remote_cancel", "nope-1"),
+        ("remote_compare", "nope-1 nope-2"),
+    ],
+)
 def test_unknown_run_ids_are_usage_errors(ip, magic: str, line: str) -> None:
     with pytest.raises(UsageError, match="No run 'nope-1'"):
         ip.run_line_magic(magic, line)
@@ -48,8 +59,24 @@ def test_unknown_run_ids_are_usage_errors(ip, magic: str, line: str) -> None:
 
 def test_help_documents_every_flag(ip) -> None:
     doc = ip.find_cell_magic("remote_run").__doc__
-    for flag in ("--local", "--backend", "--param", "--sweep", "--max-parallel", "--vars", "--all-vars", "--out",
-                 "--name", "--image", "--cpus", "--memory", "--gpus", "--timeout", "--no-wait", "--rerun"):
+    for flag in (
+        "--local",
+        "--backend",
+        "--param",
+        "--sweep",
+        "--max-parallel",
+        "--vars",
+        "--all-vars",
+        "--out",
+        "--name",
+        "--image",
+        "--cpus",
+        "--memory",
+        "--gpus",
+        "--timeout",
+        "--no-wait",
+        "--rerun",
+    ):
         assert flag in doc, flag
 
 

@@ -5,31 +5,47 @@ import os
 import pytest
 
 from nbcontainer_kernel.errors import InvalidOption
-from nbcontainer_kernel.kernel.options import parse_bytes, parse_gpus, parse_mount, parse_user, validate_options
+from nbcontainer_kernel.kernel.options import (
+    parse_bytes,
+    parse_gpus,
+    parse_mount,
+    parse_user,
+    validate_options,
+)
 
 
 def test_valid_options_are_kept() -> None:
-    config = {"image": "img:1", "cpus": 1.5, "memory": "2g", "gpus": "all",
-              "mounts": ["/tmp:/data:ro"], "network_mode": "bridge", "user": "image"}
+    config = {
+        "image": "img:1",
+        "cpus": 1.5,
+        "memory": "2g",
+        "gpus": "all",
+        "mounts": ["/tmp:/data:ro"],
+        "network_mode": "bridge",
+        "user": "image",
+    }
     assert validate_options(config) == config
 
 
-@pytest.mark.parametrize("config, option, fragment", [
-    ({"image": ""}, "image", "required"),
-    ({"image": "i", "memory": "lots"}, "memory", "'512m'"),
-    ({"image": "i", "memory": "1k"}, "memory", "at least 6m"),
-    ({"image": "i", "cpus": -1}, "cpus", "positive"),
-    ({"image": "i", "cpus": "many"}, "cpus", ""),
-    ({"image": "i", "gpus": "some"}, "gpus", "'all'"),
-    ({"image": "i", "mounts": ["relative:/x"]}, "mounts", "absolute"),
-    ({"image": "i", "mounts": ["/tmp:/x:rx"]}, "mounts", "'ro' or 'rw'"),
-    ({"image": "i", "mounts": ["/no/such/dir:/x"]}, "mounts", "does not exist"),
-    ({"image": "i", "network_mode": "none"}, "network_mode", "cannot be reached"),
-    ({"image": "i", "user": "root"}, "user", "'host'"),
-    ({"image": "i", "pull_policy": "sometimes"}, "pull_policy", ""),
-    ({"image": "i", "env_allowlist": ["BAD NAME"]}, "env_allowlist", "not an environment"),
-    ({"image": "i", "memroy": "1g"}, "memroy", "unknown option"),
-])
+@pytest.mark.parametrize(
+    "config, option, fragment",
+    [
+        ({"image": ""}, "image", "required"),
+        ({"image": "i", "memory": "lots"}, "memory", "'512m'"),
+        ({"image": "i", "memory": "1k"}, "memory", "at least 6m"),
+        ({"image": "i", "cpus": -1}, "cpus", "positive"),
+        ({"image": "i", "cpus": "many"}, "cpus", ""),
+        ({"image": "i", "gpus": "some"}, "gpus", "'all'"),
+        ({"image": "i", "mounts": ["relative:/x"]}, "mounts", "absolute"),
+        ({"image": "i", "mounts": ["/tmp:/x:rx"]}, "mounts", "'ro' or 'rw'"),
+        ({"image": "i", "mounts": ["/no/such/dir:/x"]}, "mounts", "does not exist"),
+        ({"image": "i", "network_mode": "none"}, "network_mode", "cannot be reached"),
+        ({"image": "i", "user": "root"}, "user", "'host'"),
+        ({"image": "i", "pull_policy": "sometimes"}, "pull_policy", ""),
+        ({"image": "i", "env_allowlist": ["BAD NAME"]}, "env_allowlist", "not an environment"),
+        ({"image": "i", "memroy": "1g"}, "memroy", "unknown option"),
+    ],
+)
 def test_bad_options_are_named(config: dict, option: str, fragment: str) -> None:
     with pytest.raises(InvalidOption) as err:
         validate_options(config)
@@ -50,12 +66,15 @@ def test_parsers() -> None:
     assert parse_user("1000:1000") == "1000:1000"
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ({}, {}),
-    ({"cpus": 1.5}, {"nano_cpus": 1_500_000_000}),
-    ({"memory": "512m"}, {"mem_limit": 512 * 1024**2, "memswap_limit": 512 * 1024**2}),
-    ({"shm_size": "1g"}, {"shm_size": 1024**3}),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, {}),
+        ({"cpus": 1.5}, {"nano_cpus": 1_500_000_000}),
+        ({"memory": "512m"}, {"mem_limit": 512 * 1024**2, "memswap_limit": 512 * 1024**2}),
+        ({"shm_size": "1g"}, {"shm_size": 1024**3}),
+    ],
+)
 def test_one_translation_of_resources_for_kernels_and_runs(given: dict, expected: dict) -> None:
     from nbcontainer_kernel.kernel.options import resource_kwargs
 

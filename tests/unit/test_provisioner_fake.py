@@ -27,8 +27,16 @@ def _Spec() -> KernelSpec:  # noqa: N802 - reads like the class it makes
 
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocker]:
-    fake = FakeDocker(images={IMAGE: {labels.ROLE: labels.ROLE_KERNEL_IMAGE, labels.IPYKERNEL: "7.0.0",
-                                      labels.PYTHON: "3.11.7", labels.CURVE: "false"}})
+    fake = FakeDocker(
+        images={
+            IMAGE: {
+                labels.ROLE: labels.ROLE_KERNEL_IMAGE,
+                labels.IPYKERNEL: "7.0.0",
+                labels.PYTHON: "3.11.7",
+                labels.CURVE: "false",
+            }
+        }
+    )
     engine = Engine(fake)  # type: ignore[arg-type]
     monkeypatch.setattr(provisioner_module, "get_engine", lambda: engine)
     monkeypatch.setattr(provisioner_module, "_swept", True)  # the orphan sweep has its own tests
@@ -36,29 +44,45 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocker]:
 
 
 async def _started(**options: object) -> DockerProvisioner:
-    prov = DockerProvisioner(kernel_id="0123456789abcdef", kernel_spec=_Spec(), parent=None, image=IMAGE,
-                             mount_cwd=False, mount_ledger=False, **options)
+    prov = DockerProvisioner(
+        kernel_id="0123456789abcdef",
+        kernel_spec=_Spec(),
+        parent=None,
+        image=IMAGE,
+        mount_cwd=False,
+        mount_ledger=False,
+        **options,
+    )
     kwargs = await prov.pre_launch()
     await prov.launch_kernel(**kwargs)
     return prov
 
 
-async def test_a_kernel_starts_with_its_connection_file_and_scratch_space(daemon: FakeDocker) -> None:
+async def test_a_kernel_starts_with_its_connection_file_and_scratch_space(
+    daemon: FakeDocker,
+) -> None:
     prov = await _started()
     [container] = daemon.containers_by_id.values()
     conn = json.loads(container.files[f"/{KERNEL_CONNECTION_FILE.lstrip('/')}"])
-    assert conn["ip"] == "0.0.0.0" and conn["shell_port"] == KERNEL_PORTS["shell_port"] and conn["key"]
+    assert (
+        conn["ip"] == "0.0.0.0" and conn["shell_port"] == KERNEL_PORTS["shell_port"] and conn["key"]
+    )
     assert container.kwargs["tmpfs"] == {"/tmp": "rw,exec,nosuid,mode=1777"}
     assert container.kwargs["environment"]["HOME"] == "/tmp"
-    assert set(prov.connection_info) >= set(KERNEL_PORTS) and prov.connection_info["ip"] == "127.0.0.1"
+    assert (
+        set(prov.connection_info) >= set(KERNEL_PORTS) and prov.connection_info["ip"] == "127.0.0.1"
+    )
     assert {p["HostIp"] for b in container.ports.values() for p in b} == {"127.0.0.1"}
     assert await prov.poll() is None
 
 
-@pytest.mark.parametrize(("code", "oom", "says"), [(1, False, "exit code 1"),
-                                                    (137, True, "OOMKilled: it exceeded its memory limit")])
-async def test_a_kernel_that_exits_is_reported_with_its_log(daemon: FakeDocker, code: int, oom: bool,
-                                                            says: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "oom", "says"),
+    [(1, False, "exit code 1"), (137, True, "OOMKilled: it exceeded its memory limit")],
+)
+async def test_a_kernel_that_exits_is_reported_with_its_log(
+    daemon: FakeDocker, code: int, oom: bool, says: str
+) -> None:
     prov = await _started()
     [container] = daemon.containers_by_id.values()
     container.exit(code, oom=oom, log=b"Traceback...\nMemoryError\n")
@@ -94,7 +118,9 @@ async def test_a_restart_whose_ports_were_taken_takes_fresh_ones(daemon: FakeDoc
     await prov.launch_kernel(**kwargs)
     second = {k: prov.connection_info[k] for k in KERNEL_PORTS}
     assert set(second.values()).isdisjoint(first.values())
-    assert [op for op, _ in daemon.calls].count("create") == 3  # first start, the refused one, the retry
+    assert [op for op, _ in daemon.calls].count(
+        "create"
+    ) == 3  # first start, the refused one, the retry
     assert len(daemon.containers_by_id) == 1, "the refused container was removed"
 
 

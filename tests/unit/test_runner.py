@@ -15,12 +15,18 @@ from nbcontainer_kernel.remote.run_images import _check_python
 from nbcontainer_kernel.runner.notebook import inject_parameters, parameters_of
 from nbcontainer_kernel.runner.params import resolve_params
 from nbcontainer_kernel.snapshots import snapshot
-from tests.helpers import run_runner
 from nbcontainer_kernel.wheels import TargetPython
+from tests.helpers import run_runner
 
 
-def _run(tmp_path: Path, ns: dict, cell: str, args: list[str] = (), env: dict | None = None,
-         hyper: dict | None = None) -> tuple[subprocess.CompletedProcess, RunResult]:
+def _run(
+    tmp_path: Path,
+    ns: dict,
+    cell: str,
+    args: list[str] = (),
+    env: dict | None = None,
+    hyper: dict | None = None,
+) -> tuple[subprocess.CompletedProcess, RunResult]:
     return run_runner(tmp_path, ns, cell, args, env, hyper)
 
 
@@ -28,18 +34,27 @@ def test_parameters_first_found_wins(tmp_path: Path) -> None:
     hyper = tmp_path / "h.json"
     hyper.write_text(json.dumps({"alpha": "0.25", "name": "from-hyper", "flags": "[1, 2]"}))
     assert resolve_params([("alpha", "0.5")], {"NBCONTAINER_PARAMS": '{"alpha": 0.7}'}, hyper) == (
-        {"alpha": 0.5}, "arguments")
+        {"alpha": 0.5},
+        "arguments",
+    )
     assert resolve_params([], {"NBCONTAINER_PARAMS": '{"alpha": 0.7}'}, hyper) == (
-        {"alpha": 0.7}, "NBCONTAINER_PARAMS")
+        {"alpha": 0.7},
+        "NBCONTAINER_PARAMS",
+    )
     assert resolve_params([], {}, hyper) == (
-        {"alpha": 0.25, "name": "from-hyper", "flags": [1, 2]}, str(hyper))
+        {"alpha": 0.25, "name": "from-hyper", "flags": [1, 2]},
+        str(hyper),
+    )
 
 
 def test_cell_results_metrics_and_parameter_override(tmp_path: Path) -> None:
-    proc, res = _run(tmp_path, {"alpha": 0.1, "base": 10},
-                     "from nbcontainer_kernel import log_metric\nscaled = base * alpha\n"
-                     "log_metric('scaled', scaled, step=1)\nprint('scaled', scaled)\nscaled + 1",
-                     hyper={"alpha": "0.5"})
+    proc, res = _run(
+        tmp_path,
+        {"alpha": 0.1, "base": 10},
+        "from nbcontainer_kernel import log_metric\nscaled = base * alpha\n"
+        "log_metric('scaled', scaled, step=1)\nprint('scaled', scaled)\nscaled + 1",
+        hyper={"alpha": "0.5"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "[nbcontainer-metric] scaled=5.0 step=1" in proc.stdout
     assert res.results == {"scaled": 5.0}
@@ -72,29 +87,37 @@ def test_parameters_cell_and_injection() -> None:
     params = new_code_cell("alpha = 0.5\nname: str = 'x'\nsteps = 10 * 2")
     params.metadata["tags"] = ["parameters"]
     nb = new_notebook(cells=[new_code_cell("import os"), params, new_code_cell("print(alpha)")])
-    assert parameters_of(nb) == [{"name": "alpha", "type": "float", "default": 0.5},
-                                 {"name": "name", "type": "str", "default": "x"},
-                                 {"name": "steps", "type": "expression", "default": "10 * 2"}]
+    assert parameters_of(nb) == [
+        {"name": "alpha", "type": "float", "default": 0.5},
+        {"name": "name", "type": "str", "default": "x"},
+        {"name": "steps", "type": "expression", "default": "10 * 2"},
+    ]
     inject_parameters(nb, {"alpha": 0.9})
     assert nb.cells[2].source == "# Parameters\nalpha = 0.9\n"
     assert nb.cells[2].metadata["tags"] == ["injected-parameters"]
 
 
 def test_a_base_with_another_python_minor_is_refused(tmp_path: Path) -> None:
-    with snapshot({}, "", dest=tmp_path / "s", include_dependencies=False, include_sources=False) as snap:
+    with snapshot(
+        {}, "", dest=tmp_path / "s", include_dependencies=False, include_sources=False
+    ) as snap:
         other = TargetPython((3, 9, 18), "x86_64", "glibc", "2.36")
         with pytest.raises(ImageNotUsable, match="Pickles do not cross Python versions"):
             _check_python("python:3.9-slim", other, snap)
-        same = TargetPython(tuple(int(x) for x in snap.python.split(".")), "x86_64", "glibc", "2.36")
+        same = TargetPython(
+            tuple(int(x) for x in snap.python.split(".")), "x86_64", "glibc", "2.36"
+        )
         _check_python("ok", same, snap)
 
 
 def test_ipython_semantics_magics_shell_and_display(tmp_path: Path) -> None:
-    cell = ("%time squares = [i * i for i in range(4)]\n"
-            "!echo from-the-shell\n"
-            "from IPython.display import display, HTML\n"
-            "display(HTML('<i>shown</i>'))\n"
-            "len(squares)")
+    cell = (
+        "%time squares = [i * i for i in range(4)]\n"
+        "!echo from-the-shell\n"
+        "from IPython.display import display, HTML\n"
+        "display(HTML('<i>shown</i>'))\n"
+        "len(squares)"
+    )
     proc, res = _run(tmp_path, {}, cell)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "from-the-shell" in proc.stdout

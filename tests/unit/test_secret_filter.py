@@ -19,8 +19,10 @@ from nbcontainer_kernel.snapshots.env import is_secret, looks_like_secret
 from nbcontainer_kernel.snapshots.sources import collect_sources
 
 _B = base64.b64encode(b"alice:wonderland").decode()
-_JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ."
-        "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
+_JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ."
+    "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+)
 _PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----"
 
 # (name, value): each a secret, by its name, its value, or both.
@@ -69,11 +71,17 @@ SECRETS = [
     ("ERRORS", "https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42"),
     ("LIBPQ", "host=db user=app password=hunter2 dbname=app"),
     ("JDBC", "jdbc:mysql://db:3306/app?user=app&password=hunter2"),
-    ("AZURE_STORAGE", "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abcdefghijklmnopqrstuvwxyz0123=="),
+    (
+        "AZURE_STORAGE",
+        "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abcdefghijklmnopqrstuvwxyz0123==",
+    ),
     ("SAS_URL", "https://x.blob.core.windows.net/c?sv=2022&sig=abcdefghijkl%3D"),
     ("GITLAB", "glpat-abcdefghijklmnopqrstu"),
     ("GOOGLE", "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345"),
-    ("PYPI", "pypi-AgEIcHlwaS5vcmcCJGFiY2RlZmdoLWFiY2QtZWZnaC1hYmNkLWVmZ2hpamtsbW5vcAACKlszLCJhYmMiXQ"),
+    (
+        "PYPI",
+        "pypi-AgEIcHlwaS5vcmcCJGFiY2RlZmdoLWFiY2QtZWZnaC1hYmNkLWVmZ2hpamtsbW5vcAACKlszLCJhYmMiXQ",
+    ),
     ("NPM", "npm_abcdefghijklmnopqrstuvwxyz0123456789"),
     ("SENDGRID", "SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"),
     ("HTTPS_PROXY", "http://user:proxypw@proxy:3128"),
@@ -124,12 +132,16 @@ def test_no_harmless_variable_is_dropped(name: str, value: str) -> None:
 
 
 def test_secret_values_are_in_no_snapshot_file(tmp_path: Path) -> None:
-    # Short values ("x") would be found anywhere: give those a unique value (their names catch them).
-    secrets = {n: v if len(v) >= 12 else f"unique-secret-value-{i}" for i, (n, v) in enumerate(SECRETS)}
+    # Short values ("x") would be found anywhere: give those a unique value (names catch them).
+    secrets = {
+        n: v if len(v) >= 12 else f"unique-secret-value-{i}" for i, (n, v) in enumerate(SECRETS)
+    }
     env = secrets | dict(HARMLESS)
     with snapshot({"x": 1}, "x", env=env, cwd=tmp_path, include_dependencies=False) as snap:
         blob = b"".join(p.read_bytes() for p in snap.directory.rglob("*") if p.is_file())
-        leaks = [n for n, v in secrets.items() if v.encode() in blob or json.dumps(v).encode() in blob]
+        leaks = [
+            n for n, v in secrets.items() if v.encode() in blob or json.dumps(v).encode() in blob
+        ]
         assert leaks == []
         assert sorted(snap.env_secrets_dropped) == sorted(n for n, _ in SECRETS)
         assert all(n in snap.env_names for n, _ in HARMLESS)
@@ -139,35 +151,95 @@ _TOKEN_CHARS = string.ascii_letters + string.digits
 
 
 @settings(max_examples=200, deadline=None)
-@given(user=st.text(_TOKEN_CHARS + "._-", max_size=12), password=st.text(
-    _TOKEN_CHARS + "!$%^*()/-_.~", min_size=1, max_size=30).filter(lambda p: not p.split("/")[0].isdigit()),
-       scheme=st.sampled_from(["postgres", "postgresql", "mysql", "redis", "amqp", "https", "mongodb+srv"]),
-       host=st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,5})?", fullmatch=True))
-def test_any_url_with_a_password_is_a_secret(user: str, password: str, scheme: str, host: str) -> None:
+@given(
+    user=st.text(_TOKEN_CHARS + "._-", max_size=12),
+    password=st.text(_TOKEN_CHARS + "!$%^*()/-_.~", min_size=1, max_size=30).filter(
+        lambda p: not p.split("/")[0].isdigit()
+    ),
+    scheme=st.sampled_from(
+        ["postgres", "postgresql", "mysql", "redis", "amqp", "https", "mongodb+srv"]
+    ),
+    host=st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,5})?", fullmatch=True),
+)
+def test_any_url_with_a_password_is_a_secret(
+    user: str, password: str, scheme: str, host: str
+) -> None:
     assert looks_like_secret(f"{scheme}://{user}:{password}@{host}/db")
 
 
 @settings(max_examples=200, deadline=None)
-@given(prefix=st.sampled_from(["ghp_", "gho_", "ghs_", "xoxb-", "sk-", "glpat-", "hf_", "sk_live_"]),
-       body=st.text(_TOKEN_CHARS, min_size=36, max_size=60))
+@given(
+    prefix=st.sampled_from(["ghp_", "gho_", "ghs_", "xoxb-", "sk-", "glpat-", "hf_", "sk_live_"]),
+    body=st.text(_TOKEN_CHARS, min_size=36, max_size=60),
+)
 def test_token_formats_are_caught_anywhere_in_a_value(prefix: str, body: str) -> None:
     assert looks_like_secret(f"token is {prefix}{body} (do not share)")
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["MODEL", "DATA", "CACHE", "APP", "SPARK", "TORCH", "HF", "MLFLOW", "DASK",
-                                 "RAY", "TRAIN", "EVAL", "NUM", "BATCH", "LOG", "OUTPUT", "INPUT", "GPU"]),
-                min_size=1, max_size=2),
-       st.lists(st.sampled_from(["REGION", "PROJECT", "NAME", "COUNT", "URL", "HOME", "DIR", "PATH", "LEVEL",
-                                 "MODE", "SIZE", "WORKERS", "SEED"]), min_size=1, max_size=2),
-       st.text(string.ascii_lowercase + string.digits + "-./", max_size=20))
-def test_descriptive_names_with_plain_values_travel(head: list[str], tail: list[str], value: str) -> None:
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "MODEL",
+                "DATA",
+                "CACHE",
+                "APP",
+                "SPARK",
+                "TORCH",
+                "HF",
+                "MLFLOW",
+                "DASK",
+                "RAY",
+                "TRAIN",
+                "EVAL",
+                "NUM",
+                "BATCH",
+                "LOG",
+                "OUTPUT",
+                "INPUT",
+                "GPU",
+            ]
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+    st.lists(
+        st.sampled_from(
+            [
+                "REGION",
+                "PROJECT",
+                "NAME",
+                "COUNT",
+                "URL",
+                "HOME",
+                "DIR",
+                "PATH",
+                "LEVEL",
+                "MODE",
+                "SIZE",
+                "WORKERS",
+                "SEED",
+            ]
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+    st.text(string.ascii_lowercase + string.digits + "-./", max_size=20),
+)
+def test_descriptive_names_with_plain_values_travel(
+    head: list[str], tail: list[str], value: str
+) -> None:
     name = "_".join(head + tail)
     assert not is_secret(name, value), name
 
 
 def test_a_string_variable_that_looks_like_a_secret_is_shipped_only_by_name(tmp_path: Path) -> None:
-    ns = {"token": "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "url": "postgres://u:pw@db/x", "n": 3}
+    ns = {
+        "token": "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+        "url": "postgres://u:pw@db/x",
+        "n": 3,
+    }
     cell = "print(token, url, n)"
     for kwargs in ({}, {"all_vars": True}):
         with snapshot(ns, cell, cwd=tmp_path, include_dependencies=False, **kwargs) as snap:
@@ -200,19 +272,41 @@ def test_symlinks_out_of_the_tree_are_not_followed_and_loops_stop(tmp_path: Path
 
 def test_cell_mode_ships_the_notebook_without_outputs(tmp_path: Path) -> None:
     nb = tmp_path / "n.ipynb"
-    nb.write_text(json.dumps({
-        "cells": [{"cell_type": "code", "source": "print(key)", "metadata": {}, "execution_count": 3,
-                   "outputs": [{"output_type": "stream", "name": "stdout", "text": "OUTPUT-SECRET"}]}],
-        "metadata": {"widgets": {"state": "WIDGET-STATE"}}, "nbformat": 4, "nbformat_minor": 5}))
+    nb.write_text(
+        json.dumps(
+            {
+                "cells": [
+                    {
+                        "cell_type": "code",
+                        "source": "print(key)",
+                        "metadata": {},
+                        "execution_count": 3,
+                        "outputs": [
+                            {"output_type": "stream", "name": "stdout", "text": "OUTPUT-SECRET"}
+                        ],
+                    }
+                ],
+                "metadata": {"widgets": {"state": "WIDGET-STATE"}},
+                "nbformat": 4,
+                "nbformat_minor": 5,
+            }
+        )
+    )
     with snapshot({}, "", notebook=nb, cwd=tmp_path, include_dependencies=False) as snap:
         shipped = (snap.directory / "notebook.ipynb").read_text()
-        assert "print(key)" in shipped and "OUTPUT-SECRET" not in shipped and "WIDGET-STATE" not in shipped
+        assert (
+            "print(key)" in shipped
+            and "OUTPUT-SECRET" not in shipped
+            and "WIDGET-STATE" not in shipped
+        )
 
 
 def test_parameter_defaults_in_labels_pass_the_filter() -> None:
-    params = [{"name": "alpha", "type": "float", "default": 0.5},
-              {"name": "api_token", "type": "str", "default": "abc"},
-              {"name": "db", "type": "str", "default": "postgres://u:hunter2@db/x"}]
+    params = [
+        {"name": "alpha", "type": "float", "default": 0.5},
+        {"name": "api_token", "type": "str", "default": "abc"},
+        {"name": "db", "type": "str", "default": "postgres://u:hunter2@db/x"},
+    ]
     shown = _shown_parameters(params)
     assert shown[0] == params[0]
     assert "abc" not in json.dumps(shown) and "hunter2" not in json.dumps(shown)

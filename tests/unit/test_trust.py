@@ -19,11 +19,13 @@ from nbcontainer_kernel.remote.results import RunResult, load_results
 from nbcontainer_kernel.trust import RunOutputs, new_key, seal, sign
 from tests.helpers import run_runner
 
-CELL = ("import pandas as pd\n"
-        "df = pd.DataFrame({'a': [1, 2, 3], 'c': pd.Categorical([1, 2, 1])})\n"
-        "obj = {1, 2, 3}\n"
-        "score = 0.5\n"
-        "score * 2")
+CELL = (
+    "import pandas as pd\n"
+    "df = pd.DataFrame({'a': [1, 2, 3], 'c': pd.Categorical([1, 2, 1])})\n"
+    "obj = {1, 2, 3}\n"
+    "score = 0.5\n"
+    "score * 2"
+)
 
 
 class _Payload:
@@ -83,8 +85,12 @@ def tampered_parquet(out: Path, key: str, marker: Path) -> None:
 
     pq.write_table(pa.table({"a": [1, 2, 3]}), out / "model" / "old.parquet")
     doc = _manifest(out)
-    doc["variables"]["old"] = {"name": "old", "type": "pandas.DataFrame", "serializer": "parquet",
-                               "files": ["old.parquet"]}
+    doc["variables"]["old"] = {
+        "name": "old",
+        "type": "pandas.DataFrame",
+        "serializer": "parquet",
+        "files": ["old.parquet"],
+    }
     doc["files"] = {**doc["files"], "model/old.parquet": "0" * 64}
     _write_manifest(out, doc, key)
 
@@ -114,8 +120,13 @@ def import_entry(out: Path, key: str, marker: Path) -> None:
     (out.parent / "nbc_evil_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     sys.path.insert(0, str(out.parent))
     doc = _manifest(out)
-    doc["variables"]["evil"] = {"name": "evil", "type": "module", "serializer": "import",
-                                "module": "nbc_evil_module", "files": ["obj.pkl"]}
+    doc["variables"]["evil"] = {
+        "name": "evil",
+        "type": "module",
+        "serializer": "import",
+        "module": "nbc_evil_module",
+        "files": ["obj.pkl"],
+    }
     _write_manifest(out, doc, key)
 
 
@@ -160,7 +171,9 @@ TAMPERINGS: list[tuple[Callable[[Path, str, Path], None], str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("tamper", "file", "why"), TAMPERINGS, ids=[t[0].__name__ for t in TAMPERINGS])
+@pytest.mark.parametrize(
+    ("tamper", "file", "why"), TAMPERINGS, ids=[t[0].__name__ for t in TAMPERINGS]
+)
 def test_tampered_outputs_are_refused_and_run_nothing(run, tamper, file: str, why: str) -> None:
     out, key, marker = run
     tamper(out, key, marker)
@@ -171,8 +184,11 @@ def test_tampered_outputs_are_refused_and_run_nothing(run, tamper, file: str, wh
     assert str(out) in str(err.value) and "Nothing was loaded" in str(err.value)
     assert result.verify() == f"refused: {file}: {err.value.reason}"
     # Everything a caller can ask for is refused, or harmless.
-    for read in (lambda: result.results, result.raise_for_status,
-                 lambda: RunResult(image="i", exit_code=0, output_dir=out, key=key).results):
+    for read in (
+        lambda: result.results,
+        result.raise_for_status,
+        lambda: RunResult(image="i", exit_code=0, output_dir=out, key=key).results,
+    ):
         with pytest.raises(UntrustedResults):
             read()
     assert result.exception() is None
@@ -189,8 +205,11 @@ def test_a_sealed_run_reads_back_with_every_value(run) -> None:
     assert str(values["df"]["c"].dtype) == "category"
     assert result.last_value == 1.0
     entries = result.index["variables"]
-    assert (entries["df"]["serializer"], entries["score"]["serializer"], entries["obj"]["serializer"]) == (
-        "arrow", "json", "cloudpickle")
+    assert (
+        entries["df"]["serializer"],
+        entries["score"]["serializer"],
+        entries["obj"]["serializer"],
+    ) == ("arrow", "json", "cloudpickle")
 
 
 def test_trust_never_loads_data_but_no_pickle(run) -> None:
@@ -205,7 +224,9 @@ def test_trust_always_reads_runs_made_before_signing(run) -> None:
     for k in ("files", "signature", "format"):
         doc.pop(k)
     (out / "model" / "results.json").write_text(json.dumps(doc))
-    assert RunResult(image="i", exit_code=0, output_dir=out, key=None, trust="always").results["obj"] == {1, 2, 3}
+    assert RunResult(image="i", exit_code=0, output_dir=out, key=None, trust="always").results[
+        "obj"
+    ] == {1, 2, 3}
     with pytest.raises(UntrustedResults, match="not signed"):
         RunResult(image="i", exit_code=0, output_dir=out, key=None).results  # noqa: B018
     # Paths and serializers are checked whatever the trust.
@@ -223,7 +244,9 @@ def test_data_of_a_refused_run_is_readable_on_request_and_its_pickles_never(run)
     outputs = RunOutputs(out, key)
     values = load_results(outputs, unverified_data=True)
     assert sorted(values) == ["df", "score"]
-    pd.testing.assert_frame_equal(values["df"], pd.DataFrame({"a": [1, 2, 3], "c": pd.Categorical([1, 2, 1])}))
+    pd.testing.assert_frame_equal(
+        values["df"], pd.DataFrame({"a": [1, 2, 3], "c": pd.Categorical([1, 2, 1])})
+    )
     assert not marker.exists()
 
 
@@ -231,8 +254,13 @@ def test_a_failed_run_gives_its_exception_only_when_verified(tmp_path: Path) -> 
     proc, res = run_runner(tmp_path, {}, "raise KeyError('k')")
     assert proc.returncode == 1
     assert isinstance(res.exception(), KeyError)
-    (res.output_dir / "output" / "exception.pkl").write_bytes(pickle.dumps(_Payload(tmp_path / "MARKER")))
-    assert res.__class__(image="i", exit_code=1, output_dir=res.output_dir, key=res.key).exception() is None
+    (res.output_dir / "output" / "exception.pkl").write_bytes(
+        pickle.dumps(_Payload(tmp_path / "MARKER"))
+    )
+    assert (
+        res.__class__(image="i", exit_code=1, output_dir=res.output_dir, key=res.key).exception()
+        is None
+    )
     with pytest.raises(Exception) as err:
         RunResult(image="i", exit_code=1, output_dir=res.output_dir, key=res.key).raise_for_status()
     assert type(err.value).__name__ == "RemoteExecutionError" and err.value.__cause__ is None
@@ -253,17 +281,24 @@ def test_an_exception_pickle_that_is_not_an_exception_is_wrapped(tmp_path: Path)
 
 def test_the_runner_keeps_the_key_from_the_cell(tmp_path: Path) -> None:
     key = new_key()
-    proc, res = run_runner(tmp_path, {}, "import os, subprocess\n"
-                           "seen = os.environ.get('NBCONTAINER_RUN_KEY')\n"
-                           "child = subprocess.run(['env'], capture_output=True, text=True).stdout", key=key)
+    proc, res = run_runner(
+        tmp_path,
+        {},
+        "import os, subprocess\n"
+        "seen = os.environ.get('NBCONTAINER_RUN_KEY')\n"
+        "child = subprocess.run(['env'], capture_output=True, text=True).stdout",
+        key=key,
+    )
     assert proc.returncode == 0, proc.stderr
     assert res.results["seen"] is None and key not in res.results["child"]
     assert key not in proc.stdout + proc.stderr
 
 
 def test_special_files_left_by_a_cell_do_not_travel(tmp_path: Path) -> None:
-    cell = ("import os\nml = os.environ['NBCONTAINER_ML_ROOT']\n"
-            "os.symlink('/etc/passwd', ml + '/model/link')\nos.mkfifo(ml + '/output/fifo')")
+    cell = (
+        "import os\nml = os.environ['NBCONTAINER_ML_ROOT']\n"
+        "os.symlink('/etc/passwd', ml + '/model/link')\nos.mkfifo(ml + '/output/fifo')"
+    )
     proc, res = run_runner(tmp_path, {}, cell)
     assert proc.returncode == 0, proc.stderr
     assert "not kept: model/link" in proc.stderr and "not kept: output/fifo" in proc.stderr

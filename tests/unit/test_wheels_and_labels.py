@@ -24,8 +24,11 @@ def test_pinned_uses_the_host_versions() -> None:
     import importlib.metadata
 
     out = pinned(["traitlets", "surely-not-installed-pkg", "x>=1"])
-    assert out == [f"traitlets=={importlib.metadata.version('traitlets')}",
-                   "surely-not-installed-pkg", "x>=1"]
+    assert out == [
+        f"traitlets=={importlib.metadata.version('traitlets')}",
+        "surely-not-installed-pkg",
+        "x>=1",
+    ]
 
 
 def test_self_wheel_is_deterministic_and_complete(tmp_path: Path) -> None:
@@ -46,6 +49,7 @@ def test_owner_liveness() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     import socket
+
     gone = labels.Owner(socket.gethostname(), proc.pid, "1.00")
     assert not gone.is_alive()
     elsewhere = labels.Owner("some-other-host", proc.pid, "1.00")

@@ -23,7 +23,9 @@ def test_panel_follows_phases_logs_and_wires_cancel() -> None:
     assert panel.log.value == "epoch 1\nepoch 2"
     assert panel.logs.selected_index is None, "the log area starts collapsed"
     panel.cancel.click()
-    assert cancelled == [True] and panel.cancel.disabled and panel.cancel.description == "Cancelling"
+    assert (
+        cancelled == [True] and panel.cancel.disabled and panel.cancel.description == "Cancelling"
+    )
     panel.on_phase("lda-3", Phase.CANCELLED, {})
     assert panel.bar.value == panel.bar.max and panel.bar.bar_style == "warning"
 
@@ -37,7 +39,10 @@ def test_panel_has_a_row_per_sweep_child() -> None:
     panel.on_phase("sweep-3", Phase.FAILED, {})
     assert list(panel.rows) == ["sweep-2", "sweep-3"]
     assert len(panel.children.children) == 2
-    assert panel.rows["sweep-2"].phase.value == "SUCCEEDED" and panel.rows["sweep-2"].bar.bar_style == "success"
+    assert (
+        panel.rows["sweep-2"].phase.value == "SUCCEEDED"
+        and panel.rows["sweep-2"].bar.bar_style == "success"
+    )
     assert panel.rows["sweep-3"].bar.bar_style == "danger"
     panel.on_log("sweep-3", "boom")
     assert panel.log.value == "[sweep-3] boom"
