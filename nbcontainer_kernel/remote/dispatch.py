@@ -46,6 +46,26 @@ __all__ = ["RemoteRequest", "RemoteRunner", "RunHandle", "combine_sweep"]
 
 @dataclass
 class RemoteRequest:
+    """One ``%%remote_run`` (or a library call), already parsed and checked.
+
+    Fields:
+        cell: the cell's source (IPython syntax).
+        name: the run's name (ids are NAME-1, NAME-2, ...); checked by check_run_name.
+        backend: a name from the backend registry (local, batch, sagemaker, ...).
+        params: NAME -> value; they override the restored variables of the same name.
+        sweep: (NAME, values): one child run per value, under one parent row.
+        max_parallel: children of a sweep running at once.
+        variables / all_vars: the names to ship (default: those the cell reads).
+        out: the names to bring back (default: those the cell assigns).
+        base: the run image's base (default: the containerized kernel itself, else
+            NBCONTAINER_BASE_IMAGE or python:X.Y-slim).
+        cpus, memory, gpus, timeout: the run's resources and its time limit (seconds).
+        wait: False returns a RunHandle at once (``--no-wait``).
+        rerun: run that earlier run's image again (no snapshot, no build).
+        interrupt: what Ctrl-C while waiting does to a single run: cancel or detach.
+        allow_unpinned: take the newest version of a package whose pin has no wheel.
+    """
+
     cell: str
     name: str | None = None
     backend: str = "local"
@@ -114,6 +134,17 @@ class RemoteRunner:
         hooks: Hooks,
         notebook: str | None = None,
     ) -> RunResult | RunHandle | dict[str, Any]:
+        """Snapshot `namespace` for `req.cell`, build (or reuse) the run image, run it on
+        the request's backend, record every phase in the ledger, and bring results back.
+
+        Returns the RunResult of a run waited on (its results are already in
+        `namespace`), a RunHandle for ``wait=False``, or for a sweep the combined
+        results (name -> DataFrame with the swept parameter as a column), which the
+        caller puts in its namespace. Raises RemoteExecutionError when the run failed,
+        UntrustedResults when its outputs are refused, and NbcontainerError subclasses
+        when it could not start; the ledger row ends in a terminal phase with the reason
+        in every case. `hooks` hear every phase and log line (the panel, the text twin).
+        """
         backend = get_backend(req.backend)
         out_names = req.out if req.out is not None else names_assigned(req.cell)
         name = (

@@ -11,7 +11,7 @@ from playwright.sync_api import sync_playwright
 
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
-from tests.integration.test_jupyter_server import Lab
+from tests.lab import Lab
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -236,7 +236,7 @@ def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(
     tmp_path: Path, monkeypatch
 ) -> None:
     from nbcontainer_kernel.errors import WheelResolutionError
-    from nbcontainer_kernel.remote import run_images as runimages
+    from nbcontainer_kernel.remote import run_images
     from nbcontainer_kernel.wheels import TargetPython
 
     asked: list[list[str]] = []
@@ -245,16 +245,16 @@ def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(
         asked.append(list(reqs))
         raise WheelResolutionError(reqs, target.describe(), "ERROR: No matching distribution found")
 
-    monkeypatch.setattr(runimages, "resolve_wheels", resolve)
+    monkeypatch.setattr(run_images, "resolve_wheels", resolve)
     monkeypatch.setattr(
-        runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})()
+        run_images.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})()
     )
     target = TargetPython((3, 11, 7), "x86_64", "glibc", "2.36")
     said: list[str] = []
-    assert not runimages._resolve_one("private-pkg==1.2.3", target, tmp_path, said.append)
+    assert not run_images._resolve_one("private-pkg==1.2.3", target, tmp_path, said.append)
     assert asked == [["private-pkg==1.2.3"]], "only the exact pin is asked for"
     asked.clear()
-    assert not runimages._resolve_one(
+    assert not run_images._resolve_one(
         "private-pkg==1.2.3", target, tmp_path, said.append, allow_unpinned=True
     )
     assert asked == [["private-pkg==1.2.3"], ["private-pkg"]]
@@ -297,7 +297,7 @@ def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(
     tmp_path: Path, monkeypatch, pip_says: str
 ) -> None:
     from nbcontainer_kernel.errors import WheelResolutionError
-    from nbcontainer_kernel.remote import run_images as runimages
+    from nbcontainer_kernel.remote import run_images
     from nbcontainer_kernel.wheels import TargetPython
 
     def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
@@ -307,10 +307,10 @@ def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(
         wheel.write_bytes(b"")
         return [wheel]
 
-    monkeypatch.setattr(runimages, "resolve_wheels", resolve)
+    monkeypatch.setattr(run_images, "resolve_wheels", resolve)
     said: list[str] = []
     target = TargetPython((3, 11, 2), "x86_64", "glibc", "2.36")
-    assert runimages._resolve_one("soupsieve==4.1.3", target, tmp_path, said.append)
+    assert run_images._resolve_one("soupsieve==4.1.3", target, tmp_path, said.append)
     assert said == [
         "warning: soupsieve==4.1.3 needs another Python than Python 3.11.2 on x86_64 (glibc 2.36); "
         "using soupsieve 3.0.1"
@@ -321,7 +321,7 @@ def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(
     tmp_path: Path, monkeypatch
 ) -> None:
     from nbcontainer_kernel.errors import WheelResolutionError
-    from nbcontainer_kernel.remote import run_images as runimages
+    from nbcontainer_kernel.remote import run_images
     from nbcontainer_kernel.wheels import TargetPython
 
     calls: list[list[str]] = []
@@ -336,13 +336,13 @@ def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(
             )
         return []
 
-    monkeypatch.setattr(runimages, "resolve_wheels", resolve)
+    monkeypatch.setattr(run_images, "resolve_wheels", resolve)
     monkeypatch.setattr(
-        runimages.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})()
+        run_images.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})()
     )
     lock = [f"pkg{i}==1.0" for i in range(50)] + ["Private_Pkg==1.0"]
     said: list[str] = []
-    skipped = runimages._resolve_lock(
+    skipped = run_images._resolve_lock(
         lock, [], TargetPython((3, 11, 7), "x86_64", "glibc", "2.36"), tmp_path, said.append
     )
     assert skipped == ["Private_Pkg==1.0"]
