@@ -8,9 +8,11 @@ knows about widgets or IPython display.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import re
+import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,8 +438,11 @@ class RemoteRunner:
         pool = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix=f"sweep-{parent}")
         futures: dict[concurrent.futures.Future[RunResult], str] = {}
         try:
-            for c, v in children:
-                futures[pool.submit(one, c, v)] = c
+            # A Ctrl-C inside submit() could start a worker the pool never joins, or a
+            # child this loop never records: SIGINT waits until every child is queued.
+            with _sigint_deferred():
+                for c, v in children:
+                    futures[pool.submit(one, c, v)] = c
             for fut in concurrent.futures.as_completed(futures):
                 try:
                     results[futures[fut]] = fut.result()
@@ -488,6 +493,7 @@ class RemoteRunner:
             if child in self.drivers:
                 self.drivers[child].cancel_event.set()
         # Running children see their cancel within a poll, stop, and record CANCELLED.
+        concurrent.futures.wait(futures)
         pool.shutdown(wait=True, cancel_futures=True)
         self.ledger.update(parent, failure="cancelled by a kernel interrupt")
         parent_driver = self.drivers.pop(parent, None)
@@ -529,6 +535,24 @@ def combine_sweep(
 def _read_logs(dest: Path) -> list[str]:
     p = dest / "logs.txt"
     return p.read_text().splitlines() if p.exists() else []
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C, a kernel interrupt) until the block ends: it is delivered then.
+
+    Only the main thread of a POSIX process can do this; elsewhere it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _warnings_to(hooks: Hooks, run_id: str):  # noqa: ANN202 - a line callback

@@ -524,7 +524,7 @@ def build_run_image(
     tag = tag or f"nbcontainer/run:{snap.digest[:16]}"
     trees = {"snapshot": snap.directory}
     if not committed:
-        trees["runtime/nbcontainer_kernel"] = Path(__file__).resolve().parent
+        trees["runtime/nbcontainer_kernel"] = Path(__file__).resolve().parent.parent  # the package
     image, _ = engine.build(build_context(dockerfile, trees), tag, on_line=say)
     timings["snapshot_layer"] = time.perf_counter() - t1
     return RunImage(tag, image.id, snap.digest, deps, reused, timings, skipped)

@@ -65,6 +65,8 @@ def _start_owner(name: str) -> tuple[subprocess.Popen, str]:
 def _kill9(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def test_gc_removes_the_container_of_a_sigkilled_owner(engine: Engine, make_kernelspec) -> None:

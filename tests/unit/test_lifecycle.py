@@ -183,7 +183,8 @@ def test_ctrl_c_in_a_sweep_stops_queued_children_and_ends_every_row(
     submitted = {rid for step, rid in backend.calls if step == "submit"}
     assert submitted == {"sw-2"}, ("queued children must never start", backend.calls)
     assert rows["sw-3"]["failure"] == rows["sw-4"]["failure"] == "cancelled before it started"
-    assert rows["sw-1"]["failure"] == "cancelled by a kernel interrupt" and backend.cleaned("sw-2")
+    assert rows["sw-1"]["failure"] == "cancelled by a kernel interrupt"
+    assert backend.cleaned("sw-2"), backend.calls
 
 
 def test_a_sweep_with_a_failing_child_keeps_the_others(runner, ledger, backend) -> None:
