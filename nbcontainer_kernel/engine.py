@@ -25,11 +25,15 @@ from docker.models.images import Image
 
 from . import config
 from .errors import (
+    CommandNotFound,
+    Conflict,
     DaemonNotAvailable,
     EngineError,
     ImageBuildError,
     ImageNotFound,
     NbcontainerError,
+    PortInUse,
+    ResourceNotFound,
     UnsafeArchive,
 )
 
@@ -42,26 +46,46 @@ def _daemon_address() -> str:
     return config.docker_host()
 
 
+def classify(
+    operation: str, status_code: int | None, explanation: str, image: str | None = None
+) -> NbcontainerError:
+    """The error for a daemon's answer, by its HTTP status code (docker-py's errors.py way).
+
+    The status decides the class; within a status, the daemon's words pick out the
+    cases callers act on (a missing image, a taken port, a missing command).
+    """
+    text = explanation.lower()
+    if status_code == 404:
+        if image is not None and ("image" in text or "manifest" in text or "repository" in text):
+            return ImageNotFound(image, explanation)
+        return ResourceNotFound(operation, explanation, 404)
+    if status_code == 409:
+        return Conflict(operation, explanation, 409)
+    if "port is already allocated" in text or "address already in use" in text:
+        return PortInUse(operation, explanation, status_code)
+    if "executable file not found" in text or (
+        "no such file or directory" in text and "exec" in text
+    ):
+        return CommandNotFound(operation, explanation, status_code)
+    return EngineError(operation, explanation, status_code)
+
+
 @contextlib.contextmanager
 def translate_errors(operation: str, image: str | None = None) -> Iterator[None]:
-    """Map docker-py / transport errors raised inside the block to NbcontainerError."""
+    """Map docker-py / transport errors raised inside the block to NbcontainerError (once)."""
     try:
         yield
     except NbcontainerError:
         raise
-    except docker.errors.ImageNotFound as exc:
-        raise ImageNotFound(image or "?", _explain(exc)) from exc
-    except docker.errors.NotFound as exc:
-        if image is not None and "image" in _explain(exc).lower():
-            raise ImageNotFound(image, _explain(exc)) from exc
-        raise EngineError(operation, _explain(exc)) from exc
     except docker.errors.APIError as exc:
-        raise EngineError(operation, _explain(exc)) from exc
+        raise classify(operation, exc.status_code, _explain(exc), image) from exc
     except (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError) as exc:
         raise DaemonNotAvailable(_daemon_address(), type(exc).__name__) from exc
     except docker.errors.DockerException as exc:
-        if "Error while fetching server API version" in str(exc) or "Connection" in str(exc):
-            raise DaemonNotAvailable(_daemon_address(), str(exc).split(":")[0]) from exc
+        # Raised without an HTTP answer: docker-py wraps a failed connection this way.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, (requests.exceptions.ConnectionError, ConnectionError)):
+            raise DaemonNotAvailable(_daemon_address(), type(cause).__name__) from exc
         raise EngineError(operation, str(exc)) from exc
 
 
@@ -136,22 +160,28 @@ class Engine:
             return self.client.images.list(filters={"label": _label_filters(labels)})
 
     def remove_image(self, ref: str, force: bool = False) -> None:
-        with translate_errors(f"remove image {ref}", image=ref):
-            try:
+        """Remove an image (idempotent: one already gone is fine)."""
+        with contextlib.suppress(ImageNotFound, ResourceNotFound):
+            with translate_errors(f"remove image {ref}", image=ref):
                 self.client.images.remove(ref, force=force, noprune=False)
-            except docker.errors.ImageNotFound:
-                pass
 
     def remove_unused_image(self, image_id: str) -> bool:
         """Remove an untagged image nothing uses; False when it is kept."""
         try:
-            img = self.client.images.get(image_id)
+            img = self.get_image(image_id)
             if img.tags:
                 return False
-            self.client.images.remove(image_id, noprune=False)
+            with translate_errors(f"remove image {image_id}", image=image_id):
+                self.client.images.remove(image_id, noprune=False)
             return True
-        except docker.errors.APIError:  # in use by a container, or already gone
+        except (ImageNotFound, Conflict):  # already gone, or in use by a container
             return False
+
+    def commit(self, ident: str, repository: str, tag: str, changes: list[str]) -> Image:
+        """Commit a running container as an image, without pausing it."""
+        with translate_errors(f"commit container {ident}"):
+            self.api.commit(ident, repository=repository, tag=tag, changes=changes, pause=False)
+        return self.get_image(f"{repository}:{tag}")
 
     def build(
         self,
@@ -205,17 +235,16 @@ class Engine:
         try:
             with translate_errors(f"inspect container {ident}"):
                 return self.client.containers.get(ident)
-        except EngineError:
+        except ResourceNotFound:
             return None
 
     def inspect(self, ident: str) -> dict[str, Any] | None:
         """Raw inspect data, or None when the container no longer exists."""
         try:
-            return self.api.inspect_container(ident)
-        except docker.errors.NotFound:
+            with translate_errors(f"inspect container {ident}"):
+                return self.api.inspect_container(ident)
+        except ResourceNotFound:
             return None
-        except (requests.exceptions.ConnectionError, ConnectionError) as exc:
-            raise DaemonNotAvailable(_daemon_address(), type(exc).__name__) from exc
 
     def containers(
         self, labels: dict[str, str] | Iterable[str], all: bool = True
@@ -228,40 +257,56 @@ class Engine:
             container.start()
 
     def signal(self, ident: str, signum: int | str) -> bool:
-        """Send a signal; False when the container is gone or not running."""
+        """Send a signal; False when the container is gone (404) or not running (409)."""
         try:
-            self.api.kill(ident, signal=signum)
+            with translate_errors(f"signal container {ident}"):
+                self.api.kill(ident, signal=signum)
             return True
-        except docker.errors.NotFound:
+        except (ResourceNotFound, Conflict):
             return False
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # not running
-                return False
-            raise EngineError(f"signal container {ident}", _explain(exc)) from exc
 
     def remove(self, ident: str) -> bool:
-        """Force-remove a container; idempotent (False when it was already gone)."""
+        """Force-remove a container; idempotent (False when it is gone or already going)."""
         try:
-            self.api.remove_container(ident, force=True, v=True)
+            with translate_errors(f"remove container {ident}"):
+                self.api.remove_container(ident, force=True, v=True)
             return True
-        except docker.errors.NotFound:
+        except ResourceNotFound:
             return False
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409 and "already in progress" in _explain(exc):
+        except Conflict as exc:
+            if "already in progress" in exc.explanation:
                 return False
-            raise EngineError(f"remove container {ident}", _explain(exc)) from exc
+            raise
 
     def container_changes(self, ident: str) -> list[dict[str, Any]]:
         """What a container changed in its filesystem (docker diff): Path and Kind."""
         with translate_errors(f"list the changes of container {ident}"):
             return self.api.diff(ident) or []
 
-    def logs_tail(self, ident: str, lines: int = 20) -> list[str]:
+    def logs_tail(self, ident: str, lines: int | str = 20) -> list[str]:
+        """The container's last log lines (all with lines="all"); [] when it is gone."""
         try:
-            raw = self.api.logs(ident, stdout=True, stderr=True, tail=lines)
-        except docker.errors.APIError:
+            with translate_errors(f"read the log of container {ident}"):
+                raw = self.api.logs(ident, stdout=True, stderr=True, tail=lines)
+        except (ResourceNotFound, Conflict):
             return []
         return raw.decode("utf-8", "replace").splitlines()
+
+    def follow_logs(self, ident: str) -> Iterator[bytes]:
+        """The container's output as it is written, until it exits or is removed."""
+        # A container removed under the stream (cancel, cleanup) ends the log there.
+        with contextlib.suppress(NbcontainerError):
+            with translate_errors(f"follow the log of container {ident}"):
+                yield from self.api.logs(ident, stream=True, follow=True, stdout=True, stderr=True)
+
+    def get_archive(self, ident: str, path: str) -> Iterator[bytes] | None:
+        """A tar stream of `path` in the container; None when the path does not exist."""
+        try:
+            with translate_errors(f"copy {path} out of container {ident}"):
+                stream, _stat = self.api.get_archive(ident, path, chunk_size=1 << 20)
+        except ResourceNotFound:
+            return None
+        return _translated(stream, f"copy {path} out of container {ident}")
 
     def put_files(
         self,
@@ -306,6 +351,11 @@ class Engine:
             return int(result.get("StatusCode", 1)), out
         finally:
             self.remove(container.id)
+
+
+def _translated(chunks: Iterable[bytes], operation: str) -> Iterator[bytes]:
+    with translate_errors(operation):
+        yield from chunks
 
 
 def make_tar(

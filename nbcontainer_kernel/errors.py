@@ -1,9 +1,20 @@
-"""Errors raised by nbcontainer-kernel.
+"""Errors raised by nbcontainer-kernel: one model for all of them.
 
-Every error the library raises derives from :class:`NbcontainerError`, so a
-caller can catch one type. Subclasses carry the fields a caller needs to act
-(the image name, the option at fault, the container's last log lines) and
-their message always says what happened and what to do about it.
+* Every error derives from :class:`NbcontainerError`, so a caller can catch one
+  type, and each is also the matching built-in where there is one
+  (``RunTimeout`` is a ``TimeoutError``, ``DaemonNotAvailable`` a
+  ``ConnectionError``, ``InvalidOption`` a ``ValueError``, ...).
+* Each carries the fields a caller needs to act (the image, the option at
+  fault, the run id, the daemon's status code) and its message says what
+  happened and what to do.
+* Each survives a pickle round trip with its fields (``_fields`` names the
+  constructor's arguments; other attributes travel as state), so errors cross
+  processes and threads intact.
+* In IPython each renders as one short block through ``_render_traceback_``:
+  what failed, why and what to do, without the library's own frames. The full
+  chain stays on the exception (``__cause__``).
+
+Standard library only: the in-container runner imports this module.
 """
 
 from __future__ import annotations
@@ -14,6 +25,10 @@ __all__ = [
     "NbcontainerError",
     "DaemonNotAvailable",
     "EngineError",
+    "ResourceNotFound",
+    "Conflict",
+    "PortInUse",
+    "CommandNotFound",
     "ImageNotFound",
     "ImageNotUsable",
     "ImageBuildError",
@@ -23,19 +38,39 @@ __all__ = [
     "KernelDied",
     "RemoteExecutionError",
     "RunTimeout",
+    "RunCancelled",
     "SerializationError",
+    "SourcesTooLarge",
     "UntrustedResults",
     "UnsafeArchive",
     "UnknownBackend",
+    "UnknownRun",
 ]
 
 
 class NbcontainerError(Exception):
     """Base of every error raised by nbcontainer-kernel."""
 
+    #: The constructor's arguments, as attribute names: what a pickle rebuilds it from.
+    _fields: tuple[str, ...] = ()
 
-class DaemonNotAvailable(NbcontainerError):
+    def __reduce__(self) -> tuple[Any, ...]:
+        if not self._fields:
+            return (type(self), self.args, self.__dict__ or None)
+        args = tuple(getattr(self, f) for f in self._fields)
+        state = {k: v for k, v in self.__dict__.items() if k not in self._fields}
+        return (type(self), args, state or None)
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: the message, no library frames."""
+        return [f"\x1b[31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+# ------------------------------------------------------------------ the daemon
+class DaemonNotAvailable(NbcontainerError, ConnectionError):
     """No Docker daemon answered at the configured address."""
+
+    _fields = ("address", "reason")
 
     def __init__(self, address: str, reason: str) -> None:
         self.address = address
@@ -47,17 +82,44 @@ class DaemonNotAvailable(NbcontainerError):
         )
 
 
-class EngineError(NbcontainerError):
-    """The Docker daemon refused or failed a request."""
+class EngineError(NbcontainerError, RuntimeError):
+    """The Docker daemon refused or failed a request; `status_code` is its HTTP status
+    (None when the failure was not an HTTP answer) and `explanation` its words."""
 
-    def __init__(self, operation: str, reason: str) -> None:
+    _fields = ("operation", "explanation", "status_code")
+
+    def __init__(self, operation: str, explanation: str, status_code: int | None = None) -> None:
         self.operation = operation
-        self.reason = reason
-        super().__init__(f"Docker could not {operation}: {reason}")
+        self.explanation = explanation
+        self.status_code = status_code
+        status = f" (HTTP {status_code})" if status_code else ""
+        super().__init__(f"Docker could not {operation}: {explanation}{status}")
+
+    @property
+    def reason(self) -> str:
+        return self.explanation
 
 
-class ImageNotFound(NbcontainerError):
+class ResourceNotFound(EngineError, LookupError):
+    """404: the container, image or path the request named does not exist."""
+
+
+class Conflict(EngineError):
+    """409: the request conflicts with the object's state (not running, in use, removing)."""
+
+
+class PortInUse(EngineError):
+    """The daemon could not publish a port: another process holds it."""
+
+
+class CommandNotFound(EngineError):
+    """The container's command does not exist in its image."""
+
+
+class ImageNotFound(NbcontainerError, LookupError):
     """An image is neither present locally nor pullable."""
+
+    _fields = ("image", "reason")
 
     def __init__(self, image: str, reason: str = "") -> None:
         self.image = image
@@ -71,8 +133,10 @@ class ImageNotFound(NbcontainerError):
         )
 
 
-class ImageNotUsable(NbcontainerError):
+class ImageNotUsable(NbcontainerError, ValueError):
     """An image exists but cannot run what is asked of it (no Python, no ipykernel)."""
+
+    _fields = ("image", "reason", "hint")
 
     def __init__(self, image: str, reason: str, hint: str) -> None:
         self.image = image
@@ -81,8 +145,10 @@ class ImageNotUsable(NbcontainerError):
         super().__init__(f"Image {image!r} cannot be used: {reason}. {hint}")
 
 
-class ImageBuildError(NbcontainerError):
+class ImageBuildError(NbcontainerError, RuntimeError):
     """`docker build` failed; carries the step and the build log's tail."""
+
+    _fields = ("tag", "reason", "log_tail")
 
     def __init__(self, tag: str, reason: str, log_tail: list[str] | None = None) -> None:
         self.tag = tag
@@ -95,23 +161,28 @@ class ImageBuildError(NbcontainerError):
         )
 
 
-class WheelResolutionError(NbcontainerError):
+class WheelResolutionError(NbcontainerError, LookupError):
     """pip could not resolve the wheels an image needs for its platform."""
 
+    _fields = ("requirements", "target", "output")
+
     def __init__(self, requirements: list[str], target: str, output: str) -> None:
-        self.requirements = requirements
+        self.requirements = list(requirements)
         self.target = target
         self.output = output
         super().__init__(
             f"Could not resolve wheels for {', '.join(requirements)} on {target}. "
             "Every package must be available as a wheel for the image's Python and platform; "
-            "check the package names and that the package index (or PIP_FIND_LINKS) is reachable.\n"
-            f"--- pip output (tail) ---\n{output[-2000:]}"
+            "check the package names and that the package index (or PIP_FIND_LINKS) is "
+            f"reachable.\n--- pip output (tail) ---\n{output[-2000:]}"
         )
 
 
-class InvalidOption(NbcontainerError):
-    """A container or kernelspec option has a value that cannot work."""
+# --------------------------------------------------------------- configuration
+class InvalidOption(NbcontainerError, ValueError):
+    """An option, flag or setting has a value that cannot work."""
+
+    _fields = ("option", "value", "reason")
 
     def __init__(self, option: str, value: object, reason: str) -> None:
         self.option = option
@@ -120,12 +191,37 @@ class InvalidOption(NbcontainerError):
         super().__init__(f"Invalid value for {option}: {value!r}: {reason}")
 
 
-class KernelSpecError(NbcontainerError):
+class KernelSpecError(NbcontainerError, LookupError):
     """A kernelspec cannot be installed, found or removed."""
 
 
-class KernelDied(NbcontainerError):
+class UnknownBackend(NbcontainerError, LookupError):
+    """No backend is registered (or installed as an entry point) under a name."""
+
+    _fields = ("name", "known")
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, list(known)
+        super().__init__(
+            f"No backend named {name!r}; available: {', '.join(self.known) or 'none'}."
+        )
+
+
+class UnknownRun(NbcontainerError, LookupError):
+    """No run with this id in the ledger."""
+
+    _fields = ("run_id",)
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"No run {run_id!r} in the ledger; `%remote_runs` lists them.")
+
+
+# ---------------------------------------------------------------------- kernels
+class KernelDied(NbcontainerError, RuntimeError):
     """A kernel's container exited; carries the exit code, OOM flag and log tail."""
+
+    _fields = ("container", "exit_code", "oom_killed", "log_tail")
 
     def __init__(
         self, container: str, exit_code: int | None, oom_killed: bool, log_tail: list[str]
@@ -133,51 +229,131 @@ class KernelDied(NbcontainerError):
         self.container = container
         self.exit_code = exit_code
         self.oom_killed = oom_killed
-        self.log_tail = log_tail
+        self.log_tail = list(log_tail)
         why = "OOMKilled: it exceeded its memory limit" if oom_killed else f"exit code {exit_code}"
-        tail = "\n".join(log_tail)
+        tail = "\n".join(self.log_tail)
         super().__init__(
             f"Kernel container {container} died ({why})."
             + (f"\n--- last log lines ---\n{tail}" if tail else "")
         )
 
 
-class RemoteExecutionError(NbcontainerError):
-    """A run failed where it ran; carries the reason, remote traceback, log tail and outputs."""
+# ------------------------------------------------------------------------- runs
+class RemoteExecutionError(NbcontainerError, RuntimeError):
+    """A run failed where it ran.
+
+    Fields: `run_id` and `backend` (what `%remote_logs` needs), `exit_code`, `reason`
+    (first line of the failure, or timed out / cancelled / OOMKilled), `remote_traceback`
+    (the traceback printed where the code ran), `log_tail`, `output_dir` (where the
+    run's outputs are kept), `image`. Its ``__cause__`` is the remote exception itself.
+    """
+
+    _fields = (
+        "image",
+        "exit_code",
+        "reason",
+        "remote_traceback",
+        "log_tail",
+        "output_dir",
+        "run_id",
+        "backend",
+    )
 
     def __init__(
         self,
         image: str,
         exit_code: int | None,
         reason: str,
-        traceback: str,
+        remote_traceback: str,
         log_tail: list[str],
         output_dir: object,
+        run_id: str | None = None,
+        backend: str | None = None,
     ) -> None:
         self.image = image
         self.exit_code = exit_code
         self.reason = reason
-        self.traceback = traceback
+        self.remote_traceback = remote_traceback
         self.log_tail = list(log_tail)
         self.output_dir = output_dir
+        self.run_id = run_id
+        self.backend = backend
+        what = f"Run {run_id}" if run_id else f"The run of {image}"
         tail = "\n".join(self.log_tail)
         super().__init__(
-            f"The run of {image} failed ({reason}); its outputs are kept in {output_dir}."
-            + (f"\n--- remote traceback ---\n{traceback.rstrip()}" if traceback else "")
-            + (f"\n--- last log lines ---\n{tail}" if tail and not traceback else "")
+            f"{what} failed ({reason}); its outputs are kept in {output_dir}."
+            + (
+                f"\n--- remote traceback ---\n{remote_traceback.rstrip()}"
+                if remote_traceback
+                else ""
+            )
+            + (f"\n--- last log lines ---\n{tail}" if tail and not remote_traceback else "")
+        )
+
+    @property
+    def traceback(self) -> str:
+        """The remote traceback (the name this field had before 0.2)."""
+        return self.remote_traceback
+
+    def _render_traceback_(self) -> list[str]:
+        """Run id, backend, exit code, where the outputs are, the log hint; then the remote
+        traceback only (the host's frames say nothing about the cell)."""
+        red, bold, off = "\x1b[31m", "\x1b[1m", "\x1b[0m"
+        who = f"{self.run_id} ({self.backend})" if self.run_id else self.image
+        code = f"exit code {self.exit_code}" if self.exit_code is not None else "no exit code"
+        lines = [
+            f"{red}{bold}Remote run {who} failed{off}: {self.reason}",
+            f"  {code} | outputs: {self.output_dir}"
+            + (f" | log: %remote_logs {self.run_id}" if self.run_id else ""),
+        ]
+        if self.remote_traceback:
+            lines += self.remote_traceback.rstrip().splitlines()
+        elif self.log_tail:
+            lines += ["--- last log lines ---", *self.log_tail]
+        return lines
+
+
+class RunTimeout(RemoteExecutionError, TimeoutError):
+    """A run exceeded its timeout (`--timeout`) and was stopped."""
+
+
+class RunCancelled(NbcontainerError):
+    """A run was cancelled (Cancel, `%remote_cancel`); its record says CANCELLED."""
+
+    _fields = ("run_id",)
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"Run {run_id} was cancelled; `%remote_result {run_id}` reads what it left."
+        )
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[33mcancelled\x1b[0m: run {self.run_id} (its record says CANCELLED)"]
+
+
+class SerializationError(NbcontainerError, TypeError):
+    """A value cannot be serialized (or read back); the message is the reason shown."""
+
+
+class SourcesTooLarge(NbcontainerError, ValueError):
+    """The local code under the working directory is over its cap."""
+
+    _fields = ("size", "cap", "biggest")
+
+    def __init__(self, size: int, cap: int, biggest: list[tuple[str, int]]) -> None:
+        self.size, self.cap, self.biggest = size, cap, list(biggest)
+        top = ", ".join(f"{p} ({s / 1e6:.1f} MB)" for p, s in self.biggest[:5])
+        super().__init__(
+            f"local code is {size / 1e6:.1f} MB, over the {cap / 1e6:.0f} MB cap; biggest: "
+            f"{top}. List what should not travel in .nbcontainerignore, or raise the cap."
         )
 
 
-class RunTimeout(NbcontainerError):
-    """A run exceeded its timeout and was stopped."""
-
-
-class SerializationError(NbcontainerError):
-    """A value cannot be serialized (or read back); the message is the reason shown to the user."""
-
-
-class UntrustedResults(NbcontainerError):
+class UntrustedResults(NbcontainerError, ValueError):
     """A run's outputs failed verification; nothing from them was loaded."""
+
+    _fields = ("run_dir", "file", "reason")
 
     def __init__(self, run_dir: str, file: str, reason: str) -> None:
         self.run_dir = run_dir
@@ -185,19 +361,16 @@ class UntrustedResults(NbcontainerError):
         self.reason = reason
         super().__init__(
             f"The outputs in {run_dir} were refused: {file}: {reason}. Nothing was loaded from "
-            "them. "
-            "Data values (DataFrames, JSON) can still be read with `%remote_result RUN "
-            "--unverified` "
-            "(pickles never); for a run made before signed results, `%config RemoteRun.trust = "
-            "'always'`."
+            "them. Data values (DataFrames, JSON) can still be read with `%remote_result RUN "
+            "--unverified` (pickles never); for a run made before signed results, "
+            "`%config RemoteRun.trust = 'always'`."
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.run_dir, self.file, self.reason))
 
-
-class UnsafeArchive(NbcontainerError):
+class UnsafeArchive(NbcontainerError, ValueError):
     """An archive from a container or a store holds what must not be unpacked."""
+
+    _fields = ("member", "reason")
 
     def __init__(self, member: str, reason: str) -> None:
         self.member = member
@@ -206,19 +379,3 @@ class UnsafeArchive(NbcontainerError):
             f"Refused to unpack {member!r}: {reason}. Nothing outside the run's directory "
             "was written."
         )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.member, self.reason))
-
-
-class UnknownBackend(NbcontainerError, LookupError):
-    """No backend is registered (or installed as an entry point) under a name."""
-
-    def __init__(self, name: str, known: list[str]) -> None:
-        self.name, self.known = name, list(known)
-        super().__init__(
-            f"No backend named {name!r}; available: {', '.join(self.known) or 'none'}."
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.known))

@@ -132,6 +132,11 @@ class Backend(ABC):
     def fetch_results(self, job: Job, dest: Path) -> None:
         """Copy the run's /opt/ml/model and /opt/ml/output into dest (model/, output/)."""
 
+    def end_reason(self, job: Job) -> str | None:
+        """Why a job ended, when the platform says more than an exit code (OOMKilled);
+        called by RunDriver once the job is over."""
+        return None
+
     def cleanup(self, job: Job) -> None:  # noqa: B027 - optional step: nothing to remove by default
         """Remove what the run left on the platform (RunDriver's `finally` calls it)."""
 
@@ -265,6 +270,8 @@ class RunDriver:
             elif phase == Phase.SUCCEEDED and self.verdict and self.verdict.startswith("refused"):
                 self.reason = f"its outputs were {self.verdict}"
                 phase = Phase.FAILED
+            elif phase == Phase.FAILED:
+                self.reason = self.reason or self.backend.end_reason(job)
         except KeyboardInterrupt:
             raise  # wait() decides: cancel (and clean up) or detach
         except Exception as exc:

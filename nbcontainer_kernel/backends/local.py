@@ -7,14 +7,10 @@ written; cancel kills and cleanup removes the container.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from pathlib import Path
 from typing import Any
-
-import docker.errors
-import requests.exceptions
 
 from .. import labels
 from ..config import max_result_bytes
@@ -28,22 +24,20 @@ __all__ = ["LocalBackend"]
 class _LogFollower:
     """Collects a container's log lines in a thread while it runs."""
 
-    def __init__(self, container: Any) -> None:
+    def __init__(self, engine: Engine, container_id: str) -> None:
         self.lines: list[str] = []
         self.done = threading.Event()
-        self._thread = threading.Thread(target=self._follow, args=(container,), daemon=True)
+        self._thread = threading.Thread(
+            target=self._follow, args=(engine, container_id), daemon=True
+        )
         self._thread.start()
 
-    def _follow(self, container: Any) -> None:
+    def _follow(self, engine: Engine, container_id: str) -> None:
         pending = b""
-        # The container may be removed under the stream (cancel, cleanup): the log ends there.
-        with contextlib.suppress(
-            docker.errors.DockerException, requests.exceptions.RequestException
-        ):
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                self.lines.extend(raw.decode("utf-8", "replace") for raw in complete)
+        for chunk in engine.follow_logs(container_id):  # ends when the container is gone
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            self.lines.extend(raw.decode("utf-8", "replace") for raw in complete)
         if pending:
             self.lines.append(pending.decode("utf-8", "replace"))
         self.done.set()
@@ -89,7 +83,7 @@ class LocalBackend(Backend):
         container = self.engine.create_container(spec.image, **kwargs)
         try:
             self.engine.start(container)
-            self._followers[container.id] = _LogFollower(container)
+            self._followers[container.id] = _LogFollower(self.engine, container.id)
             return Job(
                 self.name,
                 spec.run_id,
@@ -105,7 +99,7 @@ class LocalBackend(Backend):
         cid = job.handle["container_id"]
         container = self.engine.container(cid)
         if container is not None and cid not in self._followers:
-            self._followers[cid] = _LogFollower(container)
+            self._followers[cid] = _LogFollower(self.engine, cid)
 
     def status(self, job: Job) -> tuple[Phase, int | None]:
         info = self.engine.inspect(job.handle["container_id"])
@@ -125,9 +119,14 @@ class LocalBackend(Backend):
     def logs(self, job: Job, since: int = 0) -> list[str]:
         follower = self._followers.get(job.handle["container_id"])
         if follower is None:
-            raw = self.engine.api.logs(job.handle["container_id"], stdout=True, stderr=True)
-            return raw.decode("utf-8", "replace").splitlines()[since:]
+            return self.engine.logs_tail(job.handle["container_id"], "all")[since:]
         return follower.lines[since:]
+
+    def end_reason(self, job: Job) -> str | None:
+        info = self.engine.inspect(job.handle["container_id"]) or {}
+        if (info.get("State") or {}).get("OOMKilled"):
+            return "OOMKilled: it exceeded its memory limit (--memory)"
+        return None
 
     def cancel(self, job: Job) -> None:
         self.engine.signal(job.handle["container_id"], "SIGKILL")
@@ -137,13 +136,9 @@ class LocalBackend(Backend):
         dest.mkdir(parents=True, exist_ok=True)
         budget = max_result_bytes()
         for src in ("/opt/ml/model", "/opt/ml/output"):
-            try:
-                stream, _ = self.engine.api.get_archive(
-                    job.handle["container_id"], src, chunk_size=1 << 20
-                )
-            except docker.errors.NotFound:
-                continue
-            budget -= extract_tar(stream, dest, max_bytes=budget)
+            stream = self.engine.get_archive(job.handle["container_id"], src)
+            if stream is not None:
+                budget -= extract_tar(stream, dest, max_bytes=budget)
         logs = self.logs(job, 0)
         (dest / "logs.txt").write_text("\n".join(logs) + ("\n" if logs else ""))
 

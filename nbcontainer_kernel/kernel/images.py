@@ -24,7 +24,7 @@ from docker.models.images import Image
 from .. import labels
 from ..contract import VENV
 from ..engine import Engine, build_context
-from ..errors import EngineError, ImageNotUsable
+from ..errors import CommandNotFound, ImageNotUsable
 from ..wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
 
 __all__ = [
@@ -74,14 +74,12 @@ def probe_python(engine: Engine, image: str, python: str = "python3") -> TargetP
     probe_labels = labels.container_labels(labels.ROLE_PROBE)
     try:
         code, out = engine.run_probe(image, [python, "-c", PROBE_SNIPPET], probe_labels)
-    except EngineError as exc:
-        if "executable file not found" in exc.reason or "no such file" in exc.reason.lower():
-            raise ImageNotUsable(
-                image,
-                f"it has no `{python}` on its PATH",
-                "Use a base image with Python 3 (e.g. python:3.11-slim).",
-            ) from exc
-        raise
+    except CommandNotFound as exc:
+        raise ImageNotUsable(
+            image,
+            f"it has no `{python}` on its PATH",
+            "Use a base image with Python 3 (e.g. python:3.11-slim).",
+        ) from exc
     if code != 0:
         raise ImageNotUsable(
             image,
@@ -129,10 +127,8 @@ def inspect_kernel_image(engine: Engine, image: str, python: str = "python3") ->
         code, out = engine.run_probe(
             image, [python, "-c", _KERNEL_PROBE], labels.container_labels(labels.ROLE_PROBE)
         )
-    except EngineError as exc:
-        if "executable file not found" in exc.reason or "no such file" in exc.reason.lower():
-            raise ImageNotUsable(image, f"it has no `{python}` on its PATH", hint) from exc
-        raise
+    except CommandNotFound as exc:
+        raise ImageNotUsable(image, f"it has no `{python}` on its PATH", hint) from exc
     if code != 0:
         reason = (
             "ipykernel is not installed in it"

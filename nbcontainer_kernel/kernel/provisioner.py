@@ -20,7 +20,6 @@ import signal as signal_mod
 import stat
 from typing import Any, cast
 
-import docker.errors
 import docker.types
 import zmq
 from jupyter_client.connect import KernelConnectionInfo
@@ -29,7 +28,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from .. import config, labels, orphans
 from ..contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
 from ..engine import Engine, get_engine
-from ..errors import EngineError, ImageNotUsable, InvalidOption, KernelDied
+from ..errors import EngineError, ImageNotUsable, InvalidOption, KernelDied, PortInUse
 from .images import KernelImageFacts, inspect_kernel_image
 from .options import ContainerOptions, parse_mount, parse_user, resource_kwargs
 
@@ -201,7 +200,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         except EngineError as exc:
             engine.remove(container.id)
             self.container_id = None
-            if "port" not in exc.reason or not create_kwargs.get("ports"):
+            if not isinstance(exc, PortInUse) or not create_kwargs.get("ports"):
                 raise
             # The host ports a restart tried to keep are taken: take fresh ones.
             create_kwargs["ports"] = {p: ("127.0.0.1",) for p in create_kwargs["ports"]}

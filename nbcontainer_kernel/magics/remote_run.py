@@ -17,8 +17,8 @@ from traitlets import CaselessStrEnum, Float, Int, Unicode, default
 from ..backends.base import Hooks
 from ..backends.registry import UnknownBackend, available
 from ..config import trait_default
-from ..errors import InvalidOption, RemoteExecutionError
-from ..remote.ledger import Ledger, UnknownRun
+from ..errors import InvalidOption, RemoteExecutionError, UnknownRun
+from ..remote.ledger import Ledger
 
 __all__ = ["RemoteRun", "parse_value"]
 
@@ -302,6 +302,14 @@ class RemoteRun(Magics):
             raise UsageError("--local and --backend are exclusive")
         if args.vars and args.all_vars:
             raise UsageError("--vars and --all-vars are exclusive")
+        if args.no_wait and args.sweep:
+            raise UsageError(
+                "--no-wait does not apply to --sweep: a sweep is waited on (Cancel stops it)"
+            )
+        if args.rerun and (args.vars or args.all_vars or args.base):
+            raise UsageError(
+                "--rerun runs that run's image as it is: --vars, --all-vars and --base do not apply"
+            )
         if args.name is not None:
             from ..remote.dispatch import check_run_name
 

@@ -280,6 +280,8 @@ class RemoteRunner:
             trust=trust or self.trust,
             reason=row.get("failure"),
             run_id=run_id,
+            backend=row["backend"],
+            timed_out=(row.get("failure") or "").startswith("the run timed out"),
         )
 
     # -------------------------------------------------------------- phases
@@ -384,6 +386,7 @@ class RemoteRunner:
             trust=self.trust,
             reason=driver.reason,
             run_id=spec.run_id,
+            backend=row["backend"],
         )
         trusted = driver.verdict is None or not driver.verdict.startswith("refused")
         self.ledger.update(

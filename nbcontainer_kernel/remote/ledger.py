@@ -24,14 +24,7 @@ import platformdirs
 __all__ = ["Ledger", "default_path", "UnknownRun"]
 
 from .. import config
-from ..errors import NbcontainerError
-
-
-class UnknownRun(NbcontainerError):
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        super().__init__(f"No run {run_id!r} in the ledger; `%remote_runs` lists them.")
-
+from ..errors import UnknownRun
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

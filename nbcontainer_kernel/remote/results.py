@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RemoteExecutionError, SerializationError, UntrustedResults
+from ..errors import (
+    RemoteExecutionError,
+    RunCancelled,
+    RunTimeout,
+    SerializationError,
+    UntrustedResults,
+)
 from ..serialize import DATA_SERIALIZERS, deserialize
 from ..trust import RunOutputs
 
@@ -88,6 +94,7 @@ class RunResult:
     trust: str = "signed"
     reason: str | None = None
     run_id: str | None = None
+    backend: str | None = None
     _outputs: RunOutputs | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -189,26 +196,28 @@ class RunResult:
 
     def raise_for_status(self) -> None:
         """Raise if the run failed (RemoteExecutionError, with the remote exception as its
-        cause) or if its outputs are refused (UntrustedResults)."""
+        cause; RunTimeout after --timeout; RunCancelled when it was cancelled) or if its
+        outputs are refused (UntrustedResults)."""
         if self.succeeded:
             self.outputs.verify_all()  # a refused run must not pass as a success
             return
+        if self.cancelled:
+            raise RunCancelled(self.run_id or self.image)
         failure = self._verified_failure() or ""
-        if self.timed_out or self.cancelled:
-            reason = self.reason or ("timed out" if self.timed_out else "cancelled")
+        if self.timed_out:
+            reason = self.reason or "timed out"
         else:
-            reason = (
-                failure.split("\n", 1)[0]
-                if failure
-                else (self.reason or f"exit code {self.exit_code}")
-            )
-        err = RemoteExecutionError(
+            first = failure.split("\n", 1)[0]
+            reason = first or self.reason or f"exit code {self.exit_code}"
+        kind = RunTimeout if self.timed_out else RemoteExecutionError
+        err = kind(
             self.image,
             self.exit_code,
             reason,
             failure.partition("\n\n")[2],
             self.logs[-20:],
             self.output_dir,
+            self.run_id,
+            self.backend,
         )
-        err.run_id = self.run_id  # type: ignore[attr-defined]
         raise err from self.exception()

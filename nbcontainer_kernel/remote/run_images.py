@@ -418,7 +418,8 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
             "Remove them (or keep them under /tmp, which is never committed), or pass --base IMAGE "
             "to build the run image from a base instead of this kernel.",
         )
-    env = [e.partition("=") for e in (container.attrs["Config"].get("Env") or [])]
+    info = engine.inspect(container.id) or {}
+    env = [e.partition("=") for e in ((info.get("Config") or {}).get("Env") or [])]
     changes = [
         "ENTRYPOINT []",
         "CMD []",
@@ -446,7 +447,7 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
     say(f"dependencies: committing the kernel's container {container.name} as {tag}")
     repo, _, t = tag.partition(":")
     # No pause: the kernel is blocked in this very call, and freezing it buys nothing.
-    container.commit(repository=repo, tag=t, changes=changes, pause=False)
+    engine.commit(container.id, repo, t, changes)
     return tag, False
 
 

@@ -169,11 +169,22 @@ def write_results(
     }
 
 
+def _from_the_cell(tb: Any) -> Any:
+    """The traceback from the cell's first frame on: IPython's and the runner's own frames
+    say nothing about the user's code (all frames stay when the cell has none)."""
+    start = tb
+    while start is not None and not start.tb_frame.f_code.co_filename.startswith("<"):
+        start = start.tb_next
+    return start or tb
+
+
 def write_failure(error: BaseException, paths: Paths, context: str) -> None:
     """The failure file (reason, then traceback) and the pickled exception."""
     from ..serialize import dumps_exception
 
     paths.make()
-    tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    tb = "".join(
+        traceback.format_exception(type(error), error, _from_the_cell(error.__traceback__))
+    )
     paths.failure.write_text(f"{context}: {type(error).__name__}: {error}\n\n{tb}")
     paths.exception.write_bytes(dumps_exception(error))

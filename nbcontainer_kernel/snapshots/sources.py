@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NbcontainerError
+from ..errors import SourcesTooLarge
 
 __all__ = ["SourceTree", "collect_sources", "DEFAULT_IGNORE", "SourcesTooLarge"]
 
@@ -54,16 +54,6 @@ _CODE_SUFFIXES = {
     ".so",
     ".pth",
 }
-
-
-class SourcesTooLarge(NbcontainerError):
-    def __init__(self, size: int, cap: int, biggest: list[tuple[str, int]]) -> None:
-        self.size, self.cap, self.biggest = size, cap, biggest
-        top = ", ".join(f"{p} ({s / 1e6:.1f} MB)" for p, s in biggest[:5])
-        super().__init__(
-            f"local code is {size / 1e6:.1f} MB, over the {cap / 1e6:.0f} MB cap; biggest: {top}. "
-            f"List what should not travel in {IGNORE_FILE}, or raise the cap."
-        )
 
 
 @dataclass

@@ -14,7 +14,13 @@ import pytest
 
 from nbcontainer_kernel.backends import registry
 from nbcontainer_kernel.backends.base import Hooks, Phase
-from nbcontainer_kernel.errors import NbcontainerError, RemoteExecutionError, UntrustedResults
+from nbcontainer_kernel.errors import (
+    NbcontainerError,
+    RemoteExecutionError,
+    RunCancelled,
+    RunTimeout,
+    UntrustedResults,
+)
 from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
 from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.trust import new_key
@@ -135,9 +141,10 @@ def test_a_submit_that_fails_leaves_a_failed_row(runner, ledger, backend) -> Non
 
 def test_a_timeout_cancels_cleans_and_says_so(runner, ledger, backend) -> None:
     backend.scripts = {"*": Script(wait_for_cancel=True)}
-    with pytest.raises(RemoteExecutionError) as err:
+    with pytest.raises(RunTimeout) as err:
         runner.run(_req(name="slow", timeout=0.3), {"x": 1}, Hooks())
-    assert "timed out after 0.3 s" in str(err.value)
+    assert "timed out after 0.3 s" in str(err.value) and isinstance(err.value, TimeoutError)
+    assert err.value.run_id == "slow-1" and err.value.backend == "scripted"
     row = ledger.get("slow-1")
     assert row["status"] == "FAILED" and "timed out after 0.3 s" in row["failure"]
     assert ("cancel", "slow-1") in backend.calls and backend.cleaned("slow-1")
@@ -152,7 +159,7 @@ def test_cancel_from_another_thread_ends_the_run_cancelled(runner, ledger, backe
             )
         ]
     )
-    with pytest.raises(RemoteExecutionError, match="cancelled"):
+    with pytest.raises(RunCancelled, match="stop-1"):
         runner.run(_req(name="stop"), {"x": 1}, hooks)
     assert ledger.get("stop-1")["status"] == "CANCELLED" and backend.cleaned("stop-1")
 
