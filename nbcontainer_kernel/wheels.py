@@ -167,19 +167,19 @@ def resolve_wheels(
                 f"resolving {len(requirements)} requirement(s) for {target.describe()} from the "
                 "package index"
             )
-        online = subprocess.Popen(
+        output = []
+        with subprocess.Popen(
             base + ["--find-links", str(cache), "--progress-bar", "off", *requirements],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )
-        output = []
-        assert online.stdout is not None
-        for line in online.stdout:
-            output.append(line)
-            if on_line and line.startswith(("Collecting", "Saved", "Downloading")):
-                on_line(line.rstrip())
-        if online.wait() != 0:
+        ) as online:
+            assert online.stdout is not None
+            for line in online.stdout:
+                output.append(line)
+                if on_line and line.startswith(("Collecting", "Saved", "Downloading")):
+                    on_line(line.rstrip())
+        if online.returncode != 0:
             raise WheelResolutionError(requirements, target.describe(), "".join(output))
     elif on_line:
         on_line(f"resolved {len(requirements)} requirement(s) from the wheel cache (offline)")

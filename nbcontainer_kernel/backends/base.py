@@ -26,6 +26,7 @@ __all__ = [
     "Job",
     "Backend",
     "RunDriver",
+    "StopSignal",
     "Hooks",
     "PhaseCallback",
     "LogCallback",
@@ -145,6 +146,24 @@ class Backend(ABC):
         return image
 
 
+class StopSignal(threading.Event):
+    """Asks runs waited on in another thread to stop: what Ctrl-C is to a run waited on in
+    the main thread. Those waiting raise KeyboardInterrupt at their next poll and end as
+    an interrupt would: ``cancel()`` (the panel's Cancel, ``%remote_cancel``) always
+    cancels; ``set()`` (the kernel's interrupt) cancels or detaches as configured."""
+
+    force_cancel = False
+
+    def cancel(self) -> None:
+        self.force_cancel = True
+        self.set()
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt when a stop was asked for (called between steps)."""
+        if self.is_set():
+            raise KeyboardInterrupt
+
+
 class RunDriver:
     """Owns a run's lifecycle on a backend: phases, hooks, timeout, cancel, cleanup.
 
@@ -161,8 +180,10 @@ class RunDriver:
         on_phase_record: Callable[[str, Phase, float], None] | None = None,
         on_interrupt: str = "cancel",
         verify: Callable[[Path], str] | None = None,
+        stop: StopSignal | None = None,
     ) -> None:
         self.backend = backend
+        self.stop = stop  # a stop asked from another thread (the Cancel button, an interrupt)
         self.on_interrupt = on_interrupt  # what Ctrl-C while waiting does: "cancel" or "detach"
         self.hooks = hooks or Hooks()
         self.record = on_phase_record
@@ -199,11 +220,17 @@ class RunDriver:
         try:
             return self._wait(job, spec, dest, poll)
         except KeyboardInterrupt as interrupt:
-            if self.on_interrupt == "detach":
+            if self.detaches():
                 raise
-            self.reason = "cancelled by a kernel interrupt"
+            forced = self.stop is not None and self.stop.force_cancel
+            self.reason = "cancelled" if forced else "cancelled by a kernel interrupt"
             self.cancel_and_clean(job, interrupt)
             raise
+
+    def detaches(self) -> bool:
+        """Whether an interrupt now leaves the job running (detach) rather than cancelling it."""
+        forced = self.stop is not None and self.stop.force_cancel
+        return self.on_interrupt == "detach" and not forced
 
     def cancel_and_clean(self, job: Job, cause: BaseException | None = None) -> None:
         """Stop the job, record it CANCELLED and remove what it left (after Ctrl-C)."""
@@ -248,6 +275,8 @@ class RunDriver:
                     self.hooks.log(job.run_id, line)
                 if phase.terminal:
                     break
+                if self.stop is not None:
+                    self.stop.check()
                 if self.cancel_event.is_set() or (
                     deadline is not None and time.monotonic() > deadline
                 ):

@@ -402,8 +402,8 @@ class RemoteRun(Magics):
     @argument("--status", help="Only runs in this status (e.g. FAILED).")
     @line_magic
     def remote_runs(self, line: str) -> Any:
-        """The run ledger as a DataFrame: id, name, backend, status, params, metrics, phase "
-        "timings."""
+        """The run ledger as a DataFrame: id, name, backend, status, params, metrics,
+        phase timings."""
         args = parse_argstring(self.remote_runs, line)
         return self.runner.ledger.to_dataframe(name=args.name, status=args.status)
 
@@ -452,8 +452,8 @@ class RemoteRun(Magics):
     @argument("--out", metavar="A,B", help="Only these variables.")
     @line_magic
     def remote_attach(self, line: str) -> Any:
-        """%remote_attach RUN: pick a run up where it is (e.g. after a kernel restart) and collect "
-        "it."""
+        """%remote_attach RUN: pick a run up where it is (e.g. after a kernel restart)
+        and collect it."""
         args = parse_argstring(self.remote_attach, line)
         self._check_run(args.run)
         hooks, listener = self._listeners(self.runner.cancel)

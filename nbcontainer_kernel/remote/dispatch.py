@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec
+from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec, StopSignal
 from ..backends.registry import get_backend
-from ..errors import InvalidOption, NbcontainerError
+from ..errors import InvalidOption, NbcontainerError, RunCancelled
 from ..snapshots import names_assigned, snapshot
 from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
 from .ledger import Ledger
@@ -119,14 +119,16 @@ class RemoteRunner:
         trust: str = "signed",
         image_builder: Callable[..., RunImage] = build_run_image,
     ) -> None:
-        """`image_builder` makes a run image from a snapshot (build_run_image; tests pass a "
-        "fake)."""
+        """`image_builder` makes a run image from a snapshot (build_run_image; tests
+        pass a fake)."""
         if trust not in TRUST_MODES:
             raise InvalidOption("trust", trust, f"expected one of {', '.join(TRUST_MODES)}")
         self.image_builder = image_builder
         self.ledger = ledger or Ledger()
         self.trust = trust  # how far run outputs are believed (see nbcontainer_kernel.trust)
         self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
+        # The stop signal of each run waited on (a sweep's parent and children share one).
+        self._stops: dict[str, StopSignal] = {}
 
     # ---------------------------------------------------------------- entry
     def run(
@@ -135,9 +137,14 @@ class RemoteRunner:
         namespace: dict[str, Any],
         hooks: Hooks,
         notebook: str | None = None,
+        stop: StopSignal | None = None,
     ) -> RunResult | RunHandle | dict[str, Any]:
         """Snapshot `namespace` for `req.cell`, build (or reuse) the run image, run it on
         the request's backend, record every phase in the ledger, and bring results back.
+
+        `stop`, when this is called off the main thread, stands for Ctrl-C: setting it
+        makes the call end as an interrupt would (:class:`StopSignal`), and
+        ``cancel(run_id)`` sets it.
 
         Returns the RunResult of a run waited on (its results are already in
         `namespace`), a RunHandle for ``wait=False``, or for a sweep the combined
@@ -158,10 +165,34 @@ class RemoteRunner:
         if req.sweep:
             params[req.sweep[0]] = req.sweep[1]
         run_id = self.ledger.create(name, backend.name, params=params, notebook=notebook)
-        driver = self._driver(run_id, backend, hooks, req.interrupt)
+        stop = stop or StopSignal()
+        self._stops[run_id] = stop
+        try:
+            return self._run(req, namespace, hooks, run_id, name, backend, out_names, stop)
+        except KeyboardInterrupt:
+            if stop.force_cancel:  # Cancel, not Ctrl-C: the run ended as asked, say so briefly
+                raise RunCancelled(run_id) from None
+            raise
+        finally:
+            self._stops.pop(run_id, None)
+
+    def _run(
+        self,
+        req: RemoteRequest,
+        namespace: dict[str, Any],
+        hooks: Hooks,
+        run_id: str,
+        name: str,
+        backend: Backend,
+        out_names: list[str],
+        stop: StopSignal,
+    ) -> RunResult | RunHandle | dict[str, Any]:
+        driver = self._driver(run_id, backend, hooks, req.interrupt, stop)
         self.drivers[run_id] = driver
         try:
+            stop.check()
             image, digest = self._image_for(run_id, driver, req, namespace)
+            stop.check()
             self.ledger.update(run_id, image=image, snapshot_digest=digest)
             if backend.needs_push:
                 driver.enter(run_id, Phase.PUSH)
@@ -180,7 +211,7 @@ class RemoteRunner:
             self.drivers.pop(run_id, None)
             raise
         if req.sweep:
-            return self._sweep(run_id, name, backend, image, req, hooks, out_names)
+            return self._sweep(run_id, name, backend, image, req, hooks, out_names, stop)
         spec = self._spec(run_id, image, req, params=dict(req.params))
         job = None
         try:
@@ -195,14 +226,21 @@ class RemoteRunner:
             result = self._finish(driver, job, spec, out_names)
         except KeyboardInterrupt:
             # Wherever Ctrl-C lands once the job exists, the run is cancelled (or detached).
-            if job is not None and req.interrupt != "detach":
+            if job is not None and not driver.detaches():
                 driver.cancel_and_clean(job)
             raise
         result.raise_for_status()
         namespace.update(load_results(result.outputs, out_names))
         return result
 
-    def _driver(self, run_id: str, backend: Backend, hooks: Hooks, interrupt: str) -> RunDriver:
+    def _driver(
+        self,
+        run_id: str,
+        backend: Backend,
+        hooks: Hooks,
+        interrupt: str,
+        stop: StopSignal | None = None,
+    ) -> RunDriver:
         key = self.ledger.get(run_id).get("run_key")
         trust = self.trust
         return RunDriver(
@@ -211,6 +249,7 @@ class RemoteRunner:
             self._record,
             interrupt,
             verify=lambda dest: RunOutputs(dest, key, trust).verdict(),
+            stop=stop,
         )
 
     def attach(
@@ -253,7 +292,12 @@ class RemoteRunner:
         return result
 
     def cancel(self, run_id: str) -> None:
+        """Cancel a run (a sweep with all its children): the one waited on here stops at its
+        next poll and ends CANCELLED; one waited on elsewhere is stopped on its backend."""
         row = self.ledger.get(run_id)
+        if run_id in self._stops:
+            self._stops[run_id].cancel()
+            return
         if run_id in self.drivers:
             self.drivers[run_id].cancel_event.set()
             return
@@ -310,12 +354,14 @@ class RemoteRunner:
             skipped = [f"{v.name} ({v.skipped})" for v in snap.skipped]
             if skipped:
                 driver.hooks.log(run_id, f"[nbcontainer] not shipped: {'; '.join(skipped)}")
+            if driver.stop is not None:
+                driver.stop.check()
             driver.enter(run_id, Phase.BUILD)
             image = self.image_builder(
                 snap,
                 base=req.base,
                 allow_unpinned=req.allow_unpinned,
-                on_line=_warnings_to(driver.hooks, run_id),
+                on_line=_warnings_to(driver.hooks, run_id, driver.stop),
             )
             if image.skipped_requirements:
                 driver.hooks.log(
@@ -411,6 +457,7 @@ class RemoteRunner:
         req: RemoteRequest,
         hooks: Hooks,
         out_names: list[str],
+        stop: StopSignal,
     ) -> dict[str, Any]:
         assert req.sweep is not None
         pname, values = req.sweep
@@ -427,10 +474,13 @@ class RemoteRunner:
         parent_driver.enter(parent, Phase.RUNNING)
 
         def one(child: str, value: Any) -> RunResult:
-            driver = self._driver(child, backend, hooks, "cancel")
+            driver = self._driver(child, backend, hooks, "cancel", stop)
             self.drivers[child] = driver
-            if parent_driver.cancel_event.is_set():
-                driver.cancel_event.set()
+            self._stops[child] = stop
+            if parent_driver.cancel_event.is_set() or stop.is_set():
+                self.ledger.update(child, failure="cancelled before it started")
+                self.ledger.add_phase(child, Phase.CANCELLED.value)
+                raise KeyboardInterrupt
             spec = self._spec(child, image, req, params={**req.params, pname: value})
             job = self._submit(driver, backend, spec)
             return self._finish(driver, job, spec, out_names)
@@ -446,18 +496,26 @@ class RemoteRunner:
             with _sigint_deferred():
                 for c, v in children:
                     futures[pool.submit(one, c, v)] = c
-            for fut in concurrent.futures.as_completed(futures):
-                try:
-                    results[futures[fut]] = fut.result()
-                except Exception as exc:  # recorded in the child's row; the others go on
-                    errors[futures[fut]] = exc
+            pending = set(futures)
+            while pending:
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for fut in done:
+                    try:
+                        results[futures[fut]] = fut.result()
+                    except Exception as exc:  # recorded in the child's row; the others go on
+                        errors[futures[fut]] = exc
+                stop.check()
         except KeyboardInterrupt:
             # Ctrl-C anywhere in a sweep cancels it: queued children never start, running
             # ones are cancelled, and every row ends in a terminal phase.
-            self._cancel_sweep(parent, children, futures, pool)
+            self._cancel_sweep(parent, children, futures, pool, stop)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            for c, _ in children:
+                self._stops.pop(c, None)
         ok = not errors and all(r.succeeded for r in results.values())
         self.ledger.update(
             parent,
@@ -481,6 +539,7 @@ class RemoteRunner:
         children: list[tuple[str, Any]],
         futures: dict[concurrent.futures.Future[RunResult], str],
         pool: concurrent.futures.ThreadPoolExecutor,
+        stop: StopSignal,
     ) -> None:
         if parent in self.drivers:
             self.drivers[parent].cancel_event.set()  # a child starting now cancels itself at once
@@ -498,7 +557,8 @@ class RemoteRunner:
         # Running children see their cancel within a poll, stop, and record CANCELLED.
         concurrent.futures.wait(futures)
         pool.shutdown(wait=True, cancel_futures=True)
-        self.ledger.update(parent, failure="cancelled by a kernel interrupt")
+        why = "cancelled" if stop.force_cancel else "cancelled by a kernel interrupt"
+        self.ledger.update(parent, failure=why)
         parent_driver = self.drivers.pop(parent, None)
         if parent_driver is not None:
             parent_driver.done = True
@@ -558,10 +618,13 @@ def _sigint_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _warnings_to(hooks: Hooks, run_id: str):  # noqa: ANN202 - a line callback
-    """Build output goes nowhere, except its warnings: those reach the run's log."""
+def _warnings_to(hooks: Hooks, run_id: str, stop: StopSignal | None = None):  # noqa: ANN202
+    """Build output goes nowhere, except its warnings: those reach the run's log. A stop
+    asked for during the build ends it at its next line."""
 
     def on_line(line: str) -> None:
+        if stop is not None:
+            stop.check()
         if line.startswith("warning:"):
             hooks.log(run_id, f"[nbcontainer] {line}")
 
