@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import os
 import sys
+import threading
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -14,10 +15,10 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import CaselessStrEnum, Float, Int, Unicode, default
 
-from ..backends.base import Hooks
+from ..backends.base import Hooks, StopSignal
 from ..backends.registry import UnknownBackend, available
 from ..config import trait_default
-from ..errors import InvalidOption, RemoteExecutionError, UnknownRun
+from ..errors import InvalidOption, UnknownRun
 from ..remote.ledger import Ledger
 
 __all__ = ["RemoteRun", "parse_value"]
@@ -51,6 +52,40 @@ def _names(text: str | None) -> list[str] | None:
     if bad:
         raise UsageError(f"not a variable name: {bad[0]!r}")
     return names
+
+
+class _Prepared:
+    """A checked ``%%remote_run``: its request, listeners and stop signal, ready to run."""
+
+    def __init__(
+        self,
+        magics: RemoteRun,
+        req: Any,
+        hooks: Hooks,
+        listener: Any,
+        stop: StopSignal,
+        notebook: str | None,
+    ) -> None:
+        self.magics, self.req, self.hooks, self.listener = magics, req, hooks, listener
+        self.stop, self.notebook = stop, notebook
+
+    def execute(self) -> Any:
+        """Run it and wait (in whichever thread calls this). KeyboardInterrupt for Ctrl-C;
+        RunCancelled for Cancel."""
+        try:
+            return self.magics.runner.run(
+                self.req, self.magics._user_ns, self.hooks, notebook=self.notebook, stop=self.stop
+            )
+        except UnknownBackend as exc:
+            raise UsageError(str(exc)) from exc
+
+    def say_interrupted(self) -> None:
+        detached = self.req.interrupt == "detach" and not self.stop.force_cancel
+        print(
+            "remote run interrupted: "
+            + ("detached; %remote_attach collects it" if detached else "cancelled"),
+            file=sys.stderr,
+        )
 
 
 @magics_class
@@ -190,7 +225,7 @@ class RemoteRun(Magics):
         except InvalidOption as exc:  # a bad value in the environment or pyproject.toml
             raise UsageError(str(exc)) from None
 
-    def _listeners(self, cancel: Any) -> tuple[Hooks, Any]:
+    def _listeners(self, cancel: Any, sweep: bool = False) -> tuple[Hooks, Any]:
         mode = self._setting("progress")
         if mode == "auto":
             mode = (
@@ -205,13 +240,15 @@ class RemoteRun(Magics):
             from ..widgets.panel import RunPanel
 
             holder: dict[str, Any] = {}
+            made = threading.Lock()  # a sweep's children report from several threads
 
             def on_phase(run_id, phase, timings):
-                if "panel" not in holder:
-                    holder["panel"] = RunPanel(
-                        run_id, on_cancel=lambda: cancel(holder["panel"].run_id)
-                    )
-                    display(holder["panel"].widget)
+                with made:
+                    if "panel" not in holder:
+                        holder["panel"] = RunPanel(
+                            run_id, on_cancel=lambda: cancel(holder["panel"].run_id)
+                        )
+                        display(holder["panel"].widget)
                 holder["panel"].on_phase(run_id, phase, timings)
 
             hooks.on_phase.append(on_phase)
@@ -221,7 +258,7 @@ class RemoteRun(Magics):
             return hooks, holder
         from ..widgets.text import TextProgress
 
-        text = TextProgress(sys.stdout)
+        text = TextProgress(sys.stdout, prefix_logs=sweep)
         hooks.on_phase.append(text.on_phase)
         hooks.on_log.append(text.on_log)
         return hooks, text
@@ -295,6 +332,17 @@ class RemoteRun(Magics):
     @cell_magic
     def remote_run(self, line: str, cell: str) -> Any:
         """Run this cell in a container built from the kernel's state; bring its results back."""
+        prepared = self._prepare(line, cell)
+        try:
+            outcome = prepared.execute()
+        except KeyboardInterrupt:
+            prepared.say_interrupted()
+            raise
+        return self._show(outcome, prepared.listener)
+
+    def _prepare(self, line: str, cell: str) -> _Prepared:
+        """Parse and check the flags (UsageError when they cannot work), make the request and
+        the progress listeners. Runs where the magic is called (the kernel's main thread)."""
         from ..remote.dispatch import RemoteRequest
 
         args = parse_argstring(self.remote_run, line)
@@ -357,25 +405,9 @@ class RemoteRun(Magics):
             interrupt=self._setting("interrupt"),
             allow_unpinned=args.allow_unpinned,
         )
-        hooks, listener = self._listeners(self.runner.cancel)
-        try:
-            outcome = self.runner.run(req, self._user_ns, hooks, notebook=self._notebook())
-        except UnknownBackend as exc:
-            raise UsageError(str(exc)) from exc
-        except RemoteExecutionError:
-            raise
-        except KeyboardInterrupt:
-            print(
-                "remote run interrupted: "
-                + (
-                    "cancelled"
-                    if req.interrupt == "cancel"
-                    else "detached; %remote_attach collects it"
-                ),
-                file=sys.stderr,
-            )
-            raise
-        return self._show(outcome, listener)
+        stop = StopSignal()
+        hooks, listener = self._listeners(lambda _run_id: stop.cancel(), sweep=bool(sweep))
+        return _Prepared(self, req, hooks, listener, stop, self._notebook())
 
     def _show(self, outcome: Any, listener: Any) -> Any:
         from ..remote.dispatch import RunHandle

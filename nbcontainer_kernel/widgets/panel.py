@@ -8,6 +8,7 @@ imports ipywidgets.
 from __future__ import annotations
 
 import html
+import threading
 import time
 from collections.abc import Callable
 
@@ -66,6 +67,7 @@ class RunPanel:
         self._on_cancel = on_cancel
         self.cancel.on_click(lambda _b: self.request_cancel())
         self.max_log_lines = max_log_lines
+        self._lock = threading.RLock()
         self._log_lines: list[str] = []
         self.widget = w.VBox(
             [
@@ -78,13 +80,24 @@ class RunPanel:
         )
 
     def request_cancel(self) -> None:
-        self.cancel.disabled = True
-        self.cancel.description = "Cancelling"
+        """The Cancel button's handler (the kernel's main thread, while the run is waited on)."""
+        with self._lock:
+            self.cancel.disabled = True
+            self.cancel.description = "Cancelling"
         if self._on_cancel:
             self._on_cancel()
 
-    # listeners
+    # listeners: called from the thread that waits on a run, and from a sweep's worker
+    # threads at once; one lock keeps each update whole.
     def on_phase(self, run_id: str, phase: Phase, timings: dict[str, float]) -> None:
+        with self._lock:
+            self._on_phase(run_id, phase, timings)
+
+    def on_log(self, run_id: str, line: str) -> None:
+        with self._lock:
+            self._on_log(run_id, line)
+
+    def _on_phase(self, run_id: str, phase: Phase, timings: dict[str, float]) -> None:
         self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"
         if run_id != self.run_id:
             row = self.rows.get(run_id)
@@ -102,7 +115,7 @@ class RunPanel:
         if phase.terminal:
             self.cancel.disabled = True
 
-    def on_log(self, run_id: str, line: str) -> None:
+    def _on_log(self, run_id: str, line: str) -> None:
         self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"
         prefix = f"[{run_id}] " if run_id != self.run_id else ""
         self._log_lines.append(prefix + line)
