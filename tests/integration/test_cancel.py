@@ -31,8 +31,10 @@ def _cancel_button(kc: Any, msg_id: str, timeout: float = 180) -> str:
 
 
 def _click(kc: Any, comm_id: str) -> None:
-    msg = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"method": "custom",
-                                                                  "content": {"event": "click"}}})
+    msg = kc.session.msg(
+        "comm_msg",
+        {"comm_id": comm_id, "data": {"method": "custom", "content": {"event": "click"}}},
+    )
     kc.shell_channel.send(msg)
 
 
@@ -53,8 +55,9 @@ def _reply(kc: Any, msg_id: str, timeout: float) -> dict[str, Any]:
             return reply
 
 
-def _cancel_while_waiting(engine: Engine, make_kernelspec, ledger: Ledger, tmp_path: Path,
-                          line: str, running: list[str]) -> tuple[float, dict[str, Any]]:
+def _cancel_while_waiting(
+    engine: Engine, make_kernelspec, ledger: Ledger, tmp_path: Path, line: str, running: list[str]
+) -> tuple[float, dict[str, Any]]:
     km = KernelManager(kernel_name=make_kernelspec("nbc-cancel", docker_socket=True))
     km.start_kernel(cwd=str(tmp_path))
     kc = km.client()
@@ -74,10 +77,12 @@ def _cancel_while_waiting(engine: Engine, make_kernelspec, ledger: Ledger, tmp_p
         km.shutdown_kernel(now=True)
 
 
-def test_cancel_stops_a_running_cell_within_seconds(engine: Engine, make_kernelspec, ledger: Ledger,
-                                                    new_images, tmp_path: Path) -> None:
-    took, reply = _cancel_while_waiting(engine, make_kernelspec, ledger, tmp_path, "--name cx",
-                                        ["cx-1"])
+def test_cancel_stops_a_running_cell_within_seconds(
+    engine: Engine, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
+) -> None:
+    took, reply = _cancel_while_waiting(
+        engine, make_kernelspec, ledger, tmp_path, "--name cx", ["cx-1"]
+    )
     assert took < 5, f"the cell ended {took:.1f} s after the click"
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "RunCancelled"
     assert len(reply["content"]["traceback"]) == 1, "one short line, not a traceback"
@@ -86,14 +91,24 @@ def test_cancel_stops_a_running_cell_within_seconds(engine: Engine, make_kernels
     assert engine.containers({labels.RUN_ID: "cx-1"}) == []
 
 
-def test_cancel_stops_every_child_of_a_sweep(engine: Engine, make_kernelspec, ledger: Ledger,
-                                             new_images, tmp_path: Path) -> None:
-    took, reply = _cancel_while_waiting(engine, make_kernelspec, ledger, tmp_path,
-                                        "--name cs --sweep n=1,2,3 --max-parallel 3",
-                                        ["cs-2", "cs-3", "cs-4"])
+def test_cancel_stops_every_child_of_a_sweep(
+    engine: Engine, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
+) -> None:
+    took, reply = _cancel_while_waiting(
+        engine,
+        make_kernelspec,
+        ledger,
+        tmp_path,
+        "--name cs --sweep n=1,2,3 --max-parallel 3",
+        ["cs-2", "cs-3", "cs-4"],
+    )
     assert took < 5, f"the cell ended {took:.1f} s after the click"
     assert reply["content"]["ename"] == "RunCancelled"
     assert {r["id"]: r["status"] for r in ledger.find(name="cs")} == {
-        "cs-1": "CANCELLED", "cs-2": "CANCELLED", "cs-3": "CANCELLED", "cs-4": "CANCELLED"}
+        "cs-1": "CANCELLED",
+        "cs-2": "CANCELLED",
+        "cs-3": "CANCELLED",
+        "cs-4": "CANCELLED",
+    }
     for child in ("cs-2", "cs-3", "cs-4"):
         assert engine.containers({labels.RUN_ID: child}) == []
