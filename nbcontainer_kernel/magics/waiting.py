@@ -23,7 +23,10 @@ runs as a plain blocking call, as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["register", "waits_concurrently", "run_async"]
@@ -74,22 +77,40 @@ async def run_async(shell: Any, line: str, cell: str) -> Any:
     magics = shell.magics_manager.registry["RemoteRun"]
     prepared = magics._prepare(line, cell)  # UsageErrors here, in the cell, as before
     worker = asyncio.ensure_future(asyncio.to_thread(_execute, prepared))
-    try:
-        outcome = await asyncio.shield(worker)
-    except asyncio.CancelledError:
-        # The kernel's interrupt: stop the run as Ctrl-C would, wait for its end and cleanup.
-        prepared.stop.set()
+    with _interrupts_stop(prepared.stop):
         try:
-            await worker
-        except BaseException:  # noqa: BLE001 - its end is recorded; the interrupt is what matters
-            pass
-        prepared.say_interrupted()
-        raise KeyboardInterrupt from None
+            outcome = await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            # The cell was cancelled (ipykernel's own SIGINT handling): stop the run as Ctrl-C
+            # would, and wait for its end and cleanup.
+            prepared.stop.set()
+            outcome = await worker
     if isinstance(outcome, _Interrupted):
-        # A stop that was not a Cancel (none reaches here unless set directly): as Ctrl-C.
         prepared.say_interrupted()
         raise KeyboardInterrupt
     return magics._show(outcome, prepared.listener)
+
+
+@contextlib.contextmanager
+def _interrupts_stop(stop: Any) -> Iterator[None]:
+    """While the cell awaits, SIGINT (the kernel's interrupt) sets the run's stop signal.
+
+    ipykernel's own handler for awaiting cells only cancels the cell at the event loop's
+    next wake-up, which a long wait may not give it for minutes; the loop's own signal
+    handling wakes it at once.
+    """
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no Unix loop
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Interrupted:
