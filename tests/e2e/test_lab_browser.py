@@ -4,6 +4,7 @@ code runs in the container, and %%remote_run's progress panel renders and finish
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,22 @@ from playwright.sync_api import sync_playwright
 
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.remote.ledger import Ledger
 from tests.lab import Lab
+
+SLOW = "import time\nfor i in range(60):\n    print('tick', i, flush=True)\n    time.sleep(1)"
+
+
+def _wait_running(ledger: Ledger, run_ids: list[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        statuses = {r["id"]: r["status"] for r in ledger.find()}
+        if all(statuses.get(r) == "RUNNING" for r in run_ids):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not all running: {statuses}")
+
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -95,6 +111,36 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                 page.locator(".jp-OutputArea-output", has_text="y is 42").first.wait_for(
                     timeout=60_000
                 )
+
+                # Cancel while the cell waits: a single run, then a 3-child sweep.
+                ledger = Ledger(tmp_path / "ledger" / "runs.db")
+                for index, flags, runs in (
+                    (3, "--name slow", ["slow-1"]),
+                    (4, "--name sw --sweep n=1,2,3 --max-parallel 3", ["sw-2", "sw-3", "sw-4"]),
+                ):
+                    _run_cell(page, f"%%remote_run --local {flags}\n{SLOW}", index)
+                    _wait_running(ledger, runs)
+                    time.sleep(5)
+                    cell = page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").nth(
+                        index
+                    )
+                    clicked = time.monotonic()
+                    cell.locator("button", has_text="Cancel").first.click()
+                    name = runs[0].rsplit("-", 1)[0]
+                    cell.locator(
+                        ".jp-OutputArea-output", has_text=f"cancelled: run {name}-1"
+                    ).first.wait_for(timeout=30_000)
+                    took = time.monotonic() - clicked
+                    assert took < 5, f"the cell ended {took:.1f} s after the click"
+                    cell.locator(
+                        ".widget-html", has_text=re.compile(f"{name}-1.*CANCELLED")
+                    ).first.wait_for(timeout=5_000)
+                    rows = {r["id"]: r["status"] for r in ledger.find(name=name)}
+                    assert set(rows.values()) == {"CANCELLED"} and len(rows) == len(runs) + (
+                        1 if len(runs) > 1 else 0
+                    ), rows
+                    for run_id in runs:
+                        assert engine.containers({labels.RUN_ID: run_id}) == []
             finally:
                 browser.close()
     finally:
