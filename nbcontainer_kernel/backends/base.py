@@ -153,6 +153,9 @@ class StopSignal(threading.Event):
     cancels; ``set()`` (the kernel's interrupt) cancels or detaches as configured."""
 
     force_cancel = False
+    #: Called by check() on the main thread: lets a kernel that delivers widget messages
+    #: only between cells handle a Cancel click while the main thread waits.
+    pump: Callable[[], None] | None = None
 
     def cancel(self) -> None:
         self.force_cancel = True
@@ -160,6 +163,8 @@ class StopSignal(threading.Event):
 
     def check(self) -> None:
         """Raise KeyboardInterrupt when a stop was asked for (called between steps)."""
+        if self.pump is not None and threading.current_thread() is threading.main_thread():
+            self.pump()
         if self.is_set():
             raise KeyboardInterrupt
 

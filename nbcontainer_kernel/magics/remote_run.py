@@ -332,9 +332,13 @@ class RemoteRun(Magics):
     @cell_magic
     def remote_run(self, line: str, cell: str) -> Any:
         """Run this cell in a container built from the kernel's state; bring its results back."""
+        from .waiting import pumping
+
         prepared = self._prepare(line, cell)
         try:
-            outcome = prepared.execute()
+            with pumping(self.shell) as pump:
+                prepared.stop.pump = pump
+                outcome = prepared.execute()
         except KeyboardInterrupt:
             prepared.say_interrupted()
             raise

@@ -16,8 +16,11 @@ SIGINT into a CancelledError); the worker is then stopped the way Ctrl-C stops a
 waited on in the main thread (cancelled, or detached with ``RemoteRun.interrupt =
 'detach'``), and the cell ends with KeyboardInterrupt as before.
 
-Anywhere else (terminal IPython, older kernels, a call of ``run_cell_magic``) the magic
-runs as a plain blocking call, as before.
+In ipykernel 6 (and 5), which deliver shell messages only between cells, the magic
+blocks as before but pumps the kernel's pending messages at every poll while it waits
+(jupyter-ui-poll, which holds back execute requests and replays them after the cell):
+the click is handled within a poll there too. Anywhere else (terminal IPython, a kernel
+that has neither) the magic blocks as before and Cancel takes effect after the cell.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ import asyncio
 import contextlib
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["register", "waits_concurrently", "run_async"]
+__all__ = ["register", "waits_concurrently", "run_async", "pumping"]
 
 _CELL = re.compile(r"^%%remote_run(?:[ \t]+(?P<line>[^\n]*))?[ \t]*$")
 _MIN_IPYKERNEL = (7, 4)
@@ -45,6 +48,23 @@ def waits_concurrently(shell: Any) -> bool:
     except ImportError:  # pragma: no cover - a kernel object without ipykernel
         return False
     return tuple(getattr(ipykernel, "version_info", (0,))[:2]) >= _MIN_IPYKERNEL
+
+
+@contextlib.contextmanager
+def pumping(shell: Any) -> Iterator[Callable[[], None] | None]:
+    """A function that handles the kernel's pending messages (widget clicks) while the main
+    thread waits, for kernels that deliver them only between cells; None elsewhere."""
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None or waits_concurrently(shell) or not hasattr(kernel, "do_one_iteration"):
+        yield None
+        return
+    try:
+        from jupyter_ui_poll import ui_events
+    except ImportError:  # pragma: no cover - a dependency; without it Cancel waits for the cell
+        yield None
+        return
+    with ui_events() as poll:
+        yield lambda: poll(10)
 
 
 def _rewrite(lines: list[str]) -> list[str]:
