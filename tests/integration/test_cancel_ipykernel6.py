@@ -43,12 +43,13 @@ def ipykernel6_python() -> Path:
     venv = Path(platformdirs.user_cache_dir("nbcontainer")) / "test-ipykernel6"
     python = venv / "bin" / "python"
     stamp = venv / "requirements.json"
-    if not (python.exists() and stamp.exists() and json.loads(stamp.read_text()) == IPYKERNEL6):
+    wanted = {"requirements": IPYKERNEL6, "package": str(ROOT)}
+    if not (python.exists() and stamp.exists() and json.loads(stamp.read_text()) == wanted):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([*pip, *IPYKERNEL6], check=True)
         subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
-        stamp.write_text(json.dumps(IPYKERNEL6))
+        stamp.write_text(json.dumps(wanted))
     return python
 
 
