@@ -42,6 +42,13 @@ __all__ = [
 #: Every environment variable the host side reads, and what it sets. (The in-container
 #: contract's variables, NBCONTAINER_PARAMS and friends, are the runner's: runner/.)
 ENVIRONMENT = {
+    "NBCONTAINER_REGISTRY": "RemoteRun.registry: host[:port]/repository run images are pushed to",
+    "NBCONTAINER_S3_PREFIX": "RemoteRun.s3_prefix: s3://bucket/prefix where remote results go",
+    "NBCONTAINER_BATCH_QUEUE": "RemoteRun.batch_queue: the AWS Batch job queue",
+    "NBCONTAINER_BATCH_JOB_ROLE": "RemoteRun.batch_job_role: the IAM role Batch jobs run as",
+    "NBCONTAINER_BATCH_RETRIES": "RemoteRun.batch_retries: attempts after a failed one",
+    "NBCONTAINER_BATCH_PLATFORM": "RemoteRun.batch_platform: EC2 or FARGATE",
+    "NBCONTAINER_BATCH_EXECUTION_ROLE": "RemoteRun.batch_execution_role: Fargate's role",
     "NBCONTAINER_BACKEND": "RemoteRun.backend: where runs go by default (local, batch, sagemaker)",
     "NBCONTAINER_MAX_PARALLEL": "RemoteRun.max_parallel: children of a sweep running at once",
     "NBCONTAINER_TIMEOUT": "RemoteRun.timeout: seconds before a run is stopped",

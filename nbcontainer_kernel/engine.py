@@ -155,6 +155,25 @@ class Engine:
                 raise
             return self.pull(ref, on_line)
 
+    def tag(self, image: str, repository: str, tag: str) -> None:
+        with translate_errors(f"tag {image} as {repository}:{tag}", image=image):
+            self.api.tag(image, repository, tag=tag)
+
+    def push(
+        self, repository: str, tag: str, auth_config: dict[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Push repository:tag, yielding the daemon's progress events as they come; an
+        error event raises EngineError with the registry's words. The login travels with
+        this request only (never into ~/.docker/config.json)."""
+        with translate_errors(f"push {repository}:{tag}"):
+            stream = self.api.push(
+                repository, tag=tag, stream=True, decode=True, auth_config=auth_config
+            )
+            for event in stream:
+                if "error" in event:
+                    raise EngineError(f"push {repository}:{tag}", str(event["error"]))
+                yield event
+
     def images(self, labels: dict[str, str] | Iterable[str]) -> list[Image]:
         with translate_errors("list images"):
             return self.client.images.list(filters={"label": _label_filters(labels)})
@@ -474,7 +493,7 @@ def extract_tar(
     reader = io.BufferedReader(_ChunkReader(chunks), buffer_size=1 << 20)
     total = 0
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
+        with tarfile.open(fileobj=reader, mode="r|*") as tar:  # plain or gzipped
             for member in tar:
                 name = member.name
                 parts = [p for p in name.split("/") if p not in ("", ".")]

@@ -39,12 +39,16 @@ __all__ = [
     "RemoteExecutionError",
     "RunTimeout",
     "RunCancelled",
+    "SweepFailed",
     "SerializationError",
     "SourcesTooLarge",
     "UntrustedResults",
     "UnsafeArchive",
     "UnknownBackend",
     "UnknownRun",
+    "RegistryError",
+    "CloudError",
+    "MissingSetting",
 ]
 
 
@@ -317,6 +321,50 @@ class RunTimeout(RemoteExecutionError, TimeoutError):
     """A run exceeded its timeout (`--timeout`) and was stopped."""
 
 
+class SweepFailed(NbcontainerError, RuntimeError):
+    """Some children of a sweep failed. `failures` maps each failed child's run id to
+    (its parameters, why); the others' results were still brought back (`kept` names
+    the variables assigned). The first failure's own error is the ``__cause__``."""
+
+    _fields = ("parent", "failures", "total", "kept")
+
+    def __init__(
+        self,
+        parent: str,
+        failures: dict[str, tuple[dict[str, object], str]],
+        total: int,
+        kept: list[str],
+    ) -> None:
+        self.parent = parent
+        self.failures = dict(failures)
+        self.total = total
+        self.kept = list(kept)
+        super().__init__("\n".join(self._lines()))
+
+    def _lines(self) -> list[str]:
+        shown = list(self.failures.items())[:10]
+        lines = [f"Sweep {self.parent}: {len(self.failures)} of {self.total} children failed:"]
+        for child, (params, why) in shown:
+            values = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            lines.append(f"  {child} ({values}): {why}")
+        if len(self.failures) > len(shown):
+            lines.append(f"  ... and {len(self.failures) - len(shown)} more (`%remote_runs`)")
+        ok = self.total - len(self.failures)
+        lines.append(
+            f"The {ok} others' results are in {', '.join(self.kept)}."
+            if self.kept and ok
+            else "No child's results came back."
+            if not ok
+            else f"The {ok} others succeeded."
+        )
+        lines.append("`%remote_logs CHILD` shows a child's log.")
+        return lines
+
+    def _render_traceback_(self) -> list[str]:
+        first, *rest = self._lines()
+        return [f"\x1b[31m\x1b[1m{first}\x1b[0m", *rest]
+
+
 class RunCancelled(NbcontainerError):
     """A run was cancelled (Cancel, `%remote_cancel`); its record says CANCELLED."""
 
@@ -378,4 +426,57 @@ class UnsafeArchive(NbcontainerError, ValueError):
         super().__init__(
             f"Refused to unpack {member!r}: {reason}. Nothing outside the run's directory "
             "was written."
+        )
+
+
+# ------------------------------------------------------------------- the cloud
+class RegistryError(NbcontainerError, ConnectionError):
+    """An image could not be pushed to (or logged in at) its registry."""
+
+    _fields = ("registry", "reason")
+
+    def __init__(self, registry: str, reason: str) -> None:
+        self.registry = registry
+        self.reason = reason
+        super().__init__(
+            f"Could not push to the registry {registry}: {reason}. Check that it answers "
+            "(`curl http://HOST:PORT/v2/`), that `RemoteRun.registry` names it as "
+            "host[:port]/repository, and for ECR that your AWS credentials may push there."
+        )
+
+
+class CloudError(NbcontainerError, RuntimeError):
+    """An AWS call failed; `service`, `operation`, `code` (AWS's error code or the failure's
+    kind) and `status_code` (HTTP, when there was an answer) say which and how."""
+
+    _fields = ("service", "operation", "code", "explanation", "status_code")
+
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        code: str,
+        explanation: str,
+        status_code: int | None = None,
+    ) -> None:
+        self.service = service
+        self.operation = operation
+        self.code = code
+        self.explanation = explanation
+        self.status_code = status_code
+        super().__init__(f"AWS {service} {operation} failed: {code}: {explanation}")
+
+
+class MissingSetting(NbcontainerError, LookupError):
+    """A backend needs a setting that has no value."""
+
+    _fields = ("setting", "env", "what")
+
+    def __init__(self, setting: str, env: str, what: str) -> None:
+        self.setting = setting
+        self.env = env
+        self.what = what
+        super().__init__(
+            f"{setting} is not set: {what}. Set it with `%config {setting} = ...`, the "
+            f"environment variable {env}, or `[tool.nbcontainer]` in pyproject.toml."
         )

@@ -87,7 +87,7 @@ class Owner:
             OWNER_HOST: self.host,
             OWNER_PID: str(self.pid),
             OWNER_STARTED: self.started,
-            OWNER_USER: _user(),
+            OWNER_USER: user(),
         }
 
     def is_local(self) -> bool:
@@ -115,7 +115,8 @@ def _start_time(pid: int) -> str:
         return ""
 
 
-def _user() -> str:
+def user() -> str:
+    """The user this process runs as (a uid when there is no passwd entry)."""
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry (e.g. an arbitrary uid in a container)

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,8 @@ class RunSpec:
     timeout: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
     detached: bool = False
+    name: str = "run"  # the run's name (job definitions and job names use it)
+    notebook: str | None = None  # the notebook the run came from (a tag where platforms take one)
 
 
 @dataclass
@@ -112,6 +114,24 @@ class Backend(ABC):
     name: str = "?"
     #: Whether the image must be pushed to a registry before submit.
     needs_push: bool = False
+    #: Whether a sweep goes to the platform in one step (:meth:`submit_sweep`: AWS Batch's
+    #: array job) rather than child by child as slots free up (the runner's thread pool).
+    one_job_per_sweep: bool = False
+
+    def configure(self, settings: Mapping[str, Any]) -> None:  # noqa: B027 - optional step
+        """Take the RemoteRun settings (registry, s3_prefix, queue names, ...); called by
+        RemoteRunner before each run. Raise MissingSetting or InvalidOption, naming the
+        setting, for what cannot work: the run is then recorded FAILED with that reason."""
+
+    def poll_interval(self, waited: float) -> float:
+        """Seconds between status polls after `waited` seconds of waiting (RunDriver asks
+        before each sleep); platforms with rate-limited APIs back off."""
+        return 0.1
+
+    def submit_sweep(self, parent: str, specs: list[RunSpec]) -> list[Job]:
+        """Submit every child of sweep `parent` in one step (one_job_per_sweep backends);
+        returns one Job per spec, in order. Called by RemoteRunner once."""
+        raise NotImplementedError(f"the {self.name} backend submits a sweep child by child")
 
     @abstractmethod
     def submit(self, spec: RunSpec) -> Job:
@@ -141,8 +161,10 @@ class Backend(ABC):
     def cleanup(self, job: Job) -> None:  # noqa: B027 - optional step: nothing to remove by default
         """Remove what the run left on the platform (RunDriver's `finally` calls it)."""
 
-    def push(self, image: str) -> str:
-        """Push the image where the backend can pull it; returns the pushed reference."""
+    def push(self, image: str, hooks: Hooks | None = None, run_id: str = "") -> str:
+        """Push the image where the backend can pull it; returns the pushed reference (by
+        digest). Called by RemoteRunner in the PUSH phase when needs_push; progress goes
+        to `hooks` as log lines of `run_id`."""
         return image
 
 
@@ -215,7 +237,7 @@ class RunDriver:
         self.hooks.phase(run_id, phase, dict(self.timings))
 
     def wait(
-        self, job: Job, spec: RunSpec, dest: Path, poll: float = 0.1
+        self, job: Job, spec: RunSpec, dest: Path, poll: float | None = None
     ) -> tuple[Phase, int | None]:
         """Follow a submitted job to its end, streaming its log; then collect its results.
 
@@ -264,8 +286,23 @@ class RunDriver:
             if cause is not None and hasattr(cause, "add_note"):
                 cause.add_note(f"({msg})")
 
-    def _wait(self, job: Job, spec: RunSpec, dest: Path, poll: float) -> tuple[Phase, int | None]:
+    def _sleep(self, seconds: float) -> None:
+        """Sleep until the next poll, in slices: a stop (and, on the main thread, a Cancel
+        click that the stop's pump delivers) or a cancel asked meanwhile cuts it short."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.stop is not None:
+                self.stop.check()
+            left = deadline - time.monotonic()
+            if left <= 0 or self.cancel_event.is_set():
+                return
+            time.sleep(min(left, 0.1))
+
+    def _wait(
+        self, job: Job, spec: RunSpec, dest: Path, poll: float | None
+    ) -> tuple[Phase, int | None]:
         seen = 0
+        started = time.monotonic()
         phase = Phase.SUBMITTED
         code = None
         deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
@@ -288,7 +325,11 @@ class RunDriver:
                     self.timed_out = not self.cancel_event.is_set()
                     self.backend.cancel(job)
                     self.cancel_event.set()
-                time.sleep(poll)
+                self._sleep(
+                    poll
+                    if poll is not None
+                    else self.backend.poll_interval(time.monotonic() - started)
+                )
             for line in self.backend.logs(job, seen):
                 self.hooks.log(job.run_id, line)
             self.enter(job.run_id, Phase.COLLECTING)

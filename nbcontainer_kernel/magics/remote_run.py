@@ -21,7 +21,7 @@ from ..config import trait_default
 from ..errors import InvalidOption, UnknownRun
 from ..remote.ledger import Ledger
 
-__all__ = ["RemoteRun", "parse_value"]
+__all__ = ["RemoteRun", "parse_sweep", "parse_value"]
 
 
 def parse_value(text: str) -> Any:
@@ -42,6 +42,55 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
             )
         out[name] = parse_value(value)
     return out
+
+
+def parse_sweep(flags: list[str] | None, sweep_file: str | None) -> list[dict[str, Any]] | None:
+    """The rows of a sweep: the grid of the --sweep flags, or the rows of --sweep-file."""
+    from ..remote.dispatch import sweep_grid
+
+    if flags and sweep_file:
+        raise UsageError("--sweep and --sweep-file are exclusive")
+    if sweep_file:
+        return _sweep_file_rows(sweep_file)
+    if not flags:
+        return None
+    axes: list[tuple[str, list[Any]]] = []
+    for flag in flags:
+        name, sep, values = flag.partition("=")
+        if not sep or not name.isidentifier() or not values:
+            raise UsageError(f"--sweep expects NAME=V1,V2,... not {flag!r}")
+        if name in dict(axes):
+            raise UsageError(f"--sweep {name} is given twice")
+        axes.append((name, [parse_value(v.strip()) for v in values.split(",")]))
+    return sweep_grid(axes)
+
+
+def _sweep_file_rows(path: str) -> list[dict[str, Any]]:
+    import csv
+    import keyword
+
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            names = reader.fieldnames or []
+            bad = [n for n in names if not n.isidentifier() or keyword.iskeyword(n)]
+            if not names or bad:
+                raise UsageError(
+                    f"--sweep-file {path}: the header must name parameters (Python identifiers)"
+                    + (f"; not {bad[0]!r}" if bad else "")
+                )
+            rows = []
+            for number, raw in enumerate(reader, start=2):
+                if None in raw or any(v is None for v in raw.values()):
+                    raise UsageError(
+                        f"--sweep-file {path}, line {number}: expected {len(names)} values"
+                    )
+                rows.append({k: parse_value(v.strip()) for k, v in raw.items()})
+    except OSError as exc:
+        raise UsageError(f"--sweep-file {path}: {exc.strerror or exc}") from None
+    if not rows:
+        raise UsageError(f"--sweep-file {path} has no rows")
+    return rows
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -154,6 +203,58 @@ class RemoteRun(Magics):
         "values only; env NBCONTAINER_TRUST).",
     ).tag(config=True, env="NBCONTAINER_TRUST")
 
+    # Remote backends (each backend takes what it needs: Backend.configure).
+    registry = Unicode(
+        None,
+        allow_none=True,
+        help="Where run images are pushed for remote backends: host[:port]/repository, e.g. "
+        "ACCOUNT.dkr.ecr.REGION.amazonaws.com/nbcontainer (env NBCONTAINER_REGISTRY).",
+    ).tag(config=True, env="NBCONTAINER_REGISTRY")
+    s3_prefix = Unicode(
+        None,
+        allow_none=True,
+        help="s3://bucket/prefix where remote runs leave their results (env "
+        "NBCONTAINER_S3_PREFIX).",
+    ).tag(config=True, env="NBCONTAINER_S3_PREFIX")
+    batch_queue = Unicode(
+        None,
+        allow_none=True,
+        help="The AWS Batch job queue of --backend batch (env NBCONTAINER_BATCH_QUEUE).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_QUEUE")
+    batch_job_role = Unicode(
+        None,
+        allow_none=True,
+        help="ARN of the IAM role Batch jobs run as: the job's credentials, never yours "
+        "(env NBCONTAINER_BATCH_JOB_ROLE).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_JOB_ROLE")
+    batch_retries = Int(
+        0,
+        min=0,
+        max=9,
+        help="Batch attempts after a failed one (env NBCONTAINER_BATCH_RETRIES).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_RETRIES")
+    batch_platform = CaselessStrEnum(
+        ["EC2", "FARGATE"],
+        default_value="EC2",
+        help="Batch compute: EC2 or FARGATE (env NBCONTAINER_BATCH_PLATFORM).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_PLATFORM")
+    batch_execution_role = Unicode(
+        None,
+        allow_none=True,
+        help="ARN of the execution role of Fargate jobs (env NBCONTAINER_BATCH_EXECUTION_ROLE).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_EXECUTION_ROLE")
+
+    #: The settings handed to backends as they are.
+    _BACKEND_SETTINGS = (
+        "registry",
+        "s3_prefix",
+        "batch_queue",
+        "batch_job_role",
+        "batch_retries",
+        "batch_platform",
+        "batch_execution_role",
+    )
+
     # Defaults: the environment variable, then [tool.nbcontainer] (config.trait_default).
     @default("backend")
     def _backend_default(self) -> str:
@@ -190,6 +291,34 @@ class RemoteRun(Magics):
     @default("base")
     def _base_default(self) -> str | None:
         return trait_default(self, "base")
+
+    @default("registry")
+    def _registry_default(self) -> str | None:
+        return trait_default(self, "registry")
+
+    @default("s3_prefix")
+    def _s3_prefix_default(self) -> str | None:
+        return trait_default(self, "s3_prefix")
+
+    @default("batch_queue")
+    def _batch_queue_default(self) -> str | None:
+        return trait_default(self, "batch_queue")
+
+    @default("batch_job_role")
+    def _batch_job_role_default(self) -> str | None:
+        return trait_default(self, "batch_job_role")
+
+    @default("batch_retries")
+    def _batch_retries_default(self) -> int:
+        return trait_default(self, "batch_retries")
+
+    @default("batch_platform")
+    def _batch_platform_default(self) -> str:
+        return trait_default(self, "batch_platform")
+
+    @default("batch_execution_role")
+    def _batch_execution_role_default(self) -> str | None:
+        return trait_default(self, "batch_execution_role")
 
     @default("ledger_path")
     def _ledger_path_default(self) -> str | None:
@@ -286,9 +415,16 @@ class RemoteRun(Magics):
     )
     @argument(
         "--sweep",
+        action="append",
         metavar="NAME=V1,V2,...",
-        help="One run per value; the results are concatenated "
-        "into one DataFrame with NAME as a column.",
+        help="One run per value; the results are concatenated into one DataFrame with NAME "
+        "as a column. Several --sweep flags make a grid (every combination).",
+    )
+    @argument(
+        "--sweep-file",
+        metavar="CSV",
+        help="One run per row of a CSV file whose header names the parameters "
+        "(values are Python literals where they parse).",
     )
     @argument("--max-parallel", type=int, help="Children of a sweep running at once.")
     @argument(
@@ -354,7 +490,7 @@ class RemoteRun(Magics):
             raise UsageError("--local and --backend are exclusive")
         if args.vars and args.all_vars:
             raise UsageError("--vars and --all-vars are exclusive")
-        if args.no_wait and args.sweep:
+        if args.no_wait and (args.sweep or args.sweep_file):
             raise UsageError(
                 "--no-wait does not apply to --sweep: a sweep is waited on (Cancel stops it)"
             )
@@ -375,12 +511,7 @@ class RemoteRun(Magics):
                 f"unknown backend {backend!r}; available: {', '.join(sorted(available()))}\n"
                 + self.remote_run.parser.format_usage().strip()
             )
-        sweep = None
-        if args.sweep:
-            name, sep, values = args.sweep.partition("=")
-            if not sep or not name.isidentifier() or not values:
-                raise UsageError(f"--sweep expects NAME=V1,V2,... not {args.sweep!r}")
-            sweep = (name, [parse_value(v.strip()) for v in values.split(",")])
+        sweep = parse_sweep(args.sweep, args.sweep_file)
         if args.rerun:
             try:
                 self.runner.ledger.get(args.rerun)
@@ -408,6 +539,7 @@ class RemoteRun(Magics):
             rerun=args.rerun,
             interrupt=self._setting("interrupt"),
             allow_unpinned=args.allow_unpinned,
+            settings={name: self._setting(name) for name in self._BACKEND_SETTINGS},
         )
         stop = StopSignal()
         hooks, listener = self._listeners(lambda _run_id: stop.cancel(), sweep=bool(sweep))

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec, StopSignal
 from ..backends.registry import get_backend
-from ..errors import InvalidOption, NbcontainerError, RunCancelled
+from ..errors import InvalidOption, NbcontainerError, RunCancelled, SweepFailed
 from ..snapshots import names_assigned, snapshot
 from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
 from .ledger import Ledger
@@ -43,7 +43,14 @@ def check_run_name(name: str) -> str:
     return name
 
 
-__all__ = ["RemoteRequest", "RemoteRunner", "RunHandle", "combine_sweep"]
+__all__ = [
+    "RemoteRequest",
+    "RemoteRunner",
+    "RunHandle",
+    "combine_sweep",
+    "sweep_grid",
+    "swept_values",
+]
 
 
 @dataclass
@@ -55,7 +62,9 @@ class RemoteRequest:
         name: the run's name (ids are NAME-1, NAME-2, ...); checked by check_run_name.
         backend: a name from the backend registry (local, batch, sagemaker, ...).
         params: NAME -> value; they override the restored variables of the same name.
-        sweep: (NAME, values): one child run per value, under one parent row.
+        sweep: one child run per row (NAME -> value), under one parent row; a grid of
+            several names is the Cartesian product (:func:`sweep_grid`). (NAME, values)
+            is accepted for one name.
         max_parallel: children of a sweep running at once.
         variables / all_vars: the names to ship (default: those the cell reads).
         out: the names to bring back (default: those the cell assigns).
@@ -66,13 +75,15 @@ class RemoteRequest:
         rerun: run that earlier run's image again (no snapshot, no build).
         interrupt: what Ctrl-C while waiting does to a single run: cancel or detach.
         allow_unpinned: take the newest version of a package whose pin has no wheel.
+        settings: the RemoteRun settings handed to the backend (registry, s3_prefix,
+            batch_queue, ...): each backend takes what it needs (Backend.configure).
     """
 
     cell: str
     name: str | None = None
     backend: str = "local"
     params: dict[str, Any] = field(default_factory=dict)
-    sweep: tuple[str, list[Any]] | None = None
+    sweep: list[dict[str, Any]] | tuple[str, list[Any]] | None = None
     max_parallel: int = 4
     variables: list[str] | None = None
     all_vars: bool = False
@@ -86,6 +97,34 @@ class RemoteRequest:
     rerun: str | None = None
     interrupt: str = "cancel"
     allow_unpinned: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sweep, tuple):
+            self.sweep = sweep_grid([self.sweep])
+
+    @property
+    def sweep_rows(self) -> list[dict[str, Any]]:
+        assert not isinstance(self.sweep, tuple)  # made rows in __post_init__
+        return list(self.sweep or [])
+
+
+def sweep_grid(axes: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Rows of the Cartesian product of several (NAME, values), the first name slowest."""
+    rows: list[dict[str, Any]] = [{}]
+    for name, values in axes:
+        rows = [{**row, name: v} for row in rows for v in values]
+    return rows
+
+
+def swept_values(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """NAME -> its distinct values in order (what a sweep's parent row records)."""
+    out: dict[str, list[Any]] = {}
+    for row in rows:
+        for k, v in row.items():
+            if v not in out.setdefault(k, []):
+                out[k].append(v)
+    return out
 
 
 @dataclass
@@ -148,8 +187,9 @@ class RemoteRunner:
 
         Returns the RunResult of a run waited on (its results are already in
         `namespace`), a RunHandle for ``wait=False``, or for a sweep the combined
-        results (name -> DataFrame with the swept parameter as a column), which the
-        caller puts in its namespace. Raises RemoteExecutionError when the run failed,
+        results (name -> DataFrame with the swept parameters as columns), also put in
+        `namespace` (those of the children that succeeded, when some failed: then
+        SweepFailed names the failed ones). Raises RemoteExecutionError when the run failed,
         UntrustedResults when its outputs are refused, and NbcontainerError subclasses
         when it could not start; the ledger row ends in a terminal phase with the reason
         in every case. `hooks` hear every phase and log line (the panel, the text twin).
@@ -163,7 +203,7 @@ class RemoteRunner:
         )
         params = dict(req.params)
         if req.sweep:
-            params[req.sweep[0]] = req.sweep[1]
+            params.update(swept_values(req.sweep_rows))
         run_id = self.ledger.create(name, backend.name, params=params, notebook=notebook)
         stop = stop or StopSignal()
         self._stops[run_id] = stop
@@ -190,13 +230,14 @@ class RemoteRunner:
         driver = self._driver(run_id, backend, hooks, req.interrupt, stop)
         self.drivers[run_id] = driver
         try:
+            backend.configure(req.settings)  # a missing setting fails here, recorded
             stop.check()
             image, digest = self._image_for(run_id, driver, req, namespace)
             stop.check()
             self.ledger.update(run_id, image=image, snapshot_digest=digest)
             if backend.needs_push:
                 driver.enter(run_id, Phase.PUSH)
-                image = backend.push(image)
+                image = backend.push(image, driver.hooks, run_id)
                 self.ledger.update(run_id, image=image)
         except BaseException as exc:
             # Nothing ran, but the record stays, saying why (an unusable base, Ctrl-C, ...).
@@ -211,7 +252,7 @@ class RemoteRunner:
             self.drivers.pop(run_id, None)
             raise
         if req.sweep:
-            return self._sweep(run_id, name, backend, image, req, hooks, out_names, stop)
+            return self._sweep(run_id, name, backend, image, req, hooks, out_names, stop, namespace)
         spec = self._spec(run_id, image, req, params=dict(req.params))
         job = None
         try:
@@ -375,17 +416,19 @@ class RemoteRunner:
 
     def _spec(self, run_id: str, image: str, req: RemoteRequest, params: dict[str, Any]) -> RunSpec:
         # The signing key reaches the run only here, at run time, in its environment.
-        key = self.ledger.get(run_id)["run_key"]
+        row = self.ledger.get(run_id)
         return RunSpec(
             run_id,
             image,
+            name=row["name"],
+            notebook=row.get("notebook"),
             params=params,
             cpus=req.cpus,
             memory=req.memory,
             gpus=req.gpus,
             timeout=req.timeout,
             detached=not req.wait,
-            env={KEY_ENV: key},
+            env={KEY_ENV: row["run_key"]},
         )
 
     def _submit(self, driver: RunDriver, backend: Backend, spec: RunSpec) -> Job:
@@ -458,34 +501,43 @@ class RemoteRunner:
         hooks: Hooks,
         out_names: list[str],
         stop: StopSignal,
+        namespace: dict[str, Any],
     ) -> dict[str, Any]:
-        assert req.sweep is not None
-        pname, values = req.sweep
-        children = []
-        for v in values:
+        rows = req.sweep_rows
+        digest = self.ledger.get(parent)["snapshot_digest"]
+        children: list[tuple[str, dict[str, Any]]] = []
+        for row in rows:
             child = self.ledger.create(
-                name, backend.name, params={**req.params, pname: v}, parent=parent
+                name, backend.name, params={**req.params, **row}, parent=parent
             )
-            self.ledger.update(
-                child, image=image, snapshot_digest=self.ledger.get(parent)["snapshot_digest"]
-            )
-            children.append((child, v))
+            self.ledger.update(child, image=image, snapshot_digest=digest)
+            children.append((child, row))
         parent_driver = self.drivers[parent]
+        drivers = {c: self._driver(c, backend, hooks, "cancel", stop) for c, _ in children}
+        jobs: dict[str, tuple[Job, RunSpec]] = {}
+        if backend.one_job_per_sweep:
+            jobs = self._submit_sweep(parent, backend, image, req, children, drivers)
         parent_driver.enter(parent, Phase.RUNNING)
 
-        def one(child: str, value: Any) -> RunResult:
-            driver = self._driver(child, backend, hooks, "cancel", stop)
+        def one(child: str, row: dict[str, Any]) -> RunResult:
+            driver = drivers[child]
             self.drivers[child] = driver
             self._stops[child] = stop
+            if child in jobs:  # submitted with the whole sweep: wait on it
+                job, spec = jobs[child]
+                return self._finish(driver, job, spec, out_names)
             if parent_driver.cancel_event.is_set() or stop.is_set():
                 self.ledger.update(child, failure="cancelled before it started")
                 self.ledger.add_phase(child, Phase.CANCELLED.value)
                 raise KeyboardInterrupt
-            spec = self._spec(child, image, req, params={**req.params, pname: value})
+            spec = self._spec(child, image, req, params={**req.params, **row})
             job = self._submit(driver, backend, spec)
             return self._finish(driver, job, spec, out_names)
 
-        parallel = max(1, req.max_parallel)
+        # Child by child, `max_parallel` run at once; a sweep the platform took in one
+        # step runs there at its pace, and these threads only collect (finished children
+        # at once, so a few threads serve thousands).
+        parallel = min(len(children), 16) if jobs else max(1, req.max_parallel)
         results: dict[str, RunResult] = {}
         errors: dict[str, BaseException] = {}
         pool = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix=f"sweep-{parent}")
@@ -494,8 +546,8 @@ class RemoteRunner:
             # A Ctrl-C inside submit() could start a worker the pool never joins, or a
             # child this loop never records: SIGINT waits until every child is queued.
             with _sigint_deferred():
-                for c, v in children:
-                    futures[pool.submit(one, c, v)] = c
+                for c, row in children:
+                    futures[pool.submit(one, c, row)] = c
             pending = set(futures)
             while pending:
                 done, pending = concurrent.futures.wait(
@@ -510,45 +562,105 @@ class RemoteRunner:
         except KeyboardInterrupt:
             # Ctrl-C anywhere in a sweep cancels it: queued children never start, running
             # ones are cancelled, and every row ends in a terminal phase.
-            self._cancel_sweep(parent, children, futures, pool, stop)
+            self._cancel_sweep(parent, children, futures, pool, stop, jobs, backend)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             for c, _ in children:
                 self._stops.pop(c, None)
-        ok = not errors and all(r.succeeded for r in results.values())
+        failures: dict[str, tuple[dict[str, Any], str]] = {}
+        first_error: BaseException | None = None
+        for c, row in children:
+            try:
+                if c in errors:
+                    raise errors[c]
+                results[c].raise_for_status()
+            except NbcontainerError as exc:
+                first_error = first_error or exc
+                why = getattr(exc, "reason", None) or str(exc).split("\n", 1)[0]
+                failures[c] = (row, str(why))
         self.ledger.update(
             parent,
-            failure=None
-            if ok
-            else f"{len(errors) + sum(not r.succeeded for r in results.values())}"
-            f" of {len(children)} children failed",
+            failure=f"{len(failures)} of {len(children)} children failed" if failures else None,
         )
         parent_driver.done = True
-        parent_driver.enter(parent, Phase.SUCCEEDED if ok else Phase.FAILED)
+        parent_driver.enter(parent, Phase.FAILED if failures else Phase.SUCCEEDED)
         self.drivers.pop(parent, None)
-        for c, _ in children:
-            if c in errors:
-                raise errors[c]
-            results[c].raise_for_status()
-        return combine_sweep(pname, [(v, results[c]) for c, v in children], out_names)
+        combined = combine_sweep(
+            [(row, results[c]) for c, row in children if c not in failures], out_names
+        )
+        namespace.update(combined)
+        if failures:
+            raise SweepFailed(parent, failures, len(children), sorted(combined)) from first_error
+        return combined
+
+    def _submit_sweep(
+        self,
+        parent: str,
+        backend: Backend,
+        image: str,
+        req: RemoteRequest,
+        children: list[tuple[str, dict[str, Any]]],
+        drivers: dict[str, RunDriver],
+    ) -> dict[str, tuple[Job, RunSpec]]:
+        """The whole sweep in one step (an array job): the children share its environment,
+        so they share the parent's signing key."""
+        key = self.ledger.get(parent)["run_key"]
+        specs = []
+        for child, row in children:
+            self.ledger.update(child, run_key=key)
+            specs.append(self._spec(child, image, req, params={**req.params, **row}))
+            drivers[child].enter(child, Phase.SUBMITTED)
+        try:
+            submitted = backend.submit_sweep(parent, specs)
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            why = (
+                "interrupted before it started"
+                if interrupted
+                else f"{type(exc).__name__} while submitting: {exc}"
+            )
+            for child, _ in children:
+                self.ledger.update(child, failure=why)
+                drivers[child].done = True
+                drivers[child].enter(child, Phase.CANCELLED if interrupted else Phase.FAILED)
+            self.ledger.update(parent, failure=why)
+            self.drivers[parent].done = True
+            self.drivers[parent].enter(parent, Phase.CANCELLED if interrupted else Phase.FAILED)
+            self.drivers.pop(parent, None)
+            raise
+        jobs = {}
+        for (child, _), spec, job in zip(children, specs, submitted, strict=True):
+            self.ledger.update(child, job=job.handle)
+            jobs[child] = (job, spec)
+        return jobs
 
     def _cancel_sweep(
         self,
         parent: str,
-        children: list[tuple[str, Any]],
+        children: list[tuple[str, dict[str, Any]]],
         futures: dict[concurrent.futures.Future[RunResult], str],
         pool: concurrent.futures.ThreadPoolExecutor,
         stop: StopSignal,
+        jobs: dict[str, tuple[Job, RunSpec]],
+        backend: Backend,
     ) -> None:
         if parent in self.drivers:
             self.drivers[parent].cancel_event.set()  # a child starting now cancels itself at once
-        submitted = set(futures.values())
+        waited = set(futures.values())
         for fut, child in futures.items():
-            if fut.cancel():  # still queued: it never starts
-                submitted.discard(child)
+            if fut.cancel():  # still queued: it never starts (or is never waited on)
+                waited.discard(child)
         for child, _ in children:
-            if child not in submitted:
+            if child in waited:
+                continue
+            if child in jobs:  # on the platform already: stop it there
+                try:
+                    backend.cancel(jobs[child][0])
+                finally:
+                    self.ledger.update(child, failure="cancelled")
+                    self.ledger.add_phase(child, Phase.CANCELLED.value)
+            else:
                 self.ledger.update(child, failure="cancelled before it started")
                 self.ledger.add_phase(child, Phase.CANCELLED.value)
         for child, _ in children:
@@ -568,16 +680,16 @@ class RemoteRunner:
 
 
 def combine_sweep(
-    pname: str, runs: list[tuple[Any, RunResult]], out_names: list[str]
+    runs: list[tuple[dict[str, Any], RunResult]], out_names: list[str]
 ) -> dict[str, Any]:
-    """One value per out name: DataFrames concatenated with the swept parameter as a
-    column; other values as a DataFrame of (parameter, value) rows."""
+    """One value per out name: DataFrames concatenated with the swept parameters as
+    columns; other values as a DataFrame of (parameters..., value) rows."""
     import pandas as pd
 
     combined: dict[str, Any] = {}
     for name in out_names:
         frames = []
-        for value, result in runs:
+        for row, result in runs:
             got = load_results(result.outputs, [name])
             if name not in got:
                 continue
@@ -585,9 +697,9 @@ def combine_sweep(
             if isinstance(v, pd.Series):
                 v = v.to_frame()
             if isinstance(v, pd.DataFrame):
-                frames.append(v.assign(**{pname: value}))
+                frames.append(v.assign(**row))
             else:
-                frames.append(pd.DataFrame({pname: [value], name: [v]}))
+                frames.append(pd.DataFrame({**{k: [x] for k, x in row.items()}, name: [v]}))
         if frames:
             combined[name] = pd.concat(
                 frames, ignore_index=not isinstance(frames[0].index, pd.DatetimeIndex)

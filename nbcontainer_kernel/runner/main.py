@@ -47,13 +47,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         for removed in prune_special_files(paths.ml):
             print(f"[nbcontainer] not kept: {removed} (only regular files travel)", file=sys.stderr)
         seal(paths.ml, key, index)
+        code = _upload(paths, code)
+    return code
+
+
+def _upload(paths: Paths, code: int) -> int:
+    """Put the sealed outputs where NBCONTAINER_OUTPUT_URI says (Batch), also after a
+    failure; a run whose outputs could not be put there fails, saying why."""
+    from .sweep import array_index
+    from .upload import URI_ENV, UploadError, upload_outputs
+
+    env = dict(os.environ)
+    index = array_index(env)
+    if (
+        env.get(URI_ENV)
+        and index is not None
+        and (env.get("NBCONTAINER_SWEEP") or env.get("NBCONTAINER_SWEEP_URI"))
+    ):
+        env[URI_ENV] = f"{env[URI_ENV].rstrip('/')}/{index}/"  # one prefix per array child
+    try:
+        where = upload_outputs(paths.ml, env)
+    except UploadError as exc:
+        print(f"[nbcontainer] outputs not uploaded: {exc}", file=sys.stderr, flush=True)
+        return code or 3
+    if where:
+        print(f"[nbcontainer] outputs uploaded to {where}", flush=True)
     return code
 
 
 def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> int:
     from ..snapshots.capture import Snapshot
     from .cell import write_failure
-    from .params import resolve_params
+    from .params import checked, resolve_params
+    from .sweep import sweep_row
+    from .upload import get_object
 
     t0 = time.monotonic()
     try:
@@ -61,6 +88,10 @@ def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> in
         params, source = resolve_params(
             [(n, v) for n, v in param_args], os.environ, paths.hyperparameters
         )
+        row = sweep_row(os.environ, lambda uri: get_object(uri, os.environ))
+        if row is not None:  # one child of a sweep submitted as one array job
+            params = {**params, **checked(row[1], f"row {row[0]} of the sweep")}
+            source = f"{source} and row {row[0]} of the sweep"
     except Exception as exc:  # a broken image or bad parameters: still leave the failure file
         write_failure(exc, paths, context="the run could not start")
         print(f"[nbcontainer] cannot start: {exc}", file=sys.stderr, flush=True)

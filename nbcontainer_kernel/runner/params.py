@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["decode", "resolve_params"]
+__all__ = ["checked", "decode", "resolve_params"]
 
 
 def decode(value: Any) -> Any:
@@ -23,7 +23,7 @@ def decode(value: Any) -> Any:
         return value
 
 
-def _checked(params: dict[str, Any], source: str) -> dict[str, Any]:
+def checked(params: dict[str, Any], source: str) -> dict[str, Any]:
     # Names become variables (and, in notebook mode, code in the injected cell).
     bad = [
         k
@@ -42,17 +42,17 @@ def resolve_params(
 ) -> tuple[dict[str, Any], str]:
     """(parameters, where they came from). Names that are not identifiers are refused."""
     if pairs:
-        return _checked({name: decode(value) for name, value in pairs}, "arguments"), "arguments"
+        return checked({name: decode(value) for name, value in pairs}, "arguments"), "arguments"
     if env.get("NBCONTAINER_PARAMS"):
         data = json.loads(env["NBCONTAINER_PARAMS"])
         if not isinstance(data, dict):
             raise ValueError("NBCONTAINER_PARAMS must be a JSON object")
-        return _checked(data, "NBCONTAINER_PARAMS"), "NBCONTAINER_PARAMS"
+        return checked(data, "NBCONTAINER_PARAMS"), "NBCONTAINER_PARAMS"
     if hyperparameters.is_file():
         data = json.loads(hyperparameters.read_text())
         if not isinstance(data, dict):
             raise ValueError(f"{hyperparameters} must hold a JSON object")
-        return _checked({k: decode(v) for k, v in data.items()}, str(hyperparameters)), str(
+        return checked({k: decode(v) for k, v in data.items()}, str(hyperparameters)), str(
             hyperparameters
         )
     return {}, "none"

@@ -59,6 +59,16 @@ EXAMPLES: list[tuple[NbcontainerError, type[BaseException] | None]] = [
     (errors.UnsafeArchive("../x", "its path leaves the destination"), ValueError),
     (errors.UnknownBackend("nowhere", ["local", "batch"]), LookupError),
     (errors.UnknownRun("nope-1"), LookupError),
+    (
+        errors.SweepFailed("sw-1", {"sw-3": ({"lr": 0.1}, "exit code 1")}, 4, ["scores"]),
+        RuntimeError,
+    ),
+    (errors.RegistryError("127.0.0.1:5000/runs", "connection refused"), ConnectionError),
+    (errors.CloudError("batch", "SubmitJob", "ClientException", "no queue q", 400), RuntimeError),
+    (
+        errors.MissingSetting("RemoteRun.batch_queue", "NBCONTAINER_BATCH_QUEUE", "the queue"),
+        LookupError,
+    ),
 ]
 
 

@@ -19,6 +19,7 @@ from nbcontainer_kernel.errors import (
     RemoteExecutionError,
     RunCancelled,
     RunTimeout,
+    SweepFailed,
     UntrustedResults,
 )
 from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
@@ -205,8 +206,15 @@ def test_a_sweep_with_a_failing_child_keeps_the_others(runner, ledger, backend) 
         return Script(outputs=sealed_outputs({"y": spec.params["x"] * 10}))
 
     backend.scripts = script
-    with pytest.raises(RemoteExecutionError, match="ValueError: two"):
-        runner.run(_req(name="part", sweep=("x", [1, 2, 3])), {"x": 0}, Hooks())
+    ns: dict = {"x": 0}
+    with pytest.raises(
+        SweepFailed, match=r"part-3 \(x=2\): the cell raised: ValueError: two"
+    ) as err:
+        runner.run(_req(name="part", sweep=("x", [1, 2, 3])), ns, Hooks())
+    assert err.value.failures == {"part-3": ({"x": 2}, "the cell raised: ValueError: two")}
+    assert isinstance(err.value.__cause__, RemoteExecutionError)
+    # The children that succeeded are not lost: their rows are in the namespace.
+    assert ns["y"].to_dict("list") == {"x": [1, 3], "y": [10, 30]}
     status = {r["id"]: r["status"] for r in ledger.find(name="part")}
     assert status == {
         "part-1": "FAILED",

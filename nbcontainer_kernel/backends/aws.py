@@ -1,0 +1,115 @@
+"""AWS clients for the remote backends: boto3 imported only when one is used.
+
+Credentials come from boto3's standard chain (environment, profile, SSO, the
+instance's role); ``AWS_ENDPOINT_URL`` points every client at another endpoint
+(the test bed's moto). Retries are botocore's ``standard`` mode: exponential
+backoff with jitter, and only on throttling (429), transient 5xx answers and
+connection errors; a 4xx that is the caller's fault fails at once.
+:func:`aws_errors` turns botocore's exceptions into :class:`CloudError` with
+what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import CloudError, NbcontainerError
+
+__all__ = ["aws_errors", "client", "region", "s3_endpoint", "split_s3_uri"]
+
+_RETRIES = {"mode": "standard", "max_attempts": 8}
+
+
+@functools.cache
+def _session() -> Any:
+    try:
+        import boto3
+    except ImportError as exc:  # the aws extra is not installed
+        raise NbcontainerError(
+            "The AWS backends need boto3: pip install 'nbcontainer-kernel[aws]'"
+        ) from exc
+    return boto3.session.Session()
+
+
+def client(service: str) -> Any:
+    """A boto3 client with standard retries (one per call site; they are cheap)."""
+    from botocore.config import Config
+
+    return _session().client(
+        service,
+        config=Config(retries=_RETRIES, user_agent_extra="nbcontainer-kernel"),  # type: ignore[arg-type]
+    )
+
+
+def region() -> str:
+    name = _session().region_name
+    if not name:
+        raise CloudError(
+            "configuration",
+            "region",
+            "NoRegion",
+            "no AWS region is configured: set AWS_DEFAULT_REGION or `aws configure set region`",
+        )
+    return str(name)
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint when it is not AWS's own (an S3-compatible store, the test bed)."""
+    url = str(client("s3").meta.endpoint_url)
+    return None if url.endswith(".amazonaws.com") or ".amazonaws.com." in url else url
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket/prefix -> (bucket, prefix without slashes at either end)."""
+    from ..runner.upload import UploadError
+    from ..runner.upload import split_s3_uri as split
+
+    try:
+        bucket, prefix = split(uri)
+    except UploadError as exc:
+        raise CloudError("s3", "parse", "InvalidURI", str(exc)) from None
+    return bucket, prefix.strip("/")
+
+
+@contextlib.contextmanager
+def aws_errors(service: str, operation: str) -> Iterator[None]:
+    """Translate botocore's exceptions raised inside the block into CloudError."""
+    import botocore.exceptions as bce
+
+    try:
+        yield
+    except bce.NoCredentialsError as exc:
+        raise CloudError(
+            service,
+            operation,
+            "NoCredentials",
+            "no AWS credentials were found. Set AWS_PROFILE (after `aws sso login` or "
+            "`aws configure`), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ) from exc
+    except bce.NoRegionError as exc:
+        raise CloudError(
+            service,
+            operation,
+            "NoRegion",
+            "no AWS region is configured: set AWS_DEFAULT_REGION or `aws configure set region`",
+        ) from exc
+    except (bce.EndpointConnectionError, bce.ConnectTimeoutError) as exc:
+        raise CloudError(
+            service,
+            operation,
+            "Unreachable",
+            f"{exc}. Check the network, a proxy, or AWS_ENDPOINT_URL",
+        ) from exc
+    except bce.ClientError as exc:
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(err.get("Code") or "ClientError")
+        message = str(err.get("Message") or exc)
+        if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
+            message += " (the README's AWS section lists the permissions needed)"
+        raise CloudError(service, operation, code, message, status) from exc
+    except bce.BotoCoreError as exc:
+        raise CloudError(service, operation, type(exc).__name__, str(exc)) from exc

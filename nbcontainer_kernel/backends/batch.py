@@ -1,0 +1,505 @@
+"""The AWS Batch backend: the run image, pushed by digest, runs as a Batch job; a sweep
+is ONE array job; logs come from CloudWatch Logs; results come back from S3.
+
+Settings (RemoteRun traits, handed over by :meth:`BatchBackend.configure`):
+``batch_queue`` (required), ``batch_job_role`` (the job's IAM role: the container's
+credentials come from it, never from the user's keys; required), ``s3_prefix``
+(``s3://bucket/prefix``, where outputs go; required), ``registry`` (required),
+``batch_retries``, ``batch_platform`` (EC2 or FARGATE) and ``batch_execution_role``
+(Fargate's). Nothing outside backends/ knows any of this.
+
+API use, for sweeps of up to Batch's 10,000 children: one ``submit_job`` per run or
+per sweep; job status through one shared view refreshed at most once per poll
+interval: ``describe_jobs`` for up to 100 plain jobs per call and
+``list_jobs(arrayJobId=...)`` (pages of up to 1,000) for all children of an array;
+never one call per child per poll. Polling starts at 1 s and backs off to 10 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import labels
+from ..config import max_result_bytes
+from ..engine import extract_tar, get_engine
+from ..errors import InvalidOption, MissingSetting
+from ..kernel.options import parse_bytes
+from ..runner.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
+from ..runner.upload import OUTPUTS_OBJECT, URI_ENV
+from .aws import aws_errors, client, region, s3_endpoint, split_s3_uri
+from .base import Backend, Hooks, Job, Phase, RunSpec
+from .push import parse_registry, push_image
+
+__all__ = ["BatchBackend", "batch_phase", "job_definition_name"]
+
+log = logging.getLogger(__name__)
+
+#: Batch's job states onto the one status model.
+_PHASES = {
+    "SUBMITTED": Phase.QUEUED,
+    "PENDING": Phase.QUEUED,
+    "RUNNABLE": Phase.QUEUED,
+    "STARTING": Phase.STARTING,
+    "RUNNING": Phase.RUNNING,
+    "SUCCEEDED": Phase.SUCCEEDED,
+    "FAILED": Phase.FAILED,
+}
+_BEFORE_RUNNING = ("SUBMITTED", "PENDING", "RUNNABLE")
+#: Environment values above this travel as an S3 object (Batch caps a request's size).
+MAX_INLINE_SWEEP = 6000
+#: Array children whose logs are followed while they run; larger sweeps read each
+#: child's log once, when it ends (the panel cannot show 10,000 logs anyway).
+LIVE_LOG_CHILDREN = 10
+DEFAULT_MEMORY_MIB = 2048
+
+
+def batch_phase(status: str) -> Phase:
+    """A Batch job status as a Phase (unknown states wait as QUEUED)."""
+    return _PHASES.get(status, Phase.QUEUED)
+
+
+def job_definition_name(run_name: str) -> str:
+    """``nbcontainer-<name>``: letters, digits, '-' and '_', at most 128 characters."""
+    return ("nbcontainer-" + re.sub(r"[^A-Za-z0-9_-]+", "-", run_name))[:128]
+
+
+def _tag_value(text: str) -> str:
+    # Batch (and AWS tagging) allow letters, digits, spaces and _ . : / = + - @ (256 max).
+    return re.sub(r"[^\w .:/=+\-@]", "_", text)[:256]
+
+
+class _JobView:
+    """The last known description of every job this process waits on, refreshed at most
+    once per `every` seconds, in as few calls as the API allows."""
+
+    def __init__(self, backend: BatchBackend) -> None:
+        self.backend = backend
+        self.every = 1.0
+        self.lock = threading.Lock()
+        self.jobs: dict[str, dict[str, Any]] = {}  # job id -> summary or description
+        self.plain: set[str] = set()  # plain jobs waited on (described 100 per call)
+        self.arrays: set[str] = set()  # array jobs whose children are waited on
+        self.fetched = 0.0
+        self.calls = 0  # API calls made (the benchmark counts them)
+
+    def watch(self, job: Job) -> None:
+        with self.lock:
+            if job.handle.get("array_job_id"):
+                self.arrays.add(job.handle["array_job_id"])
+            else:
+                self.plain.add(job.handle["job_id"])
+
+    def get(self, job: Job) -> dict[str, Any]:
+        self.watch(job)
+        with self.lock:
+            if (
+                time.monotonic() - self.fetched >= self.every
+                or job.handle["job_id"] not in self.jobs
+            ):
+                self._refresh()
+            return self.jobs.get(job.handle["job_id"], {})
+
+    def forget(self, job: Job) -> None:
+        with self.lock:
+            self.plain.discard(job.handle["job_id"])
+
+    def _refresh(self) -> None:
+        batch = self.backend.batch
+        done = {"SUCCEEDED", "FAILED"}
+        ids = sorted(i for i in self.plain if self.jobs.get(i, {}).get("status") not in done)
+        for start in range(0, len(ids), 100):
+            with aws_errors("batch", "DescribeJobs"):
+                found = batch.describe_jobs(jobs=ids[start : start + 100])["jobs"]
+            self.calls += 1
+            for desc in found:
+                self.jobs[desc["jobId"]] = desc
+        for array_id in sorted(self.arrays):
+            children = [j for j in self.jobs if j.startswith(array_id + ":")]
+            if children and all(self.jobs[j].get("status") in done for j in children):
+                continue
+            token = None
+            while True:
+                kwargs: dict[str, Any] = {"arrayJobId": array_id, "maxResults": 1000}
+                if token:
+                    kwargs["nextToken"] = token
+                with aws_errors("batch", "ListJobs"):
+                    page = batch.list_jobs(**kwargs)
+                self.calls += 1
+                for summary in page.get("jobSummaryList", []):
+                    known = self.jobs.get(summary["jobId"], {})
+                    self.jobs[summary["jobId"]] = {**known, **summary}
+                token = page.get("nextToken")
+                if not token:
+                    break
+        self.fetched = time.monotonic()
+
+
+class _LogStream:
+    """One job's CloudWatch log, read forward with nextForwardToken."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.token: str | None = None
+        self.lines: list[str] = []
+        self.read_at = 0.0
+        self.finished = False
+
+
+class BatchBackend(Backend):
+    name = "batch"
+    needs_push = True
+    one_job_per_sweep = True
+
+    def __init__(self) -> None:
+        self.settings: dict[str, Any] = {}
+        self.view = _JobView(self)
+        self._logs: dict[str, _LogStream] = {}
+        self._terminated_arrays: set[str] = set()
+        self._clients: dict[str, Any] = {}
+        self.on_push: Any = None
+
+    # ---------------------------------------------------------------- settings
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Check the settings a Batch run needs (called by RemoteRunner before a run)."""
+        needed = {
+            "batch_queue": ("NBCONTAINER_BATCH_QUEUE", "the AWS Batch job queue runs go to"),
+            "batch_job_role": (
+                "NBCONTAINER_BATCH_JOB_ROLE",
+                "the IAM role a job runs as (its credentials write the results to S3)",
+            ),
+            "s3_prefix": ("NBCONTAINER_S3_PREFIX", "the s3://bucket/prefix where results go"),
+            "registry": ("NBCONTAINER_REGISTRY", "the registry run images are pushed to"),
+        }
+        for name, (env, what) in needed.items():
+            if not settings.get(name):
+                raise MissingSetting(f"RemoteRun.{name}", env, what)
+        platform = str(settings.get("batch_platform") or "EC2").upper()
+        if platform not in ("EC2", "FARGATE"):
+            raise InvalidOption("RemoteRun.batch_platform", platform, "expected EC2 or FARGATE")
+        if platform == "FARGATE" and not settings.get("batch_execution_role"):
+            raise MissingSetting(
+                "RemoteRun.batch_execution_role",
+                "NBCONTAINER_BATCH_EXECUTION_ROLE",
+                "Fargate jobs need an execution role (to pull the image and write logs)",
+            )
+        split_s3_uri(str(settings["s3_prefix"]))
+        parse_registry(str(settings["registry"]))
+        self.settings = {**settings, "batch_platform": platform}
+
+    @property
+    def batch(self) -> Any:
+        if "batch" not in self._clients:
+            self._clients["batch"] = client("batch")
+        return self._clients["batch"]
+
+    def _client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = client(service)
+        return self._clients[service]
+
+    def poll_interval(self, waited: float) -> float:
+        # Batch's APIs are rate-limited: 1 s while a run starts, backing off to 10 s.
+        return min(10.0, 1.0 + waited / 30.0)
+
+    # -------------------------------------------------------------------- push
+    def push(self, image: str, hooks: Hooks | None = None, run_id: str = "") -> str:
+        registry = parse_registry(str(self.settings["registry"]))
+
+        def report(progress: Any) -> None:
+            if hooks is not None:
+                hooks.log(run_id, f"[nbcontainer] {progress.line()}")
+
+        ref, progress = push_image(get_engine(), image, registry, report)
+        self.last_push = progress
+        return ref
+
+    # ---------------------------------------------------------- job definition
+    def _shape(self, spec: RunSpec) -> dict[str, Any]:
+        """What a job definition fixes: image, resources, roles, platform, retries."""
+        if spec.gpus and not str(spec.gpus).isdigit():
+            raise InvalidOption("--gpus", spec.gpus, "on Batch, --gpus is a number of GPUs")
+        memory = (
+            max(1, parse_bytes("--memory", spec.memory) // (1024 * 1024))
+            if spec.memory
+            else DEFAULT_MEMORY_MIB
+        )
+        requirements = [
+            {"type": "VCPU", "value": f"{spec.cpus:g}" if spec.cpus else "1"},
+            {"type": "MEMORY", "value": str(memory)},
+        ]
+        if spec.gpus:
+            requirements.append({"type": "GPU", "value": str(int(spec.gpus))})
+        container: dict[str, Any] = {
+            "image": spec.image,
+            "resourceRequirements": requirements,
+            "jobRoleArn": self.settings["batch_job_role"],
+        }
+        if self.settings["batch_platform"] == "FARGATE":
+            container["executionRoleArn"] = self.settings["batch_execution_role"]
+            container["networkConfiguration"] = {"assignPublicIp": "ENABLED"}
+        shape: dict[str, Any] = {"containerProperties": container}
+        retries = int(self.settings.get("batch_retries") or 0)
+        if retries:
+            shape["retryStrategy"] = {"attempts": min(10, retries + 1)}
+        shape["platformCapabilities"] = [self.settings["batch_platform"]]
+        return shape
+
+    def job_definition(self, spec: RunSpec) -> str:
+        """The ARN of an active job definition of this shape, registered when none is."""
+        shape = self._shape(spec)
+        digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+        name = job_definition_name(spec.name)
+        token = None
+        while True:
+            kwargs: dict[str, Any] = {"jobDefinitionName": name, "status": "ACTIVE"}
+            if token:
+                kwargs["nextToken"] = token
+            with aws_errors("batch", "DescribeJobDefinitions"):
+                page = self.batch.describe_job_definitions(**kwargs)
+            for jd in page.get("jobDefinitions", []):
+                if (jd.get("parameters") or {}).get("nbcontainerShape") == digest:
+                    return str(jd["jobDefinitionArn"])
+            token = page.get("nextToken")
+            if not token:
+                break
+        with aws_errors("batch", "RegisterJobDefinition"):
+            made = self.batch.register_job_definition(
+                jobDefinitionName=name,
+                type="container",
+                parameters={"nbcontainerShape": digest},
+                propagateTags=True,
+                tags={labels.ROLE: labels.ROLE_RUN, labels.OWNER_USER: _tag_value(labels.user())},
+                **shape,
+            )
+        return str(made["jobDefinitionArn"])
+
+    # ------------------------------------------------------------------ submit
+    def _output_uri(self, run_id: str) -> str:
+        bucket, prefix = split_s3_uri(str(self.settings["s3_prefix"]))
+        return f"s3://{bucket}/{prefix + '/' if prefix else ''}{run_id}/"
+
+    def _environment(self, spec: RunSpec, output_uri: str) -> dict[str, str]:
+        env = {**spec.env, URI_ENV: output_uri, "AWS_DEFAULT_REGION": region()}
+        endpoint = s3_endpoint()
+        if endpoint:  # an S3-compatible store: the runner must write there too
+            env["AWS_ENDPOINT_URL_S3"] = endpoint
+        return env
+
+    def _submit(
+        self, spec: RunSpec, env: dict[str, str], array_size: int | None, run_id: str
+    ) -> str:
+        overrides: dict[str, Any] = {
+            "environment": [{"name": k, "value": v} for k, v in sorted(env.items())]
+        }
+        if spec.command:
+            overrides["command"] = list(spec.command)
+        kwargs: dict[str, Any] = {
+            "jobName": job_definition_name(run_id)[:128],
+            "jobQueue": self.settings["batch_queue"],
+            "jobDefinition": self.job_definition(spec),
+            "containerOverrides": overrides,
+            "propagateTags": True,
+            "tags": {
+                labels.RUN_ID: _tag_value(run_id),
+                labels.OWNER_USER: _tag_value(labels.user()),
+                **({"io.nbcontainer.notebook": _tag_value(spec.notebook)} if spec.notebook else {}),
+            },
+        }
+        if array_size is not None and array_size > 1:
+            kwargs["arrayProperties"] = {"size": array_size}
+        if spec.timeout:
+            # Batch's floor is 60 s; RunDriver stops a run at its exact --timeout itself.
+            kwargs["timeout"] = {"attemptDurationSeconds": max(60, math.ceil(spec.timeout))}
+        with aws_errors("batch", "SubmitJob"):
+            return str(self.batch.submit_job(**kwargs)["jobId"])
+
+    def submit(self, spec: RunSpec) -> Job:
+        uri = self._output_uri(spec.run_id)
+        env = self._environment(spec, uri)
+        if spec.params:
+            env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
+        job_id = self._submit(spec, env, None, spec.run_id)
+        job = Job(self.name, spec.run_id, {"job_id": job_id, "output_uri": uri})
+        self.view.watch(job)
+        return job
+
+    def submit_sweep(self, parent: str, specs: list[RunSpec]) -> list[Job]:
+        """A whole sweep as ONE array job (a plain job for one child). Every child gets the
+        same environment (hence one signing key); each finds its row of NBCONTAINER_SWEEP by
+        its array index and writes its outputs under ``<prefix>/<parent>/<index>/``."""
+        first = specs[0]
+        if len({s.env.get("NBCONTAINER_RUN_KEY") for s in specs}) != 1:
+            raise ValueError("an array job's children share one environment: one signing key")
+        uri = self._output_uri(parent)
+        env = self._environment(first, uri)
+        table = json.dumps([s.params for s in specs], default=str)
+        if len(table) <= MAX_INLINE_SWEEP:
+            env[SWEEP_ENV] = table
+        else:
+            bucket, prefix = split_s3_uri(uri)
+            key = f"{prefix}/sweep.json"
+            with aws_errors("s3", "PutObject"):
+                self._client("s3").put_object(Bucket=bucket, Key=key, Body=table.encode())
+            env[SWEEP_URI_ENV] = f"s3://{bucket}/{key}"
+            env[SWEEP_SHA256_ENV] = hashlib.sha256(table.encode()).hexdigest()
+        size = len(specs)
+        array_id = self._submit(first, env, size, parent)
+        jobs = []
+        for index, spec in enumerate(specs):
+            handle: dict[str, Any]
+            if size == 1:  # Batch's arrays start at 2 children: one is a plain job
+                handle = {"job_id": array_id, "output_uri": uri, "sweep_index": 0}
+            else:
+                handle = {
+                    "job_id": f"{array_id}:{index}",
+                    "array_job_id": array_id,
+                    "output_uri": f"{uri}{index}/",
+                }
+            job = Job(self.name, spec.run_id, handle)
+            self.view.watch(job)
+            jobs.append(job)
+        return jobs
+
+    # ------------------------------------------------------------------- watch
+    def status(self, job: Job) -> tuple[Phase, int | None]:
+        desc = self.view.get(job)
+        if not desc:
+            return Phase.QUEUED, None
+        phase = batch_phase(str(desc.get("status", "")))
+        code = (desc.get("container") or {}).get("exitCode")
+        return phase, code
+
+    def end_reason(self, job: Job) -> str | None:
+        desc = self._describe_one(job)
+        reasons = [
+            str(desc.get("statusReason") or ""),
+            str((desc.get("container") or {}).get("reason") or ""),
+        ]
+        text = "; ".join(r for r in reasons if r and r != "Essential container in task exited")
+        return f"Batch: {text}" if text else None
+
+    def _describe_one(self, job: Job) -> dict[str, Any]:
+        with aws_errors("batch", "DescribeJobs"):
+            found = self.batch.describe_jobs(jobs=[job.handle["job_id"]])["jobs"]
+        self.view.calls += 1
+        return found[0] if found else {}
+
+    def logs(self, job: Job, since: int = 0) -> list[str]:
+        stream = self._logs.setdefault(job.handle["job_id"], _LogStream())
+        desc = self.view.jobs.get(job.handle["job_id"], {})
+        status = str(desc.get("status", ""))
+        ended = status in ("SUCCEEDED", "FAILED")
+        live = not job.handle.get("array_job_id") or self._array_size(job) <= LIVE_LOG_CHILDREN
+        due = time.monotonic() - stream.read_at >= self.view.every
+        if (
+            not stream.finished
+            and status in ("RUNNING", "SUCCEEDED", "FAILED")
+            and (ended or (live and due))
+        ):
+            self._read_log(job, stream)
+            stream.finished = ended
+        return stream.lines[since:]
+
+    def _array_size(self, job: Job) -> int:
+        array_id = job.handle["array_job_id"]
+        return sum(1 for j in self.view.jobs if j.startswith(array_id + ":"))
+
+    def _read_log(self, job: Job, stream: _LogStream) -> None:
+        stream.read_at = time.monotonic()
+        if stream.name is None:
+            desc = self._describe_one(job)
+            stream.name = (desc.get("container") or {}).get("logStreamName")
+            if stream.name is None:
+                return  # not written yet (or the job never started)
+        logs = self._client("logs")
+        while True:
+            kwargs: dict[str, Any] = {
+                "logGroupName": "/aws/batch/job",
+                "logStreamName": stream.name,
+                "startFromHead": True,
+            }
+            if stream.token:
+                kwargs["nextToken"] = stream.token
+            try:
+                with aws_errors("logs", "GetLogEvents"):
+                    page = logs.get_log_events(**kwargs)
+            except Exception as exc:  # logs are a view: a failed read is said, not fatal
+                log.debug("log read of %s failed: %s", job.handle["job_id"], exc)
+                return
+            stream.lines.extend(e["message"] for e in page.get("events", []))
+            token = page.get("nextForwardToken")
+            if not page.get("events") or token == stream.token:
+                stream.token = token
+                return
+            stream.token = token
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, job: Job) -> None:
+        """cancel_job before RUNNING, terminate_job after; an array child stops its whole
+        array (finished children keep their results), once."""
+        array_id = job.handle.get("array_job_id")
+        if array_id:
+            if array_id in self._terminated_arrays:
+                return
+            self._terminated_arrays.add(array_id)
+            with aws_errors("batch", "TerminateJob"):
+                self.batch.terminate_job(jobId=array_id, reason="cancelled from nbcontainer")
+            return
+        status = str(self.view.jobs.get(job.handle["job_id"], {}).get("status", "SUBMITTED"))
+        if status in _BEFORE_RUNNING:
+            with aws_errors("batch", "CancelJob"):
+                self.batch.cancel_job(
+                    jobId=job.handle["job_id"], reason="cancelled from nbcontainer"
+                )
+        with aws_errors("batch", "TerminateJob"):  # also for a job that started meanwhile
+            self.batch.terminate_job(
+                jobId=job.handle["job_id"], reason="cancelled from nbcontainer"
+            )
+
+    # ----------------------------------------------------------------- results
+    def fetch_results(self, job: Job, dest: Path) -> None:
+        """Download the run's outputs.tar.gz from S3 (capped, unpacked safely) and its log.
+        A run that left none (it never started) leaves only its log: verification then
+        says what is missing."""
+        dest.mkdir(parents=True, exist_ok=True)
+        bucket, prefix = split_s3_uri(job.handle["output_uri"])
+        key = f"{prefix}/{OUTPUTS_OBJECT}"
+        s3 = self._client("s3")
+        try:
+            with aws_errors("s3", "GetObject"):
+                obj = s3.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if getattr(exc, "code", "") not in ("NoSuchKey", "404"):
+                raise
+            obj = None
+        if obj is not None:
+            cap = max_result_bytes()
+            if int(obj.get("ContentLength") or 0) > cap:
+                raise InvalidOption(
+                    "NBCONTAINER_MAX_RESULT_BYTES", cap, f"s3://{bucket}/{key} is larger"
+                )
+            extract_tar(_chunks(obj["Body"]), dest, max_bytes=cap)
+        lines = self.logs(job, 0)
+        (dest / "logs.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+
+    def cleanup(self, job: Job) -> None:
+        # Batch keeps no container to remove; the view forgets the job.
+        self.view.forget(job)
+        self._logs.pop(job.handle["job_id"], None)
+
+
+def _chunks(body: Any, size: int = 1 << 20) -> Iterable[bytes]:
+    while True:
+        chunk = body.read(size)
+        if not chunk:
+            return
+        yield chunk
