@@ -34,6 +34,7 @@ class Script:
     outputs: Path | Callable[[RunSpec, Path], None] | None = None
     fail_on: dict[str, BaseException] = field(default_factory=dict)  # step name -> error to raise
     wait_for_cancel: bool = False  # stay RUNNING until cancelled
+    polls_to_stop: int = 0  # status calls that still say RUNNING after a cancel (a slow platform)
 
 
 class ScriptedBackend(Backend):
@@ -82,6 +83,9 @@ class ScriptedBackend(Backend):
         state = self._step("status", job)
         script: Script = state["script"]
         if state["cancelled"]:
+            if state.setdefault("stopping", script.polls_to_stop) > 0:
+                state["stopping"] -= 1
+                return Phase.RUNNING, None
             return Phase.CANCELLED, 137
         if script.wait_for_cancel:
             return Phase.RUNNING, None
@@ -367,3 +371,27 @@ class _FakeAPI:
 
     def diff(self, ident: str) -> list[dict[str, Any]]:
         return []
+
+
+class ArrayScriptedBackend(ScriptedBackend):
+    """A ScriptedBackend that takes a whole sweep in one step, as AWS Batch's array jobs do."""
+
+    name = "scripted-array"
+    one_job_per_sweep = True
+
+    def submit_sweep(self, parent: str, specs: list[RunSpec]) -> list[Job]:
+        with self._lock:
+            self.calls.append(("submit_sweep", parent))
+        jobs = []
+        for spec in specs:
+            script = self.script_for(spec)
+            with self._lock:
+                self.specs[spec.run_id] = spec
+                self._state[spec.run_id] = {
+                    "script": script,
+                    "calls": 0,
+                    "cancelled": False,
+                    "cleaned": False,
+                }
+            jobs.append(Job(self.name, spec.run_id, {"fake_id": f"{parent}:{len(jobs)}"}))
+        return jobs

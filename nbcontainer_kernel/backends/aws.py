@@ -12,18 +12,25 @@ what happened and what to do.
 from __future__ import annotations
 
 import contextlib
-import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
 from ..errors import CloudError, NbcontainerError
 
-__all__ = ["aws_errors", "client", "region", "s3_endpoint", "split_s3_uri"]
+__all__ = [
+    "aws_errors",
+    "check_credentials",
+    "client",
+    "environment_key",
+    "region",
+    "s3_endpoint",
+    "split_s3_uri",
+]
 
 _RETRIES = {"mode": "standard", "max_attempts": 8}
 
 
-@functools.cache
 def _session() -> Any:
     try:
         import boto3
@@ -42,6 +49,21 @@ def client(service: str) -> Any:
         service,
         config=Config(retries=_RETRIES, user_agent_extra="nbcontainer-kernel"),  # type: ignore[arg-type]
     )
+
+
+def environment_key() -> tuple[tuple[str, str], ...]:
+    """What decides boto3's credentials and endpoints: clients made under another key
+    are made again (a user may set AWS_PROFILE in the notebook between runs)."""
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+
+
+def check_credentials(service: str) -> None:
+    """CloudError NoCredentials at once when boto3's chain finds none (before any build)."""
+    with aws_errors(service, "credentials"):
+        if _session().get_credentials() is None:
+            import botocore.exceptions
+
+            raise botocore.exceptions.NoCredentialsError()
 
 
 def region() -> str:

@@ -303,6 +303,7 @@ class RunDriver:
     ) -> tuple[Phase, int | None]:
         seen = 0
         started = time.monotonic()
+        cancel_sent = False
         phase = Phase.SUBMITTED
         code = None
         deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
@@ -319,12 +320,15 @@ class RunDriver:
                     break
                 if self.stop is not None:
                     self.stop.check()
-                if self.cancel_event.is_set() or (
+                if not self.cancel_event.is_set() and (
                     deadline is not None and time.monotonic() > deadline
                 ):
-                    self.timed_out = not self.cancel_event.is_set()
-                    self.backend.cancel(job)
+                    self.timed_out = True
                     self.cancel_event.set()
+                if self.cancel_event.is_set() and not cancel_sent:
+                    # Once: a platform may take a while to stop the job; we wait for it.
+                    cancel_sent = True
+                    self.backend.cancel(job)
                 self._sleep(
                     poll
                     if poll is not None

@@ -35,7 +35,15 @@ from ..errors import InvalidOption, MissingSetting
 from ..kernel.options import parse_bytes
 from ..runner.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
 from ..runner.upload import OUTPUTS_OBJECT, URI_ENV
-from .aws import aws_errors, client, region, s3_endpoint, split_s3_uri
+from .aws import (
+    aws_errors,
+    check_credentials,
+    client,
+    environment_key,
+    region,
+    s3_endpoint,
+    split_s3_uri,
+)
 from .base import Backend, Hooks, Job, Phase, RunSpec
 from .push import parse_registry, push_image
 
@@ -165,7 +173,8 @@ class BatchBackend(Backend):
         self._logs: dict[str, _LogStream] = {}
         self._terminated_arrays: set[str] = set()
         self._clients: dict[str, Any] = {}
-        self.on_push: Any = None
+        self._env = environment_key()
+        self.last_push: Any = None  # what the last push did (layers, bytes)
 
     # ---------------------------------------------------------------- settings
     def configure(self, settings: Mapping[str, Any]) -> None:
@@ -194,12 +203,15 @@ class BatchBackend(Backend):
         split_s3_uri(str(settings["s3_prefix"]))
         parse_registry(str(settings["registry"]))
         self.settings = {**settings, "batch_platform": platform}
+        if self._env != environment_key():  # new credentials or endpoints: new clients
+            self._clients.clear()
+            self._env = environment_key()
+        check_credentials("batch")
+        region()
 
     @property
     def batch(self) -> Any:
-        if "batch" not in self._clients:
-            self._clients["batch"] = client("batch")
-        return self._clients["batch"]
+        return self._client("batch")
 
     def _client(self, service: str) -> Any:
         if service not in self._clients:
@@ -376,6 +388,8 @@ class BatchBackend(Backend):
             return Phase.QUEUED, None
         phase = batch_phase(str(desc.get("status", "")))
         code = (desc.get("container") or {}).get("exitCode")
+        if phase == Phase.SUCCEEDED and code is None:
+            code = 0  # Batch says SUCCEEDED only of a container that exited 0
         return phase, code
 
     def end_reason(self, job: Job) -> str | None:

@@ -141,28 +141,32 @@ def push_image(
     image: str,
     registry: Registry,
     on_progress: Callable[[PushProgress], None] | None = None,
-    every: float = 0.5,
+    every: float = 5.0,
 ) -> tuple[str, PushProgress]:
     """Push `image` to the registry; returns (``repo@sha256:...``, what the push did).
 
-    The registry tag is removed again once pushed: what runs is named by digest.
+    `on_progress` hears of each layer done and, while a layer moves, every `every`
+    seconds. The registry tag is removed again once pushed: what runs is named by digest.
     """
     tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else "latest"
     auth = ecr_login(registry) if registry.ecr else None
     progress = PushProgress()
     engine.tag(image, registry.address, tag)
-    last = 0.0
+    last, layers_done = time.monotonic(), 0
     try:
         for event in engine.push(registry.address, tag, auth_config=auth):
             progress.update(event)
-            if on_progress is not None and time.monotonic() - last >= every:
-                last = time.monotonic()
+            done = progress.pushed + progress.existing
+            if on_progress is not None and (
+                done != layers_done or time.monotonic() - last >= every
+            ):
+                last, layers_done = time.monotonic(), done
                 on_progress(progress)
     except EngineError as exc:
         raise RegistryError(registry.address, exc.explanation) from exc
     finally:
         engine.remove_image(f"{registry.address}:{tag}")
-    if on_progress is not None:
+    if on_progress is not None and progress.pushed + progress.existing != layers_done:
         on_progress(progress)
     if not progress.digest:
         raise RegistryError(registry.address, "the registry did not report the image's digest")

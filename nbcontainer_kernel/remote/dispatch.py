@@ -282,14 +282,19 @@ class RemoteRunner:
         interrupt: str,
         stop: StopSignal | None = None,
     ) -> RunDriver:
-        key = self.ledger.get(run_id).get("run_key")
         trust = self.trust
+
+        def verify(dest: Path) -> str:
+            # The key as the ledger holds it when the outputs arrive (a sweep submitted in
+            # one step gives its children the parent's key after their drivers exist).
+            return RunOutputs(dest, self.ledger.get(run_id).get("run_key"), trust).verdict()
+
         return RunDriver(
             backend,
             hooks,
             self._record,
             interrupt,
-            verify=lambda dest: RunOutputs(dest, key, trust).verdict(),
+            verify=verify,
             stop=stop,
         )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nbcontainer_kernel.backends import registry
-from nbcontainer_kernel.backends.base import Hooks, Phase
+from nbcontainer_kernel.backends.base import Hooks, Phase, StopSignal
 from nbcontainer_kernel.errors import (
     NbcontainerError,
     RemoteExecutionError,
@@ -25,7 +25,13 @@ from nbcontainer_kernel.errors import (
 from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
 from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.trust import new_key
-from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
+from tests.fakes import (
+    ArrayScriptedBackend,
+    Script,
+    ScriptedBackend,
+    fake_image_builder,
+    sealed_outputs,
+)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
@@ -350,3 +356,73 @@ def test_the_ledger_records_every_transition_with_its_time(runner, ledger, backe
         "running",
         "collecting",
     }
+
+
+@pytest.fixture
+def array_backend() -> Iterator[ArrayScriptedBackend]:
+    fake = ArrayScriptedBackend()
+    registry.register("scripted-array", fake)
+    yield fake
+    registry.unregister("scripted-array")
+
+
+def test_a_timeout_on_a_slow_stopping_platform_stays_a_timeout(runner, ledger, backend) -> None:
+    # The platform takes three more polls to stop the job after the cancel: the run is still
+    # a timeout (not a cancel), and the cancel is sent once.
+    backend.scripts = {"*": Script(wait_for_cancel=True, polls_to_stop=3)}
+    with pytest.raises(RunTimeout):
+        runner.run(_req(name="slow", timeout=0.3), {"x": 1}, Hooks())
+    row = ledger.get("slow-1")
+    assert row["status"] == "FAILED" and row["failure"].startswith("the run timed out after 0.3 s")
+    assert [step for step, _ in backend.calls].count("cancel") == 1
+
+
+def test_a_sweep_taken_in_one_step_shares_the_parents_key_and_comes_back_whole(
+    runner, ledger, array_backend
+) -> None:
+    array_backend.scripts = lambda spec: Script(
+        outputs=sealed_outputs({"y": spec.params["a"] * 10 + spec.params["b"]})
+    )
+    ns: dict = {"a": 0, "b": 0}
+    rows = [{"a": a, "b": b} for a in (1, 2) for b in (3, 4)]
+    combined = runner.run(
+        RemoteRequest(cell="y = a * 10 + b", backend="scripted-array", name="grid", sweep=rows),
+        ns,
+        Hooks(),
+    )
+    assert [c for c in array_backend.calls if c[0].startswith("submit")] == [
+        ("submit_sweep", "grid-1")
+    ]
+    assert combined["y"].to_dict("list") == {
+        "a": [1, 1, 2, 2],
+        "b": [3, 4, 3, 4],
+        "y": [13, 14, 23, 24],
+    }
+    assert ns["y"] is combined["y"]
+    parent_key = ledger.get("grid-1")["run_key"]
+    children = ledger.find(parent="grid-1")
+    assert {c["run_key"] for c in children} == {parent_key}
+    assert {c["verified"] for c in children} == {"signed"}
+    assert ledger.get("grid-1")["params"] == {"a": [1, 2], "b": [3, 4]}
+
+
+def test_cancelling_a_sweep_taken_in_one_step_stops_it_on_the_platform(
+    runner, ledger, array_backend
+) -> None:
+    array_backend.scripts = {"*": Script(wait_for_cancel=True)}
+    stop = StopSignal()
+    threading.Timer(0.5, stop.cancel).start()
+    with pytest.raises(RunCancelled):
+        runner.run(
+            RemoteRequest(
+                cell="y = x", backend="scripted-array", name="big", sweep=("x", list(range(40)))
+            ),
+            {"x": 0},
+            Hooks(),
+            stop=stop,
+        )
+    rows = ledger.find(name="big")
+    assert {r["status"] for r in rows} == {"CANCELLED"}
+    # Children never waited on (more than the collecting threads) were stopped there too.
+    cancelled = {rid for step, rid in array_backend.calls if step == "cancel"}
+    assert cancelled == {r["id"] for r in rows if r["parent"]}

@@ -1,0 +1,272 @@
+"""%%remote_run --backend batch against the AWS test bed (scripts/aws_testbed.py): moto in
+server mode runs the job containers, Debian's docker-registry holds the pushed images.
+
+Where moto differs from AWS, the backend follows AWS and the test names the gap:
+moto sets no AWS_BATCH_JOB_ARRAY_INDEX (children find their row by the ``:N`` suffix
+of AWS_BATCH_JOB_ID, as on AWS), its describe_jobs gives no exitCode for a plain job
+(Batch's SUCCEEDED means exit 0), it writes a job's CloudWatch log only when the job
+ends (so lines arrive at the end, not live), and an array parent can stay SUBMITTED
+when a child fails (the backend never reads the parent's status).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbcontainer_kernel.backends.registry import get_backend
+from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.errors import (
+    CloudError,
+    MissingSetting,
+    RegistryError,
+    RunCancelled,
+    RunTimeout,
+    SweepFailed,
+)
+from nbcontainer_kernel.remote.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = {
+    "registry": "NBCONTAINER_REGISTRY",
+    "s3_prefix": "NBCONTAINER_S3_PREFIX",
+    "batch_queue": "NBCONTAINER_BATCH_QUEUE",
+    "batch_job_role": "NBCONTAINER_BATCH_JOB_ROLE",
+}
+
+
+@pytest.fixture(scope="session")
+def testbed(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The test bed, started by the project's own script and stopped at the end; its
+    environment is this process's while the batch tests run."""
+    state = tmp_path_factory.mktemp("aws-testbed")
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "aws-testbed.sh"), "start", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "VENV": str(Path(sys.executable).parent.parent)},
+    )
+    assert out.returncode == 0, out.stderr
+    env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        subprocess.run(
+            [str(ROOT / "scripts" / "aws-testbed.sh"), "stop", "--state", str(state)], check=False
+        )
+
+
+@pytest.fixture
+def batch_ip(ip, testbed: dict[str, str]):
+    """The shell with the test bed's settings, set as a user would (%config)."""
+    for trait, env in SETTINGS.items():
+        ip.run_line_magic("config", f"RemoteRun.{trait} = {testbed[env]!r}")
+    yield ip
+    for trait in SETTINGS:
+        ip.run_line_magic("config", f"RemoteRun.{trait} = None")
+
+
+def _calls(service: str, operation: str) -> list[dict]:
+    """Record the calls the batch backend's `service` client makes to `operation`."""
+    backend = get_backend("batch")
+    made: list[dict] = []
+    client = backend._client(service)
+    client.meta.events.register(
+        f"provide-client-params.{service}.{operation}",
+        lambda params, **_: made.append(dict(params)),
+    )
+    return made
+
+
+def _model_files(run_dir: Path) -> dict[str, bytes]:
+    model = run_dir / "model"
+    return {p.name: p.read_bytes() for p in model.iterdir() if p.name != "results.json"}
+
+
+def test_a_batch_run_gives_the_results_of_a_local_run_of_the_same_image(
+    batch_ip, ledger: Ledger, capsys
+) -> None:
+    ip = batch_ip
+    result = ip.run_cell(
+        "%%remote_run --local --name same\n"
+        "scores = docs.assign(score=docs.w * topics)\nprint('ran with', topics)"
+    )
+    assert result.error_in_exec is None, result.error_in_exec
+    local = ip.user_ns.pop("scores")
+    capsys.readouterr()
+    submits = _calls("batch", "SubmitJob")
+    result = ip.run_cell("%%remote_run --backend batch --rerun same-1\nscores = ...")
+    assert result.error_in_exec is None, result.error_in_exec
+    out = capsys.readouterr().out
+    # The log line came from moto's CloudWatch Logs (moto: written when the job ends).
+    assert "ran with 2" in out and "[same-2] SUCCEEDED" in out
+    row = ledger.get("same-2")
+    assert row["status"] == "SUCCEEDED" and row["backend"] == "batch" and row["exit_code"] == 0
+    assert row["verified"] == "signed"
+    assert "@sha256:" in row["image"] and row["image"].startswith(
+        os.environ["NBCONTAINER_REGISTRY"]
+    )
+    phases = [p for p, _ in row["phases"]]
+    assert phases[:3] == ["PUSH", "SUBMITTED", "QUEUED"] or phases[:2] == ["PUSH", "SUBMITTED"]
+    assert "RUNNING" in phases and phases[-1] == "SUCCEEDED"
+    # Byte-identical result files: the S3 copy is what the --local run wrote.
+    assert _model_files(Path(row["result_dir"])) == _model_files(
+        Path(ledger.get("same-1")["result_dir"])
+    )
+    assert ip.user_ns["scores"].equals(local)
+    (submit,) = submits
+    env = {e["name"]: e["value"] for e in submit["containerOverrides"]["environment"]}
+    assert env["NBCONTAINER_OUTPUT_URI"] == f"{os.environ['NBCONTAINER_S3_PREFIX']}/same-2/"
+    assert submit["tags"]["io.nbcontainer.run-id"] == "same-2"
+    assert not any(k.startswith("AWS_ACCESS_KEY") or k == "AWS_SECRET_ACCESS_KEY" for k in env), (
+        "the job's credentials come from its role, never from the user's keys"
+    )
+
+
+def test_the_second_run_pushes_only_the_snapshot_layer(batch_ip, ledger: Ledger) -> None:
+    ip = batch_ip
+    backend = get_backend("batch")
+    ip.run_cell("%%remote_run --backend batch --name push1\nout1 = docs.w.sum() * topics")
+    first = backend.last_push
+    ip.run_cell("more = list(range(1000))")  # another snapshot, the same dependencies
+    result = ip.run_cell("%%remote_run --backend batch --name push2\nout2 = len(more) + topics")
+    assert result.error_in_exec is None, result.error_in_exec
+    second = backend.last_push
+    assert ip.user_ns["out2"] == 1002
+    assert second.pushed == 1 and second.existing == second.total - 1, second.layers
+    assert second.bytes_sent < 5_000_000, second.bytes_sent
+    assert first.total == second.total
+    # The job definition of the same shape is reused (one per image digest and shape).
+    assert ledger.get("push1-1")["image"] != ledger.get("push2-1")["image"]
+
+
+def test_a_20_value_sweep_is_one_array_job_and_all_rows_come_back(batch_ip, ledger: Ledger) -> None:
+    ip = batch_ip
+    submits = _calls("batch", "SubmitJob")
+    values = ",".join(str(v) for v in range(20))
+    result = ip.run_cell(
+        f"%%remote_run --backend batch --name arr --sweep k={values}\n"
+        "import os\nrow = docs.assign(k2=k * k, job=os.environ['AWS_BATCH_JOB_ID'])"
+    )
+    assert result.error_in_exec is None, result.error_in_exec
+    assert len(submits) == 1 and submits[0]["arrayProperties"] == {"size": 20}
+    rows = ip.user_ns["row"]
+    assert sorted(set(rows.k)) == list(range(20))
+    assert (rows.k2 == rows.k * rows.k).all()
+    # Each child ran as its own array child (moto: found by the :N suffix of its job id).
+    jobs = rows.groupby("k").job.first()
+    assert all(job.endswith(f":{k}") for k, job in jobs.items())
+    children = ledger.find(parent="arr-1")
+    assert len(children) == 20 and {c["status"] for c in children} == {"SUCCEEDED"}
+    assert ledger.get("arr-1")["status"] == "SUCCEEDED"
+
+
+def test_a_failing_child_loses_no_other_childs_results(batch_ip, ledger: Ledger) -> None:
+    ip = batch_ip
+    result = ip.run_cell(
+        "%%remote_run --backend batch --name part --sweep x=1,2,3\n"
+        "if x == 2:\n    raise ValueError('two')\ny = x * 10"
+    )
+    err = result.error_in_exec
+    assert isinstance(err, SweepFailed), err
+    (failed,) = err.failures
+    assert err.failures[failed][0] == {"x": 2} and "ValueError: two" in err.failures[failed][1]
+    assert ip.user_ns["y"].to_dict("list") == {"x": [1, 3], "y": [10, 30]}
+    statuses = {r["params"]["x"]: r["status"] for r in ledger.find(parent="part-1")}
+    assert statuses == {1: "SUCCEEDED", 2: "FAILED", 3: "SUCCEEDED"}
+
+
+def test_cancel_while_running_stops_the_job(batch_ip, ledger: Ledger) -> None:
+    ip = batch_ip
+    runner = ip.magics_manager.registry["RemoteRun"].runner
+
+    def cancel_when_running() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            rows = ledger.find(name="long")
+            if rows and rows[0]["status"] == "RUNNING":
+                time.sleep(1)
+                runner.cancel(rows[0]["id"])
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=cancel_when_running)
+    t.start()
+    t0 = time.monotonic()
+    result = ip.run_cell(
+        "%%remote_run --backend batch --name long\nimport time\nfor i in range(60):\n"
+        "    print(i, flush=True); time.sleep(1)"
+    )
+    t.join()
+    assert isinstance(result.error_in_exec, RunCancelled), result.error_in_exec
+    row = ledger.find(name="long")[0]
+    assert row["status"] == "CANCELLED"
+    assert time.monotonic() - t0 < 50, "the run must end long before the cell would have"
+    batch = get_backend("batch").batch
+    job_id = row["job"]["job_id"]
+    deadline = time.monotonic() + 20
+    while batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] not in ("FAILED", "SUCCEEDED"):
+        assert time.monotonic() < deadline, "the job was not terminated on Batch"
+        time.sleep(0.5)
+    assert batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "FAILED"
+
+
+def test_timeout_stops_the_job_and_says_so(batch_ip, ledger: Ledger) -> None:
+    result = batch_ip.run_cell(
+        "%%remote_run --backend batch --name slow --timeout 4\nimport time\ntime.sleep(60)"
+    )
+    assert isinstance(result.error_in_exec, RunTimeout), result.error_in_exec
+    row = ledger.find(name="slow")[0]
+    assert row["status"] == "FAILED" and row["failure"].startswith("the run timed out after 4 s")
+
+
+def test_a_missing_queue_is_a_clear_error_and_the_run_is_recorded(batch_ip, ledger: Ledger) -> None:
+    batch_ip.run_line_magic("config", "RemoteRun.batch_queue = None")
+    result = batch_ip.run_cell("%%remote_run --backend batch --name noq\ny = 1")
+    err = result.error_in_exec
+    assert isinstance(err, MissingSetting) and "RemoteRun.batch_queue" in str(err), err
+    assert "NBCONTAINER_BATCH_QUEUE" in str(err)
+    row = ledger.find(name="noq")[0]
+    assert row["status"] == "FAILED" and "batch_queue" in row["failure"]
+
+
+def test_missing_credentials_are_a_clear_error_before_any_build(
+    batch_ip, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = batch_ip.run_cell("%%remote_run --backend batch --name nocred\ny = 1")
+    err = result.error_in_exec
+    assert isinstance(err, CloudError) and err.code == "NoCredentials", err
+    assert "AWS_PROFILE" in str(err)
+    row = ledger.find(name="nocred")[0]
+    assert row["status"] == "FAILED" and "NoCredentials" in row["failure"]
+    assert [p for p, _ in row["phases"]] == ["FAILED"], "nothing was snapshot or built"
+
+
+def test_an_unreachable_registry_is_a_clear_error(batch_ip, ledger: Ledger) -> None:
+    batch_ip.run_line_magic("config", "RemoteRun.registry = '127.0.0.1:9/nbcontainer'")
+    result = batch_ip.run_cell("%%remote_run --backend batch --name noreg\ny = 1")
+    err = result.error_in_exec
+    assert isinstance(err, RegistryError) and "127.0.0.1:9/nbcontainer" in str(err), err
+    row = ledger.find(name="noreg")[0]
+    assert row["status"] == "FAILED" and "RegistryError" in row["failure"]
+    assert [p for p, _ in row["phases"]][-2:] == ["PUSH", "FAILED"]
