@@ -66,7 +66,7 @@ class ScriptedBackend(Backend):
             raise error
         return state
 
-    def submit(self, spec: RunSpec) -> Job:
+    def _accept(self, spec: RunSpec) -> None:
         script = self.script_for(spec)
         with self._lock:
             self.specs[spec.run_id] = spec
@@ -76,6 +76,9 @@ class ScriptedBackend(Backend):
                 "cancelled": False,
                 "cleaned": False,
             }
+
+    def submit(self, spec: RunSpec) -> Job:
+        self._accept(spec)
         self._step("submit", spec.run_id)
         return Job(self.name, spec.run_id, {"fake_id": f"job-{spec.run_id}"})
 
@@ -384,14 +387,6 @@ class ArrayScriptedBackend(ScriptedBackend):
             self.calls.append(("submit_sweep", parent))
         jobs = []
         for spec in specs:
-            script = self.script_for(spec)
-            with self._lock:
-                self.specs[spec.run_id] = spec
-                self._state[spec.run_id] = {
-                    "script": script,
-                    "calls": 0,
-                    "cancelled": False,
-                    "cleaned": False,
-                }
+            self._accept(spec)
             jobs.append(Job(self.name, spec.run_id, {"fake_id": f"{parent}:{len(jobs)}"}))
         return jobs

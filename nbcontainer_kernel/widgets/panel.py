@@ -8,6 +8,7 @@ imports ipywidgets.
 from __future__ import annotations
 
 import html
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,9 @@ _STEPS = [
     Phase.SUCCEEDED,
 ]
 _STYLE = {Phase.SUCCEEDED: "success", Phase.FAILED: "danger", Phase.CANCELLED: "warning"}
+#: A sweep shows at most this many child rows (failed children first, then running ones),
+#: under a summary line that counts every child by phase.
+MAX_CHILD_ROWS = 20
 
 
 class _Row:
@@ -63,7 +67,12 @@ class RunPanel:
         self.logs.set_title(0, "log")
         self.cancel = w.Button(description="Cancel", button_style="warning", icon="stop")
         self.children = w.VBox([])
+        self.summary = w.HTML("")
         self.rows: dict[str, _Row] = {}
+        self.child_phases: dict[str, Phase] = {}  # every child, shown or not
+        self._counts: dict[Phase, int] = {}
+        # Children by group (failed, running, waiting, finished), each in order of arrival.
+        self._groups: tuple[dict[str, None], ...] = ({}, {}, {}, {})
         self._on_cancel = on_cancel
         self.cancel.on_click(lambda _b: self.request_cancel())
         self.max_log_lines = max_log_lines
@@ -74,6 +83,7 @@ class RunPanel:
                 w.HBox([self.phase, self.elapsed, self.cancel]),
                 self.bar,
                 self.timings,
+                self.summary,
                 self.children,
                 self.logs,
             ]
@@ -100,11 +110,7 @@ class RunPanel:
     def _on_phase(self, run_id: str, phase: Phase, timings: dict[str, float]) -> None:
         self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"
         if run_id != self.run_id:
-            row = self.rows.get(run_id)
-            if row is None:
-                row = self.rows[run_id] = _Row(run_id)
-                self.children.children = (*self.children.children, row.box)
-            row.set(phase)
+            self._on_child(run_id, phase)
             return
         self.phase.value = f"<b>{html.escape(run_id)}</b>: {phase.value}"
         self.bar.value = len(_STEPS) if phase.terminal else _STEPS.index(phase) + 1
@@ -114,6 +120,49 @@ class RunPanel:
         )
         if phase.terminal:
             self.cancel.disabled = True
+
+    def _on_child(self, run_id: str, phase: Phase) -> None:
+        # Kept incrementally: a sweep of 10,000 children reports about 30,000 changes.
+        old = self.child_phases.get(run_id)
+        if old is not None:
+            self._counts[old] -= 1
+            self._groups[self._group(old)].pop(run_id, None)
+        self.child_phases[run_id] = phase
+        self._counts[phase] = self._counts.get(phase, 0) + 1
+        self._groups[self._group(phase)][run_id] = None
+        self.summary.value = f"{len(self.child_phases)} children: " + ", ".join(
+            f"{n} {p.value.lower()}"
+            for p, n in sorted(
+                self._counts.items(), key=lambda pn: (pn[0] != Phase.FAILED, pn[0].order)
+            )
+            if n
+        )
+        shown = self._shown()
+        for child in shown:
+            if child not in self.rows:
+                self.rows[child] = _Row(child)
+        if run_id in self.rows:
+            self.rows[run_id].set(phase)
+        boxes = tuple(self.rows[c].box for c in shown)
+        if boxes != self.children.children:
+            for child in shown:
+                self.rows[child].set(self.child_phases[child])
+            self.children.children = boxes
+
+    @staticmethod
+    def _group(phase: Phase) -> int:
+        if phase == Phase.FAILED:
+            return 0
+        if phase in (Phase.STARTING, Phase.RUNNING, Phase.COLLECTING):
+            return 1
+        return 3 if phase.terminal else 2
+
+    def _shown(self) -> list[str]:
+        """The children with a row: all of a small sweep, in order; of a large one, the
+        failed first, then the running, the waiting, the rest: MAX_CHILD_ROWS in all."""
+        if len(self.child_phases) <= MAX_CHILD_ROWS:
+            return list(self.child_phases)
+        return list(itertools.islice(itertools.chain(*self._groups), MAX_CHILD_ROWS))
 
     def _on_log(self, run_id: str, line: str) -> None:
         self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"

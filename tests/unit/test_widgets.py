@@ -6,6 +6,7 @@ import io
 
 from nbcontainer_kernel.backends.base import Phase
 from nbcontainer_kernel.widgets import RunPanel, TextProgress
+from nbcontainer_kernel.widgets.panel import MAX_CHILD_ROWS
 
 
 def test_panel_follows_phases_logs_and_wires_cancel() -> None:
@@ -46,6 +47,26 @@ def test_panel_has_a_row_per_sweep_child() -> None:
     assert panel.rows["sweep-3"].bar.bar_style == "danger"
     panel.on_log("sweep-3", "boom")
     assert panel.log.value == "[sweep-3] boom"
+
+
+def test_a_large_sweep_shows_a_summary_and_its_failing_children_first() -> None:
+    panel = RunPanel("big-1")
+    children = [f"big-{i}" for i in range(2, 10_002)]
+    for child in children:
+        panel.on_phase(child, Phase.SUBMITTED, {})
+    for child in children[:50]:
+        panel.on_phase(child, Phase.RUNNING, {})
+    for child in children[100:9_000]:
+        panel.on_phase(child, Phase.SUCCEEDED, {})
+    for child in ("big-5000", "big-9999"):
+        panel.on_phase(child, Phase.FAILED, {})
+    assert panel.summary.value == (
+        "10000 children: 2 failed, 1049 submitted, 50 running, 8899 succeeded"
+    )
+    shown = [box.children[0].value for box in panel.children.children]
+    assert len(shown) == MAX_CHILD_ROWS
+    assert shown[:2] == ["big-5000", "big-9999"] and shown[2:] == children[: MAX_CHILD_ROWS - 2]
+    assert len(panel.rows) < 100, "rows are made only for the children shown"
 
 
 def test_text_twin_prints_a_line_per_phase_then_logs() -> None:
