@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export VENV
 
-.PHONY: setup venv image kernelspec demo test lint format unit bench gc clean
+.PHONY: setup venv image kernelspec demo demo-aws test lint format unit bench gc clean
 
 setup:
 	scripts/setup.sh
@@ -26,6 +26,13 @@ kernelspec: image
 # The main job: set everything up, then run examples/quickstart.ipynb in the container.
 demo: kernelspec
 	$(VENV)/bin/python examples/run_quickstart.py --kernel $(KERNEL)
+
+# The same cell on AWS Batch, against the test bed (moto + docker-registry on 127.0.0.1).
+demo-aws: setup
+	scripts/aws-testbed.sh start > /dev/null
+	env $$(scripts/aws-testbed.sh env | xargs) NBCONTAINER_BASE_IMAGE=$(BASE) \
+	  $(VENV)/bin/python examples/batch_demo.py; \
+	  status=$$?; scripts/aws-testbed.sh stop; exit $$status
 
 # Lint first: CI runs this target, so the gates hold on every landing.
 test: lint

@@ -1,4 +1,4 @@
-"""`nbcontainer` (also `jupyter nbcontainer`): images, kernelspecs and the orphan sweep.
+"""`nbcontainer` (also `jupyter nbcontainer`): images, kernelspecs, pushes and the orphan sweep.
 
 The commands only parse arguments and call the library; every library error
 is printed as one clear message with exit status 1.
@@ -268,6 +268,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- push
+def _remote_setting(name: str) -> Any:
+    """A RemoteRun setting as a notebook would see it: env var, then [tool.nbcontainer]."""
+    from .magics.remote_run import RemoteRun
+
+    return getattr(RemoteRun(shell=None), name)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .backends.push import parse_registry, push_image
+
+    address = args.registry or _remote_setting("registry")
+    if not address:
+        raise InvalidOption(
+            "--registry", None, "give --registry HOST[:PORT]/REPO or set NBCONTAINER_REGISTRY"
+        )
+
+    def show(progress: Any) -> None:
+        done = progress.pushed + progress.existing
+        width = 30
+        filled = int(width * done / progress.total) if progress.total else 0
+        print(f"[{'#' * filled}{'-' * (width - filled)}] {progress.line()}", file=sys.stderr)
+
+    ref, progress = push_image(_engine(), args.image, parse_registry(address), show)
+    print(ref)
+    return 0
+
+
 # --------------------------------------------------------------------- gc
 def cmd_gc(args: argparse.Namespace) -> int:
     from .orphans import sweep
@@ -277,6 +305,16 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for o in orphans:
         print(f"{verb} {o.role} container {o.name} ({o.status}; owner {o.owner} is gone)")
     print(f"{verb} {len(orphans)} orphaned container(s)")
+    if args.aws:
+        from .backends.batch import deregister_old_definitions
+
+        old = deregister_old_definitions(
+            keep=args.keep, queue=_remote_setting("batch_queue"), dry_run=args.dry_run
+        )
+        verb = "would deregister" if args.dry_run else "deregistered"
+        for arn in old:
+            print(f"{verb} {arn}")
+        print(f"{verb} {len(old)} old Batch job definition revision(s)")
     return 0
 
 
@@ -382,7 +420,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also remove run images no container uses (dependency layers stay cached)",
     )
+    g.add_argument(
+        "--aws",
+        action="store_true",
+        help="also deregister old revisions of nbcontainer's Batch job definitions (those no "
+        "queued or running job of RemoteRun.batch_queue uses)",
+    )
+    g.add_argument(
+        "--keep", type=int, default=1, help="newest revisions kept per job definition (--aws)"
+    )
     g.set_defaults(func=cmd_gc)
+
+    pu = sub.add_parser(
+        "push",
+        help="push an image to the registry by digest (as a remote run's PUSH phase does)",
+    )
+    pu.add_argument("image")
+    pu.add_argument(
+        "--registry", help="HOST[:PORT]/REPO (default: RemoteRun.registry, NBCONTAINER_REGISTRY)"
+    )
+    pu.set_defaults(func=cmd_push)
     return p
 
 

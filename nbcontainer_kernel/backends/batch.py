@@ -47,7 +47,7 @@ from .aws import (
 from .base import Backend, Hooks, Job, Phase, RunSpec
 from .push import parse_registry, push_image
 
-__all__ = ["BatchBackend", "batch_phase", "job_definition_name"]
+__all__ = ["BatchBackend", "batch_phase", "deregister_old_definitions", "job_definition_name"]
 
 log = logging.getLogger(__name__)
 
@@ -517,3 +517,39 @@ def _chunks(body: Any, size: int = 1 << 20) -> Iterable[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+def deregister_old_definitions(
+    keep: int = 1, queue: str | None = None, dry_run: bool = False
+) -> list[str]:
+    """Deregister all but the `keep` newest revisions of each ``nbcontainer-*`` job
+    definition, sparing those a job of `queue` still waits on or runs; returns their ARNs.
+    (``nbcontainer gc --aws``.)"""
+    batch = client("batch")
+    in_use: set[str] = set()
+    if queue:
+        for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"):
+            with aws_errors("batch", "ListJobs"):
+                for page in batch.get_paginator("list_jobs").paginate(
+                    jobQueue=queue, jobStatus=status
+                ):
+                    in_use.update(j.get("jobDefinition", "") for j in page["jobSummaryList"])
+    revisions: dict[str, list[tuple[int, str]]] = {}
+    with aws_errors("batch", "DescribeJobDefinitions"):
+        for page in batch.get_paginator("describe_job_definitions").paginate(status="ACTIVE"):
+            for jd in page["jobDefinitions"]:
+                if jd["jobDefinitionName"].startswith("nbcontainer-"):
+                    revisions.setdefault(jd["jobDefinitionName"], []).append(
+                        (int(jd["revision"]), jd["jobDefinitionArn"])
+                    )
+    old = [
+        arn
+        for revs in revisions.values()
+        for _, arn in sorted(revs, reverse=True)[max(0, keep) :]
+        if arn not in in_use
+    ]
+    if not dry_run:
+        for arn in old:
+            with aws_errors("batch", "DeregisterJobDefinition"):
+                batch.deregister_job_definition(jobDefinition=arn)
+    return old

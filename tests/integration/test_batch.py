@@ -270,3 +270,56 @@ def test_an_unreachable_registry_is_a_clear_error(batch_ip, ledger: Ledger) -> N
     row = ledger.find(name="noreg")[0]
     assert row["status"] == "FAILED" and "RegistryError" in row["failure"]
     assert [p for p, _ in row["phases"]][-2:] == ["PUSH", "FAILED"]
+
+
+def test_nbcontainer_push_prints_the_digest_reference_and_skips_what_is_there(
+    engine: Engine, testbed: dict[str, str], kernel_image: str
+) -> None:
+    def push() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nbcontainer_kernel.cli", "push", kernel_image],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    first = push()
+    assert first.returncode == 0, first.stderr
+    ref = first.stdout.strip()
+    assert ref.startswith(testbed["NBCONTAINER_REGISTRY"] + "@sha256:")
+    assert "layers" in first.stderr and "MB sent" in first.stderr
+    again = push()
+    assert again.stdout.strip() == ref
+    last = again.stderr.strip().splitlines()[-1]
+    assert "already there), 0.0 MB sent" in last, last
+    # The push leaves no registry tag behind: what runs is named by digest.
+    assert not [t for t in engine.get_image(kernel_image).tags if t.startswith("127.0.0.1:")]
+
+
+def test_gc_aws_deregisters_old_job_definition_revisions(testbed: dict[str, str]) -> None:
+    from nbcontainer_kernel.backends.base import RunSpec
+    from nbcontainer_kernel.backends.batch import BatchBackend
+
+    backend = BatchBackend()
+    backend.configure(
+        {trait: testbed[env] for trait, env in SETTINGS.items()} | {"batch_platform": "EC2"}
+    )
+    arns = [
+        backend.job_definition(RunSpec("gcd-1", f"127.0.0.1:1/x@sha256:{d * 64}", name="gcd"))
+        for d in "abc"
+    ]
+    assert len(set(arns)) == 3
+    again = backend.job_definition(RunSpec("gcd-2", "127.0.0.1:1/x@sha256:" + "c" * 64, name="gcd"))
+    assert again == arns[-1], "a definition of the same image and shape is reused"
+    out = subprocess.run(
+        [sys.executable, "-m", "nbcontainer_kernel.cli", "gc", "--aws"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert all(arn in out.stdout for arn in arns[:2]) and arns[2] not in out.stdout
+    active = backend.batch.describe_job_definitions(
+        jobDefinitionName="nbcontainer-gcd", status="ACTIVE"
+    )
+    assert [jd["jobDefinitionArn"] for jd in active["jobDefinitions"]] == [arns[2]]

@@ -1,0 +1,176 @@
+"""A sweep on AWS Batch as ONE array job, against the same sweep as N separate jobs
+(the way Metaflow's @batch submits a foreach), on the AWS test bed
+(scripts/aws_testbed.py: moto in server mode, Debian's docker-registry), in one run:
+
+* API calls made and seconds to submit: one array job vs N submit_job calls;
+* API calls made while waiting, per operation (one shared status view, never one call
+  per child per poll);
+* per-child wall time of the whole sweep on Batch (moto runs every child in Docker
+  here) against `--local` of the same sweep;
+* bytes pushed by run 1 (a fresh registry: every layer) and run 2 (new variables, same
+  dependencies: the snapshot layer alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _count_calls(backend, counts: collections.Counter) -> None:  # noqa: ANN001
+    for service in ("batch", "logs", "s3"):
+        backend._client(service).meta.events.register(
+            f"before-call.{service}",
+            lambda model, **_: counts.update([f"{model.service_model.service_name}.{model.name}"]),
+        )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--children", type=int, default=100)
+    p.add_argument("--base", default="nbcontainer/base:bookworm")
+    args = p.parse_args()
+    n = args.children
+    tmp = Path(tempfile.mkdtemp(prefix="nbcontainer-bench-batch-"))
+    state = tmp / "testbed"
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "aws-testbed.sh"), "start", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "VENV": str(Path(sys.executable).parent.parent)},
+    )
+    os.environ.update(dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line))
+    os.environ["NBCONTAINER_BASE_IMAGE"] = args.base
+    os.chdir(tmp)
+    try:
+        return _bench(n, tmp)
+    finally:
+        subprocess.run(
+            [str(ROOT / "scripts" / "aws-testbed.sh"), "stop", "--state", str(state)], check=False
+        )
+
+
+def _bench(n: int, tmp: Path) -> int:
+    from IPython.testing import globalipapp
+
+    from nbcontainer_kernel.backends.base import RunSpec
+    from nbcontainer_kernel.backends.registry import get_backend
+    from nbcontainer_kernel.engine import Engine
+    from nbcontainer_kernel.remote.ledger import Ledger
+
+    globalipapp.start_ipython()
+    ip = globalipapp.get_ipython()
+    ip.run_line_magic("load_ext", "nbcontainer_kernel")
+    ip.run_line_magic("config", f"RemoteRun.ledger_path = {str(tmp / 'runs.db')!r}")
+    ip.run_line_magic("config", "RemoteRun.progress = 'text'")
+    ip.run_cell("import numpy as np\nstate = np.arange(1000.0)")
+    ledger = Ledger(tmp / "runs.db")
+    backend = get_backend("batch")
+    devnull = open(os.devnull, "w")
+
+    def quiet(cell: str) -> float:
+        saved, sys.stdout = sys.stdout, devnull
+        try:
+            t = time.perf_counter()
+            res = ip.run_cell(cell)
+            return time.perf_counter() - t
+        finally:
+            sys.stdout = saved
+            assert res.error_in_exec is None, res.error_in_exec
+
+    # Run 1 and run 2: bytes pushed.
+    quiet("%%remote_run --backend batch --name push\ntotal = float(state.sum())")
+    first = backend.last_push
+    ip.run_cell("more = np.ones(10)")
+    quiet("%%remote_run --backend batch --name push\ntotal = float(state.sum() + more.sum())")
+    second = backend.last_push
+
+    values = ",".join(str(i) for i in range(n))
+    cell = f"%%remote_run --backend batch --name arr --sweep i={values}\ny = float(state[i])"
+    counts: collections.Counter[str] = collections.Counter()
+    _count_calls(backend, counts)
+    submit_time = {}
+    real_submit = backend.submit_sweep
+
+    def timed_submit(parent, specs):  # noqa: ANN001, ANN202
+        t = time.perf_counter()
+        try:
+            return real_submit(parent, specs)
+        finally:
+            submit_time["array"] = time.perf_counter() - t
+
+    backend.submit_sweep = timed_submit  # type: ignore[method-assign]
+    batch_wall = quiet(cell)
+    array_calls = dict(counts)
+    local_wall = quiet(
+        f"%%remote_run --local --name loc --sweep i={values} --max-parallel 4\ny = float(state[i])"
+    )
+
+    # N separate jobs of the same image, the way a per-child submitter does it.
+    image = ledger.find(name="arr")[0]["image"]
+    counts.clear()
+    t = time.perf_counter()
+    for i in range(n):
+        backend.submit(RunSpec(f"sep-{i}", image, name="sep", params={"i": i}))
+    submit_time["separate"] = time.perf_counter() - t
+    separate_calls = dict(counts)
+    batch = backend.batch
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:  # let moto finish them (containers) before stopping
+        running = sum(
+            len(
+                batch.list_jobs(jobQueue=os.environ["NBCONTAINER_BATCH_QUEUE"], jobStatus=s)[
+                    "jobSummaryList"
+                ]
+            )
+            for s in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+        )
+        if running == 0:
+            break
+        time.sleep(2)
+
+    def total(calls: dict[str, int], prefix: str = "") -> int:
+        return sum(v for k, v in calls.items() if k.startswith(prefix))
+
+    print(f"sweep of {n} children on the test bed (moto runs every child in Docker)")
+    print(
+        f"  submit, one array job:  {total(array_calls, 'batch.SubmitJob')} SubmitJob call(s), "
+        f"{submit_time['array'] * 1000:.0f} ms"
+    )
+    print(
+        f"  submit, {n} separate jobs: {total(separate_calls, 'batch.SubmitJob')} SubmitJob calls, "
+        f"{submit_time['separate'] * 1000:.0f} ms "
+        f"(ratio {submit_time['separate'] / submit_time['array']:.1f}x)"
+    )
+    print(f"  API calls for the whole array sweep: {total(array_calls)}")
+    for op, k in sorted(array_calls.items()):
+        print(f"    {op:32s} {k}")
+    print(
+        f"  wall: batch {batch_wall:.1f} s ({batch_wall / n * 1000:.0f} ms/child), "
+        f"--local (4 at once) {local_wall:.1f} s ({local_wall / n * 1000:.0f} ms/child), "
+        f"ratio {batch_wall / local_wall:.2f}"
+    )
+    print(
+        f"  push run 1: {first.pushed} layers pushed, {first.existing} already there, "
+        f"{first.bytes_sent / 1e6:.1f} MB; run 2: {second.pushed} pushed, {second.existing} "
+        f"already there, {second.bytes_sent / 1e6:.2f} MB"
+    )
+    engine = Engine.connect()  # the run images made here go (the dependency image stays)
+    for row in ledger.find():
+        for ref in (row["image"], f"nbcontainer/run:{(row['snapshot_digest'] or '')[:16]}"):
+            if ref and not ref.endswith(":"):
+                engine.remove_image(ref, force=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
