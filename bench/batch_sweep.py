@@ -119,22 +119,21 @@ def _bench(n: int, tmp: Path) -> int:
     image = ledger.find(name="arr")[0]["image"]
     counts.clear()
     t = time.perf_counter()
-    for i in range(n):
-        backend.submit(RunSpec(f"sep-{i}", image, name="sep", params={"i": i}))
+    separate = [
+        backend.submit(RunSpec(f"sep-{i}", image, name="sep", params={"i": i})) for i in range(n)
+    ]
     submit_time["separate"] = time.perf_counter() - t
     separate_calls = dict(counts)
     batch = backend.batch
+    ids = [job.handle["job_id"] for job in separate]
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:  # let moto finish them (containers) before stopping
-        running = sum(
-            len(
-                batch.list_jobs(jobQueue=os.environ["NBCONTAINER_BATCH_QUEUE"], jobStatus=s)[
-                    "jobSummaryList"
-                ]
-            )
-            for s in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
-        )
-        if running == 0:
+        states = [
+            j["status"]
+            for k in range(0, n, 100)
+            for j in batch.describe_jobs(jobs=ids[k : k + 100])["jobs"]
+        ]
+        if all(s in ("SUCCEEDED", "FAILED") for s in states):
             break
         time.sleep(2)
 

@@ -374,6 +374,7 @@ class BatchBackend(Backend):
                 handle = {
                     "job_id": f"{array_id}:{index}",
                     "array_job_id": array_id,
+                    "array_size": size,
                     "output_uri": f"{uri}{index}/",
                 }
             job = Job(self.name, spec.run_id, handle)
@@ -412,7 +413,7 @@ class BatchBackend(Backend):
         desc = self.view.jobs.get(job.handle["job_id"], {})
         status = str(desc.get("status", ""))
         ended = status in ("SUCCEEDED", "FAILED")
-        live = not job.handle.get("array_job_id") or self._array_size(job) <= LIVE_LOG_CHILDREN
+        live = job.handle.get("array_size", 1) <= LIVE_LOG_CHILDREN
         due = time.monotonic() - stream.read_at >= self.view.every
         if (
             not stream.finished
@@ -422,10 +423,6 @@ class BatchBackend(Backend):
             self._read_log(job, stream)
             stream.finished = ended
         return stream.lines[since:]
-
-    def _array_size(self, job: Job) -> int:
-        array_id = job.handle["array_job_id"]
-        return sum(1 for j in self.view.jobs if j.startswith(array_id + ":"))
 
     def _read_log(self, job: Job, stream: _LogStream) -> None:
         stream.read_at = time.monotonic()

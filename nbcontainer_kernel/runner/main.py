@@ -38,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = Paths.from_env()
     paths.make()
     index: dict[str, Any] = {"variables": {}, "skipped": {}, "last_value": None, "displays": []}
+    code = 2  # what an error out of _run leaves (the runner's own failure)
     try:
         code = _run(args.param, paths, index)
     finally:

@@ -323,3 +323,73 @@ def test_gc_aws_deregisters_old_job_definition_revisions(testbed: dict[str, str]
         jobDefinitionName="nbcontainer-gcd", status="ACTIVE"
     )
     assert [jd["jobDefinitionArn"] for jd in active["jobDefinitions"]] == [arns[2]]
+
+
+@pytest.fixture(scope="session")
+def aws_kernel_image(engine: Engine, kernel_image: str) -> str:
+    """A kernel image with boto3 (what a team's image for remote runs holds); cached like
+    the kernel image itself: rebuilt only when its inputs change."""
+    from nbcontainer_kernel.kernel.images import build_kernel_image
+    from tests.integration.conftest import BASE_IMAGE
+
+    tag = "nbcontainer/python:3.11-aws"
+    build_kernel_image(engine, BASE_IMAGE, tag, requirements=["boto3"])
+    return tag
+
+
+def test_a_containerized_kernel_runs_a_cell_on_batch(
+    engine: Engine,
+    testbed: dict[str, str],
+    aws_kernel_image: str,
+    make_kernelspec,
+    ledger: Ledger,
+    new_images,
+    tmp_path: Path,
+) -> None:
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    # The host network: the kernel reaches the test bed on 127.0.0.1 as the host does.
+    name = make_kernelspec(
+        "nbc-batch", image=aws_kernel_image, docker_socket=True, network_mode="host", env=testbed
+    )
+    nb = new_notebook(
+        cells=[
+            new_code_cell("import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})"),
+            new_code_cell(
+                "%%remote_run --backend batch --name kb\nimport os\n"
+                "doubled = frame * 2\njob = os.environ['AWS_BATCH_JOB_ID']"
+            ),
+            new_code_cell("print(doubled.a.tolist(), job)"),
+        ]
+    )
+    NotebookClient(
+        nb,
+        kernel_name=name,
+        timeout=600,
+        startup_timeout=60,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    out = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    row = ledger.get("kb-1")
+    assert row["status"] == "SUCCEEDED" and row["backend"] == "batch"
+    assert out.startswith("[2, 4] ") and out.strip().endswith(row["job"]["job_id"])
+
+
+def test_attach_after_a_restart_collects_a_batch_run(batch_ip, ledger: Ledger) -> None:
+    from nbcontainer_kernel.backends.base import Hooks
+    from nbcontainer_kernel.remote.dispatch import RemoteRunner
+
+    handle = batch_ip.run_cell(
+        "%%remote_run --backend batch --no-wait --name bgb\nimport time\ntime.sleep(3)\nz = 42"
+    ).result
+    deadline = time.monotonic() + 60
+    while not ledger.get(handle.run_id)["job"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # A new kernel: a new runner over the same ledger finds the job by the id recorded there.
+    ns: dict = {}
+    result = RemoteRunner(Ledger(ledger.path)).attach(handle.run_id, ns, Hooks())
+    assert ns == {"z": 42} and result.succeeded
+    handle.wait(60)
+    assert ledger.get(handle.run_id)["status"] == "SUCCEEDED"

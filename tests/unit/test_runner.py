@@ -124,3 +124,33 @@ def test_ipython_semantics_magics_shell_and_display(tmp_path: Path) -> None:
     assert res.results == {"squares": [0, 1, 4, 9]}
     assert res.last_value == 4
     assert res.displays[0]["data"]["text/html"] == "<i>shown</i>"
+
+
+def test_an_array_child_runs_its_row_of_the_sweep(tmp_path: Path) -> None:
+    table = json.dumps([{"lr": 0.1, "k": 1}, {"lr": 0.01, "k": 2}])
+    env = {
+        "NBCONTAINER_PARAMS": json.dumps({"epochs": 3}),
+        "NBCONTAINER_SWEEP": table,
+        "AWS_BATCH_JOB_ID": "0b1c-77:1",  # how Batch (and moto) name array children
+    }
+    proc, result = run_runner(tmp_path, {"lr": 1.0}, "out = (lr, k, epochs)", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert result.results == {"out": (0.01, 2, 3)}
+    assert "row 1 of the sweep" in proc.stdout
+
+
+def test_outputs_that_cannot_be_uploaded_fail_the_run_and_stay_sealed_here(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "NBCONTAINER_OUTPUT_URI": "s3://bucket/runs/r-1/",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens: S3 unreachable
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "",
+    }
+    proc, result = run_runner(tmp_path, {"x": 2}, "y = x * 2", env=env)
+    assert proc.returncode == 3
+    assert "[nbcontainer] outputs not uploaded: S3 could not be reached" in proc.stderr
+    assert result.results == {"y": 4}, "the outputs are sealed before the upload is tried"
+    failed, result = run_runner(tmp_path / "f", {"x": 2}, "raise ValueError('x')", env=env)
+    assert failed.returncode == 1, "the cell's own failure is what the exit code says"
