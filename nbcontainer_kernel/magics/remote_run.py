@@ -375,7 +375,9 @@ class RemoteRun(Magics):
                 with made:
                     if "panel" not in holder:
                         holder["panel"] = RunPanel(
-                            run_id, on_cancel=lambda: cancel(holder["panel"].run_id)
+                            run_id,
+                            on_cancel=lambda: cancel(holder["panel"].run_id),
+                            describe=self._swept_values_of,
                         )
                         display(holder["panel"].widget)
                 holder["panel"].on_phase(run_id, phase, timings)
@@ -391,6 +393,13 @@ class RemoteRun(Magics):
         hooks.on_phase.append(text.on_phase)
         hooks.on_log.append(text.on_log)
         return hooks, text
+
+    def _swept_values_of(self, run_id: str) -> str:
+        """A sweep child's values of the swept parameters, for its row in the panel."""
+        row = self.runner.ledger.get(run_id)
+        parent = self.runner.ledger.get(row["parent"]) if row.get("parent") else {}
+        swept = {k for k, v in (parent.get("params") or {}).items() if isinstance(v, list)}
+        return ", ".join(f"{k}={v!r}" for k, v in row["params"].items() if k in swept)
 
     def _notebook(self) -> str | None:
         return self._user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")

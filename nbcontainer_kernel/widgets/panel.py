@@ -38,25 +38,35 @@ MAX_CHILD_ROWS = 20
 
 
 class _Row:
-    def __init__(self, run_id: str) -> None:
-        self.label = w.Label(run_id, layout=w.Layout(width="14em"))
-        self.bar = w.IntProgress(value=0, min=0, max=len(_STEPS), layout=w.Layout(width="40%"))
-        self.phase = w.Label("")
-        self.box = w.HBox([self.label, self.bar, self.phase])
+    """A sweep child: its id, its parameter values, a bar, its phase and how long it took."""
 
-    def set(self, phase: Phase) -> None:
+    def __init__(self, run_id: str, detail: str = "") -> None:
+        self.label = w.Label(run_id, layout=w.Layout(width="10em"))
+        self.detail = w.Label(detail, layout=w.Layout(width="14em"))
+        self.bar = w.IntProgress(value=0, min=0, max=len(_STEPS), layout=w.Layout(width="30%"))
+        self.phase = w.Label("")
+        self.box = w.HBox([self.label, self.detail, self.bar, self.phase])
+
+    def set(self, phase: Phase, seconds: float | None = None) -> None:
         self.bar.value = len(_STEPS) if phase.terminal else _STEPS.index(phase) + 1
         self.bar.bar_style = _STYLE.get(phase, "info")
-        self.phase.value = phase.value
+        self.phase.value = phase.value + (f" {seconds:.1f} s" if seconds else "")
 
 
 class RunPanel:
     """One panel per run (a sweep's children get a row each)."""
 
     def __init__(
-        self, run_id: str, on_cancel: Callable[[], None] | None = None, max_log_lines: int = 2000
+        self,
+        run_id: str,
+        on_cancel: Callable[[], None] | None = None,
+        max_log_lines: int = 2000,
+        describe: Callable[[str], str] | None = None,
     ) -> None:
+        """`describe(child)` gives a sweep child's parameter values for its row (asked once
+        per row shown)."""
         self.run_id = run_id
+        self._describe = describe
         self.started = time.monotonic()
         self.phase = w.HTML(f"<b>{html.escape(run_id)}</b>: starting")
         self.bar = w.IntProgress(value=0, min=0, max=len(_STEPS), description="progress")
@@ -70,6 +80,7 @@ class RunPanel:
         self.summary = w.HTML("")
         self.rows: dict[str, _Row] = {}
         self.child_phases: dict[str, Phase] = {}  # every child, shown or not
+        self._seconds: dict[str, float] = {}  # how long each finished child took
         self._counts: dict[Phase, int] = {}
         # Children by group (failed, running, waiting, finished), each in order of arrival.
         self._groups: tuple[dict[str, None], ...] = ({}, {}, {}, {})
@@ -110,6 +121,8 @@ class RunPanel:
     def _on_phase(self, run_id: str, phase: Phase, timings: dict[str, float]) -> None:
         self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"
         if run_id != self.run_id:
+            if phase.terminal:
+                self._seconds[run_id] = sum(timings.values())
             self._on_child(run_id, phase)
             return
         self.phase.value = f"<b>{html.escape(run_id)}</b>: {phase.value}"
@@ -140,13 +153,13 @@ class RunPanel:
         shown = self._shown()
         for child in shown:
             if child not in self.rows:
-                self.rows[child] = _Row(child)
+                self.rows[child] = _Row(child, self._describe(child) if self._describe else "")
         if run_id in self.rows:
-            self.rows[run_id].set(phase)
+            self.rows[run_id].set(phase, self._seconds.get(run_id))
         boxes = tuple(self.rows[c].box for c in shown)
         if boxes != self.children.children:
             for child in shown:
-                self.rows[child].set(self.child_phases[child])
+                self.rows[child].set(self.child_phases[child], self._seconds.get(child))
             self.children.children = boxes
 
     @staticmethod

@@ -32,16 +32,18 @@ def test_panel_follows_phases_logs_and_wires_cancel() -> None:
 
 
 def test_panel_has_a_row_per_sweep_child() -> None:
-    panel = RunPanel("sweep-1")
+    panel = RunPanel("sweep-1", describe=lambda child: f"lr={int(child[-1]) / 10}")
     panel.on_phase("sweep-1", Phase.RUNNING, {})
     for child in ("sweep-2", "sweep-3"):
         panel.on_phase(child, Phase.SUBMITTED, {})
-    panel.on_phase("sweep-2", Phase.SUCCEEDED, {})
+    panel.on_phase("sweep-2", Phase.SUCCEEDED, {"submitted": 0.5, "running": 2.0})
+    assert panel.rows["sweep-2"].detail.value == "lr=0.2"
+    assert panel.rows["sweep-2"].phase.value == "SUCCEEDED 2.5 s"
     panel.on_phase("sweep-3", Phase.FAILED, {})
     assert list(panel.rows) == ["sweep-2", "sweep-3"]
     assert len(panel.children.children) == 2
     assert (
-        panel.rows["sweep-2"].phase.value == "SUCCEEDED"
+        panel.rows["sweep-2"].phase.value.startswith("SUCCEEDED")
         and panel.rows["sweep-2"].bar.bar_style == "success"
     )
     assert panel.rows["sweep-3"].bar.bar_style == "danger"
