@@ -314,6 +314,11 @@ class BatchBackend(Backend):
         }
         if spec.command:
             overrides["command"] = list(spec.command)
+        # The job definition fixes the shape already; said again on the job, where the
+        # console and describe_jobs show it.
+        overrides["resourceRequirements"] = self._shape(spec)["containerProperties"][
+            "resourceRequirements"
+        ]
         kwargs: dict[str, Any] = {
             "jobName": job_definition_name(run_id)[:128],
             "jobQueue": self.settings["batch_queue"],

@@ -393,3 +393,18 @@ def test_attach_after_a_restart_collects_a_batch_run(batch_ip, ledger: Ledger) -
     assert ns == {"z": 42} and result.succeeded
     handle.wait(60)
     assert ledger.get(handle.run_id)["status"] == "SUCCEEDED"
+
+
+def test_an_ecr_registry_gets_its_repository_and_a_login_from_the_ecr_api(
+    testbed: dict[str, str],
+) -> None:
+    from nbcontainer_kernel.backends.aws import client
+    from nbcontainer_kernel.backends.push import ecr_login, parse_registry
+
+    registry = parse_registry("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/nbcontainer")
+    login = ecr_login(registry)
+    assert login["serveraddress"] == registry.host and login["username"] == "AWS"
+    assert login["password"]
+    repos = client("ecr").describe_repositories(repositoryNames=["team/nbcontainer"])
+    assert [r["repositoryName"] for r in repos["repositories"]] == ["team/nbcontainer"]
+    assert ecr_login(registry)["username"] == "AWS", "an existing repository is used as it is"

@@ -71,7 +71,11 @@ def _cancel_while_waiting(
         clicked = time.monotonic()
         _click(kc, button)
         reply = _reply(kc, msg_id, timeout=60)
-        return time.monotonic() - clicked, reply
+        took = time.monotonic() - clicked
+        print(
+            f"[figure] Cancel of {' '.join(running)}: the cell ended {took:.2f} s after the click"
+        )
+        return took, reply
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

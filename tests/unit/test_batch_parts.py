@@ -302,3 +302,23 @@ def test_fargate_needs_an_execution_role_and_platforms_are_checked() -> None:
         BatchBackend().configure({**_COMPLETE, "batch_platform": "fargate"})
     with pytest.raises(InvalidOption, match="EC2 or FARGATE"):
         BatchBackend().configure({**_COMPLETE, "batch_platform": "lambda"})
+
+
+def test_nothing_imports_boto3_unless_a_remote_backend_is_used() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from IPython.testing import globalipapp\n"
+        "globalipapp.start_ipython()\n"
+        "ip = globalipapp.get_ipython()\n"
+        "ip.run_line_magic('load_ext', 'nbcontainer_kernel')\n"
+        "from nbcontainer_kernel.backends.registry import available, get_backend\n"
+        "assert 'batch' in available()\n"
+        "get_backend('local')\n"
+        "import nbcontainer_kernel.remote.dispatch, nbcontainer_kernel.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
