@@ -116,6 +116,33 @@ class _JobView:
                 self._refresh()
             return self.jobs.get(job.handle["job_id"], {})
 
+    def details(self, job: Job) -> dict[str, Any]:
+        """A job's full description (its log stream, reasons). Array children are listed in
+        summaries: this describes the job and up to 99 other ended children still lacking
+        theirs in the same call, so an array's details cost one call per 100 children."""
+        job_id = job.handle["job_id"]
+        with self.lock:
+            known = self.jobs.get(job_id, {})
+            if (known.get("container") or {}).get("logStreamName"):
+                return known
+            if not job.handle.get("array_job_id") and known:
+                return known  # plain jobs are described in full by every refresh
+            others = [
+                j
+                for j, d in self.jobs.items()
+                if j != job_id
+                and d.get("status") in ("SUCCEEDED", "FAILED")
+                and not (d.get("container") or {}).get("logStreamName")
+                and j.rpartition(":")[0] == job_id.rpartition(":")[0]
+            ][:99]
+        with aws_errors("batch", "DescribeJobs"):
+            found = self.backend.batch.describe_jobs(jobs=[job_id, *others])["jobs"]
+        with self.lock:
+            self.calls += 1
+            for desc in found:
+                self.jobs[desc["jobId"]] = {**self.jobs.get(desc["jobId"], {}), **desc}
+            return self.jobs.get(job_id, {})
+
     def forget(self, job: Job) -> None:
         with self.lock:
             self.plain.discard(job.handle["job_id"])
@@ -399,19 +426,13 @@ class BatchBackend(Backend):
         return phase, code
 
     def end_reason(self, job: Job) -> str | None:
-        desc = self._describe_one(job)
+        desc = self.view.details(job)
         reasons = [
             str(desc.get("statusReason") or ""),
             str((desc.get("container") or {}).get("reason") or ""),
         ]
         text = "; ".join(r for r in reasons if r and r != "Essential container in task exited")
         return f"Batch: {text}" if text else None
-
-    def _describe_one(self, job: Job) -> dict[str, Any]:
-        with aws_errors("batch", "DescribeJobs"):
-            found = self.batch.describe_jobs(jobs=[job.handle["job_id"]])["jobs"]
-        self.view.calls += 1
-        return found[0] if found else {}
 
     def logs(self, job: Job, since: int = 0) -> list[str]:
         stream = self._logs.setdefault(job.handle["job_id"], _LogStream())
@@ -432,7 +453,7 @@ class BatchBackend(Backend):
     def _read_log(self, job: Job, stream: _LogStream) -> None:
         stream.read_at = time.monotonic()
         if stream.name is None:
-            desc = self._describe_one(job)
+            desc = self.view.details(job)
             stream.name = (desc.get("container") or {}).get("logStreamName")
             if stream.name is None:
                 return  # not written yet (or the job never started)
