@@ -580,10 +580,10 @@ class RemoteRunner:
                 if c in errors:
                     raise errors[c]
                 results[c].raise_for_status()
-            except NbcontainerError as exc:
+            except Exception as exc:  # each failed child is named; the others come back
                 first_error = first_error or exc
-                why = getattr(exc, "reason", None) or str(exc).split("\n", 1)[0]
-                failures[c] = (row, str(why))
+                why = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+                failures[c] = (row, str(why).split("\n", 1)[0])
         self.ledger.update(
             parent,
             failure=f"{len(failures)} of {len(children)} children failed" if failures else None,
