@@ -136,4 +136,8 @@ def ip(ledger: Ledger, new_images: None, monkeypatch: pytest.MonkeyPatch):
         "'a'])}, index=pd.date_range('2024-01-01', periods=3, name='day'))\n"
         "topics = 2"
     )
-    return shell
+    before = set(shell.user_ns)
+    yield shell
+    # One shell serves every test: what a test assigned is not the next test's.
+    for name in set(shell.user_ns) - before:
+        del shell.user_ns[name]

@@ -44,38 +44,34 @@ SETTINGS = {
 
 @pytest.fixture(scope="session")
 def testbed(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The test bed, started by the project's own script and stopped at the end; its
-    environment is this process's while the batch tests run."""
+    """The test bed, started by the project's own script and stopped at the end; yields
+    the environment it prints (aws_env makes it a test's own)."""
     state = tmp_path_factory.mktemp("aws-testbed")
+    script = str(ROOT / "scripts" / "aws-testbed.sh")
+    venv = {**os.environ, "VENV": str(Path(sys.executable).parent.parent)}
     out = subprocess.run(
-        [str(ROOT / "scripts" / "aws-testbed.sh"), "start", "--state", str(state)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "VENV": str(Path(sys.executable).parent.parent)},
+        [script, "start", "--state", str(state)], capture_output=True, text=True, env=venv
     )
     assert out.returncode == 0, out.stderr
-    env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        yield env
+        yield dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        subprocess.run(
-            [str(ROOT / "scripts" / "aws-testbed.sh"), "stop", "--state", str(state)], check=False
-        )
+        subprocess.run([script, "stop", "--state", str(state)], check=False, env=venv)
 
 
 @pytest.fixture
-def batch_ip(ip, testbed: dict[str, str]):
+def aws_env(testbed: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The test bed's environment, for this test only (later tests see none of it)."""
+    for name, value in testbed.items():
+        monkeypatch.setenv(name, value)
+    return testbed
+
+
+@pytest.fixture
+def batch_ip(ip, aws_env: dict[str, str]):
     """The shell with the test bed's settings, set as a user would (%config)."""
     for trait, env in SETTINGS.items():
-        ip.run_line_magic("config", f"RemoteRun.{trait} = {testbed[env]!r}")
+        ip.run_line_magic("config", f"RemoteRun.{trait} = {aws_env[env]!r}")
     yield ip
     for trait in SETTINGS:
         ip.run_line_magic("config", f"RemoteRun.{trait} = None")
@@ -273,7 +269,7 @@ def test_an_unreachable_registry_is_a_clear_error(batch_ip, ledger: Ledger) -> N
 
 
 def test_nbcontainer_push_prints_the_digest_reference_and_skips_what_is_there(
-    engine: Engine, testbed: dict[str, str], kernel_image: str
+    engine: Engine, aws_env: dict[str, str], kernel_image: str
 ) -> None:
     def push() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -286,7 +282,7 @@ def test_nbcontainer_push_prints_the_digest_reference_and_skips_what_is_there(
     first = push()
     assert first.returncode == 0, first.stderr
     ref = first.stdout.strip()
-    assert ref.startswith(testbed["NBCONTAINER_REGISTRY"] + "@sha256:")
+    assert ref.startswith(aws_env["NBCONTAINER_REGISTRY"] + "@sha256:")
     assert "layers" in first.stderr and "MB sent" in first.stderr
     again = push()
     assert again.stdout.strip() == ref
@@ -296,13 +292,13 @@ def test_nbcontainer_push_prints_the_digest_reference_and_skips_what_is_there(
     assert not [t for t in engine.get_image(kernel_image).tags if t.startswith("127.0.0.1:")]
 
 
-def test_gc_aws_deregisters_old_job_definition_revisions(testbed: dict[str, str]) -> None:
+def test_gc_aws_deregisters_old_job_definition_revisions(aws_env: dict[str, str]) -> None:
     from nbcontainer_kernel.backends.base import RunSpec
     from nbcontainer_kernel.backends.batch import BatchBackend
 
     backend = BatchBackend()
     backend.configure(
-        {trait: testbed[env] for trait, env in SETTINGS.items()} | {"batch_platform": "EC2"}
+        {trait: aws_env[env] for trait, env in SETTINGS.items()} | {"batch_platform": "EC2"}
     )
     arns = [
         backend.job_definition(RunSpec("gcd-1", f"127.0.0.1:1/x@sha256:{d * 64}", name="gcd"))
@@ -396,7 +392,7 @@ def test_attach_after_a_restart_collects_a_batch_run(batch_ip, ledger: Ledger) -
 
 
 def test_an_ecr_registry_gets_its_repository_and_a_login_from_the_ecr_api(
-    testbed: dict[str, str],
+    aws_env: dict[str, str],
 ) -> None:
     from nbcontainer_kernel.backends.aws import client
     from nbcontainer_kernel.backends.push import ecr_login, parse_registry
