@@ -64,8 +64,8 @@ def _bench(n: int, tmp: Path) -> int:
 
     from nbcontainer_kernel.backends.base import RunSpec
     from nbcontainer_kernel.backends.registry import get_backend
-    from nbcontainer_kernel.engine import Engine
     from nbcontainer_kernel.remote.ledger import Ledger
+    from nbcontainer_kernel.remote.run_images import remove_run_images_of
 
     globalipapp.start_ipython()
     ip = globalipapp.get_ipython()
@@ -163,11 +163,7 @@ def _bench(n: int, tmp: Path) -> int:
         f"{first.bytes_sent / 1e6:.1f} MB; run 2: {second.pushed} pushed, {second.existing} "
         f"already there, {second.bytes_sent / 1e6:.2f} MB"
     )
-    engine = Engine.connect()  # the run images made here go (the dependency image stays)
-    for row in ledger.find():
-        for ref in (row["image"], f"nbcontainer/run:{(row['snapshot_digest'] or '')[:16]}"):
-            if ref and not ref.endswith(":"):
-                engine.remove_image(ref, force=True)
+    remove_run_images_of(ledger.find())  # the run images made here go
     return 0
 
 

@@ -37,14 +37,10 @@ def main() -> int:
         result = ip.run_cell(cell)
         if result.error_in_exec is not None:
             return 1
-    from nbcontainer_kernel.engine import Engine
     from nbcontainer_kernel.remote.ledger import Ledger
+    from nbcontainer_kernel.remote.run_images import remove_run_images_of
 
-    engine = Engine.connect()  # the run images made here go (the dependency image stays)
-    for row in Ledger(tmp / "runs.db").find():
-        for ref in (row["image"], f"nbcontainer/run:{(row['snapshot_digest'] or '')[:16]}"):
-            if ref and not ref.endswith(":"):
-                engine.remove_image(ref, force=True)
+    remove_run_images_of(Ledger(tmp / "runs.db").find())  # the run images made here go
     return 0
 
 

@@ -17,6 +17,7 @@ one directory; `stop` stops both servers and removes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -179,25 +180,30 @@ def start(state: Path) -> dict[str, str]:
     return env
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _stop_group(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM to the server's process group; SIGKILL if it is still there after `grace`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def stop(state: Path) -> None:
     pids_file = state / "pids.json"
     if pids_file.exists():
         for pid in json.loads(pids_file.read_text()).values():
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            for _ in range(50):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _stop_group(pid)
     shutil.rmtree(state, ignore_errors=True)
 
 

@@ -129,9 +129,10 @@ class Backend(ABC):
         return 0.1
 
     def submit_sweep(self, parent: str, specs: list[RunSpec]) -> list[Job]:
-        """Submit every child of sweep `parent` in one step (one_job_per_sweep backends);
-        returns one Job per spec, in order. Called by RemoteRunner once."""
-        raise NotImplementedError(f"the {self.name} backend submits a sweep child by child")
+        """Submit every child of sweep `parent` in one step; returns one Job per spec, in
+        order. Called by RemoteRunner once, for one_job_per_sweep backends; by default
+        each child is submitted on its own."""
+        return [self.submit(spec) for spec in specs]
 
     @abstractmethod
     def submit(self, spec: RunSpec) -> Job:

@@ -31,7 +31,7 @@ from typing import Any
 from .. import labels
 from ..config import max_result_bytes
 from ..engine import extract_tar, get_engine
-from ..errors import InvalidOption, MissingSetting
+from ..errors import CloudError, InvalidOption, MissingSetting
 from ..kernel.options import parse_bytes
 from ..runner.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
 from ..runner.upload import OUTPUTS_OBJECT, URI_ENV
@@ -97,7 +97,6 @@ class _JobView:
         self.plain: set[str] = set()  # plain jobs waited on (described 100 per call)
         self.arrays: set[str] = set()  # array jobs whose children are waited on
         self.fetched = 0.0
-        self.calls = 0  # API calls made (the benchmark counts them)
 
     def watch(self, job: Job) -> None:
         with self.lock:
@@ -138,7 +137,6 @@ class _JobView:
         with aws_errors("batch", "DescribeJobs"):
             found = self.backend.batch.describe_jobs(jobs=[job_id, *others])["jobs"]
         with self.lock:
-            self.calls += 1
             for desc in found:
                 self.jobs[desc["jobId"]] = {**self.jobs.get(desc["jobId"], {}), **desc}
             return self.jobs.get(job_id, {})
@@ -154,7 +152,6 @@ class _JobView:
         for start in range(0, len(ids), 100):
             with aws_errors("batch", "DescribeJobs"):
                 found = batch.describe_jobs(jobs=ids[start : start + 100])["jobs"]
-            self.calls += 1
             for desc in found:
                 self.jobs[desc["jobId"]] = desc
         for array_id in sorted(self.arrays):
@@ -168,7 +165,6 @@ class _JobView:
                     kwargs["nextToken"] = token
                 with aws_errors("batch", "ListJobs"):
                     page = batch.list_jobs(**kwargs)
-                self.calls += 1
                 for summary in page.get("jobSummaryList", []):
                     known = self.jobs.get(summary["jobId"], {})
                     self.jobs[summary["jobId"]] = {**known, **summary}
@@ -514,8 +510,8 @@ class BatchBackend(Backend):
         try:
             with aws_errors("s3", "GetObject"):
                 obj = s3.get_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            if getattr(exc, "code", "") not in ("NoSuchKey", "404"):
+        except CloudError as exc:
+            if exc.code not in ("NoSuchKey", "404"):
                 raise
             obj = None
         if obj is not None:

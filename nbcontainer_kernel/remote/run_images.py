@@ -44,6 +44,7 @@ __all__ = [
     "build_run_image",
     "default_base",
     "remove_run_image",
+    "remove_run_images_of",
     "RUNTIME_FOR_CELLS",
     "RUNTIME_FOR_NOTEBOOKS",
 ]
@@ -544,3 +545,14 @@ def _shown_parameters(parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def remove_run_image(tag: str, engine: Engine | None = None) -> None:
     """Remove a run image (its dependency layer stays cached)."""
     (engine or get_engine()).remove_image(tag, force=True)
+
+
+def remove_run_images_of(rows: list[dict[str, Any]], engine: Engine | None = None) -> None:
+    """Remove the run images that ledger rows name: the image each ran (a pushed
+    ``repo@sha256:...`` included) and its local snapshot tag. Dependency layers stay."""
+    engine = engine or get_engine()
+    for row in rows:
+        digest = row.get("snapshot_digest") or ""
+        for ref in (row.get("image"), f"nbcontainer/run:{digest[:16]}" if digest else None):
+            if ref:
+                remove_run_image(ref, engine)

@@ -55,16 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _upload(paths: Paths, code: int) -> int:
     """Put the sealed outputs where NBCONTAINER_OUTPUT_URI says (Batch), also after a
     failure; a run whose outputs could not be put there fails, saying why."""
-    from .sweep import array_index
+    from .sweep import SWEEP_ENV, SWEEP_URI_ENV, array_index
     from .upload import URI_ENV, UploadError, upload_outputs
 
     env = dict(os.environ)
     index = array_index(env)
-    if (
-        env.get(URI_ENV)
-        and index is not None
-        and (env.get("NBCONTAINER_SWEEP") or env.get("NBCONTAINER_SWEEP_URI"))
-    ):
+    if env.get(URI_ENV) and index is not None and (env.get(SWEEP_ENV) or env.get(SWEEP_URI_ENV)):
         env[URI_ENV] = f"{env[URI_ENV].rstrip('/')}/{index}/"  # one prefix per array child
     try:
         where = upload_outputs(paths.ml, env)

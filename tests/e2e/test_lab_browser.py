@@ -135,6 +135,11 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                     cell.locator(
                         ".widget-html", has_text=re.compile(f"{name}-1.*CANCELLED")
                     ).first.wait_for(timeout=5_000)
+                    if len(runs) > 1:  # a row per child, with its value, as a user reads it
+                        for n in (1, 2, 3):
+                            cell.locator(".widget-label", has_text=f"n={n}").first.wait_for(
+                                timeout=5_000
+                            )
                     rows = {r["id"]: r["status"] for r in ledger.find(name=name)}
                     assert set(rows.values()) == {"CANCELLED"} and len(rows) == len(runs) + (
                         1 if len(runs) > 1 else 0
