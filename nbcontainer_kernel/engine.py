@@ -297,6 +297,19 @@ class Engine:
                 return False
             raise
 
+    def remove_network_if_idle(self, name: str) -> bool:
+        """Remove a network no container is attached to; False when it is gone or in use."""
+        try:
+            with translate_errors(f"inspect network {name}"):
+                info = self.api.inspect_network(name)
+            if info.get("Containers"):
+                return False
+            with translate_errors(f"remove network {name}"):
+                self.api.remove_network(name)
+            return True
+        except (ResourceNotFound, Conflict):
+            return False
+
     def container_changes(self, ident: str) -> list[dict[str, Any]]:
         """What a container changed in its filesystem (docker diff): Path and Kind."""
         with translate_errors(f"list the changes of container {ident}"):

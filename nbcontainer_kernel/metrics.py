@@ -7,18 +7,28 @@ for a metric NAME is :func:`metric_regex` (``\\[nbcontainer-metric\\] NAME=(\\S+
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import sys
 import time
 from typing import Any
 
-__all__ = ["log_metric", "metric_regex", "recorded", "summary", "parse_metric_lines", "reset"]
+__all__ = [
+    "log_metric",
+    "metric_names_in",
+    "metric_regex",
+    "recorded",
+    "summary",
+    "parse_metric_lines",
+    "reset",
+]
 
 PREFIX = "[nbcontainer-metric]"
 _LINE = re.compile(
     r"^\[nbcontainer-metric\] (?P<name>[^=\s]+)=(?P<value>\S+)(?: step=(?P<step>-?\d+))?\s*$"
 )
+_LITERAL_CALL = re.compile(r"log_metric\(\s*['\"]([A-Za-z0-9_.:/-]+)['\"]")
 _records: list[dict[str, Any]] = []
 
 
@@ -34,6 +44,26 @@ def log_metric(name: str, value: float, step: int | None = None) -> None:
 
 def metric_regex(name: str) -> str:
     return rf"\[nbcontainer-metric\] {re.escape(name)}=(\S+)"
+
+
+def metric_names_in(cell: str) -> list[str]:
+    """The metric names a cell logs with a literal name (``log_metric("loss", ...)``), in
+    order: each gets a MetricDefinition, so SageMaker's console and CloudWatch show it."""
+    try:
+        tree = ast.parse(cell)
+    except SyntaxError:  # IPython syntax (magics, !cmd): a plain look at the text
+        return list(dict.fromkeys(_LITERAL_CALL.findall(cell)))
+    found = sorted(
+        (node.lineno, node.col_offset, node.args[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) == "log_metric"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+        and re.fullmatch(r"[A-Za-z0-9_.:/-]+", node.args[0].value)
+    )
+    return list(dict.fromkeys(name for _, _, name in found))
 
 
 def parse_metric_lines(text: str) -> list[dict[str, Any]]:

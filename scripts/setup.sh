@@ -2,7 +2,7 @@
 # Everything the demo and the tests need on a fresh Debian machine:
 #   a Docker engine (started when none answers), an offline-made base image,
 #   the project's virtualenv (.venv) with the package installed editable, Debian's
-#   docker-registry for the AWS test bed,
+#   docker-registry for the AWS test bed, docker-compose for SageMaker's local mode,
 #   and, with --browser, Debian's chromium for the browser tests.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib.sh"
@@ -30,14 +30,15 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating the virtualenv $venv"
   python3 -m venv "$venv"
 fi
-log "installing nbcontainer-kernel (editable, with the test, lint and aws extras) into $venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,lint,aws]' 2>&1 \
+log "installing nbcontainer-kernel (editable, with the test, lint, aws and sagemaker extras) into $venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,lint,aws,sagemaker]' 2>&1 \
   | grep -v '^WARNING: Location' >&2 || true
 "$venv/bin/python" -c 'import nbcontainer_kernel' || { log "install failed"; exit 1; }
 
 if [ "$venv_only" -eq 0 ]; then
-  # The AWS test bed's registry (scripts/aws-testbed.sh starts it with its own config).
-  apt_install docker-registry
+  # The AWS test bed's registry (scripts/aws-testbed.sh starts it with its own config), and
+  # Docker Compose for SageMaker's local mode (--backend sagemaker-local).
+  apt_install docker-registry docker-compose
 fi
 
 if [ "$browser" -eq 1 ]; then

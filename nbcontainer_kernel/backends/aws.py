@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import CloudError, NbcontainerError
 
 __all__ = [
+    "Clients",
     "aws_errors",
+    "poll_interval",
+    "require_settings",
     "check_credentials",
     "client",
     "environment_key",
@@ -55,6 +58,41 @@ def environment_key() -> tuple[tuple[str, str], ...]:
     """What decides boto3's credentials and endpoints: clients made under another key
     are made again (a user may set AWS_PROFILE in the notebook between runs)."""
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+
+
+class Clients:
+    """A backend's boto3 clients, one per service, made again when the AWS_* environment
+    changed since (a user may set AWS_PROFILE in the notebook between runs)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Any] = {}
+        self._env = environment_key()
+
+    def get(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = client(service)
+        return self._clients[service]
+
+    def refresh(self) -> None:
+        """Forget the clients when the environment changed (called by configure)."""
+        if self._env != environment_key():
+            self._clients.clear()
+            self._env = environment_key()
+
+
+def require_settings(settings: Mapping[str, Any], needed: Mapping[str, tuple[str, str]]) -> None:
+    """MissingSetting for the first of `needed` (setting -> (env var, what it is)) unset."""
+    from ..errors import MissingSetting
+
+    for name, (env, what) in needed.items():
+        if not settings.get(name):
+            raise MissingSetting(f"RemoteRun.{name}", env, what)
+
+
+def poll_interval(waited: float) -> float:
+    """AWS's status APIs are rate-limited per account: 1 s while a job starts, backing off
+    to 10 s."""
+    return min(10.0, 1.0 + waited / 30.0)
 
 
 def check_credentials(service: str) -> None:

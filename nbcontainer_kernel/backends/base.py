@@ -96,6 +96,14 @@ class RunSpec:
     detached: bool = False
     name: str = "run"  # the run's name (job definitions and job names use it)
     notebook: str | None = None  # the notebook the run came from (a tag where platforms take one)
+    #: The backend settings of this run (RemoteRun's registry, instance_type, ...), fixed at
+    #: submit: another run may configure the shared backend meanwhile.
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: A private directory of this run on the host (the ledger's run directory), at the same
+    #: path in a containerized kernel; for backends that stage files beside the run.
+    workdir: str | None = None
+    #: Names the cell logs metrics under (platforms that must be told, like SageMaker).
+    metric_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -122,6 +130,17 @@ class Backend(ABC):
         """Take the RemoteRun settings (registry, s3_prefix, queue names, ...); called by
         RemoteRunner before each run. Raise MissingSetting or InvalidOption, naming the
         setting, for what cannot work: the run is then recorded FAILED with that reason."""
+
+    def check_resources(  # noqa: B027 - optional step
+        self, cpus: float | None, memory: str | None, gpus: str | None, settings: Mapping[str, Any]
+    ) -> None:
+        """Refuse resources this backend cannot give (InvalidOption naming the flag, which the
+        magic shows as a UsageError); called by RemoteRunner after configure, before a build."""
+
+    def accounting(self, job: Job) -> dict[str, Any]:
+        """What the platform says the ended job cost (billable seconds, instance type, spot
+        savings); RemoteRunner records it in the ledger once the run ended."""
+        return {}
 
     def poll_interval(self, waited: float) -> float:
         """Seconds between status polls after `waited` seconds of waiting (RunDriver asks

@@ -30,22 +30,24 @@ from typing import Any
 
 from .. import labels
 from ..config import max_result_bytes
-from ..engine import extract_tar, get_engine
+from ..engine import extract_tar
 from ..errors import CloudError, InvalidOption, MissingSetting
 from ..kernel.options import parse_bytes
 from ..runner.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
 from ..runner.upload import OUTPUTS_OBJECT, URI_ENV
 from .aws import (
+    Clients,
     aws_errors,
     check_credentials,
     client,
-    environment_key,
+    poll_interval,
     region,
+    require_settings,
     s3_endpoint,
     split_s3_uri,
 )
 from .base import Backend, Hooks, Job, Phase, RunSpec
-from .push import parse_registry, push_image
+from .push import parse_registry, push_to_registry
 
 __all__ = ["BatchBackend", "batch_phase", "deregister_old_definitions", "job_definition_name"]
 
@@ -195,8 +197,7 @@ class BatchBackend(Backend):
         self.view = _JobView(self)
         self._logs: dict[str, _LogStream] = {}
         self._terminated_arrays: set[str] = set()
-        self._clients: dict[str, Any] = {}
-        self._env = environment_key()
+        self._clients = Clients()
         self.last_push: Any = None  # what the last push did (layers, bytes)
 
     # ---------------------------------------------------------------- settings
@@ -211,9 +212,7 @@ class BatchBackend(Backend):
             "s3_prefix": ("NBCONTAINER_S3_PREFIX", "the s3://bucket/prefix where results go"),
             "registry": ("NBCONTAINER_REGISTRY", "the registry run images are pushed to"),
         }
-        for name, (env, what) in needed.items():
-            if not settings.get(name):
-                raise MissingSetting(f"RemoteRun.{name}", env, what)
+        require_settings(settings, needed)
         platform = str(settings.get("batch_platform") or "EC2").upper()
         if platform not in ("EC2", "FARGATE"):
             raise InvalidOption("RemoteRun.batch_platform", platform, "expected EC2 or FARGATE")
@@ -226,9 +225,7 @@ class BatchBackend(Backend):
         split_s3_uri(str(settings["s3_prefix"]))
         parse_registry(str(settings["registry"]))
         self.settings = {**settings, "batch_platform": platform}
-        if self._env != environment_key():  # new credentials or endpoints: new clients
-            self._clients.clear()
-            self._env = environment_key()
+        self._clients.refresh()  # new credentials or endpoints: new clients
         check_credentials("batch")
         region()
 
@@ -237,24 +234,14 @@ class BatchBackend(Backend):
         return self._client("batch")
 
     def _client(self, service: str) -> Any:
-        if service not in self._clients:
-            self._clients[service] = client(service)
-        return self._clients[service]
+        return self._clients.get(service)
 
     def poll_interval(self, waited: float) -> float:
-        # Batch's APIs are rate-limited: 1 s while a run starts, backing off to 10 s.
-        return min(10.0, 1.0 + waited / 30.0)
+        return poll_interval(waited)
 
     # -------------------------------------------------------------------- push
     def push(self, image: str, hooks: Hooks | None = None, run_id: str = "") -> str:
-        registry = parse_registry(str(self.settings["registry"]))
-
-        def report(progress: Any) -> None:
-            if hooks is not None:
-                hooks.log(run_id, f"[nbcontainer] {progress.line()}")
-
-        ref, progress = push_image(get_engine(), image, registry, report)
-        self.last_push = progress
+        ref, self.last_push = push_to_registry(str(self.settings["registry"]), image, hooks, run_id)
         return ref
 
     # ---------------------------------------------------------- job definition

@@ -22,7 +22,14 @@ from typing import Any
 from ..engine import Engine
 from ..errors import EngineError, InvalidOption, RegistryError
 
-__all__ = ["Registry", "PushProgress", "parse_registry", "push_image", "ecr_login"]
+__all__ = [
+    "Registry",
+    "PushProgress",
+    "parse_registry",
+    "push_image",
+    "push_to_registry",
+    "ecr_login",
+]
 
 _ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$")
@@ -171,3 +178,17 @@ def push_image(
     if not progress.digest:
         raise RegistryError(registry.address, "the registry did not report the image's digest")
     return f"{registry.address}@{progress.digest}", progress
+
+
+def push_to_registry(
+    registry: str, image: str, hooks: Any = None, run_id: str = ""
+) -> tuple[str, PushProgress]:
+    """A remote backend's PUSH phase: `image` to ``RemoteRun.registry``, progress as log
+    lines of `run_id` on `hooks`; returns (repo@sha256:..., what the push did)."""
+    from ..engine import get_engine
+
+    def report(progress: PushProgress) -> None:
+        if hooks is not None:
+            hooks.log(run_id, f"[nbcontainer] {progress.line()}")
+
+    return push_image(get_engine(), image, parse_registry(registry), report)

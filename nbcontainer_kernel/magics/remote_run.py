@@ -13,7 +13,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import CaselessStrEnum, Float, Int, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, default
 
 from ..backends.base import Hooks, StopSignal
 from ..backends.registry import UnknownBackend, available
@@ -127,6 +127,10 @@ class _Prepared:
             )
         except UnknownBackend as exc:
             raise UsageError(str(exc)) from exc
+        except InvalidOption as exc:
+            if exc.option.startswith("--"):  # a flag that cannot work there: one line (recorded)
+                raise UsageError(str(exc)) from None
+            raise
 
     def say_interrupted(self) -> None:
         detached = self.req.interrupt == "detach" and not self.stop.force_cancel
@@ -244,6 +248,30 @@ class RemoteRun(Magics):
         help="ARN of the execution role of Fargate jobs (env NBCONTAINER_BATCH_EXECUTION_ROLE).",
     ).tag(config=True, env="NBCONTAINER_BATCH_EXECUTION_ROLE")
 
+    sagemaker_role = Unicode(
+        None,
+        allow_none=True,
+        help="ARN of the SageMaker execution role training jobs run as: the job's credentials, "
+        "never yours (env NBCONTAINER_SAGEMAKER_ROLE).",
+    ).tag(config=True, env="NBCONTAINER_SAGEMAKER_ROLE")
+    instance_type = Unicode(
+        "ml.m5.large",
+        help="SageMaker instance type of --backend sagemaker (--instance-type; env "
+        "NBCONTAINER_INSTANCE_TYPE). sagemaker-local runs on this machine whatever it says.",
+    ).tag(config=True, env="NBCONTAINER_INSTANCE_TYPE")
+    volume_size = Int(
+        30,
+        min=1,
+        max=16384,
+        help="GB of storage of a SageMaker training instance (--volume-size; env "
+        "NBCONTAINER_VOLUME_SIZE).",
+    ).tag(config=True, env="NBCONTAINER_VOLUME_SIZE")
+    spot = Bool(
+        False,
+        help="Managed spot training on SageMaker (--spot; env NBCONTAINER_SPOT): cheaper, may "
+        "wait for capacity; checkpoints go under the run's S3 prefix.",
+    ).tag(config=True, env="NBCONTAINER_SPOT")
+
     #: The settings handed to backends as they are.
     _BACKEND_SETTINGS = (
         "registry",
@@ -253,6 +281,10 @@ class RemoteRun(Magics):
         "batch_retries",
         "batch_platform",
         "batch_execution_role",
+        "sagemaker_role",
+        "instance_type",
+        "volume_size",
+        "spot",
     )
 
     # Defaults: the environment variable, then [tool.nbcontainer] (config.trait_default).
@@ -319,6 +351,22 @@ class RemoteRun(Magics):
     @default("batch_execution_role")
     def _batch_execution_role_default(self) -> str | None:
         return trait_default(self, "batch_execution_role")
+
+    @default("sagemaker_role")
+    def _sagemaker_role_default(self) -> str | None:
+        return trait_default(self, "sagemaker_role")
+
+    @default("instance_type")
+    def _instance_type_default(self) -> str:
+        return trait_default(self, "instance_type")
+
+    @default("volume_size")
+    def _volume_size_default(self) -> int:
+        return trait_default(self, "volume_size")
+
+    @default("spot")
+    def _spot_default(self) -> bool:
+        return trait_default(self, "spot")
 
     @default("ledger_path")
     def _ledger_path_default(self) -> str | None:
@@ -412,7 +460,7 @@ class RemoteRun(Magics):
     @argument(
         "--backend",
         help="Where to run: a name registered in the nbcontainer_kernel.backends "
-        "entry points (local, batch, sagemaker).",
+        "entry points (local, batch, sagemaker, sagemaker-local).",
     )
     @argument(
         "-p",
@@ -457,6 +505,21 @@ class RemoteRun(Magics):
     @argument("--memory", help="Memory limit, e.g. 4g.")
     @argument("--gpus", help="GPUs: 'all', a count, or 'device=0,1'.")
     @argument("--timeout", type=float, help="Seconds before the run is stopped.")
+    @argument(
+        "--instance-type",
+        metavar="TYPE",
+        help="SageMaker instance type, e.g. ml.m5.large, ml.g5.xlarge (RemoteRun.instance_type).",
+    )
+    @argument(
+        "--instance-count", type=int, help="SageMaker instances (1: a cell runs on one instance)."
+    )
+    @argument("--volume-size", type=int, metavar="GB", help="SageMaker instance storage in GB.")
+    @argument(
+        "--spot",
+        action="store_true",
+        default=None,
+        help="SageMaker managed spot training (RemoteRun.spot).",
+    )
     @argument(
         "--no-wait",
         action="store_true",
@@ -548,11 +611,23 @@ class RemoteRun(Magics):
             rerun=args.rerun,
             interrupt=self._setting("interrupt"),
             allow_unpinned=args.allow_unpinned,
-            settings={name: self._setting(name) for name in self._BACKEND_SETTINGS},
+            settings=self._backend_settings(args),
         )
         stop = StopSignal()
         hooks, listener = self._listeners(lambda _run_id: stop.cancel(), sweep=bool(sweep))
         return _Prepared(self, req, hooks, listener, stop, self._notebook())
+
+    def _backend_settings(self, args: Any) -> dict[str, Any]:
+        """The RemoteRun settings backends take, the flags that set some of them winning."""
+        flags = {
+            "instance_type": args.instance_type,
+            "volume_size": args.volume_size,
+            "spot": args.spot,
+        }
+        settings = {name: self._setting(name, flags.get(name)) for name in self._BACKEND_SETTINGS}
+        if args.instance_count is not None:
+            settings["instance_count"] = args.instance_count
+        return settings
 
     def _show(self, outcome: Any, listener: Any) -> Any:
         from ..remote.dispatch import RunHandle
@@ -566,7 +641,7 @@ class RemoteRun(Magics):
         assert isinstance(outcome, RunResult)
         if isinstance(listener, dict):  # the panel showed the log; the cell shows stdout too
             for line in outcome.logs:
-                if not line.startswith("[nbcontainer"):
+                if not line.startswith(("[nbcontainer", "[sagemaker")):  # the platform's own
                     print(line)
         from IPython.display import display
 

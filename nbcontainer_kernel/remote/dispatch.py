@@ -20,6 +20,7 @@ from typing import Any
 from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec, StopSignal
 from ..backends.registry import get_backend
 from ..errors import InvalidOption, NbcontainerError, RunCancelled, SweepFailed
+from ..metrics import metric_names_in
 from ..snapshots import names_assigned, snapshot
 from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
 from .ledger import Ledger
@@ -231,6 +232,7 @@ class RemoteRunner:
         self.drivers[run_id] = driver
         try:
             backend.configure(req.settings)  # a missing setting fails here, recorded
+            backend.check_resources(req.cpus, req.memory, req.gpus, req.settings)
             stop.check()
             image, digest = self._image_for(run_id, driver, req, namespace)
             stop.check()
@@ -434,6 +436,9 @@ class RemoteRunner:
             timeout=req.timeout,
             detached=not req.wait,
             env={KEY_ENV: row["run_key"]},
+            settings=dict(req.settings),
+            metric_names=metric_names_in(req.cell),
+            workdir=str(self.ledger.run_dir(run_id)),
         )
 
     def _submit(self, driver: RunDriver, backend: Backend, spec: RunSpec) -> Job:
@@ -483,8 +488,13 @@ class RemoteRunner:
             backend=row["backend"],
         )
         trusted = driver.verdict is None or not driver.verdict.startswith("refused")
+        try:
+            accounting = driver.backend.accounting(job)
+        except Exception as exc:  # what it cost is a note on the record, never its end
+            accounting = {"error": f"{type(exc).__name__}: {exc}"}
         self.ledger.update(
             spec.run_id,
+            platform=accounting,
             exit_code=code,
             verified=driver.verdict,
             metrics=result.metrics if trusted else {},

@@ -48,15 +48,16 @@ CREATE TABLE IF NOT EXISTS runs (
     job TEXT,
     run_key TEXT,
     verified TEXT,
+    platform TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_name ON runs(name);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
 """
-_JSON = {"params", "metrics", "phases", "result_files", "outputs", "job"}
+_JSON = {"params", "metrics", "phases", "result_files", "outputs", "job", "platform"}
 # Columns added after the first release: added to older ledgers when they are opened.
-_ADDED_COLUMNS = {"run_key": "TEXT", "verified": "TEXT"}
+_ADDED_COLUMNS = {"run_key": "TEXT", "verified": "TEXT", "platform": "TEXT"}
 
 
 def private_dir(path: Path) -> Path:
@@ -248,6 +249,10 @@ class Ledger:
                     "timings": self.timings(r),
                     "duration": (r["phases"][-1][1] - r["phases"][0][1]) if r["phases"] else None,
                     "exit_code": r["exit_code"],
+                    # What the platform billed (SageMaker): instance, seconds, spot savings.
+                    "instance_type": (r.get("platform") or {}).get("instance_type"),
+                    "billable_seconds": (r.get("platform") or {}).get("billable_seconds"),
+                    "spot_savings": (r.get("platform") or {}).get("spot_savings"),
                     "image": r["image"],
                     "parent": r["parent"],
                     "created": pd.Timestamp(r["created"], unit="s"),
@@ -265,6 +270,9 @@ class Ledger:
                 "timings",
                 "duration",
                 "exit_code",
+                "instance_type",
+                "billable_seconds",
+                "spot_savings",
                 "image",
                 "parent",
                 "created",

@@ -44,10 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         # Whatever happened (a failing cell, a runner error), the outputs are sealed.
         from ..trust import prune_special_files, seal
+        from .training import carry_unreturned, on_sagemaker
 
         for removed in prune_special_files(paths.ml):
             print(f"[nbcontainer] not kept: {removed} (only regular files travel)", file=sys.stderr)
         seal(paths.ml, key, index)
+        if on_sagemaker(os.environ):  # SageMaker returns model/ and output/data/ only
+            carry_unreturned(paths, failed=code != 0)
         code = _upload(paths, code)
     return code
 

@@ -1,6 +1,7 @@
 """Parameters of a run: first found wins among -p arguments, NBCONTAINER_PARAMS
 (JSON) and SageMaker's hyperparameters.json (string values, decoded as JSON
-where they parse)."""
+where they parse; or, for a parameter set too large for SageMaker's limits, the
+parameters channel those hyperparameters point at: see training.py)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ def resolve_params(
         data = json.loads(hyperparameters.read_text())
         if not isinstance(data, dict):
             raise ValueError(f"{hyperparameters} must hold a JSON object")
+        from .training import PARAMS_CHANNEL, channel_params
+
+        channel = channel_params(data, hyperparameters.parents[2])
+        if channel is not None:
+            where = f"the {PARAMS_CHANNEL} channel"
+            return checked(channel, where), where
         return checked({k: decode(v) for k, v in data.items()}, str(hyperparameters)), str(
             hyperparameters
         )

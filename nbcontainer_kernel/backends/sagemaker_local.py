@@ -1,0 +1,398 @@
+"""``--backend sagemaker-local``: the SageMaker backend's CreateTrainingJob request, run by
+SageMaker's own local mode (``LocalSagemakerClient`` from the sagemaker-core
+distribution, with Docker Compose) on this machine.
+
+So SageMaker's own code starts the run image with ``train``, writes
+``hyperparameters.json`` and packs ``/opt/ml/model`` into ``model.tar.gz``: every
+run proves that a run image is a SageMaker training image. How local mode behaves
+(measured; ../DESIGN.md) decides the shape of this module:
+
+* ``create_training_job`` blocks until the container exits and keeps nothing a
+  later call can describe after a failure: it runs in a worker thread and this
+  backend keeps the job's state itself.
+* It has no stop call and ignores MaxRuntimeInSeconds: Cancel and --timeout kill
+  the job's container, found by the labels we give it (``container_config``).
+* It prints the container's output to ``sys.stdout``, through a TTY: we take its
+  output stream function over for the jobs we run and keep clean lines per job.
+* It writes the boto session's credentials into the compose file: the session we
+  give it has a region and no credentials, telemetry is off, and no user config
+  file is read. Everything it writes lives in the run's private directory,
+  removed at cleanup.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import labels
+from ..errors import InvalidOption, NbcontainerError
+from ..runner.training import PARAMS_CHANNEL, PARAMS_FILE
+from .base import Hooks, Job, RunSpec
+from .sagemaker import (
+    SageMakerBackend,
+    has_gpus,
+    hyperparameters_for,
+    job_name_for,
+    training_job_request,
+    unpack_training_outputs,
+)
+
+__all__ = ["SageMakerLocalBackend", "compose_command", "clean_compose_line"]
+
+log = logging.getLogger(__name__)
+
+#: A role ARN for the request when none is set: local mode never assumes it.
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/nbcontainer-sagemaker-local"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_SERVICE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-algo-\d+-[A-Za-z0-9]+\s+\|\s?")
+_TELEMETRY_OFF = {
+    "SchemaVersion": "1.0",
+    "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+}
+_tls = threading.local()  # the job whose local-mode call runs on this thread
+_patch_lock = threading.Lock()
+_patched = False
+
+
+def compose_command() -> list[str]:
+    """Docker Compose as local mode runs it: the `docker compose` plugin (v2), else the
+    `docker-compose` program; NbcontainerError saying how to get one when neither is here."""
+    if shutil.which("docker"):
+        try:
+            out = subprocess.run(
+                ["docker", "compose", "version"], capture_output=True, text=True, timeout=20
+            )
+            if out.returncode == 0 and re.search(r"version\s+v?([2-9]|\d\d)", out.stdout):
+                return ["docker", "compose"]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise NbcontainerError(
+        "--backend sagemaker-local runs SageMaker's local mode, which needs Docker Compose, and "
+        "none is installed here: install Debian's docker-compose (apt-get install docker-compose)"
+        " or the docker compose plugin, or run with --local"
+    )
+
+
+def clean_compose_line(raw: str) -> str | None:
+    """One line of compose's TTY output as a log line: colours and CRs gone, the
+    ``<container> |`` prefix off the container's own lines; compose's own lines marked."""
+    line = _ANSI.sub("", raw).replace("\r", "").rstrip("\n")
+    if not line.strip():
+        return None
+    stripped = _SERVICE_PREFIX.sub("", line, count=1)
+    if stripped != line:
+        return stripped
+    return f"[sagemaker-local] {line.strip()}"
+
+
+class _LocalJob:
+    """A local-mode training job, as this process runs it."""
+
+    def __init__(self, job_name: str, run_id: str, root: Path) -> None:
+        self.job_name, self.run_id, self.root = job_name, run_id, root
+        self.lines: list[str] = []
+        self.status = "InProgress"
+        self.secondary = "Starting"
+        self.error: str | None = None
+        self.cancelled = False
+        self.process: subprocess.Popen[bytes] | None = None
+        self.thread: threading.Thread | None = None
+        self.started = time.time()
+        self.ended: float | None = None
+
+    @property
+    def out_dir(self) -> Path:
+        return self.root / "artifacts"
+
+
+def _follow(process: subprocess.Popen[bytes]) -> int:
+    """Local mode's output streamer, taken over for our jobs: lines go to the job's log,
+    not the kernel's stdout."""
+    job: _LocalJob | None = getattr(_tls, "job", None)
+    if job is None:
+        return _original_stream(process)  # someone else's local-mode call
+    job.process = process
+    job.secondary = "Training"
+    assert process.stdout is not None
+    with process.stdout:  # local mode never closes it
+        for raw in iter(process.stdout.readline, b""):
+            line = clean_compose_line(raw.decode("utf-8", "replace"))
+            if line is not None:
+                job.lines.append(line)
+    code = process.wait()
+    if code not in (0, 130):
+        raise RuntimeError(f"Failed to run: {process.args!r}. Process exited with code: {code}")
+    return code
+
+
+_original_stream: Any = None
+
+
+def _patch_local_mode() -> None:
+    """Take local mode's output streamer and compose lookup over (once per process)."""
+    global _patched, _original_stream
+    with _patch_lock:
+        if _patched:
+            return
+        import sagemaker.core.local.image as image
+
+        _original_stream = image._stream_output
+        image._stream_output = _follow
+        # Its own lookup calls `docker compose version` and fails on a missing docker CLI.
+        image._SageMakerContainer._get_compose_cmd_prefix = staticmethod(compose_command)
+        _patched = True
+
+
+def _local_session(region_name: str, root: Path, run_labels: Mapping[str, str]) -> Any:
+    """A LocalSession that holds no credentials, reads no user config and sends no telemetry."""
+    import boto3
+    import botocore.credentials
+    import botocore.session
+    from sagemaker.core.local.local_session import LocalSession
+
+    core = botocore.session.Session()
+    # No credentials at all: local mode would write them into the compose file.
+    core.register_component("credential_provider", botocore.credentials.CredentialResolver([]))
+    session = LocalSession(
+        boto_session=boto3.session.Session(botocore_session=core, region_name=region_name),
+        sagemaker_config=_TELEMETRY_OFF,
+    )
+    session.config = {
+        "local": {
+            "local_code": True,
+            "container_root": str(root),
+            "container_config": {"labels": dict(run_labels), "init": True},
+        }
+    }
+    return session
+
+
+class SageMakerLocalBackend(SageMakerBackend):
+    """The SageMaker request, run by SageMaker's local mode on this Docker engine."""
+
+    name = "sagemaker-local"
+    needs_push = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local: dict[str, _LocalJob] = {}
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Nothing is required: no role, bucket or registry (local mode needs none)."""
+        try:
+            import sagemaker.core.local.local_session  # noqa: F401
+        except ImportError as exc:
+            raise NbcontainerError(
+                "--backend sagemaker-local needs sagemaker-core: "
+                "pip install 'nbcontainer-kernel[sagemaker]'"
+            ) from exc
+        self._check_shape(settings)
+        compose_command()
+        self.settings = dict(settings)
+
+    def check_resources(
+        self, cpus: float | None, memory: str | None, gpus: str | None, settings: Mapping[str, Any]
+    ) -> None:
+        instance_type = str(settings.get("instance_type") or "local")
+        if instance_type not in ("local", "local_gpu") and not instance_type.startswith("ml."):
+            raise InvalidOption("--instance-type", instance_type, "expected local or local_gpu")
+        if gpus and not (instance_type == "local_gpu" or has_gpus(instance_type)):
+            raise InvalidOption(
+                "--gpus",
+                gpus,
+                f"the instance type {instance_type} has no GPU: use --instance-type local_gpu",
+            )
+
+    def poll_interval(self, waited: float) -> float:
+        return 0.2  # no API to spare: this process holds the state
+
+    def push(self, image: str, hooks: Hooks | None = None, run_id: str = "") -> str:
+        return image
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, spec: RunSpec) -> Job:
+        from .aws import region as aws_region
+
+        settings = {**self.settings, **spec.settings}
+        job_name = job_name_for(spec.run_id)
+        if not spec.workdir:
+            raise ValueError("sagemaker-local needs the run's private directory (RunSpec.workdir)")
+        # Under the run's directory: private, and at the same path on the host and in a
+        # containerized kernel (the ledger's directory is mounted there), as compose's
+        # bind mounts need.
+        root = Path(spec.workdir) / "sagemaker-local"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True, mode=0o700)
+        job = _LocalJob(job_name, spec.run_id, root)
+        hyper, document = hyperparameters_for(spec.params)
+        channel = None
+        if document is not None:
+            (root / PARAMS_CHANNEL).mkdir()
+            (root / PARAMS_CHANNEL / PARAMS_FILE).write_bytes(document)
+            channel = f"file://{root / PARAMS_CHANNEL}"
+        job.out_dir.mkdir()
+        gpu = bool(spec.gpus)
+        local_settings = {
+            **settings,
+            "instance_type": "local_gpu" if gpu else "local",
+            "spot": False,  # no spot capacity on this machine
+        }
+        request = training_job_request(
+            spec,
+            job_name=job_name,
+            role=str(settings.get("sagemaker_role") or LOCAL_ROLE),
+            output_path=f"file://{job.out_dir}",
+            settings=local_settings,
+            params_channel_uri=channel,
+            hyperparameters=hyper,
+        )
+        try:
+            region_name = aws_region()
+        except NbcontainerError:
+            region_name = "us-east-1"  # local mode needs one; it only names it to the container
+        run_labels = {
+            **labels.container_labels(labels.ROLE_RUN, image=spec.image),
+            labels.RUN_ID: spec.run_id,
+            **spec.labels,
+        }
+        _patch_local_mode()
+        session = _local_session(region_name, root, run_labels)
+
+        def work() -> None:
+            from sagemaker.core.local.local_session import LocalSagemakerClient
+
+            _tls.job = job
+            try:
+                LocalSagemakerClient(session).create_training_job(**request)
+                job.status = "Completed"
+            except Exception as exc:  # local mode's RuntimeError ends with the exit code
+                job.error = f"{type(exc).__name__}: {exc}"
+                job.status = "Stopped" if job.cancelled else "Failed"
+            finally:
+                job.secondary = job.status
+                job.ended = time.time()
+                _tls.job = None
+                LocalSagemakerClient._training_jobs.pop(job_name, None)  # a class-level dict
+
+        job.thread = threading.Thread(target=work, name=f"sagemaker-local-{job_name}", daemon=True)
+        self._local[job_name] = job
+        job.thread.start()
+        return Job(self.name, spec.run_id, {"job_name": job_name, "local_dir": str(root)})
+
+    # ------------------------------------------------------------------- watch
+    def _job(self, job: Job) -> _LocalJob | None:
+        return self._local.get(job.handle["job_name"])
+
+    def describe(self, job: Job, fresh: bool = False) -> dict[str, Any]:
+        local = self._job(job)
+        if local is None:
+            return {
+                "TrainingJobStatus": "Failed",
+                "FailureReason": "a sagemaker-local job lives in the process that started it, "
+                "and that process is gone (a kernel restart ends it)",
+            }
+        return {
+            "TrainingJobStatus": local.status,
+            "SecondaryStatus": local.secondary,
+            "FailureReason": local.error,
+            "ResourceConfig": {"InstanceType": "local"},
+        }
+
+    def logs(self, job: Job, since: int = 0) -> list[str]:
+        local = self._job(job)
+        return local.lines[since:] if local is not None else []
+
+    def end_reason(self, job: Job) -> str | None:
+        local = self._job(job)
+        if local is None:
+            return str(self.describe(job)["FailureReason"])
+        return f"SageMaker local mode: {local.error}" if local.error else None
+
+    def accounting(self, job: Job) -> dict[str, Any]:
+        local = self._job(job)
+        out: dict[str, Any] = {"instance_type": "local", "job_name": job.handle["job_name"]}
+        if local is not None and local.ended is not None:
+            out["training_seconds"] = round(local.ended - local.started, 3)
+        return out
+
+    def _containers(self, job: Job) -> list[Any]:
+        from ..engine import get_engine
+
+        return get_engine().containers({labels.RUN_ID: job.run_id})
+
+    def cancel(self, job: Job) -> None:
+        """Kill the job's container (local mode has no stop call); compose then exits and the
+        worker records the job Stopped."""
+        from ..engine import get_engine
+
+        local = self._job(job)
+        if local is not None:
+            local.cancelled = True
+        engine = get_engine()
+        for container in self._containers(job):
+            engine.signal(container.id, "SIGKILL")
+        if local is not None and local.process is None and local.thread is not None:
+            # Not started yet: compose may still be creating it; wait briefly, then once more.
+            local.thread.join(2)
+            for container in self._containers(job):
+                engine.signal(container.id, "SIGKILL")
+
+    # ----------------------------------------------------------------- results
+    def fetch_results(self, job: Job, dest: Path) -> None:
+        local = self._job(job)
+        if local is not None and local.thread is not None:
+            local.thread.join(60)  # its artifacts are packed in the worker's `finally`
+        root = Path(job.handle["local_dir"]) / "artifacts"
+        with _opened(root / "model.tar.gz") as model, _opened(root / "output.tar.gz") as output:
+            unpack_training_outputs(model, output, dest, output_holds_data_dir=True)
+        lines = self.logs(job, 0)
+        (dest / "logs.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+
+    def cleanup(self, job: Job) -> None:
+        """The job's containers, and its directory (the compose file holds the run's key)."""
+        from ..engine import get_engine
+
+        engine = get_engine()
+        for container in self._containers(job):
+            engine.remove(container.id)
+        local = self._local.pop(job.handle["job_name"], None)
+        if local is not None and local.thread is not None:
+            local.thread.join(10)
+        shutil.rmtree(job.handle["local_dir"], ignore_errors=True)
+        _remove_idle_network(engine)
+
+
+class _opened:
+    """A file's chunks while the block runs, or None when there is no such file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh: Any = None
+
+    def __enter__(self) -> Iterator[bytes] | None:
+        if not self.path.is_file():
+            return None
+        self.fh = open(self.path, "rb")  # noqa: SIM115 - closed in __exit__
+        return iter(lambda: self.fh.read(1 << 20), b"")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def _remove_idle_network(engine: Any) -> None:
+    """Local mode's shared `sagemaker-local` network, once no container uses it."""
+    try:
+        engine.remove_network_if_idle("sagemaker-local")
+    except Exception as exc:  # another job took it meanwhile: it goes with the last one
+        log.debug("sagemaker-local network kept: %s", exc)

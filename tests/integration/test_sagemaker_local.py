@@ -1,0 +1,123 @@
+"""--backend sagemaker-local: the SageMaker request, run by SageMaker's own local mode
+(sagemaker-core's LocalSagemakerClient and Debian's docker-compose) on the real engine.
+
+This is where a run image is proven to be a SageMaker training image on every CI run:
+SageMaker's code starts it with `train`, writes hyperparameters.json and packs
+/opt/ml/model into model.tar.gz; the host takes only what real SageMaker returns
+(model.tar.gz, and output.tar.gz's data/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nbcontainer_kernel import labels
+from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.errors import RemoteExecutionError, RunTimeout
+from nbcontainer_kernel.remote.ledger import Ledger
+
+pytestmark = pytest.mark.integration
+
+pytest.importorskip("sagemaker.core.local.local_session")
+
+
+def _digests(model_dir: Path) -> dict[str, str]:
+    """The result files of a run (not its manifest, which names the run and its key, nor
+    metrics.json, which holds when each metric was logged)."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(model_dir.iterdir())
+        if p.is_file() and p.name not in ("results.json", "metrics.json")
+    }
+
+
+def test_a_cell_runs_under_local_mode_with_the_same_results_as_local(
+    engine: Engine, ip, ledger: Ledger, capsys
+) -> None:
+    cell = (
+        "from nbcontainer_kernel import log_metric\n"
+        "scores = docs.assign(score=docs.w * topics)\n"
+        "log_metric('loss', 0.25, step=1)\nlog_metric('loss', 0.125, step=2)\n"
+        "print('trained with', topics)"
+    )
+    result = ip.run_cell(f"%%remote_run --backend sagemaker-local --name sml -p topics=7\n{cell}")
+    assert result.error_in_exec is None, result.error_in_exec
+    out = capsys.readouterr().out
+    assert "trained with 7" in out
+    assert "\x1b[" not in out and "\r" not in out, "compose's TTY output is cleaned"
+    expected = ip.user_ns["docs"].assign(score=ip.user_ns["docs"].w * 7)
+    pd.testing.assert_frame_equal(ip.user_ns["scores"], expected)
+    row = ledger.get("sml-1")
+    assert row["status"] == "SUCCEEDED" and row["backend"] == "sagemaker-local"
+    assert row["params"] == {"topics": 7} and row["metrics"] == {"loss": 0.125}
+    assert row["verified"] == "signed"
+    assert row["platform"]["instance_type"] == "local"
+    assert row["platform"]["job_name"].startswith("nbc-sml-1-")
+    logs = (Path(row["result_dir"]) / "logs.txt").read_text()
+    # SageMaker's code wrote the parameters the runner read: hyperparameters.json.
+    assert "parameters from /opt/ml/input/config/hyperparameters.json: {'topics': 7}" in logs
+    assert not (Path(row["result_dir"]) / "sagemaker-local").exists(), "its staging is removed"
+    assert engine.containers({labels.RUN_ID: "sml-1"}) == []
+
+    # The same image with --local: byte-identical result files.
+    ip.run_cell(f"%%remote_run --local --rerun sml-1 -p topics=7\n{cell}")
+    local_row = ledger.get("sml-2")
+    assert local_row["status"] == "SUCCEEDED" and local_row["image"] == row["image"]
+    assert _digests(Path(row["result_dir"]) / "model") == _digests(
+        Path(local_row["result_dir"]) / "model"
+    )
+    assert "scores.arrow" in _digests(Path(row["result_dir"]) / "model")
+    assert local_row["metrics"] == row["metrics"]
+    df = ip.run_line_magic("remote_runs", "--name sml")
+    assert df.set_index("id").loc["sml-1", "instance_type"] == "local"
+
+
+def test_a_failing_cell_reports_the_remote_traceback(ip, ledger: Ledger) -> None:
+    result = ip.run_cell(
+        "%%remote_run --backend sagemaker-local --name smfail\n"
+        "def train(rate):\n    return 1 / rate\n\nmodel = train(0)"
+    )
+    err = result.error_in_exec
+    assert isinstance(err, RemoteExecutionError)
+    assert isinstance(err.__cause__, ZeroDivisionError)
+    assert "return 1 / rate" in err.remote_traceback
+    row = ledger.get("smfail-1")
+    assert row["status"] == "FAILED" and row["exit_code"] == 1
+    assert row["failure"].startswith("the cell raised: ZeroDivisionError")
+    assert row["verified"] == "signed"
+
+
+def test_a_sweep_of_three_runs_as_three_training_jobs(ip, ledger: Ledger) -> None:
+    result = ip.run_cell(
+        "%%remote_run --backend sagemaker-local --name smsweep --sweep rate=0.1,0.2,0.4 "
+        "--max-parallel 3\nloss = 1 - rate"
+    )
+    assert result.error_in_exec is None, result.error_in_exec
+    loss = ip.user_ns["loss"]
+    assert sorted(zip(loss["rate"], loss["loss"], strict=True)) == [
+        (0.1, 0.9),
+        (0.2, 0.8),
+        (0.4, 0.6),
+    ]
+    children = ledger.find(parent="smsweep-1")
+    assert len(children) == 3 and {c["status"] for c in children} == {"SUCCEEDED"}
+    assert len({c["platform"]["job_name"] for c in children}) == 3
+
+
+def test_timeout_stops_the_training_container(engine: Engine, ip, ledger: Ledger) -> None:
+    t0 = time.monotonic()
+    result = ip.run_cell(
+        "%%remote_run --backend sagemaker-local --name smslow --timeout 3\n"
+        "import time\ntime.sleep(120)\ndone = True"
+    )
+    assert isinstance(result.error_in_exec, RunTimeout)
+    assert time.monotonic() - t0 < 60
+    row = ledger.get("smslow-1")
+    assert row["status"] == "FAILED" and "timed out after 3 s" in row["failure"]
+    assert engine.containers({labels.RUN_ID: "smslow-1"}) == []
+    assert "done" not in ip.user_ns
