@@ -20,6 +20,7 @@ from ..errors import CloudError, NbcontainerError
 
 __all__ = [
     "Clients",
+    "REMOTE_SETTINGS",
     "aws_errors",
     "poll_interval",
     "require_settings",
@@ -78,6 +79,13 @@ class Clients:
         if self._env != environment_key():
             self._clients.clear()
             self._env = environment_key()
+
+
+#: What every remote backend needs: where run images go and where results come back.
+REMOTE_SETTINGS = {
+    "s3_prefix": ("NBCONTAINER_S3_PREFIX", "the s3://bucket/prefix where results go"),
+    "registry": ("NBCONTAINER_REGISTRY", "the registry run images are pushed to"),
+}
 
 
 def require_settings(settings: Mapping[str, Any], needed: Mapping[str, tuple[str, str]]) -> None:

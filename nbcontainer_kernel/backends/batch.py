@@ -36,6 +36,7 @@ from ..kernel.options import parse_bytes
 from ..runner.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
 from ..runner.upload import OUTPUTS_OBJECT, URI_ENV
 from .aws import (
+    REMOTE_SETTINGS,
     Clients,
     aws_errors,
     check_credentials,
@@ -209,8 +210,7 @@ class BatchBackend(Backend):
                 "NBCONTAINER_BATCH_JOB_ROLE",
                 "the IAM role a job runs as (its credentials write the results to S3)",
             ),
-            "s3_prefix": ("NBCONTAINER_S3_PREFIX", "the s3://bucket/prefix where results go"),
-            "registry": ("NBCONTAINER_REGISTRY", "the registry run images are pushed to"),
+            **REMOTE_SETTINGS,
         }
         require_settings(settings, needed)
         platform = str(settings.get("batch_platform") or "EC2").upper()

@@ -45,6 +45,7 @@ from ..runner.training import (
     restore_carried,
 )
 from .aws import (
+    REMOTE_SETTINGS,
     Clients,
     aws_errors,
     check_credentials,
@@ -284,8 +285,7 @@ class SageMakerBackend(Backend):
                 "NBCONTAINER_SAGEMAKER_ROLE",
                 "the ARN of the SageMaker execution role a training job runs as",
             ),
-            "s3_prefix": ("NBCONTAINER_S3_PREFIX", "the s3://bucket/prefix where results go"),
-            "registry": ("NBCONTAINER_REGISTRY", "the registry run images are pushed to"),
+            **REMOTE_SETTINGS,
         }
         require_settings(settings, needed)
         split_s3_uri(str(settings["s3_prefix"]))

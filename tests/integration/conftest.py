@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from nbcontainer_kernel.remote.ledger import Ledger
 
 BASE_IMAGE = os.environ.get("NBCONTAINER_BASE_IMAGE", "nbcontainer/base:bookworm")
 KERNEL_IMAGE = os.environ.get("NBCONTAINER_TEST_IMAGE", "nbcontainer/python:3.11")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +144,29 @@ def ip(ledger: Ledger, new_images: None, monkeypatch: pytest.MonkeyPatch):
     # One shell serves every test: what a test assigned is not the next test's.
     for name in set(shell.user_ns) - before:
         del shell.user_ns[name]
+
+
+@pytest.fixture(scope="session")
+def testbed(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The test bed, started by the project's own script and stopped at the end; yields
+    the environment it prints (aws_env makes it a test's own); the Batch and SageMaker tests
+    share it."""
+    state = tmp_path_factory.mktemp("aws-testbed")
+    script = str(ROOT / "scripts" / "aws-testbed.sh")
+    venv = {**os.environ, "VENV": str(Path(sys.executable).parent.parent)}
+    out = subprocess.run(
+        [script, "start", "--state", str(state)], capture_output=True, text=True, env=venv
+    )
+    assert out.returncode == 0, out.stderr
+    try:
+        yield dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    finally:
+        subprocess.run([script, "stop", "--state", str(state)], check=False, env=venv)
+
+
+@pytest.fixture
+def aws_env(testbed: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The test bed's environment, for this test only (later tests see none of it)."""
+    for name, value in testbed.items():
+        monkeypatch.setenv(name, value)
+    return testbed

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,31 +39,6 @@ SETTINGS = {
     "batch_queue": "NBCONTAINER_BATCH_QUEUE",
     "batch_job_role": "NBCONTAINER_BATCH_JOB_ROLE",
 }
-
-
-@pytest.fixture(scope="session")
-def testbed(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The test bed, started by the project's own script and stopped at the end; yields
-    the environment it prints (aws_env makes it a test's own)."""
-    state = tmp_path_factory.mktemp("aws-testbed")
-    script = str(ROOT / "scripts" / "aws-testbed.sh")
-    venv = {**os.environ, "VENV": str(Path(sys.executable).parent.parent)}
-    out = subprocess.run(
-        [script, "start", "--state", str(state)], capture_output=True, text=True, env=venv
-    )
-    assert out.returncode == 0, out.stderr
-    try:
-        yield dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-    finally:
-        subprocess.run([script, "stop", "--state", str(state)], check=False, env=venv)
-
-
-@pytest.fixture
-def aws_env(testbed: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The test bed's environment, for this test only (later tests see none of it)."""
-    for name, value in testbed.items():
-        monkeypatch.setenv(name, value)
-    return testbed
 
 
 @pytest.fixture
