@@ -297,6 +297,35 @@ class Engine:
                 return False
             raise
 
+    def ensure_network(self, name: str, labels: dict[str, str]) -> str:
+        """The id of the one bridge network called `name`, made when none is. Docker allows
+        several networks of one name (two makers racing); idle extras are removed, since a
+        name that matches two networks fails every `docker-compose up` that uses it."""
+        with translate_errors(f"list networks {name}"):
+            found = [n for n in self.api.networks(names=[name]) if n.get("Name") == name]
+        if not found:
+            with translate_errors(f"create network {name}"):
+                return str(self.api.create_network(name, driver="bridge", labels=labels)["Id"])
+        found.sort(key=lambda n: str(n.get("Created", "")))
+        keep = next((n for n in found if self._network_in_use(n["Id"])), found[0])
+        for extra in found:
+            if extra["Id"] != keep["Id"]:
+                self.remove_network_if_idle(extra["Id"])
+        return str(keep["Id"])
+
+    def network_ids(self, labels: dict[str, str]) -> list[str]:
+        with translate_errors("list networks"):
+            return [
+                str(n["Id"]) for n in self.api.networks(filters={"label": _label_filters(labels)})
+            ]
+
+    def _network_in_use(self, ident: str) -> bool:
+        try:
+            with translate_errors(f"inspect network {ident}"):
+                return bool(self.api.inspect_network(ident).get("Containers"))
+        except ResourceNotFound:
+            return False
+
     def remove_network_if_idle(self, name: str) -> bool:
         """Remove a network no container is attached to; False when it is gone or in use."""
         try:

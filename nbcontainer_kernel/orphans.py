@@ -104,6 +104,10 @@ def sweep(engine: Engine, dry_run: bool = False, images: bool = False) -> list[O
         remove_old_dependency_images(engine)
     if not dry_run:
         remove_commits_of_gone_containers(engine)
+    if not dry_run:
+        # SageMaker local mode's shared network (sagemaker-local backend), once no job uses it.
+        for network in engine.network_ids({labels.ROLE: "sagemaker-local-network"}):
+            engine.remove_network_if_idle(network)
     # Adoption records of containers that no longer exist are litter too.
     if not dry_run and _adoption_dir().is_dir():
         for f in _adoption_dir().glob("*.json"):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import labels
-from ..errors import InvalidOption, NbcontainerError
+from ..errors import ImageNotFound, InvalidOption, NbcontainerError
 from ..runner.training import PARAMS_CHANNEL, PARAMS_FILE
 from .base import Hooks, Job, RunSpec
 from .sagemaker import (
@@ -45,12 +45,20 @@ from .sagemaker import (
     unpack_training_outputs,
 )
 
-__all__ = ["SageMakerLocalBackend", "compose_command", "clean_compose_line"]
+__all__ = [
+    "NETWORK",
+    "SageMakerLocalBackend",
+    "clean_compose_line",
+    "compose_command",
+]
 
 log = logging.getLogger(__name__)
 
 #: A role ARN for the request when none is set: local mode never assumes it.
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/nbcontainer-sagemaker-local"
+#: Local mode's compose files attach every job to this network (made here, once, first).
+NETWORK = "sagemaker-local"
+NETWORK_LABELS = {"com.docker.compose.network": NETWORK, labels.ROLE: "sagemaker-local-network"}
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _SERVICE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-algo-\d+-[A-Za-z0-9]+\s+\|\s?")
 _TELEMETRY_OFF = {
@@ -109,6 +117,7 @@ class _LocalJob:
         self.thread: threading.Thread | None = None
         self.started = time.time()
         self.ended: float | None = None
+        self.killed_at = 0.0
 
     @property
     def out_dir(self) -> Path:
@@ -221,10 +230,13 @@ class SageMakerLocalBackend(SageMakerBackend):
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec: RunSpec) -> Job:
+        from ..engine import get_engine
         from .aws import region as aws_region
 
         settings = {**self.settings, **spec.settings}
         job_name = job_name_for(spec.run_id)
+        if not get_engine().has_image(spec.image):  # compose would try Docker Hub for it
+            raise ImageNotFound(spec.image, "sagemaker-local runs images of this engine only")
         if not spec.workdir:
             raise ValueError("sagemaker-local needs the run's private directory (RunSpec.workdir)")
         # Under the run's directory: private, and at the same path on the host and in a
@@ -266,6 +278,8 @@ class SageMakerLocalBackend(SageMakerBackend):
             **spec.labels,
         }
         _patch_local_mode()
+        with _patch_lock:  # compose runs of one sweep would each make the network otherwise
+            get_engine().ensure_network(NETWORK, NETWORK_LABELS)
         session = _local_session(region_name, root, run_labels)
 
         def work() -> None:
@@ -295,6 +309,11 @@ class SageMakerLocalBackend(SageMakerBackend):
 
     def describe(self, job: Job, fresh: bool = False) -> dict[str, Any]:
         local = self._job(job)
+        if local is not None and local.cancelled and local.status == "InProgress":
+            # A cancel that came before compose made the container: kill it once it exists.
+            if time.monotonic() - local.killed_at >= 1.0:
+                local.killed_at = time.monotonic()
+                self._kill(job)
         if local is None:
             return {
                 "TrainingJobStatus": "Failed",
@@ -332,20 +351,20 @@ class SageMakerLocalBackend(SageMakerBackend):
 
     def cancel(self, job: Job) -> None:
         """Kill the job's container (local mode has no stop call); compose then exits and the
-        worker records the job Stopped."""
-        from ..engine import get_engine
-
+        worker records the job Stopped. Until then each status poll kills it again (a cancel
+        may come before compose made the container)."""
         local = self._job(job)
         if local is not None:
             local.cancelled = True
+            local.killed_at = time.monotonic()
+        self._kill(job)
+
+    def _kill(self, job: Job) -> None:
+        from ..engine import get_engine
+
         engine = get_engine()
         for container in self._containers(job):
             engine.signal(container.id, "SIGKILL")
-        if local is not None and local.process is None and local.thread is not None:
-            # Not started yet: compose may still be creating it; wait briefly, then once more.
-            local.thread.join(2)
-            for container in self._containers(job):
-                engine.signal(container.id, "SIGKILL")
 
     # ----------------------------------------------------------------- results
     def fetch_results(self, job: Job, dest: Path) -> None:
@@ -369,7 +388,8 @@ class SageMakerLocalBackend(SageMakerBackend):
         if local is not None and local.thread is not None:
             local.thread.join(10)
         shutil.rmtree(job.handle["local_dir"], ignore_errors=True)
-        _remove_idle_network(engine)
+        # Local mode's shared network stays, as SageMaker's local mode leaves it: removing it
+        # here would race the next job's compose; `nbcontainer gc` removes it when idle.
 
 
 class _opened:
@@ -388,11 +408,3 @@ class _opened:
     def __exit__(self, *exc: object) -> None:
         if self.fh is not None:
             self.fh.close()
-
-
-def _remove_idle_network(engine: Any) -> None:
-    """Local mode's shared `sagemaker-local` network, once no container uses it."""
-    try:
-        engine.remove_network_if_idle("sagemaker-local")
-    except Exception as exc:  # another job took it meanwhile: it goes with the last one
-        log.debug("sagemaker-local network kept: %s", exc)

@@ -121,3 +121,147 @@ def test_timeout_stops_the_training_container(engine: Engine, ip, ledger: Ledger
     assert row["status"] == "FAILED" and "timed out after 3 s" in row["failure"]
     assert engine.containers({labels.RUN_ID: "smslow-1"}) == []
     assert "done" not in ip.user_ns
+
+
+@pytest.fixture(scope="session")
+def sagemaker_kernel_image(engine: Engine, kernel_image: str) -> str:
+    """A kernel image a team would use for sagemaker-local: sagemaker-core in its venv and
+    Debian's docker-compose (what local mode runs). Cached: built again only when missing."""
+    import io
+    import tarfile
+
+    from nbcontainer_kernel.kernel.images import build_kernel_image
+    from tests.integration.conftest import BASE_IMAGE
+
+    with_core = "nbcontainer/python:3.11-sagemaker-core"
+    tag = "nbcontainer/python:3.11-sagemaker"
+    build_kernel_image(engine, BASE_IMAGE, with_core, requirements=["boto3", "sagemaker-core"])
+    if (
+        not engine.has_image(tag)
+        or engine.get_image(tag).labels.get("io.nbcontainer.test-from")
+        != engine.get_image(with_core).id
+    ):
+        dockerfile = (
+            f"FROM {with_core}\n"
+            "RUN apt-get update -q && apt-get install -y -q --no-install-recommends "
+            "docker-compose && rm -rf /var/lib/apt/lists/*\n"
+        ).encode()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+        buf.seek(0)
+        engine.build(buf, tag, labels={"io.nbcontainer.test-from": engine.get_image(with_core).id})
+    return tag
+
+
+def test_a_containerized_kernel_runs_a_cell_under_local_mode(
+    engine: Engine,
+    sagemaker_kernel_image: str,
+    make_kernelspec,
+    ledger: Ledger,
+    new_images,
+    tmp_path,
+) -> None:
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    name = make_kernelspec("nbc-sm-local", image=sagemaker_kernel_image, docker_socket=True)
+    nb = new_notebook(
+        cells=[
+            new_code_cell("import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})"),
+            new_code_cell(
+                "%%remote_run --backend sagemaker-local --name ksm -p factor=3\n"
+                "from nbcontainer_kernel import log_metric\n"
+                "scaled = frame * factor\nlog_metric('total', float(scaled.a.sum()))"
+            ),
+            new_code_cell("print(type(scaled).__name__, scaled.a.tolist())"),
+        ]
+    )
+    NotebookClient(
+        nb,
+        kernel_name=name,
+        timeout=600,
+        startup_timeout=60,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    out = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert out.strip() == "DataFrame [3, 6]"
+    row = ledger.get("ksm-1")
+    assert row["status"] == "SUCCEEDED" and row["backend"] == "sagemaker-local"
+    assert row["metrics"] == {"total": 9.0} and row["verified"] == "signed"
+    # Local mode's staging lived under the ledger's directory, at the same path on the host.
+    assert not (Path(row["result_dir"]) / "sagemaker-local").exists()
+    assert engine.containers({labels.RUN_ID: "ksm-1"}) == []
+
+
+def test_the_example_notebook_runs_and_both_runs_agree(
+    engine: Engine, ledger: Ledger, new_images, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """examples/sagemaker_local.ipynb, executed as a reader would run it (nbclient)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.integration.conftest import BASE_IMAGE, ROOT
+
+    monkeypatch.setenv("NBCONTAINER_BASE_IMAGE", BASE_IMAGE)
+    nb = nbformat.read(ROOT / "examples" / "sagemaker_local.ipynb", as_version=4)
+    NotebookClient(
+        nb, timeout=600, startup_timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    local, sm = ledger.get("fit-1"), ledger.get("fit-2")
+    assert (local["backend"], sm["backend"]) == ("local", "sagemaker-local")
+    assert local["status"] == sm["status"] == "SUCCEEDED" and local["image"] == sm["image"]
+    assert local["metrics"] == sm["metrics"] and set(local["metrics"]) == {"rmse"}
+    compare = "".join(o.get("data", {}).get("text/plain", "") for o in nb.cells[-1].outputs)
+    assert "result.residuals" in compare and "DataFrame(200, 4)" in compare
+
+
+def test_cancel_stops_a_running_training_container(engine: Engine, ip, ledger: Ledger) -> None:
+    import threading
+
+    from nbcontainer_kernel.backends.base import Hooks
+    from nbcontainer_kernel.errors import RunCancelled
+    from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
+
+    runner = RemoteRunner(ledger)
+    req = RemoteRequest("import time\ntime.sleep(120)\ndone = True", name="smcancel")
+    req.backend = "sagemaker-local"
+    lines: list[str] = []
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run(req, {}, Hooks(on_log=[lambda _rid, line: lines.append(line)]))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not any(line.startswith("[nbcontainer] cell run") for line in lines):
+        assert time.monotonic() < deadline and thread.is_alive(), lines
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    runner.cancel("smcancel-1")
+    thread.join(60)
+    assert time.monotonic() - t0 < 15
+    assert len(outcome) == 1 and isinstance(outcome[0], RunCancelled)
+    row = ledger.get("smcancel-1")
+    assert row["status"] == "CANCELLED" and row["failure"] == "cancelled"
+    assert engine.containers({labels.RUN_ID: "smcancel-1"}) == []
+
+
+def test_one_network_of_local_modes_name_is_left_after_a_race(engine: Engine) -> None:
+    """Two compose runs that start at once each make `sagemaker-local`; Docker keeps both,
+    and every later `docker-compose up` fails on the ambiguous name. ensure_network (called
+    before each job) leaves one."""
+    from nbcontainer_kernel.backends.sagemaker_local import NETWORK, NETWORK_LABELS
+
+    engine.api.create_network(NETWORK, driver="bridge", labels=NETWORK_LABELS)
+    engine.api.create_network(NETWORK, driver="bridge", labels=NETWORK_LABELS)
+    kept = engine.ensure_network(NETWORK, NETWORK_LABELS)
+    named = [n["Id"] for n in engine.api.networks(names=[NETWORK]) if n["Name"] == NETWORK]
+    assert named == [kept]
+    assert engine.ensure_network(NETWORK, NETWORK_LABELS) == kept
