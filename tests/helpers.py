@@ -91,3 +91,19 @@ def stdout_of(outputs: list[dict]) -> str:
         for m in outputs
         if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
     )
+
+
+def execute_notebook(nb: Any, cwd: Path, kernel_name: str | None = None, timeout: int = 600) -> Any:
+    """Execute `nb` in place with nbclient, as a reader's Jupyter would, in directory `cwd`
+    (the kernelspec `kernel_name`, or the notebook's own)."""
+    from nbclient import NotebookClient
+
+    kwargs: dict[str, Any] = {"kernel_name": kernel_name} if kernel_name else {}
+    NotebookClient(
+        nb,
+        timeout=timeout,
+        startup_timeout=60,
+        resources={"metadata": {"path": str(cwd)}},
+        **kwargs,
+    ).execute()
+    return nb

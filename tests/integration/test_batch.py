@@ -31,6 +31,7 @@ from nbcontainer_kernel.errors import (
     SweepFailed,
 )
 from nbcontainer_kernel.remote.ledger import Ledger
+from tests.helpers import execute_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
@@ -316,7 +317,6 @@ def test_a_containerized_kernel_runs_a_cell_on_batch(
     new_images,
     tmp_path: Path,
 ) -> None:
-    from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell, new_notebook
 
     # The host network: the kernel reaches the test bed on 127.0.0.1 as the host does.
@@ -333,13 +333,7 @@ def test_a_containerized_kernel_runs_a_cell_on_batch(
             new_code_cell("print(doubled.a.tolist(), job)"),
         ]
     )
-    NotebookClient(
-        nb,
-        kernel_name=name,
-        timeout=600,
-        startup_timeout=60,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    execute_notebook(nb, tmp_path, name, timeout=600)
     out = "".join(o.get("text", "") for o in nb.cells[2].outputs)
     row = ledger.get("kb-1")
     assert row["status"] == "SUCCEEDED" and row["backend"] == "batch"

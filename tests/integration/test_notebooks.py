@@ -6,10 +6,10 @@ from pathlib import Path
 
 import nbformat
 import papermill
-from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
 from nbcontainer_kernel.engine import Engine
+from tests.helpers import execute_notebook
 
 
 def test_nbclient_executes_a_notebook_in_the_container(
@@ -22,13 +22,7 @@ def test_nbclient_executes_a_notebook_in_the_container(
             new_code_cell("open('written-by-kernel.txt', 'w').write('hi')\nos.getcwd()"),
         ]
     )
-    NotebookClient(
-        nb,
-        kernel_name=name,
-        timeout=60,
-        startup_timeout=60,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    execute_notebook(nb, tmp_path, name, timeout=60)
     assert nb.cells[0].outputs[0]["text"].strip() == "nbcontainer/python:3.11"
     # The notebook's directory is mounted at the same path and is the kernel's cwd.
     assert nb.cells[1].outputs[0]["data"]["text/plain"] == repr(str(tmp_path))

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 from jupyter_client import KernelManager
-from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import RemoteExecutionError
 from nbcontainer_kernel.remote.ledger import Ledger
-from tests.helpers import interrupt_and_reply, run, stdout_of
+from tests.helpers import execute_notebook, interrupt_and_reply, run, stdout_of
 
 
 def _run_containers(engine: Engine, run_id: str) -> list:
@@ -184,13 +183,7 @@ def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(
             new_code_cell("runs = %remote_runs\nprint(runs.id.tolist(), runs.status.tolist())"),
         ]
     )
-    NotebookClient(
-        nb,
-        kernel_name=name,
-        timeout=300,
-        startup_timeout=60,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    execute_notebook(nb, tmp_path, name, timeout=300)
     text = [
         "".join(o.get("text", "") for o in c.outputs if o.get("output_type") == "stream")
         for c in nb.cells

@@ -20,6 +20,7 @@ from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import RemoteExecutionError, RunTimeout
 from nbcontainer_kernel.remote.ledger import Ledger
+from tests.helpers import execute_notebook
 
 pytestmark = pytest.mark.integration
 
@@ -164,7 +165,6 @@ def test_a_containerized_kernel_runs_a_cell_under_local_mode(
     new_images,
     tmp_path,
 ) -> None:
-    from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell, new_notebook
 
     name = make_kernelspec("nbc-sm-local", image=sagemaker_kernel_image, docker_socket=True)
@@ -179,13 +179,7 @@ def test_a_containerized_kernel_runs_a_cell_under_local_mode(
             new_code_cell("print(type(scaled).__name__, scaled.a.tolist())"),
         ]
     )
-    NotebookClient(
-        nb,
-        kernel_name=name,
-        timeout=600,
-        startup_timeout=60,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    execute_notebook(nb, tmp_path, name, timeout=600)
     out = "".join(o.get("text", "") for o in nb.cells[2].outputs)
     assert out.strip() == "DataFrame [3, 6]"
     row = ledger.get("ksm-1")
@@ -201,15 +195,12 @@ def test_the_example_notebook_runs_and_both_runs_agree(
 ) -> None:
     """examples/sagemaker_local.ipynb, executed as a reader would run it (nbclient)."""
     import nbformat
-    from nbclient import NotebookClient
 
     from tests.integration.conftest import BASE_IMAGE, ROOT
 
     monkeypatch.setenv("NBCONTAINER_BASE_IMAGE", BASE_IMAGE)
     nb = nbformat.read(ROOT / "examples" / "sagemaker_local.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=600, startup_timeout=60, resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    execute_notebook(nb, tmp_path)
     local, sm = ledger.get("fit-1"), ledger.get("fit-2")
     assert (local["backend"], sm["backend"]) == ("local", "sagemaker-local")
     assert local["status"] == sm["status"] == "SUCCEEDED" and local["image"] == sm["image"]
