@@ -223,3 +223,23 @@ def test_no_credentials_is_a_clear_error_before_any_build(
     assert "AWS_PROFILE" in str(err)
     row = ledger.get("smcred-1")
     assert row["status"] == "FAILED" and "NoCredentials" in row["failure"]
+
+
+def test_a_sweep_is_one_training_job_per_child(sm_ip, ledger: Ledger) -> None:
+    from nbcontainer_kernel.errors import SweepFailed
+
+    sent = _sent("CreateTrainingJob")
+    result = sm_ip.run_cell(
+        "%%remote_run --backend sagemaker --name smsw --sweep rate=0.1,0.2,0.3 --max-parallel 2\n"
+        "loss = 1 - rate"
+    )
+    # moto ran nothing (see the module's docstring): every child is named as failed.
+    assert isinstance(result.error_in_exec, SweepFailed)
+    children = ledger.find(parent="smsw-1")
+    assert len(children) == 3
+    mine = [r for r in sent if r["TrainingJobName"].startswith("nbc-smsw-")]
+    assert sorted(r["HyperParameters"]["rate"] for r in mine) == ["0.1", "0.2", "0.3"]
+    assert len({r["TrainingJobName"] for r in mine}) == 3
+    # Each child is its own job, so each has its own signing key.
+    assert len({r["Environment"]["NBCONTAINER_RUN_KEY"] for r in mine}) == 3
+    assert {c["job"]["job_name"] for c in children} == {r["TrainingJobName"] for r in mine}
