@@ -31,7 +31,8 @@ def main() -> int:
         "%%remote_run --backend batch --name demo-sweep --sweep topics=1,2 --sweep scale=1,10\n"
         "best = float((docs.w * topics * scale).max())",
         "print(best)",
-        "runs = %remote_runs\nprint(runs[['id', 'backend', 'status', 'params']].to_string())",
+        "runs = %remote_runs\n"
+        "print(runs.filter(regex='^(id|backend|status|param[.].*)$').to_string())",
     ]
     for cell in steps:
         result = ip.run_cell(cell)

@@ -21,6 +21,9 @@ __all__ = [
     "Snapshot",
     "RunResult",
     "RemoteExecutionError",
+    "runs_frame",
+    "metrics_frame",
+    "compare_frame",
 ]
 
 _LAZY = {
@@ -31,6 +34,9 @@ _LAZY = {
     "run_image": ("nbcontainer_kernel.remote.local_run", "run_image"),
     "RunResult": ("nbcontainer_kernel.remote.results", "RunResult"),
     "RemoteExecutionError": ("nbcontainer_kernel.errors", "RemoteExecutionError"),
+    "runs_frame": ("nbcontainer_kernel.remote.tables", "runs_frame"),
+    "metrics_frame": ("nbcontainer_kernel.remote.tables", "metrics_frame"),
+    "compare_frame": ("nbcontainer_kernel.remote.tables", "compare_frame"),
 }
 
 

@@ -437,7 +437,9 @@ class RemoteRun(Magics):
             return hooks, holder
         from ..widgets.text import TextProgress
 
-        text = TextProgress(sys.stdout, prefix_logs=sweep)
+        text = TextProgress(
+            sys.stdout, prefix_logs=sweep, describe=self._swept_values_of if sweep else None
+        )
         hooks.on_phase.append(text.on_phase)
         hooks.on_log.append(text.on_log)
         return hooks, text
@@ -652,23 +654,68 @@ class RemoteRun(Magics):
     @magic_arguments()
     @argument("--name", help="Only runs of this name.")
     @argument("--status", help="Only runs in this status (e.g. FAILED).")
+    @argument("--backend", help="Only runs on this backend (local, batch, sagemaker, ...).")
+    @argument("--last", type=int, metavar="K", help="Only the K most recent runs.")
+    @argument("--sweep", metavar="PARENT", help="Only the children of this sweep.")
     @line_magic
     def remote_runs(self, line: str) -> Any:
-        """The run ledger as a DataFrame: id, name, backend, status, params, metrics,
-        phase timings."""
-        args = parse_argstring(self.remote_runs, line)
-        return self.runner.ledger.to_dataframe(name=args.name, status=args.status)
+        """The run ledger as a flat DataFrame: one row per run, one column per parameter
+        (param.NAME), metric (metric.NAME, last value) and phase time (time.PHASE)."""
+        from ..remote.tables import runs_frame
 
+        args = parse_argstring(self.remote_runs, line)
+        if args.last is not None and args.last < 0:
+            raise UsageError("--last must be 0 or more")
+        if args.sweep:
+            self._check_run(args.sweep)
+        return runs_frame(
+            self.runner.ledger,
+            name=args.name,
+            status=args.status,
+            backend=args.backend,
+            last=args.last,
+            sweep=args.sweep,
+        )
+
+    @magic_arguments()
+    @argument("runs", nargs="*", help="Run ids (the first is the reference).")
+    @argument("--sweep", metavar="PARENT", help="Compare the children of this sweep.")
+    @argument(
+        "--plot",
+        metavar="METRIC",
+        help="Also plot METRIC across the runs (over steps where it has them; against the "
+        "swept parameter for a sweep). Needs matplotlib.",
+    )
     @line_magic
     def remote_compare(self, line: str) -> Any:
-        """%remote_compare RUN RUN ...: params, metrics and result summaries side by side."""
-        ids = line.split()
-        if len(ids) < 1:
-            raise UsageError("usage: %remote_compare RUN [RUN ...]")
-        try:
-            return self.runner.ledger.compare(ids, trust=self.runner.trust)
-        except UnknownRun as exc:
-            raise UsageError(str(exc)) from exc
+        """%remote_compare RUN RUN ... | --sweep PARENT: runs side by side: the parameters
+        that differ, metrics with their difference to the first run, results summarised."""
+        from ..remote.tables import compare_frame, plot_metric
+
+        args = parse_argstring(self.remote_compare, line)
+        if bool(args.runs) == bool(args.sweep):
+            raise UsageError("usage: %remote_compare RUN [RUN ...] | --sweep PARENT [--plot M]")
+        ledger = self.runner.ledger
+        ids = list(args.runs)
+        swept = None
+        for run_id in ids + ([args.sweep] if args.sweep else []):
+            self._check_run(run_id)
+        if args.sweep:
+            ids = [r["id"] for r in ledger.find(parent=args.sweep)]
+            if not ids:
+                raise UsageError(f"{args.sweep} is not a sweep (it has no children)")
+            parent = ledger.get(args.sweep)
+            swept = next((k for k, v in parent["params"].items() if isinstance(v, list)), None)
+        frame = compare_frame(ids, ledger, trust=self.runner.trust)
+        if args.plot:
+            try:
+                figure = plot_metric(ids, args.plot, ledger, swept=swept)
+            except ImportError:
+                raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
+            from IPython.display import display
+
+            display(figure)
+        return frame
 
     @magic_arguments()
     @argument("run", help="The run id, e.g. lda-3.")

@@ -503,6 +503,7 @@ class RemoteRunner:
             if result.model_dir.exists()
             else [],
         )
+        self.ledger.set_metric_points(spec.run_id, result.metric_history if trusted else [])
         return result
 
     # --------------------------------------------------------------- sweeps

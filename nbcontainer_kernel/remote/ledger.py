@@ -54,6 +54,15 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_name ON runs(name);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
+CREATE TABLE IF NOT EXISTS metric_points (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    step INTEGER,
+    value REAL,
+    time REAL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metric_points_run ON metric_points(run_id);
 """
 _JSON = {"params", "metrics", "phases", "result_files", "outputs", "job", "platform"}
 # Columns added after the first release: added to older ledgers when they are opened.
@@ -183,6 +192,52 @@ class Ledger:
                 (phase, at or time.time(), phase, time.time(), run_id),
             )
 
+    def set_metric_points(self, run_id: str, records: Iterable[dict[str, Any]]) -> None:
+        """Every value a run logged (name, value, step, timestamp), in order; replaces what
+        the ledger held for the run."""
+        rows = []
+        for seq, r in enumerate(records):
+            value = r.get("value")
+            rows.append(
+                (
+                    run_id,
+                    str(r.get("name")),
+                    int(r["step"]) if isinstance(r.get("step"), (int, float)) else None,
+                    float(value) if isinstance(value, (int, float)) else None,
+                    float(r["timestamp"]) if isinstance(r.get("timestamp"), (int, float)) else None,
+                    seq,
+                )
+            )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM metric_points WHERE run_id = ?", (run_id,))
+                self._db.executemany(
+                    "INSERT INTO metric_points (run_id, name, step, value, time, seq) "
+                    "VALUES (?,?,?,?,?,?)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def metric_points(
+        self, run_ids: Iterable[str]
+    ) -> list[tuple[str, str, int | None, float | None, float | None]]:
+        """(run id, name, step, value, time) of the runs, each run's in logged order."""
+        ids = list(run_ids)
+        if not ids:
+            return []
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT run_id, name, step, value, time FROM metric_points "
+                    f"WHERE run_id IN ({','.join('?' * len(ids))}) ORDER BY run_id, seq",
+                    ids,
+                )
+            )
+
     # ------------------------------------------------------------------ read
     def get(self, run_id: str) -> dict[str, Any]:
         with self._lock:
@@ -232,94 +287,6 @@ class Ledger:
             out[name.lower()] = out.get(name.lower(), 0.0) + (t1 - t0)
         return out
 
-    def to_dataframe(self, **filters: Any):
-        """id, name, backend, status, params, metrics, phase timings (one row per run)."""
-        import pandas as pd
-
-        rows = []
-        for r in self.find(**filters):
-            rows.append(
-                {
-                    "id": r["id"],
-                    "name": r["name"],
-                    "backend": r["backend"],
-                    "status": r["status"],
-                    "params": r["params"],
-                    "metrics": r["metrics"],
-                    "timings": self.timings(r),
-                    "duration": (r["phases"][-1][1] - r["phases"][0][1]) if r["phases"] else None,
-                    "exit_code": r["exit_code"],
-                    # What the platform billed (SageMaker): instance, seconds, spot savings.
-                    "instance_type": (r.get("platform") or {}).get("instance_type"),
-                    "billable_seconds": (r.get("platform") or {}).get("billable_seconds"),
-                    "spot_savings": (r.get("platform") or {}).get("spot_savings"),
-                    "image": r["image"],
-                    "parent": r["parent"],
-                    "created": pd.Timestamp(r["created"], unit="s"),
-                }
-            )
-        return pd.DataFrame(
-            rows,
-            columns=[
-                "id",
-                "name",
-                "backend",
-                "status",
-                "params",
-                "metrics",
-                "timings",
-                "duration",
-                "exit_code",
-                "instance_type",
-                "billable_seconds",
-                "spot_savings",
-                "image",
-                "parent",
-                "created",
-            ],
-        )
-
-    def compare(self, run_ids: list[str], trust: str = "signed"):
-        """Params, metrics and result summaries side by side: one column per run.
-
-        Results are read under `trust`; a run whose outputs are refused shows why.
-        """
-        import pandas as pd
-
-        from ..errors import UntrustedResults
-        from .results import RunResult
-
-        columns = {}
-        for rid in run_ids:
-            r = self.get(rid)
-            col: dict[str, Any] = {"status": r["status"], "backend": r["backend"]}
-            col.update({f"param.{k}": v for k, v in (r["params"] or {}).items()})
-            col.update({f"metric.{k}": v for k, v in (r["metrics"] or {}).items()})
-            col.update({f"time.{k}": round(v, 3) for k, v in self.timings(r).items()})
-            result = RunResult(
-                image=r["image"] or "",
-                exit_code=r["exit_code"],
-                output_dir=Path(r["result_dir"] or ""),
-                key=r.get("run_key"),
-                trust=trust,
-            )
-            if result.model_dir.is_dir():
-                try:
-                    for name, value in result.results.items():
-                        col[f"result.{name}"] = _summary(value)
-                except UntrustedResults as exc:
-                    col["result"] = f"refused: {exc.file}: {exc.reason}"
-            columns[rid] = col
-        return pd.DataFrame(columns)
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _summary(value: Any) -> Any:
-    """A one-cell summary of a result (a number stays a number)."""
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    shape = getattr(value, "shape", None)
-    return f"{type(value).__name__}{tuple(shape) if shape is not None else ''}"

@@ -152,11 +152,22 @@ class RunResult:
     def displays(self) -> list[dict[str, Any]]:
         return list(self.index.get("displays", []))
 
-    @property
-    def metrics(self) -> dict[str, Any]:
+    def _metrics_doc(self) -> dict[str, Any]:
         if not self.outputs.exists("model/metrics.json"):
             return {}
-        return json.loads(self.outputs.read_bytes("model/metrics.json")).get("last", {})
+        doc = json.loads(self.outputs.read_bytes("model/metrics.json"))
+        return doc if isinstance(doc, dict) else {}
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Each metric's last value."""
+        return dict(self._metrics_doc().get("last") or {})
+
+    @property
+    def metric_history(self) -> list[dict[str, Any]]:
+        """Every value logged (name, value, step, timestamp), in order."""
+        history = self._metrics_doc().get("history") or []
+        return [r for r in history if isinstance(r, dict) and isinstance(r.get("name"), str)]
 
     def _verified_failure(self) -> str | None:
         try:

@@ -1,5 +1,6 @@
-"""The progress panel (ipywidgets): phase, per-phase timings, a bar, elapsed time,
-live logs in a collapsible area and a Cancel button; one row per child of a sweep.
+"""The progress panel (ipywidgets): phase, per-phase timings, a bar, elapsed time, the
+latest value of each metric the run logs, live logs in a collapsible area and a Cancel
+button; one row per child of a sweep (its parameters, phase, duration, latest metric).
 
 It is one more listener on the library's progress hooks; the core never
 imports ipywidgets.
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import ipywidgets as w
 
 from ..backends.base import Phase
+from ..metrics import parse_metric_lines
 
 __all__ = ["RunPanel"]
 
@@ -37,15 +39,25 @@ _STYLE = {Phase.SUCCEEDED: "success", Phase.FAILED: "danger", Phase.CANCELLED: "
 MAX_CHILD_ROWS = 20
 
 
+def latest_metrics_text(latest: dict[str, tuple[float, int | None]]) -> str:
+    """``loss 0.25 (step 3) · acc 0.91``: a run's latest metric values on one line."""
+    return " · ".join(
+        f"{name} {value:.4g}" + (f" (step {step})" if step is not None else "")
+        for name, (value, step) in latest.items()
+    )
+
+
 class _Row:
-    """A sweep child: its id, its parameter values, a bar, its phase and how long it took."""
+    """A sweep child: its id, its parameter values, a bar, its phase, how long it took and
+    its latest metric values."""
 
     def __init__(self, run_id: str, detail: str = "") -> None:
         self.label = w.Label(run_id, layout=w.Layout(width="10em"))
         self.detail = w.Label(detail, layout=w.Layout(width="14em"))
-        self.bar = w.IntProgress(value=0, min=0, max=len(_STEPS), layout=w.Layout(width="30%"))
-        self.phase = w.Label("")
-        self.box = w.HBox([self.label, self.detail, self.bar, self.phase])
+        self.bar = w.IntProgress(value=0, min=0, max=len(_STEPS), layout=w.Layout(width="25%"))
+        self.phase = w.Label("", layout=w.Layout(width="11em"))
+        self.metric = w.Label("")
+        self.box = w.HBox([self.label, self.detail, self.bar, self.phase, self.metric])
 
     def set(self, phase: Phase, seconds: float | None = None) -> None:
         self.bar.value = len(_STEPS) if phase.terminal else _STEPS.index(phase) + 1
@@ -72,6 +84,7 @@ class RunPanel:
         self.bar = w.IntProgress(value=0, min=0, max=len(_STEPS), description="progress")
         self.elapsed = w.Label("0.0 s")
         self.timings = w.HTML("")
+        self.metrics = w.HTML("")  # the latest value of each metric, as the run logs them
         self.log = w.Textarea(value="", layout=w.Layout(width="100%", height="14em"), disabled=True)
         self.logs = w.Accordion(children=[self.log], selected_index=None)
         self.logs.set_title(0, "log")
@@ -89,11 +102,14 @@ class RunPanel:
         self.max_log_lines = max_log_lines
         self._lock = threading.RLock()
         self._log_lines: list[str] = []
+        # run id -> metric name -> (latest value, its step), from the run's metric lines
+        self.latest: dict[str, dict[str, tuple[float, int | None]]] = {}
         self.widget = w.VBox(
             [
                 w.HBox([self.phase, self.elapsed, self.cancel]),
                 self.bar,
                 self.timings,
+                self.metrics,
                 self.summary,
                 self.children,
                 self.logs,
@@ -132,7 +148,15 @@ class RunPanel:
             f"<span style='margin-right:1em'>{k} {v:.2f}s</span>" for k, v in timings.items()
         )
         if phase.terminal:
-            self.cancel.disabled = True
+            self.ended(phase)
+
+    def ended(self, phase: Phase) -> None:
+        """The run is over: Cancel is disabled, and looks it (no colour, says why)."""
+        self.cancel.disabled = True
+        self.cancel.button_style = ""
+        self.cancel.icon = "check" if phase == Phase.SUCCEEDED else "times"
+        self.cancel.description = phase.value.capitalize()
+        self.cancel.tooltip = "the run has ended"
 
     def _on_child(self, run_id: str, phase: Phase) -> None:
         # Kept incrementally: a sweep of 10,000 children reports about 30,000 changes.
@@ -154,6 +178,7 @@ class RunPanel:
         for child in shown:
             if child not in self.rows:
                 self.rows[child] = _Row(child, self._describe(child) if self._describe else "")
+                self.rows[child].metric.value = latest_metrics_text(self.latest.get(child, {}))
         if run_id in self.rows:
             self.rows[run_id].set(phase, self._seconds.get(run_id))
         boxes = tuple(self.rows[c].box for c in shown)
@@ -171,15 +196,38 @@ class RunPanel:
         return 3 if phase.terminal else 2
 
     def _shown(self) -> list[str]:
-        """The children with a row: all of a small sweep, in order; of a large one, the
-        failed first, then the running, the waiting, the rest: MAX_CHILD_ROWS in all."""
+        """The children with a row: all of a small sweep, the failed first, the others in
+        order; of a large one, only the failed and then the running: MAX_CHILD_ROWS at
+        most (the summary line counts the rest)."""
         if len(self.child_phases) <= MAX_CHILD_ROWS:
-            return list(self.child_phases)
-        return list(itertools.islice(itertools.chain(*self._groups), MAX_CHILD_ROWS))
+            failed = list(self._groups[0])
+            return failed + [c for c in self.child_phases if c not in self._groups[0]]
+        return list(itertools.islice(itertools.chain(*self._groups[:2]), MAX_CHILD_ROWS))
 
     def _on_log(self, run_id: str, line: str) -> None:
         self.elapsed.value = f"{time.monotonic() - self.started:.1f} s"
+        for point in parse_metric_lines(line):
+            latest = self.latest.setdefault(run_id, {})
+            latest[point["name"]] = (point["value"], point["step"])
+            if run_id == self.run_id:
+                self.metrics.value = _metrics_table(latest)
+            elif run_id in self.rows:
+                self.rows[run_id].metric.value = latest_metrics_text(latest)
         prefix = f"[{run_id}] " if run_id != self.run_id else ""
         self._log_lines.append(prefix + line)
         del self._log_lines[: -self.max_log_lines]
         self.log.value = "\n".join(self._log_lines)
+
+
+def _metrics_table(latest: dict[str, tuple[float, int | None]]) -> str:
+    cells = "".join(
+        f"<tr><td style='padding-right:1em'>{html.escape(name)}</td>"
+        f"<td style='text-align:right'>{value:.6g}</td>"
+        f"<td style='padding-left:1em;color:#666'>{_step(step)}</td></tr>"
+        for name, (value, step) in latest.items()
+    )
+    return f"<table style='font-size:90%'>{cells}</table>"
+
+
+def _step(step: int | None) -> str:
+    return "" if step is None else f"step {step}"

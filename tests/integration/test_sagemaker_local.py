@@ -206,7 +206,7 @@ def test_the_example_notebook_runs_and_both_runs_agree(
     assert local["status"] == sm["status"] == "SUCCEEDED" and local["image"] == sm["image"]
     assert local["metrics"] == sm["metrics"] and set(local["metrics"]) == {"rmse"}
     compare = "".join(o.get("data", {}).get("text/plain", "") for o in nb.cells[-1].outputs)
-    assert "result.residuals" in compare and "DataFrame(200, 4)" in compare
+    assert "result.residuals" in compare and "200 rows × 4 columns" in compare
 
 
 def test_cancel_stops_a_running_training_container(engine: Engine, ip, ledger: Ledger) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from nbcontainer_kernel.backends import registry
 from nbcontainer_kernel.backends.base import Hooks, Phase, StopSignal
 from nbcontainer_kernel.errors import (
     NbcontainerError,
@@ -28,25 +27,12 @@ from nbcontainer_kernel.trust import new_key
 from tests.fakes import (
     ArrayScriptedBackend,
     Script,
-    ScriptedBackend,
     fake_image_builder,
     sealed_outputs,
 )
+from tests.unit.conftest import registered
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "ledger" / "runs.db")
-
-
-@pytest.fixture
-def backend() -> Iterator[ScriptedBackend]:
-    fake = ScriptedBackend()
-    registry.register("scripted", fake)
-    yield fake
-    registry.unregister("scripted")
 
 
 @pytest.fixture
@@ -360,10 +346,7 @@ def test_the_ledger_records_every_transition_with_its_time(runner, ledger, backe
 
 @pytest.fixture
 def array_backend() -> Iterator[ArrayScriptedBackend]:
-    fake = ArrayScriptedBackend()
-    registry.register("scripted-array", fake)
-    yield fake
-    registry.unregister("scripted-array")
+    yield from registered("scripted-array", ArrayScriptedBackend())
 
 
 def test_a_timeout_on_a_slow_stopping_platform_stays_a_timeout(runner, ledger, backend) -> None:

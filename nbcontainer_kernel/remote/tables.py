@@ -1,0 +1,313 @@
+"""The ledger as tables for comparing runs in the next cell: one flat row per run
+(:func:`runs_frame`), every logged metric value (:func:`metrics_frame`), runs side by side
+(:func:`compare_frame`) and a metric plotted across runs (:func:`plot_metric`).
+
+The frames are plain pandas DataFrames for code; :class:`RunsTable` only changes how a
+notebook shows one (status coloured).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import UntrustedResults
+from .ledger import Ledger
+
+__all__ = ["RunsTable", "compare_frame", "metrics_frame", "plot_metric", "runs_frame", "summarise"]
+
+_STATUS_COLOURS = {
+    "SUCCEEDED": "#1a7f37",
+    "FAILED": "#cf222e",
+    "CANCELLED": "#9a6700",
+}
+
+
+class RunsTable(pd.DataFrame):
+    """A runs frame that a notebook shows with its status coloured (in every other way a
+    DataFrame: slicing it gives plain DataFrames)."""
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        return pd.DataFrame
+
+    def _repr_html_(self) -> str | None:
+        if "status" not in self.columns or self.empty:
+            return pd.DataFrame(self)._repr_html_()
+
+        def colour(value: Any) -> str:
+            hue = _STATUS_COLOURS.get(str(value), "#0969da")
+            return f"color: {hue}; font-weight: bold"
+
+        styler = pd.DataFrame(self).style.map(colour, subset=["status"])
+        styler = styler.format(precision=4, na_rep="")
+        return str(styler.to_html())
+
+
+def _round(value: Any, digits: int) -> Any:
+    return round(value, digits) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def _rows(
+    ledger: Ledger,
+    name: str | None,
+    status: str | None,
+    backend: str | None,
+    sweep: str | None,
+) -> list[dict[str, Any]]:
+    rows = ledger.find(name=name, status=status, parent=sweep)
+    if backend is not None:
+        rows = [r for r in rows if r["backend"] == backend]
+    return rows
+
+
+def runs_frame(
+    ledger: Ledger | None = None,
+    *,
+    name: str | None = None,
+    status: str | None = None,
+    backend: str | None = None,
+    last: int | None = None,
+    sweep: str | None = None,
+) -> RunsTable:
+    """One flat row per run, oldest first: id, name, backend, status, created (local time),
+    duration (s), ``param.NAME`` (each parameter with its own type), ``metric.NAME`` (last
+    value), ``time.PHASE`` (s), exit code, image (short), and what the platform billed where
+    it says (instance type, billable seconds, spot savings). Filters: run name, status,
+    backend, the `last` K runs, the children of sweep `sweep`."""
+    ledger = ledger or Ledger()
+    rows = _rows(ledger, name, status, backend, sweep)
+    if last is not None:
+        rows = rows[-last:] if last > 0 else []
+    records = []
+    for r in rows:
+        phases = r.get("phases") or []
+        record: dict[str, Any] = {
+            "id": r["id"],
+            "name": r["name"],
+            "backend": r["backend"],
+            "status": r["status"],
+            "created": pd.Timestamp(r["created"], unit="s", tz="UTC").tz_convert(_local_tz()),
+            "duration": round(phases[-1][1] - phases[0][1], 2) if len(phases) > 1 else None,
+        }
+        record.update({f"param.{k}": v for k, v in (r.get("params") or {}).items()})
+        record.update({f"metric.{k}": _round(v, 6) for k, v in (r.get("metrics") or {}).items()})
+        record.update({f"time.{k}": round(v, 2) for k, v in Ledger.timings(r).items()})
+        platform = r.get("platform") or {}
+        for key in ("instance_type", "billable_seconds", "spot_savings"):
+            if platform.get(key) is not None:
+                record[key] = platform[key]
+        record["exit_code"] = r["exit_code"]
+        record["image"] = _short_image(r.get("image"))
+        if r.get("parent"):
+            record["parent"] = r["parent"]
+        records.append(record)
+    fixed = ["id", "name", "backend", "status", "created", "duration"]
+    frame = pd.DataFrame.from_records(records, columns=_columns(records, fixed))
+    if "exit_code" in frame:
+        frame["exit_code"] = frame["exit_code"].astype("Int64")
+    return RunsTable(frame)
+
+
+def _columns(records: list[dict[str, Any]], fixed: list[str]) -> list[str]:
+    """The fixed columns, then params, metrics, times, the rest; each group in first-seen
+    order (an empty ledger still gives the fixed columns)."""
+    seen: dict[str, None] = dict.fromkeys(fixed)
+    for rec in records:
+        seen.update(dict.fromkeys(rec))
+    order = ("param.", "metric.", "time.")
+    grouped = [c for c in seen if c in fixed]
+    for prefix in order:
+        grouped += [c for c in seen if c.startswith(prefix)]
+    grouped += [c for c in seen if c not in grouped]
+    return grouped
+
+
+def _local_tz() -> Any:
+    import datetime
+
+    return datetime.datetime.now().astimezone().tzinfo
+
+
+def _short_image(image: str | None) -> str | None:
+    """A run image as a reader tells them apart: the tag, or the digest's first 12."""
+    if not image:
+        return None
+    if "@sha256:" in image:
+        repo, _, digest = image.partition("@sha256:")
+        return f"{repo.rsplit('/', 1)[-1]}@{digest[:12]}"
+    return image.rsplit("/", 1)[-1]
+
+
+def metrics_frame(run_ids: Iterable[str] | str, ledger: Ledger | None = None) -> pd.DataFrame:
+    """Every metric value the runs logged, long-form: run, name, step, value, time (local)."""
+    ledger = ledger or Ledger()
+    ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+    points = ledger.metric_points(ids)
+    frame = pd.DataFrame(points, columns=["run", "name", "step", "value", "time"])
+    frame["step"] = frame["step"].astype("Int64")
+    frame["value"] = frame["value"].astype(float)
+    frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True).dt.tz_convert(_local_tz())
+    order = {rid: i for i, rid in enumerate(ids)}
+    return frame.sort_values("run", key=lambda s: s.map(order), kind="stable").reset_index(
+        drop=True
+    )
+
+
+def summarise(value: Any, first: Any = None) -> Any:
+    """A result as one cell of a comparison: scalars as they are; a DataFrame as its shape,
+    columns added/removed against `first`, and numeric columns' mean/min/max (with the
+    difference to `first`'s); anything else by type and size."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return _round(value, 6) if isinstance(value, float) else value
+    if isinstance(value, pd.Series):
+        value = value.to_frame()
+    if isinstance(value, pd.DataFrame):
+        parts = [f"{value.shape[0]} rows × {value.shape[1]} columns"]
+        if isinstance(first, pd.Series):
+            first = first.to_frame()
+        base = first if isinstance(first, pd.DataFrame) and first is not value else None
+        if base is not None:
+            added = [str(c) for c in value.columns if c not in base.columns]
+            removed = [str(c) for c in base.columns if c not in value.columns]
+            if added:
+                parts.append("added: " + ", ".join(added))
+            if removed:
+                parts.append("removed: " + ", ".join(removed))
+        for col in value.select_dtypes("number").columns[:8]:
+            stats = value[col].agg(["mean", "min", "max"])
+            text = (
+                f"{col}: mean {stats['mean']:.4g}, min {stats['min']:.4g}, max {stats['max']:.4g}"
+            )
+            if (
+                base is not None
+                and col in base.columns
+                and pd.api.types.is_numeric_dtype(base[col])
+            ):
+                text += f" (mean {stats['mean'] - base[col].mean():+.4g})"
+            parts.append(text)
+        return "; ".join(parts)
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    try:
+        size = len(value)
+    except TypeError:
+        return type(value).__name__
+    return f"{type(value).__name__} of {size}"
+
+
+def compare_frame(
+    run_ids: list[str], ledger: Ledger | None = None, trust: str = "signed"
+) -> pd.DataFrame:
+    """Runs side by side, one column per run: the parameters that differ first, then those
+    that do not, then each metric with its difference to the first run (``metric.NAME Δ``),
+    then status, backend and times, then results summarised (:func:`summarise`). Results are
+    read under `trust`; a run whose outputs are refused says why."""
+    from .results import RunResult, load_results
+
+    ledger = ledger or Ledger()
+    rows = [ledger.get(rid) for rid in run_ids]
+    params = _union(r.get("params") or {} for r in rows)
+    differing = [p for p in params if len({repr(r["params"].get(p)) for r in rows}) > 1]
+    same = [p for p in params if p not in differing]
+    table: dict[str, dict[str, Any]] = {r["id"]: {} for r in rows}
+    first_metrics = rows[0].get("metrics") or {}
+    metric_names = _union(r.get("metrics") or {} for r in rows)
+    results: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        result = RunResult(
+            image=r["image"] or "",
+            exit_code=r["exit_code"],
+            output_dir=Path(r["result_dir"] or ""),
+            key=r.get("run_key"),
+            trust=trust,
+        )
+        try:
+            if result.model_dir.is_dir():
+                result.outputs.verify_all()  # every file, not only those a summary reads
+                results[r["id"]] = load_results(result.outputs)
+            else:
+                results[r["id"]] = {}
+        except UntrustedResults as exc:
+            results[r["id"]] = {"": f"refused: {exc.file}: {exc.reason}"}
+    result_names = _union(results.values())
+    first_results = results[rows[0]["id"]]
+    for r in rows:
+        col = table[r["id"]]
+        for p in differing + same:
+            col[f"param.{p}"] = (r.get("params") or {}).get(p)
+        for m in metric_names:
+            value = (r.get("metrics") or {}).get(m)
+            col[f"metric.{m}"] = _round(value, 6)
+            base = first_metrics.get(m)
+            col[f"metric.{m} Δ"] = (
+                _round(value - base, 6)
+                if isinstance(value, (int, float)) and isinstance(base, (int, float))
+                else None
+            )
+        col["status"] = r["status"]
+        col["backend"] = r["backend"]
+        col.update({f"time.{k}": round(v, 2) for k, v in Ledger.timings(r).items()})
+        for name in result_names:
+            key = f"result.{name}" if name else "result"
+            got = results[r["id"]]
+            col[key] = summarise(got[name], first_results.get(name)) if name in got else None
+    index = list(dict.fromkeys(k for col in table.values() for k in col))
+    return pd.DataFrame(table, index=index, dtype=object)
+
+
+def _union(dicts: Iterable[dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}
+    for d in dicts:
+        names.update(dict.fromkeys(d))
+    return list(names)
+
+
+def plot_metric(
+    run_ids: list[str], metric: str, ledger: Ledger | None = None, swept: str | None = None
+) -> Any:
+    """A matplotlib figure of `metric`: with steps, one line per run over the steps; for a
+    sweep (`swept` names the parameter), the metric against the swept parameter; else one
+    bar per run."""
+    import matplotlib
+
+    if not matplotlib.get_backend().startswith(("module://", "inline")):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ledger = ledger or Ledger()
+    points = metrics_frame(run_ids, ledger)
+    points = points[points["name"] == metric]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if points["step"].notna().any():
+        for rid, group in points.groupby("run", sort=False):
+            ax.plot(group["step"].astype(float), group["value"], marker="o", label=str(rid))
+        ax.set_xlabel("step")
+        ax.legend(fontsize="small")
+    elif swept is not None:
+        rows = [ledger.get(rid) for rid in run_ids]
+        pairs = sorted(
+            (r["params"].get(swept), float(m[metric]))
+            for r in rows
+            if isinstance((m := r.get("metrics") or {}).get(metric), (int, float))
+        )
+        ax.plot([p for p, _ in pairs], [v for _, v in pairs], marker="o")
+        ax.set_xlabel(swept)
+    else:
+        rows = [ledger.get(rid) for rid in run_ids]
+        bars = [
+            (str(r["id"]), float(m[metric]))
+            for r in rows
+            if isinstance((m := r.get("metrics") or {}).get(metric), (int, float))
+        ]
+        ax.bar([rid for rid, _ in bars], [v for _, v in bars])
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} across {len(run_ids)} runs")
+    fig.tight_layout()
+    plt.close(fig)  # shown by the caller (display), not by pyplot's state
+    return fig
