@@ -162,8 +162,9 @@ def _patch_local_mode() -> None:
         _patched = True
 
 
-def _local_session(region_name: str, root: Path, run_labels: Mapping[str, str]) -> Any:
-    """A LocalSession that holds no credentials, reads no user config and sends no telemetry."""
+def _local_session(region_name: str, root: Path, container_config: Mapping[str, Any]) -> Any:
+    """A LocalSession that holds no credentials, reads no user config and sends no telemetry;
+    `container_config` is merged into the compose service (labels, limits)."""
     import boto3
     import botocore.credentials
     import botocore.session
@@ -180,7 +181,7 @@ def _local_session(region_name: str, root: Path, run_labels: Mapping[str, str]) 
         "local": {
             "local_code": True,
             "container_root": str(root),
-            "container_config": {"labels": dict(run_labels), "init": True},
+            "container_config": dict(container_config),
         }
     }
     return session
@@ -280,7 +281,12 @@ class SageMakerLocalBackend(SageMakerBackend):
         _patch_local_mode()
         with _patch_lock:  # compose runs of one sweep would each make the network otherwise
             get_engine().ensure_network(NETWORK, NETWORK_LABELS)
-        session = _local_session(region_name, root, run_labels)
+        container_config: dict[str, Any] = {"labels": run_labels, "init": True}
+        if spec.cpus:  # --cpus and --memory hold here as for --local
+            container_config["cpus"] = float(spec.cpus)
+        if spec.memory:
+            container_config["mem_limit"] = str(spec.memory)
+        session = _local_session(region_name, root, container_config)
 
         def work() -> None:
             from sagemaker.core.local.local_session import LocalSagemakerClient

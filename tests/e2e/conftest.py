@@ -2,6 +2,7 @@
 
 from tests.integration.conftest import (  # noqa: F401 - fixtures, registered by import
     engine,
+    examples_kernel_image,
     kernel_image,
     make_kernelspec,
     new_images,

@@ -99,7 +99,9 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                 panel = page.locator(".jp-OutputArea-output .widget-vbox").first
                 bar = panel.locator(".widget-hprogress .progress-bar").first
                 assert "progress-bar-success" in (bar.get_attribute("class") or "")
-                assert panel.locator("button", has_text="Cancel").first.is_disabled()
+                # Once the run ended, Cancel is disabled and says how it ended.
+                ended = panel.locator("button", has_text="Succeeded").first
+                assert ended.is_disabled()
                 assert "running" in panel.locator(".widget-html").nth(1).inner_text()
                 panel.locator(
                     ".jupyter-widget-Collapse-header", has_text="log"

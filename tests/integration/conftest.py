@@ -48,6 +48,15 @@ def kernel_image(engine: Engine) -> str:
     return KERNEL_IMAGE
 
 
+@pytest.fixture(scope="session")
+def examples_kernel_image(engine: Engine, kernel_image: str) -> str:
+    """The kernel image with matplotlib: what the example notebooks and the browser test
+    plot with. Cached like the kernel image."""
+    tag = KERNEL_IMAGE + "-examples"
+    build_kernel_image(engine, BASE_IMAGE, tag, requirements=["matplotlib"])
+    return tag
+
+
 @pytest.fixture
 def make_kernelspec(kernel_image: str) -> Iterator[Callable[..., str]]:
     """Install a kernelspec (in the tests' own Jupyter dir) with provisioner options."""

@@ -503,3 +503,21 @@ def test_gpus_on_an_instance_type_without_them_are_refused_naming_the_flag() -> 
     with pytest.raises(InvalidOption, match="--gpus.*ml.m5.large has no GPU"):
         backend.check_resources(None, None, "1", {"instance_type": "ml.m5.large"})
     backend.check_resources(None, None, "1", {"instance_type": "ml.g5.xlarge"})
+
+
+def test_local_modes_session_holds_no_credentials_even_when_the_environment_has_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local mode writes a session's credentials into its compose file (which stays)."""
+    pytest.importorskip("sagemaker.core.local.image")
+    import sagemaker.core.local.image as image
+
+    from nbcontainer_kernel.backends.sagemaker_local import _local_session
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE12")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    session = _local_session("us-east-1", tmp_path, {"labels": {"a": "b"}, "cpus": 1.0})
+    assert session.boto_session.get_credentials() is None
+    assert image._aws_credentials(session.boto_session) is None
+    assert session.config["local"]["container_config"] == {"labels": {"a": "b"}, "cpus": 1.0}
+    assert session.config["local"]["container_root"] == str(tmp_path)
