@@ -107,3 +107,20 @@ def execute_notebook(nb: Any, cwd: Path, kernel_name: str | None = None, timeout
         **kwargs,
     ).execute()
     return nb
+
+
+def record_calls(backend_name: str, service: str, operation: str) -> list[dict[str, Any]]:
+    """The requests the backend's `service` client sends to `operation`, as they are sent
+    (after botocore checked them against the service model)."""
+    from nbcontainer_kernel.backends.registry import get_backend
+
+    backend: Any = get_backend(backend_name)
+    # Clients made under an earlier test's environment would be made again by the run's
+    # configure (and the hook lost with them): make them for this environment now.
+    backend._clients.refresh()
+    made: list[dict[str, Any]] = []
+    backend._client(service).meta.events.register(
+        f"provide-client-params.{service}.{operation}",
+        lambda params, **_: made.append(json.loads(json.dumps(params, default=str))),
+    )
+    return made

@@ -279,6 +279,7 @@ def plot_metric(
     if not matplotlib.get_backend().startswith(("module://", "inline")):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ledger = ledger or Ledger()
     points = metrics_frame(run_ids, ledger)
@@ -288,6 +289,7 @@ def plot_metric(
         for rid, group in points.groupby("run", sort=False):
             ax.plot(group["step"].astype(float), group["value"], marker="o", label=str(rid))
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
     elif swept is not None:
         rows = [ledger.get(rid) for rid in run_ids]

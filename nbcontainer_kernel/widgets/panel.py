@@ -200,8 +200,11 @@ class RunPanel:
         order; of a large one, only the failed and then the running: MAX_CHILD_ROWS at
         most (the summary line counts the rest)."""
         if len(self.child_phases) <= MAX_CHILD_ROWS:
-            failed = list(self._groups[0])
-            return failed + [c for c in self.child_phases if c not in self._groups[0]]
+            failed = sorted(self._groups[0], key=_run_order)
+            others = sorted(
+                (c for c in self.child_phases if c not in self._groups[0]), key=_run_order
+            )
+            return failed + others
         return list(itertools.islice(itertools.chain(*self._groups[:2]), MAX_CHILD_ROWS))
 
     def _on_log(self, run_id: str, line: str) -> None:
@@ -231,3 +234,9 @@ def _metrics_table(latest: dict[str, tuple[float, int | None]]) -> str:
 
 def _step(step: int | None) -> str:
     return "" if step is None else f"step {step}"
+
+
+def _run_order(run_id: str) -> tuple[str, int, str]:
+    """NAME-N ids in the order of N (sweep-10 after sweep-9), others by name."""
+    stem, _, seq = run_id.rpartition("-")
+    return (stem, int(seq), "") if seq.isdigit() else (run_id, 0, run_id)

@@ -1,8 +1,11 @@
 """JupyterLab in headless Chromium: the kernelspec is in the launcher, a notebook's
-code runs in the container, and %%remote_run's progress panel renders and finishes."""
+code runs in the container, %%remote_run's progress panel renders and finishes, Cancel
+stops a run and a sweep, a sweep's rows show each child's value and latest metric, and
+%remote_compare --plot renders an image (screenshots of both for the README)."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -15,6 +18,12 @@ from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.lab import Lab
 
+METRIC_SWEEP = (
+    "--sweep rate=0.1,0.2,0.4 --max-parallel 3\n"
+    "from nbcontainer_kernel import log_metric\n"
+    "for step in range(3):\n    log_metric('loss', 1 - rate * step, step=step)\n"
+    "best = rate"
+)
 SLOW = "import time\nfor i in range(60):\n    print('tick', i, flush=True)\n    time.sleep(1)"
 
 
@@ -49,12 +58,20 @@ def _run_cell(page, code: str, index: int) -> None:
 
 
 def test_lab_launcher_notebook_and_remote_run_panel(
-    engine: Engine, make_kernelspec, new_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine,
+    make_kernelspec,
+    examples_kernel_image: str,
+    new_images,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is needed (scripts/setup.sh --browser installs it)")
     monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(tmp_path / "ledger" / "runs.db"))
-    name = make_kernelspec("nbc-e2e", docker_socket=True)
+    # NBCONTAINER_SCREENSHOTS=docs/images keeps the README's screenshots up to date.
+    shots = Path(os.environ.get("NBCONTAINER_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    name = make_kernelspec("nbc-e2e", image=examples_kernel_image, docker_socket=True)
     display = f"test {name}"
     lab = Lab(tmp_path)
     try:
@@ -63,6 +80,8 @@ def test_lab_launcher_notebook_and_remote_run_panel(
             try:
                 page = browser.new_page()
                 page.goto(f"{lab.url}/lab?token={lab.token}")
+                # JupyterLab's news toast would sit over the screenshots.
+                page.add_style_tag(content=".Toastify { display: none !important; }")
                 card = page.locator(".jp-LauncherCard", has_text=display).first
                 card.wait_for(timeout=60_000)  # the kernelspec is in the launcher
                 card.click()
@@ -148,6 +167,35 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                     ), rows
                     for run_id in runs:
                         assert engine.containers({labels.RUN_ID: run_id}) == []
+
+                # A sweep that logs a metric: each child's row shows its parameter value and
+                # its latest metric; then %remote_compare --plot renders an image.
+                _run_cell(page, f"%%remote_run --local --name cmp {METRIC_SWEEP}", 5)
+                cell = page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").nth(5)
+                cell.locator(
+                    ".widget-html", has_text=re.compile("cmp-1.*SUCCEEDED")
+                ).first.wait_for(timeout=300_000)
+                rows = cell.locator(".widget-hbox").all_inner_texts()
+                assert [r.split()[0] for r in rows if re.match(r"cmp-\d+\s", r)] == [
+                    "cmp-2",
+                    "cmp-3",
+                    "cmp-4",
+                ], "a small sweep's rows in the children's order"
+                for value, latest in (("0.1", "0.8"), ("0.2", "0.6"), ("0.4", "0.2")):
+                    row = cell.locator(".widget-hbox", has_text=f"rate={value}").first
+                    row.locator(".widget-label", has_text=f"loss {latest} (step 2)").wait_for(
+                        timeout=5_000
+                    )
+                cell.locator(".widget-vbox").first.screenshot(path=str(shots / "panel.png"))
+                _run_cell(page, "%remote_compare --sweep cmp-1 --plot loss", 6)
+                plot = (
+                    page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell")
+                    .nth(6)
+                    .locator(".jp-OutputArea-output img")
+                    .first
+                )
+                plot.wait_for(timeout=60_000)
+                plot.screenshot(path=str(shots / "compare_plot.png"))
             finally:
                 browser.close()
     finally:

@@ -31,7 +31,7 @@ from nbcontainer_kernel.errors import (
     SweepFailed,
 )
 from nbcontainer_kernel.remote.ledger import Ledger
-from tests.helpers import execute_notebook
+from tests.helpers import execute_notebook, record_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
@@ -53,15 +53,7 @@ def batch_ip(ip, aws_env: dict[str, str]):
 
 
 def _calls(service: str, operation: str) -> list[dict]:
-    """Record the calls the batch backend's `service` client makes to `operation`."""
-    backend = get_backend("batch")
-    made: list[dict] = []
-    client = backend._client(service)
-    client.meta.events.register(
-        f"provide-client-params.{service}.{operation}",
-        lambda params, **_: made.append(dict(params)),
-    )
-    return made
+    return record_calls("batch", service, operation)
 
 
 def _model_files(run_dir: Path) -> dict[str, bytes]:

@@ -27,6 +27,7 @@ from nbcontainer_kernel.backends.base import Job, Phase, RunSpec
 from nbcontainer_kernel.backends.registry import get_backend
 from nbcontainer_kernel.errors import CloudError, MissingSetting, NbcontainerError
 from nbcontainer_kernel.remote.ledger import Ledger
+from tests.helpers import record_calls
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +49,9 @@ def sm_ip(ip, aws_env: dict[str, str]):
 
 
 def _sent(operation: str) -> list[dict]:
-    """The requests the sagemaker backend's clients send to `operation`."""
+    """The requests the sagemaker backend sends to `operation`."""
     service = "sagemaker" if operation.endswith("TrainingJob") else "s3"
-    made: list[dict] = []
-    get_backend("sagemaker")._client(service).meta.events.register(
-        f"provide-client-params.{service}.{operation}",
-        lambda params, **_: made.append(json.loads(json.dumps(params, default=str))),
-    )
-    return made
+    return record_calls("sagemaker", service, operation)
 
 
 def test_a_cell_sends_a_valid_training_job_request_and_the_run_is_recorded(
