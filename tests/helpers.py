@@ -124,3 +124,14 @@ def record_calls(backend_name: str, service: str, operation: str) -> list[dict[s
         lambda params, **_: made.append(json.loads(json.dumps(params, default=str))),
     )
     return made
+
+
+def save_executed(nb: Any, name: str) -> None:
+    """With NBCONTAINER_SAVE_EXECUTED=1, keep an example's executed copy in
+    examples/executed/ (what the README links to)."""
+    if os.environ.get("NBCONTAINER_SAVE_EXECUTED"):
+        import nbformat
+
+        target = Path(__file__).resolve().parents[1] / "examples" / "executed"
+        target.mkdir(exist_ok=True)
+        nbformat.write(nb, target / name)

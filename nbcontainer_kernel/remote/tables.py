@@ -8,6 +8,7 @@ notebook shows one (status coloured).
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,16 +37,26 @@ class RunsTable(pd.DataFrame):
         return pd.DataFrame
 
     def _repr_html_(self) -> str | None:
-        if "status" not in self.columns or self.empty:
-            return pd.DataFrame(self)._repr_html_()
+        # No Styler: it needs jinja2, which a kernel image may not hold. Every cell is
+        # escaped here, so nothing a run recorded (a parameter's text) is taken as HTML.
+        plain = pd.DataFrame(self)
+        formatters = {col: _html_cell for col in plain.columns}
+        if "status" in plain.columns:
+            formatters["status"] = _status_cell
+        return str(plain.to_html(escape=False, formatters=formatters, max_rows=200))
 
-        def colour(value: Any) -> str:
-            hue = _STATUS_COLOURS.get(str(value), "#0969da")
-            return f"color: {hue}; font-weight: bold"
 
-        styler = pd.DataFrame(self).style.map(colour, subset=["status"])
-        styler = styler.format(precision=4, na_rep="")
-        return str(styler.to_html())
+def _html_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return html.escape(str(value))
+
+
+def _status_cell(value: Any) -> str:
+    hue = _STATUS_COLOURS.get(str(value), "#0969da")
+    return f"<span style='color: {hue}; font-weight: bold'>{html.escape(str(value))}</span>"
 
 
 def _round(value: Any, digits: int) -> Any:

@@ -50,10 +50,11 @@ def kernel_image(engine: Engine) -> str:
 
 @pytest.fixture(scope="session")
 def examples_kernel_image(engine: Engine, kernel_image: str) -> str:
-    """The kernel image with matplotlib: what the example notebooks and the browser test
-    plot with. Cached like the kernel image."""
+    """The kernel image with matplotlib (the example notebooks and the browser test plot)
+    and nbformat (`nbcontainer containerize` from the kernel). Cached like the kernel
+    image."""
     tag = KERNEL_IMAGE + "-examples"
-    build_kernel_image(engine, BASE_IMAGE, tag, requirements=["matplotlib"])
+    build_kernel_image(engine, BASE_IMAGE, tag, requirements=["matplotlib", "nbformat"])
     return tag
 
 
@@ -179,3 +180,46 @@ def aws_env(testbed: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[st
     for name, value in testbed.items():
         monkeypatch.setenv(name, value)
     return testbed
+
+
+@pytest.fixture(scope="session")
+def sagemaker_kernel_image(engine: Engine, kernel_image: str) -> str:
+    """A kernel image a team would use for sagemaker-local: sagemaker-core in its venv and
+    Debian's docker-compose (what local mode runs). Cached: built again only when missing."""
+    import io
+    import tarfile
+
+    with_core = "nbcontainer/python:3.11-sagemaker-core"
+    tag = "nbcontainer/python:3.11-sagemaker"
+    build_kernel_image(engine, BASE_IMAGE, with_core, requirements=["boto3", "sagemaker-core"])
+    if (
+        not engine.has_image(tag)
+        or engine.get_image(tag).labels.get("io.nbcontainer.test-from")
+        != engine.get_image(with_core).id
+    ):
+        dockerfile = (
+            f"FROM {with_core}\n"
+            "RUN apt-get update -q && apt-get install -y -q --no-install-recommends "
+            "docker-compose && rm -rf /var/lib/apt/lists/*\n"
+        ).encode()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+        buf.seek(0)
+        engine.build(buf, tag, labels={"io.nbcontainer.test-from": engine.get_image(with_core).id})
+    return tag
+
+
+@pytest.fixture
+def testbed_kernelspec(make_kernelspec, testbed: dict[str, str]) -> Callable[[str, str], str]:
+    """A kernelspec whose kernel reaches the test bed: the host network (moto and the
+    registry listen on 127.0.0.1), the test bed's environment, the Docker socket."""
+
+    def make(name: str, image: str) -> str:
+        return str(
+            make_kernelspec(name, image=image, docker_socket=True, network_mode="host", env=testbed)
+        )
+
+    return make

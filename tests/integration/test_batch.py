@@ -302,19 +302,15 @@ def aws_kernel_image(engine: Engine, kernel_image: str) -> str:
 
 def test_a_containerized_kernel_runs_a_cell_on_batch(
     engine: Engine,
-    testbed: dict[str, str],
     aws_kernel_image: str,
-    make_kernelspec,
+    testbed_kernelspec,
     ledger: Ledger,
     new_images,
     tmp_path: Path,
 ) -> None:
     from nbformat.v4 import new_code_cell, new_notebook
 
-    # The host network: the kernel reaches the test bed on 127.0.0.1 as the host does.
-    name = make_kernelspec(
-        "nbc-batch", image=aws_kernel_image, docker_socket=True, network_mode="host", env=testbed
-    )
+    name = testbed_kernelspec("nbc-batch", aws_kernel_image)
     nb = new_notebook(
         cells=[
             new_code_cell("import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})"),

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from nbcontainer_kernel.remote.ledger import Ledger
-from tests.helpers import execute_notebook
+from tests.helpers import execute_notebook, save_executed
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -25,12 +25,6 @@ def _outputs(cell: nbformat.NotebookNode, mime: str = "text/plain") -> str:
     )
 
 
-def _save(nb: nbformat.NotebookNode, name: str) -> None:
-    if os.environ.get("NBCONTAINER_SAVE_EXECUTED"):
-        (ROOT / "examples" / "executed").mkdir(exist_ok=True)
-        nbformat.write(nb, ROOT / "examples" / "executed" / name)
-
-
 def test_sweep_and_compare_runs_in_the_containerized_kernel(
     examples_kernel_image: str, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
 ) -> None:
@@ -38,7 +32,7 @@ def test_sweep_and_compare_runs_in_the_containerized_kernel(
     shutil.copy(ROOT / "examples" / "sweep_and_compare.ipynb", tmp_path)
     nb = nbformat.read(tmp_path / "sweep_and_compare.ipynb", as_version=4)
     execute_notebook(nb, tmp_path, name, timeout=900)
-    _save(nb, "sweep_and_compare.ipynb")
+    save_executed(nb, "sweep_and_compare.ipynb")
     children = ledger.find(parent="train-1")
     assert len(children) == 4 and {c["status"] for c in children} == {"SUCCEEDED"}
     assert {(c["params"]["lr"], c["params"]["alpha"]) for c in children} == {
@@ -56,3 +50,87 @@ def test_sweep_and_compare_runs_in_the_containerized_kernel(
     assert _outputs(picked).startswith(f"{best['id']} lr = {best['params']['lr']}")
     steps = next(c for c in cells if "metrics_frame" in c.source)
     assert "train-2" in _outputs(steps)
+
+
+def test_remote_backends_runs_one_cell_locally_on_batch_and_under_sagemaker_local_mode(
+    sagemaker_kernel_image: str, testbed_kernelspec, ledger: Ledger, new_images, tmp_path: Path
+) -> None:
+    name = testbed_kernelspec("nbc-examples-aws", sagemaker_kernel_image)
+    shutil.copy(ROOT / "examples" / "remote_backends.ipynb", tmp_path)
+    nb = nbformat.read(tmp_path / "remote_backends.ipynb", as_version=4)
+    execute_notebook(nb, tmp_path, name, timeout=900)
+    save_executed(nb, "remote_backends.ipynb")
+    rows = [ledger.get(f"same-{i}") for i in (1, 2, 3)]
+    assert [r["backend"] for r in rows] == ["local", "batch", "sagemaker-local"]
+    assert {r["status"] for r in rows} == {"SUCCEEDED"} and {r["verified"] for r in rows} == {
+        "signed"
+    }
+    assert "@sha256:" in rows[1]["image"], "Batch ran the pushed image, by digest"
+    compare = next(c for c in nb.cells if "%remote_compare" in c.source)
+    assert "result.scaled" in _outputs(compare)
+    from nbcontainer_kernel.remote.tables import compare_frame
+
+    same = compare_frame(["same-1", "same-2", "same-3"], ledger).loc["result.scaled"]
+    # The same values: the means differ from the first run's by nothing.
+    assert (
+        same.iloc[0] == "3 rows × 2 columns; n: mean 6, min 3, max 9; w: mean 4.5, min 1.5, max 7.5"
+    )
+    assert (
+        same.iloc[1]
+        == same.iloc[2]
+        == (
+            "3 rows × 2 columns; n: mean 6, min 3, max 9 (mean +0); "
+            "w: mean 4.5, min 1.5, max 7.5 (mean +0)"
+        )
+    )
+    hosts = compare_frame(["same-1", "same-2", "same-3"], ledger).loc["result.host"]
+    assert len(set(hosts)) == 3, "each ran in its own container"
+
+
+def test_headless_notebook_containerizes_and_runs_an_analysis_with_parameters(
+    examples_kernel_image: str, make_kernelspec, new_images, tmp_path: Path
+) -> None:
+    # The kernel's pip trusts the CA its image holds (the proxy's, on this machine): how a
+    # containerized kernel resolves wheels until it takes the host's package index settings.
+    name = make_kernelspec(
+        "nbc-examples-headless",
+        image=examples_kernel_image,
+        docker_socket=True,
+        env={
+            "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+            "NBCONTAINER_BASE_IMAGE": os.environ.get(
+                "NBCONTAINER_BASE_IMAGE", "nbcontainer/base:bookworm"
+            ),
+        },
+    )
+    for notebook in ("headless_notebook.ipynb", "analysis.ipynb"):
+        shutil.copy(ROOT / "examples" / notebook, tmp_path)
+    nb = nbformat.read(tmp_path / "headless_notebook.ipynb", as_version=4)
+    try:
+        execute_notebook(nb, tmp_path, name, timeout=900)
+    finally:
+        from nbcontainer_kernel.engine import Engine
+
+        engine = Engine.connect()
+        if engine.has_image("nbcontainer-example/analysis:1"):
+            engine.remove_image("nbcontainer-example/analysis:1", force=True)
+    save_executed(nb, "headless_notebook.ipynb")
+    built, ran = (_outputs(c) for c in nb.cells if c.source.startswith("!nbcontainer"))
+    assert "built nbcontainer-example/analysis:1" in built, built
+    assert "==> done: exit code 0" in ran, ran
+    last = nb.cells[-1]
+    assert _outputs(last).startswith("total 12.0"), _outputs(last)
+    assert "analysis.html" in _outputs(last) and "analysis.ipynb" in _outputs(last)
+
+
+def test_quickstart_runs_in_the_containerized_kernel(
+    make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
+) -> None:
+    name = make_kernelspec("nbc-examples-quickstart", docker_socket=True)
+    shutil.copy(ROOT / "examples" / "quickstart.ipynb", tmp_path)
+    nb = nbformat.read(tmp_path / "quickstart.ipynb", as_version=4)
+    execute_notebook(nb, tmp_path, name, timeout=600)
+    save_executed(nb, "quickstart.ipynb")
+    assert ledger.get("quickstart-1")["status"] == "SUCCEEDED"
+    back = next(c for c in nb.cells if c.source.startswith("print('back in the kernel:'"))
+    assert _outputs(back).startswith("back in the kernel: [0, 3, 12, 27] from ")

@@ -20,7 +20,7 @@ from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import RemoteExecutionError, RunTimeout
 from nbcontainer_kernel.remote.ledger import Ledger
-from tests.helpers import execute_notebook
+from tests.helpers import execute_notebook, save_executed
 
 pytestmark = pytest.mark.integration
 
@@ -124,39 +124,6 @@ def test_timeout_stops_the_training_container(engine: Engine, ip, ledger: Ledger
     assert "done" not in ip.user_ns
 
 
-@pytest.fixture(scope="session")
-def sagemaker_kernel_image(engine: Engine, kernel_image: str) -> str:
-    """A kernel image a team would use for sagemaker-local: sagemaker-core in its venv and
-    Debian's docker-compose (what local mode runs). Cached: built again only when missing."""
-    import io
-    import tarfile
-
-    from nbcontainer_kernel.kernel.images import build_kernel_image
-    from tests.integration.conftest import BASE_IMAGE
-
-    with_core = "nbcontainer/python:3.11-sagemaker-core"
-    tag = "nbcontainer/python:3.11-sagemaker"
-    build_kernel_image(engine, BASE_IMAGE, with_core, requirements=["boto3", "sagemaker-core"])
-    if (
-        not engine.has_image(tag)
-        or engine.get_image(tag).labels.get("io.nbcontainer.test-from")
-        != engine.get_image(with_core).id
-    ):
-        dockerfile = (
-            f"FROM {with_core}\n"
-            "RUN apt-get update -q && apt-get install -y -q --no-install-recommends "
-            "docker-compose && rm -rf /var/lib/apt/lists/*\n"
-        ).encode()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            tar.addfile(info, io.BytesIO(dockerfile))
-        buf.seek(0)
-        engine.build(buf, tag, labels={"io.nbcontainer.test-from": engine.get_image(with_core).id})
-    return tag
-
-
 def test_a_containerized_kernel_runs_a_cell_under_local_mode(
     engine: Engine,
     sagemaker_kernel_image: str,
@@ -201,6 +168,7 @@ def test_the_example_notebook_runs_and_both_runs_agree(
     monkeypatch.setenv("NBCONTAINER_BASE_IMAGE", BASE_IMAGE)
     nb = nbformat.read(ROOT / "examples" / "sagemaker_local.ipynb", as_version=4)
     execute_notebook(nb, tmp_path)
+    save_executed(nb, "sagemaker_local.ipynb")
     local, sm = ledger.get("fit-1"), ledger.get("fit-2")
     assert (local["backend"], sm["backend"]) == ("local", "sagemaker-local")
     assert local["status"] == sm["status"] == "SUCCEEDED" and local["image"] == sm["image"]

@@ -100,7 +100,13 @@ def test_runs_are_flat_rows_with_typed_params_rounded_times_and_last_metrics(
     assert not any(c.startswith("instance") for c in frame.columns)  # no platform billed
     # A slice is a plain DataFrame; the table itself is shown with the status coloured.
     assert type(frame[["id"]]) is pd.DataFrame
-    assert "color: #1a7f37" in frame._repr_html_()
+    assert "color: #1a7f37; font-weight: bold'>SUCCEEDED<" in frame._repr_html_()
+
+
+def test_the_table_escapes_what_runs_recorded(ledger: Ledger) -> None:
+    ledger.create("x", "scripted", params={"note": "<img src=x onerror=alert(1)>"})
+    shown = runs_frame(ledger)._repr_html_()
+    assert "<img" not in shown and "&lt;img src=x onerror=alert(1)&gt;" in shown
 
 
 def test_filters_select_runs(ledger: Ledger, runs: list[str]) -> None:
