@@ -169,10 +169,11 @@ def metrics_frame(run_ids: Iterable[str] | str, ledger: Ledger | None = None) ->
     )
 
 
-def summarise(value: Any, first: Any = None) -> Any:
+def summarise(value: Any, first: Any = None, stored: int | None = None) -> Any:
     """A result as one cell of a comparison: scalars as they are; a DataFrame as its shape,
     columns added/removed against `first`, and numeric columns' mean/min/max (with the
-    difference to `first`'s); anything else by type and size."""
+    difference to `first`'s); anything else by type and size (its shape or length, else
+    the `stored` bytes of its result files)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return _round(value, 6) if isinstance(value, float) else value
     if isinstance(value, pd.Series):
@@ -206,10 +207,26 @@ def summarise(value: Any, first: Any = None) -> Any:
     if shape is not None:
         return f"{type(value).__name__} of shape {tuple(shape)}"
     try:
-        size = len(value)
+        return f"{type(value).__name__} of {len(value)}"
     except TypeError:
-        return type(value).__name__
-    return f"{type(value).__name__} of {size}"
+        pass
+    if hasattr(value, "get_size_inches"):  # a matplotlib figure
+        width, height = value.get_size_inches()
+        return f"{type(value).__name__} {width:g}×{height:g} in"
+    if stored is not None:
+        return f"{type(value).__name__}, {_bytes(stored)} stored"
+    return type(value).__name__
+
+
+def _bytes(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
 
 
 def compare_frame(
@@ -230,6 +247,7 @@ def compare_frame(
     first_metrics = rows[0].get("metrics") or {}
     metric_names = _union(r.get("metrics") or {} for r in rows)
     results: dict[str, dict[str, Any]] = {}
+    stored: dict[str, dict[str, int]] = {}  # run -> result name -> bytes of its files
     for r in rows:
         result = RunResult(
             image=r["image"] or "",
@@ -242,6 +260,10 @@ def compare_frame(
             if result.model_dir.is_dir():
                 result.outputs.verify_all()  # every file, not only those a summary reads
                 results[r["id"]] = load_results(result.outputs)
+                stored[r["id"]] = {
+                    name: sum((result.model_dir / f).stat().st_size for f in entry.get("files", []))
+                    for name, entry in (result.index.get("variables") or {}).items()
+                }
             else:
                 results[r["id"]] = {}
         except UntrustedResults as exc:
@@ -267,7 +289,11 @@ def compare_frame(
         for name in result_names:
             key = f"result.{name}" if name else "result"
             got = results[r["id"]]
-            col[key] = summarise(got[name], first_results.get(name)) if name in got else None
+            col[key] = (
+                summarise(got[name], first_results.get(name), stored.get(r["id"], {}).get(name))
+                if name in got
+                else None
+            )
     index = list(dict.fromkeys(k for col in table.values() for k in col))
     return pd.DataFrame(table, index=index, dtype=object)
 

@@ -226,6 +226,7 @@ def test_compare_says_why_a_run_s_results_are_refused(ledger: Ledger, runs: list
         ([1, 2, 3], None, "list of 3"),
         ({"a": 1}, None, "dict of 1"),
         (object(), None, "object"),
+        (3 + 4j, None, "complex"),
         (pd.Series([1.0, 3.0], name="s"), None, "2 rows × 1 columns; s: mean 2, min 1, max 3"),
         (
             pd.DataFrame({"a": [1, 2], "c": ["x", "y"]}),
@@ -236,6 +237,18 @@ def test_compare_says_why_a_run_s_results_are_refused(ledger: Ledger, runs: list
 )
 def test_results_are_summarised_by_kind(value: Any, first: Any, expected: Any) -> None:
     assert summarise(value, first) == expected
+
+
+def test_other_objects_show_their_type_and_stored_size() -> None:
+    class Model:
+        pass
+
+    assert summarise(Model(), stored=12_345) == "Model, 12.3 kB stored"
+    assert summarise(Model(), stored=999) == "Model, 999 B stored"
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    assert summarise(Figure(figsize=(6, 3.5))) == "Figure 6×3.5 in"
 
 
 def test_array_like_results_show_their_shape() -> None:
