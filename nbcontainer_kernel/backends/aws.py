@@ -24,6 +24,7 @@ __all__ = [
     "aws_errors",
     "poll_interval",
     "require_settings",
+    "run_prefix",
     "check_credentials",
     "client",
     "environment_key",
@@ -86,6 +87,16 @@ REMOTE_SETTINGS = {
     "s3_prefix": ("NBCONTAINER_S3_PREFIX", "the s3://bucket/prefix where results go"),
     "registry": ("NBCONTAINER_REGISTRY", "the registry run images are pushed to"),
 }
+
+
+def run_prefix(s3_prefix: str, run_id: str) -> str:
+    """``s3://bucket/prefix/<run id>-<8 hex>``: where one submission of a run keeps its
+    objects. Run ids count per ledger: two ledgers (two users, a ledger made anew) sharing
+    one prefix would otherwise write over each other's outputs."""
+    import secrets
+
+    bucket, prefix = split_s3_uri(s3_prefix)
+    return f"s3://{bucket}/{prefix + '/' if prefix else ''}{run_id}-{secrets.token_hex(4)}"
 
 
 def require_settings(settings: Mapping[str, Any], needed: Mapping[str, tuple[str, str]]) -> None:

@@ -44,6 +44,7 @@ from .aws import (
     poll_interval,
     region,
     require_settings,
+    run_prefix,
     s3_endpoint,
     split_s3_uri,
 )
@@ -306,8 +307,7 @@ class BatchBackend(Backend):
 
     # ------------------------------------------------------------------ submit
     def _output_uri(self, run_id: str) -> str:
-        bucket, prefix = split_s3_uri(str(self.settings["s3_prefix"]))
-        return f"s3://{bucket}/{prefix + '/' if prefix else ''}{run_id}/"
+        return run_prefix(str(self.settings["s3_prefix"]), run_id) + "/"
 
     def _environment(self, spec: RunSpec, output_uri: str) -> dict[str, str]:
         env = {**spec.env, URI_ENV: output_uri, "AWS_DEFAULT_REGION": region()}

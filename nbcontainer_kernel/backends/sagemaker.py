@@ -52,6 +52,7 @@ from .aws import (
     poll_interval,
     region,
     require_settings,
+    run_prefix,
     split_s3_uri,
 )
 from .base import Backend, Hooks, Job, Phase, RunSpec
@@ -336,8 +337,7 @@ class SageMakerBackend(Backend):
 
     # ------------------------------------------------------------------ submit
     def _run_uri(self, run_id: str) -> str:
-        bucket, prefix = split_s3_uri(str(self.settings["s3_prefix"]))
-        return f"s3://{bucket}/{prefix + '/' if prefix else ''}{run_id}"
+        return run_prefix(str(self.settings["s3_prefix"]), run_id)
 
     def request_for(self, spec: RunSpec, job_name: str) -> dict[str, Any]:
         """The CreateTrainingJob request (a params channel object, when needed, is put in S3

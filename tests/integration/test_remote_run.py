@@ -57,7 +57,7 @@ def test_results_come_back_into_the_namespace(engine: Engine, ip, ledger: Ledger
     assert cmp.loc["param.topics"].tolist() == [50, 10]
     assert all(v.startswith("3 rows × 4 columns") for v in cmp.loc["result.scores"])
     assert "score: mean 75" in cmp.loc["result.scores", "lda-1"]
-    assert "score: mean 15 " in cmp.loc["result.scores", "lda-2"] + " "
+    assert "score: mean 15, min 5, max 25 (mean -60)" in cmp.loc["result.scores", "lda-2"]
 
 
 def test_sweep_returns_one_dataframe_and_a_parent_with_children(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 
 import boto3
@@ -96,8 +97,9 @@ def test_a_cell_sends_a_valid_training_job_request_and_the_run_is_recorded(
     assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == 600
     assert request["EnableManagedSpotTraining"] is True
     prefix = os.environ["NBCONTAINER_S3_PREFIX"]
-    assert request["OutputDataConfig"]["S3OutputPath"] == f"{prefix}/smm-1/"
-    assert request["CheckpointConfig"]["S3Uri"] == f"{prefix}/smm-1/checkpoints/"
+    run_uri = request["OutputDataConfig"]["S3OutputPath"]
+    assert re.fullmatch(re.escape(prefix) + r"/smm-1-[0-9a-f]{8}/", run_uri)
+    assert request["CheckpointConfig"]["S3Uri"] == f"{run_uri}checkpoints/"
     assert request["Environment"]["NBCONTAINER_RUN_KEY"] == row["run_key"]
     # What SageMaker (moto) recorded: found again by the name the ledger holds.
     sm = boto3.client("sagemaker")
