@@ -192,10 +192,10 @@ def sagemaker_kernel_image(engine: Engine, kernel_image: str) -> str:
     with_core = "nbcontainer/python:3.11-sagemaker-core"
     tag = "nbcontainer/python:3.11-sagemaker"
     build_kernel_image(engine, BASE_IMAGE, with_core, requirements=["boto3", "sagemaker-core"])
+    previous = engine.get_image(tag) if engine.has_image(tag) else None
     if (
-        not engine.has_image(tag)
-        or engine.get_image(tag).labels.get("io.nbcontainer.test-from")
-        != engine.get_image(with_core).id
+        previous is None
+        or previous.labels.get("io.nbcontainer.test-from") != engine.get_image(with_core).id
     ):
         dockerfile = (
             f"FROM {with_core}\n"
@@ -209,6 +209,10 @@ def sagemaker_kernel_image(engine: Engine, kernel_image: str) -> str:
             tar.addfile(info, io.BytesIO(dockerfile))
         buf.seek(0)
         engine.build(buf, tag, labels={"io.nbcontainer.test-from": engine.get_image(with_core).id})
+        # The machine's disk outlives the tests: the old copy goes, once nothing names it.
+        if previous is not None and not engine.get_image(previous.id).tags:
+            with contextlib.suppress(EngineError):
+                engine.remove_image(previous.id)
     return tag
 
 
