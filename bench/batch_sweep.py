@@ -60,18 +60,14 @@ def main() -> int:
 
 
 def _bench(n: int, tmp: Path) -> int:
-    from IPython.testing import globalipapp
+    from _shell import bench_shell
 
     from nbcontainer_kernel.backends.base import RunSpec
     from nbcontainer_kernel.backends.registry import get_backend
     from nbcontainer_kernel.remote.ledger import Ledger
     from nbcontainer_kernel.remote.run_images import remove_run_images_of
 
-    globalipapp.start_ipython()
-    ip = globalipapp.get_ipython()
-    ip.run_line_magic("load_ext", "nbcontainer_kernel")
-    ip.run_line_magic("config", f"RemoteRun.ledger_path = {str(tmp / 'runs.db')!r}")
-    ip.run_line_magic("config", "RemoteRun.progress = 'text'")
+    ip = bench_shell(tmp)
     ip.run_cell("import numpy as np\nstate = np.arange(1000.0)")
     ledger = Ledger(tmp / "runs.db")
     backend = get_backend("batch")

@@ -23,13 +23,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="nbcontainer-bench-"))
     os.environ["NBCONTAINER_BASE_IMAGE"] = args.base
     os.chdir(tmp)
-    from IPython.testing import globalipapp
+    from _shell import bench_shell
 
-    globalipapp.start_ipython()
-    ip = globalipapp.get_ipython()
-    ip.run_line_magic("load_ext", "nbcontainer_kernel")
-    ip.run_line_magic("config", f"RemoteRun.ledger_path = {str(tmp / 'runs.db')!r}")
-    ip.run_line_magic("config", "RemoteRun.progress = 'text'")
+    ip = bench_shell(tmp)
     ip.run_cell(
         "import numpy as np\nstate = np.random.default_rng(0).standard_normal(10 * 1024 * 1024 // "
         "8)\n"

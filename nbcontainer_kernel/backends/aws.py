@@ -24,7 +24,10 @@ __all__ = [
     "aws_errors",
     "poll_interval",
     "require_settings",
+    "read_log_forward",
     "run_prefix",
+    "s3_chunks",
+    "tag_value",
     "check_credentials",
     "client",
     "environment_key",
@@ -192,3 +195,51 @@ def aws_errors(service: str, operation: str) -> Iterator[None]:
         raise CloudError(service, operation, code, message, status) from exc
     except bce.BotoCoreError as exc:
         raise CloudError(service, operation, type(exc).__name__, str(exc)) from exc
+
+
+def tag_value(text: str) -> str:
+    """A value AWS tagging takes: letters, digits, spaces and _ . : / = + - @ (256 at most)."""
+    import re
+
+    return re.sub(r"[^\w .:/=+\-@]", "_", text)[:256]
+
+
+def s3_chunks(s3: Any, uri: str, size: int = 1 << 20) -> Iterator[bytes] | None:
+    """An S3 object's bytes as chunks, or None when there is no such object; an object
+    above NBCONTAINER_MAX_RESULT_BYTES is refused before any byte is read."""
+    from ..config import max_result_bytes
+    from ..errors import InvalidOption
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        with aws_errors("s3", "GetObject"):
+            obj = s3.get_object(Bucket=bucket, Key=key)
+    except CloudError as exc:
+        if exc.code in ("NoSuchKey", "404"):
+            return None
+        raise
+    cap = max_result_bytes()
+    if int(obj.get("ContentLength") or 0) > cap:
+        raise InvalidOption("NBCONTAINER_MAX_RESULT_BYTES", cap, f"{uri} is larger")
+    body = obj["Body"]
+    return iter(lambda: body.read(size), b"")
+
+
+def read_log_forward(
+    logs: Any, group: str, stream: str, token: str | None
+) -> tuple[list[str], str | None]:
+    """The CloudWatch Logs lines of `stream` after `token` (from the start for None), and the
+    token to read on from. CloudError when a read fails (callers treat logs as a view)."""
+    lines: list[str] = []
+    while True:
+        kwargs: dict[str, Any] = {"logGroupName": group, "logStreamName": stream}
+        kwargs["startFromHead"] = True
+        if token:
+            kwargs["nextToken"] = token
+        with aws_errors("logs", "GetLogEvents"):
+            page = logs.get_log_events(**kwargs)
+        lines.extend(e["message"] for e in page.get("events", []))
+        done = not page.get("events") or page.get("nextForwardToken") == token
+        token = page.get("nextForwardToken")
+        if done:
+            return lines, token

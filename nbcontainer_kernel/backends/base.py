@@ -30,6 +30,7 @@ __all__ = [
     "Hooks",
     "PhaseCallback",
     "LogCallback",
+    "write_log",
 ]
 
 log = logging.getLogger(__name__)
@@ -389,3 +390,8 @@ class RunDriver:
         self.enter(job.run_id, phase)
         self.clean(job)
         return phase, code
+
+
+def write_log(dest: Path, lines: list[str]) -> None:
+    """A run's log as fetch_results leaves it: ``logs.txt`` beside model/ and output/."""
+    (dest / "logs.txt").write_text("\n".join(lines) + ("\n" if lines else ""))

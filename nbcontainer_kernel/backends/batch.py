@@ -24,7 +24,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,16 @@ from .aws import (
     check_credentials,
     client,
     poll_interval,
+    read_log_forward,
     region,
     require_settings,
     run_prefix,
+    s3_chunks,
     s3_endpoint,
     split_s3_uri,
+    tag_value,
 )
-from .base import Backend, Hooks, Job, Phase, RunSpec
+from .base import Backend, Hooks, Job, Phase, RunSpec, write_log
 from .push import parse_registry, push_to_registry
 
 __all__ = ["BatchBackend", "batch_phase", "deregister_old_definitions", "job_definition_name"]
@@ -82,11 +85,6 @@ def batch_phase(status: str) -> Phase:
 def job_definition_name(run_name: str) -> str:
     """``nbcontainer-<name>``: letters, digits, '-' and '_', at most 128 characters."""
     return ("nbcontainer-" + re.sub(r"[^A-Za-z0-9_-]+", "-", run_name))[:128]
-
-
-def _tag_value(text: str) -> str:
-    # Batch (and AWS tagging) allow letters, digits, spaces and _ . : / = + - @ (256 max).
-    return re.sub(r"[^\w .:/=+\-@]", "_", text)[:256]
 
 
 class _JobView:
@@ -300,7 +298,7 @@ class BatchBackend(Backend):
                 type="container",
                 parameters={"nbcontainerShape": digest},
                 propagateTags=True,
-                tags={labels.ROLE: labels.ROLE_RUN, labels.OWNER_USER: _tag_value(labels.user())},
+                tags={labels.ROLE: labels.ROLE_RUN, labels.OWNER_USER: tag_value(labels.user())},
                 **shape,
             )
         return str(made["jobDefinitionArn"])
@@ -336,9 +334,9 @@ class BatchBackend(Backend):
             "containerOverrides": overrides,
             "propagateTags": True,
             "tags": {
-                labels.RUN_ID: _tag_value(run_id),
-                labels.OWNER_USER: _tag_value(labels.user()),
-                **({"io.nbcontainer.notebook": _tag_value(spec.notebook)} if spec.notebook else {}),
+                labels.RUN_ID: tag_value(run_id),
+                labels.OWNER_USER: tag_value(labels.user()),
+                **({"io.nbcontainer.notebook": tag_value(spec.notebook)} if spec.notebook else {}),
             },
         }
         if array_size is not None and array_size > 1:
@@ -440,27 +438,14 @@ class BatchBackend(Backend):
             stream.name = (desc.get("container") or {}).get("logStreamName")
             if stream.name is None:
                 return  # not written yet (or the job never started)
-        logs = self._client("logs")
-        while True:
-            kwargs: dict[str, Any] = {
-                "logGroupName": "/aws/batch/job",
-                "logStreamName": stream.name,
-                "startFromHead": True,
-            }
-            if stream.token:
-                kwargs["nextToken"] = stream.token
-            try:
-                with aws_errors("logs", "GetLogEvents"):
-                    page = logs.get_log_events(**kwargs)
-            except Exception as exc:  # logs are a view: a failed read is said, not fatal
-                log.debug("log read of %s failed: %s", job.handle["job_id"], exc)
-                return
-            stream.lines.extend(e["message"] for e in page.get("events", []))
-            token = page.get("nextForwardToken")
-            if not page.get("events") or token == stream.token:
-                stream.token = token
-                return
-            stream.token = token
+        try:
+            lines, stream.token = read_log_forward(
+                self._client("logs"), "/aws/batch/job", stream.name, stream.token
+            )
+        except CloudError as exc:  # logs are a view: a failed read is said, not fatal
+            log.debug("log read of %s failed: %s", job.handle["job_id"], exc)
+            return
+        stream.lines.extend(lines)
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, job: Job) -> None:
@@ -491,38 +476,16 @@ class BatchBackend(Backend):
         A run that left none (it never started) leaves only its log: verification then
         says what is missing."""
         dest.mkdir(parents=True, exist_ok=True)
-        bucket, prefix = split_s3_uri(job.handle["output_uri"])
-        key = f"{prefix}/{OUTPUTS_OBJECT}"
-        s3 = self._client("s3")
-        try:
-            with aws_errors("s3", "GetObject"):
-                obj = s3.get_object(Bucket=bucket, Key=key)
-        except CloudError as exc:
-            if exc.code not in ("NoSuchKey", "404"):
-                raise
-            obj = None
-        if obj is not None:
-            cap = max_result_bytes()
-            if int(obj.get("ContentLength") or 0) > cap:
-                raise InvalidOption(
-                    "NBCONTAINER_MAX_RESULT_BYTES", cap, f"s3://{bucket}/{key} is larger"
-                )
-            extract_tar(_chunks(obj["Body"]), dest, max_bytes=cap)
-        lines = self.logs(job, 0)
-        (dest / "logs.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        uri = job.handle["output_uri"].rstrip("/") + f"/{OUTPUTS_OBJECT}"
+        chunks = s3_chunks(self._client("s3"), uri)
+        if chunks is not None:
+            extract_tar(chunks, dest, max_bytes=max_result_bytes())
+        write_log(dest, self.logs(job, 0))
 
     def cleanup(self, job: Job) -> None:
         # Batch keeps no container to remove; the view forgets the job.
         self.view.forget(job)
         self._logs.pop(job.handle["job_id"], None)
-
-
-def _chunks(body: Any, size: int = 1 << 20) -> Iterable[bytes]:
-    while True:
-        chunk = body.read(size)
-        if not chunk:
-            return
-        yield chunk
 
 
 def deregister_old_definitions(

@@ -16,7 +16,7 @@ from .. import labels
 from ..config import max_result_bytes
 from ..engine import Engine, extract_tar, get_engine
 from ..kernel.options import resource_kwargs
-from .base import Backend, Job, Phase, RunSpec
+from .base import Backend, Job, Phase, RunSpec, write_log
 
 __all__ = ["LocalBackend"]
 
@@ -139,8 +139,7 @@ class LocalBackend(Backend):
             stream = self.engine.get_archive(job.handle["container_id"], src)
             if stream is not None:
                 budget -= extract_tar(stream, dest, max_bytes=budget)
-        logs = self.logs(job, 0)
-        (dest / "logs.txt").write_text("\n".join(logs) + ("\n" if logs else ""))
+        write_log(dest, self.logs(job, 0))
 
     def cleanup(self, job: Job) -> None:
         cid = job.handle["container_id"]

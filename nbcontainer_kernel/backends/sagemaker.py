@@ -50,12 +50,15 @@ from .aws import (
     aws_errors,
     check_credentials,
     poll_interval,
+    read_log_forward,
     region,
     require_settings,
     run_prefix,
+    s3_chunks,
     split_s3_uri,
+    tag_value,
 )
-from .base import Backend, Hooks, Job, Phase, RunSpec
+from .base import Backend, Hooks, Job, Phase, RunSpec, write_log
 from .push import parse_registry, push_to_registry
 
 __all__ = [
@@ -146,10 +149,6 @@ def hyperparameters_for(params: Mapping[str, Any]) -> tuple[dict[str, str], byte
     return {PARAMS_SHA256: hashlib.sha256(document).hexdigest()}, document
 
 
-def _tag_value(text: str) -> str:
-    return re.sub(r"[^\w .:/=+\-@]", "_", text)[:256]
-
-
 def training_job_request(
     spec: RunSpec,
     *,
@@ -186,10 +185,10 @@ def training_job_request(
         "StoppingCondition": {"MaxRuntimeInSeconds": max(1, max_runtime)},
         "Environment": env,
         "Tags": [
-            {"Key": labels.RUN_ID, "Value": _tag_value(spec.run_id)},
-            {"Key": labels.OWNER_USER, "Value": _tag_value(labels.user())},
+            {"Key": labels.RUN_ID, "Value": tag_value(spec.run_id)},
+            {"Key": labels.OWNER_USER, "Value": tag_value(labels.user())},
             *(
-                [{"Key": "io.nbcontainer.notebook", "Value": _tag_value(spec.notebook)}]
+                [{"Key": "io.nbcontainer.notebook", "Value": tag_value(spec.notebook)}]
                 if spec.notebook
                 else []
             ),
@@ -458,22 +457,8 @@ class SageMakerBackend(Backend):
                 if not found:
                     return
                 state.stream = sorted(s["logStreamName"] for s in found)[0]
-            while True:
-                kwargs: dict[str, Any] = {
-                    "logGroupName": LOG_GROUP,
-                    "logStreamName": state.stream,
-                    "startFromHead": True,
-                }
-                if state.token:
-                    kwargs["nextToken"] = state.token
-                with aws_errors("logs", "GetLogEvents"):
-                    page = logs.get_log_events(**kwargs)
-                state.lines.extend(e["message"] for e in page.get("events", []))
-                token = page.get("nextForwardToken")
-                done = not page.get("events") or token == state.token
-                state.token = token
-                if done:
-                    return
+            lines, state.token = read_log_forward(logs, LOG_GROUP, state.stream, state.token)
+            state.lines.extend(lines)
         except CloudError as exc:  # logs are a view: no group yet, or a failed read, is not fatal
             log.debug("log read of %s failed: %s", job.handle["job_name"], exc)
 
@@ -499,24 +484,10 @@ class SageMakerBackend(Backend):
         model_uri = (desc.get("ModelArtifacts") or {}).get("S3ModelArtifacts") or (
             base + "model.tar.gz"
         )
-        bodies = []
-        for uri in (model_uri, base + "output.tar.gz"):
-            bucket, key = split_s3_uri(uri)
-            try:
-                with aws_errors("s3", "GetObject"):
-                    obj = s3.get_object(Bucket=bucket, Key=key)
-            except CloudError as exc:
-                if exc.code not in ("NoSuchKey", "404"):
-                    raise
-                obj = None
-            if obj is not None and int(obj.get("ContentLength") or 0) > max_result_bytes():
-                raise InvalidOption(
-                    "NBCONTAINER_MAX_RESULT_BYTES", max_result_bytes(), f"{uri} is larger"
-                )
-            bodies.append(_chunks(obj["Body"]) if obj is not None else None)
-        unpack_training_outputs(bodies[0], bodies[1], dest)
-        lines = self.logs(job, 0)
-        (dest / "logs.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        unpack_training_outputs(
+            s3_chunks(s3, model_uri), s3_chunks(s3, base + "output.tar.gz"), dest
+        )
+        write_log(dest, self.logs(job, 0))
 
     def cleanup(self, job: Job) -> None:
         # SageMaker keeps no container to remove; this process forgets the job.
@@ -528,11 +499,3 @@ def _exit_code(reason: str) -> int:
     """The container's exit code where SageMaker's FailureReason says it, else 1."""
     m = re.search(r"exit(?:ed with)? code:?\s*(\d+)", reason, re.IGNORECASE)
     return int(m.group(1)) if m else 1
-
-
-def _chunks(body: Any, size: int = 1 << 20) -> Iterable[bytes]:
-    while True:
-        chunk = body.read(size)
-        if not chunk:
-            return
-        yield chunk

@@ -35,7 +35,7 @@ from typing import Any
 from .. import labels
 from ..errors import ImageNotFound, InvalidOption, NbcontainerError
 from ..runner.training import PARAMS_CHANNEL, PARAMS_FILE
-from .base import Hooks, Job, RunSpec
+from .base import Hooks, Job, RunSpec, write_log
 from .sagemaker import (
     SageMakerBackend,
     has_gpus,
@@ -73,15 +73,8 @@ _patched = False
 def compose_command() -> list[str]:
     """Docker Compose as local mode runs it: the `docker compose` plugin (v2), else the
     `docker-compose` program; NbcontainerError saying how to get one when neither is here."""
-    if shutil.which("docker"):
-        try:
-            out = subprocess.run(
-                ["docker", "compose", "version"], capture_output=True, text=True, timeout=20
-            )
-            if out.returncode == 0 and re.search(r"version\s+v?([2-9]|\d\d)", out.stdout):
-                return ["docker", "compose"]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+    if shutil.which("docker") and _compose_plugin_answers():
+        return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     raise NbcontainerError(
@@ -89,6 +82,18 @@ def compose_command() -> list[str]:
         "none is installed here: install Debian's docker-compose (apt-get install docker-compose)"
         " or the docker compose plugin, or run with --local"
     )
+
+
+def _compose_plugin_answers() -> bool:
+    """Whether `docker compose version` names Compose v2 or later (a CLI without the
+    plugin, or one that hangs, means no)."""
+    try:
+        out = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and bool(re.search(r"version\s+v?([2-9]|\d\d)", out.stdout))
 
 
 def clean_compose_line(raw: str) -> str | None:
@@ -380,8 +385,7 @@ class SageMakerLocalBackend(SageMakerBackend):
         root = Path(job.handle["local_dir"]) / "artifacts"
         with _opened(root / "model.tar.gz") as model, _opened(root / "output.tar.gz") as output:
             unpack_training_outputs(model, output, dest, output_holds_data_dir=True)
-        lines = self.logs(job, 0)
-        (dest / "logs.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        write_log(dest, self.logs(job, 0))
 
     def cleanup(self, job: Job) -> None:
         """The job's containers, and its directory (the compose file holds the run's key)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import re
 import signal
 import threading
@@ -103,6 +104,11 @@ class RemoteRequest:
     def __post_init__(self) -> None:
         if isinstance(self.sweep, tuple):
             self.sweep = sweep_grid([self.sweep])
+
+    @functools.cached_property
+    def metric_names(self) -> list[str]:
+        """The metric names the cell logs literally (parsed once per request, not per child)."""
+        return metric_names_in(self.cell)
 
     @property
     def sweep_rows(self) -> list[dict[str, Any]]:
@@ -437,7 +443,7 @@ class RemoteRunner:
             detached=not req.wait,
             env={KEY_ENV: row["run_key"]},
             settings=dict(req.settings),
-            metric_names=metric_names_in(req.cell),
+            metric_names=list(req.metric_names),
             workdir=str(self.ledger.run_dir(run_id)),
         )
 
@@ -503,7 +509,8 @@ class RemoteRunner:
             if result.model_dir.exists()
             else [],
         )
-        self.ledger.set_metric_points(spec.run_id, result.metric_history if trusted else [])
+        if trusted and result.metric_history:
+            self.ledger.set_metric_points(spec.run_id, result.metric_history)
         return result
 
     # --------------------------------------------------------------- sweeps

@@ -8,6 +8,7 @@ as it is read, and pickles are loaded only from a run whose signature holds.
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 from dataclasses import dataclass, field
@@ -152,7 +153,9 @@ class RunResult:
     def displays(self) -> list[dict[str, Any]]:
         return list(self.index.get("displays", []))
 
+    @functools.cached_property
     def _metrics_doc(self) -> dict[str, Any]:
+        """metrics.json, read (and its digest checked) once for `metrics` and its history."""
         if not self.outputs.exists("model/metrics.json"):
             return {}
         doc = json.loads(self.outputs.read_bytes("model/metrics.json"))
@@ -161,12 +164,12 @@ class RunResult:
     @property
     def metrics(self) -> dict[str, Any]:
         """Each metric's last value."""
-        return dict(self._metrics_doc().get("last") or {})
+        return dict(self._metrics_doc.get("last") or {})
 
     @property
     def metric_history(self) -> list[dict[str, Any]]:
         """Every value logged (name, value, step, timestamp), in order."""
-        history = self._metrics_doc().get("history") or []
+        history = self._metrics_doc.get("history") or []
         return [r for r in history if isinstance(r, dict) and isinstance(r.get("name"), str)]
 
     def _verified_failure(self) -> str | None:

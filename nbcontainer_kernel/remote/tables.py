@@ -206,10 +206,8 @@ def summarise(value: Any, first: Any = None, stored: int | None = None) -> Any:
     shape = getattr(value, "shape", None)
     if shape is not None:
         return f"{type(value).__name__} of shape {tuple(shape)}"
-    try:
+    if hasattr(value, "__len__"):
         return f"{type(value).__name__} of {len(value)}"
-    except TypeError:
-        pass
     if hasattr(value, "get_size_inches"):  # a matplotlib figure
         width, height = value.get_size_inches()
         return f"{type(value).__name__} {width:g}×{height:g} in"

@@ -111,13 +111,21 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                     "the notebook's code runs in the kernel's container"
                 )
 
-                _run_cell(page, "%%remote_run --local --name e2e\ny = 6 * 7", 1)
+                _run_cell(
+                    page,
+                    "%%remote_run --local --name e2e\nfrom nbcontainer_kernel import log_metric\n"
+                    "y = 6 * 7\nlog_metric('answer', y, step=1)",
+                    1,
+                )
                 page.locator(
                     ".jp-OutputArea-output .widget-html", has_text=re.compile("e2e-1.*SUCCEEDED")
                 ).first.wait_for(timeout=180_000)
                 panel = page.locator(".jp-OutputArea-output .widget-vbox").first
                 bar = panel.locator(".widget-hprogress .progress-bar").first
                 assert "progress-bar-success" in (bar.get_attribute("class") or "")
+                # The latest value of each metric, in a small table under the bar.
+                metric_row = panel.locator("tr", has_text="answer").first
+                assert metric_row.inner_text().split() == ["answer", "42", "step", "1"]
                 # Once the run ended, Cancel is disabled and says how it ended.
                 ended = panel.locator("button", has_text="Succeeded").first
                 assert ended.is_disabled()
@@ -196,6 +204,29 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                 )
                 plot.wait_for(timeout=60_000)
                 plot.screenshot(path=str(shots / "compare_plot.png"))
+
+                # The run table, as a reader sees it: one row per child, typed columns, the
+                # status coloured.
+                _run_cell(page, "%remote_runs --sweep cmp-1", 7)
+                table = (
+                    page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell")
+                    .nth(7)
+                    .locator(".jp-OutputArea-output table")
+                    .first
+                )
+                table.wait_for(timeout=60_000)
+                header = table.locator("thead th").all_inner_texts()
+                assert {"param.rate", "metric.loss", "time.running"} <= set(header), header
+                body = [r.split("\t") for r in table.locator("tbody tr").all_inner_texts()]
+                assert [(r[1], r[4]) for r in body] == [
+                    ("cmp-2", "SUCCEEDED"),
+                    ("cmp-3", "SUCCEEDED"),
+                    ("cmp-4", "SUCCEEDED"),
+                ], body
+                rate = header.index("param.rate")
+                assert [r[rate] for r in body] == ["0.1", "0.2", "0.4"]
+                status = table.locator("tbody span", has_text="SUCCEEDED").first
+                assert "rgb(26, 127, 55)" in status.evaluate("e => getComputedStyle(e).color")
             finally:
                 browser.close()
     finally:

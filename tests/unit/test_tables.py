@@ -241,7 +241,7 @@ def test_results_are_summarised_by_kind(value: Any, first: Any, expected: Any) -
 
 def test_other_objects_show_their_type_and_stored_size() -> None:
     class Model:
-        pass
+        """A result with neither shape nor length."""
 
     assert summarise(Model(), stored=12_345) == "Model, 12.3 kB stored"
     assert summarise(Model(), stored=999) == "Model, 999 B stored"
