@@ -53,8 +53,8 @@ format: venv
 unit: venv
 	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
-bench: kernelspec
-	$(VENV)/bin/python bench/kernel_start.py --kernel $(KERNEL)
+bench: image
+	$(VENV)/bin/python bench/kernel_start.py --image $(IMAGE)
 
 gc:
 	$(VENV)/bin/nbcontainer gc

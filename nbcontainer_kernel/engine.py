@@ -284,6 +284,10 @@ class Engine:
         except (ResourceNotFound, Conflict):
             return False
 
+    def rename(self, ident: str, name: str) -> None:
+        with translate_errors(f"rename container {ident} to {name}"):
+            self.api.rename(ident, name)
+
     def remove(self, ident: str) -> bool:
         """Force-remove a container; idempotent (False when it is gone or already going)."""
         try:

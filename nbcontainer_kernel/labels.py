@@ -41,9 +41,11 @@ SOURCE_NOTEBOOK = PREFIX + "source-notebook"
 PARAMETERS = PREFIX + "parameters"
 MODE = PREFIX + "mode"
 COMMITTED_FROM = PREFIX + "committed-from"
+POOL_SHAPE = PREFIX + "pool-shape"  # a warm pool container's launch shape (kernel/pool.py)
 
 # Roles (values of ROLE).
 ROLE_KERNEL = "kernel"
+ROLE_KERNEL_POOL = "kernel-pool"  # waiting in a warm pool; a kernel once claimed (renamed)
 ROLE_KERNEL_IMAGE = "kernel-image"
 ROLE_PROBE = "probe"
 ROLE_RUN = "run"

@@ -193,6 +193,7 @@ class FakeContainer:
             "OOMKilled": False,
         }
         self.files: dict[str, bytes] = {}
+        self.signals: list[Any] = []
         self.ports: dict[str, list[dict[str, str]]] = {}
         self.log = b""
 
@@ -213,6 +214,9 @@ class FakeContainer:
         self.log += log
 
 
+FAKE_KERNEL_IMAGE = "nbc/fake-kernel:1"
+
+
 class FakeDocker:
     """The part of docker-py's DockerClient the Engine uses, over in-memory state.
 
@@ -226,6 +230,7 @@ class FakeDocker:
         self.fail: dict[str, list[Exception]] = {}
         self.calls: list[tuple[str, str]] = []
         self.next_port = 40000
+        self.made = 0
         self.taken_ports: set[int] = set()
         self.api = _FakeAPI(self)
         self.containers = _FakeContainers(self)
@@ -259,7 +264,8 @@ class _FakeContainers:
             import docker.errors
 
             raise docker.errors.ImageNotFound(f"No such image: {image}", response=_Response(404))
-        cid = f"{len(self.daemon.containers_by_id) + 1:064x}"
+        self.daemon.made += 1  # ids are never reused, as Docker's are not
+        cid = f"{self.daemon.made:064x}"
         c = FakeContainer(self.daemon, cid, kwargs.get("name") or f"fake-{cid[:8]}", image, kwargs)
         self.daemon.containers_by_id[cid] = c
         return c
@@ -347,8 +353,15 @@ class _FakeAPI:
         c = self.daemon.get(ident)
         if not c.state["Running"]:
             raise api_error(409, f"Container {ident} is not running")
+        c.signals.append(signal)
         if signal in ("SIGKILL", 9, 15, "SIGTERM"):
             c.exit(137 if signal in ("SIGKILL", 9) else 143)
+
+    def rename(self, ident: str, name: str) -> None:
+        self.daemon._check("rename", ident)
+        if any(c.name == name for c in self.daemon.containers_by_id.values()):
+            raise api_error(409, f'Conflict. The container name "/{name}" is already in use')
+        self.daemon.get(ident).name = name
 
     def remove_container(self, ident: str, force: bool = False, v: bool = False) -> None:
         self.daemon._check("remove", ident)

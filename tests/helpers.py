@@ -85,6 +85,16 @@ def started(kernel_name: str, **start_kw) -> Iterator[tuple[KernelManager, objec
             km.shutdown_kernel(now=True)
 
 
+def run_gc() -> str:
+    """`nbcontainer gc` in a process of its own (as a user runs it); its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def stdout_of(outputs: list[dict]) -> str:
     return "".join(
         m["content"]["text"]

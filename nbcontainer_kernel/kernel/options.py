@@ -116,6 +116,13 @@ class ContainerOptions(HasTraits):
         "jupyter_client and the image's ipykernel all support it; 'required' refuses to start "
         "otherwise.",
     ).tag(config=True)
+    pool_size = Int(
+        1,
+        help="Containers kept started and waiting, per launch shape (image, user, mounts, "
+        "resources, network), so that a kernel starts by claiming one: the server that "
+        "starts kernels keeps them, and removes them when it exits. 0 starts every kernel "
+        "in a new container.",
+    ).tag(config=True)
     startup_log_lines = Int(
         20, help="How many of the container's last log lines to report when the kernel dies."
     ).tag(config=True)
@@ -244,6 +251,8 @@ def validate_options(config: dict[str, Any], *, check_paths: bool = True) -> dic
     if opts.network_mode == "none":
         raise InvalidOption("network_mode", "none", "a kernel without a network cannot be reached")
     parse_user(opts.user)
+    if not 0 <= opts.pool_size <= 16:
+        raise InvalidOption("pool_size", opts.pool_size, "must be 0 (no pool) to 16")
     if opts.startup_log_lines < 0:
         raise InvalidOption("startup_log_lines", opts.startup_log_lines, "must be >= 0")
     bad_env = [n for n in opts.env_allowlist if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]

@@ -31,6 +31,7 @@ from ..engine import Engine, get_engine
 from ..errors import EngineError, ImageNotUsable, InvalidOption, KernelDied, PortInUse
 from .images import KernelImageFacts, inspect_kernel_image
 from .options import ContainerOptions, parse_mount, parse_user, resource_kwargs
+from .pool import KernelPool, pool_for
 
 __all__ = ["DockerProvisioner", "KERNEL_PORTS"]
 
@@ -60,6 +61,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     _shutdown_requested = False
     _exit_reported = False
     _facts: KernelImageFacts | None = None
+    _image_id: str | None = None
 
     # ------------------------------------------------------------ properties
     @property
@@ -91,12 +93,13 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 self.log.warning("nbcontainer: orphan sweep failed: %s", exc)
 
         self.log.info("nbcontainer: preparing image %s", self.image)
-        await asyncio.to_thread(
+        image = await asyncio.to_thread(
             self.engine.ensure_image,
             self.image,
             self.pull_policy,
             lambda line: self.log.info("pull %s", line),
         )
+        self._image_id = image.id
         self._facts = await asyncio.to_thread(
             inspect_kernel_image, self.engine, self.image, self._python_command()
         )
@@ -141,21 +144,44 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             inner.update(curve)
 
         create_kwargs = self._container_kwargs(cmd, kwargs, inner_ports, host_network)
-        await asyncio.to_thread(self._create_and_start, create_kwargs, inner)
-
-        assert self.container_id is not None  # _create_and_start made it
-        info = await asyncio.to_thread(self.engine.inspect, self.container_id)
-        state = (info or {}).get("State") or {}
-        if not state.get("Running"):
-            # Died before its ports could be read: report why, leave nothing behind.
-            self._report_exit(info, state, gone=info is None)
-            await self.cleanup()
-            assert self.exit_error is not None
-            raise self.exit_error
-        if host_network:
-            self._host_ports = dict(inner_ports)
+        pool = self._pool(cmd, create_kwargs)
+        warm = None
+        if pool is not None and not self._host_ports:  # a restart keeps its ports: cold
+            uid, gid = _uid_gid(create_kwargs.get("user"))
+            warm = await asyncio.to_thread(
+                pool.claim,
+                self.kernel_id or "",
+                inner,
+                cmd,
+                create_kwargs["environment"],
+                create_kwargs.get("working_dir"),
+                uid,
+                gid,
+            )
+        if warm is not None:
+            self.container_id, self.container_name = warm.container_id, warm.name
+            self._host_ports = (
+                dict(inner_ports)
+                if host_network
+                else {name: warm.host_ports[f"{port}/tcp"] for name, port in inner_ports.items()}
+            )
         else:
-            self._host_ports = self._published_ports(info or {})
+            await asyncio.to_thread(self._create_and_start, create_kwargs, inner)
+            assert self.container_id is not None  # _create_and_start made it
+            info = await asyncio.to_thread(self.engine.inspect, self.container_id)
+            state = (info or {}).get("State") or {}
+            if not state.get("Running"):
+                # Died before its ports could be read: report why, leave nothing behind.
+                self._report_exit(info, state, gone=info is None)
+                await self.cleanup()
+                assert self.exit_error is not None
+                raise self.exit_error
+            if host_network:
+                self._host_ports = dict(inner_ports)
+            else:
+                self._host_ports = self._published_ports(info or {})
+        if pool is not None:
+            pool.fill_later()  # off this kernel's path: after it has started
         info_out: dict[str, Any] = {
             **self._host_ports,
             "ip": "127.0.0.1",
@@ -166,13 +192,22 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         }
         self.connection_info = cast(KernelConnectionInfo, info_out)
         self.log.info(
-            "nbcontainer: kernel %s in container %s (%s), ports %s",
+            "nbcontainer: kernel %s in container %s (%s, %s), ports %s",
             self.kernel_id,
             self.container_name,
             self.image,
+            "from the warm pool" if warm is not None else "started cold",
             self._host_ports,
         )
         return self.connection_info
+
+    def _pool(self, cmd: list[str], create_kwargs: dict[str, Any]) -> KernelPool | None:
+        """This kernel's launch shape's warm pool (None with pool_size 0)."""
+        if self.pool_size <= 0 or not self._image_id:
+            return None
+        return pool_for(
+            get_engine, self.image, self._image_id, cmd[0], create_kwargs, self.pool_size
+        )
 
     def _create_and_start(self, create_kwargs: dict[str, Any], inner: dict[str, Any]) -> None:
         engine = self.engine
@@ -219,7 +254,8 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         env = self._container_env(kwargs.get("env") or {}, user)
         mounts: list[docker.types.Mount] = []
         if self.mount_cwd:
-            mounts.append(docker.types.Mount(target=str(cwd), source=str(cwd), type="bind"))
+            root = self._mount_root(str(cwd))
+            mounts.append(docker.types.Mount(target=root, source=root, type="bind"))
         for spec in self.mounts:
             src, dst, mode = parse_mount(spec)
             mounts.append(
@@ -281,6 +317,20 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             )
         )
         return out
+
+    def _mount_root(self, cwd: str) -> str:
+        """What a kernel sees of the host: the server's root directory (what a local kernel
+        of that server would see, and the same for every notebook, so one warm pool serves
+        them all), else this process's directory, when the kernel's directory is inside it;
+        else the kernel's directory alone."""
+        server = getattr(self.parent, "parent", None)
+        for root in (getattr(server, "root_dir", None), os.getcwd()):
+            if root and os.path.isabs(root):
+                root = os.path.realpath(root)
+                real = os.path.realpath(cwd)
+                if real == root or real.startswith(root.rstrip("/") + "/"):
+                    return root
+        return cwd
 
     def _container_env(self, env: dict[str, str], user: str | None) -> dict[str, str]:
         """The kernelspec's env plus the allow-list, never the server's whole environment."""

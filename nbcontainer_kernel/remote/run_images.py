@@ -35,6 +35,7 @@ from ..contract import DEFAULT_BASE_IMAGE, KERNEL_CONNECTION_FILE, RUNTIME_DIR, 
 from ..engine import Engine, build_context, get_engine
 from ..errors import ImageNotUsable, NbcontainerError, WheelResolutionError
 from ..kernel.images import dockerfile_labels, probe_python
+from ..kernel.pool import kernel_containers
 from ..snapshots.capture import MANIFEST, Snapshot
 from ..snapshots.env import is_secret
 from ..wheels import TargetPython, pinned, resolve_wheels
@@ -393,7 +394,7 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
     snapshot directory is in the container's filesystem, nothing is committed.
     """
     kernel_id = snap.kernel["kernel_id"]
-    containers = engine.containers({labels.KERNEL_ID: kernel_id}, all=False)
+    containers = kernel_containers(engine, kernel_id, all=False)
     if not containers:
         raise ImageNotUsable(
             snap.kernel.get("image", "?"),
@@ -429,6 +430,7 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
         f"LABEL {labels.ROLE}={labels.ROLE_DEPS_IMAGE}",
         f"LABEL {labels.COMMITTED_FROM}={container.id}",
         f"LABEL {labels.KERNEL_ID}=",
+        f"LABEL {labels.POOL_SHAPE}=",
         f"LABEL {labels.OWNER_PID}=",
         f"LABEL {labels.OWNER_HOST}=",
     ]

@@ -21,7 +21,7 @@ from IPython.testing import globalipapp
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import DaemonNotAvailable, EngineError, KernelSpecError
-from nbcontainer_kernel.kernel import kernelspec
+from nbcontainer_kernel.kernel import kernelspec, pool
 from nbcontainer_kernel.kernel.images import build_kernel_image
 from nbcontainer_kernel.remote.ledger import Ledger
 
@@ -105,6 +105,9 @@ def no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
     if "engine" not in request.fixturenames:
         return
     engine = request.getfixturevalue("engine")
+    # The warm pool's waiting containers belong to this process, as a server's do, and go
+    # when it exits; a test ends as a server would.
+    pool.close_all()
     leaked = own_containers(engine)
     for c in leaked:
         engine.remove(c.id)

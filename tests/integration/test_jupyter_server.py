@@ -4,8 +4,6 @@ its websocket, shutdown, and recovery after the server is killed with SIGKILL.""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,8 @@ import pytest
 
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.kernel import pool
+from tests.helpers import run_gc
 from tests.lab import Lab
 
 
@@ -24,7 +24,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def _kernel_containers(engine: Engine, kernel_id: str) -> list:
-    return engine.containers({labels.KERNEL_ID: kernel_id})
+    return pool.kernel_containers(engine, kernel_id)
 
 
 def test_lab_lists_starts_runs_and_stops_the_containerized_kernel(
@@ -58,11 +58,6 @@ def test_sigkilled_server_leaves_a_container_that_gc_removes(
     lab.proc.send_signal(signal.SIGKILL)
     lab.proc.wait(timeout=10)
     assert engine.inspect(container.id)["State"]["Running"]
-    out = subprocess.run(
-        [sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_gc()
     assert container.name in out
     assert engine.inspect(container.id) is None

@@ -13,13 +13,15 @@ from pathlib import Path
 from jupyter_client import KernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 
+from nbcontainer_kernel import orphans
 from nbcontainer_kernel.engine import Engine
+from tests.helpers import run_gc
 
 from .conftest import own_containers
 
 
 def test_twenty_start_stop_cycles_leave_nothing_behind(engine: Engine, make_kernelspec) -> None:
-    name = make_kernelspec("nbc-cycles")
+    name = make_kernelspec("nbc-cycles", pool_size=0)  # with a pool: test_kernel_pool.py
     runtime = Path(jupyter_runtime_dir())
     before = set(runtime.glob("kernel-*.json")) if runtime.exists() else set()
     seen = set()
@@ -74,22 +76,12 @@ def test_gc_removes_the_container_of_a_sigkilled_owner(engine: Engine, make_kern
     proc, cid = _start_owner(name)
     try:
         # While the owner lives, gc leaves its kernel alone.
-        out = subprocess.run(
-            [sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        out = run_gc()
         assert cid[:12] not in out and engine.inspect(cid)["State"]["Running"]
     finally:
         _kill9(proc)
     assert engine.inspect(cid)["State"]["Running"], "SIGKILL leaves the container running"
-    out = subprocess.run(
-        [sys.executable, "-m", "nbcontainer_kernel.cli", "gc"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_gc()
     assert "removed 1 orphaned container(s)" in out or engine.inspect(cid) is None
     assert engine.inspect(cid) is None
 
@@ -110,3 +102,4 @@ def test_next_provisioner_start_sweeps_orphans(engine: Engine, make_kernelspec) 
     finally:
         _kill9(proc2)
         engine.remove(cid2)
+        orphans.sweep(engine)  # proc2's warm pool, if it made one by then

@@ -8,9 +8,13 @@ from typing import TypeVar
 
 import pytest
 
+from nbcontainer_kernel import labels
 from nbcontainer_kernel.backends import registry
+from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.kernel import pool
+from nbcontainer_kernel.kernel import provisioner as provisioner_module
 from nbcontainer_kernel.remote.ledger import Ledger
-from tests.fakes import ScriptedBackend
+from tests.fakes import FAKE_KERNEL_IMAGE, FakeDocker, ScriptedBackend
 
 _B = TypeVar("_B", bound=ScriptedBackend)
 
@@ -30,3 +34,24 @@ def registered(name: str, fake: _B) -> Iterator[_B]:
 @pytest.fixture
 def backend() -> Iterator[ScriptedBackend]:
     yield from registered("scripted", ScriptedBackend())
+
+
+@pytest.fixture
+def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocker]:
+    """A fake Docker daemon behind the provisioner's engine, holding one kernel image
+    (FAKE_KERNEL_IMAGE). Warm pools made on it are closed afterwards."""
+    fake = FakeDocker(
+        images={
+            FAKE_KERNEL_IMAGE: {
+                labels.ROLE: labels.ROLE_KERNEL_IMAGE,
+                labels.IPYKERNEL: "7.0.0",
+                labels.PYTHON: "3.11.7",
+                labels.CURVE: "false",
+            }
+        }
+    )
+    engine = Engine(fake)  # type: ignore[arg-type]
+    monkeypatch.setattr(provisioner_module, "get_engine", lambda: engine)
+    monkeypatch.setattr(provisioner_module, "_swept", True)  # the orphan sweep has its own tests
+    yield fake
+    pool.close_all()

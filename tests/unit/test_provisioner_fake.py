@@ -4,43 +4,20 @@ cannot be made to take on demand. The real-daemon tests in tests/integration sta
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 
-from nbcontainer_kernel import labels
 from nbcontainer_kernel.contract import KERNEL_CONNECTION_FILE
-from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import KernelDied
-from nbcontainer_kernel.kernel import provisioner as provisioner_module
 from nbcontainer_kernel.kernel.kernelspec import render
 from nbcontainer_kernel.kernel.provisioner import KERNEL_PORTS, DockerProvisioner
+from tests.fakes import FAKE_KERNEL_IMAGE as IMAGE
 from tests.fakes import FakeDocker, api_error
-
-IMAGE = "nbc/fake-kernel:1"
 
 
 def _Spec() -> KernelSpec:  # noqa: N802 - reads like the class it makes
     return KernelSpec(**render(IMAGE, "Fake (Docker)", check_paths=False))
-
-
-@pytest.fixture
-def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocker]:
-    fake = FakeDocker(
-        images={
-            IMAGE: {
-                labels.ROLE: labels.ROLE_KERNEL_IMAGE,
-                labels.IPYKERNEL: "7.0.0",
-                labels.PYTHON: "3.11.7",
-                labels.CURVE: "false",
-            }
-        }
-    )
-    engine = Engine(fake)  # type: ignore[arg-type]
-    monkeypatch.setattr(provisioner_module, "get_engine", lambda: engine)
-    monkeypatch.setattr(provisioner_module, "_swept", True)  # the orphan sweep has its own tests
-    yield fake
 
 
 async def _started(**options: object) -> DockerProvisioner:
@@ -51,7 +28,7 @@ async def _started(**options: object) -> DockerProvisioner:
         image=IMAGE,
         mount_cwd=False,
         mount_ledger=False,
-        **options,
+        **{"pool_size": 0, **options},  # the warm pool has its own tests (test_kernel_pool.py)
     )
     kwargs = await prov.pre_launch()
     await prov.launch_kernel(**kwargs)

@@ -1,0 +1,218 @@
+"""The warm kernel pool on a real daemon, through jupyter_client's KernelManager: a claimed
+kernel works end to end, claims never share a container, nothing a pool makes outlives its
+owner (shutdown, 50 cycles, kill -9 then gc), and a waiting container holds no keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client import AsyncKernelManager, KernelManager
+
+from nbcontainer_kernel import labels, orphans
+from nbcontainer_kernel.contract import KERNEL_CONNECTION_DIR
+from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.kernel import pool
+from nbcontainer_kernel.remote.ledger import Ledger
+from tests.helpers import interrupt_and_reply, run, run_gc, started, stdout_of
+
+from .conftest import own_containers
+
+
+def _ready_pool() -> pool.KernelPool:
+    [p] = pool.pools()
+    p.fill()
+    assert p.wait_ready(60), "the pool's container did not become ready"
+    return p
+
+
+def _waiting(engine: Engine, owner_pid: int | None = None) -> list[str]:
+    """Pool containers still waiting (a claimed one takes its kernel's name)."""
+    found = engine.containers({labels.ROLE: labels.ROLE_KERNEL_POOL})
+    return [
+        c.id
+        for c in found
+        if not c.name.startswith("nbcontainer-kernel-")
+        and (owner_pid is None or c.labels.get(labels.OWNER_PID) == str(owner_pid))
+    ]
+
+
+def test_a_claimed_kernel_executes_interrupts_restarts_and_shuts_down(
+    engine: Engine, make_kernelspec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the server's root: every notebook under it shares a pool
+    name = make_kernelspec("nbc-pool", env={"NBC_SPEC_VALUE": "from-the-spec"})
+    notebook_dir = tmp_path / "project" / "notebooks"
+    notebook_dir.mkdir(parents=True)
+    (notebook_dir / "data.txt").write_text("beside the notebook")
+    with started(name, cwd=str(tmp_path)):
+        pass  # the first kernel of a shape starts cold; the pool fills after it
+    _ready_pool()
+    with started(name, cwd=str(notebook_dir)) as (km, kc):
+        cid = km.provisioner.container_id
+        assert km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"
+        assert engine.inspect(cid)["Name"] == f"/nbcontainer-kernel-{km.kernel_id}"
+        content, outputs = run(
+            kc,
+            "import os\nprint(os.getcwd(), open('data.txt').read(), os.environ['NBC_SPEC_VALUE'], "
+            "os.environ['NBCONTAINER_KERNEL_ID'], os.path.exists(os.environ["
+            "'NBCONTAINER_CONNECTION_FILE']), sep='|')",
+        )
+        assert content["status"] == "ok", outputs
+        assert stdout_of(outputs).strip().split("|") == [
+            str(notebook_dir),
+            "beside the notebook",
+            "from-the-spec",
+            km.kernel_id,
+            "False",  # read, then removed by the extension
+        ]
+        msg_id = kc.execute("while True: pass")
+        time.sleep(1.0)
+        assert interrupt_and_reply(km, kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        assert km.provisioner.container_id != cid and engine.inspect(cid) is None
+        content, outputs = run(kc, "print(41 + 1)")
+        assert stdout_of(outputs) == "42\n"
+        restarted = km.provisioner.container_id
+    assert engine.inspect(restarted) is None
+
+
+def test_a_waiting_container_holds_no_connection_file_or_kernel_environment(
+    engine: Engine, make_kernelspec, tmp_path: Path
+) -> None:
+    name = make_kernelspec("nbc-pool-keys", env={"NBC_SECRET_TOKEN": "abc123"})
+    with started(name, cwd=str(tmp_path)):
+        pass
+    p = _ready_pool()
+    [warm] = p.waiting()
+    assert engine.get_archive(warm.container_id, KERNEL_CONNECTION_DIR) is None
+    env = "\n".join((engine.inspect(warm.container_id) or {})["Config"]["Env"])
+    assert "abc123" not in env and "NBCONTAINER_KERNEL_ID" not in env
+
+
+def test_two_kernels_started_at_once_get_two_containers(
+    engine: Engine, make_kernelspec, tmp_path: Path
+) -> None:
+    name = make_kernelspec("nbc-pool-two")
+    with started(name, cwd=str(tmp_path)):
+        pass
+    _ready_pool()
+
+    async def both() -> list[str]:
+        kms = [AsyncKernelManager(kernel_name=name) for _ in range(2)]
+        await asyncio.gather(*(km.start_kernel(cwd=str(tmp_path)) for km in kms))
+        try:
+            for km in kms:
+                kc = km.client()
+                kc.start_channels()
+                await kc.wait_for_ready(timeout=60)
+                kc.stop_channels()
+            return [km.provisioner.container_id for km in kms]
+        finally:
+            await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms))
+
+    ids = asyncio.run(both())
+    assert len(set(ids)) == 2 and all(engine.inspect(c) is None for c in ids)
+
+
+def test_fifty_start_stop_cycles_leave_only_the_pool_and_closing_leaves_nothing(
+    engine: Engine, make_kernelspec, tmp_path: Path
+) -> None:
+    name = make_kernelspec("nbc-pool-cycles")
+    seen, claimed = set(), 0
+    for i in range(50):
+        if i % 10 == 5:
+            _ready_pool()  # some starts find a ready container, others an empty pool
+        km = KernelManager(kernel_name=name)
+        km.start_kernel(cwd=str(tmp_path))
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        seen.add(km.provisioner.container_id)
+        claimed += km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert len(seen) == 50 and claimed >= 5
+    assert all(engine.inspect(cid) is None for cid in seen)
+    left = {c.id for c in own_containers(engine)}
+    assert left == set(_waiting(engine, os.getpid())) and len(left) <= 1
+    pool.close_all()
+    assert own_containers(engine) == []
+
+
+def test_pool_size_zero_starts_every_kernel_in_a_new_container(
+    engine: Engine, make_kernelspec, tmp_path: Path
+) -> None:
+    name = make_kernelspec("nbc-pool-off", pool_size=0)
+    for _ in range(2):
+        with started(name, cwd=str(tmp_path)) as (km, kc):
+            assert stdout_of(run(kc, "print('ok')")[1]) == "ok\n"
+            assert km.provisioner.container_name != f"nbcontainer-kernel-{km.kernel_id}"
+    time.sleep(1.5)  # past the refill delay: still nothing made
+    assert pool.pools() == [] and own_containers(engine) == []
+
+
+OWNER_SCRIPT = textwrap.dedent("""
+    import sys
+    from jupyter_client import KernelManager
+    from nbcontainer_kernel.kernel import pool
+    km = KernelManager(kernel_name=sys.argv[1])
+    km.start_kernel(cwd=sys.argv[2])
+    [p] = pool.pools()
+    p.fill()
+    assert p.wait_ready(60)
+    print(km.provisioner.container_id, flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_kill_9_of_the_server_then_gc_leaves_no_pool_container(
+    engine: Engine, make_kernelspec, tmp_path: Path
+) -> None:
+    name = make_kernelspec("nbc-pool-kill9")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT, name, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    kernel = proc.stdout.readline().strip()
+    waiting = _waiting(engine, proc.pid)
+    try:
+        assert kernel and len(waiting) == 1
+        # While its owner lives, a pool container is nobody's orphan.
+        assert waiting[0] not in {o.container_id for o in orphans.find_orphans(engine)}
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stdin.close()  # type: ignore[union-attr]
+    assert engine.inspect(waiting[0])["State"]["Running"], "kill -9 leaves the pool behind"
+    out = run_gc()
+    assert engine.inspect(waiting[0]) is None and engine.inspect(kernel) is None, out
+    assert _waiting(engine, proc.pid) == []
+
+
+def test_remote_run_from_a_claimed_kernel_commits_its_container(
+    engine: Engine, make_kernelspec, tmp_path: Path, new_images: None, ledger: Ledger
+) -> None:
+    name = make_kernelspec("nbc-pool-remote", docker_socket=True)
+    with started(name, cwd=str(tmp_path)):
+        pass
+    _ready_pool()
+    with started(name, cwd=str(tmp_path)) as (km, kc):
+        assert km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"
+        assert run(kc, "x = 20")[0]["status"] == "ok"
+        content, outputs = run(kc, "%%remote_run --local --name pooled\ny = x + 22", timeout=300)
+        assert content["status"] == "ok", [o["content"] for o in outputs]
+        assert stdout_of(run(kc, "print(y)")[1]) == "42\n"
+    assert ledger.get("pooled-1")["status"] == "SUCCEEDED"
