@@ -1,12 +1,19 @@
-"""End-to-end `%%remote_run --local` for a trivial cell with ~10 MB of state, vs the
-same cell run in-process, in one run: median of --runs, broken down by phase (from
-the run ledger's phase timestamps)."""
+"""End-to-end `%%remote_run --local` of a trivial cell with ~10 MB of state, in one run:
+the warm path (the snapshot copied into a waiting runner container, no image built), the
+build path (a run image per run: `RemoteRun.run_pool_size = 0`) and the same cell
+in-process; medians of --runs, interleaved, each broken down by phase (from the run
+ledger's phase timestamps).
+
+With --sweep N, also a sweep of N children of a trivial cell through the warm pool
+against a plain loop of `docker run` of the same runtime image (children per second).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -15,10 +22,25 @@ from pathlib import Path
 CELL = "total = float(state.sum())\nscaled = state[:10] * factor"
 
 
+def quietly(ip, code: str) -> float:  # noqa: ANN001 - an IPython shell
+    devnull = open(os.devnull, "w")
+    saved, sys.stdout = sys.stdout, devnull
+    try:
+        t = time.perf_counter()
+        res = ip.run_cell(code)
+        elapsed = time.perf_counter() - t
+    finally:
+        sys.stdout = saved
+        devnull.close()
+    assert res.error_in_exec is None, res.error_in_exec
+    return elapsed
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="nbcontainer/base:bookworm")
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--sweep", type=int, default=0, metavar="N")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nbcontainer-bench-"))
     os.environ["NBCONTAINER_BASE_IMAGE"] = args.base
@@ -32,48 +54,86 @@ def main() -> int:
         "factor = 2.0"
     )
 
+    from nbcontainer_kernel import warm
     from nbcontainer_kernel.engine import Engine
     from nbcontainer_kernel.remote.ledger import Ledger
 
     engine = Engine.connect()
     ledger = Ledger(tmp / "runs.db")
-    local = []
-    for _ in range(args.runs):
-        t = time.perf_counter()
-        ip.run_cell(CELL)
-        local.append(time.perf_counter() - t)
+    local = [quietly(ip, CELL) for _ in range(args.runs)]
 
-    devnull = open(os.devnull, "w")
-    remote, phases = [], []
-    for i in range(args.runs + 1):  # the first builds or finds the dependency layer: not counted
-        saved, sys.stdout = sys.stdout, devnull
-        try:
-            t = time.perf_counter()
-            res = ip.run_cell(f"%%remote_run --local --name bench\n{CELL}")
-            elapsed = time.perf_counter() - t
-        finally:
-            sys.stdout = saved
-        assert res.error_in_exec is None, res.error_in_exec
-        row = ledger.get(f"bench-{i + 1}")
-        engine.remove_image(row["image"], force=True)
-        if i == 0:
-            continue
-        remote.append(elapsed)
-        phases.append(Ledger.timings(row))
-        print(f"  run {i}/{args.runs}: {elapsed:.2f} s", file=sys.stderr, flush=True)
+    paths = {"warm": 1, "build": 0}
+    totals: dict[str, list[float]] = {k: [] for k in paths}
+    phases: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
+    n = 0
+    try:
+        for i in range(args.runs + 1):  # the first of each makes its layers: not counted
+            for path, size in paths.items():
+                ip.run_line_magic("config", f"RemoteRun.run_pool_size = {size}")
+                if path == "warm":
+                    for pool in warm.pools():
+                        pool.fill()
+                        pool.wait_ready(60)
+                elapsed = quietly(ip, f"%%remote_run --local --name bench\n{CELL}")
+                n += 1
+                row = ledger.get(f"bench-{n}")
+                if row["image"]:
+                    engine.remove_image(row["image"], force=True)
+                if i == 0:
+                    continue
+                totals[path].append(elapsed)
+                phases[path].append(Ledger.timings(row))
+                print(f"  {path} {i}/{args.runs}: {elapsed:.3f} s", file=sys.stderr, flush=True)
+    finally:
+        warm.close_all()
 
-    med_remote, med_local = statistics.median(remote), statistics.median(local)
+    med_local = statistics.median(local)
     print(f"%%remote_run --local, trivial cell, 10 MB of state; median of {args.runs}:")
-    for phase in phases[0]:
+    for path in paths:
+        med = statistics.median(totals[path])
+        print(f"  {path} path:")
+        for phase in phases[path][0]:
+            ms = statistics.median(p.get(phase, 0.0) for p in phases[path]) * 1000
+            print(f"    {phase:>10}: {ms:8.0f} ms")
         print(
-            f"  {phase:>10}: {statistics.median(p.get(phase, 0.0) for p in phases) * 1000:8.0f} ms"
+            f"    {'end to end':>10}: {med * 1000:8.0f} ms  (min {min(totals[path]) * 1000:.0f}, "
+            f"max {max(totals[path]) * 1000:.0f})"
         )
-    print(
-        f"  {'end to end':>10}: {med_remote * 1000:8.0f} ms  (min {min(remote) * 1000:.0f}, max "
-        f"{max(remote) * 1000:.0f})"
-    )
-    print(f"same cell in-process: {med_local * 1000:.2f} ms; ratio {med_remote / med_local:.0f}x")
+    warm_med, build_med = (statistics.median(totals[k]) for k in ("warm", "build"))
+    print(f"warm path / build path: {warm_med / build_med:.2f}")
+    print(f"same cell in-process: {med_local * 1000:.2f} ms")
+
+    if args.sweep:
+        sweep(ip, engine, ledger, args.sweep)
     return 0
+
+
+def sweep(ip, engine, ledger, children: int) -> None:  # noqa: ANN001
+    """A sweep of `children` trivial children through the warm pool, against a plain loop
+    of `docker run` of the same runtime image (each given the snapshot the same way a
+    build would: here, none: the loop runs `python -c pass`, a floor for any docker run)."""
+    from nbcontainer_kernel import warm
+
+    ip.run_line_magic("config", "RemoteRun.run_pool_size = 1")
+    values = ",".join(str(v) for v in range(children))
+    t = time.perf_counter()
+    quietly(ip, f"%%remote_run --local --name sw --sweep k={values} --max-parallel 2\ny = k * 2")
+    pooled = time.perf_counter() - t
+    runtime = next(p.image for p in warm.pools())
+    warm.close_all()
+    t = time.perf_counter()
+    for _ in range(children):
+        subprocess.run(
+            ["docker", "run", "--rm", "--init", "--entrypoint", "python3", runtime, "-c", "pass"],
+            check=True,
+            capture_output=True,
+        )
+    loop = time.perf_counter() - t
+    print(
+        f"sweep of {children} children (--max-parallel 2): {children / pooled:.2f} children/s "
+        f"({pooled:.1f} s); a loop of `docker run --rm IMAGE python -c pass`: "
+        f"{children / loop:.2f} /s ({loop:.1f} s); ratio {loop / pooled:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ ENVIRONMENT = {
     "NBCONTAINER_INSTANCE_TYPE": "RemoteRun.instance_type: SageMaker instance type (ml.m5.large)",
     "NBCONTAINER_VOLUME_SIZE": "RemoteRun.volume_size: GB of storage of a SageMaker instance",
     "NBCONTAINER_SPOT": "RemoteRun.spot: SageMaker managed spot training (true/false)",
+    "NBCONTAINER_RUN_POOL_SIZE": "RemoteRun.run_pool_size: --local runner containers kept "
+    "waiting (0: a run image per run)",
     "NBCONTAINER_BACKEND": "RemoteRun.backend: where runs go by default (local, batch, sagemaker)",
     "NBCONTAINER_MAX_PARALLEL": "RemoteRun.max_parallel: children of a sweep running at once",
     "NBCONTAINER_TIMEOUT": "RemoteRun.timeout: seconds before a run is stopped",

@@ -14,6 +14,9 @@ __all__ = [
     "KERNEL_CONNECTION_DIR",
     "KERNEL_CONNECTION_FILE",
     "KERNEL_SCRATCH",
+    "RUN_CLAIM_FILE",
+    "POOL_READY_MARK",
+    "EXIT_MARK_ENV",
     "DEFAULT_BASE_IMAGE",
 ]
 
@@ -29,6 +32,17 @@ RUNTIME_DIR = "/opt/nbcontainer/runtime"
 #: start and removed by the kernel once read; a commit of a kernel fails while it exists.
 KERNEL_CONNECTION_DIR = "/run/nbcontainer-kernel"
 KERNEL_CONNECTION_FILE = f"{KERNEL_CONNECTION_DIR}/connection.json"
+#: Where a --local run's claim (the runner's arguments and its run-time environment: the
+#: signing key, the parameters) is put, with the snapshot, into a waiting runner container
+#: of the warm pool; the runner reads and removes it before anything else.
+RUN_CLAIM_FILE = "/run/nbcontainer-run/claim.json"
+#: What a warm pool's waiter prints once its imports are done (and nothing before it).
+POOL_READY_MARK = "nbcontainer-pool: ready"
+#: A warm run's claim may carry a token here: the runner then ends its log with
+#: "[nbcontainer] exit CODE TOKEN" once its outputs are sealed, and exits at once, so the
+#: host collects without waiting for Docker to see the container stop. The token is out
+#: of the environment before the cell runs, so no cell can print the line.
+EXIT_MARK_ENV = "NBCONTAINER_EXIT_MARK"
 #: A kernel's /tmp and HOME: a tmpfs, so nothing written there (IPython's history, snapshot
 #: work directories, ~/.aws) is ever in an image committed from the kernel.
 KERNEL_SCRATCH = "/tmp"

@@ -37,7 +37,15 @@ from .errors import (
     UnsafeArchive,
 )
 
-__all__ = ["Engine", "get_engine", "translate_errors", "make_tar", "extract_tar", "build_context"]
+__all__ = [
+    "Engine",
+    "get_engine",
+    "translate_errors",
+    "make_tar",
+    "extract_tar",
+    "build_context",
+    "context_member",
+]
 
 DEFAULT_TIMEOUT = 120
 
@@ -389,10 +397,13 @@ class Engine:
         `dirs` (relative to dest) are made 0700 and owned by uid:gid, so the
         container's user can remove what it was given.
         """
+        self.put_archive(ident, dest, make_tar(files, uid=uid, gid=gid, mode=mode, dirs=dirs))
+
+    def put_archive(self, ident: str, dest: str, archive: bytes | IO[bytes]) -> None:
+        """Extract a tar archive (bytes, or a file streamed as it is read) at `dest` in a
+        container (created or running), through the API."""
         with translate_errors(f"copy files into container {ident}"):
-            ok = self.api.put_archive(
-                ident, dest, make_tar(files, uid=uid, gid=gid, mode=mode, dirs=dirs)
-            )
+            ok = self.api.put_archive(ident, dest, archive)
         if not ok:
             raise EngineError(f"copy files into container {ident}", f"{dest} does not exist in it")
 
@@ -472,22 +483,17 @@ def build_context(
 
             def readable(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
                 nonlocal total
-                if "__pycache__" in ti.name or ti.name.endswith(".pyc"):
+                member = context_member(ti)
+                if member is None:
                     return None
-                if not (ti.isfile() or ti.isdir()):
-                    return None
-                total += ti.size
+                total += member.size
                 if total > cap:
                     raise ImageBuildError(
                         "(build context)",
                         f"the build context is over its cap of "
                         f"{cap:,} bytes (NBCONTAINER_MAX_CONTEXT_BYTES); ship less",
                     )
-                ti.mtime = 0  # content alone decides Docker's cache
-                ti.uid = ti.gid = 0
-                ti.uname = ti.gname = ""
-                ti.mode = 0o755 if ti.isdir() else 0o644
-                return ti
+                return member
 
             for arc, path in trees.items():
                 tar.add(path, arcname=arc, filter=readable)
@@ -496,6 +502,22 @@ def build_context(
     except BaseException:
         ctx.close()
         raise
+
+
+def context_member(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """A tree's member as build contexts carry it: regular files and directories only, no
+    bytecode caches, root's, world-readable, dated 0 (so content alone decides Docker's
+    cache). A snapshot copied into a container takes the same, so its files there are
+    the files its run image's COPY would give."""
+    if "__pycache__" in ti.name or ti.name.endswith(".pyc"):
+        return None
+    if not (ti.isfile() or ti.isdir()):
+        return None
+    ti.mtime = 0
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    ti.mode = 0o755 if ti.isdir() else 0o644
+    return ti
 
 
 class _ChunkReader(io.RawIOBase):
@@ -521,15 +543,23 @@ class _ChunkReader(io.RawIOBase):
 
 
 def extract_tar(
-    data: bytes | Iterable[bytes], dest: os.PathLike[str] | str, max_bytes: int | None = None
+    data: bytes | Iterable[bytes],
+    dest: os.PathLike[str] | str,
+    max_bytes: int | None = None,
+    *,
+    within: str | None = None,
+    only: Iterable[str] | None = None,
 ) -> int:
     """Unpack an archive (bytes, or a stream of chunks from the Docker API) into dest.
 
     Streams member by member. Only regular files and directories are unpacked,
     inside dest; links, FIFOs, devices, absolute paths and ``..`` are refused with
     UnsafeArchive, on every Python, and so is more than `max_bytes` in all
-    (default max_result_bytes()). Returns the bytes written.
+    (default max_result_bytes()). With `within` (a top directory's name), only what is
+    under it is unpacked, without it; with `only`, only the top entries named (after
+    `within` is taken off). Returns the bytes written.
     """
+    keep = set(only) if only is not None else None
     from pathlib import Path
 
     cap = config.max_result_bytes() if max_bytes is None else max_bytes
@@ -558,6 +588,12 @@ def extract_tar(
                     raise UnsafeArchive(
                         name, f"it is {kind}; only regular files and directories are unpacked"
                     )
+                if within is not None:
+                    if parts[:1] != [within]:
+                        continue
+                    parts = parts[1:]
+                if keep is not None and (not parts or parts[0] not in keep):
+                    continue
                 target = root.joinpath(*parts) if parts else root
                 if target != root and root not in target.resolve().parents:
                     raise UnsafeArchive(name, "its path leaves the destination")

@@ -51,6 +51,8 @@ ROLE_PROBE = "probe"
 ROLE_RUN = "run"
 ROLE_DEPS_IMAGE = "deps-image"
 ROLE_RUN_IMAGE = "run-image"
+ROLE_RUNTIME_IMAGE = "runtime-image"  # a dependency layer + this package + the runner
+ROLE_RUN_POOL = "run-pool"  # waiting in a warm pool; a --local run once claimed (renamed)
 
 OCI_CREATED = "org.opencontainers.image.created"
 OCI_TITLE = "org.opencontainers.image.title"

@@ -146,11 +146,15 @@ def remove_run_images(engine: Engine) -> int:
 
 
 def remove_old_dependency_images(engine: Engine, keep: int = 3) -> int:
-    """Keep the `keep` newest dependency layers (one per lock); remove older unused ones."""
-    deps = [
-        i
-        for i in engine.images({labels.ROLE: labels.ROLE_DEPS_IMAGE})
-        if not (i.labels or {}).get(labels.COMMITTED_FROM)
-    ]
-    deps.sort(key=lambda i: i.attrs.get("Created", ""), reverse=True)
-    return sum(_drop(engine, image) for image in deps[keep:])
+    """Keep the `keep` newest runtime layers and dependency layers (one per lock); remove
+    older unused ones (runtime layers first: each is a child of a dependency layer)."""
+    removed = 0
+    for role in (labels.ROLE_RUNTIME_IMAGE, labels.ROLE_DEPS_IMAGE):
+        layers = [
+            i
+            for i in engine.images({labels.ROLE: role})
+            if not (i.labels or {}).get(labels.COMMITTED_FROM)
+        ]
+        layers.sort(key=lambda i: i.attrs.get("Created", ""), reverse=True)
+        removed += sum(_drop(engine, image) for image in layers[keep:])
+    return removed

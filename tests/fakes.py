@@ -368,13 +368,14 @@ class _FakeAPI:
         c = self.daemon.get(ident)
         del self.daemon.containers_by_id[c.id]
 
-    def put_archive(self, ident: str, path: str, data: bytes) -> bool:
+    def put_archive(self, ident: str, path: str, data: Any) -> bool:
         self.daemon._check("put_archive", ident)
         import io
         import tarfile
 
         c = self.daemon.get(ident)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        fileobj = io.BytesIO(data) if isinstance(data, bytes) else data
+        with tarfile.open(fileobj=fileobj) as tar:
             for m in tar.getmembers():
                 if m.isfile():
                     c.files[f"{path.rstrip('/')}/{m.name}"] = tar.extractfile(m).read()  # type: ignore[union-attr]

@@ -105,6 +105,9 @@ class RunSpec:
     workdir: str | None = None
     #: Names the cell logs metrics under (platforms that must be told, like SageMaker).
     metric_names: list[str] = field(default_factory=list)
+    #: A snapshot directory on this host, for a backend that runs_snapshots: `image` is then
+    #: the snapshot's runtime image, and the backend copies the snapshot into its container.
+    snapshot: str | None = None
 
 
 @dataclass
@@ -126,6 +129,9 @@ class Backend(ABC):
     #: Whether a sweep goes to the platform in one step (:meth:`submit_sweep`: AWS Batch's
     #: array job) rather than child by child as slots free up (the runner's thread pool).
     one_job_per_sweep: bool = False
+    #: Whether it can run a snapshot on its runtime image (RunSpec.snapshot) without a run
+    #: image made for it: the local backend copies the snapshot into a warm container.
+    runs_snapshots: bool = False
 
     def configure(self, settings: Mapping[str, Any]) -> None:  # noqa: B027 - optional step
         """Take the RemoteRun settings (registry, s3_prefix, queue names, ...); called by

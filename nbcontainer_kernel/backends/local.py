@@ -7,26 +7,43 @@ written; cancel kills and cleanup removes the container.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import re
+import secrets
+import tarfile
+import tempfile
 import threading
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .. import labels
+from .. import labels, warm
 from ..config import max_result_bytes
-from ..engine import Engine, extract_tar, get_engine
+from ..contract import EXIT_MARK_ENV, ML_ROOT, POOL_READY_MARK, RUN_CLAIM_FILE, SNAPSHOT_DIR
+from ..engine import Engine, context_member, extract_tar, get_engine
 from ..kernel.options import resource_kwargs
+from ..runner.main import WAIT_FLAG
+from ..warm import WarmPool
 from .base import Backend, Job, Phase, RunSpec, write_log
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "run_containers", "run_pool", "snapshot_archive"]
 
 
 class _LogFollower:
-    """Collects a container's log lines in a thread while it runs."""
+    """Collects a container's log lines in a thread while it runs (a warm container's
+    ready line, printed before it was a run's, is not one of them)."""
 
-    def __init__(self, engine: Engine, container_id: str) -> None:
+    def __init__(self, engine: Engine, container_id: str, exit_mark: str | None = None) -> None:
         self.lines: list[str] = []
-        self.done = threading.Event()
+        self.done = threading.Event()  # the log ended (or the runner said it ended)
+        self.exit_code: int | None = None  # what the runner's exit line said
+        self._exit_line = (
+            re.compile(rf"\[nbcontainer\] exit (\d+) {re.escape(exit_mark)}") if exit_mark else None
+        )
         self._thread = threading.Thread(
             target=self._follow, args=(engine, container_id), daemon=True
         )
@@ -37,7 +54,14 @@ class _LogFollower:
         for chunk in engine.follow_logs(container_id):  # ends when the container is gone
             pending += chunk
             *complete, pending = pending.split(b"\n")
-            self.lines.extend(raw.decode("utf-8", "replace") for raw in complete)
+            for raw in complete:
+                line = raw.decode("utf-8", "replace")
+                ended = self._exit_line.fullmatch(line) if self._exit_line else None
+                if ended:
+                    self.exit_code = int(ended.group(1))
+                    self.done.set()
+                elif line != POOL_READY_MARK:
+                    self.lines.append(line)
         if pending:
             self.lines.append(pending.decode("utf-8", "replace"))
         self.done.set()
@@ -49,10 +73,18 @@ class _LogFollower:
 class LocalBackend(Backend):
     name = "local"
     needs_push = False
+    runs_snapshots = True
 
     def __init__(self, engine: Engine | None = None) -> None:
         self._engine = engine
         self._followers: dict[str, _LogFollower] = {}
+        self._pool_of: dict[str, WarmPool] = {}  # container id -> the pool it came from
+        self._running: dict[str, bool] = {}  # container id -> running at the last status
+        self.pool_size = 1
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """RemoteRun.run_pool_size: runner containers kept waiting per runtime image."""
+        self.pool_size = int(settings.get("run_pool_size", 1) or 0)
 
     @property
     def engine(self) -> Engine:
@@ -61,6 +93,8 @@ class LocalBackend(Backend):
         return self._engine
 
     def submit(self, spec: RunSpec) -> Job:
+        if spec.snapshot is not None:
+            return self._submit_snapshot(spec)
         env = dict(spec.env)
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
@@ -94,6 +128,39 @@ class LocalBackend(Backend):
             self.engine.remove(container.id)
             raise
 
+    def _submit_snapshot(self, spec: RunSpec) -> Job:
+        """Run a snapshot in a warm container of its runtime image: no image is built. The
+        snapshot (laid out as the run image's layer would hold it) and a claim with the
+        run-time environment go in as one archive; then the runner, its imports done,
+        runs it."""
+        assert spec.snapshot is not None
+        mark = secrets.token_hex(16)
+        env = {**spec.env, EXIT_MARK_ENV: mark}
+        if spec.params:
+            env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
+        resources = resource_kwargs(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus)
+        pool = run_pool(self.engine, spec.image, resources, max(self.pool_size, 1))
+        name = f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}"
+        with snapshot_archive(Path(spec.snapshot), {"argv": list(spec.command), "env": env}) as f:
+
+            def archive() -> IO[bytes]:
+                f.seek(0)
+                return f
+
+            warm = pool.claim(archive, name, make=True)
+        assert warm is not None  # make=True makes one when none waits
+        try:
+            self._followers[warm.container_id] = _LogFollower(self.engine, warm.container_id, mark)
+            self._pool_of[warm.container_id] = pool
+        except BaseException:
+            self.engine.remove(warm.container_id)
+            raise
+        return Job(
+            self.name,
+            spec.run_id,
+            {"container_id": warm.container_id, "container_name": warm.name, "warm": True},
+        )
+
     def attach(self, job: Job) -> None:
         """Follow a job submitted by an earlier process (after a kernel restart)."""
         cid = job.handle["container_id"]
@@ -101,17 +168,32 @@ class LocalBackend(Backend):
         if container is not None and cid not in self._followers:
             self._followers[cid] = _LogFollower(self.engine, cid)
 
+    def poll_interval(self, waited: float) -> float:
+        return 0.0  # status() itself waits, on the log stream's end (the container's exit)
+
     def status(self, job: Job) -> tuple[Phase, int | None]:
-        info = self.engine.inspect(job.handle["container_id"])
+        cid = job.handle["container_id"]
+        follower = self._followers.get(cid)
+        if self._running.get(cid):  # wait here: the run's end is seen at once
+            if follower is not None:
+                follower.done.wait(0.1)
+            else:
+                time.sleep(0.1)
+        if follower is not None and follower.exit_code is not None:
+            # The runner said its outputs are sealed and it exits: no need to wait for
+            # Docker to see the container stop.
+            said = follower.exit_code
+            return (Phase.SUCCEEDED if said == 0 else Phase.FAILED), said
+        info = self.engine.inspect(cid)
         if info is None:
             return Phase.FAILED, None
         state = info.get("State") or {}
+        self._running[cid] = bool(state.get("Running"))
         if state.get("Running"):
             return Phase.RUNNING, None
         if state.get("Status") == "created":
             return Phase.STARTING, None
         code = state.get("ExitCode")
-        follower = self._followers.get(job.handle["container_id"])
         if follower is not None:
             follower.wait()
         return (Phase.SUCCEEDED if code == 0 else Phase.FAILED), code
@@ -132,16 +214,85 @@ class LocalBackend(Backend):
         self.engine.signal(job.handle["container_id"], "SIGKILL")
 
     def fetch_results(self, job: Job, dest: Path) -> None:
-        """Stream /opt/ml/model and /opt/ml/output out of the container (capped, checked)."""
+        """Stream /opt/ml/model and /opt/ml/output out of the container (one archive of
+        /opt/ml, capped and checked; the rest of it is not unpacked)."""
         dest.mkdir(parents=True, exist_ok=True)
-        budget = max_result_bytes()
-        for src in ("/opt/ml/model", "/opt/ml/output"):
-            stream = self.engine.get_archive(job.handle["container_id"], src)
-            if stream is not None:
-                budget -= extract_tar(stream, dest, max_bytes=budget)
+        stream = self.engine.get_archive(job.handle["container_id"], ML_ROOT)
+        if stream is not None:
+            extract_tar(
+                stream,
+                dest,
+                max_bytes=max_result_bytes(),
+                within=ML_ROOT.rsplit("/", 1)[-1],
+                only=("model", "output"),
+            )
         write_log(dest, self.logs(job, 0))
 
     def cleanup(self, job: Job) -> None:
         cid = job.handle["container_id"]
-        self._followers.pop(cid, None)
-        self.engine.remove(cid)
+        follower = self._followers.pop(cid, None)
+        self._running.pop(cid, None)
+        pool = self._pool_of.pop(cid, None)
+        if pool is None or follower is None or follower.exit_code != 0:
+            self.engine.remove(cid)  # cancelled, timed out or failed: gone before the cell ends
+        else:
+            # A run that succeeded and whose results are in: removed in the background,
+            # off the cell's path.
+            warm.reaper.remove(get_engine, cid)
+        if pool is not None and self.pool_size > 0:
+            pool.fill_later(0.0)  # the next run finds a container waiting
+
+
+def run_containers(engine: Engine, run_id: str) -> list[Any]:
+    """A --local run's containers: one made for the run carries its id in a label, a warm
+    one (made before the run) in its name."""
+    named = re.compile(rf"nbcontainer-run-{re.escape(run_id)}-\d{{6}}")
+    return engine.containers({labels.RUN_ID: run_id}) + [
+        c for c in engine.containers({labels.ROLE: labels.ROLE_RUN_POOL}) if named.fullmatch(c.name)
+    ]
+
+
+def run_pool(engine: Engine, image: str, resources: dict[str, Any], size: int) -> WarmPool:
+    """This process's pool of runner containers for a runtime image and the resources
+    runs get (limits are fixed when a container is made)."""
+    image_id = engine.get_image(image).id
+    kwargs: dict[str, Any] = {
+        "command": [WAIT_FLAG, RUN_CLAIM_FILE],  # the image's entry point is the runner
+        "init": True,
+        **resources,
+    }
+    shape = hashlib.sha256(
+        json.dumps(["run", image_id, kwargs], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+
+    def make() -> WarmPool:
+        return WarmPool(
+            get_engine,
+            role=labels.ROLE_RUN_POOL,
+            shape=shape,
+            image=image,
+            image_id=image_id,
+            create_kwargs=kwargs,
+            size=size,
+            name_prefix="nbcontainer-runpool",
+        )
+
+    pool = warm.pool_for(shape, make)
+    pool.size = size
+    return pool
+
+
+@contextlib.contextmanager
+def snapshot_archive(directory: Path, claim: dict[str, Any]) -> Iterator[IO[bytes]]:
+    """A tar (in a temporary file: a snapshot may be gigabytes) holding the snapshot under
+    SNAPSHOT_DIR with the members a run image's COPY would give it (root's, 0644/0755), and
+    the claim (0600) at RUN_CLAIM_FILE."""
+    with tempfile.TemporaryFile(prefix="nbcontainer-snapshot-") as f:
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            tar.add(directory, arcname=SNAPSHOT_DIR.lstrip("/"), filter=context_member)
+            data = json.dumps(claim).encode()
+            info = tarfile.TarInfo(RUN_CLAIM_FILE.lstrip("/"))
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+        f.seek(0)
+        yield f

@@ -149,7 +149,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         if pool is not None and not self._host_ports:  # a restart keeps its ports: cold
             uid, gid = _uid_gid(create_kwargs.get("user"))
             warm = await asyncio.to_thread(
-                pool.claim,
+                pool.claim_kernel,
                 self.kernel_id or "",
                 inner,
                 cmd,

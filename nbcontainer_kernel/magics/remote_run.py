@@ -272,8 +272,18 @@ class RemoteRun(Magics):
         "wait for capacity; checkpoints go under the run's S3 prefix.",
     ).tag(config=True, env="NBCONTAINER_SPOT")
 
+    run_pool_size = Int(
+        1,
+        min=0,
+        max=16,
+        help="Runner containers of --local kept started and waiting (env "
+        "NBCONTAINER_RUN_POOL_SIZE): a --local run copies its snapshot into one and builds no "
+        "image (--rerun makes one when it is needed). 0 builds a run image for every run.",
+    ).tag(config=True, env="NBCONTAINER_RUN_POOL_SIZE")
+
     #: The settings handed to backends as they are.
     _BACKEND_SETTINGS = (
+        "run_pool_size",
         "registry",
         "s3_prefix",
         "batch_queue",
@@ -367,6 +377,10 @@ class RemoteRun(Magics):
     @default("spot")
     def _spot_default(self) -> bool:
         return trait_default(self, "spot")
+
+    @default("run_pool_size")
+    def _run_pool_size_default(self) -> int:
+        return trait_default(self, "run_pool_size")
 
     @default("ledger_path")
     def _ledger_path_default(self) -> str | None:

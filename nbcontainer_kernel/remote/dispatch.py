@@ -10,7 +10,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import os
 import re
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -22,11 +24,11 @@ from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec, Stop
 from ..backends.registry import get_backend
 from ..errors import InvalidOption, NbcontainerError, RunCancelled, SweepFailed
 from ..metrics import metric_names_in
-from ..snapshots import names_assigned, snapshot
+from ..snapshots import Snapshot, names_assigned, snapshot
 from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
 from .ledger import Ledger
 from .results import RunResult, load_results
-from .run_images import RunImage, build_run_image
+from .run_images import RunImage, build_run_image, build_runtime_image
 
 _TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
 MAX_NAME = 40
@@ -164,12 +166,15 @@ class RemoteRunner:
         ledger: Ledger | None = None,
         trust: str = "signed",
         image_builder: Callable[..., RunImage] = build_run_image,
+        runtime_builder: Callable[..., RunImage] = build_runtime_image,
     ) -> None:
-        """`image_builder` makes a run image from a snapshot (build_run_image; tests
-        pass a fake)."""
+        """`image_builder` makes a run image from a snapshot (build_run_image), and
+        `runtime_builder` the image a snapshot runs on without one (build_runtime_image),
+        for backends that run snapshots; tests pass fakes."""
         if trust not in TRUST_MODES:
             raise InvalidOption("trust", trust, f"expected one of {', '.join(TRUST_MODES)}")
         self.image_builder = image_builder
+        self.runtime_builder = runtime_builder
         self.ledger = ledger or Ledger()
         self.trust = trust  # how far run outputs are believed (see nbcontainer_kernel.trust)
         self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
@@ -236,13 +241,17 @@ class RemoteRunner:
     ) -> RunResult | RunHandle | dict[str, Any]:
         driver = self._driver(run_id, backend, hooks, req.interrupt, stop)
         self.drivers[run_id] = driver
+        snap: Snapshot | None = None
         try:
             backend.configure(req.settings)  # a missing setting fails here, recorded
             backend.check_resources(req.cpus, req.memory, req.gpus, req.settings)
             stop.check()
-            image, digest = self._image_for(run_id, driver, req, namespace)
+            image, digest, snap = self._image_for(
+                run_id, driver, req, namespace, warm=self._runs_warm(backend, req)
+            )
             stop.check()
-            self.ledger.update(run_id, image=image, snapshot_digest=digest)
+            # A snapshot run without a run image records none: --rerun makes one if needed.
+            self.ledger.update(run_id, image="" if snap else image, snapshot_digest=digest)
             if backend.needs_push:
                 driver.enter(run_id, Phase.PUSH)
                 image = backend.push(image, driver.hooks, run_id)
@@ -258,29 +267,45 @@ class RemoteRunner:
             )
             driver.enter(run_id, Phase.CANCELLED if interrupted else Phase.FAILED)
             self.drivers.pop(run_id, None)
+            self._keep(run_id, snap)
             raise
-        if req.sweep:
-            return self._sweep(run_id, name, backend, image, req, hooks, out_names, stop, namespace)
-        spec = self._spec(run_id, image, req, params=dict(req.params))
-        job = None
         try:
-            job = self._submit(driver, backend, spec)
-            if not req.wait:
-                handle = RunHandle(run_id, self)
-                handle.thread = threading.Thread(
-                    target=self._finish, args=(driver, job, spec, []), daemon=True
+            snapshot_dir = str(snap.directory) if snap else None
+            if req.sweep:
+                return self._sweep(
+                    run_id,
+                    name,
+                    backend,
+                    image,
+                    req,
+                    hooks,
+                    out_names,
+                    stop,
+                    namespace,
+                    snapshot_dir,
                 )
-                handle.thread.start()
-                return handle
-            result = self._finish(driver, job, spec, out_names)
-        except KeyboardInterrupt:
-            # Wherever Ctrl-C lands once the job exists, the run is cancelled (or detached).
-            if job is not None and not driver.detaches():
-                driver.cancel_and_clean(job)
-            raise
-        result.raise_for_status()
-        namespace.update(load_results(result.outputs, out_names))
-        return result
+            spec = self._spec(run_id, image, req, params=dict(req.params), snapshot=snapshot_dir)
+            job = None
+            try:
+                job = self._submit(driver, backend, spec)
+                if not req.wait:
+                    handle = RunHandle(run_id, self)
+                    handle.thread = threading.Thread(
+                        target=self._finish, args=(driver, job, spec, []), daemon=True
+                    )
+                    handle.thread.start()
+                    return handle
+                result = self._finish(driver, job, spec, out_names)
+            except KeyboardInterrupt:
+                # Wherever Ctrl-C lands once the job exists, the run is cancelled (or detached).
+                if job is not None and not driver.detaches():
+                    driver.cancel_and_clean(job)
+                raise
+            result.raise_for_status()
+            namespace.update(load_results(result.outputs, out_names))
+            return result
+        finally:
+            self._keep(run_id, snap)
 
     def _driver(
         self,
@@ -384,26 +409,40 @@ class RemoteRunner:
 
     # -------------------------------------------------------------- phases
     def _image_for(
-        self, run_id: str, driver: RunDriver, req: RemoteRequest, namespace: Mapping[str, Any]
-    ) -> tuple[str, str]:
+        self,
+        run_id: str,
+        driver: RunDriver,
+        req: RemoteRequest,
+        namespace: Mapping[str, Any],
+        warm: bool,
+    ) -> tuple[str, str, Snapshot | None]:
+        """(image, snapshot digest, the snapshot when the image is only its runtime)."""
         if not req.rerun:
-            return self._snapshot_and_build(run_id, driver, req, namespace)
+            driver.enter(run_id, Phase.SNAPSHOT)
+            snap = snapshot(namespace, req.cell, variables=req.variables, all_vars=req.all_vars)
+            return self._build(run_id, driver, req, snap, warm)
         prior = self.ledger.get(req.rerun)
-        if not prior.get("image"):
+        if prior.get("image"):
+            return prior["image"], prior["snapshot_digest"], None
+        kept = self.kept_snapshot(req.rerun)
+        if kept is None:
             raise NbcontainerError(
-                f"Run {req.rerun} has no image to run again (it failed before its "
-                "build finished); run the cell without --rerun."
+                f"Run {req.rerun} has no image or snapshot to run again (it failed before "
+                "its build finished); run the cell without --rerun."
             )
-        return prior["image"], prior["snapshot_digest"]
+        snap = Snapshot.load(kept)
+        if not snap.verify(prior["snapshot_digest"]):
+            raise NbcontainerError(
+                f"The snapshot kept for run {req.rerun} ({kept}) is not the one it ran: its "
+                "files changed since. Run the cell without --rerun."
+            )
+        return self._build(run_id, driver, req, snap, warm)
 
-    def _record(self, run_id: str, phase: Phase, at: float) -> None:
-        self.ledger.add_phase(run_id, phase.value, at)
-
-    def _snapshot_and_build(
-        self, run_id: str, driver: RunDriver, req: RemoteRequest, namespace: Mapping[str, Any]
-    ) -> tuple[str, str]:
-        driver.enter(run_id, Phase.SNAPSHOT)
-        snap = snapshot(namespace, req.cell, variables=req.variables, all_vars=req.all_vars)
+    def _build(
+        self, run_id: str, driver: RunDriver, req: RemoteRequest, snap: Snapshot, warm: bool
+    ) -> tuple[str, str, Snapshot | None]:
+        """The BUILD phase: the snapshot's runtime image (warm: the snapshot is copied into
+        a container of it), else its run image."""
         try:
             skipped = [f"{v.name} ({v.skipped})" for v in snap.skipped]
             if skipped:
@@ -411,7 +450,7 @@ class RemoteRunner:
             if driver.stop is not None:
                 driver.stop.check()
             driver.enter(run_id, Phase.BUILD)
-            image = self.image_builder(
+            image = (self.runtime_builder if warm else self.image_builder)(
                 snap,
                 base=req.base,
                 allow_unpinned=req.allow_unpinned,
@@ -423,11 +462,63 @@ class RemoteRunner:
                     "[nbcontainer] not in the image (no wheel for its platform): "
                     + ", ".join(image.skipped_requirements),
                 )
-            return image.tag, snap.digest
-        finally:
+        except BaseException:
             snap.cleanup()
+            raise
+        if warm:
+            return image.tag, snap.digest, snap
+        snap.cleanup()
+        return image.tag, snap.digest, None
 
-    def _spec(self, run_id: str, image: str, req: RemoteRequest, params: dict[str, Any]) -> RunSpec:
+    def _record(self, run_id: str, phase: Phase, at: float) -> None:
+        self.ledger.add_phase(run_id, phase.value, at)
+
+    @staticmethod
+    def _runs_warm(backend: Backend, req: RemoteRequest) -> bool:
+        """Whether this run goes without a run image: its backend runs snapshots (the local
+        backend's warm pool), the cell waits for it, and the pool is not turned off."""
+        return (
+            backend.runs_snapshots
+            and req.wait
+            and int(req.settings.get("run_pool_size", 1) or 0) > 0
+        )
+
+    def kept_snapshot(self, run_id: str) -> Path | None:
+        """Where a run without a run image keeps its snapshot (a sweep's children: their
+        parent's), for --rerun; None when it has none."""
+        row = self.ledger.get(run_id)
+        for owner in (run_id, row.get("parent")):
+            if owner:
+                kept = self.ledger.run_dir(owner) / "snapshot"
+                if kept.is_dir():
+                    return kept
+        return None
+
+    def _keep(self, run_id: str, snap: Snapshot | None) -> None:
+        """Keep the snapshot of a run without a run image in the run's directory, so that
+        --rerun can run it again (or make its image): moved there, or, for one read back
+        from another run's directory, linked there (the files are shared, not copied)."""
+        if snap is None:
+            return
+        kept = self.ledger.run_dir(run_id) / "snapshot"
+        if snap.directory == kept or kept.exists():
+            snap.cleanup()
+            return
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        if snap.owned:
+            shutil.move(str(snap.directory), kept)
+        else:
+            shutil.copytree(snap.directory, kept, copy_function=_link_or_copy)
+        kept.chmod(0o700)
+
+    def _spec(
+        self,
+        run_id: str,
+        image: str,
+        req: RemoteRequest,
+        params: dict[str, Any],
+        snapshot: str | None = None,
+    ) -> RunSpec:
         # The signing key reaches the run only here, at run time, in its environment.
         row = self.ledger.get(run_id)
         return RunSpec(
@@ -445,6 +536,7 @@ class RemoteRunner:
             settings=dict(req.settings),
             metric_names=list(req.metric_names),
             workdir=str(self.ledger.run_dir(run_id)),
+            snapshot=snapshot,
         )
 
     def _submit(self, driver: RunDriver, backend: Backend, spec: RunSpec) -> Job:
@@ -525,6 +617,7 @@ class RemoteRunner:
         out_names: list[str],
         stop: StopSignal,
         namespace: dict[str, Any],
+        snapshot_dir: str | None = None,
     ) -> dict[str, Any]:
         rows = req.sweep_rows
         digest = self.ledger.get(parent)["snapshot_digest"]
@@ -533,7 +626,7 @@ class RemoteRunner:
             child = self.ledger.create(
                 name, backend.name, params={**req.params, **row}, parent=parent
             )
-            self.ledger.update(child, image=image, snapshot_digest=digest)
+            self.ledger.update(child, image="" if snapshot_dir else image, snapshot_digest=digest)
             children.append((child, row))
         parent_driver = self.drivers[parent]
         drivers = {c: self._driver(c, backend, hooks, "cancel", stop) for c, _ in children}
@@ -553,7 +646,9 @@ class RemoteRunner:
                 self.ledger.update(child, failure="cancelled before it started")
                 self.ledger.add_phase(child, Phase.CANCELLED.value)
                 raise KeyboardInterrupt
-            spec = self._spec(child, image, req, params={**req.params, **row})
+            spec = self._spec(
+                child, image, req, params={**req.params, **row}, snapshot=snapshot_dir
+            )
             job = self._submit(driver, backend, spec)
             return self._finish(driver, job, spec, out_names)
 
@@ -728,6 +823,13 @@ def combine_sweep(
                 frames, ignore_index=not isinstance(frames[0].index, pd.DatetimeIndex)
             )
     return combined
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem
+        shutil.copy2(src, dst)
 
 
 def _read_logs(dest: Path) -> list[str]:

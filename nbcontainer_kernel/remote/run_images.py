@@ -43,6 +43,8 @@ from ..wheels import TargetPython, pinned, resolve_wheels
 __all__ = [
     "RunImage",
     "build_run_image",
+    "build_runtime_image",
+    "package_digest",
     "default_base",
     "remove_run_image",
     "remove_run_images_of",
@@ -454,30 +456,56 @@ def _commit_kernel(engine: Engine, snap: Snapshot, say: Callable[[str], None]) -
     return tag, False
 
 
-# -------------------------------------------------------------- snapshot layer
-_RUN_DOCKERFILE = """\
+# --------------------------------------------------------------- runtime layer
+_RUNTIME_DOCKERFILE = """\
 FROM {deps}
-{runtime_copy}COPY snapshot {snapshot_dir}
-ENTRYPOINT ["{venv}/bin/nbcontainer-run"]
+{runtime_copy}ENTRYPOINT ["{venv}/bin/nbcontainer-run"]
 CMD []
 LABEL {labels}
 """
 
+_RUN_DOCKERFILE = """\
+FROM {runtime}
+COPY snapshot {snapshot_dir}
+LABEL {labels}
+"""
 
-def build_run_image(
+_package_digest: str | None = None
+
+
+def _package_tree() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def package_digest() -> str:
+    """A digest of this package's code as a runtime layer copies it (once per process)."""
+    global _package_digest
+    if _package_digest is None:
+        h = hashlib.sha256()
+        root = _package_tree()
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        _package_digest = h.hexdigest()
+    return _package_digest
+
+
+def build_runtime_image(
     snap: Snapshot,
     *,
     base: str | None = None,
-    tag: str | None = None,
     engine: Engine | None = None,
     on_line: Callable[[str], None] | None = None,
     allow_unpinned: bool = False,
 ) -> RunImage:
-    """Build the image that runs `snap` (cell or notebook mode), reusing the dependency layer.
+    """The image a snapshot runs on: its dependency layer (cached per lock), this package's
+    code (cached per digest) and the runner as its entry point. `%%remote_run --local`
+    copies the snapshot into a container of it (no build per run); :func:`build_run_image`
+    adds the snapshot as a layer, so both run on the same files.
 
     A pinned distribution with no wheel for the image is left out and reported
-    (RunImage.skipped_requirements); allow_unpinned takes the newest version of
-    the same name from the package index instead.
+    (RunImage.skipped_requirements); allow_unpinned takes the newest version of the same
+    name from the package index instead.
     """
     engine = engine or get_engine()
     say = on_line or (lambda _l: None)
@@ -485,7 +513,8 @@ def build_run_image(
     t0 = time.perf_counter()
     skipped: list[str] = []
     runtime = RUNTIME_FOR_NOTEBOOKS if snap.mode == "notebook" else RUNTIME_FOR_CELLS
-    if base is None and snap.kernel.get("kernel_id"):
+    committed = base is None and bool(snap.kernel.get("kernel_id"))
+    if committed:
         deps, reused = _commit_kernel(engine, snap, say)
         target = _target(engine, deps)
         _check_python(deps, target, snap)
@@ -498,7 +527,50 @@ def build_run_image(
             engine, base, snap, target, runtime, say, allow_unpinned
         )
     timings["dependencies"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    # A committed kernel has this package installed already (its kernel image's).
+    code = "" if committed else package_digest()
+    key = hashlib.sha256(json.dumps([engine.get_image(deps).id, code]).encode()).hexdigest()[:20]
+    tag = f"nbcontainer/runtime:{key}"
+    if not engine.has_image(tag):
+        image_labels = {
+            labels.ROLE: labels.ROLE_RUNTIME_IMAGE,
+            labels.DEPS_KEY: key,
+            labels.PYTHON: ".".join(map(str, target.version)),
+            labels.OCI_BASE_NAME: base or snap.kernel.get("image", ""),
+            labels.OCI_CREATED: labels.now_iso(),
+            labels.OCI_SOURCE: labels.SOURCE_URL,
+        }
+        dockerfile = _RUNTIME_DOCKERFILE.format(
+            deps=deps,
+            venv=VENV,
+            labels=dockerfile_labels(image_labels),
+            runtime_copy="" if committed else f"COPY runtime {RUNTIME_DIR}\n",
+        )
+        trees = {} if committed else {"runtime/nbcontainer_kernel": _package_tree()}
+        engine.build(build_context(dockerfile, trees), tag, on_line=say)
+    timings["runtime_layer"] = time.perf_counter() - t1
+    image = engine.get_image(tag)
+    return RunImage(tag, image.id, snap.digest, deps, reused, timings, skipped)
 
+
+# -------------------------------------------------------------- snapshot layer
+def build_run_image(
+    snap: Snapshot,
+    *,
+    base: str | None = None,
+    tag: str | None = None,
+    engine: Engine | None = None,
+    on_line: Callable[[str], None] | None = None,
+    allow_unpinned: bool = False,
+) -> RunImage:
+    """Build the image that runs `snap` (cell or notebook mode): its runtime image
+    (:func:`build_runtime_image`, cached) with the snapshot as one more layer."""
+    engine = engine or get_engine()
+    say = on_line or (lambda _l: None)
+    runtime = build_runtime_image(
+        snap, base=base, engine=engine, on_line=say, allow_unpinned=allow_unpinned
+    )
     t1 = time.perf_counter()
     image_labels = {
         labels.ROLE: labels.ROLE_RUN_IMAGE,
@@ -513,25 +585,25 @@ def build_run_image(
         labels.OCI_SOURCE: snap.notebook or labels.SOURCE_URL,
         labels.OCI_BASE_NAME: base or snap.kernel.get("image", ""),
     }
-    committed = base is None and bool(snap.kernel.get("kernel_id"))
-    # A committed kernel has this package installed already (its kernel image's).
-    runtime_copy = "" if committed else f"COPY runtime {RUNTIME_DIR}\n"
     dockerfile = _RUN_DOCKERFILE.format(
-        deps=deps,
-        snapshot_dir=SNAPSHOT_DIR,
-        venv=VENV,
-        labels=dockerfile_labels(image_labels),
-        runtime_copy=runtime_copy,
+        runtime=runtime.tag, snapshot_dir=SNAPSHOT_DIR, labels=dockerfile_labels(image_labels)
     )
     if not (snap.directory / MANIFEST).exists():
         snap.write_manifest()
     tag = tag or f"nbcontainer/run:{snap.digest[:16]}"
-    trees = {"snapshot": snap.directory}
-    if not committed:
-        trees["runtime/nbcontainer_kernel"] = Path(__file__).resolve().parent.parent  # the package
-    image, _ = engine.build(build_context(dockerfile, trees), tag, on_line=say)
-    timings["snapshot_layer"] = time.perf_counter() - t1
-    return RunImage(tag, image.id, snap.digest, deps, reused, timings, skipped)
+    image, _ = engine.build(
+        build_context(dockerfile, {"snapshot": snap.directory}), tag, on_line=say
+    )
+    timings = {**runtime.timings, "snapshot_layer": time.perf_counter() - t1}
+    return RunImage(
+        tag,
+        image.id,
+        snap.digest,
+        runtime.deps_image,
+        runtime.deps_reused,
+        timings,
+        runtime.skipped_requirements,
+    )
 
 
 def _shown_parameters(parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:

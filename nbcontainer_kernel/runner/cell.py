@@ -52,7 +52,9 @@ def restore_namespace(snap: Snapshot) -> dict[str, Any]:
     return ns
 
 
-def _shell():
+def shell():  # noqa: ANN201 - IPython's InteractiveShell, imported here
+    """The shell cells run in: made on first call (a warm runner makes it while it waits),
+    with a display publisher of the run's own, new on every call."""
     from IPython.core.displaypub import DisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -68,9 +70,9 @@ def _shell():
             if "text/plain" in data:
                 print(data["text/plain"], flush=True)
 
-    shell = InteractiveShell.instance(colors="nocolor")
-    shell.display_pub = KeepingPublisher(shell=shell)
-    return shell
+    ip = InteractiveShell.instance(colors="nocolor")
+    ip.display_pub = KeepingPublisher(shell=ip)
+    return ip
 
 
 def _jsonable(obj: Any) -> Any:
@@ -92,22 +94,22 @@ def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths, index: dict[s
     """Run the snapshot's cell; write results (their entries go into `index`), metrics and
     (on error) the failure. Returns the exit code."""
     restore_environment(snap)
-    shell = _shell()
+    ip = shell()
     ns = restore_namespace(snap)
     ns.update(params)  # parameters override restored variables of the same name
-    shell.user_ns.update(ns)
-    before = {k: id(v) for k, v in shell.user_ns.items()}
-    result = shell.run_cell(snap.cell, store_history=False, silent=False)
+    ip.user_ns.update(ns)
+    before = {k: id(v) for k, v in ip.user_ns.items()}
+    result = ip.run_cell(snap.cell, store_history=False, silent=False)
     sys.stdout.flush()
     sys.stderr.flush()
 
     error = result.error_before_exec or result.error_in_exec
     imported = names_imported(snap.cell)
-    assigned = [n for n in names_assigned(snap.cell) if n in shell.user_ns and n not in imported]
+    assigned = [n for n in names_assigned(snap.cell) if n in ip.user_ns and n not in imported]
     # Names bound another way (exec, globals(), a magic) count too, imports do not.
     changed = [
         k
-        for k, v in shell.user_ns.items()
+        for k, v in ip.user_ns.items()
         if k not in assigned
         and k not in imported
         and (k not in before or before[k] != id(v))
@@ -117,10 +119,10 @@ def run_cell(snap: Snapshot, params: dict[str, Any], paths: Paths, index: dict[s
     ]
     index.update(
         write_results(
-            shell.user_ns,
+            ip.user_ns,
             assigned + changed,
             result.result if error is None else None,
-            shell.display_pub.kept,
+            ip.display_pub.kept,
             params,
             paths,
         )

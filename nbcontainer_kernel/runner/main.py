@@ -21,12 +21,29 @@ __all__ = ["main", "train"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [WAIT_FLAG]:  # a warm pool's container: the run arrives later
+        argv = wait_for_claim(argv[1])
+        from ..contract import EXIT_MARK_ENV
+
+        mark = os.environ.pop(EXIT_MARK_ENV, None)
+        code = _main(argv)
+        if mark:
+            # Sealed (and uploaded) already: say so, and skip the interpreter's teardown
+            # (IPython's, a tenth of a second) that nobody waits for.
+            sys.stderr.flush()
+            print(f"[nbcontainer] exit {code} {mark}", flush=True)
+            os._exit(code)
+        return code
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     # The signing key first, before any code of the snapshot's runs: out of os.environ,
     # so neither the cell, nor its subprocesses, nor a printed environment see it.
     from ..trust import KEY_ENV
 
     key = os.environ.pop(KEY_ENV, None)
-    argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         argv = argv[1:]
     p = argparse.ArgumentParser(
@@ -53,6 +70,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             carry_unreturned(paths, failed=code != 0)
         code = _upload(paths, code)
     return code
+
+
+WAIT_FLAG = "--wait-for-claim"
+# What a run imports on its way, done while the container waits (the cell's own imports,
+# numpy's included, stay the cell's).
+_PRELOAD = (
+    "nbcontainer_kernel.runner.cell",
+    "nbcontainer_kernel.trust",
+    "IPython.core.interactiveshell",
+    "cloudpickle",
+)
+
+
+def wait_for_claim(claim_file: str) -> list[str]:
+    """In a warm pool's container: import what every run needs, say so, and wait for the
+    claim (the snapshot beside it). Returns the runner's arguments; the claim's environment
+    (the signing key, the parameters) is put in os.environ and the file removed."""
+    import importlib
+    import json
+    import signal
+
+    from ..contract import POOL_READY_MARK
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
+    for name in _PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # imported (and reported) where the run needs it
+            pass
+    from .cell import shell
+
+    shell()  # IPython's shell, made once: the run's cell runs in it
+    print(POOL_READY_MARK, flush=True)
+    while not os.path.exists(claim_file):
+        signal.sigtimedwait({signal.SIGWINCH}, 1.0)  # a lost signal costs a second
+    with open(claim_file) as f:
+        claim = json.load(f)
+    os.unlink(claim_file)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGWINCH})
+    os.environ.update(claim.get("env") or {})
+    return [str(a) for a in claim.get("argv") or []]
 
 
 def _upload(paths: Paths, code: int) -> int:

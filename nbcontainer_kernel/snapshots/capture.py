@@ -147,12 +147,22 @@ class Snapshot:
                     )
         return h.hexdigest()
 
+    def verify(self, expected_digest: str) -> bool:
+        """Whether the files are the ones the digest was made of (a kept snapshot is read
+        back only when they are)."""
+        return bool(expected_digest) and self._compute_digest() == expected_digest
+
     @classmethod
     def load(cls, directory: Path) -> Snapshot:
         data = json.loads((Path(directory) / MANIFEST).read_text())
         data.pop("format", None)
         data["variables"] = [VariableRecord(**v) for v in data.get("variables", [])]
         return cls(directory=Path(directory), **data)
+
+    @property
+    def owned(self) -> bool:
+        """Whether this Snapshot made its directory (else it read one back)."""
+        return self._owned
 
     def cleanup(self) -> None:
         """Remove the snapshot's files (only when this Snapshot made its directory)."""

@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from nbcontainer_kernel import labels
+from nbcontainer_kernel.backends.local import run_containers
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.lab import Lab
@@ -174,7 +175,7 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                         1 if len(runs) > 1 else 0
                     ), rows
                     for run_id in runs:
-                        assert engine.containers({labels.RUN_ID: run_id}) == []
+                        assert run_containers(engine, run_id) == []
 
                 # A sweep that logs a metric: each child's row shows its parameter value and
                 # its latest metric; then %remote_compare --plot renders an image.

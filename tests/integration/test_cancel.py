@@ -10,7 +10,7 @@ from typing import Any
 
 from jupyter_client import KernelManager
 
-from nbcontainer_kernel import labels
+from nbcontainer_kernel.backends.local import run_containers
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import run
@@ -92,7 +92,7 @@ def test_cancel_stops_a_running_cell_within_seconds(
     assert len(reply["content"]["traceback"]) == 1, "one short line, not a traceback"
     row = ledger.get("cx-1")
     assert row["status"] == "CANCELLED" and row["failure"] == "cancelled"
-    assert engine.containers({labels.RUN_ID: "cx-1"}) == []
+    assert run_containers(engine, "cx-1") == []
 
 
 def test_cancel_stops_every_child_of_a_sweep(
@@ -115,4 +115,4 @@ def test_cancel_stops_every_child_of_a_sweep(
         "cs-4": "CANCELLED",
     }
     for child in ("cs-2", "cs-3", "cs-4"):
-        assert engine.containers({labels.RUN_ID: child}) == []
+        assert run_containers(engine, child) == []

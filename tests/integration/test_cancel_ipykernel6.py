@@ -18,7 +18,7 @@ import platformdirs
 import pytest
 from jupyter_client import KernelManager
 
-from nbcontainer_kernel import labels
+from nbcontainer_kernel.backends.local import run_containers
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import run
@@ -114,4 +114,4 @@ def test_cancel_reaches_an_ipykernel6_kernel_while_it_waits(
     assert took < 5, f"the cell ended {took:.1f} s after the click"
     assert reply["content"]["ename"] == "RunCancelled"
     assert ledger.get("six-2")["status"] == "CANCELLED"
-    assert engine.containers({labels.RUN_ID: "six-2"}) == []
+    assert run_containers(engine, "six-2") == []

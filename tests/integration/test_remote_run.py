@@ -9,7 +9,8 @@ import pandas as pd
 from jupyter_client import KernelManager
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel import labels
+from nbcontainer_kernel import labels, warm
+from nbcontainer_kernel.backends.local import run_containers
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.errors import RemoteExecutionError
 from nbcontainer_kernel.remote.ledger import Ledger
@@ -17,7 +18,10 @@ from tests.helpers import execute_notebook, interrupt_and_reply, run, stdout_of
 
 
 def _run_containers(engine: Engine, run_id: str) -> list:
-    return engine.containers({labels.RUN_ID: run_id})
+    """The run's containers, once the removals this process queued are done (a warm run
+    that succeeded is removed in the background)."""
+    warm.reaper.drain()
+    return run_containers(engine, run_id)
 
 
 def test_results_come_back_into_the_namespace(engine: Engine, ip, ledger: Ledger, capsys) -> None:

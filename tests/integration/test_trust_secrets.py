@@ -42,6 +42,10 @@ def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(
             "%%remote_run --local --name leak\nanswer = 6 * "
             "7\nprint(os.environ.get('PLAIN_SETTING'))",
             "print(answer)",
+            # The warm run made no image: its rerun, without the pool, makes one from the
+            # kept snapshot. Both are scanned.
+            "%config RemoteRun.run_pool_size = 0",
+            "%%remote_run --local --rerun leak-1\n# its image",
         ]
         outs = []
         for code in cells:
@@ -52,9 +56,13 @@ def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(
             "the extension removed the connection file; HOME is the tmpfs"
         )
         assert "keep-me-plain" in outs[4] and outs[5] == "42\n"
-        row = ledger.get("leak-1")
+        row, rerun = ledger.get("leak-1"), ledger.get("leak-2")
         assert row["status"] == "SUCCEEDED" and row["verified"] == "signed"
-        contents, names = _image_files(engine, row["image"])
+        assert row["image"] == "" and rerun["status"] == "SUCCEEDED" and rerun["image"]
+        kept = ledger.run_dir("leak-1") / "snapshot"
+        snapshot_files = b"".join(p.read_bytes() for p in sorted(kept.rglob("*")) if p.is_file())
+        contents, names = _image_files(engine, rerun["image"])
+        contents += snapshot_files
         secrets = {
             "connection key": km.session.key,
             "curve secret key": km.curve_secretkey or b"no-curve-key",
@@ -64,6 +72,7 @@ def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(
             "~/.aws file": b"AwsFileSecret33",
             "typed secret": b"TypedSecret11",
             "run key": row["run_key"].encode(),
+            "rerun's key": rerun["run_key"].encode(),
         }
         assert [what for what, s in secrets.items() if s in contents] == []
         paths = [

@@ -96,7 +96,7 @@ async def test_a_kernel_started_while_a_container_waits_claims_it(daemon: FakeDo
     assert set(daemon.containers_by_id) == before  # no container made for it
     assert prov.container_id == waiting.id
     assert waiting.name == "nbcontainer-kernel-fedcba9876543210"
-    assert waiting.signals == ["SIGUSR1"]
+    assert waiting.signals == ["SIGWINCH"]
     connection = json.loads(waiting.files[CONNECTION])
     claim = json.loads(waiting.files[CLAIM])
     assert connection["key"] and connection["shell_port"] == KERNEL_PORTS["shell_port"]
@@ -119,7 +119,7 @@ async def test_two_kernels_started_at_once_never_share_a_container(daemon: FakeD
 
     def claim(n: int) -> None:
         barrier.wait()
-        got.append(pool.claim(f"kernel{n}", {}, ["python3", "-m", "x"], {}, None, 0, 0))
+        got.append(pool.claim_kernel(f"kernel{n}", {}, ["python3", "-m", "x"], {}, None, 0, 0))
 
     threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
     for t in threads:
