@@ -4,7 +4,10 @@ The namespace holds numpy arrays and a DataFrame. "snapshot" is
 nbcontainer_kernel.snapshot() of those variables (serialize + manifest +
 digest) into a directory; "restore" reads every variable back. The baseline
 writes the same number of bytes as one file and reads it back, in the same
-directory. Throughputs are reported as ratios (target >= 0.5).
+directory. Each write starts after os.sync(), so that neither waits on the other's
+writeback. Throughputs are reported as ratios (targets: snapshot >= 0.8 of a plain write,
+restore >= 1.0 of a plain read). Restore memory-maps arrays' buffers: pages are read as
+they are touched, so "restore" is what a run pays before its cell starts.
 """
 
 from __future__ import annotations
@@ -39,8 +42,19 @@ def make_namespace(total_mib: int) -> dict:
     }
 
 
+def touch_page_by_page(values: dict) -> None:
+    """Read one byte of every 4 KiB page of every array (what a cell that uses all its
+    data makes a memory-mapped restore read)."""
+    for v in values.values():
+        arrays = [v] if isinstance(v, np.ndarray) else [v[c].to_numpy() for c in v.columns]
+        for a in arrays:
+            flat = a.reshape(-1).view(np.uint8)
+            int(flat[::4096].sum())
+
+
 def plain_file(path: Path, nbytes: int) -> tuple[float, float]:
     block = os.urandom(64 * 1024 * 1024)
+    os.sync()  # both writes start with no dirty pages waiting (no writeback throttling)
     t0 = time.perf_counter()
     with open(path, "wb") as fh:
         written = 0
@@ -69,6 +83,7 @@ def main() -> int:
     rows = []
     try:
         for _ in range(args.repeat):
+            os.sync()
             t0 = time.perf_counter()
             snap = snapshot(
                 ns,
@@ -84,15 +99,17 @@ def main() -> int:
             t0 = time.perf_counter()
             back = restore_namespace(snap)
             restore_s = time.perf_counter() - t0
+            touch_page_by_page(back)
+            touched_s = time.perf_counter() - t0
             assert set(back) == set(ns)
             del back
             shutil.rmtree(root / "snap")
             write_s, read_s = plain_file(root / "plain.bin", nbytes)
-            rows.append((nbytes, snap_s, restore_s, write_s, read_s))
+            rows.append((nbytes, snap_s, restore_s, write_s, read_s, touched_s))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     nbytes = rows[0][0]
-    med = [statistics.median(r[i] for r in rows) for i in range(1, 5)]
+    med = [statistics.median(r[i] for r in rows) for i in range(1, 6)]
     mb = nbytes / 1e6
     print(f"namespace: {nbytes / 2**30:.2f} GiB in 4 variables; median of {args.repeat}")
     print(
@@ -102,6 +119,10 @@ def main() -> int:
     print(
         f"  restore   {mb / med[1]:8.0f} MB/s   plain read  {mb / med[3]:8.0f} MB/s   ratio "
         f"{med[3] / med[1]:.2f}"
+    )
+    print(
+        f"  restore, then every page touched once {mb / med[4]:8.0f} MB/s   ratio "
+        f"{med[3] / med[4]:.2f}"
     )
     return 0
 

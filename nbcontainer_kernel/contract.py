@@ -17,6 +17,8 @@ __all__ = [
     "RUN_CLAIM_FILE",
     "POOL_READY_MARK",
     "EXIT_MARK_ENV",
+    "OUTPUT_URI_ENV",
+    "PLATFORM_ENV",
     "DEFAULT_BASE_IMAGE",
 ]
 
@@ -43,6 +45,10 @@ POOL_READY_MARK = "nbcontainer-pool: ready"
 #: host collects without waiting for Docker to see the container stop. The token is out
 #: of the environment before the cell runs, so no cell can print the line.
 EXIT_MARK_ENV = "NBCONTAINER_EXIT_MARK"
+#: Where a run puts its sealed outputs when the platform does not collect them (Batch).
+OUTPUT_URI_ENV = "NBCONTAINER_OUTPUT_URI"
+#: Set to "sagemaker" in a training job's environment: outputs go back SageMaker's way.
+PLATFORM_ENV = "NBCONTAINER_PLATFORM"
 #: A kernel's /tmp and HOME: a tmpfs, so nothing written there (IPython's history, snapshot
 #: work directories, ~/.aws) is ever in an image committed from the kernel.
 KERNEL_SCRATCH = "/tmp"

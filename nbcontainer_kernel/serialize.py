@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import pickle
 import types
@@ -90,7 +91,7 @@ class FileSource(Protocol):
 
     def read_bytes(self, name: str) -> bytes: ...
 
-    def read_buffer(self, name: str) -> bytearray: ...
+    def read_buffer(self, name: str) -> bytearray | mmap.mmap: ...
 
 
 class DirectorySource:
@@ -107,8 +108,8 @@ class DirectorySource:
     def read_bytes(self, name: str) -> bytes:
         return self._path(name).read_bytes()
 
-    def read_buffer(self, name: str) -> bytearray:
-        return read_into_bytearray(self._path(name))
+    def read_buffer(self, name: str) -> bytearray | mmap.mmap:
+        return map_file(self._path(name))
 
 
 def type_name(obj: Any) -> str:
@@ -252,9 +253,11 @@ def _write_arrow(name: str, tname: str, obj: Any, kind: str, dest: Path, base: s
         meta[_META_KIND] = series_kind
     table = table.replace_schema_metadata(meta)
     path = dest / f"{base}.arrow"
-    # Uncompressed: snapshots and results stay local or cross a fast link, and
-    # writing at disk speed matters more than a smaller file.
-    with ipc.new_file(str(path), table.schema) as writer:
+    # Uncompressed when the file stays on this machine (a snapshot, a --local run's
+    # results): written at disk speed and memory-mapped on read. Zstandard when a run's
+    # outputs cross a network (uploaded to S3 from Batch, returned by SageMaker).
+    options = ipc.IpcWriteOptions(compression="zstd" if _outputs_travel() else None)
+    with ipc.new_file(str(path), table.schema, options=options) as writer:
         if table.num_rows:
             writer.write_table(table)
         else:  # an explicit empty batch: without one, categoricals lose their categories
@@ -264,6 +267,13 @@ def _write_arrow(name: str, tname: str, obj: Any, kind: str, dest: Path, base: s
                 )
             )
     return Serialized(name, tname, ARROW, [path.name], path.stat().st_size)
+
+
+def _outputs_travel() -> bool:
+    """Whether this process is a run whose outputs go over a network (see above)."""
+    from .contract import OUTPUT_URI_ENV, PLATFORM_ENV
+
+    return bool(os.environ.get(OUTPUT_URI_ENV)) or os.environ.get(PLATFORM_ENV) == "sagemaker"
 
 
 def _write_pickle(name: str, tname: str, obj: Any, dest: Path, base: str) -> Serialized:
@@ -304,8 +314,8 @@ def deserialize(
         return importlib.import_module(entry.module or entry.name)
     if not entry.files:
         raise SerializationError(f"no files listed for {entry.name}")
-    if entry.serializer == ARROW:
-        return _read_arrow(source.read_bytes(entry.files[0]))
+    if entry.serializer == ARROW:  # read through a memory map: one copy, into pandas
+        return _read_arrow(source.read_buffer(entry.files[0]))
     if entry.serializer == JSON:
         return json.loads(source.read_bytes(entry.files[0]))
     if entry.serializer == PARQUET:
@@ -321,7 +331,7 @@ def deserialize(
     raise SerializationError(f"unknown serializer {entry.serializer!r} for {entry.name}")
 
 
-def _read_arrow(data: bytes) -> Any:
+def _read_arrow(data: bytes | bytearray | mmap.mmap) -> Any:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.ipc as ipc
@@ -355,19 +365,14 @@ def _read_parquet(data: bytes, series: bool) -> Any:
     return frame
 
 
-def read_into_bytearray(path: Path) -> bytearray:
-    """A file's bytes in a bytearray (so arrays restored on it are writable), no extra copy."""
-    size = os.path.getsize(path)
-    buf = bytearray(size)
-    with open(path, "rb", buffering=0) as fh:
-        view = memoryview(buf)
-        pos = 0
-        while pos < size:
-            n = fh.readinto(view[pos:])
-            if not n:
-                break
-            pos += n
-    return buf
+def map_file(path: Path) -> bytearray | mmap.mmap:
+    """A file's bytes, memory-mapped copy-on-write: arrays restored on it are writable, no
+    byte is copied until it is written, and pages are read as they are touched (zero-copy
+    restore). An empty file gives an empty bytearray (nothing to map)."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return bytearray()
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
 
 
 def dumps_exception(exc: BaseException) -> bytes:

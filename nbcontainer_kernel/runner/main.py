@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..contract import OUTPUT_URI_ENV
 from .paths import Paths
 
 __all__ = ["main", "train"]
@@ -117,6 +118,9 @@ def _upload(paths: Paths, code: int) -> int:
     """Put the sealed outputs where NBCONTAINER_OUTPUT_URI says (Batch), also after a
     failure; a run whose outputs could not be put there fails, saying why."""
     from .sweep import SWEEP_ENV, SWEEP_URI_ENV, array_index
+
+    if not os.environ.get(OUTPUT_URI_ENV):
+        return code  # a local run: nothing to put anywhere (and no HTTP client to import)
     from .upload import URI_ENV, UploadError, upload_outputs
 
     env = dict(os.environ)
@@ -138,7 +142,11 @@ def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> in
     from .cell import write_failure
     from .params import checked, resolve_params
     from .sweep import sweep_row
-    from .upload import get_object
+
+    def get_object(uri: str, env: Any) -> bytes:  # only a sweep of an array job reads S3
+        from .upload import get_object as get
+
+        return get(uri, env)
 
     t0 = time.monotonic()
     try:

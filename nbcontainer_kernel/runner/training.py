@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import contract
 from .paths import Paths
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
     "restore_carried",
 ]
 
-PLATFORM_ENV = "NBCONTAINER_PLATFORM"
+PLATFORM_ENV = contract.PLATFORM_ENV
 #: The input channel of a parameter set too large for hyperparameters.
 PARAMS_CHANNEL = "nbcontainer-params"
 PARAMS_FILE = "params.json"

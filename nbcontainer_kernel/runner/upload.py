@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import OUTPUT_URI_ENV
+
 __all__ = [
     "Credentials",
     "OUTPUTS_OBJECT",
@@ -40,7 +42,7 @@ __all__ = [
     "upload_outputs",
 ]
 
-URI_ENV = "NBCONTAINER_OUTPUT_URI"
+URI_ENV = OUTPUT_URI_ENV
 OUTPUTS_OBJECT = "outputs.tar.gz"
 #: Where ECS and Batch serve a task's role credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI).
 CONTAINER_CREDENTIALS_HOST = "http://169.254.170.2"

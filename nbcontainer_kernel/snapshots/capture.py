@@ -9,22 +9,39 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import labels
 from ..contract import SNAPSHOT_DIR
 from ..errors import SerializationError
 from ..serialize import Serialized, serialize_value, type_name
-from .deps import Dependencies, capture_dependencies, python_version
-from .env import filter_env, looks_like_secret
 from .names import is_ipython_name, names_read
-from .sources import collect_sources
+
+if TYPE_CHECKING:
+    from .deps import Dependencies
+
+# A run's runner loads snapshots (Snapshot.load) on every start: what only taking one needs
+# (distribution metadata, the secret filter, source trees) is imported when one is taken.
+
+
+def _python_version() -> str:
+    from .deps import python_version
+
+    return python_version()
+
+
+def _now() -> str:
+    from ..labels import now_iso
+
+    return now_iso()
+
 
 __all__ = ["Snapshot", "VariableRecord", "snapshot", "SNAPSHOT_DIR", "MANIFEST"]
 
@@ -57,7 +74,7 @@ class Snapshot:
     variables: list[VariableRecord] = field(default_factory=list)
     env_names: list[str] = field(default_factory=list)
     env_secrets_dropped: list[str] = field(default_factory=list)
-    python: str = field(default_factory=python_version)
+    python: str = field(default_factory=_python_version)
     packages: dict[str, str] = field(default_factory=dict)
     requirements: list[str] = field(default_factory=list)  # resolved with their dependencies
     local_packages: list[dict[str, Any]] = field(default_factory=list)
@@ -66,15 +83,24 @@ class Snapshot:
     notebook: str | None = None
     parameters: list[dict[str, Any]] = field(default_factory=list)
     kernel: dict[str, str] = field(default_factory=dict)
-    created: str = field(default_factory=labels.now_iso)
+    created: str = field(default_factory=_now)
     digest: str = ""
     _owned: bool = False
+    # Files being hashed (path -> (size when queued, its chunks' digests to come)).
+    _pending: dict[str, tuple[int, list[Future[bytes]]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     # -------------------------------------------------------------- views
     def manifest(self) -> dict[str, Any]:
-        data = asdict(self)
+        pending, self._pending = self._pending, {}  # futures are not data (nor copyable)
+        try:
+            data = asdict(self)
+        finally:
+            self._pending = pending
         data.pop("directory")
         data.pop("_owned")
+        data.pop("_pending")
         data["format"] = FORMAT
         return data
 
@@ -130,21 +156,29 @@ class Snapshot:
         self.digest = self._compute_digest()
         (self.directory / MANIFEST).write_text(json.dumps(self.manifest(), indent=1, default=str))
 
+    def hash_later(self, path: Path) -> None:
+        """Start hashing a file just written, on worker threads, while the snapshot goes on
+        being written (its digest then costs little more than its writing)."""
+        self._pending[str(path)] = (path.stat().st_size, _chunk_futures(path))
+
     def _compute_digest(self) -> str:
+        """SHA-256 over the manifest (less its date and digest) and, per file in path order,
+        its path and its digest: the SHA-256 of its 32 MiB chunks' SHA-256s, computed on
+        every core."""
         h = hashlib.sha256()
         body = self.manifest()
         for key in ("created", "digest"):
             body.pop(key, None)
         h.update(json.dumps(body, sort_keys=True, default=str).encode())
-        for path in sorted(self.directory.rglob("*")):
-            if path.is_file() and path.name != MANIFEST:
-                h.update(path.relative_to(self.directory).as_posix().encode())
-                with open(path, "rb") as fh:
-                    h.update(
-                        hashlib.file_digest(fh, "sha256").digest()
-                        if hasattr(hashlib, "file_digest")
-                        else hashlib.sha256(fh.read()).digest()
-                    )
+        files = [p for p in sorted(self.directory.rglob("*")) if p.is_file() and p.name != MANIFEST]
+        pending, self._pending = self._pending, {}
+        chunks = []
+        for path in files:  # every file's chunks queued before any is waited for
+            size, futures = pending.get(str(path), (-1, []))
+            chunks.append(futures if size == path.stat().st_size else _chunk_futures(path))
+        for path, futures in zip(files, chunks, strict=True):
+            h.update(path.relative_to(self.directory).as_posix().encode())
+            h.update(hashlib.sha256(b"".join(f.result() for f in futures)).digest())
         return h.hexdigest()
 
     def verify(self, expected_digest: str) -> bool:
@@ -156,6 +190,7 @@ class Snapshot:
     def load(cls, directory: Path) -> Snapshot:
         data = json.loads((Path(directory) / MANIFEST).read_text())
         data.pop("format", None)
+        data.pop("_pending", None)
         data["variables"] = [VariableRecord(**v) for v in data.get("variables", [])]
         return cls(directory=Path(directory), **data)
 
@@ -221,6 +256,10 @@ def snapshot(
     secret filter; dependencies are captured as a lock; local code under
     `cwd` and the notebook (when the kernel knows its path) travel as files.
     """
+    from .deps import capture_dependencies
+    from .env import filter_env, looks_like_secret
+    from .sources import collect_sources
+
     env = dict(os.environ if env is None else env)
     cwd_path = Path(cwd or os.getcwd()).resolve()
     owned = dest is None
@@ -249,7 +288,10 @@ def snapshot(
                     )
                 )
                 continue
-            snap.variables.append(_capture_one(name, value, directory / "vars"))
+            record = _capture_one(name, value, directory / "vars")
+            snap.variables.append(record)
+            for f in record.files:
+                snap.hash_later(directory / f)
 
         kept, secrets, _machine = filter_env(env)
         (directory / "env.json").write_text(json.dumps(kept))
@@ -284,6 +326,33 @@ def snapshot(
     except BaseException:
         snap.cleanup()
         raise
+
+
+_CHUNK = 32 << 20
+_digest_pool: ThreadPoolExecutor | None = None
+
+
+def _chunk_futures(path: Path) -> list[Future[bytes]]:
+    """The SHA-256 of each 32 MiB chunk of a file, computed on a pool of one thread per
+    core (hashlib lets go of the GIL), reading through a memory map (no copy)."""
+    global _digest_pool
+    if _digest_pool is None:
+        _digest_pool = ThreadPoolExecutor(
+            max(2, os.cpu_count() or 2), thread_name_prefix="nbcontainer-digest"
+        )
+    size = path.stat().st_size
+    return [
+        _digest_pool.submit(_chunk_digest, str(path), offset, min(_CHUNK, size - offset))
+        for offset in range(0, size, _CHUNK)
+    ] or [_digest_pool.submit(_chunk_digest, str(path), 0, 0)]
+
+
+def _chunk_digest(path: str, offset: int, length: int) -> bytes:
+    if length == 0:
+        return hashlib.sha256(b"").digest()
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with memoryview(mm) as view, view[offset : offset + length] as chunk:
+            return hashlib.sha256(chunk).digest()
 
 
 def copy_notebook_without_outputs(src: Path, dest: Path) -> None:

@@ -339,3 +339,55 @@ def test_threads_do_not_leak_from_a_follower() -> None:
     follower.wait(5)
     time.sleep(0.05)
     assert threading.active_count() == before and follower.done.is_set()
+
+
+# ------------------------------------------------------------ runner imports
+IMPORTS_OF_A_RUN = """\
+import json, sys
+from nbcontainer_kernel.runner.main import main
+code = main([])
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("values", "cell", "needed", "not_needed"),
+    [
+        (
+            {"x": 1, "xs": [1.5, "a"]},
+            "y = x + 1",
+            set(),
+            {"pandas", "pyarrow", "numpy", "urllib.request", "importlib.metadata", "docker"},
+        ),
+        (
+            {"frame": "pandas"},
+            "n = len(frame)",
+            {"pandas", "pyarrow"},
+            {"urllib.request", "importlib.metadata", "docker"},
+        ),
+    ],
+    ids=["plain values", "a DataFrame travels"],
+)
+def test_a_runner_imports_only_what_the_cells_values_need(
+    tmp_path: Path, values: dict[str, Any], cell: str, needed: set[str], not_needed: set[str]
+) -> None:
+    if values.get("frame") == "pandas":
+        import pandas as pd
+
+        values = {"frame": pd.DataFrame({"a": [1, 2]})}
+    snap = snapshot(values, cell, dest=tmp_path / "s", include_dependencies=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF_A_RUN],
+        env={
+            **os.environ,
+            "NBCONTAINER_SNAPSHOT_DIR": str(snap.directory),
+            "NBCONTAINER_ML_ROOT": str(tmp_path / "ml"),
+            KEY_ENV: new_key(),
+        },
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    modules = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert needed <= modules and not (not_needed & modules), not_needed & modules
