@@ -109,31 +109,48 @@ def main() -> int:
 
 
 def sweep(ip, engine, ledger, children: int) -> None:  # noqa: ANN001
-    """A sweep of `children` trivial children through the warm pool, against a plain loop
-    of `docker run` of the same runtime image (each given the snapshot the same way a
-    build would: here, none: the loop runs `python -c pass`, a floor for any docker run)."""
+    """A sweep of `children` trivial children through the warm pool (two at once, on two
+    cores), against plain loops of `docker run`: of the run image of the same snapshot
+    (each child's work, without this project's orchestration: no results collected, no
+    ledger), and of `python -c pass` in it (a floor for any container)."""
+    import json as json_mod
+
     from nbcontainer_kernel import warm
+    from nbcontainer_kernel.remote.run_images import build_run_image
+    from nbcontainer_kernel.snapshots import Snapshot
+    from nbcontainer_kernel.trust import KEY_ENV, new_key
 
     ip.run_line_magic("config", "RemoteRun.run_pool_size = 1")
     values = ",".join(str(v) for v in range(children))
     t = time.perf_counter()
     quietly(ip, f"%%remote_run --local --name sw --sweep k={values} --max-parallel 2\ny = k * 2")
     pooled = time.perf_counter() - t
-    runtime = next(p.image for p in warm.pools())
     warm.close_all()
-    t = time.perf_counter()
-    for _ in range(children):
-        subprocess.run(
-            ["docker", "run", "--rm", "--init", "--entrypoint", "python3", runtime, "-c", "pass"],
-            check=True,
-            capture_output=True,
-        )
-    loop = time.perf_counter() - t
+    kept = ledger.run_dir("sw-1") / "snapshot"  # the sweep's parent keeps its snapshot
+    image = build_run_image(Snapshot.load(kept), engine=engine).tag
+    loops = {}
+    for label, extra in (("run image", []), ("python -c pass", ["--entrypoint", "python3"])):
+        t = time.perf_counter()
+        for k in range(children):
+            params = json_mod.dumps({"k": k})
+            command = ["-c", "pass"] if extra else []
+            subprocess.run(
+                ["docker", "run", "--rm", "--init", "-e", f"{KEY_ENV}={new_key()}"]
+                + ["-e", f"NBCONTAINER_PARAMS={params}", *extra, image, *command],
+                check=True,
+                capture_output=True,
+            )
+        loops[label] = time.perf_counter() - t
+    engine.remove_image(image, force=True)
     print(
         f"sweep of {children} children (--max-parallel 2): {children / pooled:.2f} children/s "
-        f"({pooled:.1f} s); a loop of `docker run --rm IMAGE python -c pass`: "
-        f"{children / loop:.2f} /s ({loop:.1f} s); ratio {loop / pooled:.2f}"
+        f"({pooled:.1f} s)"
     )
+    for label, took in loops.items():
+        print(
+            f"  a loop of `docker run --rm` ({label}): {children / took:.2f} /s ({took:.1f} s); "
+            f"sweep / loop {took / pooled:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -629,6 +629,12 @@ class RemoteRunner:
             self.ledger.update(child, image="" if snapshot_dir else image, snapshot_digest=digest)
             children.append((child, row))
         parent_driver = self.drivers[parent]
+        if snapshot_dir is not None:
+            # As many warm containers as children run at once, made while others run.
+            size = int(req.settings.get("run_pool_size", 1) or 0)
+            backend.configure(
+                {**req.settings, "run_pool_size": max(size, min(req.max_parallel, len(rows)))}
+            )
         drivers = {c: self._driver(c, backend, hooks, "cancel", stop) for c, _ in children}
         jobs: dict[str, tuple[Job, RunSpec]] = {}
         if backend.one_job_per_sweep:
