@@ -85,6 +85,28 @@ def started(kernel_name: str, **start_kw) -> Iterator[tuple[KernelManager, objec
             km.shutdown_kernel(now=True)
 
 
+def result_contents(model_dir: Path) -> dict[str, Any]:
+    """A run's result files as comparable contents: each Arrow file's table (schema with its
+    metadata, and values: a run whose outputs cross a network compresses them, so its bytes
+    differ while its table does not), every other file's SHA-256. The manifest (it names the
+    run and its key) and metrics.json (it holds when each metric was logged) are left out."""
+    import hashlib
+
+    import pyarrow.ipc as ipc
+
+    out: dict[str, Any] = {}
+    for p in sorted(model_dir.iterdir()):
+        if not p.is_file() or p.name in ("results.json", "metrics.json"):
+            continue
+        if p.suffix == ".arrow":
+            with ipc.open_file(str(p)) as reader:
+                table = reader.read_all()
+            out[p.name] = (table.schema.to_string(show_schema_metadata=True), table.to_pydict())
+        else:
+            out[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
 def run_gc() -> str:
     """`nbcontainer gc` in a process of its own (as a user runs it); its output."""
     return subprocess.run(

@@ -147,18 +147,20 @@ class LocalBackend(Backend):
                 f.seek(0)
                 return f
 
-            warm = pool.claim(archive, name, make=True)
-        assert warm is not None  # make=True makes one when none waits
+            claimed = pool.claim(archive, name, make=True)
+        assert claimed is not None  # make=True makes one when none waits
         try:
-            self._followers[warm.container_id] = _LogFollower(self.engine, warm.container_id, mark)
-            self._pool_of[warm.container_id] = pool
+            self._followers[claimed.container_id] = _LogFollower(
+                self.engine, claimed.container_id, mark
+            )
+            self._pool_of[claimed.container_id] = pool
         except BaseException:
-            self.engine.remove(warm.container_id)
+            self.engine.remove(claimed.container_id)
             raise
         return Job(
             self.name,
             spec.run_id,
-            {"container_id": warm.container_id, "container_name": warm.name, "warm": True},
+            {"container_id": claimed.container_id, "container_name": claimed.name, "warm": True},
         )
 
     def attach(self, job: Job) -> None:
