@@ -23,7 +23,7 @@ from . import labels
 from .engine import Engine
 from .errors import EngineError
 
-__all__ = ["Orphan", "find_orphans", "sweep", "adopt", "release"]
+__all__ = ["Orphan", "find_orphans", "sweep", "adopt", "release", "remove_made_by_kernel"]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,29 @@ class Orphan:
     status: str
 
 
+def _outlives_its_owner(c: Any) -> bool:
+    """A --no-wait run goes on without its kernel; %remote_attach collects it."""
+    return c.labels.get(labels.DETACHED) == "true" and c.status == "running"
+
+
+def remove_made_by_kernel(engine: Engine, container_id: str) -> int:
+    """Remove what a containerized kernel's own process made (its warm runner pool, its
+    runs), once the kernel's container is gone: a kernel killed rather than shut down has
+    no exit to remove them itself. Called by the provisioner's cleanup."""
+    removed = 0
+    # Such a container names its owner by the kernel container's host name: its short id.
+    for c in engine.containers({labels.OWNER_CONTAINER: container_id[:12]}):
+        if not _outlives_its_owner(c):
+            removed += engine.remove(c.id)
+    return removed
+
+
 def find_orphans(engine: Engine) -> list[Orphan]:
     """Containers made on this host whose owner (and adopter, if any) is gone."""
     orphans = []
     for c in engine.containers([labels.OWNER_PID]):
-        if c.labels.get(labels.DETACHED) == "true" and c.status == "running":
-            continue  # a --no-wait run goes on without its kernel; %remote_attach collects it
+        if _outlives_its_owner(c):
+            continue
         owner_container = c.labels.get(labels.OWNER_CONTAINER)
         if owner_container:
             if engine.inspect(owner_container) is not None:

@@ -478,8 +478,10 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             return
         try:
             await asyncio.to_thread(self.engine.remove, cid)
-            # Images committed from this kernel for %%remote_run go with it.
+            # What the kernel made goes with it: images committed from it for %%remote_run,
+            # and containers its process made (its warm runner pool, its runs).
             await asyncio.to_thread(orphans.remove_commits_of_gone_containers, self.engine, cid)
+            await asyncio.to_thread(orphans.remove_made_by_kernel, self.engine, cid)
         finally:
             orphans.release(cid)
         if not restart:

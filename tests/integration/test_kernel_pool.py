@@ -215,4 +215,8 @@ def test_remote_run_from_a_claimed_kernel_commits_its_container(
         content, outputs = run(kc, "%%remote_run --local --name pooled\ny = x + 22", timeout=300)
         assert content["status"] == "ok", [o["content"] for o in outputs]
         assert stdout_of(run(kc, "print(y)")[1]) == "42\n"
+        made_by_kernel = {labels.OWNER_CONTAINER: km.provisioner.container_id[:12]}
+        assert engine.containers(made_by_kernel), "the kernel keeps a warm runner waiting"
+    # Shut down with now=True: the kernel is killed, its own exit never runs.
     assert ledger.get("pooled-1")["status"] == "SUCCEEDED"
+    assert engine.containers(made_by_kernel) == [], "what the kernel made goes with it"
