@@ -281,3 +281,26 @@ def test_start_env_keeps_only_what_python_reads_at_start() -> None:
         "HOME",
         "IPYTHONDIR",
     }
+
+
+async def test_a_kernels_cleanup_removes_what_its_process_made_but_a_detached_run(
+    daemon: FakeDocker,
+) -> None:
+    prov = await _start(_provisioner(pool_size=0))
+    assert prov.container_id is not None
+    owner = {labels.OWNER_CONTAINER: prov.container_id[:12], labels.OWNER_PID: "7"}
+    made = {
+        role: daemon.containers.create(IMAGE, labels={**owner, labels.ROLE: role, **extra})
+        for role, extra in (
+            (labels.ROLE_RUN_POOL, {}),
+            (labels.ROLE_RUN, {}),
+            ("detached-run", {labels.DETACHED: "true"}),
+        )
+    }
+    other = daemon.containers.create(
+        IMAGE, labels={labels.OWNER_CONTAINER: "someoneelse0", labels.ROLE: labels.ROLE_RUN}
+    )
+    for c in [*made.values(), other]:
+        c.start()
+    await prov.cleanup()
+    assert set(daemon.containers_by_id) == {made["detached-run"].id, other.id}
