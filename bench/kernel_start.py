@@ -83,12 +83,17 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
 
-    # Kernelspecs of this bench's own, in a Jupyter data directory of its own.
-    data_dir = tempfile.mkdtemp(prefix="nbcontainer-bench-")
-    os.environ["JUPYTER_DATA_DIR"] = data_dir
+    # Kernelspecs of this bench's own, under a prefix of its own on JUPYTER_PATH (the user's
+    # kernelspecs, the peer's among them, stay visible).
+    prefix = tempfile.mkdtemp(prefix="nbcontainer-bench-")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        p for p in (os.path.join(prefix, "share", "jupyter"), os.environ.get("JUPYTER_PATH")) if p
+    )
     common = {"docker_socket": False, "mount_ledger": False}
-    kernelspec.install(args.image, "bench-warm", options={**common, "pool_size": 1})
-    kernelspec.install(args.image, "bench-cold", options={**common, "pool_size": 0})
+    for name, size in (("bench-warm", 1), ("bench-cold", 0)):
+        kernelspec.install(
+            args.image, name, options={**common, "pool_size": size}, user=False, prefix=prefix
+        )
     kernels = {"local": args.local, "pool warm": "bench-warm", "pool cold": "bench-cold"}
     if args.peer:
         if args.peer not in KernelSpecManager().find_kernel_specs():
