@@ -36,6 +36,7 @@ __all__ = [
     "InvalidOption",
     "KernelSpecError",
     "KernelDied",
+    "WaiterDied",
     "RemoteExecutionError",
     "RunTimeout",
     "RunCancelled",
@@ -239,6 +240,23 @@ class KernelDied(NbcontainerError, RuntimeError):
         super().__init__(
             f"Kernel container {container} died ({why})."
             + (f"\n--- last log lines ---\n{tail}" if tail else "")
+        )
+
+
+class WaiterDied(NbcontainerError, RuntimeError):
+    """A warm pool's container made to take a claim exited before it could: its image
+    cannot run the waiter. Carries the image and the container's last log lines."""
+
+    _fields = ("image", "log_tail")
+
+    def __init__(self, image: str, log_tail: list[str]) -> None:
+        self.image = image
+        self.log_tail = list(log_tail)
+        tail = "\n".join(self.log_tail[-6:]) or "(no output)"
+        super().__init__(
+            f"A container of {image} exited before it could start its work.\n"
+            f"--- last log lines ---\n{tail}\n"
+            "Rebuild the image (its runner cannot start), or set the pool size to 0."
         )
 
 

@@ -31,7 +31,7 @@ from typing import IO, Any
 from . import labels
 from .contract import POOL_READY_MARK
 from .engine import Engine
-from .errors import NbcontainerError
+from .errors import NbcontainerError, WaiterDied
 
 __all__ = [
     "READY_MARK",
@@ -104,6 +104,7 @@ class WarmPool:
         while True:
             with self._lock:
                 warm = self._waiting.pop(0) if self._waiting else None
+            made = warm is None
             if warm is None:
                 if not make:
                     return None
@@ -114,10 +115,15 @@ class WarmPool:
                     engine.rename(warm.container_id, name)
                     return WarmContainer(warm.container_id, name, warm.host_ports)
             except NbcontainerError:
-                pass  # removed under us: the next one
+                if made:
+                    raise
             except BaseException:
                 engine.remove(warm.container_id)
                 raise
+            if made:  # made for this claim and already gone: another would go the same way
+                tail = engine.logs_tail(warm.container_id, 20)
+                engine.remove(warm.container_id)
+                raise WaiterDied(self.image, tail)
             engine.remove(warm.container_id)  # it died waiting (its files go with it)
 
     # -------------------------------------------------------------- refill

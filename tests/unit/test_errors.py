@@ -42,6 +42,7 @@ EXAMPLES: list[tuple[NbcontainerError, type[BaseException] | None]] = [
     (errors.InvalidOption("memory", "lots", "expected a size"), ValueError),
     (errors.KernelSpecError("No kernelspec named 'k'"), LookupError),
     (errors.KernelDied("c", 137, True, ["MemoryError"]), RuntimeError),
+    (errors.WaiterDied("img", ["sh: nbcontainer-run: not found"]), RuntimeError),
     (
         errors.RemoteExecutionError(
             "img", 1, "the cell raised: KeyError", "Traceback...", ["l"], "/o", "r-1", "local"

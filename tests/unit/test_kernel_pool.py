@@ -304,3 +304,34 @@ async def test_a_kernels_cleanup_removes_what_its_process_made_but_a_detached_ru
         c.start()
     await prov.cleanup()
     assert set(daemon.containers_by_id) == {made["detached-run"].id, other.id}
+
+
+def test_a_container_made_for_a_claim_that_dies_at_once_is_reported_not_retried(
+    daemon: FakeDocker,
+) -> None:
+    import pickle
+
+    from nbcontainer_kernel import warm
+    from nbcontainer_kernel.engine import Engine, make_tar
+    from nbcontainer_kernel.errors import WaiterDied
+
+    pool = warm.WarmPool(
+        lambda: Engine(daemon),  # type: ignore[arg-type]
+        role=labels.ROLE_RUN_POOL,
+        shape="s" * 16,
+        image=IMAGE,
+        image_id="sha256:1",
+        create_kwargs={},
+        size=1,
+    )
+    real_start = daemon.api.start
+
+    def start_and_die(ident: str) -> None:
+        real_start(ident)
+        daemon.get(ident).exit(1, log=b"/opt/nbcontainer/venv/bin/nbcontainer-run: not found\n")
+
+    daemon.api.start = start_and_die  # type: ignore[method-assign]
+    with pytest.raises(WaiterDied, match="nbcontainer-run: not found") as err:
+        pool.claim(lambda: make_tar({"claim": b"{}"}), "nbcontainer-run-x-000000", make=True)
+    assert daemon.containers_by_id == {} and daemon.made == 1
+    assert str(pickle.loads(pickle.dumps(err.value))) == str(err.value)
