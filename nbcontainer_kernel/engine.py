@@ -276,8 +276,18 @@ class Engine:
     def containers(
         self, labels: dict[str, str] | Iterable[str], all: bool = True
     ) -> list[Container]:
-        with translate_errors("list containers"):
-            return self.client.containers.list(all=all, filters={"label": _label_filters(labels)})
+        """Containers with these labels. docker-py lists, then inspects each one: a container
+        removed in between (a cleanup running meanwhile) makes the listing start again."""
+        for attempt in range(5):
+            try:
+                with translate_errors("list containers"):
+                    return self.client.containers.list(
+                        all=all, filters={"label": _label_filters(labels)}
+                    )
+            except ResourceNotFound:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
 
     def start(self, container: Container) -> None:
         with translate_errors(f"start container {container.name}"):

@@ -38,3 +38,27 @@ def test_make_tar_owner_and_mode() -> None:
     data = make_tar({"a.json": b"{}"}, uid=1000, gid=1001, mode=0o600)
     member = tarfile.open(fileobj=io.BytesIO(data)).getmember("a.json")
     assert (member.uid, member.gid, member.mode, member.size) == (1000, 1001, 0o600, 2)
+
+
+def test_a_container_removed_while_containers_are_listed_makes_the_listing_start_again() -> None:
+    from nbcontainer_kernel import labels
+    from nbcontainer_kernel.engine import Engine
+    from nbcontainer_kernel.errors import ResourceNotFound
+    from tests.fakes import FAKE_KERNEL_IMAGE, FakeDocker, api_error
+
+    daemon = FakeDocker(images={FAKE_KERNEL_IMAGE: {}})
+    kept = daemon.containers.create(FAKE_KERNEL_IMAGE, labels={labels.ROLE: "run"})
+    real_list = daemon.containers.list
+    vanishing = [api_error(404, "No such container: gone")] * 2
+
+    def list_while_one_goes(**kw: object) -> list:
+        if vanishing:
+            raise vanishing.pop()
+        return real_list(**kw)  # type: ignore[arg-type]
+
+    daemon.containers.list = list_while_one_goes  # type: ignore[method-assign]
+    engine = Engine(daemon)  # type: ignore[arg-type]
+    assert [c.id for c in engine.containers({labels.ROLE: "run"})] == [kept.id]
+    vanishing.extend([api_error(404, "No such container: gone")] * 5)
+    with pytest.raises(ResourceNotFound):
+        engine.containers({labels.ROLE: "run"})
