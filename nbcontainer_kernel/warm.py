@@ -19,6 +19,8 @@ gc`` and the next kernel start when the process died.
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import logging
 import queue
 import secrets
@@ -41,6 +43,7 @@ __all__ = [
     "pool_for",
     "pools",
     "reaper",
+    "shape_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -282,6 +285,13 @@ class _Reaper:
 
 
 reaper = _Reaper()
+
+
+def shape_digest(*parts: Any) -> str:
+    """A shape's name: a digest of what its containers fix at creation (JSON, keys sorted)."""
+    text = json.dumps(list(parts), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 _pools: dict[str, WarmPool] = {}
 _pools_lock = threading.Lock()

@@ -8,7 +8,6 @@ written; cancel kills and cleanup removes the container.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import re
@@ -263,9 +262,7 @@ def run_pool(engine: Engine, image: str, resources: dict[str, Any], size: int) -
         "init": True,
         **resources,
     }
-    shape = hashlib.sha256(
-        json.dumps(["run", image_id, kwargs], sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
+    shape = warm.shape_digest("run", image_id, kwargs)
 
     def make() -> WarmPool:
         return WarmPool(

@@ -22,7 +22,6 @@ waiting containers are removed when that process exits, and swept by
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -53,16 +52,15 @@ CLAIM_FILE = f"{KERNEL_CONNECTION_DIR}/claim.json"
 # container claimed as it starts) is harmless: the waiter looks for the claim before it
 # waits. The one-second timeout bounds what a lost signal could cost.
 WAITER = r"""
-import importlib, json, os, signal, sys
+import contextlib, importlib, json, os, signal, sys
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
 import ipykernel.kernelapp, ipykernel.ipkernel  # the slow part of a kernel's start, done ahead
-# What IPKernelApp.initialize imports on its way (the debugger alone is 0.1 s), when present.
+# What IPKernelApp.initialize imports on its way (the debugger alone is 0.1 s), when the
+# image has it: one it lacks, or that fails, is the kernel's to report when it starts.
 for name in ("ipykernel.debugger", "ipykernel.zmqshell", "IPython.core.history", "pdb",
              "pydoc", "psutil", "nbcontainer_kernel.magics"):
-    try:
+    with contextlib.suppress(Exception):
         importlib.import_module(name)
-    except Exception:
-        pass
 print("@READY@", flush=True)
 claim_file = sys.argv[1]
 while not os.path.exists(claim_file):
@@ -124,8 +122,7 @@ def launch_shape(image_id: str, python: str, create_kwargs: dict[str, Any]) -> s
     if "ports" in fixed:  # which container ports are published, not at which host ports
         fixed["ports"] = sorted(fixed["ports"])
     fixed["environment"] = start_env(create_kwargs.get("environment") or {})
-    text = json.dumps([image_id, python, fixed], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return warm.shape_digest(image_id, python, fixed)
 
 
 class KernelPool(WarmPool):

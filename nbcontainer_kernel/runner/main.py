@@ -88,6 +88,7 @@ def wait_for_claim(claim_file: str) -> list[str]:
     """In a warm pool's container: import what every run needs, say so, and wait for the
     claim (the snapshot beside it). Returns the runner's arguments; the claim's environment
     (the signing key, the parameters) is put in os.environ and the file removed."""
+    import contextlib
     import importlib
     import json
     import signal
@@ -96,10 +97,8 @@ def wait_for_claim(claim_file: str) -> list[str]:
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
     for name in _PRELOAD:
-        try:
+        with contextlib.suppress(ImportError):  # imported (and reported) where a run needs it
             importlib.import_module(name)
-        except ImportError:  # imported (and reported) where the run needs it
-            pass
     from .cell import shell
 
     shell()  # IPython's shell, made once: the run's cell runs in it

@@ -33,6 +33,13 @@ def _ready_pool() -> pool.KernelPool:
     return p
 
 
+def _pool_after_a_cold_start(name: str, cwd: Path) -> pool.KernelPool:
+    """The first kernel of a shape starts cold (and is shut down); its pool, filled."""
+    with started(name, cwd=str(cwd)) as (km, _kc):
+        assert km.provisioner.container_name != f"nbcontainer-kernel-{km.kernel_id}"
+    return _ready_pool()
+
+
 def _waiting(engine: Engine, owner_pid: int | None = None) -> list[str]:
     """Pool containers still waiting (a claimed one takes its kernel's name)."""
     found = engine.containers({labels.ROLE: labels.ROLE_KERNEL_POOL})
@@ -52,9 +59,7 @@ def test_a_claimed_kernel_executes_interrupts_restarts_and_shuts_down(
     notebook_dir = tmp_path / "project" / "notebooks"
     notebook_dir.mkdir(parents=True)
     (notebook_dir / "data.txt").write_text("beside the notebook")
-    with started(name, cwd=str(tmp_path)):
-        pass  # the first kernel of a shape starts cold; the pool fills after it
-    _ready_pool()
+    _pool_after_a_cold_start(name, tmp_path)
     with started(name, cwd=str(notebook_dir)) as (km, kc):
         cid = km.provisioner.container_id
         assert km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"
@@ -89,9 +94,7 @@ def test_a_waiting_container_holds_no_connection_file_or_kernel_environment(
     engine: Engine, make_kernelspec, tmp_path: Path
 ) -> None:
     name = make_kernelspec("nbc-pool-keys", env={"NBC_SECRET_TOKEN": "abc123"})
-    with started(name, cwd=str(tmp_path)):
-        pass
-    p = _ready_pool()
+    p = _pool_after_a_cold_start(name, tmp_path)
     [warm] = p.waiting()
     assert engine.get_archive(warm.container_id, KERNEL_CONNECTION_DIR) is None
     env = "\n".join((engine.inspect(warm.container_id) or {})["Config"]["Env"])
@@ -102,9 +105,7 @@ def test_two_kernels_started_at_once_get_two_containers(
     engine: Engine, make_kernelspec, tmp_path: Path
 ) -> None:
     name = make_kernelspec("nbc-pool-two")
-    with started(name, cwd=str(tmp_path)):
-        pass
-    _ready_pool()
+    _pool_after_a_cold_start(name, tmp_path)
 
     async def both() -> list[str]:
         kms = [AsyncKernelManager(kernel_name=name) for _ in range(2)]
@@ -206,9 +207,7 @@ def test_remote_run_from_a_claimed_kernel_commits_its_container(
     engine: Engine, make_kernelspec, tmp_path: Path, new_images: None, ledger: Ledger
 ) -> None:
     name = make_kernelspec("nbc-pool-remote", docker_socket=True)
-    with started(name, cwd=str(tmp_path)):
-        pass
-    _ready_pool()
+    _pool_after_a_cold_start(name, tmp_path)
     with started(name, cwd=str(tmp_path)) as (km, kc):
         assert km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"
         assert run(kc, "x = 20")[0]["status"] == "ok"
