@@ -180,7 +180,8 @@ class LocalBackend(Backend):
                 follower.done.wait(0.1)
             else:
                 time.sleep(0.1)
-        if follower is not None and follower.exit_code is not None:
+        if follower is not None and follower.exit_code is not None and cid in self._running:
+            # (A run that ended before any status saw it start still passes RUNNING once.)
             # The runner said its outputs are sealed and it exits: no need to wait for
             # Docker to see the container stop.
             said = follower.exit_code
