@@ -103,7 +103,11 @@ def _kv(values: Sequence[str] | None, what: str) -> dict[str, str]:
 
 def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     from .kernel import kernelspec
-    from .kernel.options import DEFAULT_ENV_ALLOWLIST, ContainerOptions
+    from .kernel.options import (
+        DEFAULT_ENV_ALLOWLIST,
+        ContainerOptions,
+        effective_docker_access,
+    )
 
     single_user = not (args.sys_prefix or args.prefix)
     options: dict[str, Any] = {}
@@ -113,8 +117,8 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
             options[name] = value
     if "env_allowlist" in options:  # --env-allow adds to the allow-list, it does not replace it
         options["env_allowlist"] = DEFAULT_ENV_ALLOWLIST + options["env_allowlist"]
-    # The socket is root on the host: on by default only for a single user's own kernelspec.
-    options.setdefault("docker_socket", single_user)
+    if "docker_socket" not in options:  # the old flag still means raw (true) or none (false)
+        options.setdefault("docker_access", "guarded")
     prefix = sys.prefix if args.sys_prefix else args.prefix
     path = kernelspec.install(
         args.opt_image,
@@ -127,10 +131,13 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
         check_image=not args.no_check_image,
     )
     print(f"installed kernelspec {args.name} in {path}")
-    if options["docker_socket"]:
+    access = effective_docker_access(
+        options.get("docker_access", "guarded"), options.get("docker_socket")
+    )
+    if access == "raw":
         print(
-            "note: the kernel can use the Docker socket (root-equivalent on this host); "
-            "--no-docker-socket turns that off",
+            "warning: the kernel gets the Docker daemon's own socket, which is root on this "
+            "host; `--docker-access guarded` gives it what %%remote_run needs and no more",
             file=sys.stderr,
         )
     return 0

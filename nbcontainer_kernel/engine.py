@@ -25,6 +25,7 @@ from docker.models.images import Image
 
 from . import config
 from .errors import (
+    AccessRefused,
     CommandNotFound,
     Conflict,
     DaemonNotAvailable,
@@ -51,7 +52,11 @@ DEFAULT_TIMEOUT = 120
 
 
 def _daemon_address() -> str:
-    return config.docker_host()
+    address = config.docker_host()
+    if os.environ.get("NBCONTAINER_DOCKER_ACCESS") == "none":
+        # Said where the user meets it: a containerized kernel whose kernelspec gives no Docker.
+        address += " (this kernel's kernelspec has docker_access 'none': it has no Docker)"
+    return address
 
 
 def classify(
@@ -69,6 +74,8 @@ def classify(
         return ResourceNotFound(operation, explanation, 404)
     if status_code == 409:
         return Conflict(operation, explanation, 409)
+    if status_code == 403:
+        return AccessRefused(operation, explanation, 403)
     if "port is already allocated" in text or "address already in use" in text:
         return PortInUse(operation, explanation, status_code)
     if "executable file not found" in text or (

@@ -26,6 +26,7 @@ __all__ = [
     "DaemonNotAvailable",
     "EngineError",
     "ResourceNotFound",
+    "AccessRefused",
     "Conflict",
     "PortInUse",
     "CommandNotFound",
@@ -107,6 +108,22 @@ class EngineError(NbcontainerError, RuntimeError):
 
 class ResourceNotFound(EngineError, LookupError):
     """404: the container, image or path the request named does not exist."""
+
+
+class AccessRefused(EngineError, PermissionError):
+    """The daemon, or nbcontainer's Docker guard in front of it, refused the request (403)."""
+
+    HINT = (
+        "A kernel with docker_access 'guarded' may make unprivileged containers and images "
+        "of its own, and use only those; what it needs beyond that (a bind of another host "
+        "path, the host's network) needs a kernelspec with that mount, or docker_access "
+        "'raw' on a single-user machine."
+    )
+
+    def __init__(self, operation: str, explanation: str, status_code: int | None = 403) -> None:
+        super().__init__(operation, explanation, status_code)
+        if "guard" in explanation:
+            self.args = (f"{self.args[0]}. {self.HINT}",)
 
 
 class Conflict(EngineError):

@@ -23,6 +23,7 @@ __all__ = [
     "parse_bytes",
     "parse_gpus",
     "parse_mount",
+    "effective_docker_access",
     "resource_kwargs",
 ]
 
@@ -82,13 +83,21 @@ class ContainerOptions(HasTraits):
         True,
         help="Mount the notebook's working directory at the same path and start the kernel there.",
     ).tag(config=True)
+    docker_access = CaselessStrEnum(
+        ["guarded", "raw", "none"],
+        default_value="guarded",
+        help="How the kernel reaches Docker (for %%remote_run, notebook runs and "
+        "`nbcontainer image` inside the kernel). 'guarded': through nbcontainer's Docker API "
+        "guard, mounted as /var/run/docker.sock, which forwards only what those need and "
+        "refuses privileged containers, host namespaces, binds beyond the kernel's own "
+        "mounts and containers the kernel did not make. 'raw': the daemon's own socket, "
+        "which is root on the host (single-user machines only). 'none': no Docker.",
+    ).tag(config=True)
     docker_socket = Bool(
-        False,
-        help="Mount the Docker daemon's socket so that the kernel can run "
-        "containers (needed by %%remote_run inside a containerized kernel). "
-        "Whoever can use the socket is root on the host: enable it only on a "
-        "single-user machine. `kernelspec install` turns it on by default for a user's "
-        "own kernelspec only.",
+        None,
+        allow_none=True,
+        help="Deprecated (kernelspecs written before docker_access): true is "
+        "docker_access 'raw', false is 'none'.",
     ).tag(config=True)
     mount_ledger = Bool(
         True,
@@ -204,6 +213,13 @@ def parse_mount(value: str) -> tuple[str, str, str]:
     if not os.path.isabs(src) or not os.path.isabs(dst):
         raise InvalidOption("mounts", value, "both paths must be absolute")
     return src, dst, mode
+
+
+def effective_docker_access(docker_access: str, docker_socket: bool | None) -> str:
+    """docker_access, or what an old kernelspec's docker_socket meant."""
+    if docker_socket is None:
+        return docker_access.lower()
+    return "raw" if docker_socket else "none"
 
 
 def parse_user(value: str) -> str | None:

@@ -29,8 +29,16 @@ from .. import config, labels, orphans
 from ..contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
 from ..engine import Engine, get_engine
 from ..errors import EngineError, ImageNotUsable, InvalidOption, KernelDied, PortInUse
+from ..guard import Grant, current_guard, process_guard
 from .images import KernelImageFacts, inspect_kernel_image
-from .options import ContainerOptions, parse_mount, parse_user, resource_kwargs
+from .options import (
+    ContainerOptions,
+    effective_docker_access,
+    parse_bytes,
+    parse_mount,
+    parse_user,
+    resource_kwargs,
+)
 from .pool import KernelPool, pool_for
 
 __all__ = ["DockerProvisioner", "KERNEL_PORTS"]
@@ -46,6 +54,11 @@ KERNEL_PORTS = {
 }
 # The first kernel start of a process sweeps orphans once.
 _swept = False
+# Where a kernel finds Docker (docker-py's default), and what it is told of its access.
+DOCKER_SOCKET_IN_KERNEL = "/var/run/docker.sock"
+DOCKER_ACCESS_ENV = "NBCONTAINER_DOCKER_ACCESS"
+# Images whose kernels get the raw socket: warned once each.
+_raw_said: set[str] = set()
 # Images whose kernels run without CurveZMQ although 'auto' asked for it: said once each.
 _unencrypted_said: set[str] = set()
 
@@ -72,6 +85,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     @property
     def engine(self) -> Engine:
         return get_engine()
+
+    @property
+    def docker_access_mode(self) -> str:
+        """'guarded', 'raw' or 'none' (an old kernelspec's docker_socket decides, if set)."""
+        return effective_docker_access(self.docker_access, self.docker_socket)
 
     # ---------------------------------------------------------------- launch
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
@@ -180,6 +198,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 self._host_ports = dict(inner_ports)
             else:
                 self._host_ports = self._published_ports(info or {})
+        self._grant_docker(create_kwargs)
         if pool is not None:
             pool.fill_later()  # off this kernel's path: after it has started
         info_out: dict[str, Any] = {
@@ -200,6 +219,33 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             self._host_ports,
         )
         return self.connection_info
+
+    def _grant_docker(self, create_kwargs: dict[str, Any]) -> None:
+        """A guarded kernel's container may now use the guard, within its own limits."""
+        if self.docker_access_mode == "raw" and self.image not in _raw_said:
+            _raw_said.add(self.image)
+            self.log.warning(
+                "nbcontainer: kernels of %s get the Docker daemon's own socket "
+                "(docker_access=raw), which is root on this host",
+                self.image,
+            )
+        if self.docker_access_mode != "guarded" or self.container_id is None:
+            return
+        own = tuple(
+            (str(m["Source"]), bool(m.get("ReadOnly")))
+            for m in create_kwargs.get("mounts") or []
+            if m.get("Target") != DOCKER_SOCKET_IN_KERNEL
+        )
+        process_guard(_docker_socket_path()).grant(
+            Grant(
+                kernel_id=self.kernel_id or "",
+                container_id=self.container_id,  # docker-py's ids are full ids
+                mounts=own,
+                memory=parse_bytes("memory", self.memory) if self.memory else None,
+                nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
+                gpus=bool(self.gpus),
+            )
+        )
 
     def _pool(self, cmd: list[str], create_kwargs: dict[str, Any]) -> KernelPool | None:
         """This kernel's launch shape's warm pool (None with pool_size 0)."""
@@ -273,13 +319,23 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             )
             env["NBCONTAINER_RUNS_DB"] = str(ledger)
         group_add: list[str] = []
-        if self.docker_socket:
+        access = self.docker_access_mode
+        if access == "raw":
             sock = _docker_socket_path()
             mounts.append(
-                docker.types.Mount(target="/var/run/docker.sock", source=sock, type="bind")
+                docker.types.Mount(target=DOCKER_SOCKET_IN_KERNEL, source=sock, type="bind")
             )
-            env["DOCKER_HOST"] = "unix:///var/run/docker.sock"
             group_add.append(str(os.stat(sock).st_gid))
+        elif access == "guarded":
+            # One guard socket for every kernel of this process (its identity check is per
+            # container), so the mount is part of the launch shape and pools keep working.
+            guard = process_guard(_docker_socket_path())
+            mounts.append(
+                docker.types.Mount(target=DOCKER_SOCKET_IN_KERNEL, source=guard.path, type="bind")
+            )
+        if access != "none":
+            env["DOCKER_HOST"] = f"unix://{DOCKER_SOCKET_IN_KERNEL}"
+        env[DOCKER_ACCESS_ENV] = access
         kernel_id = self.kernel_id or ""
         out: dict[str, Any] = {
             "entrypoint": cmd[:1],
@@ -476,6 +532,9 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         cid, self.container_id = self.container_id, None
         if cid is None:
             return
+        guard = current_guard()
+        if guard is not None:
+            guard.revoke(cid)
         try:
             await asyncio.to_thread(self.engine.remove, cid)
             # What the kernel made goes with it: images committed from it for %%remote_run,
@@ -544,12 +603,16 @@ def _uid_gid(user: str | None) -> tuple[int, int]:
 
 
 def _docker_socket_path() -> str:
+    """The daemon's socket on this host: mounted (raw) or forwarded to (guarded)."""
     host = config.docker_host()
     if not host.startswith("unix://"):
         raise InvalidOption(
-            "docker_socket", True, f"DOCKER_HOST is {host}, not a local socket that can be mounted"
+            "docker_access",
+            "guarded/raw",
+            f"DOCKER_HOST is {host}, not a local socket that a kernel can be given; "
+            "use docker_access 'none'",
         )
     path = host[len("unix://") :]
     if not os.path.exists(path) or not stat.S_ISSOCK(os.stat(path).st_mode):
-        raise InvalidOption("docker_socket", True, f"{path} is not a Docker socket")
+        raise InvalidOption("docker_access", "guarded/raw", f"{path} is not a Docker socket")
     return path

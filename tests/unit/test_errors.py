@@ -33,6 +33,14 @@ EXAMPLES: list[tuple[NbcontainerError, type[BaseException] | None]] = [
     (errors.EngineError("start container c", "boom", 500), RuntimeError),
     (errors.ResourceNotFound("inspect container c", "No such container: c", 404), LookupError),
     (errors.Conflict("remove container c", "removal already in progress", 409), RuntimeError),
+    (
+        errors.AccessRefused(
+            "create container",
+            "nbcontainer's Docker guard refused POST /containers/create: "
+            "HostConfig.Privileged is true",
+        ),
+        PermissionError,
+    ),
     (errors.PortInUse("start container c", "port is already allocated", 500), RuntimeError),
     (errors.CommandNotFound("start container c", "executable file not found", 400), RuntimeError),
     (errors.ImageNotFound("img:1", "pull access denied"), LookupError),

@@ -38,7 +38,7 @@ def _provisioner(kernel_id: str = "0123456789abcdef", **options: Any) -> DockerP
         image=IMAGE,
         mount_cwd=False,
         mount_ledger=False,
-        **options,
+        **{"docker_access": "none", **options},  # the guard has its own tests
     )
 
 

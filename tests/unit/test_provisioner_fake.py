@@ -28,7 +28,8 @@ async def _started(**options: object) -> DockerProvisioner:
         image=IMAGE,
         mount_cwd=False,
         mount_ledger=False,
-        **{"pool_size": 0, **options},  # the warm pool has its own tests (test_kernel_pool.py)
+        # The warm pool and the guard have their own tests (test_kernel_pool.py, test_guard_*).
+        **{"pool_size": 0, "docker_access": "none", **options},
     )
     kwargs = await prov.pre_launch()
     await prov.launch_kernel(**kwargs)
