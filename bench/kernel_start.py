@@ -89,7 +89,7 @@ def main() -> int:
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
         p for p in (os.path.join(prefix, "share", "jupyter"), os.environ.get("JUPYTER_PATH")) if p
     )
-    common = {"docker_socket": False, "mount_ledger": False}
+    common = {"docker_access": "none", "mount_ledger": False}
     for name, size in (("bench-warm", 1), ("bench-cold", 0)):
         kernelspec.install(
             args.image, name, options={**common, "pool_size": size}, user=False, prefix=prefix

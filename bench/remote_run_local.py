@@ -6,6 +6,10 @@ ledger's phase timestamps).
 
 With --sweep N, also a sweep of N children of a trivial cell through the warm pool
 against a plain loop of `docker run` of the same runtime image (children per second).
+
+With --guard IMAGE, instead: the same `%%remote_run --local` from inside two containerized
+kernels of IMAGE, one reaching Docker through nbcontainer's guard (docker_access guarded)
+and one through the daemon's own socket (raw), interleaved; the ratio is the guard's cost.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ def main() -> int:
     p.add_argument("--base", default="nbcontainer/base:bookworm")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--sweep", type=int, default=0, metavar="N")
+    p.add_argument("--guard", metavar="IMAGE", help="guarded vs raw kernels of this image")
     args = p.parse_args()
+    if args.guard:
+        return guard_vs_raw(args.guard, args.runs)
     tmp = Path(tempfile.mkdtemp(prefix="nbcontainer-bench-"))
     os.environ["NBCONTAINER_BASE_IMAGE"] = args.base
     os.chdir(tmp)
@@ -151,6 +158,79 @@ def sweep(ip, engine, ledger, children: int) -> None:  # noqa: ANN001
             f"  a loop of `docker run --rm` ({label}): {children / took:.2f} /s ({took:.1f} s); "
             f"sweep / loop {took / pooled:.2f}"
         )
+
+
+# Run in each kernel: one %%remote_run --local, timed inside the kernel, once its runner
+# pool waits ready (as it does between a user's cells).
+TIMED_IN_KERNEL = """
+from nbcontainer_kernel import warm as _warm
+for _p in _warm.pools():
+    _p.fill(); _p.wait_ready(60)
+import time as _t
+_t0 = _t.perf_counter()
+get_ipython().run_cell_magic("remote_run", "--local --name guardbench", {cell!r})
+print("ELAPSED", _t.perf_counter() - _t0)
+"""
+
+
+def guard_vs_raw(image: str, runs: int) -> int:
+    """`%%remote_run --local` from a guarded kernel and from a raw one, interleaved."""
+    from jupyter_client import KernelManager
+
+    from nbcontainer_kernel.kernel import kernelspec, pool
+
+    tmp = Path(tempfile.mkdtemp(prefix="nbcontainer-bench-"))
+    os.chdir(tmp)
+    os.environ["JUPYTER_PATH"] = str(tmp / "share" / "jupyter")
+    cell = "total = len(state)\nscaled = factor * 2"
+    kernels = {}
+    try:
+        for access in ("guarded", "raw"):
+            name = f"bench-{access}"
+            kernelspec.install(
+                image,
+                name,
+                options={"docker_access": access, "mount_ledger": False},
+                env={"NBCONTAINER_RUNS_DB": str(tmp / f"{access}.db")},
+                user=False,
+                prefix=str(tmp),
+            )
+            km = KernelManager(kernel_name=name)
+            km.start_kernel(cwd=str(tmp))
+            kc = km.client()
+            kc.start_channels()
+            kc.wait_for_ready(timeout=120)
+            kernels[access] = (km, kc)
+            setup = "import os\nstate = os.urandom(10 * 1024 * 1024)\nfactor = 2.0"
+            kc.execute_interactive(setup, timeout=60, output_hook=lambda m: None)
+        samples: dict[str, list[float]] = {k: [] for k in kernels}
+        for i in range(runs + 1):  # the first makes the runtime layer: not counted
+            for access, (_, kc) in kernels.items():
+                out: list[str] = []
+
+                def hook(msg: dict, out: list[str] = out) -> None:
+                    if msg["msg_type"] == "stream":
+                        out.append(msg["content"]["text"])
+
+                reply = kc.execute_interactive(
+                    TIMED_IN_KERNEL.format(cell=cell), timeout=600, output_hook=hook
+                )
+                assert reply["content"]["status"] == "ok", "".join(out)
+                elapsed = float("".join(out).rsplit("ELAPSED", 1)[1].split()[0])
+                if i:
+                    samples[access].append(elapsed)
+                print(f"  {access} {i}/{runs}: {elapsed:.3f} s", file=sys.stderr, flush=True)
+    finally:
+        for km, kc in kernels.values():
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+        pool.close_all()
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    print(f"%%remote_run --local from a containerized kernel; median of {runs}, interleaved:")
+    for access, value in med.items():
+        print(f"  {access:>8}: {value * 1000:7.0f} ms  (min {min(samples[access]) * 1000:.0f})")
+    print(f"guarded / raw: {med['guarded'] / med['raw']:.3f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -312,6 +312,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for o in orphans:
         print(f"{verb} {o.role} container {o.name} ({o.status}; owner {o.owner} is gone)")
     print(f"{verb} {len(orphans)} orphaned container(s)")
+    if not args.dry_run:
+        from .guard import remove_stale
+
+        for directory in remove_stale():  # a Docker guard's socket left by a server killed -9
+            print(f"removed the Docker guard socket {directory} (its server is gone)")
     if args.aws:
         from .backends.batch import deregister_old_definitions
 

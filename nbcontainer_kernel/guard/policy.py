@@ -487,7 +487,10 @@ def check_build(query: list[tuple[str, str]], grant: Grant, look: Lookups) -> li
     for key, value in query:
         if key == "t":
             _may_take_name(value, grant, look, what, "t")
-    out = [(k, v) for k, v in query if k not in ("labels", "memory", "memswap")]
+    # Intermediate containers always go (docker-py keeps them by default), even on failure:
+    # they would be the kernel's containers, left behind.
+    out = [(k, v) for k, v in query if k not in ("labels", "memory", "memswap", "rm", "forcerm")]
+    out += [("rm", "1"), ("forcerm", "1")]
     try:
         asked = json.loads(params.get("labels") or "{}") or {}
     except ValueError:

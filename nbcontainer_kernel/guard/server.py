@@ -251,7 +251,8 @@ class DockerGuard:
                 head = read_head(rfile)
                 if head is None:
                     return
-                method, target, _ = (head.line.split(" ", 2) + ["", ""])[:3]
+                method, target, version = (head.line.split(" ", 2) + ["", ""])[:3]
+                version = version if version in ("HTTP/1.0", "HTTP/1.1") else "HTTP/1.1"
                 split = urlsplit(target)
                 query = parse_qsl(split.query, keep_blank_values=True)
                 try:
@@ -259,7 +260,7 @@ class DockerGuard:
                         conn, method, split.path, query, head, rfile, daemon
                     )
                 except Refused as refused:
-                    self._refuse(client, head, rfile, refused)
+                    self._refuse(client, head, rfile, refused, version)
                     if head.get("connection").lower() == "close":
                         return
                     continue
@@ -269,7 +270,7 @@ class DockerGuard:
                     upfile = conn.upstream.makefile("rb", buffering=1 << 16)
                 assert upfile is not None
                 new_target = action.path + (f"?{urlencode(action.query)}" if action.query else "")
-                line = f"{method} {quote(new_target, safe='/?&=%:+,@')} HTTP/1.1"
+                line = f"{method} {quote(new_target, safe='/?&=%:+,@')} {version}"
                 if body is not None:
                     headers = head.without("content-length", "transfer-encoding")
                     headers.append(("content-length", str(len(body))))
@@ -340,7 +341,9 @@ class DockerGuard:
             refused.body_consumed = True
             raise
 
-    def _refuse(self, client: socket.socket, head: Head, rfile: Any, refused: Refused) -> None:
+    def _refuse(
+        self, client: socket.socket, head: Head, rfile: Any, refused: Refused, version: str
+    ) -> None:
         # Whatever body came is read (and dropped), so the connection stays usable.
         if not refused.body_consumed:
             for _ in iter_body(rfile, head):
@@ -350,7 +353,7 @@ class DockerGuard:
             refused.status, "Error"
         )
         out = Head(
-            f"HTTP/1.1 {refused.status} {reason}",
+            f"{version} {refused.status} {reason}",
             [("content-type", "application/json"), ("content-length", str(len(body)))],
         )
         client.sendall(out.encode() + body)

@@ -72,7 +72,7 @@ def test_lab_launcher_notebook_and_remote_run_panel(
     # NBCONTAINER_SCREENSHOTS=docs/images keeps the README's screenshots up to date.
     shots = Path(os.environ.get("NBCONTAINER_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    name = make_kernelspec("nbc-e2e", image=examples_kernel_image, docker_socket=True)
+    name = make_kernelspec("nbc-e2e", image=examples_kernel_image)
     display = f"test {name}"
     lab = Lab(tmp_path)
     try:

@@ -225,8 +225,6 @@ def testbed_kernelspec(make_kernelspec, testbed: dict[str, str]) -> Callable[[st
     registry listen on 127.0.0.1), the test bed's environment, the Docker socket."""
 
     def make(name: str, image: str) -> str:
-        return str(
-            make_kernelspec(name, image=image, docker_socket=True, network_mode="host", env=testbed)
-        )
+        return str(make_kernelspec(name, image=image, network_mode="host", env=testbed))
 
     return make

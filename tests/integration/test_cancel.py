@@ -58,7 +58,7 @@ def _reply(kc: Any, msg_id: str, timeout: float) -> dict[str, Any]:
 def _cancel_while_waiting(
     engine: Engine, make_kernelspec, ledger: Ledger, tmp_path: Path, line: str, running: list[str]
 ) -> tuple[float, dict[str, Any]]:
-    km = KernelManager(kernel_name=make_kernelspec("nbc-cancel", docker_socket=True))
+    km = KernelManager(kernel_name=make_kernelspec("nbc-cancel"))
     km.start_kernel(cwd=str(tmp_path))
     kc = km.client()
     kc.start_channels()

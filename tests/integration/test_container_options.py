@@ -78,22 +78,43 @@ def test_user_resources_mounts_and_labels(engine: Engine, kernel, tmp_path: Path
     assert "io.nbcontainer.created" in labels and "io.nbcontainer.owner-host" in labels
 
 
-def test_docker_socket_mount_lets_the_kernel_reach_the_daemon(engine: Engine, kernel) -> None:
-    km, kc = kernel(docker_socket=True, user="4321:4321")
+PING_AND_VOLUMES = (
+    "import socket\n"
+    "def ask(path):\n"
+    "    s = socket.socket(socket.AF_UNIX)\n"
+    "    s.connect('/var/run/docker.sock')\n"
+    "    s.sendall(f'GET {path} HTTP/1.0\\r\\n\\r\\n'.encode())\n"
+    "    return s.recv(4096).decode().split('\\r\\n')[0]\n"
+    "print(ask('/_ping'), '|', ask('/volumes'))"
+)
+
+
+def test_raw_docker_access_mounts_the_daemons_own_socket(engine: Engine, kernel) -> None:
+    km, kc = kernel(docker_access="raw", user="4321:4321")
+    assert stdout_of(run(kc, PING_AND_VOLUMES)[1]).strip() == "HTTP/1.0 200 OK | HTTP/1.0 200 OK"
+
+
+def test_a_kernel_reaches_docker_through_the_guard_by_default_as_any_user(
+    engine: Engine, kernel
+) -> None:
+    km, kc = kernel(user="4321:4321")
+    assert km.provisioner.docker_access == "guarded"
+    assert stdout_of(run(kc, PING_AND_VOLUMES)[1]).strip() == (
+        "HTTP/1.0 200 OK | HTTP/1.0 403 Forbidden"
+    )
+
+
+def test_no_docker_access_leaves_no_socket_and_says_why_docker_is_missing(
+    engine: Engine, kernel
+) -> None:
+    km, kc = kernel(docker_access="none")
     code = (
-        "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('/var/run/docker.sock')\n"
-        "s.sendall(b'GET /_ping "
-        "HTTP/1.0\\r\\n\\r\\n')\nprint(s.recv(4096).decode().split('\\r\\n')[0])"
+        "import os\nfrom nbcontainer_kernel.engine import Engine\n"
+        "print(os.path.exists('/var/run/docker.sock'))\n"
+        "try:\n    Engine.connect()\nexcept Exception as exc:\n    print(exc)"
     )
-    assert stdout_of(run(kc, code)[1]).strip() == "HTTP/1.0 200 OK"
-
-
-def test_no_docker_socket_by_default_in_a_spec(engine: Engine, kernel) -> None:
-    km, kc = kernel()
-    assert (
-        stdout_of(run(kc, "import os; print(os.path.exists('/var/run/docker.sock'))")[1])
-        == "False\n"
-    )
+    out = stdout_of(run(kc, code)[1])
+    assert out.startswith("False\n") and "docker_access 'none'" in out, out
 
 
 def test_host_network_binds_loopback_only(engine: Engine, kernel) -> None:

@@ -28,7 +28,7 @@ def _outputs(cell: nbformat.NotebookNode, mime: str = "text/plain") -> str:
 def test_sweep_and_compare_runs_in_the_containerized_kernel(
     examples_kernel_image: str, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
 ) -> None:
-    name = make_kernelspec("nbc-examples", image=examples_kernel_image, docker_socket=True)
+    name = make_kernelspec("nbc-examples", image=examples_kernel_image)
     shutil.copy(ROOT / "examples" / "sweep_and_compare.ipynb", tmp_path)
     nb = nbformat.read(tmp_path / "sweep_and_compare.ipynb", as_version=4)
     execute_notebook(nb, tmp_path, name, timeout=900)
@@ -95,7 +95,6 @@ def test_headless_notebook_containerizes_and_runs_an_analysis_with_parameters(
     name = make_kernelspec(
         "nbc-examples-headless",
         image=examples_kernel_image,
-        docker_socket=True,
         env={
             "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
             "NBCONTAINER_BASE_IMAGE": os.environ.get(
@@ -126,7 +125,7 @@ def test_headless_notebook_containerizes_and_runs_an_analysis_with_parameters(
 def test_quickstart_runs_in_the_containerized_kernel(
     make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
 ) -> None:
-    name = make_kernelspec("nbc-examples-quickstart", docker_socket=True)
+    name = make_kernelspec("nbc-examples-quickstart")
     shutil.copy(ROOT / "examples" / "quickstart.ipynb", tmp_path)
     nb = nbformat.read(tmp_path / "quickstart.ipynb", as_version=4)
     execute_notebook(nb, tmp_path, name, timeout=600)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from jupyter_client import AsyncKernelManager, KernelManager
 from nbcontainer_kernel import labels, orphans
 from nbcontainer_kernel.contract import KERNEL_CONNECTION_DIR
 from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.guard.server import DIR_PREFIX
 from nbcontainer_kernel.kernel import pool
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import interrupt_and_reply, run, run_gc, started, stdout_of
@@ -198,15 +200,19 @@ def test_kill_9_of_the_server_then_gc_leaves_no_pool_container(
         proc.stdout.close()
         proc.stdin.close()  # type: ignore[union-attr]
     assert engine.inspect(waiting[0])["State"]["Running"], "kill -9 leaves the pool behind"
+    guard_dirs = list(Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}{proc.pid}-*"))
+    assert guard_dirs, "the killed server's kernel had a Docker guard socket"
     out = run_gc()
     assert engine.inspect(waiting[0]) is None and engine.inspect(kernel) is None, out
     assert _waiting(engine, proc.pid) == []
+    assert not any(d.exists() for d in guard_dirs), out
+    assert "removed the Docker guard socket" in out
 
 
 def test_remote_run_from_a_claimed_kernel_commits_its_container(
     engine: Engine, make_kernelspec, tmp_path: Path, new_images: None, ledger: Ledger
 ) -> None:
-    name = make_kernelspec("nbc-pool-remote", docker_socket=True)
+    name = make_kernelspec("nbc-pool-remote")
     _pool_after_a_cold_start(name, tmp_path)
     with started(name, cwd=str(tmp_path)) as (km, kc):
         assert km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"

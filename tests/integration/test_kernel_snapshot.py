@@ -42,7 +42,7 @@ def test_cell_run_from_a_containerized_kernel_uses_its_runtime_installs(
     engine: Engine, make_kernelspec, tmp_path: Path
 ) -> None:
     wheel = _probe_wheel(tmp_path)
-    name = make_kernelspec("nbc-inside", docker_socket=True)
+    name = make_kernelspec("nbc-inside")
     km = KernelManager(kernel_name=name)
     km.start_kernel(cwd=str(tmp_path))
     kc = km.client()

@@ -119,7 +119,7 @@ def test_no_wait_then_cancel_stops_the_container(engine: Engine, ip, ledger: Led
 
 
 def _kernel(make_kernelspec, tmp_path: Path) -> tuple[KernelManager, object]:
-    km = KernelManager(kernel_name=make_kernelspec("nbc-magics", docker_socket=True))
+    km = KernelManager(kernel_name=make_kernelspec("nbc-magics"))
     km.start_kernel(cwd=str(tmp_path))
     kc = km.client()
     kc.start_channels()
@@ -173,7 +173,7 @@ def test_no_wait_restart_attach(
 def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(
     engine: Engine, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
 ) -> None:
-    name = make_kernelspec("nbc-nb-magics", docker_socket=True)
+    name = make_kernelspec("nbc-nb-magics")
     nb = new_notebook(
         cells=[
             new_code_cell(

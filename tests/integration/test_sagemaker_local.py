@@ -124,7 +124,8 @@ def test_a_containerized_kernel_runs_a_cell_under_local_mode(
 ) -> None:
     from nbformat.v4 import new_code_cell, new_notebook
 
-    name = make_kernelspec("nbc-sm-local", image=sagemaker_kernel_image, docker_socket=True)
+    # Compose makes networks and binds the guard refuses: this kernel gets the raw socket.
+    name = make_kernelspec("nbc-sm-local", image=sagemaker_kernel_image, docker_access="raw")
     nb = new_notebook(
         cells=[
             new_code_cell("import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})"),

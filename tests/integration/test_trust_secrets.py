@@ -25,7 +25,7 @@ SPEC_ENV = {
 def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(
     engine: Engine, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
 ) -> None:
-    name = make_kernelspec("nbc-secrets", docker_socket=True, env=SPEC_ENV)
+    name = make_kernelspec("nbc-secrets", env=SPEC_ENV)
     km = KernelManager(kernel_name=name)
     km.start_kernel(cwd=str(tmp_path))
     kc = km.client()

@@ -376,10 +376,11 @@ def test_a_commit_gets_the_kernels_labels_and_the_containers_full_id() -> None:
     assert action.body({"Labels": {GUARD_KERNEL: "x"}})["Labels"][GUARD_KERNEL] == KERNEL
 
 
-def test_a_build_is_limited_to_the_kernels_memory() -> None:
+def test_a_build_is_limited_to_the_kernels_memory_and_removes_its_containers() -> None:
     grant = _grant(memory=1 << 30)
-    out = dict(check_build([], grant, _look()))
+    out = dict(check_build([("rm", "0"), ("forcerm", "0")], grant, _look()))
     assert out["memory"] == str(1 << 30)
+    assert (out["rm"], out["forcerm"]) == ("1", "1")
     with pytest.raises(Refused, match="memory is"):
         check_build([("memory", str(2 << 30))], grant, _look())
 

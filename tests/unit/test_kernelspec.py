@@ -132,3 +132,39 @@ def test_install_flags_reach_the_kernelspec(tmp_path: Path) -> None:
         assert config["docker_socket"] is False and config["memory"] == "1g"
     finally:
         kernelspec.remove("nbc-flags")
+
+
+@pytest.mark.parametrize(
+    ("flags", "written", "effective", "warned"),
+    [
+        ([], {"docker_access": "guarded"}, "guarded", False),
+        (["--docker-access", "none"], {"docker_access": "none"}, "none", False),
+        (["--docker-access", "raw"], {"docker_access": "raw"}, "raw", True),
+        (["--docker-socket"], {"docker_socket": True}, "raw", True),  # the old flag
+        (["--no-docker-socket"], {"docker_socket": False}, "none", False),
+    ],
+)
+def test_docker_access_is_guarded_unless_asked_and_raw_is_warned_about(
+    flags: list[str],
+    written: dict[str, object],
+    effective: str,
+    warned: bool,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from nbcontainer_kernel.cli import main
+    from nbcontainer_kernel.kernel.options import effective_docker_access
+
+    argv = ["kernelspec", "install", "--image", "img:1", "--name", "nbc-access"]
+    assert main([*argv, "--no-check-image", *flags]) == 0
+    try:
+        config = next(s.config for s in kernelspec.list_specs() if s.name == "nbc-access")
+        assert {k: config[k] for k in written} == written
+        assert (
+            effective_docker_access(
+                config.get("docker_access", "guarded"), config.get("docker_socket")
+            )
+            == effective
+        )
+        assert ("root on this host" in capsys.readouterr().err) is warned
+    finally:
+        kernelspec.remove("nbc-access")
