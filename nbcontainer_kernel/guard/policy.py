@@ -77,7 +77,7 @@ class Grant:
     mounts: tuple[tuple[str, bool], ...] = ()  # host sources the kernel has, read-only?
     memory: int | None = None  # bytes
     nano_cpus: int | None = None
-    gpus: bool = False
+    gpus: str | None = None  # the kernelspec's gpus option ('all', '2', 'device=0,1')
 
     def forced_labels(self) -> dict[str, str]:
         """Labels every container and image made through the guard carries."""
@@ -106,7 +106,10 @@ class Action:
 
 
 # ----------------------------------------------------------------------------- routing
-_VERSION = re.compile(r"^/v\d+(\.\d+)?(?=/)")
+_VERSION = re.compile(r"^/v(\d+)(?:\.(\d+))?(?=/)")
+# Older API versions let a start request carry a host configuration (privileges and all)
+# that no create check saw; docker-py and the docker CLI speak far newer ones.
+MIN_API = (1, 24)
 _ALWAYS = {("GET", "/_ping"), ("HEAD", "/_ping"), ("GET", "/version"), ("GET", "/info")}
 # Operations on a container this kernel made.
 _OWN_CONTAINER_OPS = {
@@ -149,6 +152,9 @@ def decide(
     """The action for one request, or Refused. `target_path` may carry an API version."""
     path = _VERSION.sub("", target_path)
     what = f"{method} {path}"
+    version = _VERSION.match(target_path)
+    if version and (int(version.group(1)), int(version.group(2) or 0)) < MIN_API:
+        raise Refused(what, f"API versions before {'.'.join(map(str, MIN_API))} are not served")
     if (method, path) in _ALWAYS:
         return Action(target_path, query)
     parts = [unquote(p) for p in path.strip("/").split("/")]
@@ -164,7 +170,7 @@ def decide(
             )
         if parts[1:] == ["json"] and method == "GET":
             return Action(target_path, query, answer=lambda a: _own_containers(a, grant))
-        if len(parts) in (2, 3):
+        if len(parts) in (2, 3) and parts[1] != "prune":
             op = parts[2] if len(parts) == 3 else ""
             full_id = _container_ref(parts[1], grant, look, method, op, what)
             rewritten = f"{prefix}/containers/{full_id}" + (f"/{op}" if op else "")
@@ -299,7 +305,16 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 def check_create(body: dict[str, Any], grant: Grant) -> dict[str, Any]:
     """A container configuration, checked and with the kernel's labels and limits set;
-    Refused naming the first field that is not allowed."""
+    Refused naming the first field that is not allowed (or not of Docker's types)."""
+    try:
+        return _check_create(body, grant)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        raise Refused(
+            "POST /containers/create", f"a field has a value of the wrong type ({exc})", 400
+        ) from None
+
+
+def _check_create(body: dict[str, Any], grant: Grant) -> dict[str, Any]:
     what = "POST /containers/create"
 
     def refuse(name: str, why: str) -> Refused:
@@ -314,8 +329,8 @@ def check_create(body: dict[str, Any], grant: Grant) -> dict[str, Any]:
             raise refuse(full, "is true: a guarded kernel's containers run unprivileged")
         if name in ("CapAdd", "Devices", "DeviceCgroupRules", "Sysctls", "Ulimits"):
             raise refuse(full, "is set: a guarded kernel's containers get Docker's defaults")
-        if name == "DeviceRequests" and not grant.gpus:
-            raise refuse(full, "asks for GPUs, and this kernel's kernelspec grants none")
+        if name == "DeviceRequests":
+            _check_gpus(full, value, grant, refuse)
         if name in _HOST_MODES + ("NetworkMode",):
             _check_mode(full, str(value), grant, refuse)
         elif name == "OomKillDisable" or name == "PublishAllPorts":
@@ -339,7 +354,7 @@ def check_create(body: dict[str, Any], grant: Grant) -> dict[str, Any]:
         elif name in ("Memory", "MemorySwap", "NanoCpus", "CpuQuota", "CpuPeriod", "CpusetCpus"):
             pass  # checked below, against the kernel's own limits
         elif name == "DeviceRequests":
-            pass
+            pass  # checked above
         elif name in ("MaskedPaths", "ReadonlyPaths"):
             raise refuse(full, "is set: a guarded kernel's containers keep Docker's defaults")
         else:
@@ -369,6 +384,27 @@ def _check_mode(name: str, value: str, grant: Grant, refuse: Callable[..., Refus
         raise refuse(name, "is 'host': a guarded kernel's containers get their own namespaces")
     if value.startswith("container:"):
         raise refuse(name, f"is {value!r}: joining another container is not allowed")
+
+
+def _check_gpus(
+    name: str, requests: list[dict[str, Any]], grant: Grant, refuse: Callable[..., Refused]
+) -> None:
+    """GPUs no beyond the kernel's own: 'all' allows any; a count, that many at most (any
+    ids); device ids, those only."""
+    if not grant.gpus:
+        raise refuse(name, "asks for GPUs, and this kernel's kernelspec grants none")
+    from ..kernel.options import parse_gpus
+
+    count, ids = parse_gpus(grant.gpus)
+    if count == -1:
+        return
+    asked_count = sum(int(r.get("Count") or 0) for r in requests)
+    asked_ids = {str(i) for r in requests for i in r.get("DeviceIDs") or []}
+    if ids:
+        if asked_count or not asked_ids <= set(ids):
+            raise refuse(name, f"asks for GPUs beyond the kernel's own (device={','.join(ids)})")
+    elif asked_count < 0 or asked_count > count or (asked_ids and len(asked_ids) > count):
+        raise refuse(name, f"asks for more GPUs than the kernel's {count}")
 
 
 def _check_ports(name: str, bindings: dict[str, Any], refuse: Callable[..., Refused]) -> None:

@@ -255,6 +255,10 @@ class DockerGuard:
                 version = version if version in ("HTTP/1.0", "HTTP/1.1") else "HTTP/1.1"
                 split = urlsplit(target)
                 query = parse_qsl(split.query, keep_blank_values=True)
+                if head.get("expect").lower() == "100-continue":
+                    # Said here, so that a body the guard reads comes at once.
+                    client.sendall(f"{version} 100 Continue\r\n\r\n".encode())
+                    head.headers = head.without("expect")
                 try:
                     action, body = self._decide(
                         conn, method, split.path, query, head, rfile, daemon
@@ -323,7 +327,10 @@ class DockerGuard:
             exec_ids=state.exec_ids,
             owned=state.owned,
         )
-        action = decide(method, path, query, grant, look)
+        try:
+            action = decide(method, path, query, grant, look)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise Refused(f"{method} {path}", f"a parameter is malformed ({exc})", 400) from None
         if action.body is None:
             return action, None
         raw = read_body(rfile, head, MAX_JSON_BODY)  # too large: ProtocolError, conn closed
@@ -340,6 +347,10 @@ class DockerGuard:
         except Refused as refused:
             refused.body_consumed = True
             raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            refused = Refused(f"{method} {path}", f"the body is malformed ({exc})", 400)
+            refused.body_consumed = True
+            raise refused from None
 
     def _refuse(
         self, client: socket.socket, head: Head, rfile: Any, refused: Refused, version: str

@@ -243,7 +243,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 mounts=own,
                 memory=parse_bytes("memory", self.memory) if self.memory else None,
                 nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
-                gpus=bool(self.gpus),
+                gpus=self.gpus,
             )
         )
 

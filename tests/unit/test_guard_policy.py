@@ -236,6 +236,49 @@ def test_a_host_field_the_guard_does_not_know_is_refused_when_set(
         check_create({"HostConfig": {field_name: value}}, _grant())
 
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    host=st.dictionaries(
+        st.sampled_from(
+            [
+                "Binds",
+                "Mounts",
+                "PortBindings",
+                "SecurityOpt",
+                "DeviceRequests",
+                "Memory",
+                "NanoCpus",
+                "CpuQuota",
+                "NetworkMode",
+                "OomScoreAdj",
+                "MaskedPaths",
+                "Tmpfs",
+            ]
+        ),
+        JSON,
+        max_size=4,
+    ),  # fmt: skip
+    labels_value=JSON,
+)
+def test_a_malformed_body_is_refused_never_a_crash(host: dict[str, Any], labels_value: Any) -> None:
+    grant = _grant(memory=1 << 30, nano_cpus=10**9, gpus="1")
+    try:
+        out = check_create({"Image": "x", "HostConfig": host, "Labels": labels_value}, grant)
+    except Refused as refused:
+        assert refused.status in (400, 403)
+    else:
+        assert out["Labels"][GUARD_KERNEL] == KERNEL
+
+
 def test_limits_are_the_kernels_own_at_most_and_set_when_none_are_asked() -> None:
     grant = _grant(memory=1 << 30, nano_cpus=2_000_000_000)
     out = check_create(_body({}), grant)["HostConfig"]
@@ -254,11 +297,35 @@ def test_limits_are_the_kernels_own_at_most_and_set_when_none_are_asked() -> Non
             check_create(_body(host), grant)
 
 
-def test_gpus_pass_only_when_the_kernelspec_grants_them() -> None:
-    host = {"device_requests": [docker.types.DeviceRequest(count=1, capabilities=[["gpu"]])]}
-    check_create(_body(host), _grant(gpus=True))
-    with pytest.raises(Refused, match="grants none"):
-        check_create(_body(host), _grant())
+GPU_CASES = [
+    # the kernelspec's gpus, what a create asks (count, ids), allowed?
+    (None, (1, None), False),
+    ("all", (-1, None), True),
+    ("all", (0, ["3"]), True),
+    ("2", (2, None), True),
+    ("2", (1, None), True),
+    ("2", (3, None), False),
+    ("2", (-1, None), False),
+    ("2", (0, ["0", "1"]), True),
+    ("2", (0, ["0", "1", "2"]), False),
+    ("device=0,1", (0, ["1"]), True),
+    ("device=0,1", (0, ["2"]), False),
+    ("device=0,1", (1, None), False),
+]
+
+
+@pytest.mark.parametrize(("granted", "asked", "allowed"), GPU_CASES)
+def test_gpus_pass_only_within_what_the_kernelspec_grants(
+    granted: str | None, asked: tuple[int, list[str] | None], allowed: bool
+) -> None:
+    count, ids = asked
+    request = docker.types.DeviceRequest(count=count, device_ids=ids, capabilities=[["gpu"]])
+    body = _body({"device_requests": [request]})
+    if allowed:
+        check_create(body, _grant(gpus=granted))
+    else:
+        with pytest.raises(Refused, match="HostConfig.DeviceRequests"):
+            check_create(body, _grant(gpus=granted))
 
 
 # ------------------------------------------------------------------------ routing
@@ -313,6 +380,10 @@ ROUTES = [
     ("POST", "/v1.41/plugins/pull", [], False, "not available"),
     ("GET", "/v1.41/system/df", [], False, "not available"),
     ("POST", "/session", [], False, "not available"),
+    ("POST", "/v1.41/containers/prune", [], False, "not available"),
+    ("POST", f"/v1.23/containers/{MINE}/start", [], False, "API versions before 1.24"),
+    ("POST", "/v1.12/containers/create", [], False, "API versions before 1.24"),
+    ("POST", f"/v1.24/containers/{MINE}/start", [], True, ""),
 ]
 
 

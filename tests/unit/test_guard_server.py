@@ -331,3 +331,37 @@ def _until(check: Any, timeout: float = 10) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_a_client_that_waits_for_100_continue_gets_it_and_its_answer(
+    guard: DockerGuard, daemon: _Daemon
+) -> None:
+    body = json.dumps({"Image": "img"}).encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(guard.path)
+        sock.settimeout(10)
+        head = (
+            "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Expect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 100")
+        assert reader.readline() == b"\r\n"
+        sock.sendall(body)
+        assert reader.readline().startswith(b"HTTP/1.1 201")
+        reader.close()
+    assert daemon.created[0]["Labels"][GUARD_KERNEL] == "k1"
+
+
+def test_a_malformed_request_gets_a_400_and_the_connection_goes_on(guard: DockerGuard) -> None:
+    guard.grant(Grant(kernel_id="k1", container_id=KERNEL_CID, memory=1 << 30))
+    api = _client(guard)
+    with pytest.raises(docker.errors.APIError) as caught:
+        api._result(api._post(api._url("/build"), params={"memory": "lots"}, data=b""))
+    assert caught.value.status_code == 400 and "malformed" in str(caught.value.explanation)
+    with pytest.raises(docker.errors.APIError) as caught:
+        api._result(api._post(api._url("/commit"), params={"container": MADE}, data=b"[1]"))
+    assert caught.value.status_code == 400 and "JSON object" in str(caught.value.explanation)
+    assert api.ping()
