@@ -348,9 +348,9 @@ class DockerGuard:
             refused.body_consumed = True
             raise
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            refused = Refused(f"{method} {path}", f"the body is malformed ({exc})", 400)
-            refused.body_consumed = True
-            raise refused from None
+            malformed = Refused(f"{method} {path}", f"the body is malformed ({exc})", 400)
+            malformed.body_consumed = True
+            raise malformed from None
 
     def _refuse(
         self, client: socket.socket, head: Head, rfile: Any, refused: Refused, version: str
