@@ -62,8 +62,11 @@ def load_ipython_extension(ipython: Any) -> None:
 
     conn = os.environ.get("NBCONTAINER_CONNECTION_FILE")  # set by the provisioner
     if conn and in_container_kernel():
+        from .kernel.package_index import prepare_pip
+
         try:
             os.unlink(conn)
         except OSError:  # already gone, or not ours to remove: the commit check refuses it then
             pass
+        prepare_pip(ipython)
     load(ipython)

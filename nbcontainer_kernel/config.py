@@ -55,6 +55,8 @@ ENVIRONMENT = {
     "NBCONTAINER_SPOT": "RemoteRun.spot: SageMaker managed spot training (true/false)",
     "NBCONTAINER_RUN_POOL_SIZE": "RemoteRun.run_pool_size: --local runner containers kept "
     "waiting (0: a run image per run)",
+    "NBCONTAINER_RESOLVE_TIMEOUT": "RemoteRun.resolve_timeout: seconds a dependency layer's "
+    "wheel resolution may take before it fails",
     "NBCONTAINER_BACKEND": "RemoteRun.backend: where runs go by default (local, batch, sagemaker)",
     "NBCONTAINER_MAX_PARALLEL": "RemoteRun.max_parallel: children of a sweep running at once",
     "NBCONTAINER_TIMEOUT": "RemoteRun.timeout: seconds before a run is stopped",

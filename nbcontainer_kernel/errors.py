@@ -34,6 +34,7 @@ __all__ = [
     "ImageNotUsable",
     "ImageBuildError",
     "WheelResolutionError",
+    "PackageIndexUnreachable",
     "InvalidOption",
     "KernelSpecError",
     "KernelDied",
@@ -201,6 +202,19 @@ class WheelResolutionError(NbcontainerError, LookupError):
 
 
 # --------------------------------------------------------------- configuration
+class PackageIndexUnreachable(NbcontainerError, ConnectionError):
+    """pip could not talk to the package index at all (TLS, proxy, network, no index, or
+    the resolution's time budget ran out): not a missing wheel, so nothing is retried."""
+
+    _fields = ("index", "cause", "fix")
+
+    def __init__(self, index: str, cause: str, fix: str) -> None:
+        self.index = index
+        self.cause = cause
+        self.fix = fix
+        super().__init__(f"The package index ({index}) cannot be used: {cause}. {fix}")
+
+
 class InvalidOption(NbcontainerError, ValueError):
     """An option, flag or setting has a value that cannot work."""
 

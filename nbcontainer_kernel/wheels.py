@@ -11,30 +11,185 @@ whether it is installed from a wheel, an sdist or in editable mode.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-from .errors import WheelResolutionError
+from .errors import PackageIndexUnreachable, WheelResolutionError
 
 __all__ = [
     "TargetPython",
     "PROBE_SNIPPET",
+    "index_trouble",
+    "resolution_budget",
     "resolve_wheels",
+    "run_pip",
     "build_self_wheel",
     "pinned",
     "cache_dir",
 ]
+
+# The deadline of the resolution under way (RemoteRun.resolve_timeout): every pip call
+# of one dependency layer shares it.
+_deadline: ContextVar[tuple[float, float] | None] = ContextVar(
+    "nbcontainer_resolve_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def resolution_budget(seconds: float | None) -> Iterator[None]:
+    """Every pip call inside the block stops when `seconds` have passed in all."""
+    token = _deadline.set((time.monotonic() + seconds, seconds) if seconds else None)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+# pip's words when it cannot talk to the index at all: not a missing wheel. Those in
+# the first group never heal by retrying, so pip is stopped at the first; the others
+# get pip's own first retry.
+_NEVER_HEALS = [
+    (
+        re.compile(r"CERTIFICATE_VERIFY_FAILED|SSLCertVerificationError|certificate verify failed"),
+        "TLS verification failed: the index's certificate (or a proxy's) is signed by a CA "
+        "that this Python does not trust",
+    ),
+    (re.compile(r"SSLError|SSL: "), "the TLS connection to the index failed"),
+    (
+        re.compile(r"ProxyError|Tunnel connection failed|407 Proxy Authentication"),
+        "the proxy refused the connection",
+    ),
+]
+_MAY_HEAL = [
+    (
+        re.compile(
+            r"NewConnectionError|Failed to establish a new connection|Connection refused|"
+            r"Name or service not known|Temporary failure in name resolution|"
+            r"Network is unreachable|No route to host|nodename nor servname"
+        ),
+        "the index cannot be reached (the connection failed)",
+    ),
+    (
+        re.compile(r"ConnectTimeoutError|ReadTimeoutError|timed out"),
+        "the index did not answer in time",
+    ),
+]
+# Only pip's own reports of a failed request are read (not package names or output).
+_REPORT = re.compile(r"Retrying \(|Could not fetch URL|ERROR: |connection broken by")
+
+
+def index_trouble(line: str) -> tuple[str, bool] | None:
+    """(cause, heals_never) when a line of pip's output says the index cannot be used."""
+    if not _REPORT.search(line):
+        return None
+    for pattern, cause in _NEVER_HEALS:
+        if pattern.search(line):
+            return cause, True
+    for pattern, cause in _MAY_HEAL:
+        if pattern.search(line):
+            return cause, False
+    return None
+
+
+def _index_named() -> str:
+    from .kernel.package_index import describe_index
+
+    if os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
+        return "none: PIP_NO_INDEX is set"
+    return describe_index(os.environ.get("PIP_INDEX_URL"))
+
+
+def _unreachable(cause: str) -> PackageIndexUnreachable:
+    from .config import in_container_kernel
+
+    if in_container_kernel():
+        fix = (
+            "Give the kernel the host's package index settings (its kernelspec option "
+            "package_index 'host', the default: `nbcontainer kernelspec install "
+            "--package-index host ...`), or run without --base: the kernel's own container "
+            "is then committed and no wheel is resolved."
+        )
+    else:
+        fix = (
+            "Check that pip on this host reaches it (`pip config list`; the proxy variables; "
+            "PIP_CERT for a proxy's CA), or raise RemoteRun.resolve_timeout if it is slow."
+        )
+    return PackageIndexUnreachable(_index_named(), cause, fix)
+
+
+def _remaining() -> float | None:
+    budget = _deadline.get()
+    if budget is None:
+        return None
+    left = budget[0] - time.monotonic()
+    if left <= 0:
+        raise _over_budget(budget[1])
+    return left
+
+
+def _over_budget(seconds: float) -> PackageIndexUnreachable:
+    return _unreachable(
+        f"resolving wheels took more than its budget of {seconds:g} s (RemoteRun.resolve_timeout)"
+    )
+
+
+def run_pip(args: Sequence[str], on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """`python -m pip ARGS`: (exit code, output). Stops pip and raises
+    PackageIndexUnreachable as soon as its output says the index cannot be used (at the
+    first failure that never heals, the second of any other), or when the resolution's
+    budget runs out."""
+    timeout = _remaining()
+    output: list[str] = []
+    trouble: dict[str, int] = {}
+    with subprocess.Popen(
+        [sys.executable, "-m", "pip", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as pip:
+        timer = threading.Timer(timeout, pip.kill) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            assert pip.stdout is not None
+            for line in pip.stdout:
+                output.append(line)
+                found = index_trouble(line)
+                if found is not None:
+                    cause, never_heals = found
+                    trouble[cause] = trouble.get(cause, 0) + 1
+                    if never_heals or trouble[cause] >= 2:
+                        pip.kill()
+                        raise _unreachable(cause)
+                if on_line is not None:
+                    on_line(line.rstrip())
+            pip.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+    if timer is not None and not timer.is_alive() and pip.returncode < 0:
+        budget = _deadline.get()
+        raise _over_budget(budget[1] if budget else 0)
+    return pip.returncode, "".join(output)
+
 
 # Printed by the image's interpreter: what pip needs to pick wheels for it.
 PROBE_SNIPPET = (
@@ -135,9 +290,6 @@ def resolve_wheels(
     cache = cache_dir() / target.cache_key()
     cache.mkdir(parents=True, exist_ok=True)
     base = [
-        sys.executable,
-        "-m",
-        "pip",
         "download",
         "--disable-pip-version-check",
         "--only-binary=:all:",
@@ -156,31 +308,35 @@ def resolve_wheels(
         str(dest),
         *(["--no-deps"] if no_deps else []),
     ]
-    offline = subprocess.run(
-        base + ["--no-index", "--find-links", str(cache), *requirements],
-        capture_output=True,
-        text=True,
-    )
-    if offline.returncode != 0:
+    code, _ = run_pip(base + ["--no-index", "--find-links", str(cache), *requirements])
+    if code != 0:
         if on_line:
             on_line(
                 f"resolving {len(requirements)} requirement(s) for {target.describe()} from the "
                 "package index"
             )
-        output = []
-        with subprocess.Popen(
+        done = 0
+
+        def progress(line: str) -> None:
+            nonlocal done
+            if line.startswith(("Saved", "File was already downloaded")):
+                done += 1
+                if on_line:
+                    on_line(f"[{done}/{len(requirements)}] {line}")
+            elif on_line and line.startswith(("Collecting", "Downloading")):
+                on_line(line)
+
+        code, output = run_pip(
             base + ["--find-links", str(cache), "--progress-bar", "off", *requirements],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        ) as online:
-            assert online.stdout is not None
-            for line in online.stdout:
-                output.append(line)
-                if on_line and line.startswith(("Collecting", "Saved", "Downloading")):
-                    on_line(line.rstrip())
-        if online.returncode != 0:
-            raise WheelResolutionError(requirements, target.describe(), "".join(output))
+            progress,
+        )
+        if code != 0:
+            if _index_named().startswith("none") and "from versions: none" in output:
+                raise _unreachable(
+                    "pip has no package index here (PIP_NO_INDEX; a kernel's kernelspec "
+                    "with package_index 'none')"
+                )
+            raise WheelResolutionError(requirements, target.describe(), output)
     elif on_line:
         on_line(f"resolved {len(requirements)} requirement(s) from the wheel cache (offline)")
     wheels = sorted(dest.glob("*.whl"))

@@ -201,6 +201,12 @@ def decide(
             ref = "/".join(parts[1:-1])
             if parts[-1] == "json" and method == "GET":
                 return Action(target_path, query)
+            if method == "POST" and parts[-1] == "push":
+                tag = dict(query).get("tag")
+                if not tag:  # a push without a tag pushes every tag of the repository
+                    raise Refused(what, "tag is missing: a guarded kernel pushes one tag")
+                _own_image(f"{ref}:{tag}", grant, look, what)
+                return Action(target_path, query)
             if method == "POST":
                 _own_image(ref, grant, look, what)
                 if parts[-1] == "tag":

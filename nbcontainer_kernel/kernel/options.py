@@ -99,6 +99,15 @@ class ContainerOptions(HasTraits):
         help="Deprecated (kernelspecs written before docker_access): true is "
         "docker_access 'raw', false is 'none'.",
     ).tag(config=True)
+    package_index = CaselessStrEnum(
+        ["host", "none"],
+        default_value="host",
+        help="Where pip in the kernel finds packages: 'host' gives the kernel the host's "
+        "effective pip settings (index URLs, find-links, trusted hosts, timeouts), proxy "
+        "variables and CA bundle (read when the kernel starts; local paths they name are "
+        "mounted read-only), so %pip install and --base builds work where the host's pip "
+        "does; 'none' gives it no index (PIP_NO_INDEX), and they fail at once saying so.",
+    ).tag(config=True)
     mount_ledger = Bool(
         True,
         help="Mount the user's nbcontainer data directory (the run ledger and "

@@ -39,6 +39,7 @@ from .options import (
     parse_user,
     resource_kwargs,
 )
+from .package_index import host_settings
 from .pool import KernelPool, pool_for
 
 __all__ = ["DockerProvisioner", "KERNEL_PORTS"]
@@ -336,6 +337,17 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         if access != "none":
             env["DOCKER_HOST"] = f"unix://{DOCKER_SOCKET_IN_KERNEL}"
         env[DOCKER_ACCESS_ENV] = access
+        # The host's package index settings: the kernelspec's own env wins over them.
+        index = host_settings(self.package_index)
+        spec_env = set(getattr(self.kernel_spec, "env", None) or {})
+        env.update({k: v for k, v in index.env.items() if k not in spec_env})
+        taken = {m["Target"] for m in mounts}
+        for source, target in sorted(index.mounts.items()):
+            if target in taken:  # the kernelspec mounts something there itself
+                continue
+            mounts.append(
+                docker.types.Mount(target=target, source=source, type="bind", read_only=True)
+            )
         kernel_id = self.kernel_id or ""
         out: dict[str, Any] = {
             "entrypoint": cmd[:1],

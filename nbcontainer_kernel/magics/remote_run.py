@@ -281,9 +281,18 @@ class RemoteRun(Magics):
         "image (--rerun makes one when it is needed). 0 builds a run image for every run.",
     ).tag(config=True, env="NBCONTAINER_RUN_POOL_SIZE")
 
+    resolve_timeout = Float(
+        300.0,
+        min=1.0,
+        help="Seconds a dependency layer's wheel resolution (a --base build) may take in "
+        "all (env NBCONTAINER_RESOLVE_TIMEOUT); then it fails naming the package index, as "
+        "it does at once when the index cannot be reached.",
+    ).tag(config=True, env="NBCONTAINER_RESOLVE_TIMEOUT")
+
     #: The settings handed to backends as they are.
     _BACKEND_SETTINGS = (
         "run_pool_size",
+        "resolve_timeout",
         "registry",
         "s3_prefix",
         "batch_queue",
@@ -381,6 +390,10 @@ class RemoteRun(Magics):
     @default("run_pool_size")
     def _run_pool_size_default(self) -> int:
         return trait_default(self, "run_pool_size")
+
+    @default("resolve_timeout")
+    def _resolve_timeout_default(self) -> float:
+        return trait_default(self, "resolve_timeout")
 
     @default("ledger_path")
     def _ledger_path_default(self) -> str | None:

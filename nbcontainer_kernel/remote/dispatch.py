@@ -26,6 +26,7 @@ from ..errors import InvalidOption, NbcontainerError, RunCancelled, SweepFailed
 from ..metrics import metric_names_in
 from ..snapshots import Snapshot, names_assigned, snapshot
 from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
+from ..wheels import resolution_budget
 from .ledger import Ledger
 from .results import RunResult, load_results
 from .run_images import RunImage, build_run_image, build_runtime_image
@@ -450,12 +451,14 @@ class RemoteRunner:
             if driver.stop is not None:
                 driver.stop.check()
             driver.enter(run_id, Phase.BUILD)
-            image = (self.runtime_builder if warm else self.image_builder)(
-                snap,
-                base=req.base,
-                allow_unpinned=req.allow_unpinned,
-                on_line=_warnings_to(driver.hooks, run_id, driver.stop),
-            )
+            budget = req.settings.get("resolve_timeout")
+            with resolution_budget(float(budget) if budget else None):
+                image = (self.runtime_builder if warm else self.image_builder)(
+                    snap,
+                    base=req.base,
+                    allow_unpinned=req.allow_unpinned,
+                    on_line=_warnings_to(driver.hooks, run_id, driver.stop),
+                )
             if image.skipped_requirements:
                 driver.hooks.log(
                     run_id,

@@ -47,6 +47,12 @@ EXAMPLES: list[tuple[NbcontainerError, type[BaseException] | None]] = [
     (errors.ImageNotUsable("img:1", "it has no python3", "Use another base."), ValueError),
     (errors.ImageBuildError("tag:1", "step 3 failed", ["a", "b"]), RuntimeError),
     (errors.WheelResolutionError(["x==1"], "Python 3.11", "no wheel"), LookupError),
+    (
+        errors.PackageIndexUnreachable(
+            "https://***@index.example/simple", "TLS verification failed", "Give it the CA."
+        ),
+        ConnectionError,
+    ),
     (errors.InvalidOption("memory", "lots", "expected a size"), ValueError),
     (errors.KernelSpecError("No kernelspec named 'k'"), LookupError),
     (errors.KernelDied("c", 137, True, ["MemoryError"]), RuntimeError),
