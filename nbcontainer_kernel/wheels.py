@@ -354,6 +354,16 @@ IMAGE_ONLY_SCRIPTS = {
 }
 
 
+def wheel_record(files: dict[str, bytes], record_name: str) -> bytes:
+    """A wheel's RECORD for `files` (member name -> content), naming itself last."""
+    lines = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        lines.append(f"{name},sha256={digest},{len(data)}")
+    lines.append(f"{record_name},,")
+    return ("\n".join(lines) + "\n").encode()
+
+
 def build_self_wheel(dest: Path) -> Path:
     """Make a wheel of this package from its own files (deterministic bytes).
 
@@ -392,12 +402,7 @@ def build_self_wheel(dest: Path) -> Path:
         f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(eps.items())) + "\n"
         for group, eps in sorted(groups.items())
     ).encode()
-    record = []
-    for fname, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{fname},sha256={digest},{len(data)}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    files[f"{dist}/RECORD"] = wheel_record(files, f"{dist}/RECORD")
 
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / f"nbcontainer_kernel-{__version__}-py3-none-any.whl"

@@ -4,9 +4,7 @@ on 127.0.0.1. Standard library plus cryptography."""
 
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
 import http.server
 import ipaddress
 import socket
@@ -17,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from nbcontainer_kernel.wheels import wheel_record
 
 
 def make_wheel(dest: Path, name: str, version: str, code: str) -> Path:
@@ -32,12 +32,8 @@ def make_wheel(dest: Path, name: str, version: str, code: str) -> Path:
             b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
     }
-    record = []
-    for member, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{member},sha256={digest},{len(data)}")
-    record.append(f"{dist}-{version}.dist-info/RECORD,,")
-    files[f"{dist}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    record = f"{dist}-{version}.dist-info/RECORD"
+    files[record] = wheel_record(files, record)
     with zipfile.ZipFile(path, "w") as zf:
         for member, data in files.items():
             zf.writestr(member, data)
