@@ -23,6 +23,7 @@ run proves that a run image is a SageMaker training image. How local mode behave
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -239,6 +240,15 @@ class SageMakerLocalBackend(SageMakerBackend):
         from ..engine import get_engine
         from .aws import region as aws_region
 
+        if os.environ.get("NBCONTAINER_DOCKER_ACCESS") == "guarded":
+            raise InvalidOption(
+                "docker_access",
+                "guarded",
+                "SageMaker's local mode runs docker-compose, which makes a network and binds "
+                "the run's directory: a kernel reaching Docker through nbcontainer's guard may "
+                "not. Run it from a kernelspec with docker_access 'raw' (single-user machines) "
+                "or from the host, or use --backend sagemaker",
+            )
         settings = {**self.settings, **spec.settings}
         job_name = job_name_for(spec.run_id)
         if not get_engine().has_image(spec.image):  # compose would try Docker Hub for it

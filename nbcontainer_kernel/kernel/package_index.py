@@ -217,6 +217,14 @@ def prepare_pip(ipython: object, environ: Mapping[str, str] | None = None) -> No
     if environ.get(PACKAGE_INDEX_ENV) == "none":
         magics = getattr(ipython, "magics_manager", None)
         pip = magics.magics["line"].get("pip") if magics is not None else None
+        from IPython.core.interactiveshell import InteractiveShell
+
+        if isinstance(ipython, InteractiveShell):
+            # IPython registers %pip lazily: its registration looks the name up again
+            # when called (which would find this wrapper), so call the magic itself.
+            from IPython.core.magics.packaging import PackagingMagics
+
+            pip = PackagingMagics(shell=ipython).pip
         if magics is not None and pip is not None:
 
             def pip_without_index(line: str) -> object:

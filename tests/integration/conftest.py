@@ -220,11 +220,16 @@ def sagemaker_kernel_image(engine: Engine, kernel_image: str) -> str:
 
 
 @pytest.fixture
-def testbed_kernelspec(make_kernelspec, testbed: dict[str, str]) -> Callable[[str, str], str]:
+def testbed_kernelspec(make_kernelspec, testbed: dict[str, str]) -> Callable[..., str]:
     """A kernelspec whose kernel reaches the test bed: the host network (moto and the
-    registry listen on 127.0.0.1), the test bed's environment, the Docker socket."""
+    registry listen on 127.0.0.1), the test bed's environment, Docker through the guard
+    (or the raw socket, which SageMaker's local mode needs)."""
 
-    def make(name: str, image: str) -> str:
-        return str(make_kernelspec(name, image=image, network_mode="host", env=testbed))
+    def make(name: str, image: str, docker_access: str = "guarded") -> str:
+        return str(
+            make_kernelspec(
+                name, image=image, network_mode="host", env=testbed, docker_access=docker_access
+            )
+        )
 
     return make

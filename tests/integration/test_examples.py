@@ -55,7 +55,9 @@ def test_sweep_and_compare_runs_in_the_containerized_kernel(
 def test_remote_backends_runs_one_cell_locally_on_batch_and_under_sagemaker_local_mode(
     sagemaker_kernel_image: str, testbed_kernelspec, ledger: Ledger, new_images, tmp_path: Path
 ) -> None:
-    name = testbed_kernelspec("nbc-examples-aws", sagemaker_kernel_image)
+    # SageMaker's local mode (docker-compose: networks, binds of the run's directory) needs
+    # the raw socket; the guard refuses it, saying so (tests/unit/test_sagemaker_parts.py).
+    name = testbed_kernelspec("nbc-examples-aws", sagemaker_kernel_image, docker_access="raw")
     shutil.copy(ROOT / "examples" / "remote_backends.ipynb", tmp_path)
     nb = nbformat.read(tmp_path / "remote_backends.ipynb", as_version=4)
     execute_notebook(nb, tmp_path, name, timeout=900)

@@ -309,3 +309,21 @@ def test_the_ca_a_kernel_is_given_is_one_python_can_load(tmp_path: Path) -> None
     context = ssl.create_default_context(cafile=str(pki.ca_file))
     assert context.cert_store_stats()["x509_ca"] == 1
     assert io  # (io is used by the helpers' callers)
+
+
+def test_pip_in_a_real_shell_without_an_index_says_why_and_runs_pip(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.core.magics.packaging import PackagingMagics
+
+    ran: list[str] = []
+    monkeypatch.setattr(PackagingMagics, "pip", lambda self, line: ran.append(line))
+    shell = InteractiveShell.instance()
+    try:
+        prepare_pip(shell, {"NBCONTAINER_PACKAGE_INDEX": "none"})
+        shell.run_line_magic("pip", "install tomli_w")
+        assert ran == ["install tomli_w"]
+        assert NO_INDEX_NOTE in capsys.readouterr().err
+    finally:
+        InteractiveShell.clear_instance()

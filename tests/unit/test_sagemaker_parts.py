@@ -521,3 +521,14 @@ def test_local_modes_session_holds_no_credentials_even_when_the_environment_has_
     assert image._aws_credentials(session.boto_session) is None
     assert session.config["local"]["container_config"] == {"labels": {"a": "b"}, "cpus": 1.0}
     assert session.config["local"]["container_root"] == str(tmp_path)
+
+
+def test_local_mode_in_a_guarded_kernel_says_it_needs_the_raw_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nbcontainer_kernel.backends.sagemaker_local import SageMakerLocalBackend
+    from nbcontainer_kernel.errors import InvalidOption
+
+    monkeypatch.setenv("NBCONTAINER_DOCKER_ACCESS", "guarded")
+    with pytest.raises(InvalidOption, match="docker_access 'raw'"):
+        SageMakerLocalBackend().submit(None)  # type: ignore[arg-type]  (refused before use)
