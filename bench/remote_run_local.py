@@ -205,7 +205,8 @@ def guard_vs_raw(image: str, runs: int) -> int:
             kc.execute_interactive(setup, timeout=60, output_hook=lambda m: None)
         samples: dict[str, list[float]] = {k: [] for k in kernels}
         for i in range(runs + 1):  # the first makes the runtime layer: not counted
-            for access, (_, kc) in kernels.items():
+            order = list(kernels.items())
+            for access, (_, kc) in order if i % 2 else order[::-1]:  # neither always first
                 out: list[str] = []
 
                 def hook(msg: dict, out: list[str] = out) -> None:
