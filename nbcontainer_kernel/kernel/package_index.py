@@ -224,7 +224,8 @@ def prepare_pip(ipython: object, environ: Mapping[str, str] | None = None) -> No
             # when called (which would find this wrapper), so call the magic itself.
             from IPython.core.magics.packaging import PackagingMagics
 
-            pip = PackagingMagics(shell=ipython).pip
+            # (IPython's decorator hides that this is a bound method from mypy.)
+            pip = PackagingMagics(shell=ipython).pip  # type: ignore[misc]
         if magics is not None and pip is not None:
 
             def pip_without_index(line: str) -> object:

@@ -21,8 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +36,7 @@ from ..kernel.images import dockerfile_labels, probe_python
 from ..kernel.pool import kernel_containers
 from ..snapshots.capture import MANIFEST, Snapshot
 from ..snapshots.env import is_secret
-from ..wheels import TargetPython, pinned, resolve_wheels
+from ..wheels import TargetPython, pinned, resolve_wheels, run_pip
 
 __all__ = [
     "RunImage",
@@ -173,12 +171,9 @@ def _resolve_one(
             say(f"warning: {req} {why} {target.describe()}; using {name} {found}")
             return True
     with tempfile.TemporaryDirectory(prefix="nbcontainer-wheel-") as tmp:
-        built = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, req],
-            capture_output=True,
-            text=True,
-        )
-        if built.returncode != 0:
+        # Within the resolution's budget, and stopped at once if the index cannot be used.
+        code, _ = run_pip(["wheel", "-q", "--no-deps", "-w", tmp, req])
+        if code != 0:
             return False
         for wheel in Path(tmp).glob("*.whl"):
             # Only a pure-Python wheel, and only when the image's Python is one it accepts.
@@ -276,7 +271,9 @@ def _resolve_lock(
     # Then one at a time: a pin the image's Python cannot use (Requires-Python) falls back
     # to the newest version that it can; a package with no wheel at all is built here when
     # it is pure Python, else left out. Each is reported.
-    for req in odd + remaining:
+    one_by_one = odd + remaining
+    for done, req in enumerate(one_by_one, start=1):
+        say(f"[{done}/{len(one_by_one)}] resolving {req} on its own")
         if not _resolve_one(req, target, dest, say, allow_unpinned):
             skipped.append(req)
             say(

@@ -249,9 +249,7 @@ def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(
         raise WheelResolutionError(reqs, target.describe(), "ERROR: No matching distribution found")
 
     monkeypatch.setattr(run_images, "resolve_wheels", resolve)
-    monkeypatch.setattr(
-        run_images.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})()
-    )
+    monkeypatch.setattr(run_images, "run_pip", lambda args, on_line=None: (1, ""))
     target = TargetPython((3, 11, 7), "x86_64", "glibc", "2.36")
     said: list[str] = []
     assert not run_images._resolve_one("private-pkg==1.2.3", target, tmp_path, said.append)
@@ -340,9 +338,7 @@ def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(
         return []
 
     monkeypatch.setattr(run_images, "resolve_wheels", resolve)
-    monkeypatch.setattr(
-        run_images.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1})()
-    )
+    monkeypatch.setattr(run_images, "run_pip", lambda args, on_line=None: (1, ""))
     lock = [f"pkg{i}==1.0" for i in range(50)] + ["Private_Pkg==1.0"]
     said: list[str] = []
     skipped = run_images._resolve_lock(
