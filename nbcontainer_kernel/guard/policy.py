@@ -157,7 +157,11 @@ def decide(
         raise Refused(what, f"API versions before {'.'.join(map(str, MIN_API))} are not served")
     if (method, path) in _ALWAYS:
         return Action(target_path, query)
-    parts = [unquote(p) for p in path.strip("/").split("/")]
+    # Decided on the path as the daemon will read it (decoded), so that no escaped slash
+    # or dot segment can make one endpoint look like another.
+    parts = unquote(path).strip("/").split("/")
+    if any(p in (".", "..") or "\x00" in p for p in parts):
+        raise Refused(what, "the path has a dot segment or a NUL", 400)
     prefix = target_path[: len(target_path) - len(path)]
 
     if parts[0] == "containers":

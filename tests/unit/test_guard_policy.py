@@ -385,6 +385,9 @@ ROUTES = [
     ("POST", f"/v1.23/containers/{MINE}/start", [], False, "API versions before 1.24"),
     ("POST", "/v1.12/containers/create", [], False, "API versions before 1.24"),
     ("POST", f"/v1.24/containers/{MINE}/start", [], True, ""),
+    ("GET", f"/v1.41/containers/{MINE}/..%2F..%2Fvolumes", [], False, "dot segment"),
+    ("DELETE", f"/v1.41/containers/{MINE}%2F..%2F{FOREIGN}", [], False, "dot segment"),
+    ("POST", f"/v1.41/containers/{MINE}%2Fupdate", [], False, "not available"),
 ]
 
 
