@@ -79,6 +79,7 @@ class LocalBackend(Backend):
         self._followers: dict[str, _LogFollower] = {}
         self._pool_of: dict[str, WarmPool] = {}  # container id -> the pool it came from
         self._running: dict[str, bool] = {}  # container id -> running at the last status
+        self._said_running: set[str] = set()  # containers whose RUNNING a status reported
         self.pool_size = 1
 
     def configure(self, settings: Mapping[str, Any]) -> None:
@@ -173,15 +174,26 @@ class LocalBackend(Backend):
         return 0.0  # status() itself waits, on the log stream's end (the container's exit)
 
     def status(self, job: Job) -> tuple[Phase, int | None]:
+        """The run's phase. A run whose container ran passes RUNNING once before it ends,
+        however fast it was (its ledger row then has a running time, as every run's does)."""
         cid = job.handle["container_id"]
+        phase, code = self._phase(cid)
+        if phase is Phase.RUNNING:
+            self._said_running.add(cid)
+        elif phase in (Phase.SUCCEEDED, Phase.FAILED) and cid not in self._said_running:
+            self._said_running.add(cid)
+            if code is not None:  # it ran (a container that is gone says nothing)
+                return Phase.RUNNING, None
+        return phase, code
+
+    def _phase(self, cid: str) -> tuple[Phase, int | None]:
         follower = self._followers.get(cid)
         if self._running.get(cid):  # wait here: the run's end is seen at once
             if follower is not None:
                 follower.done.wait(0.1)
             else:
                 time.sleep(0.1)
-        if follower is not None and follower.exit_code is not None and cid in self._running:
-            # (A run that ended before any status saw it start still passes RUNNING once.)
+        if follower is not None and follower.exit_code is not None:
             # The runner said its outputs are sealed and it exits: no need to wait for
             # Docker to see the container stop.
             said = follower.exit_code
@@ -234,6 +246,7 @@ class LocalBackend(Backend):
         cid = job.handle["container_id"]
         follower = self._followers.pop(cid, None)
         self._running.pop(cid, None)
+        self._said_running.discard(cid)
         pool = self._pool_of.pop(cid, None)
         if pool is None or follower is None or follower.exit_code != 0:
             self.engine.remove(cid)  # cancelled, timed out or failed: gone before the cell ends

@@ -391,3 +391,30 @@ def test_a_runner_imports_only_what_the_cells_values_need(
     assert proc.returncode == 0, proc.stderr
     modules = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert needed <= modules and not (not_needed & modules), not_needed & modules
+
+
+@pytest.mark.parametrize(
+    ("state", "phases"),
+    [
+        # ended before any status saw it: RUNNING once, then its end
+        ({"Running": False, "Status": "exited", "ExitCode": 0}, ["RUNNING", "SUCCEEDED"]),
+        ({"Running": False, "Status": "exited", "ExitCode": 3}, ["RUNNING", "FAILED"]),
+        ({"Running": True, "Status": "running"}, ["RUNNING", "RUNNING"]),
+        ({"Running": False, "Status": "created"}, ["STARTING", "STARTING"]),
+        (None, ["FAILED", "FAILED"]),  # gone: it says nothing of having run
+    ],
+)
+def test_a_run_that_ran_passes_running_once_however_fast_it_was(
+    state: dict | None, phases: list[str]
+) -> None:
+    from nbcontainer_kernel.backends.base import Job
+    from nbcontainer_kernel.backends.local import LocalBackend
+
+    class _Engine:
+        def inspect(self, cid: str) -> dict | None:
+            return None if state is None else {"State": state}
+
+    backend = LocalBackend(engine=_Engine())  # type: ignore[arg-type]
+    job = Job("local", "r-1", {"container_id": "c" * 64})
+    got = [backend.status(job)[0].value for _ in range(2)]
+    assert got == phases
