@@ -108,10 +108,14 @@ def index_trouble(line: str) -> tuple[str, bool] | None:
     return None
 
 
+def _no_index() -> bool:
+    return os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on")
+
+
 def _index_named() -> str:
     from .kernel.package_index import describe_index
 
-    if os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
+    if _no_index():
         return "none: PIP_NO_INDEX is set"
     return describe_index(os.environ.get("PIP_INDEX_URL"))
 
@@ -158,13 +162,19 @@ def run_pip(args: Sequence[str], on_line: Callable[[str], None] | None = None) -
     timeout = _remaining()
     output: list[str] = []
     trouble: dict[str, int] = {}
+    over_budget = threading.Event()
     with subprocess.Popen(
         [sys.executable, "-m", "pip", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     ) as pip:
-        timer = threading.Timer(timeout, pip.kill) if timeout is not None else None
+
+        def stop_at_budget() -> None:
+            over_budget.set()
+            pip.kill()
+
+        timer = threading.Timer(timeout, stop_at_budget) if timeout is not None else None
         if timer is not None:
             timer.daemon = True
             timer.start()
@@ -185,7 +195,7 @@ def run_pip(args: Sequence[str], on_line: Callable[[str], None] | None = None) -
         finally:
             if timer is not None:
                 timer.cancel()
-    if timer is not None and not timer.is_alive() and pip.returncode < 0:
+    if over_budget.is_set():
         budget = _deadline.get()
         raise _over_budget(budget[1] if budget else 0)
     return pip.returncode, "".join(output)
@@ -331,7 +341,7 @@ def resolve_wheels(
             progress,
         )
         if code != 0:
-            if _index_named().startswith("none") and "from versions: none" in output:
+            if _no_index() and "from versions: none" in output:
                 raise _unreachable(
                     "pip has no package index here (PIP_NO_INDEX; a kernel's kernelspec "
                     "with package_index 'none')"

@@ -132,7 +132,7 @@ def serve_index(root: Path, pki: Pki) -> Iterator[str]:
             super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
 
         def log_message(self, *args: object) -> None:
-            pass
+            """Quiet: a test reads what pip says, not the server's access log."""
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -7,12 +7,13 @@ limit).
 
 from __future__ import annotations
 
+import collections
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-__all__ = ["Head", "ProtocolError", "copy_body", "iter_body", "read_body", "read_head"]
+__all__ = ["Head", "ProtocolError", "copy_body", "drain", "iter_body", "read_body", "read_head"]
 
 MAX_HEAD = 64 * 1024
 CHUNK = 256 * 1024
@@ -94,8 +95,9 @@ def iter_body(rfile: BinaryIO, head: Head, *, until_close: bool = False) -> Iter
                 raise ProtocolError("the stream ended inside a chunked body")
             size = int(size_line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
-                while rfile.readline(MAX_HEAD) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
+                for trailer in iter(lambda: rfile.readline(MAX_HEAD), b""):
+                    if trailer in (b"\r\n", b"\n"):  # the end of the trailers
+                        break
                 return
             yield from _exactly(rfile, size)
             rfile.readline(8)
@@ -120,6 +122,11 @@ def _exactly(rfile: BinaryIO, size: int) -> Iterator[bytes]:
             raise ProtocolError("the stream ended inside a body")
         size -= len(data)
         yield data
+
+
+def drain(rfile: BinaryIO, head: Head) -> None:
+    """Read a body and drop it (one the guard refused), so the connection stays usable."""
+    collections.deque(iter_body(rfile, head), maxlen=0)
 
 
 def read_body(rfile: BinaryIO, head: Head, limit: int) -> bytes:

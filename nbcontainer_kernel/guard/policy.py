@@ -245,8 +245,7 @@ def _container_ref(ref: str, grant: Grant, look: Lookups, method: str, op: str, 
     full_id = str(info.get("Id") or "")
     if full_id == grant.container_id:
         return _container_ref(full_id, grant, look, method, op, what)
-    owner = ((info.get("Config") or {}).get("Labels") or {}).get(GUARD_KERNEL)
-    if owner != grant.kernel_id:
+    if _owner(info) != grant.kernel_id:
         raise Refused(what, f"container {ref} was not created by this kernel")
     if (method, op) not in _OWN_CONTAINER_OPS:
         raise Refused(what, "this container operation is not available to a guarded kernel")
@@ -308,7 +307,9 @@ _HOST_FIELDS_FREE = {
     "KernelMemory",
     "OomScoreAdj",
 }
-_HOST_MODES = ("PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
+_HOST_MODES = ("NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
+# Resource fields: checked against the kernel's own limits (_limit_resources).
+_LIMITS = ("Memory", "MemorySwap", "NanoCpus", "CpuQuota", "CpuPeriod", "CpusetCpus")
 _SAFE_SECURITY_OPTS = {"no-new-privileges", "no-new-privileges:true", "no-new-privileges=true"}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -331,20 +332,25 @@ def _check_create(body: dict[str, Any], grant: Grant) -> dict[str, Any]:
         return Refused(what, f"{name} {why}")
 
     host = dict(body.get("HostConfig") or {})
+    for name in ("MaskedPaths", "ReadonlyPaths"):  # even empty: that unmasks /proc
+        if host.get(name) is not None:
+            raise refuse(f"HostConfig.{name}", "is set: containers keep Docker's defaults")
     for name, value in host.items():
-        if name in _HOST_FIELDS_FREE or _unset(value):
+        if name in _HOST_FIELDS_FREE or name in _LIMITS or _unset(value):
+            continue
+        if (name, value) == ("Runtime", "runc"):
             continue
         full = f"HostConfig.{name}"
         if name == "Privileged":
             raise refuse(full, "is true: a guarded kernel's containers run unprivileged")
+        if name in ("OomKillDisable", "PublishAllPorts"):
+            raise refuse(full, "is true: not allowed for a guarded kernel's containers")
         if name in ("CapAdd", "Devices", "DeviceCgroupRules", "Sysctls", "Ulimits"):
             raise refuse(full, "is set: a guarded kernel's containers get Docker's defaults")
         if name == "DeviceRequests":
             _check_gpus(full, value, grant, refuse)
-        if name in _HOST_MODES + ("NetworkMode",):
-            _check_mode(full, str(value), grant, refuse)
-        elif name == "OomKillDisable" or name == "PublishAllPorts":
-            raise refuse(full, "is true: not allowed for a guarded kernel's containers")
+        elif name in _HOST_MODES:
+            _check_mode(full, str(value), refuse)
         elif name == "Binds":
             for bind in value:
                 _check_bind_string(f"{full}[{bind!r}]", str(bind), grant, refuse)
@@ -357,21 +363,8 @@ def _check_create(body: dict[str, Any], grant: Grant) -> dict[str, Any]:
             bad = [o for o in value if o not in _SAFE_SECURITY_OPTS]
             if bad:
                 raise refuse(full, f"has {bad[0]!r}: only no-new-privileges is allowed")
-        elif name == "Runtime" and value == "runc":
-            pass
-        elif name == "Isolation" and value == "default":
-            pass
-        elif name in ("Memory", "MemorySwap", "NanoCpus", "CpuQuota", "CpuPeriod", "CpusetCpus"):
-            pass  # checked below, against the kernel's own limits
-        elif name == "DeviceRequests":
-            pass  # checked above
-        elif name in ("MaskedPaths", "ReadonlyPaths"):
-            raise refuse(full, "is set: a guarded kernel's containers keep Docker's defaults")
         else:
             raise refuse(full, "is not allowed for a guarded kernel's containers")
-    for name in ("MaskedPaths", "ReadonlyPaths"):
-        if name in host and host[name] is not None:
-            raise refuse(f"HostConfig.{name}", "is set: containers keep Docker's defaults")
     if isinstance(host.get("OomScoreAdj"), int) and host["OomScoreAdj"] < 0:
         raise refuse("HostConfig.OomScoreAdj", "is negative")
     _limit_resources(host, grant, refuse)
@@ -389,7 +382,7 @@ def _unset(value: Any) -> bool:
     return value is None or value == 0 or value in ("", "default") or value == [] or value == {}
 
 
-def _check_mode(name: str, value: str, grant: Grant, refuse: Callable[..., Refused]) -> None:
+def _check_mode(name: str, value: str, refuse: Callable[..., Refused]) -> None:
     if value == "host":
         raise refuse(name, "is 'host': a guarded kernel's containers get their own namespaces")
     if value.startswith("container:"):
@@ -517,9 +510,7 @@ _BUILD_FREE_NETWORKS = {"", "default", "bridge", "none"}
 def check_build(query: list[tuple[str, str]], grant: Grant, look: Lookups) -> list[tuple[str, str]]:
     """A build's query, checked, with the kernel's labels and limits; Refused otherwise."""
     what = "POST /build"
-    params: dict[str, str] = {}
-    for key, value in query:
-        params[key] = value
+    params = dict(query)
     if params.get("remote"):
         raise Refused(what, "remote is set: a guarded kernel builds from a context it sends")
     network = params.get("networkmode", "")
@@ -563,8 +554,7 @@ def _check_commit(
     info = look.container(ref) if ref else None
     if info is None:
         raise Refused(what, f"container {ref or '(none)'}: no such container", status=404)
-    owner = ((info.get("Config") or {}).get("Labels") or {}).get(GUARD_KERNEL)
-    if info.get("Id") != grant.container_id and owner != grant.kernel_id:
+    if info.get("Id") != grant.container_id and _owner(info) != grant.kernel_id:
         raise Refused(what, f"container {ref} was not created by this kernel")
     if params.get("repo"):
         name = params["repo"] + (f":{params['tag']}" if params.get("tag") else "")
@@ -585,7 +575,8 @@ def _commit_body(grant: Grant) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return rewrite
 
 
-def _image_owner(info: dict[str, Any]) -> str | None:
+def _owner(info: dict[str, Any]) -> str | None:
+    """The kernel an inspected container or image was made by (its guard label)."""
     return ((info.get("Config") or {}).get("Labels") or {}).get(GUARD_KERNEL)
 
 
@@ -593,7 +584,7 @@ def _own_image(ref: str, grant: Grant, look: Lookups, what: str) -> None:
     info = look.image(ref)
     if info is None:
         raise Refused(what, f"no such image: {ref}", status=404)
-    if _image_owner(info) != grant.kernel_id:
+    if _owner(info) != grant.kernel_id:
         raise Refused(what, f"image {ref} was not made by this kernel")
 
 
@@ -610,6 +601,6 @@ def _may_take_name(name: str, grant: Grant, look: Lookups, what: str, field_name
     held = look.image(name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest")
     if held is None:
         return
-    if _image_owner(held) == grant.kernel_id:
+    if _owner(held) == grant.kernel_id:
         return
     raise Refused(what, f"{field_name} {name} names an image this kernel did not make")

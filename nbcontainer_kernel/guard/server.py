@@ -22,6 +22,7 @@ kernel start's sweep, and ``nbcontainer gc``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import http.client
 import json
 import logging
@@ -34,11 +35,12 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from .http import Head, ProtocolError, copy_body, iter_body, read_body, read_head
+from .http import Head, ProtocolError, copy_body, drain, read_body, read_head
 from .policy import MAX_JSON_BODY, Grant, Lookups, Refused, decide
 
 __all__ = ["DockerGuard", "container_of_peer", "process_guard", "remove_stale"]
@@ -112,6 +114,14 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+@dataclass
+class _Made:
+    """What a kernel made through the guard, by id (ids never change: a safe cache)."""
+
+    owned: set[str] = field(default_factory=set)  # containers
+    exec_ids: set[str] = field(default_factory=set)
+
+
 class _Conn:
     """One kernel connection: the client socket and, once used, its daemon connection."""
 
@@ -123,10 +133,8 @@ class _Conn:
     def shutdown(self) -> None:
         for sock in (self.client, self.upstream):
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):  # closed already
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 class DockerGuard:
@@ -153,7 +161,7 @@ class DockerGuard:
         self._listener.listen(64)
         self._lock = threading.Lock()
         self._grants: dict[str, Grant] = {}  # container id -> what it may do
-        self._kernel_state: dict[str, Lookups] = {}  # kernel id -> its made ids
+        self._made: dict[str, _Made] = {}  # kernel id -> ids of what it made
         self._conns: set[_Conn] = set()
         self._threads: set[threading.Thread] = set()
         self._wake_r, self._wake_w = os.pipe()
@@ -168,7 +176,7 @@ class DockerGuard:
         """Called by the provisioner once a kernel's container runs: it may use the guard."""
         with self._lock:
             self._grants[grant.container_id] = grant
-            self._kernel_state.setdefault(grant.kernel_id, Lookups(_no_lookup, _no_lookup))
+            self._made.setdefault(grant.kernel_id, _Made())
 
     def revoke(self, container_id: str) -> None:
         """Called by the provisioner when a kernel's container goes: its grant ends and its
@@ -177,7 +185,7 @@ class DockerGuard:
             grant = self._grants.pop(container_id, None)
             conns = [c for c in self._conns if c.container_id == container_id]
             if grant and not any(g.kernel_id == grant.kernel_id for g in self._grants.values()):
-                self._kernel_state.pop(grant.kernel_id, None)
+                self._made.pop(grant.kernel_id, None)
         for conn in conns:
             conn.shutdown()
 
@@ -314,8 +322,8 @@ class DockerGuard:
         """The policy's action and, when it rewrites the body, the new body."""
         with self._lock:
             grant = self._grants.get(conn.container_id or "")
-            state = self._kernel_state.get(grant.kernel_id) if grant else None
-        if grant is None or state is None:
+            made = self._made.get(grant.kernel_id) if grant else None
+        if grant is None or made is None:
             raise Refused(
                 f"{method} {path}",
                 "this socket serves nbcontainer's containerized kernels, and this "
@@ -324,8 +332,8 @@ class DockerGuard:
         look = Lookups(
             container=lambda ref: daemon.get(f"/containers/{quote(ref, safe='')}/json"),
             image=lambda ref: daemon.get(f"/images/{quote(ref, safe='')}/json"),
-            exec_ids=state.exec_ids,
-            owned=state.owned,
+            exec_ids=made.exec_ids,
+            owned=made.owned,
         )
         try:
             action = decide(method, path, query, grant, look)
@@ -357,8 +365,7 @@ class DockerGuard:
     ) -> None:
         # Whatever body came is read (and dropped), so the connection stays usable.
         if not refused.body_consumed:
-            for _ in iter_body(rfile, head):
-                pass
+            drain(rfile, head)
         body = refused.body()
         reason = {403: "Forbidden", 404: "Not Found", 400: "Bad Request"}.get(
             refused.status, "Error"
@@ -412,28 +419,17 @@ def _pipe_both_ways(conn: _Conn, rfile: Any, upfile: Any) -> None:
     upstream, client = conn.upstream, conn.client
 
     def pump(src: Any, dest: socket.socket) -> None:
-        try:
-            while True:
-                data = src.read1(1 << 16)
-                if not data:
-                    break
+        # Either side closing (OSError) or its file closed under it (ValueError) ends it.
+        with contextlib.suppress(OSError, ValueError):
+            while data := src.read1(1 << 16):
                 dest.sendall(data)
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                dest.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+        with contextlib.suppress(OSError):
+            dest.shutdown(socket.SHUT_WR)
 
     back = threading.Thread(target=pump, args=(upfile, client), daemon=True)
     back.start()
     pump(rfile, upstream)
     back.join()
-
-
-def _no_lookup(ref: str) -> dict[str, Any] | None:
-    return None
 
 
 # ------------------------------------------------------------------ process guard

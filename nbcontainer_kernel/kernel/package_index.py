@@ -19,6 +19,7 @@ build fail at once, saying why, instead of waiting on an index it cannot reach.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import ssl
 import sys
@@ -207,13 +208,10 @@ def prepare_pip(ipython: object, environ: Mapping[str, str] | None = None) -> No
     environ = os.environ if environ is None else environ
     if site.ENABLE_USER_SITE and not os.access(site.getsitepackages()[0], os.W_OK):
         user_site = site.getusersitepackages()
-        try:
+        with contextlib.suppress(OSError):  # no writable home: pip will say so itself
             os.makedirs(user_site, exist_ok=True)
-        except OSError:
-            pass
-        else:
-            if user_site not in sys.path:
-                site.addsitedir(user_site)
+        if os.path.isdir(user_site) and user_site not in sys.path:
+            site.addsitedir(user_site)
     if environ.get(PACKAGE_INDEX_ENV) == "none":
         magics = getattr(ipython, "magics_manager", None)
         pip = magics.magics["line"].get("pip") if magics is not None else None

@@ -29,7 +29,7 @@ from .. import config, labels, orphans
 from ..contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
 from ..engine import Engine, get_engine
 from ..errors import EngineError, ImageNotUsable, InvalidOption, KernelDied, PortInUse
-from ..guard import Grant, current_guard, process_guard
+from ..guard import DockerGuard, Grant, process_guard
 from .images import KernelImageFacts, inspect_kernel_image
 from .options import (
     ContainerOptions,
@@ -76,6 +76,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     _exit_reported = False
     _facts: KernelImageFacts | None = None
     _image_id: str | None = None
+    _guard: DockerGuard | None = None  # guarded: the guard this kernel's socket is
 
     # ------------------------------------------------------------ properties
     @property
@@ -230,14 +231,14 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 "(docker_access=raw), which is root on this host",
                 self.image,
             )
-        if self.docker_access_mode != "guarded" or self.container_id is None:
+        if self._guard is None or self.container_id is None:  # not guarded
             return
         own = tuple(
             (str(m["Source"]), bool(m.get("ReadOnly")))
             for m in create_kwargs.get("mounts") or []
             if m.get("Target") != DOCKER_SOCKET_IN_KERNEL
         )
-        process_guard(_docker_socket_path()).grant(
+        self._guard.grant(
             Grant(
                 kernel_id=self.kernel_id or "",
                 container_id=self.container_id,  # docker-py's ids are full ids
@@ -321,6 +322,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             env["NBCONTAINER_RUNS_DB"] = str(ledger)
         group_add: list[str] = []
         access = self.docker_access_mode
+        self._guard = None
         if access == "raw":
             sock = _docker_socket_path()
             mounts.append(
@@ -330,9 +332,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         elif access == "guarded":
             # One guard socket for every kernel of this process (its identity check is per
             # container), so the mount is part of the launch shape and pools keep working.
-            guard = process_guard(_docker_socket_path())
+            self._guard = process_guard(_docker_socket_path())
             mounts.append(
-                docker.types.Mount(target=DOCKER_SOCKET_IN_KERNEL, source=guard.path, type="bind")
+                docker.types.Mount(
+                    target=DOCKER_SOCKET_IN_KERNEL, source=self._guard.path, type="bind"
+                )
             )
         if access != "none":
             env["DOCKER_HOST"] = f"unix://{DOCKER_SOCKET_IN_KERNEL}"
@@ -544,9 +548,8 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         cid, self.container_id = self.container_id, None
         if cid is None:
             return
-        guard = current_guard()
-        if guard is not None:
-            guard.revoke(cid)
+        if self._guard is not None:
+            self._guard.revoke(cid)
         try:
             await asyncio.to_thread(self.engine.remove, cid)
             # What the kernel made goes with it: images committed from it for %%remote_run,

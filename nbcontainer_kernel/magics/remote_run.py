@@ -292,7 +292,6 @@ class RemoteRun(Magics):
     #: The settings handed to backends as they are.
     _BACKEND_SETTINGS = (
         "run_pool_size",
-        "resolve_timeout",
         "registry",
         "s3_prefix",
         "batch_queue",
@@ -640,6 +639,7 @@ class RemoteRun(Magics):
             rerun=args.rerun,
             interrupt=self._setting("interrupt"),
             allow_unpinned=args.allow_unpinned,
+            resolve_timeout=self.resolve_timeout,
             settings=self._backend_settings(args),
         )
         stop = StopSignal()

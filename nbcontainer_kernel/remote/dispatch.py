@@ -80,6 +80,7 @@ class RemoteRequest:
         rerun: run that earlier run's image again (no snapshot, no build).
         interrupt: what Ctrl-C while waiting does to a single run: cancel or detach.
         allow_unpinned: take the newest version of a package whose pin has no wheel.
+        resolve_timeout: seconds the dependency layer's wheel resolution may take in all.
         settings: the RemoteRun settings handed to the backend (registry, s3_prefix,
             batch_queue, ...): each backend takes what it needs (Backend.configure).
     """
@@ -102,6 +103,7 @@ class RemoteRequest:
     rerun: str | None = None
     interrupt: str = "cancel"
     allow_unpinned: bool = False
+    resolve_timeout: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -451,8 +453,7 @@ class RemoteRunner:
             if driver.stop is not None:
                 driver.stop.check()
             driver.enter(run_id, Phase.BUILD)
-            budget = req.settings.get("resolve_timeout")
-            with resolution_budget(float(budget) if budget else None):
+            with resolution_budget(req.resolve_timeout):
                 image = (self.runtime_builder if warm else self.image_builder)(
                     snap,
                     base=req.base,

@@ -4,7 +4,6 @@ run the real pip against indexes this test serves on 127.0.0.1 (no Docker)."""
 
 from __future__ import annotations
 
-import io
 import os
 import ssl
 import time
@@ -194,8 +193,8 @@ def test_pips_words_for_an_index_it_cannot_use_are_told_from_a_missing_wheel(
         assert found is not None and cause in found[0] and found[1] is never_heals
 
 
-def _download(url: str, dest: Path, ca: str | None = None) -> tuple[int, str]:
-    os.environ.update(PIP_INDEX_URL=url)
+def _download(url: str, dest: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    monkeypatch.setenv("PIP_INDEX_URL", url)
     return run_pip(["download", "--no-deps", "--retries", "5", "-d", str(dest), "nbc-probe-pkg"])
 
 
@@ -217,42 +216,49 @@ def test_an_index_whose_certificate_is_not_trusted_stops_pip_at_once(
     with serve_index(pip_env / "idx", pki) as url:
         t = time.monotonic()
         with pytest.raises(PackageIndexUnreachable) as caught:
-            _download(url, pip_env / "out")
+            _download(url, pip_env / "out", monkeypatch)
         took = time.monotonic() - t
         assert "TLS verification failed" in caught.value.cause and took < 5, took
         assert caught.value.index == url
         # Trusted (the CA given, as the host's settings give it to a kernel): it downloads.
         monkeypatch.setenv("PIP_CERT", str(pki.ca_file))
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca_file))
-        code, output = _download(url, pip_env / "out")
+        code, output = _download(url, pip_env / "out", monkeypatch)
         assert code == 0, output
         assert (pip_env / "out" / "nbc_probe_pkg-1.0-py3-none-any.whl").exists()
 
 
-def test_an_index_that_cannot_be_reached_stops_pip_after_its_first_retry(pip_env: Path) -> None:
+def test_an_index_that_cannot_be_reached_stops_pip_after_its_first_retry(
+    pip_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     t = time.monotonic()
     with pytest.raises(PackageIndexUnreachable, match="cannot be reached"):
-        _download(closed_port_url(), pip_env / "out")
+        _download(closed_port_url(), pip_env / "out", monkeypatch)
     assert time.monotonic() - t < 10
 
 
-def test_an_index_that_never_answers_fails_when_the_budget_is_spent(pip_env: Path) -> None:
+def test_an_index_that_never_answers_fails_when_the_budget_is_spent(
+    pip_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with silent_server() as url, resolution_budget(2.0):
         t = time.monotonic()
         with pytest.raises(PackageIndexUnreachable, match="budget of 2 s"):
-            _download(url, pip_env / "out")
+            _download(url, pip_env / "out", monkeypatch)
         assert time.monotonic() - t < 6
 
 
-def test_a_missing_wheel_is_still_a_missing_wheel(pip_env: Path, tmp_path: Path) -> None:
+def test_a_missing_wheel_is_still_a_missing_wheel(
+    pip_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nbcontainer_kernel.wheels import TargetPython, resolve_wheels
 
     pki = make_pki(tmp_path / "pki")
     simple_index(tmp_path / "idx", [make_wheel(tmp_path, "other-pkg", "1.0", "V = 1\n")])
     target = TargetPython.from_probe(_probe())
     with serve_index(tmp_path / "idx", pki) as url:
-        os.environ.update(PIP_INDEX_URL=url, PIP_CERT=str(pki.ca_file))
-        os.environ["REQUESTS_CA_BUNDLE"] = str(pki.ca_file)
+        for name, value in (("PIP_INDEX_URL", url), ("PIP_CERT", str(pki.ca_file))):
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca_file))
         with pytest.raises(WheelResolutionError):
             resolve_wheels(["nbc-missing-pkg==1.0"], target, tmp_path / "out", no_deps=True)
 
@@ -308,7 +314,6 @@ def test_the_ca_a_kernel_is_given_is_one_python_can_load(tmp_path: Path) -> None
     pki = make_pki(tmp_path)
     context = ssl.create_default_context(cafile=str(pki.ca_file))
     assert context.cert_store_stats()["x509_ca"] == 1
-    assert io  # (io is used by the helpers' callers)
 
 
 def test_pip_in_a_real_shell_without_an_index_says_why_and_runs_pip(

@@ -166,6 +166,28 @@ def test_a_failed_build_keeps_nothing(ledger: Ledger, snap_backend: SnapshotBack
     assert not (ledger.run_dir("f-1") / "snapshot").exists()
 
 
+@pytest.mark.parametrize("resolve_timeout", [None, 7.0])
+def test_a_build_resolves_its_wheels_within_the_requests_budget(
+    ledger: Ledger, snap_backend: SnapshotBackend, resolve_timeout: float | None
+) -> None:
+    from nbcontainer_kernel import wheels
+
+    left: list[float | None] = []
+
+    def builder(snap: Any, **kw: Any) -> RunImage:
+        left.append(wheels._remaining())  # what every pip call of the build is given
+        return _runtime_builder([])(snap, **kw)
+
+    snap_backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 2}))}
+    runner = RemoteRunner(ledger, image_builder=fake_image_builder, runtime_builder=builder)
+    runner.run(_req(name="b", resolve_timeout=resolve_timeout), {"x": 1}, Hooks())
+    if resolve_timeout is None:
+        assert left == [None]
+    else:
+        assert left[0] is not None and 0 < left[0] <= resolve_timeout
+    assert wheels._remaining() is None  # the budget ends with the build
+
+
 # ------------------------------------------------------------ the archive
 def _members(archive: io.BufferedIOBase | Any) -> dict[str, tarfile.TarInfo]:
     with tarfile.open(fileobj=archive) as tar:
