@@ -8,11 +8,15 @@ container the provisioner has not granted (a waiting pool container, a container
 a kernel made and gave the socket to) is refused everything. So one socket can be
 mounted into every container of a launch shape, and warm pools keep working.
 
-Each connection gets a thread and a connection of its own to the daemon. A request
-is decided by :func:`.policy.decide`; an allowed one is forwarded with its body
-streamed (build contexts, archives), and its answer streamed back (build output,
-followed logs, a wait), except the small JSON bodies the policy reads or rewrites.
-Attach and exec start turn into a two-way byte pipe, as Docker's own hijack does.
+Each connection gets a thread (at most ``max_per_kernel`` per kernel and
+``max_connections`` in all: past those a connection is answered 429 or 503 at once and
+closed, so a cell opening thousands cannot take the server's threads or descriptors),
+and a connection of its own to the daemon. A request is read strictly (:mod:`.wire`),
+decided by :func:`.policy.decide`, and an allowed one is written afresh to the daemon:
+the canonical target, the rewritten body (JSON from a model, tar streams rewritten as
+they flow: :mod:`.archives`), the guard's own framing. After a container or exec
+create or a commit, what the daemon stored is checked (:mod:`.stored`). Attach and exec
+start turn into a two-way byte pipe, as Docker's own hijack does.
 
 The guard's directory (0700, its socket 0666 inside) is removed when it closes; one
 left by a process that died (kill -9) is removed by :func:`remove_stale` (the next
@@ -34,14 +38,18 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import quote
 
-from .http import Head, ProtocolError, copy_body, drain, read_body, read_head
-from .policy import MAX_JSON_BODY, Grant, Lookups, Refused, decide
+from .archives import ArchiveRefused, rewrite_archive, rewrite_context
+from .dockerfile import MAX_DOCKERFILE
+from .policy import GUARD_KERNEL, MAX_JSON_BODY, Action, Grant, Live, Lookups, Refused, decide
+from .stored import container_outside, exec_outside, image_outside, volume_outside
+from .wire import DaemonSide, HttpError, KernelSide, Request, Timeouts, answer_headers
 
 __all__ = ["DockerGuard", "container_of_peer", "process_guard", "remove_stale"]
 
@@ -50,7 +58,23 @@ log = logging.getLogger(__name__)
 DIR_PREFIX = "nbcontainer-guard-"
 SOCKET_NAME = "docker.sock"
 MAX_ANSWER = 64 << 20  # a filtered listing held in memory at most this large
+SMALL_ANSWER = 1 << 20  # answers up to this size are passed on whole, not chunked
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+_RESOURCE_STATES = {"created", "running", "restarting", "paused"}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    417: "Expectation Failed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
 
 
 def container_of_peer(conn: socket.socket) -> str | None:
@@ -69,18 +93,18 @@ def container_of_peer(conn: socket.socket) -> str | None:
 
 
 class _Daemon:
-    """Small JSON reads from the daemon (inspect), on a connection of their own."""
+    """Small JSON calls to the daemon (inspect, list, remove) on a connection of their own."""
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._conn: http.client.HTTPConnection | None = None
 
-    def get(self, url: str) -> dict[str, Any] | None:
+    def call(self, method: str, url: str) -> Any:
         for attempt in (1, 2):
             conn = self._conn or _UnixHTTPConnection(self._path)
             self._conn = conn
             try:
-                conn.request("GET", url)
+                conn.request(method, url)
                 resp = conn.getresponse()
                 body = resp.read()
             except (OSError, http.client.HTTPException):
@@ -92,10 +116,13 @@ class _Daemon:
             if resp.status == 404:
                 return None
             if resp.status >= 400:
-                raise OSError(f"the daemon answered {resp.status} to GET {url}")
-            out = json.loads(body)
-            return out if isinstance(out, dict) else None
+                raise OSError(f"the daemon answered {resp.status} to {method} {url}")
+            return json.loads(body) if body else None
         return None
+
+    def get(self, url: str) -> dict[str, Any] | None:
+        out = self.call("GET", url)
+        return out if isinstance(out, dict) else None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -115,26 +142,33 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 @dataclass
-class _Made:
-    """What a kernel made through the guard, by id (ids never change: a safe cache)."""
+class _Kernel:
+    """What the guard keeps of one kernel: its grant and what it made (ids never change:
+    a safe cache), and the lock that makes its creates one at a time (its totals)."""
 
+    grant: Grant
     owned: set[str] = field(default_factory=set)  # containers
     exec_ids: set[str] = field(default_factory=set)
+    limits: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> memory, nano
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Conn:
     """One kernel connection: the client socket and, once used, its daemon connection."""
 
-    def __init__(self, client: socket.socket, container_id: str | None) -> None:
+    def __init__(self, client: socket.socket, container_id: str | None, key: str) -> None:
         self.client = client
         self.container_id = container_id
-        self.upstream: socket.socket | None = None
+        self.key = key  # the kernel it counts against (its container id when unknown)
+        self.upstream: DaemonSide | None = None
 
     def shutdown(self) -> None:
-        for sock in (self.client, self.upstream):
-            if sock is not None:
-                with contextlib.suppress(OSError):  # closed already
-                    sock.shutdown(socket.SHUT_RDWR)
+        socks = [self.client]
+        if self.upstream is not None and self.upstream.sock is not None:
+            socks.append(self.upstream.sock)
+        for sock in socks:
+            with contextlib.suppress(OSError):  # closed already
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class DockerGuard:
@@ -148,8 +182,14 @@ class DockerGuard:
         *,
         identify: Callable[[socket.socket], str | None] = container_of_peer,
         parent: str | None = None,
+        timeouts: Timeouts | None = None,
+        max_connections: int = 256,
+        max_per_kernel: int = 48,
     ) -> None:
         self.upstream = upstream
+        self.timeouts = timeouts or Timeouts()
+        self.max_connections = max_connections
+        self.max_per_kernel = max_per_kernel
         self._identify = identify
         self.directory = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=parent)
         self.path = os.path.join(self.directory, SOCKET_NAME)
@@ -158,14 +198,16 @@ class DockerGuard:
         # Anyone who can reach the socket may connect (a kernel runs as any uid); what
         # it may do is decided per container. The directory keeps other host users out.
         os.chmod(self.path, 0o666)
-        self._listener.listen(64)
+        self._listener.listen(128)
         self._lock = threading.Lock()
         self._grants: dict[str, Grant] = {}  # container id -> what it may do
-        self._made: dict[str, _Made] = {}  # kernel id -> ids of what it made
+        self._kernels: dict[str, _Kernel] = {}  # kernel id -> its record
         self._conns: set[_Conn] = set()
         self._threads: set[threading.Thread] = set()
+        self._cgroup_v1: bool | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._closed = False
+        self.turned_away = 0  # connections answered 429/503 for want of a place
         self._acceptor = threading.Thread(
             target=self._accept_loop, name="nbcontainer-guard", daemon=True
         )
@@ -176,7 +218,11 @@ class DockerGuard:
         """Called by the provisioner once a kernel's container runs: it may use the guard."""
         with self._lock:
             self._grants[grant.container_id] = grant
-            self._made.setdefault(grant.kernel_id, _Made())
+            kernel = self._kernels.get(grant.kernel_id)
+            if kernel is None:
+                self._kernels[grant.kernel_id] = _Kernel(grant)
+            else:
+                kernel.grant = grant
 
     def revoke(self, container_id: str) -> None:
         """Called by the provisioner when a kernel's container goes: its grant ends and its
@@ -185,7 +231,7 @@ class DockerGuard:
             grant = self._grants.pop(container_id, None)
             conns = [c for c in self._conns if c.container_id == container_id]
             if grant and not any(g.kernel_id == grant.kernel_id for g in self._grants.values()):
-                self._made.pop(grant.kernel_id, None)
+                self._kernels.pop(grant.kernel_id, None)
         for conn in conns:
             conn.shutdown()
 
@@ -193,9 +239,11 @@ class DockerGuard:
         with self._lock:
             return list(self._grants.values())
 
-    def connection_count(self) -> int:
+    def connection_count(self, container_id: str | None = None) -> int:
         with self._lock:
-            return len(self._conns)
+            if container_id is None:
+                return len(self._conns)
+            return sum(1 for c in self._conns if c.container_id == container_id)
 
     # -------------------------------------------------------------- closing
     def close(self, timeout: float = 5) -> None:
@@ -223,212 +271,362 @@ class DockerGuard:
     def closed(self) -> bool:
         return self._closed
 
-    # ------------------------------------------------------------- serving
+    # ------------------------------------------------------------- accepting
     def _accept_loop(self) -> None:
         while True:
-            ready, _, _ = select.select([self._listener.fileno(), self._wake_r], [], [])
-            if self._wake_r in ready:
-                return
             try:
+                ready, _, _ = select.select([self._listener.fileno(), self._wake_r], [], [])
+                if self._wake_r in ready:
+                    return
                 client, _ = self._listener.accept()
-            except OSError:
+            except OSError as exc:
+                # Out of descriptors, or an interrupted call: wait a moment, go on. The
+                # loop serves every kernel, so nothing one connection does may end it.
+                log.warning("nbcontainer guard: accept failed: %s", exc)
+                time.sleep(0.05)
                 continue
             try:
-                container_id = self._identify(client)
-            except OSError:
-                container_id = None
-            conn = _Conn(client, container_id)
-            thread = threading.Thread(
-                target=self._serve, args=(conn,), daemon=True, name="nbcontainer-guard-conn"
-            )
-            with self._lock:
-                if self._closed:
+                self._admit(client)
+            except Exception:  # noqa: BLE001 (one connection's failure never ends the loop)
+                log.exception("nbcontainer guard: a connection could not be served")
+                with contextlib.suppress(OSError):
                     client.close()
-                    return
+
+    def _admit(self, client: socket.socket) -> None:
+        try:
+            container_id = self._identify(client)
+        except OSError:
+            container_id = None
+        with self._lock:
+            if self._closed:
+                client.close()
+                return
+            grant = self._grants.get(container_id or "")
+            key = grant.kernel_id if grant else f"?{container_id}"
+            mine = sum(1 for c in self._conns if c.key == key)
+            busy = (
+                (429, f"this kernel has {mine} connections open, the guard's limit per kernel")
+                if mine >= self.max_per_kernel
+                else (503, f"the guard serves {len(self._conns)} connections, its limit")
+                if len(self._conns) >= self.max_connections
+                else None
+            )
+            if busy is None:
+                conn = _Conn(client, container_id, key)
+                thread = threading.Thread(
+                    target=self._serve, args=(conn,), daemon=True, name="nbcontainer-guard-conn"
+                )
                 self._conns.add(conn)
                 self._threads.add(thread)
+        if busy is not None:
+            self.turned_away += 1
+            _refuse_at_once(client, *busy)
+            return
+        try:
             thread.start()
+        except RuntimeError:  # no thread to be had: this connection goes, the loop stays
+            with self._lock:
+                self._conns.discard(conn)
+                self._threads.discard(thread)
+            _refuse_at_once(client, 503, "the guard cannot start a thread for this connection")
 
+    # --------------------------------------------------------------- serving
     def _serve(self, conn: _Conn) -> None:
         daemon = _Daemon(self.upstream)
-        client = conn.client
-        rfile: Any = client.makefile("rb", buffering=1 << 16)
-        upfile: Any = None
+        kernel_side = KernelSide(conn.client, self.timeouts)
+        conn.upstream = DaemonSide(self.upstream, self.timeouts)
         try:
-            while True:
-                head = read_head(rfile)
-                if head is None:
-                    return
-                method, target, version = (head.line.split(" ", 2) + ["", ""])[:3]
-                version = version if version in ("HTTP/1.0", "HTTP/1.1") else "HTTP/1.1"
-                split = urlsplit(target)
-                query = parse_qsl(split.query, keep_blank_values=True)
-                if head.get("expect").lower() == "100-continue":
-                    # Said here, so that a body the guard reads comes at once.
-                    client.sendall(f"{version} 100 Continue\r\n\r\n".encode())
-                    head.headers = head.without("expect")
+            while not self._closed:
                 try:
-                    action, body = self._decide(
-                        conn, method, split.path, query, head, rfile, daemon
-                    )
-                except Refused as refused:
-                    self._refuse(client, head, rfile, refused, version)
-                    if head.get("connection").lower() == "close":
-                        return
-                    continue
-                if conn.upstream is None:
-                    conn.upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    conn.upstream.connect(self.upstream)
-                    upfile = conn.upstream.makefile("rb", buffering=1 << 16)
-                assert upfile is not None
-                new_target = action.path + (f"?{urlencode(action.query)}" if action.query else "")
-                line = f"{method} {quote(new_target, safe='/?&=%:+,@')} {version}"
-                if body is not None:
-                    headers = head.without("content-length", "transfer-encoding")
-                    headers.append(("content-length", str(len(body))))
-                    conn.upstream.sendall(Head(line, headers).encode() + body)
-                else:
-                    conn.upstream.sendall(Head(line, head.headers).encode())
-                    copy_body(rfile, head, conn.upstream)
-                if not self._answer(conn, method, action, upfile, rfile):
+                    request = kernel_side.next_request()
+                except HttpError as exc:
+                    _refuse_raw(kernel_side, exc.status, exc.reason)
                     return
-                if head.get("connection").lower() == "close":
+                if request is None:
                     return
-        except (OSError, ProtocolError, ValueError) as exc:
+                if not self._handle(conn, kernel_side, request, daemon):
+                    return
+                if not kernel_side.reusable:
+                    return
+        except HttpError as exc:
+            _refuse_raw(kernel_side, exc.status, exc.reason)
+        except (OSError, ValueError) as exc:
             if not self._closed:
                 log.debug("nbcontainer guard: connection ended: %s", exc)
+        except Exception:  # noqa: BLE001 (a bug here must not take the server's thread down silently)
+            log.exception("nbcontainer guard: a connection failed")
         finally:
             daemon.close()
-            for f in (rfile, upfile):
-                if f is not None:
-                    f.close()
-            for sock in (client, conn.upstream):
-                if sock is not None:
-                    sock.close()
+            conn.upstream.close()
+            with contextlib.suppress(OSError):
+                conn.client.close()
             with self._lock:
                 self._conns.discard(conn)
                 self._threads.discard(threading.current_thread())
 
-    def _decide(
-        self,
-        conn: _Conn,
-        method: str,
-        path: str,
-        query: list[tuple[str, str]],
-        head: Head,
-        rfile: Any,
-        daemon: _Daemon,
-    ) -> tuple[Any, bytes | None]:
-        """The policy's action and, when it rewrites the body, the new body."""
+    def _kernel(self, conn: _Conn) -> _Kernel | None:
         with self._lock:
             grant = self._grants.get(conn.container_id or "")
-            made = self._made.get(grant.kernel_id) if grant else None
-        if grant is None or made is None:
-            raise Refused(
-                f"{method} {path}",
-                "this socket serves nbcontainer's containerized kernels, and this "
-                "process is not one (or its kernel has ended)",
+            return self._kernels.get(grant.kernel_id) if grant else None
+
+    def _handle(
+        self, conn: _Conn, kernel_side: KernelSide, request: Request, daemon: _Daemon
+    ) -> bool:
+        """One request, answered; False when the connection ends with it."""
+        what = f"{request.method} {request.target.split('?')[0][:120]}"
+        kernel = self._kernel(conn)
+        if kernel is None:
+            kernel_side.respond_json(
+                403,
+                str(
+                    Refused(
+                        what,
+                        "this socket serves nbcontainer's containerized kernels, and this "
+                        "process is not one (or its kernel has ended)",
+                    )
+                ),
             )
-        look = Lookups(
+            return kernel_side.body_done
+        look = self._lookups(kernel, daemon)
+        try:
+            action = decide(request.method, request.target, kernel.grant, look)
+            if request.upgrade and not action.hijack:
+                raise Refused(what, "an upgrade is for attach and exec start only", 400)
+            if action.serial:
+                with kernel.lock:
+                    return self._forward(conn, kernel_side, request, action, kernel, daemon)
+            return self._forward(conn, kernel_side, request, action, kernel, daemon)
+        except Refused as refused:
+            log.info("nbcontainer guard: %s", refused)
+            kernel_side.respond_json(refused.status, str(refused))
+            return kernel_side.body_done
+
+    def _lookups(self, kernel: _Kernel, daemon: _Daemon) -> Lookups:
+        def live() -> list[Live]:
+            filters = json.dumps({"label": [f"{GUARD_KERNEL}={kernel.grant.kernel_id}"]})
+            listing = daemon.call("GET", f"/containers/json?all=1&filters={quote(filters)}") or []
+            out = []
+            for c in listing:
+                if c.get("State") not in _RESOURCE_STATES:
+                    continue
+                cid = str(c.get("Id"))
+                if cid not in kernel.limits:
+                    info = daemon.get(f"/containers/{cid}/json") or {}
+                    host = info.get("HostConfig") or {}
+                    kernel.limits[cid] = (int(host.get("Memory") or 0), _nano(host))
+                memory, nano = kernel.limits[cid]
+                name = ((c.get("Names") or [""])[0] or "").lstrip("/")
+                out.append(Live(cid, name, str(c.get("State")), memory, nano))
+            return out
+
+        return Lookups(
             container=lambda ref: daemon.get(f"/containers/{quote(ref, safe='')}/json"),
             image=lambda ref: daemon.get(f"/images/{quote(ref, safe='')}/json"),
-            exec_ids=made.exec_ids,
-            owned=made.owned,
+            exec_ids=kernel.exec_ids,
+            owned=kernel.owned,
+            live=live,
         )
-        try:
-            action = decide(method, path, query, grant, look)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise Refused(f"{method} {path}", f"a parameter is malformed ({exc})", 400) from None
-        if action.body is None:
-            return action, None
-        raw = read_body(rfile, head, MAX_JSON_BODY)  # too large: ProtocolError, conn closed
-        try:
-            data = json.loads(raw or b"{}")
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            refused = Refused(f"{method} {path}", "the body is not a JSON object", status=400)
-            refused.body_consumed = True
-            raise refused
-        try:
-            return action, json.dumps(action.body(data)).encode()
-        except Refused as refused:
-            refused.body_consumed = True
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            malformed = Refused(f"{method} {path}", f"the body is malformed ({exc})", 400)
-            malformed.body_consumed = True
-            raise malformed from None
 
-    def _refuse(
-        self, client: socket.socket, head: Head, rfile: Any, refused: Refused, version: str
-    ) -> None:
-        # Whatever body came is read (and dropped), so the connection stays usable.
-        if not refused.body_consumed:
-            drain(rfile, head)
-        body = refused.body()
-        reason = {403: "Forbidden", 404: "Not Found", 400: "Bad Request"}.get(
-            refused.status, "Error"
-        )
-        out = Head(
-            f"{version} {refused.status} {reason}",
-            [("content-type", "application/json"), ("content-length", str(len(body)))],
-        )
-        client.sendall(out.encode() + body)
-        log.info("nbcontainer guard: %s", refused)
-
-    def _answer(self, conn: _Conn, method: str, action: Any, upfile: Any, rfile: Any) -> bool:
-        """Send the daemon's answer back; False when the connection ends with it."""
-        client = conn.client
-        resp = read_head(upfile)
-        if resp is None:
-            raise ProtocolError("the daemon closed the connection")
-        status = resp.status
-        no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
-        if status == 101 or (
-            action.hijack and 200 <= status < 300 and resp.length is None and not resp.chunked
-        ):
-            client.sendall(resp.encode())
-            _pipe_both_ways(conn, rfile, upfile)
-            return False
-        if action.answer is not None and 200 <= status < 300 and not no_body:
-            raw = read_body(upfile, resp, MAX_ANSWER)
-            try:
-                answer = action.answer(json.loads(raw)) if raw else None
-                out = raw if answer is None else json.dumps(answer).encode()
-            except ValueError:
-                out = raw
-            headers = resp.without("content-length", "transfer-encoding")
-            headers.append(("content-length", str(len(out))))
-            client.sendall(Head(resp.line, headers).encode() + out)
+    def _forward(
+        self,
+        conn: _Conn,
+        kernel_side: KernelSide,
+        request: Request,
+        action: Action,
+        kernel: _Kernel,
+        daemon: _Daemon,
+    ) -> bool:
+        upstream = conn.upstream
+        assert upstream is not None
+        headers = [(k, request.header(k)) for k in action.headers if request.header(k)]
+        if action.content_type:
+            headers.append(("content-type", action.content_type))
+        if action.hijack and request.upgrade:
+            headers += [("connection", "Upgrade"), ("upgrade", "tcp")]
+        what = f"{request.method} {action.path}"
+        if action.body == "none":
+            kernel_side.finish_request()  # HttpError when a body came where none belongs
+            upstream.start(request.method, action.target, headers, None)
+        elif action.body == "json":
+            raw = kernel_side.read_body(MAX_JSON_BODY)
+            assert action.rewrite is not None
+            upstream.start(request.method, action.target, headers, action.rewrite(raw))
         else:
-            client.sendall(resp.encode())
-            if not no_body:
-                until_close = resp.length is None and not resp.chunked
-                copy_body(upfile, resp, client, until_close=until_close)
-                if until_close:
-                    return False
-        if resp.get("connection").lower() == "close":
+            upstream.start(
+                request.method,
+                action.target,
+                [*headers, ("transfer-encoding", "chunked")],
+                None,
+            )
+            try:
+                if action.body == "archive":
+                    assert action.owner is not None
+                    rewrite_archive(kernel_side.body(), upstream.send_data, *action.owner)
+                else:
+                    assert action.check_dockerfile is not None
+                    rewrite_context(
+                        kernel_side.body(),
+                        upstream.send_data,
+                        action.dockerfile,
+                        action.check_dockerfile,
+                        MAX_DOCKERFILE,
+                    )
+            except (ArchiveRefused, Refused) as exc:
+                upstream.abort()  # the daemon fails a body that ends unfinished
+                if isinstance(exc, Refused):
+                    raise
+                raise Refused(what, str(exc)) from None
+            except OSError:
+                # The daemon stopped reading (it answered early, an error): its answer
+                # is what the kernel gets.
+                if upstream.conn is None:
+                    raise
+            else:
+                upstream.end()
+        return self._answer(kernel_side, request, action, kernel, daemon, upstream)
+
+    def _answer(
+        self,
+        kernel_side: KernelSide,
+        request: Request,
+        action: Action,
+        kernel: _Kernel,
+        daemon: _Daemon,
+        upstream: DaemonSide,
+    ) -> bool:
+        head = upstream.response(stream=action.stream)
+        status = head.status_code
+        headers = answer_headers(head)
+        if status == 101:
+            if not (action.hijack and request.upgrade):
+                raise OSError("the daemon switched protocols unasked")
+            from_kernel = kernel_side.upgrade(headers)
+            _pipe_both_ways(kernel_side.sock, upstream, from_kernel)
             return False
+        no_body = request.method == "HEAD" or status in (204, 304)
+        if no_body:
+            kernel_side.respond(status, headers, None, head.reason)
+            return True
+        length = next((v for k, v in head.headers if k == b"content-length"), None)
+        if 200 <= status < 300 and (action.verify or action.answer is not None):
+            raw = upstream.read_body(MAX_ANSWER)
+            try:
+                answer = json.loads(raw) if raw else None
+            except ValueError:
+                answer = None
+            if action.verify:
+                problem = self._verify(action.verify, answer, kernel, daemon)
+                if problem:
+                    raise Refused(
+                        f"{request.method} {action.path.split('?')[0]}",
+                        f"the daemon stored {problem}: outside the guard's policy, so it was "
+                        "removed",
+                    )
+            if action.answer is not None and answer is not None:
+                raw = json.dumps(action.answer(answer)).encode()
+            kernel_side.respond(status, headers, raw, head.reason)
+            return True
+        if length is not None and int(length) <= SMALL_ANSWER:
+            kernel_side.respond(status, headers, upstream.read_body(SMALL_ANSWER), head.reason)
+        else:
+            kernel_side.respond(status, headers, upstream.body(), head.reason)
         return True
 
+    def _verify(self, kind: str, answer: Any, kernel: _Kernel, daemon: _Daemon) -> str:
+        """What the daemon stored, checked; on a problem what was made is removed."""
+        made = str((answer or {}).get("Id") or "") if isinstance(answer, dict) else ""
+        if not made:
+            return "" if kind != "container" else "no container id"
+        grant = kernel.grant
+        if kind == "container":
+            info = daemon.get(f"/containers/{made}/json") or {}
+            problem = container_outside(info, grant, cgroup_v1=self._is_cgroup_v1(daemon))
+            for mount in info.get("Mounts") or []:
+                if problem:
+                    break
+                if mount.get("Type") == "volume" and mount.get("Name"):
+                    volume = daemon.get(f"/volumes/{quote(mount['Name'], safe='')}") or {}
+                    problem = volume_outside(volume)
+            if problem:
+                with contextlib.suppress(OSError):
+                    daemon.call("DELETE", f"/containers/{made}?force=1&v=1")
+                return f"for container {made[:12]}: {problem}"
+            host = info.get("HostConfig") or {}
+            kernel.owned.add(made)
+            kernel.limits[made] = (int(host.get("Memory") or 0), _nano(host))
+            return ""
+        if kind == "exec":
+            problem = exec_outside(daemon.get(f"/exec/{made}/json") or {}, grant)
+            if problem:
+                return f"for exec {made[:12]}: {problem}"
+            kernel.exec_ids.add(made)
+            return ""
+        problem = image_outside(daemon.get(f"/images/{quote(made, safe='')}/json") or {}, grant)
+        if problem:
+            with contextlib.suppress(OSError):
+                daemon.call("DELETE", f"/images/{quote(made, safe='')}?force=1")
+            return f"for image {made[:19]}: {problem}"
+        return ""
 
-def _pipe_both_ways(conn: _Conn, rfile: Any, upfile: Any) -> None:
+    def _is_cgroup_v1(self, daemon: _Daemon) -> bool:
+        if self._cgroup_v1 is None:
+            info = daemon.get("/info") or {}
+            self._cgroup_v1 = str(info.get("CgroupVersion") or "1") == "1"
+        return self._cgroup_v1
+
+
+def _nano(host: dict[str, Any]) -> int:
+    nano = int(host.get("NanoCpus") or 0)
+    quota, period = int(host.get("CpuQuota") or 0), int(host.get("CpuPeriod") or 0)
+    return max(nano, int(quota * 1e9 / (period or 100_000))) if quota > 0 else nano
+
+
+def _refuse_at_once(client: socket.socket, status: int, reason: str) -> None:
+    """A short answer without waiting on the client (it may not read), then close."""
+    body = json.dumps({"message": f"nbcontainer's Docker guard: {reason}; try again later"})
+    data = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
+    ).encode()
+    with contextlib.suppress(OSError):
+        client.setblocking(False)
+        client.send(data)
+    with contextlib.suppress(OSError):
+        client.close()
+
+
+def _refuse_raw(kernel_side: KernelSide, status: int, reason: str) -> None:
+    """An answer to a request that could not be read as HTTP, then the connection ends."""
+    body = json.dumps({"message": f"nbcontainer's Docker guard refused the request: {reason}"})
+    data = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
+    ).encode()
+    with contextlib.suppress(OSError):
+        kernel_side.sock.settimeout(1)
+        kernel_side.sock.sendall(data)
+
+
+def _pipe_both_ways(client: socket.socket, upstream: DaemonSide, from_kernel: bytes) -> None:
     """Attach or exec start: bytes each way until either side closes."""
-    assert conn.upstream is not None
-    upstream, client = conn.upstream, conn.client
+    daemon_sock = upstream.sock
+    assert daemon_sock is not None
+    from_daemon = upstream.trailing()
+    client.settimeout(None)
+    daemon_sock.settimeout(None)
 
-    def pump(src: Any, dest: socket.socket) -> None:
-        # Either side closing (OSError) or its file closed under it (ValueError) ends it.
-        with contextlib.suppress(OSError, ValueError):
-            while data := src.read1(1 << 16):
+    def pump(src: socket.socket, dest: socket.socket, first: bytes) -> None:
+        with contextlib.suppress(OSError):
+            if first:
+                dest.sendall(first)
+            while data := src.recv(1 << 16):
                 dest.sendall(data)
         with contextlib.suppress(OSError):
             dest.shutdown(socket.SHUT_WR)
 
-    back = threading.Thread(target=pump, args=(upfile, client), daemon=True)
+    back = threading.Thread(target=pump, args=(daemon_sock, client, from_daemon), daemon=True)
     back.start()
-    pump(rfile, upstream)
+    pump(client, daemon_sock, from_kernel)
     back.join()
 
 

@@ -93,6 +93,12 @@ class ContainerOptions(HasTraits):
         "mounts and containers the kernel did not make. 'raw': the daemon's own socket, "
         "which is root on the host (single-user machines only). 'none': no Docker.",
     ).tag(config=True)
+    guard_max_containers = Int(
+        16,
+        help="With docker_access 'guarded': how many containers (created or running) the "
+        "kernel may have at once. Their memory and CPU together stay within the kernel's own "
+        "memory and cpus limits, when it has them.",
+    ).tag(config=True)
     docker_socket = Bool(
         None,
         allow_none=True,
@@ -276,6 +282,8 @@ def validate_options(config: dict[str, Any], *, check_paths: bool = True) -> dic
     if opts.network_mode == "none":
         raise InvalidOption("network_mode", "none", "a kernel without a network cannot be reached")
     parse_user(opts.user)
+    if not 1 <= opts.guard_max_containers <= 1024:
+        raise InvalidOption("guard_max_containers", opts.guard_max_containers, "must be 1 to 1024")
     if not 0 <= opts.pool_size <= 16:
         raise InvalidOption("pool_size", opts.pool_size, "must be 0 (no pool) to 16")
     if opts.startup_log_lines < 0:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal as signal_mod
 import stat
+from pathlib import Path
 from typing import Any, cast
 
 import docker.types
@@ -246,8 +248,36 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 memory=parse_bytes("memory", self.memory) if self.memory else None,
                 nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
                 gpus=self.gpus,
+                user=self._kernel_user(create_kwargs.get("user")),
+                max_containers=self.guard_max_containers,
             )
         )
+
+    def _kernel_user(self, asked: str | None) -> str:
+        """The kernel's uid:gid, which every container it makes through the guard runs as:
+        the one its container was made with, or (user 'image') the one its process has."""
+        if asked:
+            uid, gid = _uid_gid(asked)
+            return f"{uid}:{gid}"
+        info = self.engine.inspect(self.container_id or "") or {}
+        pid = int((info.get("State") or {}).get("Pid") or 0)
+        try:
+            status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+        except OSError:
+            status = ""
+        ids = {
+            line.split(":", 1)[0]: line.split()[1]
+            for line in status.splitlines()
+            if line.startswith(("Uid:", "Gid:"))
+        }
+        if "Uid" in ids and "Gid" in ids:
+            return f"{ids['Uid']}:{ids['Gid']}"
+        configured = str((info.get("Config") or {}).get("User") or "0")
+        if re.fullmatch(r"\d+(:\d+)?", configured):
+            uid, gid = _uid_gid(configured)
+            return f"{uid}:{gid}"
+        # A user name the host cannot resolve: the least privileged user, never root.
+        return "65534:65534"
 
     def _pool(self, cmd: list[str], create_kwargs: dict[str, Any]) -> KernelPool | None:
         """This kernel's launch shape's warm pool (None with pool_size 0)."""
