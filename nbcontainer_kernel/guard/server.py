@@ -46,10 +46,19 @@ from typing import Any
 from urllib.parse import quote
 
 from .archives import ArchiveRefused, rewrite_archive, rewrite_context
+from .create import nano_cpus
 from .dockerfile import MAX_DOCKERFILE
 from .policy import GUARD_KERNEL, MAX_JSON_BODY, Action, Grant, Live, Lookups, Refused, decide
 from .stored import container_outside, exec_outside, image_outside, volume_outside
-from .wire import DaemonSide, HttpError, KernelSide, Request, Timeouts, answer_headers
+from .wire import (
+    REASONS,
+    DaemonSide,
+    HttpError,
+    KernelSide,
+    Request,
+    Timeouts,
+    answer_headers,
+)
 
 __all__ = ["DockerGuard", "container_of_peer", "process_guard", "remove_stale"]
 
@@ -61,20 +70,6 @@ MAX_ANSWER = 64 << 20  # a filtered listing held in memory at most this large
 SMALL_ANSWER = 1 << 20  # answers up to this size are passed on whole, not chunked
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 _RESOURCE_STATES = {"created", "running", "restarting", "paused"}
-_REASONS = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Payload Too Large",
-    417: "Expectation Failed",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
 
 
 def container_of_peer(conn: socket.socket) -> str | None:
@@ -413,7 +408,7 @@ class DockerGuard:
                 if cid not in kernel.limits:
                     info = daemon.get(f"/containers/{cid}/json") or {}
                     host = info.get("HostConfig") or {}
-                    kernel.limits[cid] = (int(host.get("Memory") or 0), _nano(host))
+                    kernel.limits[cid] = (int(host.get("Memory") or 0), nano_cpus(host))
                 memory, nano = kernel.limits[cid]
                 name = ((c.get("Names") or [""])[0] or "").lstrip("/")
                 out.append(Live(cid, name, str(c.get("State")), memory, nano))
@@ -553,7 +548,7 @@ class DockerGuard:
                 return f"for container {made[:12]}: {problem}"
             host = info.get("HostConfig") or {}
             kernel.owned.add(made)
-            kernel.limits[made] = (int(host.get("Memory") or 0), _nano(host))
+            kernel.limits[made] = (int(host.get("Memory") or 0), nano_cpus(host))
             return ""
         if kind == "exec":
             problem = exec_outside(daemon.get(f"/exec/{made}/json") or {}, grant)
@@ -575,17 +570,11 @@ class DockerGuard:
         return self._cgroup_v1
 
 
-def _nano(host: dict[str, Any]) -> int:
-    nano = int(host.get("NanoCpus") or 0)
-    quota, period = int(host.get("CpuQuota") or 0), int(host.get("CpuPeriod") or 0)
-    return max(nano, int(quota * 1e9 / (period or 100_000))) if quota > 0 else nano
-
-
 def _refuse_at_once(client: socket.socket, status: int, reason: str) -> None:
     """A short answer without waiting on the client (it may not read), then close."""
     body = json.dumps({"message": f"nbcontainer's Docker guard: {reason}; try again later"})
     data = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
     ).encode()
     with contextlib.suppress(OSError):
@@ -599,7 +588,7 @@ def _refuse_raw(kernel_side: KernelSide, status: int, reason: str) -> None:
     """An answer to a request that could not be read as HTTP, then the connection ends."""
     body = json.dumps({"message": f"nbcontainer's Docker guard refused the request: {reason}"})
     data = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
     ).encode()
     with contextlib.suppress(OSError):

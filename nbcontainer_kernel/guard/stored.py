@@ -12,13 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .policy import (
-    GUARD_KERNEL,
-    LOCAL_LOG_DRIVERS,
-    SAFE_CAPABILITIES,
-    Grant,
-    capability_name,
-)
+from .create import capability_name, nano_cpus
+from .grants import GUARD_KERNEL, LOCAL_LOG_DRIVERS, SAFE_CAPABILITIES, Grant
 
 __all__ = ["container_outside", "exec_outside", "image_outside", "volume_outside"]
 
@@ -127,10 +122,7 @@ def container_outside(info: dict[str, Any], grant: Grant, *, cgroup_v1: bool = F
     if grant.memory and not 0 < int(host.get("Memory") or 0) <= grant.memory:
         return f"HostConfig.Memory is {host.get('Memory')}, beyond the kernel's {grant.memory}"
     if grant.nano_cpus:
-        nano = int(host.get("NanoCpus") or 0)
-        quota, period = int(host.get("CpuQuota") or 0), int(host.get("CpuPeriod") or 0)
-        if quota > 0:
-            nano = max(nano, int(quota * 1e9 / (period or 100_000)))
+        nano = nano_cpus(host)
         if not 0 < nano <= grant.nano_cpus:
             return f"HostConfig.NanoCpus is {nano}, beyond the kernel's {grant.nano_cpus}"
     return ""

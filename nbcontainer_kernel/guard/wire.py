@@ -16,6 +16,7 @@ must arrive within ``head`` of its first byte, and each piece of a body within `
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -41,6 +42,32 @@ _SINGLE = (
 _METHODS = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE"}
 # Hop-by-hop headers of the daemon's answers: the guard frames its own.
 _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade"}
+
+
+REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Payload Too Large",
+    417: "Expectation Failed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+_FOLDED = re.compile(rb"\n[ \t]")
+
+
+def _head_end(data: bytearray) -> int:
+    """Where a request head ends in `data` (its blank line), or the end of `data`."""
+    ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    return min(ends) if ends else len(data)
 
 
 class HttpError(Exception):
@@ -90,6 +117,7 @@ class KernelSide:
         self.timeouts = timeouts
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.body_done = True  # the current request's body was read to its end
+        self._head: bytearray | None = None  # the bytes of a request being read, up to its head
 
     # ------------------------------------------------------------------- reading
     def _receive(self, timeout: float) -> None:
@@ -98,6 +126,8 @@ class KernelSide:
             data = self.sock.recv(READ_SIZE)
         except TimeoutError:
             raise HttpError(408, "the request did not arrive in time") from None
+        if self._head is not None and len(self._head) <= MAX_HEAD:
+            self._head += data  # kept until the head is read, for the folding check
         self.conn.receive_data(data)
 
     def _event(self, timeout: float) -> Any:
@@ -117,7 +147,8 @@ class KernelSide:
             self.conn.start_next_cycle()
         elif self.conn.our_state is not h11.IDLE:
             return None
-        if not self.conn.trailing_data[0]:
+        self._head = bytearray(self.conn.trailing_data[0])
+        if not self._head:
             try:
                 self._receive(self.timeouts.idle)
             except HttpError:
@@ -136,10 +167,15 @@ class KernelSide:
                     raise HttpError(408, "the request head did not arrive in time")
                 self._receive(left)
                 continue
+            if _FOLDED.search(bytes(self._head[: _head_end(self._head)])):
+                # h11 joins a folded line to the header before it; another reader might
+                # not. A guard reads one way only: refused.
+                raise HttpError(400, "a header line is folded (obs-fold)")
             if isinstance(event, h11.ConnectionClosed):
                 return None
             if not isinstance(event, h11.Request):
                 raise HttpError(400, f"expected a request, got {type(event).__name__}")
+            self._head = None
             request = _checked(event)
             self.body_done = not request.has_body
             return request
@@ -198,6 +234,7 @@ class KernelSide:
             headers = [*headers, ("content-length", "0")]
         if not self.body_done:
             headers.append(("connection", "close"))  # its body was not read: no next request
+        reason = reason or REASONS.get(status, "").encode()
         self._send(h11.Response(status_code=status, headers=headers, reason=reason))
         if isinstance(body, bytes | bytearray):
             if body:

@@ -80,18 +80,21 @@ def test_user_resources_mounts_and_labels(engine: Engine, kernel, tmp_path: Path
 
 PING_AND_VOLUMES = (
     "import socket\n"
-    "def ask(path):\n"
+    "def ask(path, version='1.1'):\n"
     "    s = socket.socket(socket.AF_UNIX)\n"
     "    s.connect('/var/run/docker.sock')\n"
-    "    s.sendall(f'GET {path} HTTP/1.0\\r\\n\\r\\n'.encode())\n"
+    "    head = f'GET {path} HTTP/{version}\\r\\nHost: d\\r\\nConnection: close\\r\\n'\n"
+    "    s.sendall((head + '\\r\\n').encode())\n"
     "    return s.recv(4096).decode().split('\\r\\n')[0]\n"
-    "print(ask('/_ping'), '|', ask('/volumes'))"
+    "print(ask('/_ping'), '|', ask('/volumes'), '|', ask('/_ping', '1.0'))"
 )
 
 
 def test_raw_docker_access_mounts_the_daemons_own_socket(engine: Engine, kernel) -> None:
     km, kc = kernel(docker_access="raw", user="4321:4321")
-    assert stdout_of(run(kc, PING_AND_VOLUMES)[1]).strip() == "HTTP/1.0 200 OK | HTTP/1.0 200 OK"
+    assert stdout_of(run(kc, PING_AND_VOLUMES)[1]).strip() == (
+        "HTTP/1.1 200 OK | HTTP/1.1 200 OK | HTTP/1.0 200 OK"
+    )
 
 
 def test_a_kernel_reaches_docker_through_the_guard_by_default_as_any_user(
@@ -99,8 +102,9 @@ def test_a_kernel_reaches_docker_through_the_guard_by_default_as_any_user(
 ) -> None:
     km, kc = kernel(user="4321:4321")
     assert km.provisioner.docker_access == "guarded"
+    # The guard speaks HTTP/1.1 only (what docker-py and the CLI speak).
     assert stdout_of(run(kc, PING_AND_VOLUMES)[1]).strip() == (
-        "HTTP/1.0 200 OK | HTTP/1.0 403 Forbidden"
+        "HTTP/1.1 200 OK | HTTP/1.1 403 Forbidden | HTTP/1.1 505 HTTP Version Not Supported"
     )
 
 

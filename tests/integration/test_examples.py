@@ -109,6 +109,9 @@ def test_headless_notebook_containerizes_and_runs_an_analysis_with_parameters(
     nb = nbformat.read(tmp_path / "headless_notebook.ipynb", as_version=4)
     try:
         execute_notebook(nb, tmp_path, name, timeout=900)
+    except Exception:
+        print("\n".join(_outputs(c) for c in nb.cells if c.cell_type == "code"))
+        raise
     finally:
         from nbcontainer_kernel.engine import Engine
 
