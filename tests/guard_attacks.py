@@ -506,3 +506,75 @@ def run_table(table: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, dict[
         except Exception as exc:  # noqa: BLE001 (an attack that breaks is reported, not raised)
             out[name] = {"status": -1, "message": f"{type(exc).__name__}: {exc}", "created": ""}
     return out
+
+
+# ------------------------------------------------------------------ judging (host side)
+MUST_BE_REFUSED = {
+    "hostConfig beside HostConfig", "HOSTCONFIG alone", "Hoſtconfig (long s)",
+    "privileged spelled low", "capadd spelled low beside CapAdd", "NetworKMode (Kelvin sign)",
+    "tmpfs mount retyped as bind of /etc", "read-only mount made writable",
+    "hostip beside HostIp", "duplicate key, last wins in Go",
+    "volume options binding /etc", "bind <mount>/link/../..", "bind <mount>/..",
+    "bind a symlink in the mount", "bind below the mount", "bind with rshared",
+    "bind option shared", "syslog log driver", "awslogs log driver",
+    "restart always", "a named network", "an endpoint on a network", "cap_add NET_ADMIN",
+    "group 0", "build ADD <url>", "build ADD <url> in JSON form",
+    "build ADD <url> through a continuation", "build ADD <url> with an escape directive",
+    "build ADD $URL", "build FROM a missing image", "build COPY --from a missing image",
+    "build ONBUILD ADD <url>", "build a Dockerfile through a link", "build cgroupparent",
+    "build on the host network", "build with BuildKit",
+}  # fmt: skip
+# Refused only when the kernel's own user is not root (they ask for root).
+ROOT_ONLY = {"root user", "user spelled low"}
+SAFE_CAPABILITIES = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "NET_BIND_SERVICE", "SETGID",
+                     "SETUID"}  # fmt: skip
+
+
+def within_policy(info: dict[str, Any] | None, user: str, kernel: str, mounts: set[str]) -> None:
+    """What dockerd stored for a container a guarded kernel made (read from the daemon,
+    independently of the guard's own checks)."""
+    assert info is not None
+    host, config = info["HostConfig"], info["Config"]
+    assert config["User"] == user, config["User"]
+    assert config["Labels"]["io.nbcontainer.guard-kernel"] == kernel
+    assert not host["Privileged"] and not host.get("PublishAllPorts")
+    assert "ALL" in host["CapDrop"]
+    assert {c.upper().removeprefix("CAP_") for c in host["CapAdd"] or []} <= SAFE_CAPABILITIES
+    assert any(o.startswith("no-new-privileges") for o in host["SecurityOpt"])
+    assert host["LogConfig"]["Type"] in ("json-file", "local", "none")
+    assert host["RestartPolicy"]["Name"] in ("", "no")
+    assert host["NetworkMode"] in ("default", "bridge", "none")
+    assert not host.get("GroupAdd") and not host.get("Devices")
+    for m in info["Mounts"]:
+        if m["Type"] == "bind":
+            assert m["Source"] in mounts, m
+            assert m.get("Propagation") in ("", "rprivate", "private"), m
+        else:
+            assert m["Type"] in ("volume", "tmpfs") and m.get("Driver", "local") == "local", m
+    for bindings in (host.get("PortBindings") or {}).values():
+        assert all(b["HostIp"] in ("127.0.0.1", "::1") for b in bindings)
+
+
+def judge(
+    results: dict[str, dict[str, Any]],
+    inspect: Callable[[str], dict[str, Any] | None],
+    remove: Callable[[str], Any],
+    user: str,
+    kernel: str,
+    mounts: set[str],
+) -> None:
+    """Every attack refused by the guard, or what it made within policy (then removed);
+    those that must be refused were."""
+    must = MUST_BE_REFUSED | (ROOT_ONLY if not user.startswith("0:") else set())
+    assert set(results) >= must, sorted(must - set(results))
+    for name in must:
+        assert 400 <= results[name]["status"] < 500, (name, results[name])
+        assert "guard" in results[name]["message"], (name, results[name])
+    for name, result in results.items():
+        status, created = result["status"], result["created"]
+        if 200 <= status < 300:
+            assert created and not created.startswith("guard-attack-build"), (name, result)
+            within_policy(inspect(created), user, kernel, mounts)
+            remove(created)
+        else:
+            assert 400 <= status < 600 and status != 999, (name, result)

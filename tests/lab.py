@@ -114,6 +114,8 @@ class Lab:
                     continue
                 if msg["msg_type"] == "stream":
                     out.append(msg["content"]["text"])
+                if msg["msg_type"] == "error":  # said, so that a failing cell is seen
+                    out.append("\n".join(msg["content"]["traceback"]))
                 if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                     ws.close()
                     return "".join(out)

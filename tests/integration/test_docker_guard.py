@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import textwrap
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
@@ -163,3 +166,100 @@ def test_twenty_guarded_kernels_leave_no_socket_thread_or_container(
         p for p in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}{os.getpid()}-*")
     ]  # fmt: skip
     assert [str(p) for p in mine] == [guard.directory]
+
+
+ATTACKS_IN_A_CELL = """
+import json, sys, traceback
+sys.path.insert(0, {root!r})  # the notebook's directory, mounted at the same path
+try:
+    import guard_attacks as a
+    ctx = a.Context(**json.loads({ctx!r}))
+    results = a.run_table({{**a.key_spelling(ctx), **a.host_reach(ctx), **a.framing(ctx)}})
+    print(json.dumps(results))
+except Exception:
+    import os
+    print(traceback.format_exc(), os.getcwd())
+"""
+
+HOLD_IN_A_CELL = """
+import threading, guard_attacks as a
+held = {{}}
+def hold():
+    held.update(a.exhaust("/var/run/docker.sock", 5000, hold={hold}))
+holder = threading.Thread(target=hold)
+holder.start()
+"""
+
+RELEASE_IN_A_CELL = """
+holder.join()
+a.close_all(held.pop("sockets"))
+print(json.dumps(held))
+"""
+
+
+def test_attacks_from_a_guarded_kernels_cells_are_refused_and_starve_no_one(
+    engine: Engine, make_kernelspec, tmp_path: Path
+) -> None:
+    """The attacker's table from a cell of a real guarded kernel of a real Jupyter server;
+    then the same kernel holds 5,000 connections while another kernel's Docker calls and
+    the server's own API keep answering."""
+    from tests.lab import Lab
+
+    shutil.copy(Path(__file__).parents[1] / "guard_attacks.py", tmp_path)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    name = make_kernelspec("nbc-guard-attacker", mounts=[f"{read_only}:/ro:ro"])
+    foreign = engine.create_container(
+        BASE, command=["sleep", "300"], labels=labels.container_labels(labels.ROLE_PROBE)
+    )
+    engine.tag(BASE, "nbc-guard-foreign", "cell")
+    lab = Lab(tmp_path)
+    try:
+        engine.start(foreign)
+        # path "": the kernels start in the server's root (tmp_path), mounted at its path.
+        attacker = lab.post("/api/kernels", {"name": name, "path": ""}).json()["id"]
+        other = lab.post("/api/kernels", {"name": name, "path": ""}).json()["id"]
+        ctx = {
+            "base": BASE,
+            "mount": os.path.realpath(tmp_path),
+            "read_only": os.path.realpath(read_only),
+            "foreign_container": foreign.id,
+            "foreign_image": "nbc-guard-foreign:cell",
+        }
+        cell = ATTACKS_IN_A_CELL.format(ctx=json.dumps(ctx), root=ctx["mount"])
+        out = lab.execute(attacker, cell, timeout=600)
+        assert out.strip().startswith("{"), out
+        results = json.loads(out)
+        user = f"{os.getuid()}:{os.getgid()}"  # the kernel's user: 'host', the default
+        mounts = {str(tmp_path.resolve()), str(read_only.resolve())}
+        attacks_judge(results, engine, user, attacker, mounts)
+        assert foreign.id == engine.inspect(foreign.id)["Id"]  # untouched
+
+        lab.execute(attacker, HOLD_IN_A_CELL.format(hold=8), timeout=120)
+        took, api = [], []
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            t = time.monotonic()
+            assert "1" in lab.execute(
+                other, "import docker\nprint(len([docker.from_env().ping()]))"
+            )
+            took.append(time.monotonic() - t)
+            t = time.monotonic()
+            assert lab.get("/api/status").ok
+            api.append(time.monotonic() - t)
+        held = json.loads(lab.execute(attacker, RELEASE_IN_A_CELL, timeout=120).strip())
+        guard_max = 48
+        assert held["opened"] == 5000 and held["turned_away"] >= 5000 - guard_max, held
+        assert len(took) >= 3 and max(took) < 5 and max(api) < 2, (took, api)
+    finally:
+        lab.stop()
+        engine.remove(foreign.id)
+        engine.remove_image("nbc-guard-foreign:cell")
+
+
+def attacks_judge(
+    results: dict[str, Any], engine: Engine, user: str, kernel: str, mounts: set[str]
+) -> None:
+    from tests import guard_attacks
+
+    guard_attacks.judge(results, engine.inspect, engine.remove, user, kernel, mounts)

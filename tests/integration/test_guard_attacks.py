@@ -32,7 +32,6 @@ import pytest
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.guard import GUARD_KERNEL, DockerGuard, Grant
-from nbcontainer_kernel.guard.policy import SAFE_CAPABILITIES
 from nbcontainer_kernel.kernel.provisioner import _docker_socket_path
 from tests import guard_attacks as attacks
 
@@ -100,75 +99,15 @@ def bed(engine: Engine) -> Iterator[dict[str, Any]]:
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-def within_policy(engine: Engine, created: str, mount: str) -> None:
-    """What dockerd stored for a container a guarded kernel made: read from the daemon."""
-    info = engine.inspect(created)
-    assert info is not None, created
-    host, config = info["HostConfig"], info["Config"]
-    assert config["User"] == USER
-    assert config["Labels"][GUARD_KERNEL] == KERNEL
-    assert not host["Privileged"] and not host.get("PublishAllPorts")
-    assert "ALL" in host["CapDrop"]
-    assert {c.upper().removeprefix("CAP_") for c in host["CapAdd"] or []} <= set(SAFE_CAPABILITIES)
-    assert any(o.startswith("no-new-privileges") for o in host["SecurityOpt"])
-    assert host["LogConfig"]["Type"] in ("json-file", "local", "none")
-    assert host["RestartPolicy"]["Name"] in ("", "no")
-    assert host["NetworkMode"] in ("default", "bridge", "none")
-    assert not host.get("GroupAdd") and not host.get("Devices")
-    for m in info["Mounts"]:
-        if m["Type"] == "bind":
-            assert m["Source"] == mount, m
-            assert m.get("Propagation") in ("", "rprivate", "private"), m
-        else:
-            assert m["Type"] in ("volume", "tmpfs") and m.get("Driver", "local") == "local", m
-    for bindings in (host.get("PortBindings") or {}).values():
-        assert all(b["HostIp"] in ("127.0.0.1", "::1") for b in bindings)
-
-
-def _judge(engine: Engine, results: dict[str, dict[str, Any]], mount: str) -> None:
-    for name, result in results.items():
-        status, created = result["status"], result["created"]
-        if 200 <= status < 300:
-            assert created, (name, result)
-            if created.startswith("guard-attack-build"):
-                pytest.fail(f"{name}: the build ran: {result}")
-            within_policy(engine, created, mount)
-            engine.remove(created)
-        else:
-            assert 400 <= status < 600 and status != 999, (name, result)
-            assert status != 500 or "guard" in result["message"], (name, result)
-
-
-MUST_BE_REFUSED = {
-    "hostConfig beside HostConfig", "HOSTCONFIG alone", "Hoſtconfig (long s)",
-    "privileged spelled low", "capadd spelled low beside CapAdd", "NetworKMode (Kelvin sign)",
-    "tmpfs mount retyped as bind of /etc", "read-only mount made writable",
-    "hostip beside HostIp", "duplicate key, last wins in Go", "user spelled low",
-    "volume options binding /etc", "bind <mount>/link/../..", "bind <mount>/..",
-    "bind a symlink in the mount", "bind below the mount", "bind with rshared",
-    "bind option shared", "root user", "syslog log driver", "awslogs log driver",
-    "restart always", "a named network", "an endpoint on a network", "cap_add NET_ADMIN",
-    "group 0", "build ADD <url>", "build ADD <url> in JSON form",
-    "build ADD <url> through a continuation", "build ADD <url> with an escape directive",
-    "build ADD $URL", "build FROM a missing image", "build COPY --from a missing image",
-    "build ONBUILD ADD <url>", "build a Dockerfile through a link", "build cgroupparent",
-    "build on the host network", "build with BuildKit",
-}  # fmt: skip
-
-
 def test_every_create_and_build_attack_is_refused_or_made_within_policy(
     engine: Engine, bed: dict[str, Any]
 ) -> None:
     ctx = bed["ctx"]
     results = attacks.run_table({**attacks.key_spelling(ctx), **attacks.host_reach(ctx)})
-    assert set(results) >= MUST_BE_REFUSED
-    for name in MUST_BE_REFUSED:
-        assert 400 <= results[name]["status"] < 500, (name, results[name])
-        assert "guard" in results[name]["message"], (name, results[name])
     # Positive controls: the same socket makes what is allowed (so a refusal is a decision).
     for name in ("a plain create", "a plain create with its mount"):
         assert results[name]["status"] == 201, results[name]
-    _judge(engine, results, str(bed["mount"]))
+    attacks.judge(results, engine.inspect, engine.remove, USER, KERNEL, {str(bed["mount"])})
 
 
 def test_repeated_query_keys_never_reach_the_daemon(engine: Engine, bed: dict[str, Any]) -> None:
