@@ -155,7 +155,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
 
     for name, trait in sorted(ContainerOptions.class_traits(config=True).items()):
         flag = trait.metadata.get("flag", "--" + name.replace("_", "-"))
-        kw: dict[str, Any] = {"dest": f"opt_{name}", "help": trait.help, "default": None}
+        # argparse formats help with %: a trait's help says %pip and %%remote_run as written.
+        help_text = trait.help.replace("%", "%%")
+        kw: dict[str, Any] = {"dest": f"opt_{name}", "help": help_text, "default": None}
         if isinstance(trait, Bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(trait, List):

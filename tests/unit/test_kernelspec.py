@@ -87,7 +87,28 @@ def test_every_provisioner_option_has_an_install_flag_made_from_its_trait() -> N
     by_dest = {a.dest: a for a in install._actions}
     for name, trait in ContainerOptions.class_traits(config=True).items():
         assert f"opt_{name}" in by_dest, f"no flag for {name}"
-        assert by_dest[f"opt_{name}"].help == trait.help
+        assert by_dest[f"opt_{name}"].help == trait.help.replace("%", "%%")
+    # --help shows each trait's help as written (%pip, %%remote_run and all).
+    text = install.format_help()
+    assert "%pip" in text and "%%remote_run" in text
+
+
+def test_every_commands_help_renders() -> None:
+    """`nbcontainer X --help` for every command (argparse formats help with %)."""
+    from nbcontainer_kernel.cli import build_parser
+
+    def walk(parser: object) -> list[object]:
+        found = [parser]
+        for action in getattr(parser, "_actions", []):
+            choices = getattr(action, "choices", None)
+            for sub in choices.values() if isinstance(choices, dict) else []:
+                found += walk(sub)
+        return found
+
+    parsers = walk(build_parser())
+    assert len(parsers) > 8
+    for parser in parsers:
+        assert parser.format_help()  # type: ignore[attr-defined]
 
 
 def test_install_flags_reach_the_kernelspec(tmp_path: Path) -> None:
