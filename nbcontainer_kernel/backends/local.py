@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import secrets
 import tarfile
@@ -29,7 +30,7 @@ from ..runner.main import WAIT_FLAG
 from ..warm import WarmPool
 from .base import Backend, Job, Phase, RunSpec, write_log
 
-__all__ = ["LocalBackend", "run_containers", "run_pool", "snapshot_archive"]
+__all__ = ["LocalBackend", "kernel_share", "run_containers", "run_pool", "snapshot_archive"]
 
 
 class _LogFollower:
@@ -83,8 +84,29 @@ class LocalBackend(Backend):
         self.pool_size = 1
 
     def configure(self, settings: Mapping[str, Any]) -> None:
-        """RemoteRun.run_pool_size: runner containers kept waiting per runtime image."""
+        """RemoteRun.run_pool_size: runner containers kept waiting per runtime image (for
+        a sweep, as many as its children run at once)."""
         self.pool_size = int(settings.get("run_pool_size", 1) or 0)
+
+    def _resources(self, spec: RunSpec) -> tuple[dict[str, Any], bool]:
+        """A run's limits, and whether runner containers may wait for runs.
+
+        In a guarded kernel with memory or CPU limits, the guard keeps all the kernel's
+        containers within them together: a run that asks for none gets the kernel's
+        limits shared among the runs that go at once (one, or a sweep's parallel
+        children), and no container waits between runs (it would hold the share)."""
+        memory, nano_cpus = kernel_share()
+        if memory is None and nano_cpus is None:
+            return resource_kwargs(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus), True
+        at_once = max(1, self.pool_size)
+        return (
+            resource_kwargs(
+                cpus=spec.cpus or (nano_cpus / at_once / 1e9 if nano_cpus else None),
+                memory=spec.memory or (str(memory // at_once) if memory else None),
+                gpus=spec.gpus,
+            ),
+            False,
+        )
 
     @property
     def engine(self) -> Engine:
@@ -113,7 +135,7 @@ class LocalBackend(Backend):
             "init": True,
             "name": f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}",
         }
-        kwargs.update(resource_kwargs(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus))
+        kwargs.update(self._resources(spec)[0])
         container = self.engine.create_container(spec.image, **kwargs)
         try:
             self.engine.start(container)
@@ -138,8 +160,10 @@ class LocalBackend(Backend):
         env = {**spec.env, EXIT_MARK_ENV: mark}
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
-        resources = resource_kwargs(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus)
+        resources, may_wait = self._resources(spec)
         pool = run_pool(self.engine, spec.image, resources, max(self.pool_size, 1))
+        if not may_wait:
+            pool.size = 0  # a container is made for each run, and none waits after it
         name = f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}"
         with snapshot_archive(Path(spec.snapshot), {"argv": list(spec.command), "env": env}) as f:
 
@@ -256,6 +280,40 @@ class LocalBackend(Backend):
             warm.reaper.remove(get_engine, cid)
         if pool is not None and self.pool_size > 0:
             pool.fill_later(0.0)  # the next run finds a container waiting
+
+
+def kernel_share() -> tuple[int | None, int | None]:
+    """This kernel's own memory (bytes) and CPU (nano-CPUs) limits when it reaches Docker
+    through the guard, which holds all its containers within them together; None each
+    outside a guarded kernel or without a limit. Read from the kernel's cgroup (v2, else
+    v1), as the host set it."""
+    if os.environ.get("NBCONTAINER_DOCKER_ACCESS") != "guarded":
+        return None, None
+    memory = _cgroup_number("memory.max") or _cgroup_number("memory/memory.limit_in_bytes")
+    if memory is not None and memory >= 1 << 60:  # v1's "unlimited"
+        memory = None
+    nano = None
+    cpu_max = _cgroup_text("cpu.max").split()
+    if len(cpu_max) == 2 and cpu_max[0].isdigit():
+        nano = int(int(cpu_max[0]) * 1e9 / int(cpu_max[1]))
+    else:
+        quota = _cgroup_number("cpu/cpu.cfs_quota_us")
+        period = _cgroup_number("cpu/cpu.cfs_period_us")
+        if quota and quota > 0 and period:
+            nano = int(quota * 1e9 / period)
+    return memory, nano
+
+
+def _cgroup_text(name: str) -> str:
+    try:
+        return Path("/sys/fs/cgroup", name).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cgroup_number(name: str) -> int | None:
+    text = _cgroup_text(name)
+    return int(text) if text.lstrip("-").isdigit() else None
 
 
 def run_containers(engine: Engine, run_id: str) -> list[Any]:

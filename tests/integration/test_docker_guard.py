@@ -263,3 +263,28 @@ def attacks_judge(
     from tests import guard_attacks
 
     guard_attacks.judge(results, engine.inspect, engine.remove, user, kernel, mounts)
+
+
+def test_a_kernel_with_limits_shares_them_among_its_runs_and_sweep_children(
+    engine: Engine, make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
+) -> None:
+    """The guard keeps a kernel's containers within its memory and CPUs together; a run
+    and a sweep's parallel children that ask for none get shares, and run."""
+    name = make_kernelspec("nbc-guard-limited", memory="1g", cpus=1.0)
+    cell = (
+        "import pathlib\n"
+        "v1 = pathlib.Path('/sys/fs/cgroup/memory/memory.limit_in_bytes')\n"
+        "limit = int((v1 if v1.exists() else pathlib.Path('/sys/fs/cgroup/memory.max'))"
+        ".read_text())"
+    )
+    with started(name, cwd=str(tmp_path)) as (km, kc):
+        content, outputs = run(kc, f"%%remote_run --local --name one\n{cell}", 600)
+        assert content["status"] == "ok", [o["content"] for o in outputs]
+        assert stdout_of(run(kc, "print(limit)")[1]).strip() == str(1 << 30)
+        sweep = f"%%remote_run --local --name lim --sweep k=1,2,3 --max-parallel 2\n{cell}"
+        content, outputs = run(kc, sweep, 600)
+        assert content["status"] == "ok", [o["content"] for o in outputs]
+        children = ledger.find(parent="lim-1")
+        assert sorted(c["status"] for c in children) == ["SUCCEEDED"] * 3
+        shown = stdout_of(run(kc, "print(limit)")[1])
+        assert str(1 << 29) in shown and str(1 << 30) not in shown, shown
