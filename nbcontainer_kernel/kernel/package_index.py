@@ -21,6 +21,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import os
+import re
 import ssl
 import sys
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ __all__ = [
     "PACKAGE_INDEX_ENV",
     "describe_index",
     "host_settings",
+    "index_link_dirs",
     "pip_config",
     "prepare_pip",
 ]
@@ -63,6 +65,8 @@ _SETTINGS = (
 )
 # Settings whose values may name local paths (mounted read-only at the same path).
 _PATH_SETTINGS = ("index-url", "extra-index-url", "find-links", "constraint", "client-cert")
+# Settings naming an index (a file:// one has pages that link to files elsewhere).
+_INDEX_SETTINGS = ("index-url", "extra-index-url")
 _PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
 # pip's system-wide file besides the XDG ones.
 SYSTEM_FILE = Path("/etc/pip.conf")
@@ -72,11 +76,13 @@ _SECTIONS = ("global", "install")
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """What a kernel gets: environment, read-only mounts (host path -> container path)."""
+    """What a kernel gets: environment, read-only mounts (host path -> container path),
+    and what was left out of the host's settings and why (said when the kernel starts)."""
 
     env: dict[str, str] = field(default_factory=dict)
     mounts: dict[str, str] = field(default_factory=dict)
     index: str = "pip's default index"  # named in messages, credentials hidden
+    left_out: list[str] = field(default_factory=list)
 
 
 def _env_name(setting: str) -> str:
@@ -144,6 +150,51 @@ def _local_path(value: str) -> str | None:
     return path if os.path.exists(path) else None
 
 
+# Project pages of a file:// index read to learn where its links point (a mirror's
+# layout is the same for every project, so a sample tells).
+_SAMPLE_PAGES = 24
+_HREF = re.compile(rb"""href\s*=\s*["']([^"'#]+)""", re.IGNORECASE)
+
+
+def index_link_dirs(index_dir: str) -> tuple[list[str], str]:
+    """The directories a ``file://`` index's project pages link into outside the index
+    (the common mirror layout: ROOT/simple/<project>/ linking to ROOT/files/<wheel>),
+    as few as cover them; and why they cannot be mounted ('' when they can). Pages are
+    sampled across the index."""
+    root = Path(index_dir)
+    try:
+        projects = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError as exc:
+        return [], f"its directory cannot be read ({exc.strerror})"
+    step = max(1, len(projects) // _SAMPLE_PAGES)
+    targets: set[str] = set()
+    for project in projects[::step][:_SAMPLE_PAGES]:
+        page = project / "index.html"
+        try:
+            html = page.read_bytes()[: 4 << 20]
+        except OSError:
+            continue
+        for href in _HREF.findall(html):
+            link = href.decode("utf-8", "replace")
+            if "://" in link and not link.startswith("file://"):
+                continue  # served from elsewhere: nothing to mount
+            path = urlsplit(link).path if link.startswith("file://") else link
+            target = os.path.normpath(os.path.join(str(project), path))
+            if not target.startswith(str(root.resolve()) + "/"):
+                targets.add(os.path.dirname(os.path.realpath(target)))
+    if not targets:
+        return [], ""
+    missing = sorted(t for t in targets if not os.path.isdir(t))
+    if missing:
+        return [], f"its pages link into {missing[0]}, which does not exist"
+    if len(targets) <= 8:
+        return sorted(targets), ""
+    common = os.path.commonpath(sorted(targets))
+    if common.count("/") < 2:  # '/' or '/opt': too much of the host to give a kernel
+        return [], f"its pages link into {len(targets)} directories with no common one"
+    return [common], ""
+
+
 def describe_index(url: str | None) -> str:
     """An index URL fit for a message: any user and password replaced by '***'."""
     if not url:
@@ -167,15 +218,29 @@ def host_settings(
     config = pip_config(environ)
     env = {PACKAGE_INDEX_ENV: "host"}
     mounts: dict[str, str] = {}
+    left_out: list[str] = []
     for setting, value in config.items():
         if setting == "cert":
             continue  # the CA bundle is mounted at a path of its own, below
-        env[_env_name(setting)] = value
-        if setting in _PATH_SETTINGS:
-            for item in value.split():
-                path = _local_path(item)
-                if path:
-                    mounts[path] = path
+        kept = []
+        for item in value.split():
+            path = _local_path(item) if setting in _PATH_SETTINGS else None
+            if path is None and setting in _PATH_SETTINGS and item.startswith(("file:", "/")):
+                left_out.append(f"{setting} {item}: it does not exist on this host")
+                continue
+            if path and setting in _INDEX_SETTINGS and os.path.isdir(path):
+                # pip reads the index's pages, then the files they link to: both.
+                linked, why = index_link_dirs(path)
+                if why:
+                    left_out.append(f"{setting} {item}: {why}")
+                    continue
+                for directory in linked:
+                    mounts[directory] = directory
+            if path:
+                mounts[path] = path
+            kept.append(item)
+        if kept:
+            env[_env_name(setting)] = " ".join(kept)
     for name in _PROXY_NAMES:
         for variant in (name, name.lower()):
             if environ.get(variant):
@@ -185,7 +250,12 @@ def host_settings(
         mounts[ca] = CA_IN_KERNEL
         env.update(PIP_CERT=CA_IN_KERNEL, SSL_CERT_FILE=CA_IN_KERNEL)
         env["REQUESTS_CA_BUNDLE"] = CA_IN_KERNEL
-    return IndexSettings(env=env, mounts=mounts, index=describe_index(config.get("index-url")))
+    return IndexSettings(
+        env=env,
+        mounts=mounts,
+        index=describe_index(config.get("index-url")),
+        left_out=left_out,
+    )
 
 
 NO_INDEX_NOTE = (

@@ -62,6 +62,8 @@ DOCKER_SOCKET_IN_KERNEL = "/var/run/docker.sock"
 DOCKER_ACCESS_ENV = "NBCONTAINER_DOCKER_ACCESS"
 # Images whose kernels get the raw socket: warned once each.
 _raw_said: set[str] = set()
+# Host pip settings a kernel cannot be given (a path that cannot be mounted): said once each.
+_left_out_said: set[str] = set()
 # Images whose kernels run without CurveZMQ although 'auto' asked for it: said once each.
 _unencrypted_said: set[str] = set()
 
@@ -373,6 +375,10 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         env[DOCKER_ACCESS_ENV] = access
         # The host's package index settings: the kernelspec's own env wins over them.
         index = host_settings(self.package_index)
+        for note in index.left_out:
+            if note not in _left_out_said:
+                _left_out_said.add(note)
+                self.log.warning("nbcontainer: kernels' pip leaves out the host's %s", note)
         spec_env = set(getattr(self.kernel_spec, "env", None) or {})
         env.update({k: v for k, v in index.env.items() if k not in spec_env})
         taken = {m["Target"] for m in mounts}

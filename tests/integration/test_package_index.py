@@ -77,6 +77,48 @@ def test_pip_install_in_a_kernel_uses_the_hosts_index_and_ca(
         assert ca and ca[0]["RW"] is False
 
 
+def test_pip_install_from_a_file_index_mirror_whose_pages_link_elsewhere(
+    engine: Engine, make_kernelspec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The common mirror layout (ROOT/simple/<project>/ linking to ROOT/files/<wheel>): the
+    kernel gets both directories, read-only, and pip installs from them."""
+    mirror = tmp_path / "mirror"
+    wheel = make_wheel(tmp_path, "nbc-mirror-pkg", "2.0", "VALUE = 7\n")
+    (mirror / "files").mkdir(parents=True)
+    (mirror / "files" / wheel.name).write_bytes(wheel.read_bytes())
+    page = mirror / "simple" / "nbc-mirror-pkg" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text(
+        f'<html><body><a href="../../files/{wheel.name}">{wheel.name}</a></body></html>'
+    )
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for variable in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", f"file://{mirror}/simple")
+    name = make_kernelspec("nbc-index-mirror")
+    with started(name, cwd=str(tmp_path)) as (km, kc):
+        content, outputs = run(kc, "%pip install --no-input nbc-mirror-pkg", 120)
+        assert "Successfully installed nbc-mirror-pkg-2.0" in _stream(outputs), _stream(outputs)
+        assert stdout_of(run(kc, "import nbc_mirror_pkg\nprint(nbc_mirror_pkg.VALUE)")[1]) == "7\n"
+        mounts = {
+            m["Source"]: m["RW"] for m in engine.inspect(km.provisioner.container_id)["Mounts"]
+        }
+        assert mounts[str(mirror / "files")] is False and mounts[str(mirror / "simple")] is False
+
+
+def test_pip_install_with_this_machines_own_pip_configuration(
+    make_kernelspec, tmp_path: Path
+) -> None:
+    """What a user of this machine meets: a default kernel, the host's pip settings as they
+    are, a small package that is not in the kernel image."""
+    name = make_kernelspec("nbc-index-own")
+    with started(name, cwd=str(tmp_path)) as (km, kc):
+        content, outputs = run(kc, "%pip install --no-input tabulate", 300)
+        assert "Successfully installed tabulate" in _stream(outputs), _stream(outputs)
+        content, outputs = run(kc, "import tabulate\nprint(tabulate.tabulate([[1]]))")
+        assert content["status"] == "ok" and "1" in stdout_of(outputs), _stream(outputs)
+
+
 def test_a_kernel_without_a_package_index_fails_at_once_saying_why(
     engine: Engine, make_kernelspec, https_index: str, tmp_path: Path
 ) -> None:

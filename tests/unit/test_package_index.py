@@ -100,7 +100,9 @@ def test_a_kernel_gets_the_hosts_index_ca_proxies_and_local_paths_read_only(
         str(ca): CA_IN_KERNEL,
     }
     assert got.env["PIP_INDEX_URL"] == "https://user:s3cret@index.example/simple"
-    assert got.env["PIP_FIND_LINKS"] == f"{wheels} /no/such/dir"
+    # A path that does not exist here is left out, and said.
+    assert got.env["PIP_FIND_LINKS"] == str(wheels)
+    assert got.left_out == ["find-links /no/such/dir: it does not exist on this host"]
     assert {got.env[k] for k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")} == {
         CA_IN_KERNEL
     }
@@ -332,3 +334,55 @@ def test_pip_in_a_real_shell_without_an_index_says_why_and_runs_pip(
         assert NO_INDEX_NOTE in capsys.readouterr().err
     finally:
         InteractiveShell.clear_instance()
+
+
+def _mirror(root: Path, links: dict[str, str]) -> Path:
+    """ROOT/simple/<project>/index.html, each linking to its href (the mirror layout)."""
+    for project, href in links.items():
+        page = root / "simple" / project / "index.html"
+        page.parent.mkdir(parents=True)
+        page.write_text(f'<html><body><a href="{href}#sha256=00">{project}.whl</a></body></html>')
+    return root / "simple"
+
+
+def test_a_file_index_is_mounted_with_the_directory_its_pages_link_into(tmp_path: Path) -> None:
+    (tmp_path / "files").mkdir()
+    index = _mirror(
+        tmp_path, {f"p{i}": f"../../files/p{i}-1.0-py3-none-any.whl" for i in range(40)}
+    )
+    got = host_settings(
+        "host",
+        _environ(tmp_path, PIP_CONFIG_FILE=os.devnull, PIP_EXTRA_INDEX_URL=f"file://{index}"),
+    )
+    assert got.mounts[str(index)] == str(index)
+    assert got.mounts[str(tmp_path / "files")] == str(tmp_path / "files")
+    assert got.env["PIP_EXTRA_INDEX_URL"] == f"file://{index}" and got.left_out == []
+
+
+@pytest.mark.parametrize(
+    ("href", "kept"),
+    [
+        ("../../files/x.whl", True),  # relative, into ROOT/files
+        ("file://{root}/elsewhere/x.whl", True),  # an absolute file URL
+        ("https://files.example/x.whl", True),  # served from elsewhere: nothing to mount
+        ("x.whl", True),  # beside the page: inside the index
+        ("../../gone/x.whl", False),  # a directory that is not there
+    ],
+)
+def test_an_index_whose_links_cannot_be_mounted_is_left_out_and_said(
+    tmp_path: Path, href: str, kept: bool
+) -> None:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    index = _mirror(tmp_path, {"a": href.format(root=tmp_path)})
+    environ = _environ(
+        tmp_path,
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_EXTRA_INDEX_URL=f"file://{index} https://other.example/simple",
+    )
+    got = host_settings("host", environ)
+    if kept:
+        assert got.env["PIP_EXTRA_INDEX_URL"].startswith(f"file://{index} ") and not got.left_out
+    else:
+        assert got.env["PIP_EXTRA_INDEX_URL"] == "https://other.example/simple"
+        assert "does not exist" in got.left_out[0] and str(index) not in got.mounts
