@@ -70,11 +70,26 @@ _ADDED_COLUMNS = {"run_key": "TEXT", "verified": "TEXT", "platform": "TEXT"}
 
 
 def private_dir(path: Path) -> Path:
-    """Make a directory (and its parents) and keep it 0700: it holds run keys and results."""
-    path.mkdir(parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
+    """Make a directory and the parents it lacks, each 0700 (they hold run keys and
+    results). A directory that exists already keeps its mode: it is not the ledger's."""
+    missing = []
+    here = path
+    while not here.exists():
+        missing.append(here)
+        if here.parent == here:
+            break
+        here = here.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process: not ours to change
+            continue
+        directory.chmod(0o700)  # whatever the umask
     return path
+
+
+def _is_private(path: Path) -> bool:
+    return not path.stat().st_mode & 0o077
 
 
 def default_path() -> Path:
@@ -88,9 +103,16 @@ class Ledger:
     """The ledger. Safe to share between threads; each call is one transaction."""
 
     def __init__(self, path: Path | str | None = None) -> None:
-        self.path = Path(path) if path else default_path()
-        # The ledger holds each run's signing key: only its owner may read it.
+        self.path = Path(os.path.abspath(Path(path) if path else default_path()))
+        # The ledger holds each run's signing key: only its owner may read it. Directories
+        # it makes are 0700; one it finds (a project folder, /tmp) keeps its mode, and the
+        # runs' results go into a private folder of the ledger's own inside it.
         private_dir(self.path.parent)
+        self._runs_dir = (
+            self.path.parent / "runs"
+            if _is_private(self.path.parent)
+            else self.path.parent / ".nbcontainer" / "runs"
+        )
         self._lock = threading.Lock()
         old_umask = os.umask(0o077)
         try:
@@ -100,6 +122,8 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
         finally:
             os.umask(old_umask)
+        if self.path.stat().st_mode & 0o077:  # a file made before, or by a wider umask
+            self.path.chmod(0o600)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
@@ -109,7 +133,7 @@ class Ledger:
 
     @property
     def runs_dir(self) -> Path:
-        return self.path.parent / "runs"
+        return self._runs_dir
 
     def run_dir(self, run_id: str) -> Path:
         """Where a run's outputs are collected (made private to the user)."""
