@@ -105,7 +105,17 @@ def runs_frame(
             "created": pd.Timestamp(r["created"], unit="s", tz="UTC").tz_convert(_local_tz()),
             "duration": round(phases[-1][1] - phases[0][1], 2) if len(phases) > 1 else None,
         }
-        record.update({f"param.{k}": v for k, v in (r.get("params") or {}).items()})
+        params = dict(r.get("params") or {})
+        swept = _swept(ledger, r)
+        if swept:
+            # A sweep's parent: its swept parameters are its children's, one each; the
+            # parent says what was swept in a column of its own, so that every param.*
+            # column holds one kind of value and can be filtered, sorted and grouped.
+            record["sweep"] = " ".join(
+                f"{k}={','.join(map(_plain, params.pop(k)))}" for k in swept
+            )
+            record["children"] = swept[next(iter(swept))]
+        record.update({f"param.{k}": v for k, v in params.items()})
         record.update({f"metric.{k}": _round(v, 6) for k, v in (r.get("metrics") or {}).items()})
         record.update({f"time.{k}": round(v, 2) for k, v in Ledger.timings(r).items()})
         platform = r.get("platform") or {}
@@ -119,9 +129,32 @@ def runs_frame(
         records.append(record)
     fixed = ["id", "name", "backend", "status", "created", "duration"]
     frame = pd.DataFrame.from_records(records, columns=_columns(records, fixed))
-    if "exit_code" in frame:
-        frame["exit_code"] = frame["exit_code"].astype("Int64")
+    for column in ("exit_code", "children"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
     return RunsTable(frame)
+
+
+def _swept(ledger: Ledger, row: dict[str, Any]) -> dict[str, int]:
+    """A sweep parent's swept parameters (each with its number of children): those whose
+    value on the parent is the list of its children's values (a parameter whose value is a
+    list in every child is not swept)."""
+    params = row.get("params") or {}
+    lists = [k for k, v in params.items() if isinstance(v, list)]
+    if not lists or row.get("parent"):
+        return {}
+    children = ledger.find(parent=row["id"])
+    if not children:
+        return {}
+    return {
+        k: len(children)
+        for k in lists
+        if any((c.get("params") or {}).get(k) != params[k] for c in children)
+    }
+
+
+def _plain(value: Any) -> str:
+    return str(value)
 
 
 def _columns(records: list[dict[str, Any]], fixed: list[str]) -> list[str]:
@@ -130,10 +163,10 @@ def _columns(records: list[dict[str, Any]], fixed: list[str]) -> list[str]:
     seen: dict[str, None] = dict.fromkeys(fixed)
     for rec in records:
         seen.update(dict.fromkeys(rec))
-    order = ("param.", "metric.", "time.")
+    order = ("sweep", "children", "param.", "metric.", "time.")
     grouped = [c for c in seen if c in fixed]
     for prefix in order:
-        grouped += [c for c in seen if c.startswith(prefix)]
+        grouped += [c for c in seen if c.startswith(prefix) and c not in grouped]
     grouped += [c for c in seen if c not in grouped]
     return grouped
 

@@ -126,14 +126,49 @@ def test_filters_select_runs(ledger: Ledger, runs: list[str]) -> None:
     ]
 
 
-def test_a_sweep_parent_and_its_children_hold_the_same_typed_values(
+def test_a_sweep_parent_says_what_was_swept_and_leaves_its_children_the_values(
     ledger: Ledger, runs: list[str]
 ) -> None:
     parent = runs_frame(ledger, name="sw").set_index("id").loc["sw-1"]
-    assert parent["param.rate"] == [0.1, 0.2, 0.4] and parent["param.tag"] == ["a", "b", "c"]
+    assert parent["sweep"] == "rate=0.1,0.2,0.4 tag=a,b,c" and parent["children"] == 3
+    assert pd.isna(parent["param.rate"]) and pd.isna(parent["param.tag"])
     children = runs_frame(ledger, sweep="sw-1")
     assert children["param.rate"].tolist() == [0.1, 0.2, 0.4]
     assert children["param.tag"].tolist() == ["a", "b", "c"]
+    assert children["sweep"].isna().all() if "sweep" in children else True
+
+
+def test_the_table_filters_sorts_and_groups_as_a_user_would(
+    ledger: Ledger, runs: list[str]
+) -> None:
+    """Every param.* and metric.* column holds one kind of value (a sweep's parent row
+    included), so comparisons, sorting and grouping work on the whole table."""
+    table = runs_frame(ledger)
+    for column in [c for c in table.columns if c.startswith(("param.", "metric."))]:
+        kinds = {type(v) for v in table[column].dropna()}
+        assert len(kinds) <= 1, (column, kinds)
+    assert table["param.rate"].dtype == float and table["metric.loss"].dtype == float
+    fast = table[table["param.rate"] > 0.15]
+    assert sorted(fast.id) == ["fit-2", "sw-3", "sw-4"]
+    assert table.sort_values("param.rate", na_position="last").id.tolist()[-1] == "sw-1"
+    by_rate = table.groupby("param.rate")["metric.acc"].mean()
+    assert by_rate.loc[0.1] == pytest.approx(0.6) and len(by_rate) == 3
+    assert table[table["param.tag"] == "b"].id.tolist() == ["sw-3"]
+    sweeps = table[table["sweep"].notna()]
+    assert sweeps.id.tolist() == ["sw-1"] and sweeps["children"].tolist() == [3]
+
+
+def test_a_parameter_whose_value_is_a_list_stays_a_parameter(ledger: Ledger) -> None:
+    """Not every list is a sweep: a run given layers=[64, 32] keeps it as its value, and
+    so does a sweep parent whose children all have that same list."""
+    single = ledger.create("net", "scripted", params={"layers": [64, 32]})
+    parent = ledger.create("net", "scripted", params={"layers": [64, 32], "lr": [0.1, 0.2]})
+    for lr in (0.1, 0.2):
+        ledger.create("net", "scripted", params={"layers": [64, 32], "lr": lr}, parent=parent)
+    table = runs_frame(ledger, name="net").set_index("id")
+    assert table.loc[single, "param.layers"] == [64, 32]
+    assert table.loc[parent, "param.layers"] == [64, 32]
+    assert table.loc[parent, "sweep"] == "lr=0.1,0.2" and pd.isna(table.loc[parent, "param.lr"])
 
 
 _values = st.one_of(
