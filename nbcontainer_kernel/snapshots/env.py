@@ -5,11 +5,14 @@ A variable is a secret when its *name* says so or its *value* looks like one:
 * names are split into words (``DB_PASS`` -> DB, PASS; ``githubToken`` ->
   github, token) and a word such as KEY, TOKEN, SECRET, PASS, PWD, PAT, CREDS,
   DSN, WEBHOOK or AUTH marks a secret, so AUTHOR and KEYBOARD_LAYOUT pass;
-  every ``AWS_*`` name is a secret except the region ones a run needs;
+  every ``AWS_*`` name is a secret except the region ones a run needs; but a
+  name word alone makes no secret of a number or a boolean (``MAX_TOKENS=4096``),
+  nor KEY of a short word naming a field (``SORT_KEY=date``);
 * values are matched against known token formats (AWS access key ids,
   GitHub, GitLab, Slack, Stripe, OpenAI-style ``sk-`` keys, JWTs, PEM private
   keys, ...), URLs with credentials in their user part (``redis://:pw@h``,
-  ``postgres://u:pa/ss@h``, Sentry DSNs), ``Basic``/``Bearer`` headers, and
+  ``postgres://u:pa/ss@h``, Sentry DSNs), values in an authorization scheme
+  (``Basic``, ``Bearer``, ``token``, ``Digest``, ``AWS4-HMAC-SHA256``, ...), and
   ``key=value`` secrets inside connection strings (``password=``,
   ``AccountKey=``, ``sig=``).
 
@@ -23,7 +26,7 @@ import binascii
 import re
 from collections.abc import Mapping
 
-__all__ = ["is_secret", "is_secret_name", "looks_like_secret", "filter_env"]
+__all__ = ["is_secret", "is_secret_name", "looks_like_secret", "filter_env", "plain_value"]
 
 # Words that make a name a secret's.
 _SECRET_WORDS = {
@@ -136,9 +139,31 @@ _KV_SECRET = re.compile(
     r"client_secret|accountkey|sharedaccesskey|sig|auth|authtoken|private_key)\s*=\s*[^\s;&,)]+",
     re.IGNORECASE,
 )
+# An authorization scheme and its one credential (RFC 9110 token68 style).
 _AUTH_HEADER = re.compile(
-    r"^\s*(?:Authorization:\s*)?(Basic|Bearer|Token)\s+(\S+)\s*$", re.IGNORECASE
+    r"^\s*(?:(?:Proxy-)?Authorization:\s*)?"
+    r"(Basic|Bearer|Token|Negotiate|NTLM|ApiKey|Api-Key|Key|GoogleLogin|JWT)\s+(\S+)\s*$",
+    re.IGNORECASE,
 )
+# Schemes whose credentials are parameters (name=value, ...).
+_AUTH_PARAMS = re.compile(
+    r"^\s*(?:(?:Proxy-)?Authorization:\s*)?"
+    r"(?:Digest|AWS4-HMAC-SHA256|OAuth|Hawk|HOBA|Mutual|SCRAM-SHA-\d+|Signature|GoogleLogin)"
+    r"\s+[A-Za-z_-]+\s*=",
+    re.IGNORECASE,
+)
+# Values that are no credential whatever a variable is called: a number, a boolean.
+_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d{1,10}(?:\.\d{0,10})?|\.\d{1,10})(?:[eE][+-]?\d{1,3})?$")
+_BOOLEANS = {"true", "false", "yes", "no", "on", "off", "none", "null", "y", "n", "t", "f"}
+# A short word naming something (a column, a field, a format): what KEY means in
+# SORT_KEY=date or PRIMARY_KEY=id, as against a key's random value.
+_IDENTIFIER = re.compile(
+    r"^(?:[a-z]{1,16}(?:[_.:-][a-z]{1,16})?|[A-Z]{1,16}(?:[_.:-][A-Z]{1,16})?"
+    r"|[A-Z]?[a-z]{1,15}(?:[A-Z][a-z]{1,15})?)"
+    r"\d{0,2}$"
+)
+# Name words that often mean "which field" rather than "a credential".
+_FIELD_WORDS = {"KEY", "KEYS"}
 
 # Describe this machine or session, not the computation: never shipped.
 _MACHINE = {
@@ -212,17 +237,31 @@ def _words(name: str) -> list[str]:
 
 def is_secret_name(name: str) -> bool:
     """Whether a variable's name says it holds a secret."""
+    return bool(_secret_words(name))
+
+
+def _secret_words(name: str) -> set[str]:
+    """The words of a name that make it a secret's ({'AWS'} for an AWS_* name); empty
+    when none does."""
     upper = name.upper()
     if upper in _NOT_SECRET_NAMES:
-        return False
+        return set()
     if upper.startswith(_SECRET_NAME_PREFIXES):
-        return upper not in _AWS_KEPT
+        return set() if upper in _AWS_KEPT else {"AWS"}
+    found = set()
     for word in _words(name):
         if word in _SECRET_WORDS:
-            return True
-        if word not in _GLUED_OK and len(word) > 4 and word.endswith(_SECRET_SUFFIXES):
-            return True
-    return False
+            found.add(word)
+        elif word not in _GLUED_OK and len(word) > 4 and word.endswith(_SECRET_SUFFIXES):
+            # PGPASSWORD, APITOKEN, SORTKEY: the glued word counts as its suffix.
+            found.add(next(x for x in _SECRET_SUFFIXES if word.endswith(x)))
+    return found
+
+
+def plain_value(value: str) -> bool:
+    """A number or a boolean: no credential, whatever the variable is called."""
+    text = value.strip()
+    return bool(_PLAIN_NUMBER.match(text)) or text.lower() in _BOOLEANS
 
 
 def _basic_credentials(token: str) -> bool:
@@ -241,16 +280,32 @@ def looks_like_secret(value: str) -> bool:
         return True
     if _KV_SECRET.search(value):
         return True
+    if _AUTH_PARAMS.match(value):
+        return True
     header = _AUTH_HEADER.match(value)
     if header:
         scheme, token = header.group(1).lower(), header.group(2)
-        return _basic_credentials(token) if scheme == "basic" else len(token) >= 16
+        if scheme == "basic":
+            return _basic_credentials(token)
+        # A credential, not a word: long, or with a digit or a token68 mark in it.
+        return len(token) >= 16 or bool(re.search(r"[\d._~+/=-]", token))
     return False
 
 
 def is_secret(name: str, value: str = "") -> bool:
-    """A secret by name or by value."""
-    return is_secret_name(name) or looks_like_secret(value)
+    """A secret by name or by value. A name word alone does not make a secret of a
+    number or a boolean (MAX_TOKENS=4096), nor KEY of a short word naming a field
+    (SORT_KEY=date, PRIMARY_KEY=id)."""
+    if looks_like_secret(value):
+        return True
+    words = _secret_words(name)
+    if not words:
+        return False
+    if value and plain_value(value):
+        return False
+    if words <= _FIELD_WORDS and _IDENTIFIER.match(value.strip()):
+        return False
+    return True
 
 
 def filter_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:

@@ -85,6 +85,21 @@ SECRETS = [
     ("NPM", "npm_abcdefghijklmnopqrstuvwxyz0123456789"),
     ("SENDGRID", "SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"),
     ("HTTPS_PROXY", "http://user:proxypw@proxy:3128"),
+    # An authorization scheme's value is a secret whatever the name.
+    ("AUTHORIZATION", "token abc123def456"),
+    ("GH_HEADER", "Authorization: token abc123def456"),
+    ("AUTH_HEADER", "Bearer abc.def-123"),
+    ("UPSTREAM", 'Digest username="ada", realm="x", response="6629fae49393a05397450978507c4ef1"'),
+    ("SIGNED", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request"),
+    ("PROXY_HEADER", "Proxy-Authorization: Basic " + _B),
+    ("KERBEROS", "Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnag"),
+    ("API", "ApiKey 0123456789abcdef"),
+    # A KEY word with a value that is no field name, and strong words whatever the value.
+    ("ORDER_KEY", "9f86d081884c7d659a2feaa0c55ad015"),
+    ("KEY", "AbCdEfGhIjKlMnOpQrSt0123"),
+    ("WAREHOUSE_PASSWORD", "date"),
+    ("APP_CLIENT_SECRET", "id"),
+    ("GH_TOKEN", "abc"),
 ]
 
 # (name, value): harmless, must travel.
@@ -111,11 +126,25 @@ HARMLESS = [
     ("REPO", "git+https://github.com/org/repo@v1.0"),
     ("DONKEY_WORK", "yes"),
     ("S3_PREFIX", "s3://bucket/prefix/"),
+    # A name word alone is no secret when the value is a number, a boolean or a field name.
+    ("MAX_TOKENS", "4096"),
+    ("NUM_TOKENS", "10"),
+    ("MAX_NEW_TOKENS", "512"),
+    ("SORT_KEY", "date"),
+    ("KEY_COLUMN", "id"),
+    ("PRIMARY_KEY", "id"),
+    ("PARTITION_KEY", "created_at"),
+    ("CACHE_KEY", "UserId"),
+    ("USE_AUTH", "false"),
+    ("TOKEN_LIMIT", "1e6"),
+    ("PASSES", "3"),
+    ("SECRET_ROTATION_DAYS", "30"),
+    ("TOKENIZER", "bert-base-uncased"),
 ]
 
 
 def test_the_tables_are_as_large_as_the_issue_asks() -> None:
-    assert len(SECRETS) >= 40 and len(HARMLESS) >= 15
+    assert len(SECRETS) >= 50 and len(HARMLESS) >= 30
 
 
 @pytest.mark.parametrize(("name", "value"), SECRETS, ids=[f"{n}" for n, _ in SECRETS])
@@ -310,3 +339,46 @@ def test_parameter_defaults_in_labels_pass_the_filter() -> None:
     shown = _shown_parameters(params)
     assert shown[0] == params[0]
     assert "abc" not in json.dumps(shown) and "hunter2" not in json.dumps(shown)
+
+
+_SECRET_NAMES = st.lists(
+    st.sampled_from(
+        ["MAX", "NUM", "DB", "API", "GITHUB", "KEY", "TOKEN", "TOKENS", "SECRET", "PASSWORD",
+         "PASS", "AUTH", "CREDS", "PAT", "SK", "SALT", "AWS", "SORT", "PRIMARY"]
+    ),
+    min_size=1,
+    max_size=3,
+).map("_".join)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    name=_SECRET_NAMES,
+    value=st.one_of(
+        st.integers(-(10**9), 10**9).map(str),
+        st.floats(-1e6, 1e6, allow_nan=False).map(lambda f: f"{f:.6g}"),
+        st.sampled_from(["true", "False", "yes", "NO", "on", "off", "0", "1"]),
+    ),
+)
+def test_a_short_number_or_boolean_is_no_secret_under_any_name(name: str, value: str) -> None:
+    assert not is_secret(name, value), (name, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(["AUTHORIZATION", "HEADER", "X", "UPSTREAM_AUTHORIZATION", "H"]),
+    scheme=st.sampled_from(["token", "Token", "Bearer", "bearer", "ApiKey", "Negotiate"]),
+    credential=st.text(_TOKEN_CHARS, min_size=8, max_size=40).filter(
+        lambda c: any(ch.isdigit() for ch in c)
+    ),
+    prefix=st.sampled_from(["", "Authorization: ", "authorization:  "]),
+)
+def test_a_value_in_an_authorization_scheme_is_a_secret_whatever_its_name(
+    name: str, scheme: str, credential: str, prefix: str
+) -> None:
+    assert is_secret(name, f"{prefix}{scheme} {credential}")
+
+
+def test_the_tables_name_each_variable_once() -> None:
+    names = [n for n, _ in SECRETS + HARMLESS]
+    assert len(names) == len(set(names))
