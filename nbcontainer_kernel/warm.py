@@ -166,10 +166,11 @@ class WarmPool:
                     self._making -= 1
                     self._threads.remove(threading.current_thread())
             with self._lock:
-                if not self._closed:
+                if not self._closed and len(self._waiting) < self.size:
                     self._waiting.append(warm)
                     continue
-            self._engine().remove(warm.container_id)  # closed while it was being made
+            # Closed, or shrunk, while it was being made.
+            self._engine().remove(warm.container_id)
             return
 
     def make(self) -> WarmContainer:
@@ -190,6 +191,17 @@ class WarmPool:
             engine.remove(container.id)
             raise
         return WarmContainer(container.id, container.name, ports)
+
+    def shrink(self, size: int) -> int:
+        """Keep at most `size` containers waiting from now on (a sweep that needed more
+        has ended); the others are removed. Returns how many went."""
+        with self._lock:
+            self.size = size
+            extra, self._waiting = self._waiting[size:], self._waiting[:size]
+        engine = self._engine()
+        for warm in extra:
+            engine.remove(warm.container_id)
+        return len(extra)
 
     # ------------------------------------------------------------ queries
     def waiting(self) -> list[WarmContainer]:

@@ -31,9 +31,21 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 log "installing nbcontainer-kernel (editable, with the test, lint, aws and sagemaker extras) into $venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,lint,aws,sagemaker]' 2>&1 \
-  | grep -v '^WARNING: Location' >&2 || true
-"$venv/bin/python" -c 'import nbcontainer_kernel' || { log "install failed"; exit 1; }
+pip_log="$(mktemp)"
+if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    -e '.[test,lint,aws,sagemaker]' >"$pip_log" 2>&1; then
+  # A failed install fails setup, saying what pip said (never a half-installed venv that
+  # turns tests into skips).
+  log "pip could not install nbcontainer-kernel and its extras into $venv; pip's last lines:"
+  tail -n 40 "$pip_log" >&2
+  rm -f "$pip_log"
+  exit 1
+fi
+grep -v '^WARNING: Location' "$pip_log" >&2 || true  # pip's warnings, if any
+rm -f "$pip_log"
+# Every part the README promises imports (the extras included).
+"$venv/bin/python" -c 'import nbcontainer_kernel, boto3, moto, sagemaker.core.local.local_session, playwright, hypothesis, ruff, mypy' \
+  || { log "the install into $venv is incomplete (an import above failed)"; exit 1; }
 
 if [ "$venv_only" -eq 0 ]; then
   # The AWS test bed's registry (scripts/aws-testbed.sh starts it with its own config), and

@@ -81,12 +81,18 @@ class LocalBackend(Backend):
         self._pool_of: dict[str, WarmPool] = {}  # container id -> the pool it came from
         self._running: dict[str, bool] = {}  # container id -> running at the last status
         self._said_running: set[str] = set()  # containers whose RUNNING a status reported
+        self._pools: set[WarmPool] = set()  # the runner pools this backend has used
         self.pool_size = 1
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         """RemoteRun.run_pool_size: runner containers kept waiting per runtime image (for
-        a sweep, as many as its children run at once)."""
-        self.pool_size = int(settings.get("run_pool_size", 1) or 0)
+        a sweep, as many as its children run at once; set back when the sweep ends, and
+        the pools it used shrink to it)."""
+        size = int(settings.get("run_pool_size", 1) or 0)
+        if size < self.pool_size:
+            for pool in set(self._pools):
+                pool.shrink(size)
+        self.pool_size = size
 
     def _resources(self, spec: RunSpec) -> tuple[dict[str, Any], bool]:
         """A run's limits, and whether runner containers may wait for runs.
@@ -162,6 +168,7 @@ class LocalBackend(Backend):
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
         resources, may_wait = self._resources(spec)
         pool = run_pool(self.engine, spec.image, resources, max(self.pool_size, 1))
+        self._pools.add(pool)
         if not may_wait:
             pool.size = 0  # a container is made for each run, and none waits after it
         name = f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}"

@@ -696,6 +696,9 @@ class RemoteRunner:
             pool.shutdown(wait=True, cancel_futures=True)
             for c, _ in children:
                 self._stops.pop(c, None)
+            if snapshot_dir is not None:
+                # The sweep's extra runner containers go: back to run_pool_size.
+                backend.configure(req.settings)
         failures: dict[str, tuple[dict[str, Any], str]] = {}
         first_error: BaseException | None = None
         for c, row in children:

@@ -33,6 +33,7 @@ from nbcontainer_kernel.errors import (
 )
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import execute_notebook, record_calls, result_contents
+from tests.integration.conftest import BASE_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
@@ -295,7 +296,6 @@ def aws_kernel_image(engine: Engine, kernel_image: str) -> str:
     """A kernel image with boto3 (what a team's image for remote runs holds); cached like
     the kernel image itself: rebuilt only when its inputs change."""
     from nbcontainer_kernel.kernel.images import build_kernel_image
-    from tests.integration.conftest import BASE_IMAGE
 
     tag = "nbcontainer/python:3.11-aws"
     build_kernel_image(engine, BASE_IMAGE, tag, requirements=["boto3"])
@@ -362,3 +362,20 @@ def test_an_ecr_registry_gets_its_repository_and_a_login_from_the_ecr_api(
     repos = client("ecr").describe_repositories(repositoryNames=["team/nbcontainer"])
     assert [r["repositoryName"] for r in repos["repositories"]] == ["team/nbcontainer"]
     assert ecr_login(registry)["username"] == "AWS", "an existing repository is used as it is"
+
+
+def test_make_demo_aws_runs_a_cell_and_a_sweep_on_batch(
+    aws_env: dict[str, str], new_images, tmp_path: Path
+) -> None:
+    """What `make demo-aws` runs: examples/batch_demo.py, with the test bed's environment."""
+    env = {**os.environ, "NBCONTAINER_BASE_IMAGE": BASE_IMAGE}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "batch_demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "ran on" in out.stdout and "demo-sweep" in out.stdout, out.stdout[-3000:]

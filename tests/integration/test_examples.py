@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -127,13 +129,23 @@ def test_headless_notebook_containerizes_and_runs_an_analysis_with_parameters(
     assert "analysis.html" in _outputs(last) and "analysis.ipynb" in _outputs(last)
 
 
-def test_quickstart_runs_in_the_containerized_kernel(
+def test_make_demo_runs_the_quickstart_and_says_where_it_ran(
     make_kernelspec, ledger: Ledger, new_images, tmp_path: Path
 ) -> None:
+    """What `make demo` runs: examples/run_quickstart.py, as a user runs it."""
     name = make_kernelspec("nbc-examples-quickstart")
-    shutil.copy(ROOT / "examples" / "quickstart.ipynb", tmp_path)
-    nb = nbformat.read(tmp_path / "quickstart.ipynb", as_version=4)
-    execute_notebook(nb, tmp_path, name, timeout=600)
+    executed = tmp_path / "quickstart.executed.ipynb"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "run_quickstart.py"), "--kernel", name,
+         "--output", str(executed)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "where the code ran:" in out.stdout and f"saved to {executed}" in out.stdout
+    assert "%%remote_run (a run image made from the kernel's state):" in out.stdout
+    nb = nbformat.read(executed, as_version=4)
     save_executed(nb, "quickstart.ipynb")
     assert ledger.get("quickstart-1")["status"] == "SUCCEEDED"
     back = next(c for c in nb.cells if c.source.startswith("print('back in the kernel:'"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import sagemaker.core.local.local_session  # noqa: F401 (a missing extra fails, never skips)
 
 from nbcontainer_kernel import labels
 from nbcontainer_kernel.engine import Engine
@@ -22,8 +23,6 @@ from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import execute_notebook, result_contents, save_executed
 
 pytestmark = pytest.mark.integration
-
-pytest.importorskip("sagemaker.core.local.local_session")
 
 
 def test_a_cell_runs_under_local_mode_with_the_same_results_as_local(

@@ -509,7 +509,6 @@ def test_local_modes_session_holds_no_credentials_even_when_the_environment_has_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Local mode writes a session's credentials into its compose file (which stays)."""
-    pytest.importorskip("sagemaker.core.local.image")
     import sagemaker.core.local.image as image
 
     from nbcontainer_kernel.backends.sagemaker_local import _local_session

@@ -280,7 +280,6 @@ def test_other_objects_show_their_type_and_stored_size() -> None:
 
     assert summarise(Model(), stored=12_345) == "Model, 12.3 kB stored"
     assert summarise(Model(), stored=999) == "Model, 999 B stored"
-    pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
     assert summarise(Figure(figsize=(6, 3.5))) == "Figure 6×3.5 in"
@@ -295,7 +294,6 @@ def test_array_like_results_show_their_shape() -> None:
 def test_plots_lines_over_steps_points_over_a_swept_parameter_or_bars(
     ledger: Ledger, runs: list[str]
 ) -> None:
-    pytest.importorskip("matplotlib")
     fig = plot_metric(["fit-1", "fit-2"], "loss", ledger)
     lines = fig.axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["fit-1", "fit-2"]
