@@ -329,7 +329,31 @@ def cmd_gc(args: argparse.Namespace) -> int:
         for arn in old:
             print(f"{verb} {arn}")
         print(f"{verb} {len(old)} old Batch job definition revision(s)")
+        _gc_run_keys(args.dry_run)
     return 0
+
+
+def _gc_run_keys(dry_run: bool) -> None:
+    """Run-key parameters left by a kernel killed before its Batch run ended."""
+    from .backends.aws import client
+    from .backends.run_keys import delete_ssm_key, stale_ssm_keys
+    from .errors import UnknownRun
+    from .remote.ledger import Ledger
+
+    ledger = Ledger()
+
+    def ended(run_id: str) -> bool:
+        try:
+            return ledger.get(run_id)["status"] in ("SUCCEEDED", "FAILED", "CANCELLED")
+        except UnknownRun:
+            return True
+
+    ssm = client("ssm")
+    stale = stale_ssm_keys(ssm, ended)
+    for name in stale:
+        if not dry_run:
+            delete_ssm_key(ssm, name)
+        print(f"{'would delete' if dry_run else 'deleted'} the run key parameter {name}")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -53,6 +53,7 @@ ENVIRONMENT = {
     "NBCONTAINER_INSTANCE_TYPE": "RemoteRun.instance_type: SageMaker instance type (ml.m5.large)",
     "NBCONTAINER_VOLUME_SIZE": "RemoteRun.volume_size: GB of storage of a SageMaker instance",
     "NBCONTAINER_SPOT": "RemoteRun.spot: SageMaker managed spot training (true/false)",
+    "NBCONTAINER_KMS_KEY": "RemoteRun.kms_key: KMS key of a remote run's signing key at rest",
     "NBCONTAINER_RUN_POOL_SIZE": "RemoteRun.run_pool_size: --local runner containers kept "
     "waiting (0: a run image per run)",
     "NBCONTAINER_RESOLVE_TIMEOUT": "RemoteRun.resolve_timeout: seconds a dependency layer's "

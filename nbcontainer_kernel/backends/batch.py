@@ -33,8 +33,10 @@ from ..config import max_result_bytes
 from ..engine import extract_tar
 from ..errors import CloudError, InvalidOption, MissingSetting
 from ..kernel.options import parse_bytes
+from ..runner.run_key import KEY_REF_ENV
 from ..runner.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
 from ..runner.upload import OUTPUTS_OBJECT, URI_ENV
+from ..trust import KEY_ENV
 from .aws import (
     REMOTE_SETTINGS,
     Clients,
@@ -53,6 +55,7 @@ from .aws import (
 )
 from .base import Backend, Hooks, Job, Phase, RunSpec, write_log
 from .push import parse_registry, push_to_registry
+from .run_keys import delete_ssm_key, put_ssm_key
 
 __all__ = ["BatchBackend", "batch_phase", "deregister_old_definitions", "job_definition_name"]
 
@@ -197,6 +200,8 @@ class BatchBackend(Backend):
         self.view = _JobView(self)
         self._logs: dict[str, _LogStream] = {}
         self._terminated_arrays: set[str] = set()
+        self._key_users: dict[str, set[str]] = {}  # run key parameter -> jobs that read it
+        self._key_lock = threading.Lock()
         self._clients = Clients()
         self.last_push: Any = None  # what the last push did (layers, bytes)
 
@@ -307,12 +312,36 @@ class BatchBackend(Backend):
     def _output_uri(self, run_id: str) -> str:
         return run_prefix(str(self.settings["s3_prefix"]), run_id) + "/"
 
-    def _environment(self, spec: RunSpec, output_uri: str) -> dict[str, str]:
+    def _environment(self, spec: RunSpec, output_uri: str, key_owner: str) -> dict[str, str]:
+        """The job's environment. The run's key is not in it (DescribeJobs would show it
+        to anyone who may describe jobs): an SSM parameter made for `key_owner` (the run,
+        or a sweep's parent) holds it, and the environment names the parameter."""
         env = {**spec.env, URI_ENV: output_uri, "AWS_DEFAULT_REGION": region()}
+        key = env.pop(KEY_ENV, None)
+        if key:
+            env.update(put_ssm_key(self._client("ssm"), key_owner, key, self._kms_key()))
         endpoint = s3_endpoint()
         if endpoint:  # an S3-compatible store: the runner must write there too
             env["AWS_ENDPOINT_URL_S3"] = endpoint
         return env
+
+    def _kms_key(self) -> str | None:
+        return str(self.settings["kms_key"]) if self.settings.get("kms_key") else None
+
+    def _key_in_use(self, env: Mapping[str, str], job_ids: list[str]) -> str | None:
+        """Remember which jobs read a run key parameter (deleted when the last ends)."""
+        ref = env.get(KEY_REF_ENV, "")
+        if not ref.startswith("ssm:"):
+            return None
+        with self._key_lock:
+            self._key_users.setdefault(ref[4:], set()).update(job_ids)
+        return ref[4:]
+
+    def _forget_key(self, name: str) -> None:
+        """A submit that failed: its parameter goes at once."""
+        with self._key_lock:
+            self._key_users.pop(name, None)
+        delete_ssm_key(self._client("ssm"), name)
 
     def _submit(
         self, spec: RunSpec, env: dict[str, str], array_size: int | None, run_id: str
@@ -349,11 +378,20 @@ class BatchBackend(Backend):
 
     def submit(self, spec: RunSpec) -> Job:
         uri = self._output_uri(spec.run_id)
-        env = self._environment(spec, uri)
+        env = self._environment(spec, uri, spec.run_id)
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
-        job_id = self._submit(spec, env, None, spec.run_id)
-        job = Job(self.name, spec.run_id, {"job_id": job_id, "output_uri": uri})
+        key_name = env.get(KEY_REF_ENV, "")[4:] or None
+        try:
+            job_id = self._submit(spec, env, None, spec.run_id)
+        except BaseException:
+            if key_name:
+                self._forget_key(key_name)
+            raise
+        handle = {"job_id": job_id, "output_uri": uri}
+        if self._key_in_use(env, [job_id]):
+            handle["key_parameter"] = key_name or ""
+        job = Job(self.name, spec.run_id, handle)
         self.view.watch(job)
         return job
 
@@ -362,10 +400,27 @@ class BatchBackend(Backend):
         same environment (hence one signing key); each finds its row of NBCONTAINER_SWEEP by
         its array index and writes its outputs under ``<prefix>/<parent>/<index>/``."""
         first = specs[0]
-        if len({s.env.get("NBCONTAINER_RUN_KEY") for s in specs}) != 1:
+        if len({s.env.get(KEY_ENV) for s in specs}) != 1:
             raise ValueError("an array job's children share one environment: one signing key")
         uri = self._output_uri(parent)
-        env = self._environment(first, uri)
+        env = self._environment(first, uri, parent)
+        key_name = env.get(KEY_REF_ENV, "")[4:] or None
+        try:
+            return self._submit_array(parent, specs, env, uri, key_name)
+        except BaseException:
+            if key_name:
+                self._forget_key(key_name)
+            raise
+
+    def _submit_array(
+        self,
+        parent: str,
+        specs: list[RunSpec],
+        env: dict[str, str],
+        uri: str,
+        key_name: str | None,
+    ) -> list[Job]:
+        first = specs[0]
         table = json.dumps([s.params for s in specs], default=str)
         if len(table) <= MAX_INLINE_SWEEP:
             env[SWEEP_ENV] = table
@@ -390,9 +445,12 @@ class BatchBackend(Backend):
                     "array_size": size,
                     "output_uri": f"{uri}{index}/",
                 }
+            if key_name:
+                handle["key_parameter"] = key_name
             job = Job(self.name, spec.run_id, handle)
             self.view.watch(job)
             jobs.append(job)
+        self._key_in_use(env, [j.handle["job_id"] for j in jobs])
         return jobs
 
     # ------------------------------------------------------------------- watch
@@ -483,9 +541,25 @@ class BatchBackend(Backend):
         write_log(dest, self.logs(job, 0))
 
     def cleanup(self, job: Job) -> None:
-        # Batch keeps no container to remove; the view forgets the job.
+        """Batch keeps no container to remove; the view forgets the job, and the run's key
+        parameter goes once no job of this process reads it (a sweep's, when its last
+        child is cleaned up; one this process did not submit, an array child followed
+        after a restart, is left to `nbcontainer gc --aws`)."""
         self.view.forget(job)
         self._logs.pop(job.handle["job_id"], None)
+        name = job.handle.get("key_parameter")
+        if not name:
+            return
+        with self._key_lock:
+            users = self._key_users.get(name)
+            if users is None and job.handle.get("array_job_id"):
+                return
+            if users is not None:
+                users.discard(job.handle["job_id"])
+                if users:
+                    return
+                self._key_users.pop(name, None)
+        delete_ssm_key(self._client("ssm"), name)
 
 
 def deregister_old_definitions(

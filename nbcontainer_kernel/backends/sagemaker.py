@@ -37,6 +37,7 @@ from ..config import max_result_bytes
 from ..engine import extract_tar
 from ..errors import CloudError, InvalidOption
 from ..metrics import metric_regex
+from ..runner.run_key import KEY_REF_ENV
 from ..runner.training import (
     PARAMS_CHANNEL,
     PARAMS_FILE,
@@ -44,6 +45,7 @@ from ..runner.training import (
     PLATFORM_ENV,
     restore_carried,
 )
+from ..trust import KEY_ENV
 from .aws import (
     REMOTE_SETTINGS,
     Clients,
@@ -60,6 +62,7 @@ from .aws import (
 )
 from .base import Backend, Hooks, Job, Phase, RunSpec, write_log
 from .push import parse_registry, push_to_registry
+from .run_keys import KEY_CHANNEL, delete_key_object, put_key_object
 
 __all__ = [
     "DEFAULT_INSTANCE_TYPE",
@@ -159,11 +162,18 @@ def training_job_request(
     params_channel_uri: str | None = None,
     hyperparameters: Mapping[str, str] | None = None,
     checkpoint_uri: str | None = None,
+    key_channel_uri: str | None = None,
 ) -> dict[str, Any]:
-    """The CreateTrainingJob request of a run (the same for SageMaker and its local mode)."""
+    """The CreateTrainingJob request of a run (the same for SageMaker and its local mode).
+    The run's key is never in it (DescribeTrainingJob returns `Environment` to anyone who
+    may describe jobs): with `key_channel_uri` the key is an input channel, and the
+    environment names the channel."""
     instance_type = str(settings.get("instance_type") or DEFAULT_INSTANCE_TYPE)
     max_runtime = math.ceil(spec.timeout) if spec.timeout else DEFAULT_MAX_RUNTIME
-    env = {**spec.env, PLATFORM_ENV: "sagemaker"}
+    env = {k: v for k, v in spec.env.items() if k != KEY_ENV}
+    env[PLATFORM_ENV] = "sagemaker"
+    if key_channel_uri:
+        env[KEY_REF_ENV] = f"channel:{KEY_CHANNEL}"
     request: dict[str, Any] = {
         "TrainingJobName": job_name,
         "AlgorithmSpecification": {
@@ -194,19 +204,28 @@ def training_job_request(
             ),
         ],
     }
-    if params_channel_uri:
+    channels = [
+        (name, uri, content_type)
+        for name, uri, content_type in (
+            (PARAMS_CHANNEL, params_channel_uri, "application/json"),
+            (KEY_CHANNEL, key_channel_uri, "text/plain"),
+        )
+        if uri
+    ]
+    if channels:
         request["InputDataConfig"] = [
             {
-                "ChannelName": PARAMS_CHANNEL,
+                "ChannelName": name,
                 "DataSource": {
                     "S3DataSource": {
                         "S3DataType": "S3Prefix",
-                        "S3Uri": params_channel_uri,
+                        "S3Uri": uri,
                         "S3DataDistributionType": "FullyReplicated",
                     }
                 },
-                "ContentType": "application/json",
+                "ContentType": content_type,
             }
+            for name, uri, content_type in channels
         ]
     if settings.get("spot"):
         request["EnableManagedSpotTraining"] = True
@@ -352,6 +371,11 @@ class SageMakerBackend(Backend):
                     Bucket=bucket, Key=f"{prefix.rstrip('/')}/{PARAMS_FILE}", Body=document
                 )
             channel = f"{run_uri}/{PARAMS_CHANNEL}/"
+        key = spec.env.get(KEY_ENV)
+        key_channel = None
+        if key:
+            kms_key = str(settings["kms_key"]) if settings.get("kms_key") else None
+            key_channel = put_key_object(self._client("s3"), run_uri, key, kms_key)
         return training_job_request(
             spec,
             job_name=job_name,
@@ -361,18 +385,32 @@ class SageMakerBackend(Backend):
             params_channel_uri=channel,
             hyperparameters=hyper,
             checkpoint_uri=f"{run_uri}/checkpoints/",
+            key_channel_uri=key_channel,
         )
 
     def submit(self, spec: RunSpec) -> Job:
         job_name = job_name_for(spec.run_id)
         request = self.request_for(spec, job_name)
-        with aws_errors("sagemaker", "CreateTrainingJob"):
-            self.sagemaker.create_training_job(**request)
-        job = Job(
-            self.name,
-            spec.run_id,
-            {"job_name": job_name, "output_path": request["OutputDataConfig"]["S3OutputPath"]},
+        key_channel = next(
+            (
+                c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in request.get("InputDataConfig", [])
+                if c["ChannelName"] == KEY_CHANNEL
+            ),
+            None,
         )
+        try:
+            with aws_errors("sagemaker", "CreateTrainingJob"):
+                self.sagemaker.create_training_job(**request)
+        except BaseException:
+            if key_channel:  # no job will read it
+                delete_key_object(self._client("s3"), key_channel)
+            raise
+        output_path = request["OutputDataConfig"]["S3OutputPath"]
+        handle = {"job_name": job_name, "output_path": output_path}
+        if key_channel:
+            handle["key_channel"] = key_channel
+        job = Job(self.name, spec.run_id, handle)
         with self._lock:
             self._jobs[job_name] = _JobState()
         return job
@@ -490,9 +528,12 @@ class SageMakerBackend(Backend):
         write_log(dest, self.logs(job, 0))
 
     def cleanup(self, job: Job) -> None:
-        # SageMaker keeps no container to remove; this process forgets the job.
+        """SageMaker keeps no container to remove; this process forgets the job, and the
+        run's key object goes (the job has read its channel, or will never run)."""
         with self._lock:
             self._jobs.pop(job.handle["job_name"], None)
+        if job.handle.get("key_channel"):
+            delete_key_object(self._client("s3"), job.handle["key_channel"])
 
 
 def _exit_code(reason: str) -> int:

@@ -35,8 +35,11 @@ from typing import Any
 
 from .. import labels
 from ..errors import ImageNotFound, InvalidOption, NbcontainerError
+from ..runner.run_key import KEY_FILE
 from ..runner.training import PARAMS_CHANNEL, PARAMS_FILE
+from ..trust import KEY_ENV
 from .base import Hooks, Job, RunSpec, write_log
+from .run_keys import KEY_CHANNEL
 from .sagemaker import (
     SageMakerBackend,
     has_gpus,
@@ -268,6 +271,15 @@ class SageMakerLocalBackend(SageMakerBackend):
             (root / PARAMS_CHANNEL).mkdir()
             (root / PARAMS_CHANNEL / PARAMS_FILE).write_bytes(document)
             channel = f"file://{root / PARAMS_CHANNEL}"
+        key_channel = None
+        if spec.env.get(KEY_ENV):
+            # As on SageMaker, the key is a channel, not in the job's Environment (which
+            # local mode writes into its compose file).
+            (root / KEY_CHANNEL).mkdir(mode=0o700)
+            key_file = root / KEY_CHANNEL / KEY_FILE
+            key_file.write_text(spec.env[KEY_ENV])
+            key_file.chmod(0o600)
+            key_channel = f"file://{root / KEY_CHANNEL}"
         job.out_dir.mkdir()
         gpu = bool(spec.gpus)
         local_settings = {
@@ -283,6 +295,7 @@ class SageMakerLocalBackend(SageMakerBackend):
             settings=local_settings,
             params_channel_uri=channel,
             hyperparameters=hyper,
+            key_channel_uri=key_channel,
         )
         try:
             region_name = aws_region()

@@ -271,6 +271,13 @@ class RemoteRun(Magics):
         help="Managed spot training on SageMaker (--spot; env NBCONTAINER_SPOT): cheaper, may "
         "wait for capacity; checkpoints go under the run's S3 prefix.",
     ).tag(config=True, env="NBCONTAINER_SPOT")
+    kms_key = Unicode(
+        None,
+        allow_none=True,
+        help="KMS key (id, ARN or alias) that encrypts a remote run's signing key where it "
+        "waits for the run: the SSM parameter on Batch, the S3 object on SageMaker (env "
+        "NBCONTAINER_KMS_KEY); by default AWS's own key for SSM and S3-managed keys.",
+    ).tag(config=True, env="NBCONTAINER_KMS_KEY")
 
     run_pool_size = Int(
         1,
@@ -303,6 +310,7 @@ class RemoteRun(Magics):
         "instance_type",
         "volume_size",
         "spot",
+        "kms_key",
     )
 
     # Defaults: the environment variable, then [tool.nbcontainer] (config.trait_default).
@@ -385,6 +393,10 @@ class RemoteRun(Magics):
     @default("spot")
     def _spot_default(self) -> bool:
         return trait_default(self, "spot")
+
+    @default("kms_key")
+    def _kms_key_default(self) -> str | None:
+        return trait_default(self, "kms_key")
 
     @default("run_pool_size")
     def _run_pool_size_default(self) -> int:

@@ -111,9 +111,7 @@ def runs_frame(
             # A sweep's parent: its swept parameters are its children's, one each; the
             # parent says what was swept in a column of its own, so that every param.*
             # column holds one kind of value and can be filtered, sorted and grouped.
-            record["sweep"] = " ".join(
-                f"{k}={','.join(map(_plain, params.pop(k)))}" for k in swept
-            )
+            record["sweep"] = " ".join(f"{k}={','.join(map(_plain, params.pop(k)))}" for k in swept)
             record["children"] = swept[next(iter(swept))]
         record.update({f"param.{k}": v for k, v in params.items()})
         record.update({f"metric.{k}": _round(v, 6) for k, v in (r.get("metrics") or {}).items()})

@@ -40,11 +40,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    # The signing key first, before any code of the snapshot's runs: out of os.environ,
-    # so neither the cell, nor its subprocesses, nor a printed environment see it.
-    from ..trust import KEY_ENV
+    # The signing key first, before any code of the snapshot's runs: out of os.environ
+    # (the key, or its reference on AWS), so neither the cell, nor its subprocesses, nor a
+    # printed environment see it.
+    from .run_key import RunKeyError, load_run_key
 
-    key = os.environ.pop(KEY_ENV, None)
+    key_error: RunKeyError | None = None
+    try:
+        key = load_run_key(os.environ, Paths.from_env().ml)
+    except RunKeyError as exc:
+        key, key_error = None, exc
     if argv[:1] == ["train"]:
         argv = argv[1:]
     p = argparse.ArgumentParser(
@@ -58,7 +63,15 @@ def _main(argv: list[str]) -> int:
     index: dict[str, Any] = {"variables": {}, "skipped": {}, "last_value": None, "displays": []}
     code = 2  # what an error out of _run leaves (the runner's own failure)
     try:
-        code = _run(args.param, paths, index)
+        if key_error is not None:
+            # Unsigned outputs would be refused by the host: say why, run nothing.
+            from .cell import write_failure
+
+            write_failure(key_error, paths, context="the run could not read its signing key")
+            print(f"[nbcontainer] cannot start: {key_error}", file=sys.stderr, flush=True)
+            code = 2
+        else:
+            code = _run(args.param, paths, index)
     finally:
         # Whatever happened (a failing cell, a runner error), the outputs are sealed.
         from ..trust import prune_special_files, seal

@@ -11,6 +11,7 @@ when a child fails (the backend never reads the parent's status).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from nbcontainer_kernel.backends.registry import get_backend
@@ -102,6 +104,19 @@ def test_a_batch_run_gives_the_results_of_a_local_run_of_the_same_image(
     assert not any(k.startswith("AWS_ACCESS_KEY") or k == "AWS_SECRET_ACCESS_KEY" for k in env), (
         "the job's credentials come from its role, never from the user's keys"
     )
+    # The run's key went by reference (an SSM SecureString the runner read with its role):
+    # no Describe answer and no job definition holds it, and the parameter is gone.
+    key = row["run_key"]
+    assert "NBCONTAINER_RUN_KEY" not in env
+    assert env["NBCONTAINER_RUN_KEY_REF"] == "ssm:/nbcontainer/runs/same-2"
+    batch = boto3.client("batch")
+    described = batch.describe_jobs(jobs=[row["job"]["job_id"]])
+    definitions = batch.describe_job_definitions()
+    assert key not in json.dumps(described, default=str)
+    assert key not in json.dumps(definitions, default=str)
+    ssm = boto3.client("ssm")
+    left = ssm.get_parameters_by_path(Path="/nbcontainer/runs/", Recursive=True)["Parameters"]
+    assert not [p for p in left if p["Name"].endswith("/same-2")], "the key outlived its run"
 
 
 def test_the_second_run_pushes_only_the_snapshot_layer(batch_ip, ledger: Ledger) -> None:
@@ -140,6 +155,13 @@ def test_a_20_value_sweep_is_one_array_job_and_all_rows_come_back(batch_ip, ledg
     children = ledger.find(parent="arr-1")
     assert len(children) == 20 and {c["status"] for c in children} == {"SUCCEEDED"}
     assert ledger.get("arr-1")["status"] == "SUCCEEDED"
+    # The children shared one key, by reference (the sweep's parameter), gone with them.
+    env = {e["name"]: e["value"] for e in submits[0]["containerOverrides"]["environment"]}
+    assert env["NBCONTAINER_RUN_KEY_REF"] == "ssm:/nbcontainer/runs/arr-1"
+    assert all(c["verified"] == "signed" for c in children)
+    ssm = boto3.client("ssm")
+    left = ssm.get_parameters_by_path(Path="/nbcontainer/runs/", Recursive=True)["Parameters"]
+    assert not [p for p in left if p["Name"].endswith("/arr-1")]
 
 
 def test_a_failing_child_loses_no_other_childs_results(batch_ip, ledger: Ledger) -> None:

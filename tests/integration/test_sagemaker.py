@@ -100,10 +100,20 @@ def test_a_cell_sends_a_valid_training_job_request_and_the_run_is_recorded(
     run_uri = request["OutputDataConfig"]["S3OutputPath"]
     assert re.fullmatch(re.escape(prefix) + r"/smm-1-[0-9a-f]{8}/", run_uri)
     assert request["CheckpointConfig"]["S3Uri"] == f"{run_uri}checkpoints/"
-    assert request["Environment"]["NBCONTAINER_RUN_KEY"] == row["run_key"]
+    # The key goes by reference (an input channel from an S3 object under the run's
+    # prefix): no Describe answer holds it, and the object goes when the run ends.
+    assert "NBCONTAINER_RUN_KEY" not in request["Environment"]
+    assert request["Environment"]["NBCONTAINER_RUN_KEY_REF"] == "channel:nbcontainer-key"
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    key_uri = channels["nbcontainer-key"]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert key_uri == f"{run_uri}nbcontainer-key/"
+    bucket, _, key_prefix = key_uri[len("s3://") :].partition("/")
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=key_prefix)
+    assert listed.get("KeyCount", 0) == 0, "the key object outlived its run"
     # What SageMaker (moto) recorded: found again by the name the ledger holds.
     sm = boto3.client("sagemaker")
     desc = sm.describe_training_job(TrainingJobName=row["job"]["job_name"])
+    assert row["run_key"] not in json.dumps(desc, default=str)
     assert desc["AlgorithmSpecification"]["TrainingImage"] == row["image"]
     tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
     assert tags["io.nbcontainer.run-id"] == "smm-1"

@@ -95,11 +95,11 @@ def test_a_sweep_runs_every_child_through_the_warm_pool(ip, ledger: Ledger, engi
     assert sorted(frame["y"]) == [10, 20, 30, 40, 50]
     assert all(ledger.get(f"sw-{i}")["status"] == "SUCCEEDED" for i in range(1, 7))
     assert _run_images(engine) == before
+
     # The sweep's extra runner containers go once it ends: back to run_pool_size (2).
     def waiting() -> list[str]:
-        return [
-            c.name for c in own_containers(engine) if c.labels.get(labels.ROLE) == labels.ROLE_RUN_POOL
-        ]
+        pool_role = labels.ROLE_RUN_POOL
+        return [c.name for c in own_containers(engine) if c.labels.get(labels.ROLE) == pool_role]
 
     deadline = time.monotonic() + 10
     while len(waiting()) > 2 and time.monotonic() < deadline:

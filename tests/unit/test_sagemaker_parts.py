@@ -168,6 +168,7 @@ def test_the_request_is_valid_against_botocores_service_model(
         params_channel_uri=channel,
         hyperparameters=hyper,
         checkpoint_uri="s3://b/runs/lda-3/checkpoints/",
+        key_channel_uri="s3://b/runs/lda-3/nbcontainer-key/",
     )
     shape = _SAGEMAKER_MODEL.operation_model("CreateTrainingJob").input_shape
     report = ParamValidator().validate(request, shape)
@@ -179,7 +180,14 @@ def test_the_request_is_valid_against_botocores_service_model(
         {"Name": "val/acc", "Regex": metric_regex("val/acc")},
     ]
     assert request["Environment"]["NBCONTAINER_PLATFORM"] == "sagemaker"
-    assert request["Environment"]["NBCONTAINER_RUN_KEY"] == spec.env["NBCONTAINER_RUN_KEY"]
+    # The key travels by reference: an input channel; DescribeTrainingJob shows no key.
+    assert "NBCONTAINER_RUN_KEY" not in request["Environment"]
+    assert spec.env["NBCONTAINER_RUN_KEY"] not in json.dumps(request)
+    assert request["Environment"]["NBCONTAINER_RUN_KEY_REF"] == "channel:nbcontainer-key"
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert channels["nbcontainer-key"]["DataSource"]["S3DataSource"]["S3Uri"] == (
+        "s3://b/runs/lda-3/nbcontainer-key/"
+    )
     stopping = request["StoppingCondition"]
     assert stopping["MaxRuntimeInSeconds"] == (
         int(-(-spec.timeout // 1)) if spec.timeout else 86400
@@ -194,7 +202,7 @@ def test_the_request_is_valid_against_botocores_service_model(
         "io.nbcontainer.run-id",
         "io.nbcontainer.notebook",
     }
-    assert ("InputDataConfig" in request) == (channel is not None)
+    assert ("nbcontainer-params" in channels) == (channel is not None)
 
 
 def test_metric_regexes_match_the_lines_log_metric_prints() -> None:
@@ -406,11 +414,49 @@ class _ScriptedSageMaker:
         self.stopped.append(TrainingJobName)
 
 
+class _Objects:
+    """S3 as the backend uses it here: the run's key object put, then deleted."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+
+    def put_object(self, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:  # noqa: N803
+        self.objects[f"{Bucket}/{Key}"] = kw
+        return {}
+
+    def delete_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        self.objects.pop(f"{Bucket}/{Key}", None)
+        return {}
+
+
 def _backend(client: _ScriptedSageMaker) -> SageMakerBackend:
     backend = SageMakerBackend()
     backend.settings = {"sagemaker_role": "arn:aws:iam::1:role/r", "s3_prefix": "s3://b/runs"}
     backend._clients._clients["sagemaker"] = client
+    backend._clients._clients["s3"] = _Objects()
     return backend
+
+
+@pytest.mark.parametrize("kms_key", [None, "alias/runs"])
+def test_the_run_key_is_a_channel_object_encrypted_at_rest_and_deleted_at_the_end(
+    kms_key: str | None,
+) -> None:
+    client = _ScriptedSageMaker([("Completed", "Completed")])
+    backend = _backend(client)
+    backend.settings["kms_key"] = kms_key
+    spec = _spec()
+    job = backend.submit(spec)
+    objects = backend._clients._clients["s3"].objects
+    [(where, put)] = objects.items()
+    assert where.startswith("b/runs/lda-3-") and where.endswith("/nbcontainer-key/run-key")
+    assert put["Body"] == spec.env["NBCONTAINER_RUN_KEY"].encode()
+    if kms_key:
+        assert (put["ServerSideEncryption"], put["SSEKMSKeyId"]) == ("aws:kms", kms_key)
+    else:
+        assert put["ServerSideEncryption"] == "AES256"
+    assert spec.env["NBCONTAINER_RUN_KEY"] not in json.dumps(client.created[0])
+    backend.cleanup(job)
+    assert objects == {}
 
 
 def test_phases_and_status_lines_follow_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
