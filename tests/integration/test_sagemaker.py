@@ -133,8 +133,9 @@ def test_a_parameter_set_too_large_for_hyperparameters_goes_by_s3(sm_ip, ledger:
     assert result.error_in_exec is not None  # moto ran nothing (see the module's docstring)
     request = sent[-1]
     assert list(request["HyperParameters"]) == ["nbcontainer_params_sha256"]
-    (channel,) = request["InputDataConfig"]
-    uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert set(channels) == {"nbcontainer-params", "nbcontainer-key"}
+    uri = channels["nbcontainer-params"]["DataSource"]["S3DataSource"]["S3Uri"]
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     body = boto3.client("s3").get_object(Bucket=bucket, Key=key + "params.json")["Body"].read()
     assert json.loads(body) == {"vocab": "w" * 3000}
@@ -248,6 +249,13 @@ def test_a_sweep_is_one_training_job_per_child(sm_ip, ledger: Ledger) -> None:
     mine = [r for r in sent if r["TrainingJobName"].startswith("nbc-smsw-")]
     assert sorted(r["HyperParameters"]["rate"] for r in mine) == ["0.1", "0.2", "0.3"]
     assert len({r["TrainingJobName"] for r in mine}) == 3
-    # Each child is its own job, so each has its own signing key.
-    assert len({r["Environment"]["NBCONTAINER_RUN_KEY"] for r in mine}) == 3
+    # Each child is its own job, so each has its own signing key (a channel object of its own).
+    key_uris = {
+        c["DataSource"]["S3DataSource"]["S3Uri"]
+        for r in mine
+        for c in r["InputDataConfig"]
+        if c["ChannelName"] == "nbcontainer-key"
+    }
+    assert len(key_uris) == 3
+    assert not any("NBCONTAINER_RUN_KEY" in r["Environment"] for r in mine)
     assert {c["job"]["job_name"] for c in children} == {r["TrainingJobName"] for r in mine}
