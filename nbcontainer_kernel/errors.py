@@ -49,6 +49,7 @@ __all__ = [
     "UnsafeArchive",
     "UnknownBackend",
     "UnknownRun",
+    "LedgerError",
     "RegistryError",
     "CloudError",
     "MissingSetting",
@@ -251,6 +252,37 @@ class UnknownRun(NbcontainerError, LookupError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"No run {run_id!r} in the ledger; `%remote_runs` lists them.")
+
+
+class LedgerError(NbcontainerError, OSError):
+    """The run ledger could not be opened, read or written: which ledger, what happened,
+    what to do."""
+
+    _fields = ("path", "doing", "reason")
+
+    def __init__(self, path: str, doing: str, reason: str) -> None:
+        self.path, self.doing, self.reason = path, doing, reason
+        low = reason.lower()
+        if "disk" in low and "full" in low or "no space" in low:
+            hint = "free space on its disk, then run the cell again"
+        elif "readonly" in low or "read-only" in low or "permission" in low:
+            hint = (
+                "make its folder writable, or point RemoteRun.ledger_path "
+                "(NBCONTAINER_RUNS_DB) at a writable file"
+            )
+        elif "not a database" in low or "malformed" in low or "corrupt" in low:
+            hint = (
+                "it is damaged: move it aside (its runs' outputs stay in its runs folder) and "
+                "a new one is made, or point NBCONTAINER_RUNS_DB elsewhere"
+            )
+        elif "locked" in low or "busy" in low:
+            hint = (
+                "another process held it for too long (a stuck kernel or a copy tool?); "
+                "run the cell again"
+            )
+        else:
+            hint = "see the reason; NBCONTAINER_RUNS_DB chooses another file"
+        super().__init__(f"The run ledger {path} could not {doing}: {reason}. To fix: {hint}.")
 
 
 # ---------------------------------------------------------------------- kernels

@@ -248,6 +248,7 @@ class RunDriver:
         self.timed_out = False
         self.reason: str | None = None
         self.verdict: str | None = None
+        self.exit_code: int | None = None  # the run's, once its end is known
         self.done = False  # set once the job's end is collected, or it was cancelled and cleaned up
         self.timings: dict[str, float] = {}
         self._phase_started: tuple[Phase, float] | None = None
@@ -393,6 +394,7 @@ class RunDriver:
                 self.clean(job, exc)
             raise
         self.done = True
+        self.exit_code = code
         self.enter(job.run_id, phase)
         self.clean(job)
         return phase, code

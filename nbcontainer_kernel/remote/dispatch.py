@@ -22,7 +22,7 @@ from typing import Any
 
 from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec, StopSignal
 from ..backends.registry import get_backend
-from ..errors import InvalidOption, NbcontainerError, RunCancelled, SweepFailed
+from ..errors import InvalidOption, LedgerError, NbcontainerError, RunCancelled, SweepFailed
 from ..metrics import metric_names_in
 from ..snapshots import Snapshot, names_assigned, snapshot
 from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
@@ -183,6 +183,9 @@ class RemoteRunner:
         self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
         # The stop signal of each run waited on (a sweep's parent and children share one).
         self._stops: dict[str, StopSignal] = {}
+        # Runs _finish waits on: how each records its end with its terminal phase.
+        self._ending: dict[str, Callable[[Phase, float], None]] = {}
+        self._ending_lock = threading.Lock()
 
     # ---------------------------------------------------------------- entry
     def run(
@@ -475,7 +478,14 @@ class RemoteRunner:
         return image.tag, snap.digest, None
 
     def _record(self, run_id: str, phase: Phase, at: float) -> None:
-        self.ledger.add_phase(run_id, phase.value, at)
+        record_end = None
+        if phase.terminal:
+            with self._ending_lock:
+                record_end = self._ending.pop(run_id, None)
+        if record_end is not None:
+            record_end(phase, at)  # with the run's results, in one transaction
+        else:
+            self.ledger.add_phase(run_id, phase.value, at)
 
     @staticmethod
     def _runs_warm(backend: Backend, req: RemoteRequest) -> bool:
@@ -566,48 +576,80 @@ class RemoteRunner:
     def _finish(
         self, driver: RunDriver, job: Job, spec: RunSpec, out_names: list[str]
     ) -> RunResult:
+        """Wait for the run; its end (results, metric points, the terminal phase) goes
+        into the ledger in one transaction as the driver enters that phase, before the
+        listeners hear of it: no reader sees a run that ended without its results."""
         dest = self.ledger.run_dir(spec.run_id)
-        try:
-            phase, code = driver.wait(job, spec, dest)
-        except BaseException:
-            if driver.reason:
-                self.ledger.update(spec.run_id, failure=driver.reason)
-            raise
-        finally:
-            self.drivers.pop(spec.run_id, None)
         row = self.ledger.get(spec.run_id)
-        result = RunResult(
-            image=spec.image,
-            exit_code=code,
-            output_dir=dest,
-            logs=_read_logs(dest),
-            cancelled=phase == Phase.CANCELLED,
-            timed_out=driver.timed_out,
-            key=row.get("run_key"),
-            trust=self.trust,
-            reason=driver.reason,
-            run_id=spec.run_id,
-            backend=row["backend"],
-        )
+        ended: list[RunResult] = []
+
+        def result_of(phase: Phase) -> RunResult:
+            return RunResult(
+                image=spec.image,
+                exit_code=driver.exit_code,
+                output_dir=dest,
+                logs=_read_logs(dest),
+                cancelled=phase == Phase.CANCELLED,
+                timed_out=driver.timed_out,
+                key=row.get("run_key"),
+                trust=self.trust,
+                reason=driver.reason,
+                run_id=spec.run_id,
+                backend=row["backend"],
+            )
+
+        def record_end(phase: Phase, at: float) -> None:
+            result = result_of(phase)
+            ended.append(result)
+            self._record_end(driver, job, spec, result, (phase.value, at))
+
+        with self._ending_lock:
+            self._ending[spec.run_id] = record_end
+        try:
+            phase, _code = driver.wait(job, spec, dest)
+        finally:
+            with self._ending_lock:
+                self._ending.pop(spec.run_id, None)
+            self.drivers.pop(spec.run_id, None)
+        return ended[-1] if ended else result_of(phase)
+
+    def _record_end(
+        self,
+        driver: RunDriver,
+        job: Job,
+        spec: RunSpec,
+        result: RunResult,
+        end: tuple[str, float],
+    ) -> None:
         trusted = driver.verdict is None or not driver.verdict.startswith("refused")
         try:
             accounting = driver.backend.accounting(job)
         except Exception as exc:  # what it cost is a note on the record, never its end
             accounting = {"error": f"{type(exc).__name__}: {exc}"}
-        self.ledger.update(
-            spec.run_id,
-            platform=accounting,
-            exit_code=code,
-            verified=driver.verdict,
-            metrics=result.metrics if trusted else {},
-            failure=(result.failure if trusted else driver.reason) or driver.reason,
-            result_files=sorted(p.name for p in result.model_dir.glob("*"))
-            if result.model_dir.exists()
-            else [],
-        )
-        if trusted and result.metric_history:
-            self.ledger.set_metric_points(spec.run_id, result.metric_history)
-        return result
+        try:
+            fields = {
+                "platform": accounting,
+                "exit_code": driver.exit_code,
+                "verified": driver.verdict,
+                "metrics": result.metrics if trusted else {},
+                "failure": (result.failure if trusted else driver.reason) or driver.reason,
+                "result_files": sorted(p.name for p in result.model_dir.glob("*"))
+                if result.model_dir.exists()
+                else [],
+            }
+            points = result.metric_history if trusted and result.metric_history else None
+        except (NbcontainerError, OSError, ValueError) as exc:
+            # Outputs that cannot be read (refused while read, unreadable): the end says so.
+            fields = {"exit_code": driver.exit_code, "failure": driver.reason or str(exc)}
+            points = None
+        try:
+            self.ledger.finish(spec.run_id, fields, points, end)
+        except LedgerError as exc:
+            # Its outputs are kept, and its end with them: recorded when a ledger next opens.
+            driver.hooks.log(
+                spec.run_id,
+                f"[nbcontainer] the run's end is kept to be recorded later: {exc}",
+            )
 
     # --------------------------------------------------------------- sweeps
     def _sweep(

@@ -9,22 +9,25 @@ directory (platformdirs).
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import random
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 
 __all__ = ["Ledger", "default_path", "UnknownRun"]
 
 from .. import config
-from ..errors import UnknownRun
+from ..errors import LedgerError, UnknownRun
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -69,6 +72,73 @@ _JSON = {"params", "metrics", "phases", "result_files", "outputs", "job", "platf
 _ADDED_COLUMNS = {"run_key": "TEXT", "verified": "TEXT", "platform": "TEXT"}
 
 
+#: Seconds SQLite waits for another process's write to end, per statement.
+BUSY_TIMEOUT = 30.0
+#: Seconds a busy step is tried again (with backoff) before it fails.
+RETRY_FOR = 120.0
+SCHEMA_VERSION = 3
+PENDING_DIR = ".pending-ends"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+_PHASE_SQL = (
+    "UPDATE runs SET phases = json_insert(phases, '$[#]', json_array(?, ?)), status = ?, "
+    "updated = ? WHERE id = ?"
+)
+_POINTS_SQL = (
+    "INSERT INTO metric_points (run_id, name, step, value, time, seq) VALUES (?,?,?,?,?,?)"
+)
+_COLUMN = re.compile(r"^[a-z_]+$")
+
+
+def _update_sql(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+    cols, values = [], []
+    for k, v in fields.items():
+        if not _COLUMN.match(k):
+            raise ValueError(f"not a ledger column: {k!r}")
+        cols.append(f"{k} = ?")
+        values.append(json.dumps(v, default=str) if k in _JSON else v)
+    return f"UPDATE runs SET {', '.join(cols)}, updated = ? WHERE id = ?", values
+
+
+def _metric_rows(run_id: str, records: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    rows = []
+    for seq, r in enumerate(records):
+        value = r.get("value")
+        rows.append(
+            (
+                run_id,
+                str(r.get("name")),
+                int(r["step"]) if isinstance(r.get("step"), (int, float)) else None,
+                float(value) if isinstance(value, (int, float)) else None,
+                float(r["timestamp"]) if isinstance(r.get("timestamp"), (int, float)) else None,
+                seq,
+            )
+        )
+    return rows
+
+
+def _apply_end(
+    db: sqlite3.Connection,
+    run_id: str,
+    fields: dict[str, Any],
+    rows: list[tuple[Any, ...]] | None,
+    end: tuple[Any, ...] | None,
+) -> None:
+    """A run's end, inside a write transaction: fields, metric points, terminal phase."""
+    if fields:
+        sql, values = _update_sql(fields)
+        db.execute(sql, (*values, time.time(), run_id))
+    if rows is not None:
+        db.execute("DELETE FROM metric_points WHERE run_id = ?", (run_id,))
+        db.executemany(_POINTS_SQL, rows)
+    if end:
+        db.execute(_PHASE_SQL, (end[0], end[1], end[0], time.time(), run_id))
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def private_dir(path: Path) -> Path:
     """Make a directory and the parents it lacks, each 0700 (they hold run keys and
     results). A directory that exists already keeps its mode: it is not the ledger's."""
@@ -100,37 +170,133 @@ def default_path() -> Path:
 
 
 class Ledger:
-    """The ledger. Safe to share between threads; each call is one transaction."""
+    """The ledger. Safe to share between threads and processes: each call is one short
+    transaction, a write takes the write lock up front (``BEGIN IMMEDIATE``, so no read
+    has to become a write and fail busy), a busy database is waited for and retried with
+    backoff, and what still fails is a :class:`LedgerError` saying which ledger, what
+    happened and what to do."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(os.path.abspath(Path(path) if path else default_path()))
         # The ledger holds each run's signing key: only its owner may read it. Directories
         # it makes are 0700; one it finds (a project folder, /tmp) keeps its mode, and the
         # runs' results go into a private folder of the ledger's own inside it.
-        private_dir(self.path.parent)
+        try:
+            private_dir(self.path.parent)
+        except OSError as exc:
+            raise LedgerError(str(self.path), "make its folder", _reason(exc)) from exc
         self._runs_dir = (
             self.path.parent / "runs"
             if _is_private(self.path.parent)
             else self.path.parent / ".nbcontainer" / "runs"
         )
         self._lock = threading.Lock()
-        old_umask = os.umask(0o077)
+        self._db = self._connect()
+        self._prepare()
+        self._replay_pending()
+
+    # -------------------------------------------------------------- opening
+    def _connect(self) -> sqlite3.Connection:
+        old_umask = os.umask(0o077)  # the file (and its WAL) private from the start
         try:
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=30, isolation_level=None
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=BUSY_TIMEOUT, isolation_level=None
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        except sqlite3.Error as exc:
+            raise LedgerError(str(self.path), "be opened", _reason(exc)) from exc
         finally:
             os.umask(old_umask)
-        if self.path.stat().st_mode & 0o077:  # a file made before, or by a wider umask
-            self.path.chmod(0o600)
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        for col, typ in _ADDED_COLUMNS.items():
-            if col not in have:
-                self._db.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+        try:
+            if self.path.stat().st_mode & 0o077:  # a file made before, or by a wider umask
+                self.path.chmod(0o600)
+        except OSError as exc:
+            raise LedgerError(str(self.path), "be opened", _reason(exc)) from exc
+        return db
 
+    def _prepare(self) -> None:
+        """WAL and the schema, as the file's maker sets them once: every later opener only
+        reads that they are so (setting the journal mode takes the whole file, which
+        another process's write would make fail)."""
+        mode = self._retry("be opened", lambda: self._db.execute("PRAGMA journal_mode").fetchone())
+        if str(mode[0]).lower() != "wal":
+            self._retry(
+                "switch to write-ahead logging",
+                lambda: self._db.execute("PRAGMA journal_mode=WAL").fetchone(),
+            )
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._retry("be opened", lambda: self._db.execute("PRAGMA user_version"))
+        if version.fetchone()[0] < SCHEMA_VERSION:
+            self._retry("prepare its tables", self._migrate)
+
+    def _migrate(self) -> None:
+        """Tables, indexes and added columns, in one exclusive step (again under the lock:
+        another process may have done it meanwhile)."""
+        db = self._db
+        db.execute("BEGIN EXCLUSIVE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                have = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+                for col, typ in _ADDED_COLUMNS.items():
+                    if col not in have:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # ---------------------------------------------------------- transactions
+    def _retry(self, doing: str, step: Callable[[], T]) -> T:
+        """`step`, again (with jittered backoff) while the database is busy or locked, up to
+        RETRY_FOR seconds; any other SQLite error, or still busy then, is a LedgerError."""
+        deadline = time.monotonic() + RETRY_FOR
+        attempt = 0
+        while True:
+            try:
+                return step()
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() > deadline:
+                    raise LedgerError(str(self.path), doing, _reason(exc)) from exc
+            except sqlite3.Error as exc:
+                raise LedgerError(str(self.path), doing, _reason(exc)) from exc
+            attempt += 1
+            time.sleep(min(1.0, 0.02 * 2 ** min(attempt, 6)) * (0.5 + random.random()))
+
+    def _write(self, doing: str, step: Callable[[sqlite3.Connection], T]) -> T:
+        """`step` in one write transaction that takes the write lock up front."""
+
+        def transaction() -> T:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = step(self._db)
+                self._db.execute("COMMIT")
+                return out
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+        with self._lock:
+            return self._retry(doing, transaction)
+
+    def _read(self, doing: str, step: Callable[[sqlite3.Connection], T]) -> T:
+        """`step` in one read transaction: one snapshot, however many statements."""
+
+        def transaction() -> T:
+            self._db.execute("BEGIN")
+            try:
+                return step(self._db)
+            finally:
+                self._db.execute("COMMIT")
+
+        with self._lock:
+            return self._retry(doing, transaction)
+
+    # ------------------------------------------------------------- locations
     @property
     def runs_dir(self) -> Path:
         return self._runs_dir
@@ -151,100 +317,130 @@ class Ledger:
         notebook: str | None = None,
         status: str = "SNAPSHOT",
     ) -> str:
-        """A new run row with its own signing key; its id is NAME-N (N counts runs of that name)."""
+        """A new run row with its own signing key; its id is NAME-N (N counts runs of that
+        name). LedgerError when it cannot be recorded: the run is then not started."""
         from ..trust import new_key
 
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                seq = (
-                    self._db.execute(
-                        "SELECT MAX(seq) FROM runs WHERE name = ?", (name,)
-                    ).fetchone()[0]
-                    or 0
-                ) + 1
-                run_id = f"{name}-{seq}"
-                self._db.execute(
-                    "INSERT INTO runs (id, name, seq, backend, params, status, parent, notebook, "
-                    "created, updated, "
-                    "result_dir, run_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        run_id,
-                        name,
-                        seq,
-                        backend,
-                        json.dumps(params or {}, default=str),
-                        status,
-                        parent,
-                        notebook,
-                        now,
-                        now,
-                        str(self.run_dir(run_id)),
-                        new_key(),
-                    ),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return run_id
+        key = new_key()
+        params_text = json.dumps(params or {}, default=str)
+
+        def insert(db: sqlite3.Connection) -> str:
+            now = time.time()
+            seq = (
+                db.execute("SELECT MAX(seq) FROM runs WHERE name = ?", (name,)).fetchone()[0] or 0
+            ) + 1
+            run_id = f"{name}-{seq}"
+            db.execute(
+                "INSERT INTO runs (id, name, seq, backend, params, status, parent, notebook, "
+                "created, updated, result_dir, run_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    name,
+                    seq,
+                    backend,
+                    params_text,
+                    status,
+                    parent,
+                    notebook,
+                    now,
+                    now,
+                    str(self.runs_dir / run_id),
+                    key,
+                ),
+            )
+            return run_id
+
+        return self._write(f"record a new run of {name}", insert)
 
     def update(self, run_id: str, **fields: Any) -> None:
         if not fields:
             return
-        cols, values = [], []
-        for k, v in fields.items():
-            cols.append(f"{k} = ?")
-            values.append(json.dumps(v, default=str) if k in _JSON else v)
-        with self._lock:
-            cur = self._db.execute(
-                f"UPDATE runs SET {', '.join(cols)}, updated = ? WHERE id = ?",
-                (*values, time.time(), run_id),
-            )
-        if cur.rowcount == 0:
+        sql, values = _update_sql(fields)
+
+        def apply(db: sqlite3.Connection) -> int:
+            return db.execute(sql, (*values, time.time(), run_id)).rowcount
+
+        if self._write(f"record run {run_id}", apply) == 0:
             raise UnknownRun(run_id)
 
     def add_phase(self, run_id: str, phase: str, at: float | None = None) -> None:
         """Append (phase, timestamp) and make it the status, in one statement."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE runs SET phases = json_insert(phases, '$[#]', json_array(?, ?)), status = "
-                "?, updated = ? "
-                "WHERE id = ?",
-                (phase, at or time.time(), phase, time.time(), run_id),
+        self._write(
+            f"record run {run_id}'s phase {phase}",
+            lambda db: db.execute(
+                _PHASE_SQL, (phase, at or time.time(), phase, time.time(), run_id)
+            ),
+        )
+
+    def finish(
+        self,
+        run_id: str,
+        fields: dict[str, Any],
+        metric_points: Iterable[dict[str, Any]] | None = None,
+        end: tuple[str, float] | None = None,
+    ) -> None:
+        """A run's end in one transaction: its result fields, every metric point it logged,
+        and its terminal phase, so a reader sees the run before or after, never between.
+        When the ledger cannot take it, the end is kept beside the runs' outputs and
+        recorded at the next chance (the next time a ledger opens): LedgerError."""
+        rows = _metric_rows(run_id, metric_points) if metric_points is not None else None
+        try:
+            self._write(
+                f"record the end of run {run_id}",
+                lambda db: _apply_end(db, run_id, fields, rows, end),
             )
+        except LedgerError:
+            self._keep_pending(run_id, fields, rows, end)
+            raise
+
+    def _keep_pending(
+        self,
+        run_id: str,
+        fields: dict[str, Any],
+        rows: list[tuple[Any, ...]] | None,
+        end: tuple[str, float] | None,
+    ) -> None:
+        pending = private_dir(self.runs_dir / PENDING_DIR)
+        record = {"run_id": run_id, "fields": fields, "points": rows, "end": end}
+        target = pending / f"{run_id}.json"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, default=str))
+        os.replace(tmp, target)
+
+    def _replay_pending(self) -> None:
+        """Ends that could not be recorded when their runs ended (a full disk, a ledger
+        that was locked too long): recorded now, then their files go."""
+        pending = self.runs_dir / PENDING_DIR
+        if not pending.is_dir():
+            return
+        for path in sorted(pending.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+                run_id = str(record["run_id"])
+                points = record.get("points")
+                rows = [tuple(p) for p in points] if points is not None else None
+                end = tuple(record["end"]) if record.get("end") else None
+                fields = dict(record.get("fields") or {})
+                self._write(
+                    f"record the kept end of run {run_id}",
+                    functools.partial(_apply_end, run_id=run_id, fields=fields, rows=rows, end=end),
+                )
+            except (OSError, ValueError, KeyError, TypeError, LedgerError) as exc:
+                log.warning("nbcontainer: a kept run end (%s) is not recorded yet: %s", path, exc)
+                continue
+            path.unlink(missing_ok=True)
 
     def set_metric_points(self, run_id: str, records: Iterable[dict[str, Any]]) -> None:
         """Every value a run logged (name, value, step, timestamp), in order; replaces what
-        the ledger held for the run."""
-        rows = []
-        for seq, r in enumerate(records):
-            value = r.get("value")
-            rows.append(
-                (
-                    run_id,
-                    str(r.get("name")),
-                    int(r["step"]) if isinstance(r.get("step"), (int, float)) else None,
-                    float(value) if isinstance(value, (int, float)) else None,
-                    float(r["timestamp"]) if isinstance(r.get("timestamp"), (int, float)) else None,
-                    seq,
-                )
-            )
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM metric_points WHERE run_id = ?", (run_id,))
-                self._db.executemany(
-                    "INSERT INTO metric_points (run_id, name, step, value, time, seq) "
-                    "VALUES (?,?,?,?,?,?)",
-                    rows,
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        the ledger held for the run. One transaction, however many points."""
+        rows = _metric_rows(run_id, records)
+
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM metric_points WHERE run_id = ?", (run_id,))
+            db.executemany(_POINTS_SQL, rows)
+
+        self._write(f"record run {run_id}'s metrics", apply)
 
     def metric_points(
         self, run_ids: Iterable[str]
@@ -253,24 +449,24 @@ class Ledger:
         ids = list(run_ids)
         if not ids:
             return []
-        with self._lock:
-            return list(
-                self._db.execute(
-                    "SELECT run_id, name, step, value, time FROM metric_points "
-                    f"WHERE run_id IN ({','.join('?' * len(ids))}) ORDER BY run_id, seq",
-                    ids,
-                )
-            )
+        sql = (
+            "SELECT run_id, name, step, value, time FROM metric_points "
+            f"WHERE run_id IN ({','.join('?' * len(ids))}) ORDER BY run_id, seq"
+        )
+        return self._read("read metric points", lambda db: list(db.execute(sql, ids)))
 
     # ------------------------------------------------------------------ read
     def get(self, run_id: str) -> dict[str, Any]:
-        with self._lock:
-            cur = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
+        def read(db: sqlite3.Connection) -> dict[str, Any] | None:
+            cur = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
             row = cur.fetchone()
             names = [d[0] for d in cur.description]
-        if row is None:
+            return None if row is None else dict(zip(names, row, strict=True))
+
+        found = self._read(f"read run {run_id}", read)
+        if found is None:
             raise UnknownRun(run_id)
-        return self._decode(dict(zip(names, row, strict=True)))
+        return self._decode(found)
 
     def find(
         self,
@@ -289,11 +485,13 @@ class Ledger:
             ids = list(ids)
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             args += ids
-        with self._lock:
-            cur = self._db.execute(sql + " ORDER BY created, seq", args)
+
+        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = db.execute(sql + " ORDER BY created, seq", args)
             names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        return [self._decode(dict(zip(names, r, strict=True))) for r in rows]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+        return [self._decode(r) for r in self._read("list runs", read)]
 
     @staticmethod
     def _decode(row: dict[str, Any]) -> dict[str, Any]:

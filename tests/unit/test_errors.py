@@ -74,6 +74,7 @@ EXAMPLES: list[tuple[NbcontainerError, type[BaseException] | None]] = [
     (errors.UnsafeArchive("../x", "its path leaves the destination"), ValueError),
     (errors.UnknownBackend("nowhere", ["local", "batch"]), LookupError),
     (errors.UnknownRun("nope-1"), LookupError),
+    (errors.LedgerError("/x/runs.db", "record run a-1", "OperationalError: disk is full"), OSError),
     (
         errors.SweepFailed("sw-1", {"sw-3": ({"lr": 0.1}, "exit code 1")}, 4, ["scores"]),
         RuntimeError,
@@ -206,3 +207,19 @@ def test_library_errors_in_ipython_are_one_line(capsys) -> None:
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).strip()
     assert out.startswith("DaemonNotAvailable: No Docker daemon answers at unix:///nowhere.sock")
     assert "Traceback" not in out and len(out.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("reason", "says"),
+    [
+        ("OperationalError: database or disk is full", "free space"),
+        ("OperationalError: attempt to write a readonly database", "writable"),
+        ("DatabaseError: file is not a database", "move it aside"),
+        ("OperationalError: database is locked", "run the cell again"),
+    ],
+)
+def test_a_ledger_error_says_which_ledger_what_happened_and_what_to_do(
+    reason: str, says: str
+) -> None:
+    text = str(errors.LedgerError("/data/runs.db", "record run a-1", reason))
+    assert "/data/runs.db" in text and "record run a-1" in text and says in text
