@@ -398,6 +398,18 @@ class Engine:
             return None
         return _translated(stream, f"copy {path} out of container {ident}")
 
+    def path_exists(self, ident: str, path: str) -> bool:
+        """Whether `path` exists in a container (running or not)."""
+        try:
+            with translate_errors(f"look for {path} in container {ident}"):
+                stream, _stat = self.api.get_archive(ident, path, chunk_size=1 << 16)
+        except ResourceNotFound:
+            return False
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        return True
+
     def put_files(
         self,
         ident: str,

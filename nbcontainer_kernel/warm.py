@@ -75,6 +75,7 @@ class WarmPool:
         size: int,
         published: list[str] | None = None,
         name_prefix: str = "nbcontainer-pool",
+        claim_file: str = "",
     ) -> None:
         """`create_kwargs` make one waiting container (its waiter command included);
         `published` are the container ports ('52700/tcp', ...) whose host ports a claim
@@ -88,6 +89,9 @@ class WarmPool:
         self._kwargs = {**create_kwargs, "detach": True}
         self._published = list(published or [])
         self._name_prefix = name_prefix
+        # Where a claim lands in the container; its waiter removes it once it has taken it,
+        # so a container without it took its claim (whatever happened to the signal).
+        self.claim_file = claim_file
         self._lock = threading.Lock()
         self._waiting: list[WarmContainer] = []
         self._making = 0
@@ -114,7 +118,9 @@ class WarmPool:
                 warm = self.make()
             try:
                 engine.put_archive(warm.container_id, "/", archive())
-                if engine.signal(warm.container_id, "SIGWINCH"):
+                if engine.signal(warm.container_id, "SIGWINCH") or self._taken(
+                    engine, warm.container_id
+                ):
                     engine.rename(warm.container_id, name)
                     return WarmContainer(warm.container_id, name, warm.host_ports)
             except NbcontainerError:
@@ -128,6 +134,13 @@ class WarmPool:
                 engine.remove(warm.container_id)
                 raise WaiterDied(self.image, tail)
             engine.remove(warm.container_id)  # it died waiting (its files go with it)
+
+    def _taken(self, engine: Engine, container_id: str) -> bool:
+        """A container the signal could not reach (not running): did its waiter take the
+        claim first? A waiter looks for its claim before it waits, so a fast one finds it,
+        does its work and ends before the signal comes: that is a claimed container whose
+        work is done (its exit line, code and outputs are in it), not a dead waiter."""
+        return bool(self.claim_file) and not engine.path_exists(container_id, self.claim_file)
 
     # -------------------------------------------------------------- refill
     def fill_later(self, delay: float = 1.0) -> None:

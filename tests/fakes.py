@@ -386,6 +386,23 @@ class _FakeAPI:
     ) -> bytes:
         return self.daemon.get(ident).log
 
+    def get_archive(self, ident: str, path: str, chunk_size: int = 0) -> tuple[Any, Any]:
+        """A file the container holds, as a one-member tar (404 when it has none)."""
+        import io
+        import tarfile
+
+        c = self.daemon.get(ident)
+        key = "/" + path.lstrip("/")
+        found = {("/" + k.lstrip("/")): v for k, v in c.files.items()}
+        if key not in found:
+            raise api_error(404, f"Could not find the file {path} in container {ident}")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(key.rsplit("/", 1)[-1])
+            info.size = len(found[key])
+            tar.addfile(info, io.BytesIO(found[key]))
+        return iter([buf.getvalue()]), {"name": info.name, "size": info.size}
+
     def diff(self, ident: str) -> list[dict[str, Any]]:
         return []
 

@@ -353,6 +353,7 @@ def run_pool(engine: Engine, image: str, resources: dict[str, Any], size: int) -
             create_kwargs=kwargs,
             size=size,
             name_prefix="nbcontainer-runpool",
+            claim_file=RUN_CLAIM_FILE,
         )
 
     pool = warm.pool_for(shape, make)

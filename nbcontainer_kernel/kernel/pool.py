@@ -194,6 +194,7 @@ def pool_for(
             create_kwargs=_pool_kwargs(python, create_kwargs),
             size=size,
             published=sorted(create_kwargs.get("ports") or {}),
+            claim_file=CLAIM_FILE,
         )
 
     pool = warm.pool_for(shape, make)

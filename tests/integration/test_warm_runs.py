@@ -119,3 +119,35 @@ def test_runs_leave_no_container_once_the_kernel_is_gone(
         assert res.error_in_exec is None, res.error_in_exec
     warm.close_all()  # what the kernel's exit does
     assert own_containers(engine) == []
+
+
+def test_a_runner_that_finished_before_its_wake_up_signal_is_a_finished_run(
+    ip, ledger: Ledger, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Force the order seen on a loaded machine: the waiter finds its claim, runs the cell
+    and exits before SIGWINCH arrives. The run succeeds with its outputs (it was read as a
+    dead waiter and removed, outputs and all)."""
+    from nbcontainer_kernel.engine import Engine as EngineClass
+
+    real_signal = EngineClass.signal
+    late: list[str] = []
+
+    def signal_after_the_work(self: EngineClass, ident: str, signum: int | str) -> bool:
+        if signum == "SIGWINCH":
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                info = self.inspect(ident) or {}
+                if not (info.get("State") or {}).get("Running"):
+                    late.append(ident)
+                    break
+                time.sleep(0.1)
+        return real_signal(self, ident, signum)
+
+    monkeypatch.setattr(EngineClass, "signal", signal_after_the_work)
+    ip.run_cell("%config RemoteRun.run_pool_size = 1")
+    res = ip.run_cell("%%remote_run --local --name fast\nanswer = 6 * 7")
+    assert res.error_in_exec is None, res.error_in_exec
+    assert late, "the signal came before the container ended: the order was not forced"
+    assert ip.user_ns["answer"] == 42
+    row = ledger.get("fast-1")
+    assert row["status"] == "SUCCEEDED" and row["verified"] == "signed"
