@@ -94,6 +94,8 @@ class Action:
     stream: bool = False  # the answer may be long in coming (wait, follow, build, push)
     verify: str = ""  # what to check in the daemon after it answered: container|exec|commit
     headers: tuple[str, ...] = ()  # the kernel's request headers passed on
+    # Headers sent when the kernel sent none of that name (name, value).
+    default_headers: tuple[tuple[str, str], ...] = ()
     serial: bool = False  # one at a time per kernel (what counts its containers)
     content_type: str = ""
 
@@ -510,6 +512,9 @@ def _images(
                 prefix + path,
                 query_pairs(query),
                 headers=("x-registry-auth", "user-agent"),
+                # Without the header dockerd reads the body as the credentials (docker-py
+                # sends {}); the guard forwards no body, so it says "none" in the header.
+                default_headers=(("x-registry-auth", "e30="),),
                 stream=True,
             )
         if method == "POST" and parts[-1] == "tag":

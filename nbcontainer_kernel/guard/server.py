@@ -434,6 +434,7 @@ class DockerGuard:
         upstream = conn.upstream
         assert upstream is not None
         headers = [(k, request.header(k)) for k in action.headers if request.header(k)]
+        headers += [(k, v) for k, v in action.default_headers if not request.header(k)]
         if action.content_type:
             headers.append(("content-type", action.content_type))
         if action.hijack and request.upgrade:

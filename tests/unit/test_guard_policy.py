@@ -753,3 +753,12 @@ def test_the_kernels_directory_is_not_what_it_is_checked_against(tmp_path: Path)
     _check({"HostConfig": {"Binds": [f"{os.path.realpath(real)}:/x"]}}, grant)
     with pytest.raises(Refused, match="not a resolved path"):
         _check({"HostConfig": {"Binds": [f"{tmp_path / 'alias'}:/x"]}}, grant)
+
+
+def test_a_push_always_says_its_credentials_in_the_header_never_in_a_body() -> None:
+    """dockerd reads a push's body as its credentials when the header is missing; the guard
+    forwards no body, so a push without the header gets an empty one."""
+    action = decide("POST", "/v1.41/images/mine/push?tag=1", _grant(), _look())
+    assert action.body == "none"
+    assert ("x-registry-auth", "e30=") in action.default_headers
+    assert "x-registry-auth" in action.headers  # the kernel's own, when it sends one
