@@ -409,3 +409,45 @@ def test_cancelling_a_sweep_taken_in_one_step_stops_it_on_the_platform(
     # Children never waited on (more than the collecting threads) were stopped there too.
     cancelled = {rid for step, rid in array_backend.calls if step == "cancel"}
     assert cancelled == {r["id"] for r in rows if r["parent"]}
+
+
+def test_a_run_the_ledger_cannot_record_is_not_started(
+    runner, ledger, backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbcontainer_kernel.errors import LedgerError
+
+    def full(*_a: object, **_k: object) -> str:
+        raise LedgerError(str(ledger.path), "record a new run of nope", "disk is full")
+
+    monkeypatch.setattr(ledger, "create", full)
+    built: list[object] = []
+    runner.image_builder = lambda *a, **k: built.append(a)  # type: ignore[assignment]
+    with pytest.raises(LedgerError, match="free space"):
+        runner.run(_req(name="nope"), {"x": 1}, Hooks())
+    assert built == [] and backend.specs == {}
+
+
+def test_a_run_whose_end_cannot_be_recorded_keeps_its_results_and_is_recorded_later(
+    runner, ledger, backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbcontainer_kernel.errors import LedgerError
+
+    backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 42}))}
+    real_write = ledger._write
+
+    def write(doing: str, step: object) -> object:
+        if doing.startswith("record the end"):
+            raise LedgerError(str(ledger.path), doing, "OperationalError: database is locked")
+        return real_write(doing, step)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger, "_write", write)
+    logged: list[str] = []
+    ns = {"x": 41}
+    result = runner.run(_req(name="late"), ns, Hooks(on_log=[lambda _r, line: logged.append(line)]))
+    assert ns["y"] == 42 and result.succeeded  # the cell's results are the cell's
+    assert any("kept to be recorded later" in line for line in logged)
+    assert ledger.get("late-1")["status"] == "COLLECTING"
+    monkeypatch.undo()
+    again = Ledger(ledger.path)  # the next ledger to open records it
+    row = again.get("late-1")
+    assert row["status"] == "SUCCEEDED" and row["verified"] == "signed" and row["exit_code"] == 0
