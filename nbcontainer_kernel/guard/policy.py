@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -184,8 +184,9 @@ def decide(method: str, target: str, grant: Grant, look: Lookups) -> Action:
         return act("version")
     if (method, path) == ("GET", "/info"):
         return act("info")
+    target_of = _Target(method, path, parts, raw_query, prefix, what)
     if parts[0] == "containers":
-        return _containers(method, path, parts, raw_query, prefix, grant, look, what)
+        return _containers(target_of, grant, look)
     if parts[0] == "exec" and len(parts) == 3:
         if parts[1] not in look.exec_ids:
             raise Refused(what, f"exec {parts[1][:12]} was not made by this kernel")
@@ -230,7 +231,7 @@ def decide(method: str, target: str, grant: Grant, look: Lookups) -> Action:
             stream=True,
         )
     if parts[0] == "images":
-        return _images(method, path, parts, raw_query, prefix, grant, look, what)
+        return _images(target_of, grant, look)
     raise Refused(what, "this endpoint is not available to a guarded kernel")
 
 
@@ -242,16 +243,20 @@ def _decode(raw: bytes, model: Any, what: str) -> Any:
 
 
 # -------------------------------------------------------------------------- containers
-def _containers(
-    method: str,
-    path: str,
-    parts: list[str],
-    raw_query: str,
-    prefix: str,
-    grant: Grant,
-    look: Lookups,
-    what: str,
-) -> Action:
+@dataclass(frozen=True)
+class _Target:
+    """A request's method and target as decided on (the path decoded, its version apart)."""
+
+    method: str
+    path: str
+    parts: list[str]
+    raw_query: str
+    prefix: str  # the API version part of the path, put back on the forwarded one
+    what: str  # how refusals name the request
+
+
+def _containers(target: _Target, grant: Grant, look: Lookups) -> Action:
+    method, path, parts, raw_query, prefix, what = astuple(target)
     if parts[1:] == ["create"] and method == "POST":
         query = _canonical("containers/create", raw_query, what)
         return Action(
@@ -482,16 +487,9 @@ def _commit_body(raw: bytes, grant: Grant) -> bytes:
     return dumps(body)
 
 
-def _images(
-    method: str,
-    path: str,
-    parts: list[str],
-    raw_query: str,
-    prefix: str,
-    grant: Grant,
-    look: Lookups,
-    what: str,
-) -> Action:
+def _images(target: _Target, grant: Grant, look: Lookups) -> Action:
+    method, path, parts, raw_query, prefix, what = astuple(target)
+
     def act(key: str, **kw: Any) -> Action:
         return Action(prefix + path, query_pairs(_canonical(key, raw_query, what)), **kw)
 

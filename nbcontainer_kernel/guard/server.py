@@ -51,13 +51,13 @@ from .dockerfile import MAX_DOCKERFILE
 from .policy import GUARD_KERNEL, MAX_JSON_BODY, Action, Grant, Live, Lookups, Refused, decide
 from .stored import container_outside, exec_outside, image_outside, volume_outside
 from .wire import (
-    REASONS,
     DaemonSide,
     HttpError,
     KernelSide,
     Request,
     Timeouts,
     answer_headers,
+    raw_answer,
 )
 
 __all__ = ["DockerGuard", "container_of_peer", "process_guard", "remove_stale"]
@@ -573,11 +573,7 @@ class DockerGuard:
 
 def _refuse_at_once(client: socket.socket, status: int, reason: str) -> None:
     """A short answer without waiting on the client (it may not read), then close."""
-    body = json.dumps({"message": f"nbcontainer's Docker guard: {reason}; try again later"})
-    data = (
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
-    ).encode()
+    data = raw_answer(status, f"nbcontainer's Docker guard: {reason}; try again later")
     with contextlib.suppress(OSError):
         client.setblocking(False)
         client.send(data)
@@ -587,11 +583,7 @@ def _refuse_at_once(client: socket.socket, status: int, reason: str) -> None:
 
 def _refuse_raw(kernel_side: KernelSide, status: int, reason: str) -> None:
     """An answer to a request that could not be read as HTTP, then the connection ends."""
-    body = json.dumps({"message": f"nbcontainer's Docker guard refused the request: {reason}"})
-    data = (
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
-    ).encode()
+    data = raw_answer(status, f"nbcontainer's Docker guard refused the request: {reason}")
     with contextlib.suppress(OSError):
         kernel_side.sock.settimeout(1)
         kernel_side.sock.sendall(data)

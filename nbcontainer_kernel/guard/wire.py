@@ -16,6 +16,7 @@ must arrive within ``head`` of its first byte, and each piece of a body within `
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import time
@@ -248,8 +249,6 @@ class KernelSide:
         self._send(h11.EndOfMessage())
 
     def respond_json(self, status: int, message: str) -> None:
-        import json
-
         data = json.dumps({"message": message}).encode()
         self.respond(status, [("content-type", "application/json")], data)
 
@@ -407,6 +406,16 @@ class DaemonSide:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
         self.close()
+
+
+def raw_answer(status: int, message: str) -> bytes:
+    """A whole answer written by hand, for a connection whose HTTP state is past h11's
+    help (a request it could not read, a connection turned away): JSON, then close."""
+    body = json.dumps({"message": message})
+    return (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: application/json"
+        f"\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
+    ).encode()
 
 
 def answer_headers(event: h11.Response | h11.InformationalResponse) -> list[tuple[str, str]]:
