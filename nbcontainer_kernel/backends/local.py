@@ -82,6 +82,7 @@ class LocalBackend(Backend):
         self._running: dict[str, bool] = {}  # container id -> running at the last status
         self._said_running: set[str] = set()  # containers whose RUNNING a status reported
         self._pools: set[WarmPool] = set()  # the runner pools this backend has used
+        self._sharing: set[str] = set()  # containers holding a share of the kernel's limits
         self.pool_size = 1
 
     def configure(self, settings: Mapping[str, Any]) -> None:
@@ -141,8 +142,11 @@ class LocalBackend(Backend):
             "init": True,
             "name": f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}",
         }
-        kwargs.update(self._resources(spec)[0])
+        resources, may_wait = self._resources(spec)
+        kwargs.update(resources)
         container = self.engine.create_container(spec.image, **kwargs)
+        if not may_wait:
+            self._sharing.add(container.id)
         try:
             self.engine.start(container)
             self._followers[container.id] = _LogFollower(self.engine, container.id)
@@ -180,6 +184,8 @@ class LocalBackend(Backend):
 
             claimed = pool.claim(archive, name, make=True)
         assert claimed is not None  # make=True makes one when none waits
+        if not may_wait:
+            self._sharing.add(claimed.container_id)
         try:
             self._followers[claimed.container_id] = _LogFollower(
                 self.engine, claimed.container_id, mark
@@ -279,8 +285,13 @@ class LocalBackend(Backend):
         self._running.pop(cid, None)
         self._said_running.discard(cid)
         pool = self._pool_of.pop(cid, None)
-        if pool is None or follower is None or follower.exit_code != 0:
-            self.engine.remove(cid)  # cancelled, timed out or failed: gone before the cell ends
+        shares_limits = cid in self._sharing
+        self._sharing.discard(cid)
+        if pool is None or follower is None or follower.exit_code != 0 or shares_limits:
+            # Cancelled, timed out or failed: gone before the cell ends. And in a kernel whose
+            # limits its runs share: gone before the next run asks for its share (a container
+            # that said its exit line may still be stopping).
+            self.engine.remove(cid)
         else:
             # A run that succeeded and whose results are in: removed in the background,
             # off the cell's path.
