@@ -46,7 +46,7 @@ def test_start_execute_interrupt_restart_shutdown(engine: Engine, make_kernelspe
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         content, outputs = run(kc, "print(x)")
-        assert stdout_of(outputs) == "41\n"
+        assert stdout_of(outputs) == "41\n", (content, [m["content"] for m in outputs])
 
         # restart: a fresh container, the state is gone
         km.restart_kernel(now=True)
