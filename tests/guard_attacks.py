@@ -34,6 +34,7 @@ class Context:
     foreign_container: str  # a container the kernel did not make
     foreign_image: str  # an image (repo:tag) the kernel did not make
     sock: str = SOCK
+    fetch: str = "http://127.0.0.1:9/x"  # what builds try to make the daemon fetch
 
 
 def raw(sock_path: str, data: bytes, *, timeout: float = 20, close: bool = True) -> bytes:
@@ -372,25 +373,25 @@ def host_reach(ctx: Context) -> dict[str, Callable[[], dict[str, Any]]]:
         "a plain create with its mount": lambda: create(
             ctx, b(',"HostConfig":{"Binds":["' + mount + ':/work"]}')
         ),
-        "build ADD <url>": lambda: build(ctx, f"FROM {ctx.base}\nADD http://127.0.0.1:9/x /x\n"),
+        "build ADD <url>": lambda: build(ctx, f"FROM {ctx.base}\nADD {ctx.fetch} /x\n"),
         "build ADD <url> in JSON form": lambda: build(
-            ctx, f'FROM {ctx.base}\nADD ["https://127.0.0.1:9/x", "/x"]\n'
+            ctx, f'FROM {ctx.base}\nADD ["{ctx.fetch}", "/x"]\n'
         ),
         "build ADD <url> through a continuation": lambda: build(
-            ctx, f"FROM {ctx.base}\nADD \\\n  http://127.0.0.1:9/x \\\n  /x\n"
+            ctx, f"FROM {ctx.base}\nADD \\\n  {ctx.fetch} \\\n  /x\n"
         ),
         "build ADD <url> with an escape directive": lambda: build(
-            ctx, f"# escape=`\nFROM {ctx.base}\nADD `\n http://127.0.0.1:9/x /x\n"
+            ctx, f"# escape=`\nFROM {ctx.base}\nADD `\n {ctx.fetch} /x\n"
         ),
         "build ADD $URL": lambda: build(
-            ctx, f"FROM {ctx.base}\nARG URL=http://127.0.0.1:9/x\nADD $URL /x\n"
+            ctx, f"FROM {ctx.base}\nARG URL={ctx.fetch}\nADD $URL /x\n"
         ),
         "build FROM a missing image": lambda: build(ctx, "FROM 127.0.0.1:9/nothing:here\n"),
         "build COPY --from a missing image": lambda: build(
             ctx, f"FROM {ctx.base}\nCOPY --from=127.0.0.1:9/nothing /x /x\n"
         ),
         "build ONBUILD ADD <url>": lambda: build(
-            ctx, f"FROM {ctx.base}\nONBUILD ADD http://127.0.0.1:9/x /x\n"
+            ctx, f"FROM {ctx.base}\nONBUILD ADD {ctx.fetch} /x\n"
         ),
         "build a Dockerfile through a link": lambda: _build_through_link(ctx),
         "build cgroupparent": lambda: build(ctx, "FROM " + ctx.base, "cgroupparent=/"),
@@ -410,7 +411,7 @@ def _build_through_link(ctx: Context) -> dict[str, Any]:
         link = tarfile.TarInfo("sub")
         link.type, link.linkname = tarfile.SYMTYPE, "."
         tar.addfile(link)
-        bad = f"FROM {ctx.base}\nADD http://127.0.0.1:9/x /x\n".encode()
+        bad = f"FROM {ctx.base}\nADD {ctx.fetch} /x\n".encode()
         info = tarfile.TarInfo("sub/Dockerfile")
         info.size = len(bad)
         tar.addfile(info, io.BytesIO(bad))

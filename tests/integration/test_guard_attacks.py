@@ -12,6 +12,8 @@ The same attacks run from inside a real guarded kernel in test_docker_guard.py.
 
 from __future__ import annotations
 
+import dataclasses
+import http.server
 import json
 import os
 import socket
@@ -99,11 +101,36 @@ def bed(engine: Engine) -> Iterator[dict[str, Any]]:
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
+class _Fetched(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"hi")
+
+
 def test_every_create_and_build_attack_is_refused_or_made_within_policy(
     engine: Engine, bed: dict[str, Any]
 ) -> None:
-    ctx = bed["ctx"]
-    results = attacks.run_table({**attacks.key_spelling(ctx), **attacks.host_reach(ctx)})
+    # What builds try to make the daemon fetch is served here, on the host's loopback (the
+    # daemon fetches ADD <url> itself, whatever the build's network): nothing may ask.
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Fetched)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Fetched.hits.clear()
+    ctx = dataclasses.replace(bed["ctx"], fetch=f"http://127.0.0.1:{server.server_port}/x")
+    try:
+        results = attacks.run_table({**attacks.key_spelling(ctx), **attacks.host_reach(ctx)})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Fetched.hits == [], "the daemon fetched what a guarded build asked"
+    assert not engine.has_image("guard-attack-build:1"), "a refused build was built"
     # Positive controls: the same socket makes what is allowed (so a refusal is a decision).
     for name in ("a plain create", "a plain create with its mount"):
         assert results[name]["status"] == 201, results[name]
