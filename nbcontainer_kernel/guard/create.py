@@ -22,6 +22,7 @@ def check_exec(body: dict[str, Any], grant: Grant) -> dict[str, Any]:
     what = "POST /containers/{id}/exec"
     if body.get("Privileged"):
         raise Refused(what, "Privileged is true")
+    body.pop("Container", None)  # the path names the container (resolved to its full id)
     body["User"] = _user(body.get("User", ""), grant, what, "User")
     body["Privileged"] = False
     return body

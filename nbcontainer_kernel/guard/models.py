@@ -230,6 +230,7 @@ CREATE = Struct(
 
 EXEC_CREATE = Struct(
     {
+        "Container": Str(),  # docker-py repeats the path's container here; not forwarded
         "User": Str(),
         "Privileged": Bool(),
         "Tty": Bool(),

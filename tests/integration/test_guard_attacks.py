@@ -314,5 +314,39 @@ def test_what_works_through_the_guard_streams_logs_archives_and_attach(
             member = tar.extractfile("big")
             assert member is not None and member.read() == payload
         assert stat["size"] == len(payload)
+        # exec start through the upgrade: it runs as the kernel's user, its output comes back
+        waiting = client.containers.run(BASE, ["sleep", "60"], detach=True)
+        try:
+            code, output = waiting.exec_run(["id", "-u"])
+            assert (code, output.strip()) == (0, b"1000")
+        finally:
+            waiting.remove(force=True)
     finally:
         c.remove(force=True)
+
+
+def test_the_docker_cli_works_through_the_guard(engine: Engine, bed: dict[str, Any]) -> None:
+    """The docker CLI (this machine's client) speaks to the guard unchanged: run, exec,
+    logs, cp, a classic build, rmi; and gets the guard's refusal for what it refuses."""
+    ctx = bed["ctx"]
+    env = {**os.environ, "DOCKER_HOST": f"unix://{ctx.sock}", "DOCKER_BUILDKIT": "0"}
+
+    def docker_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert docker_cli("run", "--rm", BASE, "echo", "hi").stdout == "hi\n"
+    made = docker_cli("run", "-d", BASE, "sleep", "60").stdout.strip()
+    try:
+        assert docker_cli("exec", made, "id", "-u").stdout.strip() == "1000"
+        assert docker_cli("cp", "/etc/hostname", f"{made}:/tmp/x").returncode == 0
+    finally:
+        docker_cli("rm", "-f", made)
+    context = Path(tempfile.mkdtemp())
+    (context / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo built\n")
+    built = docker_cli("build", "-q", "-t", "guard-attack-build:1", str(context))
+    assert built.returncode == 0, built.stderr
+    assert docker_cli("rmi", "guard-attack-build:1").returncode == 0
+    refused = docker_cli("run", "--rm", "--privileged", BASE, "true")
+    assert refused.returncode != 0 and "HostConfig.Privileged" in refused.stderr
