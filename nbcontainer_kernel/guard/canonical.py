@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
@@ -30,7 +30,6 @@ __all__ = [
     "Bad",
     "Bool",
     "Int",
-    "JsonText",
     "ListOf",
     "MapOf",
     "Opaque",
@@ -311,16 +310,6 @@ class Opaque(Model):
         return value
 
 
-@dataclass(frozen=True)
-class JsonText(Model):
-    """A string field that holds JSON itself (none in the bodies today; for queries)."""
-
-    model: Model
-
-    def decode(self, value: Any, where: str) -> Any:
-        return json.dumps(decode_json(Str().decode(value, where).encode(), self.model, where))
-
-
 class Struct(Model):
     """A Go struct: keys matched to its fields as Go matches them (exact, else folded);
     two keys matching one field, or a key matching none that is set, are refused.
@@ -368,15 +357,3 @@ def decode_json(raw: bytes, model: Model, where: str = "") -> Any:
 def dumps(value: Any) -> bytes:
     """A canonical body: compact, ASCII only (no encoding left to disagree on)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-
-
-def every_key(model: Model) -> Iterable[str]:
-    """The canonical field names of a model, nested (for documentation and tests)."""
-    if isinstance(model, Struct):
-        for name, sub in model.fields.items():
-            yield name
-            yield from every_key(sub)
-    elif isinstance(model, ListOf):
-        yield from every_key(model.item)
-    elif isinstance(model, MapOf):
-        yield from every_key(model.value)
