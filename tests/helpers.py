@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,23 @@ def run(kc, code: str, timeout: float = 60) -> tuple[dict, list[dict]]:
         code, timeout=timeout, output_hook=lambda msg: outputs.append(msg)
     )
     return reply["content"], outputs
+
+
+def start_busy_loop(kc, timeout: float = 60) -> str:
+    """Execute a busy loop and return its msg_id once the loop runs (its marker came on
+    iopub): an interrupt sent then lands in the cell, not in the kernel's own code on a
+    machine slow to start the cell (a fixed sleep before the interrupt raced it)."""
+    msg_id = kc.execute("print('looping', flush=True)\nwhile True: pass")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and "looping" in msg["content"]["text"]
+        ):
+            return msg_id
+    raise TimeoutError("the busy loop did not start")
 
 
 def interrupt_and_reply(km, kc, msg_id: str, timeout: float = 60) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from jupyter_client import AsyncKernelManager, KernelManager
 
 from nbcontainer_kernel.engine import Engine
-from tests.helpers import interrupt_and_reply, run, started, stdout_of
+from tests.helpers import interrupt_and_reply, run, start_busy_loop, started, stdout_of
 
 
 def test_start_execute_interrupt_restart_shutdown(engine: Engine, make_kernelspec) -> None:
@@ -40,8 +40,7 @@ def test_start_execute_interrupt_restart_shutdown(engine: Engine, make_kernelspe
         assert container_id.startswith(result["content"]["data"]["text/plain"].strip("'"))
 
         # interrupt a busy loop: the kernel survives and answers
-        msg_id = kc.execute("while True: pass")
-        time.sleep(1.0)
+        msg_id = start_busy_loop(kc)
         reply = interrupt_and_reply(km, kc, msg_id)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"

@@ -23,7 +23,7 @@ from nbcontainer_kernel.engine import Engine
 from nbcontainer_kernel.guard.server import DIR_PREFIX
 from nbcontainer_kernel.kernel import pool
 from nbcontainer_kernel.remote.ledger import Ledger
-from tests.helpers import interrupt_and_reply, run, run_gc, started, stdout_of
+from tests.helpers import interrupt_and_reply, run, run_gc, start_busy_loop, started, stdout_of
 
 from .conftest import own_containers
 
@@ -80,8 +80,7 @@ def test_a_claimed_kernel_executes_interrupts_restarts_and_shuts_down(
             km.kernel_id,
             "False",  # read, then removed by the extension
         ]
-        msg_id = kc.execute("while True: pass")
-        time.sleep(1.0)
+        msg_id = start_busy_loop(kc)
         assert interrupt_and_reply(km, kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
         km.restart_kernel(now=True)
         kc.wait_for_ready(timeout=60)
