@@ -19,6 +19,7 @@ import re
 import secrets
 import signal as signal_mod
 import stat
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -55,6 +56,10 @@ KERNEL_PORTS = {
     "control_port": 52703,
     "hb_port": 52704,
 }
+# A restart that finds its kept host ports still taken tries again this often, this long
+# apart, before it takes fresh ones.
+PORT_RETRIES = 10
+PORT_RETRY_WAIT = 0.2
 # The first kernel start of a process sweeps orphans once.
 _swept = False
 # Where a kernel finds Docker (docker-py's default), and what it is told of its access.
@@ -309,18 +314,25 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             )
             return container
 
-        container = create_and_fill()
-        try:
-            engine.start(container)
-        except EngineError as exc:
-            engine.remove(container.id)
-            self.container_id = None
-            if not isinstance(exc, PortInUse) or not create_kwargs.get("ports"):
-                raise
-            # The host ports a restart tried to keep are taken: take fresh ones.
-            create_kwargs["ports"] = {p: ("127.0.0.1",) for p in create_kwargs["ports"]}
+        for attempt in range(PORT_RETRIES + 1):
             container = create_and_fill()
-            engine.start(container)
+            try:
+                engine.start(container)
+                return
+            except EngineError as exc:
+                engine.remove(container.id)
+                self.container_id = None
+                if not isinstance(exc, PortInUse) or not create_kwargs.get("ports"):
+                    raise
+            if attempt < PORT_RETRIES:
+                # A restart keeps its ports: the previous container's are being released
+                # (Docker's proxy lets go of them a moment after the container is gone).
+                time.sleep(PORT_RETRY_WAIT)
+        # Still taken (by something else): fresh ones, which clients of before the restart
+        # will not know.
+        create_kwargs["ports"] = {p: ("127.0.0.1",) for p in create_kwargs["ports"]}
+        container = create_and_fill()
+        engine.start(container)
 
     def _container_kwargs(
         self,

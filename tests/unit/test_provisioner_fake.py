@@ -87,19 +87,47 @@ async def test_an_expected_shutdown_is_not_an_error(daemon: FakeDocker) -> None:
     await prov.cleanup()  # idempotent
 
 
-async def test_a_restart_whose_ports_were_taken_takes_fresh_ones(daemon: FakeDocker) -> None:
+async def test_a_restart_whose_ports_were_taken_takes_fresh_ones(
+    daemon: FakeDocker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbcontainer_kernel.kernel import provisioner as module
+
+    monkeypatch.setattr(module, "PORT_RETRY_WAIT", 0)
     prov = await _started()
     first = {k: prov.connection_info[k] for k in KERNEL_PORTS}
     await prov.cleanup(restart=True)
-    daemon.taken_ports = set(first.values())  # someone took them meanwhile
+    daemon.taken_ports = set(first.values())  # someone took them meanwhile, for good
     kwargs = await prov.pre_launch()
     await prov.launch_kernel(**kwargs)
     second = {k: prov.connection_info[k] for k in KERNEL_PORTS}
     assert set(second.values()).isdisjoint(first.values())
-    assert [op for op, _ in daemon.calls].count(
-        "create"
-    ) == 3  # first start, the refused one, the retry
-    assert len(daemon.containers_by_id) == 1, "the refused container was removed"
+    # The first start, the kept ports tried PORT_RETRIES + 1 times, then fresh ones.
+    assert [op for op, _ in daemon.calls].count("create") == 1 + module.PORT_RETRIES + 1 + 1
+    assert len(daemon.containers_by_id) == 1, "the refused containers were removed"
+
+
+async def test_a_restart_waits_for_its_ports_to_be_released_and_keeps_them(
+    daemon: FakeDocker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Docker's proxy lets go of a removed container's ports a moment later: a restart
+    that finds them taken tries again, and its clients keep their connection."""
+    from nbcontainer_kernel.kernel import provisioner as module
+
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            daemon.taken_ports = set()  # released
+
+    monkeypatch.setattr(module.time, "sleep", wait)
+    prov = await _started()
+    first = {k: prov.connection_info[k] for k in KERNEL_PORTS}
+    await prov.cleanup(restart=True)
+    daemon.taken_ports = set(first.values())
+    await prov.launch_kernel(**(await prov.pre_launch()))
+    assert {k: prov.connection_info[k] for k in KERNEL_PORTS} == first
+    assert len(waits) == 2 and len(daemon.containers_by_id) == 1
 
 
 async def test_a_restart_keeps_its_ports_when_they_are_free(daemon: FakeDocker) -> None:
