@@ -64,8 +64,8 @@ def _bench(n: int, tmp: Path) -> int:
 
     from nbcontainer_kernel.backends.base import RunSpec
     from nbcontainer_kernel.backends.registry import get_backend
+    from nbcontainer_kernel.images.runs import remove_run_images_of
     from nbcontainer_kernel.remote.ledger import Ledger
-    from nbcontainer_kernel.remote.run_images import remove_run_images_of
 
     ip = bench_shell(tmp)
     ip.run_cell("import numpy as np\nstate = np.arange(1000.0)")

@@ -14,9 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nbcontainer_kernel.engine import Engine, build_context
-from nbcontainer_kernel.kernel.images import probe_python
-from nbcontainer_kernel.wheels import pinned, resolve_wheels
+from nbcontainer_kernel.docker.engine import Engine, build_context
+from nbcontainer_kernel.images.kernel import probe_python
+from nbcontainer_kernel.images.wheels import pinned, resolve_wheels
 
 DOCKERFILE = """\
 FROM {base}

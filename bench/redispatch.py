@@ -23,9 +23,9 @@ import nbformat
 import numpy as np
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
+from nbcontainer_kernel.images.runs import build_run_image
 from nbcontainer_kernel.remote.local_run import run_image
-from nbcontainer_kernel.remote.run_images import build_run_image
 from nbcontainer_kernel.snapshots import snapshot
 
 CELL = "total = float(state.sum())\nscaled = state[:10] * factor"

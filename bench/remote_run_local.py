@@ -61,8 +61,8 @@ def main() -> int:
         "factor = 2.0"
     )
 
-    from nbcontainer_kernel import warm
-    from nbcontainer_kernel.engine import Engine
+    from nbcontainer_kernel.docker import warm
+    from nbcontainer_kernel.docker.engine import Engine
     from nbcontainer_kernel.remote.ledger import Ledger
 
     engine = Engine.connect()
@@ -122,10 +122,10 @@ def sweep(ip, engine, ledger, children: int) -> None:  # noqa: ANN001
     ledger), and of `python -c pass` in it (a floor for any container)."""
     import json as json_mod
 
-    from nbcontainer_kernel import warm
-    from nbcontainer_kernel.remote.run_images import build_run_image
+    from nbcontainer_kernel.docker import warm
+    from nbcontainer_kernel.images.runs import build_run_image
+    from nbcontainer_kernel.runtime.trust import KEY_ENV, new_key
     from nbcontainer_kernel.snapshots import Snapshot
-    from nbcontainer_kernel.trust import KEY_ENV, new_key
 
     ip.run_line_magic("config", "RemoteRun.run_pool_size = 1")
     values = ",".join(str(v) for v in range(children))

@@ -28,7 +28,7 @@ def main() -> int:
     ip = bench_shell(tmp)
     ip.run_cell("values = list(range(1000))\nfactor = 2")
 
-    from nbcontainer_kernel.engine import Engine
+    from nbcontainer_kernel.docker.engine import Engine
     from nbcontainer_kernel.remote.ledger import Ledger
 
     engine = Engine.connect()

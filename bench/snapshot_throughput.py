@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nbcontainer_kernel.runner.cell import restore_namespace
+from nbcontainer_kernel.runtime.cell import restore_namespace
 from nbcontainer_kernel.snapshots import snapshot
 
 

@@ -38,8 +38,8 @@ def main() -> int:
         result = ip.run_cell(cell)
         if result.error_in_exec is not None:
             return 1
+    from nbcontainer_kernel.images.runs import remove_run_images_of
     from nbcontainer_kernel.remote.ledger import Ledger
-    from nbcontainer_kernel.remote.run_images import remove_run_images_of
 
     remove_run_images_of(Ledger(tmp / "runs.db").find())  # the run images made here go
     return 0

@@ -20,8 +20,8 @@ HERE = Path(__file__).resolve().parent
 
 def _remove_demo_images() -> None:
     """The demo's run image and the kernel commit under it: the demo leaves no images."""
-    from nbcontainer_kernel.engine import Engine
-    from nbcontainer_kernel.orphans import remove_commits_of_gone_containers
+    from nbcontainer_kernel.docker.engine import Engine
+    from nbcontainer_kernel.docker.orphans import remove_commits_of_gone_containers
     from nbcontainer_kernel.remote.ledger import Ledger
 
     engine = Engine.connect()

@@ -27,13 +27,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "log_metric": ("nbcontainer_kernel.metrics", "log_metric"),
+    "log_metric": ("nbcontainer_kernel.runtime.metrics", "log_metric"),
     "snapshot": ("nbcontainer_kernel.snapshots", "snapshot"),
     "Snapshot": ("nbcontainer_kernel.snapshots", "Snapshot"),
-    "build_run_image": ("nbcontainer_kernel.remote.run_images", "build_run_image"),
+    "build_run_image": ("nbcontainer_kernel.images.runs", "build_run_image"),
     "run_image": ("nbcontainer_kernel.remote.local_run", "run_image"),
     "RunResult": ("nbcontainer_kernel.remote.results", "RunResult"),
-    "RemoteExecutionError": ("nbcontainer_kernel.errors", "RemoteExecutionError"),
+    "RemoteExecutionError": ("nbcontainer_kernel.runtime.errors", "RemoteExecutionError"),
     "runs_frame": ("nbcontainer_kernel.remote.tables", "runs_frame"),
     "metrics_frame": ("nbcontainer_kernel.remote.tables", "metrics_frame"),
     "compare_frame": ("nbcontainer_kernel.remote.tables", "compare_frame"),
@@ -62,7 +62,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
     conn = os.environ.get("NBCONTAINER_CONNECTION_FILE")  # set by the provisioner
     if conn and in_container_kernel():
-        from .kernel.package_index import prepare_pip
+        from .images.package_index import prepare_pip
 
         try:
             os.unlink(conn)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import InvalidOption, NbcontainerError
+from .runtime.errors import InvalidOption, NbcontainerError
 
 __all__ = ["main"]
 
@@ -39,14 +39,14 @@ class _BuildPrinter:
 
 
 def _engine():
-    from .engine import Engine
+    from .docker.engine import Engine
 
     return Engine.connect()
 
 
 # ------------------------------------------------------------------ image
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .kernel.images import build_kernel_image
+    from .images.kernel import build_kernel_image
 
     reqs = list(args.pip or [])
     if args.requirements:
@@ -68,11 +68,11 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
-    from . import labels
-    from .kernel import images
+    from .docker import labels
+    from .images.kernel import list_kernel_images
 
     rows = []
-    for img in images.list_kernel_images(_engine()):
+    for img in list_kernel_images(_engine()):
         img_labels = img.labels or {}
         for tag in img.tags or ["<none>"]:
             rows.append(
@@ -102,12 +102,8 @@ def _kv(values: Sequence[str] | None, what: str) -> dict[str, str]:
 
 
 def cmd_kernelspec_install(args: argparse.Namespace) -> int:
+    from .docker.options import DEFAULT_ENV_ALLOWLIST, ContainerOptions, effective_docker_access
     from .kernel import kernelspec
-    from .kernel.options import (
-        DEFAULT_ENV_ALLOWLIST,
-        ContainerOptions,
-        effective_docker_access,
-    )
 
     single_user = not (args.sys_prefix or args.prefix)
     options: dict[str, Any] = {}
@@ -151,7 +147,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
     """
     from traitlets import Bool, CaselessStrEnum, Enum, Float, Int, List
 
-    from .kernel.options import ContainerOptions
+    from .docker.options import ContainerOptions
 
     for name, trait in sorted(ContainerOptions.class_traits(config=True).items()):
         flag = trait.metadata.get("flag", "--" + name.replace("_", "-"))
@@ -224,9 +220,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from .images.runs import remove_run_image
     from .remote.local_run import run_image
     from .remote.notebooks import containerize
-    from .remote.run_images import remove_run_image
 
     engine = _engine()
     target = args.target
@@ -307,7 +303,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- gc
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .orphans import sweep
+    from .docker.orphans import sweep
 
     orphans = sweep(_engine(), dry_run=args.dry_run, images=args.images)
     verb = "would remove" if args.dry_run else "removed"
@@ -337,8 +333,8 @@ def _gc_run_keys(dry_run: bool) -> None:
     """Run-key parameters left by a kernel killed before its Batch run ended."""
     from .backends.aws import client
     from .backends.run_keys import delete_ssm_key, stale_ssm_keys
-    from .errors import UnknownRun
     from .remote.ledger import Ledger
+    from .runtime.errors import UnknownRun
 
     ledger = Ledger()
 

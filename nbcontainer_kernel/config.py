@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidOption
+from .runtime.errors import InvalidOption
 
 __all__ = [
     "ENVIRONMENT",

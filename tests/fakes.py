@@ -131,9 +131,9 @@ def sealed_outputs(
 ) -> Callable[[RunSpec, Path], None]:
     """Outputs as a real run writes them: `values` as results, sealed with the run's key
     (from its spec's environment, as the runner gets it) or with `key`."""
-    from nbcontainer_kernel.runner.cell import write_results
-    from nbcontainer_kernel.runner.paths import Paths
-    from nbcontainer_kernel.trust import KEY_ENV, seal
+    from nbcontainer_kernel.runtime.cell import write_results
+    from nbcontainer_kernel.runtime.paths import Paths
+    from nbcontainer_kernel.runtime.trust import KEY_ENV, seal
 
     def write(spec: RunSpec, dest: Path) -> None:
         paths = Paths(snapshot=dest / "unused", ml=dest)
@@ -147,7 +147,7 @@ def sealed_outputs(
 
 def fake_image_builder(snap: Any, **_: Any) -> Any:
     """Stands in for build_run_image: no Docker, a made-up tag per snapshot."""
-    from nbcontainer_kernel.remote.run_images import RunImage
+    from nbcontainer_kernel.images.runs import RunImage
 
     return RunImage(
         tag=f"fake/run:{snap.digest[:12]}",

@@ -15,8 +15,8 @@ from typing import Any
 from jupyter_client import KernelManager
 
 from nbcontainer_kernel.remote.results import RunResult
+from nbcontainer_kernel.runtime.trust import KEY_ENV, new_key
 from nbcontainer_kernel.snapshots import snapshot
-from nbcontainer_kernel.trust import KEY_ENV, new_key
 
 
 def run_runner(
@@ -44,7 +44,7 @@ def run_runner(
         **(env or {}),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "nbcontainer_kernel.runner.main", *args],
+        [sys.executable, "-m", "nbcontainer_kernel.runtime.main", *args],
         env=run_env,
         capture_output=True,
         text=True,

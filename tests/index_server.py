@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbcontainer_kernel.wheels import wheel_record
+from nbcontainer_kernel.images.wheels import wheel_record
 
 
 def make_wheel(dest: Path, name: str, version: str, code: str) -> Path:

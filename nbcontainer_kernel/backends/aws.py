@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..errors import CloudError, NbcontainerError
+from ..runtime.errors import CloudError, NbcontainerError
 
 __all__ = [
     "Clients",
@@ -104,7 +104,7 @@ def run_prefix(s3_prefix: str, run_id: str) -> str:
 
 def require_settings(settings: Mapping[str, Any], needed: Mapping[str, tuple[str, str]]) -> None:
     """MissingSetting for the first of `needed` (setting -> (env var, what it is)) unset."""
-    from ..errors import MissingSetting
+    from ..runtime.errors import MissingSetting
 
     for name, (env, what) in needed.items():
         if not settings.get(name):
@@ -146,8 +146,8 @@ def s3_endpoint() -> str | None:
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """s3://bucket/prefix -> (bucket, prefix without slashes at either end)."""
-    from ..runner.upload import UploadError
-    from ..runner.upload import split_s3_uri as split
+    from ..runtime.upload import UploadError
+    from ..runtime.upload import split_s3_uri as split
 
     try:
         bucket, prefix = split(uri)
@@ -208,7 +208,7 @@ def s3_chunks(s3: Any, uri: str, size: int = 1 << 20) -> Iterator[bytes] | None:
     """An S3 object's bytes as chunks, or None when there is no such object; an object
     above NBCONTAINER_MAX_RESULT_BYTES is refused before any byte is read."""
     from ..config import max_result_bytes
-    from ..errors import InvalidOption
+    from ..runtime.errors import InvalidOption
 
     bucket, key = split_s3_uri(uri)
     try:

@@ -28,15 +28,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import labels
 from ..config import max_result_bytes
-from ..engine import extract_tar
-from ..errors import CloudError, InvalidOption, MissingSetting
-from ..kernel.options import parse_bytes
-from ..runner.run_key import KEY_REF_ENV
-from ..runner.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
-from ..runner.upload import OUTPUTS_OBJECT, URI_ENV
-from ..trust import KEY_ENV
+from ..docker import labels
+from ..docker.engine import extract_tar
+from ..docker.options import parse_bytes
+from ..runtime.errors import CloudError, InvalidOption, MissingSetting
+from ..runtime.run_key import KEY_REF_ENV
+from ..runtime.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
+from ..runtime.trust import KEY_ENV
+from ..runtime.upload import OUTPUTS_OBJECT, URI_ENV
 from .aws import (
     REMOTE_SETTINGS,
     Clients,

@@ -21,13 +21,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from .. import labels, warm
 from ..config import max_result_bytes
-from ..contract import EXIT_MARK_ENV, ML_ROOT, POOL_READY_MARK, RUN_CLAIM_FILE, SNAPSHOT_DIR
-from ..engine import Engine, context_member, extract_tar, get_engine
-from ..kernel.options import resource_kwargs
-from ..runner.main import WAIT_FLAG
-from ..warm import WarmPool
+from ..docker import labels, warm
+from ..docker.engine import Engine, context_member, extract_tar, get_engine
+from ..docker.options import resource_kwargs
+from ..docker.warm import WarmPool
+from ..runtime.contract import EXIT_MARK_ENV, ML_ROOT, POOL_READY_MARK, RUN_CLAIM_FILE, SNAPSHOT_DIR
+from ..runtime.main import WAIT_FLAG
 from .base import Backend, Job, Phase, RunSpec, write_log
 
 __all__ = ["LocalBackend", "kernel_share", "run_containers", "run_pool", "snapshot_archive"]

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine import Engine
-from ..errors import EngineError, InvalidOption, RegistryError
+from ..docker.engine import Engine
+from ..runtime.errors import EngineError, InvalidOption, RegistryError
 
 __all__ = [
     "Registry",
@@ -185,7 +185,7 @@ def push_to_registry(
 ) -> tuple[str, PushProgress]:
     """A remote backend's PUSH phase: `image` to ``RemoteRun.registry``, progress as log
     lines of `run_id` on `hooks`; returns (repo@sha256:..., what the push did)."""
-    from ..engine import get_engine
+    from ..docker.engine import get_engine
 
     def report(progress: PushProgress) -> None:
         if hooks is not None:

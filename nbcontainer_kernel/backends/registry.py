@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 
-from ..errors import UnknownBackend
+from ..runtime.errors import UnknownBackend
 from .base import Backend
 
 __all__ = ["GROUP", "available", "get_backend", "register", "unregister", "UnknownBackend"]

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..runner.run_key import KEY_FILE, KEY_REF_ENV
+from ..runtime.run_key import KEY_FILE, KEY_REF_ENV
 from .aws import aws_errors, split_s3_uri, tag_value
 
 __all__ = [

@@ -32,20 +32,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import labels
 from ..config import max_result_bytes
-from ..engine import extract_tar
-from ..errors import CloudError, InvalidOption
-from ..metrics import metric_regex
-from ..runner.run_key import KEY_REF_ENV
-from ..runner.training import (
+from ..docker import labels
+from ..docker.engine import extract_tar
+from ..runtime.errors import CloudError, InvalidOption
+from ..runtime.metrics import metric_regex
+from ..runtime.run_key import KEY_REF_ENV
+from ..runtime.training import (
     PARAMS_CHANNEL,
     PARAMS_FILE,
     PARAMS_SHA256,
     PLATFORM_ENV,
     restore_carried,
 )
-from ..trust import KEY_ENV
+from ..runtime.trust import KEY_ENV
 from .aws import (
     REMOTE_SETTINGS,
     Clients,

@@ -33,11 +33,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import labels
-from ..errors import ImageNotFound, InvalidOption, NbcontainerError
-from ..runner.run_key import KEY_FILE
-from ..runner.training import PARAMS_CHANNEL, PARAMS_FILE
-from ..trust import KEY_ENV
+from ..docker import labels
+from ..runtime.errors import ImageNotFound, InvalidOption, NbcontainerError
+from ..runtime.run_key import KEY_FILE
+from ..runtime.training import PARAMS_CHANNEL, PARAMS_FILE
+from ..runtime.trust import KEY_ENV
 from .base import Hooks, Job, RunSpec, write_log
 from .run_keys import KEY_CHANNEL
 from .sagemaker import (
@@ -240,7 +240,7 @@ class SageMakerLocalBackend(SageMakerBackend):
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec: RunSpec) -> Job:
-        from ..engine import get_engine
+        from ..docker.engine import get_engine
         from .aws import region as aws_region
 
         if os.environ.get("NBCONTAINER_DOCKER_ACCESS") == "guarded":
@@ -379,7 +379,7 @@ class SageMakerLocalBackend(SageMakerBackend):
         return out
 
     def _containers(self, job: Job) -> list[Any]:
-        from ..engine import get_engine
+        from ..docker.engine import get_engine
 
         return get_engine().containers({labels.RUN_ID: job.run_id})
 
@@ -394,7 +394,7 @@ class SageMakerLocalBackend(SageMakerBackend):
         self._kill(job)
 
     def _kill(self, job: Job) -> None:
-        from ..engine import get_engine
+        from ..docker.engine import get_engine
 
         engine = get_engine()
         for container in self._containers(job):
@@ -412,7 +412,7 @@ class SageMakerLocalBackend(SageMakerBackend):
 
     def cleanup(self, job: Job) -> None:
         """The job's containers, and its directory (the compose file holds the run's key)."""
-        from ..engine import get_engine
+        from ..docker.engine import get_engine
 
         engine = get_engine()
         for container in self._containers(job):

@@ -231,7 +231,7 @@ def _check_gpus(
             raise refuse(f"{name}[{i}].Options", "is set: GPUs are given as they are")
         if any(c != ["gpu"] and c != ["gpu", "utility"] for c in request.get("Capabilities") or []):
             raise refuse(f"{name}[{i}].Capabilities", "asks for more than GPUs")
-    from ..kernel.options import parse_gpus
+    from ..docker.options import parse_gpus
 
     count, ids = parse_gpus(grant.gpus)
     if count == -1:

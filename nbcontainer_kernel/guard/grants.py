@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import labels
+from ..docker import labels
 
 __all__ = [
     "DEFAULT_MAX_CONTAINERS",

@@ -50,15 +50,7 @@ from .create import nano_cpus
 from .dockerfile import MAX_DOCKERFILE
 from .policy import GUARD_KERNEL, MAX_JSON_BODY, Action, Grant, Live, Lookups, Refused, decide
 from .stored import container_outside, exec_outside, image_outside, volume_outside
-from .wire import (
-    DaemonSide,
-    HttpError,
-    KernelSide,
-    Request,
-    Timeouts,
-    answer_headers,
-    raw_answer,
-)
+from .wire import DaemonSide, HttpError, KernelSide, Request, Timeouts, answer_headers, raw_answer
 
 __all__ = ["DockerGuard", "container_of_peer", "process_guard", "remove_stale"]
 

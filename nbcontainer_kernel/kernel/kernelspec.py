@@ -18,9 +18,9 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from ..engine import Engine
-from ..errors import ImageNotFound, InvalidOption, KernelSpecError
-from .options import validate_options
+from ..docker.engine import Engine
+from ..docker.options import validate_options
+from ..runtime.errors import ImageNotFound, InvalidOption, KernelSpecError
 
 __all__ = ["PROVISIONER_NAME", "InstalledSpec", "install", "list_specs", "remove", "render"]
 

@@ -26,18 +26,17 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .. import labels, warm
-from ..contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE
-from ..engine import Engine, make_tar
-from ..warm import READY_MARK, WarmContainer, WarmPool
+from ..docker import labels, warm
+from ..docker.engine import Engine, make_tar
+from ..docker.labels import kernel_container_name
+from ..docker.warm import READY_MARK, WarmContainer, WarmPool
+from ..runtime.contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE
 
 __all__ = [
     "CLAIM_FILE",
     "KernelPool",
     "WarmContainer",
     "close_all",
-    "kernel_container_name",
-    "kernel_containers",
     "launch_shape",
     "pool_for",
     "pools",
@@ -90,23 +89,6 @@ _START_ENV_NAMES = ("PATH", "HOME", "IPYTHONDIR")
 # Kept this long after a claim before refilling, so that a new waiter's start (a core for
 # half a second) does not compete with the claimed kernel's own.
 REFILL_DELAY = 1.0
-
-
-def kernel_container_name(kernel_id: str) -> str:
-    """The name a claimed pool container takes: gc, `docker ps` and re-attach find it by it."""
-    return f"nbcontainer-kernel-{kernel_id}"
-
-
-def kernel_containers(engine: Engine, kernel_id: str, all: bool = True) -> list[Any]:
-    """A kernel's container: one started cold carries the kernel's id in a label, one
-    claimed from the pool (made before its kernel existed) in its name."""
-    by_label = engine.containers({labels.KERNEL_ID: kernel_id}, all=all)
-    if by_label:
-        return by_label
-    claimed = engine.container(kernel_container_name(kernel_id))
-    if claimed is None or (not all and claimed.status != "running"):
-        return []
-    return [claimed]
 
 
 def start_env(env: dict[str, str]) -> dict[str, str]:

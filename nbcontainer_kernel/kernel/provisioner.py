@@ -28,13 +28,10 @@ import zmq
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
-from .. import config, labels, orphans
-from ..contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
-from ..engine import Engine, get_engine
-from ..errors import EngineError, ImageNotUsable, InvalidOption, KernelDied, PortInUse
-from ..guard import DockerGuard, Grant, process_guard
-from .images import KernelImageFacts, inspect_kernel_image
-from .options import (
+from .. import config
+from ..docker import labels, orphans
+from ..docker.engine import Engine, get_engine
+from ..docker.options import (
     ContainerOptions,
     effective_docker_access,
     parse_bytes,
@@ -42,7 +39,11 @@ from .options import (
     parse_user,
     resource_kwargs,
 )
-from .package_index import host_settings
+from ..guard import DockerGuard, Grant, process_guard
+from ..images.kernel import KernelImageFacts, inspect_kernel_image
+from ..images.package_index import host_settings
+from ..runtime.contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
+from ..runtime.errors import EngineError, ImageNotUsable, InvalidOption, KernelDied, PortInUse
 from .pool import KernelPool, pool_for
 
 __all__ = ["DockerProvisioner", "KERNEL_PORTS"]
@@ -645,7 +646,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         return argv[0]
 
     def _check_options(self) -> None:
-        from .options import validate_options
+        from ..docker.options import validate_options
 
         config = {name: getattr(self, name) for name in ContainerOptions.option_names()}
         try:

@@ -1,5 +1,5 @@
 """%%remote_run and friends. The magic bodies parse arguments and call the library
-(:mod:`nbcontainer_kernel.remote.dispatch`, :mod:`nbcontainer_kernel.remote.ledger`);
+(:mod:`nbcontainer_kernel.remote.runs`, :mod:`nbcontainer_kernel.remote.ledger`);
 progress goes to the widget panel or its text twin, both listeners on the library's hooks."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, default
 from ..backends.base import Hooks, StopSignal
 from ..backends.registry import UnknownBackend, available
 from ..config import trait_default
-from ..errors import InvalidOption, UnknownRun
 from ..remote.ledger import Ledger
+from ..runtime.errors import InvalidOption, UnknownRun
 
 __all__ = ["RemoteRun", "parse_sweep", "parse_value"]
 
@@ -46,7 +46,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 def parse_sweep(flags: list[str] | None, sweep_file: str | None) -> list[dict[str, Any]] | None:
     """The rows of a sweep: the grid of the --sweep flags, or the rows of --sweep-file."""
-    from ..remote.dispatch import sweep_grid
+    from ..remote.runs import sweep_grid
 
     if flags and sweep_file:
         raise UsageError("--sweep and --sweep-file are exclusive")
@@ -422,7 +422,7 @@ class RemoteRun(Magics):
 
     @property
     def runner(self) -> Any:
-        from ..remote.dispatch import RemoteRunner
+        from ..remote.runs import RemoteRunner
 
         if self._runner is None or (
             self.ledger_path and str(self._runner.ledger.path) != self.ledger_path
@@ -595,7 +595,7 @@ class RemoteRun(Magics):
     def _prepare(self, line: str, cell: str) -> _Prepared:
         """Parse and check the flags (UsageError when they cannot work), make the request and
         the progress listeners. Runs where the magic is called (the kernel's main thread)."""
-        from ..remote.dispatch import RemoteRequest
+        from ..remote.runs import RemoteRequest
 
         args = parse_argstring(self.remote_run, line)
         if args.local and args.backend and args.backend != "local":
@@ -611,7 +611,7 @@ class RemoteRun(Magics):
                 "--rerun runs that run's image as it is: --vars, --all-vars and --base do not apply"
             )
         if args.name is not None:
-            from ..remote.dispatch import check_run_name
+            from ..remote.runs import check_run_name
 
             try:
                 check_run_name(args.name)
@@ -671,8 +671,8 @@ class RemoteRun(Magics):
         return settings
 
     def _show(self, outcome: Any, listener: Any) -> Any:
-        from ..remote.dispatch import RunHandle
         from ..remote.results import RunResult
+        from ..remote.runs import RunHandle
 
         if isinstance(outcome, RunHandle):
             return outcome

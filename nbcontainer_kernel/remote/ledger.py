@@ -27,7 +27,7 @@ import platformdirs
 __all__ = ["Ledger", "default_path", "UnknownRun"]
 
 from .. import config
-from ..errors import LedgerError, UnknownRun
+from ..runtime.errors import LedgerError, UnknownRun
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -319,7 +319,7 @@ class Ledger:
     ) -> str:
         """A new run row with its own signing key; its id is NAME-N (N counts runs of that
         name). LedgerError when it cannot be recorded: the run is then not started."""
-        from ..trust import new_key
+        from ..runtime.trust import new_key
 
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
         key = new_key()

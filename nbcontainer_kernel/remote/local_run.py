@@ -12,8 +12,8 @@ from typing import Any
 
 from ..backends.base import Hooks, Phase, RunDriver, RunSpec
 from ..backends.local import LocalBackend
-from ..engine import Engine
-from ..trust import KEY_ENV, RunOutputs, new_key
+from ..docker.engine import Engine
+from ..runtime.trust import KEY_ENV, RunOutputs, new_key
 from .results import RunResult
 
 __all__ = ["run_image"]
@@ -42,7 +42,7 @@ def run_image(
     (e.g. credentials: never in the image). Outputs are copied to `output_dir`
     through the Docker API. A timeout or a set `cancel` event stops the run.
     The run's outputs are signed with a key made here and read under `trust`
-    (see :mod:`nbcontainer_kernel.trust`).
+    (see :mod:`nbcontainer_kernel.runtime.trust`).
     """
     out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="nbcontainer-run-"))
     out.mkdir(parents=True, exist_ok=True)

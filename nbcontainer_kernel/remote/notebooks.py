@@ -14,13 +14,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..engine import Engine, get_engine
-from ..errors import NbcontainerError
-from ..runner.notebook import parameters_of
+from ..docker.engine import Engine, get_engine
+from ..images.runs import RunImage, build_run_image
+from ..runtime.errors import NbcontainerError
+from ..runtime.notebook import parameters_of
 from ..snapshots.capture import Snapshot, copy_notebook_without_outputs
 from ..snapshots.deps import capture_dependencies, python_version
 from ..snapshots.sources import collect_sources
-from .run_images import RunImage, build_run_image
 
 __all__ = ["notebook_snapshot", "containerize"]
 

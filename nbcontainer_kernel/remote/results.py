@@ -1,7 +1,7 @@
 """A finished run as the host sees it: results (DataFrames as DataFrames), metrics,
 logs, and for a failure the remote traceback and the re-raisable exception.
 
-Everything is read through :class:`nbcontainer_kernel.trust.RunOutputs`: the
+Everything is read through :class:`nbcontainer_kernel.runtime.trust.RunOutputs`: the
 manifest's signature is checked before anything is read, each file's digest
 as it is read, and pickles are loaded only from a run whose signature holds.
 """
@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import (
+from ..runtime.errors import (
     RemoteExecutionError,
     RunCancelled,
     RunTimeout,
     SerializationError,
     UntrustedResults,
 )
-from ..serialize import DATA_SERIALIZERS, deserialize
-from ..trust import RunOutputs
+from ..runtime.serialize import DATA_SERIALIZERS, deserialize
+from ..runtime.trust import RunOutputs
 
 __all__ = ["RunResult", "RemoteTraceback", "load_results"]
 

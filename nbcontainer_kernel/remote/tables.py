@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import UntrustedResults
+from ..runtime.errors import UntrustedResults
 from .ledger import Ledger
 
 __all__ = ["RunsTable", "compare_frame", "metrics_frame", "plot_metric", "runs_frame", "summarise"]

@@ -1,8 +1,8 @@
 """Pure capture of a kernel's state: namespace, env, dependencies, sources, notebook."""
 
+from ..runtime.names import names_assigned, names_read
 from .capture import MANIFEST, SNAPSHOT_DIR, Snapshot, VariableRecord, snapshot
 from .env import filter_env, is_secret
-from .names import names_assigned, names_read
 
 __all__ = [
     "Snapshot",

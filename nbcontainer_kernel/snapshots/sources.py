@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SourcesTooLarge
+from ..runtime.errors import SourcesTooLarge
 
 __all__ = ["SourceTree", "collect_sources", "DEFAULT_IGNORE", "SourcesTooLarge"]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import ipywidgets as w
 
 from ..backends.base import Phase
-from ..metrics import parse_metric_lines
+from ..runtime.metrics import parse_metric_lines
 
 __all__ = ["RunPanel"]
 

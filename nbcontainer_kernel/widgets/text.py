@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from ..backends.base import Phase
-from ..metrics import parse_metric_lines
+from ..runtime.metrics import parse_metric_lines
 
 __all__ = ["TextProgress"]
 

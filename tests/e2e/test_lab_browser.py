@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from nbcontainer_kernel import labels
 from nbcontainer_kernel.backends.local import run_containers
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.lab import Lab
 

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from IPython.testing import globalipapp
 
-from nbcontainer_kernel import labels
-from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.errors import DaemonNotAvailable, EngineError, KernelSpecError
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.engine import Engine
+from nbcontainer_kernel.images.kernel import build_kernel_image
 from nbcontainer_kernel.kernel import kernelspec, pool
-from nbcontainer_kernel.kernel.images import build_kernel_image
 from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.runtime.errors import DaemonNotAvailable, EngineError, KernelSpecError
 
 BASE_IMAGE = os.environ.get("NBCONTAINER_BASE_IMAGE", "nbcontainer/base:bookworm")
 KERNEL_IMAGE = os.environ.get("NBCONTAINER_TEST_IMAGE", "nbcontainer/python:3.11")

@@ -8,8 +8,8 @@ import time
 import pytest
 from jupyter_client import KernelManager
 
-from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.errors import ImageNotFound, ImageNotUsable, KernelDied
+from nbcontainer_kernel.docker.engine import Engine
+from nbcontainer_kernel.runtime.errors import ImageNotFound, ImageNotUsable, KernelDied
 from tests.helpers import started
 
 from .conftest import BASE_IMAGE

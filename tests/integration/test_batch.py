@@ -24,8 +24,9 @@ import boto3
 import pytest
 
 from nbcontainer_kernel.backends.registry import get_backend
-from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.errors import (
+from nbcontainer_kernel.docker.engine import Engine
+from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.runtime.errors import (
     CloudError,
     MissingSetting,
     RegistryError,
@@ -33,7 +34,6 @@ from nbcontainer_kernel.errors import (
     RunTimeout,
     SweepFailed,
 )
-from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import execute_notebook, record_calls, result_contents
 from tests.integration.conftest import BASE_IMAGE
 
@@ -317,7 +317,7 @@ def test_gc_aws_deregisters_old_job_definition_revisions(aws_env: dict[str, str]
 def aws_kernel_image(engine: Engine, kernel_image: str) -> str:
     """A kernel image with boto3 (what a team's image for remote runs holds); cached like
     the kernel image itself: rebuilt only when its inputs change."""
-    from nbcontainer_kernel.kernel.images import build_kernel_image
+    from nbcontainer_kernel.images.kernel import build_kernel_image
 
     tag = "nbcontainer/python:3.11-aws"
     build_kernel_image(engine, BASE_IMAGE, tag, requirements=["boto3"])
@@ -354,7 +354,7 @@ def test_a_containerized_kernel_runs_a_cell_on_batch(
 
 def test_attach_after_a_restart_collects_a_batch_run(batch_ip, ledger: Ledger) -> None:
     from nbcontainer_kernel.backends.base import Hooks
-    from nbcontainer_kernel.remote.dispatch import RemoteRunner
+    from nbcontainer_kernel.remote.runs import RemoteRunner
 
     handle = batch_ip.run_cell(
         "%%remote_run --backend batch --no-wait --name bgb\nimport time\ntime.sleep(3)\nz = 42"

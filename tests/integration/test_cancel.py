@@ -11,7 +11,7 @@ from typing import Any
 from jupyter_client import KernelManager
 
 from nbcontainer_kernel.backends.local import run_containers
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import run
 

@@ -19,7 +19,7 @@ import pytest
 from jupyter_client import KernelManager
 
 from nbcontainer_kernel.backends.local import run_containers
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import run
 

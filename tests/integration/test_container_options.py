@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jupyter_client import KernelManager
 
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
 from tests.helpers import run, stdout_of
 
 
@@ -113,7 +113,7 @@ def test_no_docker_access_leaves_no_socket_and_says_why_docker_is_missing(
 ) -> None:
     km, kc = kernel(docker_access="none")
     code = (
-        "import os\nfrom nbcontainer_kernel.engine import Engine\n"
+        "import os\nfrom nbcontainer_kernel.docker.engine import Engine\n"
         "print(os.path.exists('/var/run/docker.sock'))\n"
         "try:\n    Engine.connect()\nexcept Exception as exc:\n    print(exc)"
     )

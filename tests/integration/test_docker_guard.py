@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nbcontainer_kernel import labels
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.guard import GUARD_KERNEL, current_guard
 from nbcontainer_kernel.guard.server import DIR_PREFIX
 from nbcontainer_kernel.remote.ledger import Ledger

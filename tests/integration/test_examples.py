@@ -115,7 +115,7 @@ def test_headless_notebook_containerizes_and_runs_an_analysis_with_parameters(
         print("\n".join(_outputs(c) for c in nb.cells if c.cell_type == "code"))
         raise
     finally:
-        from nbcontainer_kernel.engine import Engine
+        from nbcontainer_kernel.docker.engine import Engine
 
         engine = Engine.connect()
         if engine.has_image("nbcontainer-example/analysis:1"):

@@ -31,8 +31,8 @@ from typing import Any
 import docker
 import pytest
 
-from nbcontainer_kernel import labels
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.guard import GUARD_KERNEL, DockerGuard, Grant
 from nbcontainer_kernel.kernel.provisioner import _docker_socket_path
 from tests import guard_attacks as attacks

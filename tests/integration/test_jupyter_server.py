@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nbcontainer_kernel import labels
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.kernel import pool
 from tests.helpers import run_gc
 from tests.lab import Lab

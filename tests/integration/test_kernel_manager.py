@@ -9,7 +9,7 @@ import time
 import pytest
 from jupyter_client import AsyncKernelManager, KernelManager
 
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
 from tests.helpers import interrupt_and_reply, run, start_busy_loop, started, stdout_of
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from jupyter_client import AsyncKernelManager, KernelManager
 
-from nbcontainer_kernel import labels, orphans
-from nbcontainer_kernel.contract import KERNEL_CONNECTION_DIR
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker import labels, orphans
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.guard.server import DIR_PREFIX
 from nbcontainer_kernel.kernel import pool
 from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.runtime.contract import KERNEL_CONNECTION_DIR
 from tests.helpers import interrupt_and_reply, run, run_gc, start_busy_loop, started, stdout_of
 
 from .conftest import own_containers

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from jupyter_client import KernelManager
 
-from nbcontainer_kernel import labels
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.engine import Engine
 from tests.helpers import run, stdout_of
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from jupyter_client import KernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 
-from nbcontainer_kernel import orphans
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker import orphans
+from nbcontainer_kernel.docker.engine import Engine
 from tests.helpers import run_gc
 
 from .conftest import own_containers

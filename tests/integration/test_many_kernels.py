@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.integration.conftest import BASE_IMAGE
 

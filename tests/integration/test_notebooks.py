@@ -8,7 +8,7 @@ import nbformat
 import papermill
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
 from tests.helpers import execute_notebook
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.kernel.package_index import NO_INDEX_NOTE
+from nbcontainer_kernel.docker.engine import Engine
+from nbcontainer_kernel.images.package_index import NO_INDEX_NOTE
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import run, started, stdout_of
 from tests.index_server import (

@@ -9,11 +9,11 @@ import pandas as pd
 from jupyter_client import KernelManager
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel import labels, warm
 from nbcontainer_kernel.backends.local import run_containers
-from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.errors import RemoteExecutionError
+from nbcontainer_kernel.docker import labels, warm
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.runtime.errors import RemoteExecutionError
 from tests.helpers import execute_notebook, interrupt_and_reply, run, stdout_of
 
 
@@ -207,7 +207,7 @@ def test_nbclient_notebook_uses_the_magics_in_a_containerized_kernel(
 def test_a_run_that_cannot_start_is_recorded_with_its_reason(
     engine: Engine, ip, ledger: Ledger
 ) -> None:
-    from nbcontainer_kernel.errors import ImageNotFound
+    from nbcontainer_kernel.runtime.errors import ImageNotFound
 
     result = ip.run_cell(
         "%%remote_run --local --name nobase --base nbcontainer/does-not-exist:1\ny = 1"

@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
+from nbcontainer_kernel.images.runs import RunImage, build_run_image
 from nbcontainer_kernel.remote.local_run import run_image
 from nbcontainer_kernel.remote.notebooks import containerize
 from nbcontainer_kernel.remote.results import RunResult
-from nbcontainer_kernel.remote.run_images import RunImage, build_run_image
+from nbcontainer_kernel.runtime.trust import new_key
 from nbcontainer_kernel.snapshots import snapshot
-from nbcontainer_kernel.trust import new_key
 
 from .conftest import BASE_IMAGE
 
@@ -219,7 +219,7 @@ def test_second_build_reuses_the_dependency_layer(
 
 
 def test_failing_cell_is_reraised_with_the_remote_traceback(build_and_run) -> None:
-    from nbcontainer_kernel.errors import RemoteExecutionError
+    from nbcontainer_kernel.runtime.errors import RemoteExecutionError
 
     _, res = build_and_run({"d": {"a": 1}}, "before = 1\nvalue = d['missing']")
     assert res.exit_code not in (0, None)

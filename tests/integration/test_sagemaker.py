@@ -26,8 +26,8 @@ from IPython.core.error import UsageError
 
 from nbcontainer_kernel.backends.base import Job, Phase, RunSpec
 from nbcontainer_kernel.backends.registry import get_backend
-from nbcontainer_kernel.errors import CloudError, MissingSetting, NbcontainerError
 from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.runtime.errors import CloudError, MissingSetting, NbcontainerError
 from tests.helpers import record_calls
 
 pytestmark = pytest.mark.integration
@@ -181,7 +181,7 @@ def test_status_is_polled_and_cloudwatch_logs_are_followed(aws_env: dict[str, st
 
 def test_no_wait_then_attach_from_a_new_runner_finds_the_job(sm_ip, ledger: Ledger) -> None:
     from nbcontainer_kernel.backends.base import Hooks
-    from nbcontainer_kernel.remote.dispatch import RemoteRunner
+    from nbcontainer_kernel.remote.runs import RemoteRunner
 
     handle = sm_ip.run_cell("%%remote_run --backend sagemaker --no-wait --name smbg\nz = 1").result
     deadline = time.monotonic() + 120
@@ -235,7 +235,7 @@ def test_no_credentials_is_a_clear_error_before_any_build(
 
 
 def test_a_sweep_is_one_training_job_per_child(sm_ip, ledger: Ledger) -> None:
-    from nbcontainer_kernel.errors import SweepFailed
+    from nbcontainer_kernel.runtime.errors import SweepFailed
 
     sent = _sent("CreateTrainingJob")
     result = sm_ip.run_cell(

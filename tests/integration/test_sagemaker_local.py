@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import sagemaker.core.local.local_session  # noqa: F401 (a missing extra fails, never skips)
 
-from nbcontainer_kernel import labels
-from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.errors import RemoteExecutionError, RunTimeout
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.runtime.errors import RemoteExecutionError, RunTimeout
 from tests.helpers import execute_notebook, result_contents, save_executed
 
 pytestmark = pytest.mark.integration
@@ -173,8 +173,8 @@ def test_cancel_stops_a_running_training_container(engine: Engine, ip, ledger: L
     import threading
 
     from nbcontainer_kernel.backends.base import Hooks
-    from nbcontainer_kernel.errors import RunCancelled
-    from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
+    from nbcontainer_kernel.remote.runs import RemoteRequest, RemoteRunner
+    from nbcontainer_kernel.runtime.errors import RunCancelled
 
     runner = RemoteRunner(ledger)
     req = RemoteRequest("import time\ntime.sleep(120)\ndone = True", name="smcancel")

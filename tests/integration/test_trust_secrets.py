@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jupyter_client import KernelManager
 
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import run, stdout_of
 

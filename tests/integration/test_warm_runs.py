@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from nbcontainer_kernel import labels, warm
-from nbcontainer_kernel.engine import Engine
-from nbcontainer_kernel.errors import RemoteExecutionError
+from nbcontainer_kernel.docker import labels, warm
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.runtime.errors import RemoteExecutionError
 
 from .conftest import own_containers
 
@@ -127,7 +127,7 @@ def test_a_runner_that_finished_before_its_wake_up_signal_is_a_finished_run(
     """Force the order seen on a loaded machine: the waiter finds its claim, runs the cell
     and exits before SIGWINCH arrives. The run succeeds with its outputs (it was read as a
     dead waiter and removed, outputs and all)."""
-    from nbcontainer_kernel.engine import Engine as EngineClass
+    from nbcontainer_kernel.docker.engine import Engine as EngineClass
 
     real_signal = EngineClass.signal
     late: list[str] = []

@@ -8,9 +8,9 @@ from typing import TypeVar
 
 import pytest
 
-from nbcontainer_kernel import labels
 from nbcontainer_kernel.backends import registry
-from nbcontainer_kernel.engine import Engine
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.kernel import pool
 from nbcontainer_kernel.kernel import provisioner as provisioner_module
 from nbcontainer_kernel.remote.ledger import Ledger

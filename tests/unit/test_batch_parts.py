@@ -21,12 +21,12 @@ from IPython.core.error import UsageError
 from nbcontainer_kernel.backends.base import Phase
 from nbcontainer_kernel.backends.batch import BatchBackend, batch_phase, job_definition_name
 from nbcontainer_kernel.backends.push import PushProgress, parse_registry
-from nbcontainer_kernel.engine import extract_tar
-from nbcontainer_kernel.errors import InvalidOption, MissingSetting
+from nbcontainer_kernel.docker.engine import extract_tar
 from nbcontainer_kernel.magics.remote_run import parse_sweep
-from nbcontainer_kernel.remote.dispatch import sweep_grid, swept_values
-from nbcontainer_kernel.runner.sweep import array_index, sweep_row
-from nbcontainer_kernel.runner.upload import (
+from nbcontainer_kernel.remote.runs import sweep_grid, swept_values
+from nbcontainer_kernel.runtime.errors import InvalidOption, MissingSetting
+from nbcontainer_kernel.runtime.sweep import array_index, sweep_row
+from nbcontainer_kernel.runtime.upload import (
     Credentials,
     object_url,
     pack_outputs,
@@ -317,7 +317,7 @@ def test_nothing_imports_boto3_unless_a_remote_backend_is_used() -> None:
         "from nbcontainer_kernel.backends.registry import available, get_backend\n"
         "assert 'batch' in available()\n"
         "get_backend('local')\n"
-        "import nbcontainer_kernel.remote.dispatch, nbcontainer_kernel.cli\n"
+        "import nbcontainer_kernel.remote.runs, nbcontainer_kernel.cli\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,8 +11,8 @@ from IPython.testing import globalipapp
 from traitlets.config import Config
 
 from nbcontainer_kernel import config
-from nbcontainer_kernel.errors import InvalidOption
 from nbcontainer_kernel.magics.remote_run import RemoteRun
+from nbcontainer_kernel.runtime.errors import InvalidOption
 
 
 @pytest.fixture

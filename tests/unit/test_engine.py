@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from nbcontainer_kernel.engine import Engine, make_tar
-from nbcontainer_kernel.errors import DaemonNotAvailable
+from nbcontainer_kernel.docker.engine import Engine, make_tar
+from nbcontainer_kernel.runtime.errors import DaemonNotAvailable
 
 
 def test_no_daemon_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -41,9 +41,9 @@ def test_make_tar_owner_and_mode() -> None:
 
 
 def test_a_container_removed_while_containers_are_listed_makes_the_listing_start_again() -> None:
-    from nbcontainer_kernel import labels
-    from nbcontainer_kernel.engine import Engine
-    from nbcontainer_kernel.errors import ResourceNotFound
+    from nbcontainer_kernel.docker import labels
+    from nbcontainer_kernel.docker.engine import Engine
+    from nbcontainer_kernel.runtime.errors import ResourceNotFound
     from tests.fakes import FAKE_KERNEL_IMAGE, FakeDocker, api_error
 
     daemon = FakeDocker(images={FAKE_KERNEL_IMAGE: {}})

@@ -12,9 +12,9 @@ import docker.errors
 import pytest
 from IPython.testing import globalipapp
 
-from nbcontainer_kernel import errors
-from nbcontainer_kernel.engine import classify, translate_errors
-from nbcontainer_kernel.errors import (
+from nbcontainer_kernel.docker.engine import classify, translate_errors
+from nbcontainer_kernel.runtime import errors
+from nbcontainer_kernel.runtime.errors import (
     CommandNotFound,
     Conflict,
     EngineError,

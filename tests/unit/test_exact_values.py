@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nbcontainer_kernel.remote.results import RunResult
-from nbcontainer_kernel.runner.cell import restore_namespace, write_results
-from nbcontainer_kernel.runner.paths import Paths
+from nbcontainer_kernel.runtime.cell import restore_namespace, write_results
+from nbcontainer_kernel.runtime.paths import Paths
+from nbcontainer_kernel.runtime.trust import new_key, seal
 from nbcontainer_kernel.snapshots import snapshot
-from nbcontainer_kernel.trust import new_key, seal
 
 EXACT = {
     "check_exact": True,

@@ -19,7 +19,7 @@ from docker.api.container import ContainerConfig
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbcontainer_kernel import labels
+from nbcontainer_kernel.docker import labels
 from nbcontainer_kernel.guard.canonical import decode_json
 from nbcontainer_kernel.guard.models import CREATE
 from nbcontainer_kernel.guard.policy import (

@@ -16,14 +16,15 @@ import pytest
 from IPython.core.error import UsageError
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel.engine import build_context, extract_tar
-from nbcontainer_kernel.errors import ImageBuildError, InvalidOption, UnsafeArchive
-from nbcontainer_kernel.kernel.images import KernelImageFacts, dockerfile_labels, kernel_dockerfile
-from nbcontainer_kernel.remote.dispatch import check_run_name
+from nbcontainer_kernel.docker.engine import build_context, extract_tar
+from nbcontainer_kernel.images import runs as run_images
+from nbcontainer_kernel.images.kernel import KernelImageFacts, dockerfile_labels, kernel_dockerfile
+from nbcontainer_kernel.images.runs import _forbidden_paths
 from nbcontainer_kernel.remote.ledger import Ledger
-from nbcontainer_kernel.remote.run_images import _forbidden_paths
-from nbcontainer_kernel.runner.notebook import inject_parameters
-from nbcontainer_kernel.runner.params import resolve_params
+from nbcontainer_kernel.remote.runs import check_run_name
+from nbcontainer_kernel.runtime.errors import ImageBuildError, InvalidOption, UnsafeArchive
+from nbcontainer_kernel.runtime.notebook import inject_parameters
+from nbcontainer_kernel.runtime.params import resolve_params
 
 
 def _tar(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> bytes:
@@ -238,9 +239,8 @@ def test_falling_back_to_no_encryption_is_logged_once(caplog: pytest.LogCaptureF
 def test_a_pin_without_a_wheel_never_falls_back_to_the_index_unasked(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from nbcontainer_kernel.errors import WheelResolutionError
-    from nbcontainer_kernel.remote import run_images
-    from nbcontainer_kernel.wheels import TargetPython
+    from nbcontainer_kernel.images.wheels import TargetPython
+    from nbcontainer_kernel.runtime.errors import WheelResolutionError
 
     asked: list[list[str]] = []
 
@@ -270,8 +270,8 @@ def test_a_wheel_built_here_must_accept_the_image_python(
 ) -> None:
     import zipfile
 
-    from nbcontainer_kernel.remote.run_images import _fits
-    from nbcontainer_kernel.wheels import TargetPython
+    from nbcontainer_kernel.images.runs import _fits
+    from nbcontainer_kernel.images.wheels import TargetPython
 
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
     meta = "Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n" + (
@@ -297,9 +297,8 @@ def test_a_wheel_built_here_must_accept_the_image_python(
 def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(
     tmp_path: Path, monkeypatch, pip_says: str
 ) -> None:
-    from nbcontainer_kernel.errors import WheelResolutionError
-    from nbcontainer_kernel.remote import run_images
-    from nbcontainer_kernel.wheels import TargetPython
+    from nbcontainer_kernel.images.wheels import TargetPython
+    from nbcontainer_kernel.runtime.errors import WheelResolutionError
 
     def resolve(reqs, target, dest, on_line=None, *, no_deps=False):  # noqa: ANN001, ANN202
         if reqs == ["soupsieve==4.1.3"]:
@@ -321,9 +320,8 @@ def test_a_pin_the_index_has_for_another_python_falls_back_to_one_that_fits(
 def test_one_odd_pin_costs_one_more_pip_call_not_one_per_package(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from nbcontainer_kernel.errors import WheelResolutionError
-    from nbcontainer_kernel.remote import run_images
-    from nbcontainer_kernel.wheels import TargetPython
+    from nbcontainer_kernel.images.wheels import TargetPython
+    from nbcontainer_kernel.runtime.errors import WheelResolutionError
 
     calls: list[list[str]] = []
 

@@ -14,13 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jupyter_client.kernelspec import KernelSpec
 
-from nbcontainer_kernel import labels
-from nbcontainer_kernel.contract import KERNEL_CONNECTION_FILE
-from nbcontainer_kernel.errors import InvalidOption
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.docker.options import validate_options
 from nbcontainer_kernel.kernel import pool as pool_module
 from nbcontainer_kernel.kernel.kernelspec import render
-from nbcontainer_kernel.kernel.options import validate_options
 from nbcontainer_kernel.kernel.provisioner import KERNEL_PORTS, DockerProvisioner
+from nbcontainer_kernel.runtime.contract import KERNEL_CONNECTION_FILE
+from nbcontainer_kernel.runtime.errors import InvalidOption
 from tests.fakes import FAKE_KERNEL_IMAGE as IMAGE
 from tests.fakes import FakeContainer, FakeDocker
 
@@ -311,9 +311,9 @@ def test_a_container_made_for_a_claim_that_dies_at_once_is_reported_not_retried(
 ) -> None:
     import pickle
 
-    from nbcontainer_kernel import warm
-    from nbcontainer_kernel.engine import Engine, make_tar
-    from nbcontainer_kernel.errors import WaiterDied
+    from nbcontainer_kernel.docker import warm
+    from nbcontainer_kernel.docker.engine import Engine, make_tar
+    from nbcontainer_kernel.runtime.errors import WaiterDied
 
     pool = warm.WarmPool(
         lambda: Engine(daemon),  # type: ignore[arg-type]

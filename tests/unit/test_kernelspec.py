@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nbcontainer_kernel.errors import InvalidOption, KernelSpecError
 from nbcontainer_kernel.kernel import kernelspec
+from nbcontainer_kernel.runtime.errors import InvalidOption, KernelSpecError
 
 
 def test_render_puts_options_in_the_provisioner_config() -> None:
@@ -80,7 +80,7 @@ def test_provisioner_entry_point_is_registered() -> None:
 
 def test_every_provisioner_option_has_an_install_flag_made_from_its_trait() -> None:
     from nbcontainer_kernel.cli import build_parser
-    from nbcontainer_kernel.kernel.options import ContainerOptions
+    from nbcontainer_kernel.docker.options import ContainerOptions
 
     install = build_parser()._subparsers._group_actions[0].choices["kernelspec"]  # type: ignore[union-attr]
     install = install._subparsers._group_actions[0].choices["install"]
@@ -173,7 +173,7 @@ def test_docker_access_is_guarded_unless_asked_and_raw_is_warned_about(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from nbcontainer_kernel.cli import main
-    from nbcontainer_kernel.kernel.options import effective_docker_access
+    from nbcontainer_kernel.docker.options import effective_docker_access
 
     argv = ["kernelspec", "install", "--image", "img:1", "--name", "nbc-access"]
     assert main([*argv, "--no-check-image", *flags]) == 0

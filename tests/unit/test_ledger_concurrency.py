@@ -17,8 +17,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbcontainer_kernel.errors import LedgerError
 from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.runtime.errors import LedgerError
 
 WRITERS = 8
 RUNS_EACH = 12

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from nbcontainer_kernel.backends.base import Hooks, Phase, StopSignal
-from nbcontainer_kernel.errors import (
+from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.remote.runs import RemoteRequest, RemoteRunner
+from nbcontainer_kernel.runtime.errors import (
     NbcontainerError,
     RemoteExecutionError,
     RunCancelled,
@@ -21,9 +23,7 @@ from nbcontainer_kernel.errors import (
     SweepFailed,
     UntrustedResults,
 )
-from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
-from nbcontainer_kernel.remote.ledger import Ledger
-from nbcontainer_kernel.trust import new_key
+from nbcontainer_kernel.runtime.trust import new_key
 from tests.fakes import (
     ArrayScriptedBackend,
     Script,
@@ -414,7 +414,7 @@ def test_cancelling_a_sweep_taken_in_one_step_stops_it_on_the_platform(
 def test_a_run_the_ledger_cannot_record_is_not_started(
     runner, ledger, backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbcontainer_kernel.errors import LedgerError
+    from nbcontainer_kernel.runtime.errors import LedgerError
 
     def full(*_a: object, **_k: object) -> str:
         raise LedgerError(str(ledger.path), "record a new run of nope", "disk is full")
@@ -430,7 +430,7 @@ def test_a_run_the_ledger_cannot_record_is_not_started(
 def test_a_run_whose_end_cannot_be_recorded_keeps_its_results_and_is_recorded_later(
     runner, ledger, backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbcontainer_kernel.errors import LedgerError
+    from nbcontainer_kernel.runtime.errors import LedgerError
 
     backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 42}))}
     real_write = ledger._write

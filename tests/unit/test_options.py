@@ -4,14 +4,14 @@ import os
 
 import pytest
 
-from nbcontainer_kernel.errors import InvalidOption
-from nbcontainer_kernel.kernel.options import (
+from nbcontainer_kernel.docker.options import (
     parse_bytes,
     parse_gpus,
     parse_mount,
     parse_user,
     validate_options,
 )
+from nbcontainer_kernel.runtime.errors import InvalidOption
 
 
 def test_valid_options_are_kept() -> None:
@@ -76,13 +76,13 @@ def test_parsers() -> None:
     ],
 )
 def test_one_translation_of_resources_for_kernels_and_runs(given: dict, expected: dict) -> None:
-    from nbcontainer_kernel.kernel.options import resource_kwargs
+    from nbcontainer_kernel.docker.options import resource_kwargs
 
     assert resource_kwargs(**given) == expected
 
 
 def test_gpus_become_device_requests() -> None:
-    from nbcontainer_kernel.kernel.options import resource_kwargs
+    from nbcontainer_kernel.docker.options import resource_kwargs
 
     [req] = resource_kwargs(gpus="device=0,1")["device_requests"]
     assert req["DeviceIDs"] == ["0", "1"] and req["Capabilities"] == [["gpu"]]

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbcontainer_kernel.errors import PackageIndexUnreachable, WheelResolutionError
-from nbcontainer_kernel.kernel.package_index import (
+from nbcontainer_kernel.images.package_index import (
     CA_IN_KERNEL,
     NO_INDEX_NOTE,
     describe_index,
@@ -23,8 +22,9 @@ from nbcontainer_kernel.kernel.package_index import (
     pip_config,
     prepare_pip,
 )
+from nbcontainer_kernel.images.wheels import index_trouble, resolution_budget, run_pip
+from nbcontainer_kernel.runtime.errors import PackageIndexUnreachable, WheelResolutionError
 from nbcontainer_kernel.snapshots.env import filter_env
-from nbcontainer_kernel.wheels import index_trouble, resolution_budget, run_pip
 from tests.index_server import (
     closed_port_url,
     make_pki,
@@ -39,7 +39,7 @@ from tests.index_server import (
 def only_the_tests_pip_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """pip's files outside the environment's reach (/etc/pip.conf, the venv's) are the
     test's own, which it does not write."""
-    from nbcontainer_kernel.kernel import package_index
+    from nbcontainer_kernel.images import package_index
 
     monkeypatch.setattr(package_index, "SYSTEM_FILE", tmp_path / "etc-pip.conf")
     monkeypatch.setattr("sys.prefix", str(tmp_path / "prefix"))
@@ -252,7 +252,7 @@ def test_an_index_that_never_answers_fails_when_the_budget_is_spent(
 def test_a_missing_wheel_is_still_a_missing_wheel(
     pip_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbcontainer_kernel.wheels import TargetPython, resolve_wheels
+    from nbcontainer_kernel.images.wheels import TargetPython, resolve_wheels
 
     pki = make_pki(tmp_path / "pki")
     simple_index(tmp_path / "idx", [make_wheel(tmp_path, "other-pkg", "1.0", "V = 1\n")])
@@ -266,7 +266,7 @@ def test_a_missing_wheel_is_still_a_missing_wheel(
 
 
 def test_no_index_fails_at_once_saying_so(pip_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbcontainer_kernel.wheels import TargetPython, resolve_wheels
+    from nbcontainer_kernel.images.wheels import TargetPython, resolve_wheels
 
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     target = TargetPython.from_probe(_probe())
@@ -278,7 +278,7 @@ def _probe() -> str:
     import subprocess
     import sys
 
-    from nbcontainer_kernel.wheels import PROBE_SNIPPET
+    from nbcontainer_kernel.images.wheels import PROBE_SNIPPET
 
     return subprocess.run(
         [sys.executable, "-c", PROBE_SNIPPET], capture_output=True, text=True, check=True

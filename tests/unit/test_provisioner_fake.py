@@ -8,10 +8,10 @@ import json
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 
-from nbcontainer_kernel.contract import KERNEL_CONNECTION_FILE
-from nbcontainer_kernel.errors import KernelDied
 from nbcontainer_kernel.kernel.kernelspec import render
 from nbcontainer_kernel.kernel.provisioner import KERNEL_PORTS, DockerProvisioner
+from nbcontainer_kernel.runtime.contract import KERNEL_CONNECTION_FILE
+from nbcontainer_kernel.runtime.errors import KernelDied
 from tests.fakes import FAKE_KERNEL_IMAGE as IMAGE
 from tests.fakes import FakeDocker, api_error
 
@@ -139,7 +139,7 @@ async def test_a_restart_keeps_its_ports_when_they_are_free(daemon: FakeDocker) 
 
 
 async def test_an_error_other_than_a_port_is_not_retried(daemon: FakeDocker) -> None:
-    from nbcontainer_kernel.errors import EngineError
+    from nbcontainer_kernel.runtime.errors import EngineError
 
     daemon.fail["start"] = [api_error(500, "OCI runtime create failed: no such file")]
     with pytest.raises(EngineError, match="OCI runtime"):

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from nbcontainer_kernel.runner.run_key import KEY_REF_ENV, RunKeyError, load_run_key
-from nbcontainer_kernel.trust import KEY_ENV
+from nbcontainer_kernel.runtime.run_key import KEY_REF_ENV, RunKeyError, load_run_key
+from nbcontainer_kernel.runtime.trust import KEY_ENV
 
 
 class _Ssm(BaseHTTPRequestHandler):

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel.errors import ImageNotUsable
+from nbcontainer_kernel.images.runs import _check_python
+from nbcontainer_kernel.images.wheels import TargetPython
 from nbcontainer_kernel.remote.results import RunResult
-from nbcontainer_kernel.remote.run_images import _check_python
-from nbcontainer_kernel.runner.notebook import inject_parameters, parameters_of
-from nbcontainer_kernel.runner.params import resolve_params
+from nbcontainer_kernel.runtime.errors import ImageNotUsable
+from nbcontainer_kernel.runtime.notebook import inject_parameters, parameters_of
+from nbcontainer_kernel.runtime.params import resolve_params
 from nbcontainer_kernel.snapshots import snapshot
-from nbcontainer_kernel.wheels import TargetPython
 from tests.helpers import run_runner
 
 

@@ -30,17 +30,17 @@ from nbcontainer_kernel.backends.sagemaker import (
     unpack_training_outputs,
 )
 from nbcontainer_kernel.backends.sagemaker_local import clean_compose_line
-from nbcontainer_kernel.errors import CloudError, InvalidOption, MissingSetting
-from nbcontainer_kernel.metrics import metric_names_in, metric_regex
-from nbcontainer_kernel.runner.params import resolve_params
-from nbcontainer_kernel.runner.paths import Paths
-from nbcontainer_kernel.runner.training import (
+from nbcontainer_kernel.runtime.errors import CloudError, InvalidOption, MissingSetting
+from nbcontainer_kernel.runtime.metrics import metric_names_in, metric_regex
+from nbcontainer_kernel.runtime.params import resolve_params
+from nbcontainer_kernel.runtime.paths import Paths
+from nbcontainer_kernel.runtime.training import (
     PARAMS_CHANNEL,
     PARAMS_SHA256,
     carry_unreturned,
     restore_carried,
 )
-from nbcontainer_kernel.trust import RunOutputs, new_key, seal
+from nbcontainer_kernel.runtime.trust import RunOutputs, new_key, seal
 
 _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # CreateTrainingJob's pattern
 
@@ -572,7 +572,7 @@ def test_local_mode_in_a_guarded_kernel_says_it_needs_the_raw_socket(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from nbcontainer_kernel.backends.sagemaker_local import SageMakerLocalBackend
-    from nbcontainer_kernel.errors import InvalidOption
+    from nbcontainer_kernel.runtime.errors import InvalidOption
 
     monkeypatch.setenv("NBCONTAINER_DOCKER_ACCESS", "guarded")
     with pytest.raises(InvalidOption, match="docker_access 'raw'"):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbcontainer_kernel.remote.run_images import _shown_parameters
+from nbcontainer_kernel.images.runs import _shown_parameters
 from nbcontainer_kernel.snapshots import filter_env, snapshot
 from nbcontainer_kernel.snapshots.env import is_secret, looks_like_secret
 from nbcontainer_kernel.snapshots.sources import collect_sources

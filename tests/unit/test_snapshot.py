@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbcontainer_kernel.serialize import deserialize, serialize_value
+from nbcontainer_kernel.runtime.names import names_imported
+from nbcontainer_kernel.runtime.serialize import deserialize, serialize_value
 from nbcontainer_kernel.snapshots import filter_env, names_assigned, names_read, snapshot
-from nbcontainer_kernel.snapshots.names import names_imported
 from nbcontainer_kernel.snapshots.sources import SourcesTooLarge, collect_sources
 
 

@@ -15,13 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbcontainer_kernel.contract import OUTPUT_URI_ENV, PLATFORM_ENV
-from nbcontainer_kernel.errors import UntrustedResults
 from nbcontainer_kernel.remote.results import load_results
-from nbcontainer_kernel.runner.paths import Paths
-from nbcontainer_kernel.serialize import deserialize, serialize_value
-from nbcontainer_kernel.snapshots import Snapshot, capture, snapshot
-from nbcontainer_kernel.trust import RunOutputs, new_key, seal
+from nbcontainer_kernel.runtime.contract import OUTPUT_URI_ENV, PLATFORM_ENV
+from nbcontainer_kernel.runtime.errors import UntrustedResults
+from nbcontainer_kernel.runtime.paths import Paths
+from nbcontainer_kernel.runtime.serialize import deserialize, serialize_value
+from nbcontainer_kernel.runtime.trust import RunOutputs, new_key, seal
+from nbcontainer_kernel.runtime import snapshot as snapshot_format
+from nbcontainer_kernel.snapshots import Snapshot, snapshot
 
 
 def _storage(arr: np.ndarray) -> object:
@@ -46,7 +47,7 @@ def test_a_restored_array_is_mapped_writable_and_leaves_its_file_alone(tmp_path:
 def _sealed_run(tmp_path: Path, values: dict) -> tuple[Path, str]:
     ml, key = tmp_path / "ml", new_key()
     paths = Paths(snapshot=tmp_path / "unused", ml=ml)
-    from nbcontainer_kernel.runner.cell import write_results
+    from nbcontainer_kernel.runtime.cell import write_results
 
     index = write_results(dict(values), list(values), None, [], {}, paths)
     seal(ml, key, index)
@@ -91,7 +92,7 @@ def test_arrow_files_are_compressed_only_when_outputs_cross_a_network(
 def test_a_digest_hashed_while_writing_equals_one_hashed_afterwards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(capture, "_CHUNK", 1 << 16)  # many chunks from small arrays
+    monkeypatch.setattr(snapshot_format, "_CHUNK", 1 << 16)  # many chunks from small arrays
     ns = {"a": np.arange(100_000), "b": np.ones((300, 300)), "c": [1, 2]}
     snap = snapshot(ns, "y = a", dest=tmp_path / "s", include_dependencies=False)
     assert snap.verify(snap.digest)  # recomputed from scratch, file by file
@@ -105,8 +106,8 @@ def test_one_changed_byte_anywhere_changes_the_digest(position: int) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        orig = capture._CHUNK
-        capture._CHUNK = 1 << 16
+        orig = snapshot_format._CHUNK
+        snapshot_format._CHUNK = 1 << 16
         try:
             snap = snapshot(
                 {"a": np.zeros(3 << 13)}, "y = a", dest=Path(tmp) / "s", include_dependencies=False
@@ -117,7 +118,7 @@ def test_one_changed_byte_anywhere_changes_the_digest(position: int) -> None:
             buf.write_bytes(bytes(data))
             assert not snap.verify(snap.digest)
         finally:
-            capture._CHUNK = orig
+            snapshot_format._CHUNK = orig
 
 
 def test_a_file_changed_after_it_was_queued_is_hashed_again(tmp_path: Path) -> None:

@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
-from nbcontainer_kernel import metrics
 from nbcontainer_kernel.backends.base import Hooks, RunSpec
-from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
 from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.remote.runs import RemoteRequest, RemoteRunner
 from nbcontainer_kernel.remote.tables import (
     RunsTable,
     compare_frame,
@@ -28,6 +27,7 @@ from nbcontainer_kernel.remote.tables import (
     runs_frame,
     summarise,
 )
+from nbcontainer_kernel.runtime import metrics
 from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
 
 _METRICS = threading.Lock()  # log_metric keeps one list per process; children run in threads

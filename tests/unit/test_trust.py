@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nbcontainer_kernel.errors import UntrustedResults
 from nbcontainer_kernel.remote.results import RunResult, load_results
-from nbcontainer_kernel.trust import RunOutputs, new_key, seal, sign
+from nbcontainer_kernel.runtime.errors import UntrustedResults
+from nbcontainer_kernel.runtime.trust import RunOutputs, new_key, seal, sign
 from tests.helpers import run_runner
 
 CELL = (

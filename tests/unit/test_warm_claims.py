@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from nbcontainer_kernel import labels, warm
-from nbcontainer_kernel.contract import RUN_CLAIM_FILE
-from nbcontainer_kernel.engine import Engine, make_tar
-from nbcontainer_kernel.errors import WaiterDied
+from nbcontainer_kernel.docker import labels, warm
+from nbcontainer_kernel.docker.engine import Engine, make_tar
 from nbcontainer_kernel.kernel.pool import CLAIM_FILE, KernelPool
+from nbcontainer_kernel.runtime.contract import RUN_CLAIM_FILE
+from nbcontainer_kernel.runtime.errors import WaiterDied
 from tests.fakes import FAKE_KERNEL_IMAGE, FakeDocker
 
 IMAGE = FAKE_KERNEL_IMAGE  # an image the fake daemon holds

@@ -23,21 +23,21 @@ import pytest
 
 from nbcontainer_kernel.backends.base import Hooks
 from nbcontainer_kernel.backends.local import _LogFollower, snapshot_archive
-from nbcontainer_kernel.contract import (
+from nbcontainer_kernel.docker.engine import build_context, extract_tar
+from nbcontainer_kernel.images.runs import RunImage
+from nbcontainer_kernel.remote.ledger import Ledger
+from nbcontainer_kernel.remote.results import load_results
+from nbcontainer_kernel.remote.runs import RemoteRequest, RemoteRunner
+from nbcontainer_kernel.runtime.contract import (
     EXIT_MARK_ENV,
     POOL_READY_MARK,
     RUN_CLAIM_FILE,
     SNAPSHOT_DIR,
 )
-from nbcontainer_kernel.engine import build_context, extract_tar
-from nbcontainer_kernel.errors import NbcontainerError
-from nbcontainer_kernel.remote.dispatch import RemoteRequest, RemoteRunner
-from nbcontainer_kernel.remote.ledger import Ledger
-from nbcontainer_kernel.remote.results import load_results
-from nbcontainer_kernel.remote.run_images import RunImage
-from nbcontainer_kernel.runner.main import WAIT_FLAG
+from nbcontainer_kernel.runtime.errors import NbcontainerError
+from nbcontainer_kernel.runtime.main import WAIT_FLAG
+from nbcontainer_kernel.runtime.trust import KEY_ENV, RunOutputs, new_key
 from nbcontainer_kernel.snapshots import deps, snapshot
-from nbcontainer_kernel.trust import KEY_ENV, RunOutputs, new_key
 from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
 
 from .conftest import registered
@@ -170,7 +170,7 @@ def test_a_failed_build_keeps_nothing(ledger: Ledger, snap_backend: SnapshotBack
 def test_a_build_resolves_its_wheels_within_the_requests_budget(
     ledger: Ledger, snap_backend: SnapshotBackend, resolve_timeout: float | None
 ) -> None:
-    from nbcontainer_kernel import wheels
+    from nbcontainer_kernel.images import wheels
 
     left: list[float | None] = []
 
@@ -278,7 +278,7 @@ def test_a_waiting_runner_runs_its_claim_and_ends_with_its_exit_line(tmp_path: P
     claim_file.parent.mkdir()
     key, mark = new_key(), "t0k3n" * 4
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nbcontainer_kernel.runner.main", WAIT_FLAG, str(claim_file)],
+        [sys.executable, "-m", "nbcontainer_kernel.runtime.main", WAIT_FLAG, str(claim_file)],
         env={
             **os.environ,
             "NBCONTAINER_SNAPSHOT_DIR": str(snap.directory),
@@ -312,7 +312,7 @@ def test_a_waiting_runner_ignores_a_wake_up_before_it_waits(tmp_path: Path) -> N
     """SIGWINCH sent as the container starts (claimed the moment it was made) is harmless."""
     claim_file = tmp_path / "claim.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nbcontainer_kernel.runner.main", WAIT_FLAG, str(claim_file)],
+        [sys.executable, "-m", "nbcontainer_kernel.runtime.main", WAIT_FLAG, str(claim_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -366,7 +366,7 @@ def test_threads_do_not_leak_from_a_follower() -> None:
 # ------------------------------------------------------------ runner imports
 IMPORTS_OF_A_RUN = """\
 import json, sys
-from nbcontainer_kernel.runner.main import main
+from nbcontainer_kernel.runtime.main import main
 code = main([])
 print(json.dumps(sorted(sys.modules)))
 """

@@ -6,8 +6,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from nbcontainer_kernel import labels
-from nbcontainer_kernel.wheels import TargetPython, build_self_wheel, pinned
+from nbcontainer_kernel.docker import labels
+from nbcontainer_kernel.images.wheels import TargetPython, build_self_wheel, pinned
 
 
 def test_platform_tags_for_glibc_and_musl() -> None:

@@ -13,7 +13,7 @@
 
 Files are read through a :class:`FileSource`: a plain directory for a
 snapshot inside its own image, or a verified view of a run's outputs on the
-host (:mod:`nbcontainer_kernel.trust`), which checks each file's digest as
+host (:mod:`nbcontainer_kernel.runtime.trust`), which checks each file's digest as
 it reads it.
 
 This module runs on both sides (host kernel and run container) and imports

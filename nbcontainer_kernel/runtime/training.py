@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import contract
+from . import contract
 from .paths import Paths
 
 __all__ = [

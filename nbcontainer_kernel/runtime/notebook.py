@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import metrics
+from . import metrics
 from .paths import Paths
 
 __all__ = ["parameters_of", "inject_parameters", "run_notebook"]
@@ -155,7 +155,7 @@ def run_notebook(
         (paths.output / "failed_cell.json").write_text(
             json.dumps({"index": failed, "source": source})
         )
-        from ..serialize import dumps_exception
+        from .serialize import dumps_exception
 
         paths.exception.write_bytes(dumps_exception(exc))
     finally:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from ..trust import KEY_ENV
+from .trust import KEY_ENV
 
 __all__ = ["KEY_FILE", "KEY_REF_ENV", "RunKeyError", "load_run_key", "ssm_parameter"]
 

@@ -1,7 +1,7 @@
 """Finding and removing containers whose owner is gone.
 
 Every container nbcontainer makes carries its owner's identity in labels
-(:mod:`nbcontainer_kernel.labels`). When a Jupyter server is killed with
+(:mod:`nbcontainer_kernel.docker.labels`). When a Jupyter server is killed with
 SIGKILL its kernels' containers keep running; the next provisioner start, or
 `nbcontainer gc`, removes them. A server that re-attaches to a kernel
 (`load_provisioner_info`) records itself as the container's adopter, so the
@@ -19,9 +19,9 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_runtime_dir
 
+from ..runtime.errors import EngineError
 from . import labels
 from .engine import Engine
-from .errors import EngineError
 
 __all__ = ["Orphan", "find_orphans", "sweep", "adopt", "release", "remove_made_by_kernel"]
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from docker.models.images import Image
 
-from .. import labels
-from ..contract import VENV
-from ..engine import Engine, build_context
-from ..errors import CommandNotFound, ImageNotUsable
-from ..wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
+from ..docker import labels
+from ..docker.engine import Engine, build_context
+from ..runtime.contract import VENV
+from ..runtime.errors import CommandNotFound, ImageNotUsable
+from .wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels
 
 __all__ = [
     "KernelImageFacts",

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import ML_ROOT, SNAPSHOT_DIR
+from .contract import ML_ROOT, SNAPSHOT_DIR
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import config, labels
-from ..contract import DEFAULT_BASE_IMAGE, KERNEL_CONNECTION_FILE, RUNTIME_DIR, SNAPSHOT_DIR, VENV
-from ..engine import Engine, build_context, get_engine
-from ..errors import ImageNotUsable, NbcontainerError, WheelResolutionError
-from ..kernel.images import dockerfile_labels, probe_python
-from ..kernel.pool import kernel_containers
+from .. import config
+from ..docker import labels
+from ..docker.engine import Engine, build_context, get_engine
+from ..docker.labels import kernel_containers
+from ..runtime.contract import (
+    DEFAULT_BASE_IMAGE,
+    KERNEL_CONNECTION_FILE,
+    RUNTIME_DIR,
+    SNAPSHOT_DIR,
+    VENV,
+)
+from ..runtime.errors import ImageNotUsable, NbcontainerError, WheelResolutionError
 from ..snapshots.capture import MANIFEST, Snapshot
 from ..snapshots.env import is_secret
-from ..wheels import TargetPython, pinned, resolve_wheels, run_pip
+from .kernel import dockerfile_labels, probe_python
+from .wheels import TargetPython, pinned, resolve_wheels, run_pip
 
 __all__ = [
     "RunImage",
@@ -122,9 +129,9 @@ RUN {python} -m venv --without-pip --system-site-packages {venv} \\
  && rm -rf /tmp/nbcontainer-wheels \\
  && purelib="$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \\
  && echo {runtime} > "$purelib/nbcontainer-runtime.pth" \\
- && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runner.main "$@"\\n' \\
+ && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runtime.main "$@"\\n' \\
       > {venv}/bin/nbcontainer-run \\
- && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runner.main train "$@"\\n' \\
+ && printf '#!/bin/sh\\nexec {venv}/bin/python -m nbcontainer_kernel.runtime.main train "$@"\\n' \\
       > {venv}/bin/train \\
  && chmod a+rx {venv}/bin/nbcontainer-run {venv}/bin/train \\
  && mkdir -p /opt/ml/model /opt/ml/output/data /opt/ml/input/config /opt/nbcontainer/snapshot \\

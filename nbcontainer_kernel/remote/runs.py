@@ -22,14 +22,14 @@ from typing import Any
 
 from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec, StopSignal
 from ..backends.registry import get_backend
-from ..errors import InvalidOption, LedgerError, NbcontainerError, RunCancelled, SweepFailed
-from ..metrics import metric_names_in
+from ..images.runs import RunImage, build_run_image, build_runtime_image
+from ..images.wheels import resolution_budget
+from ..runtime.errors import InvalidOption, LedgerError, NbcontainerError, RunCancelled, SweepFailed
+from ..runtime.metrics import metric_names_in
+from ..runtime.trust import KEY_ENV, TRUST_MODES, RunOutputs
 from ..snapshots import Snapshot, names_assigned, snapshot
-from ..trust import KEY_ENV, TRUST_MODES, RunOutputs
-from ..wheels import resolution_budget
 from .ledger import Ledger
 from .results import RunResult, load_results
-from .run_images import RunImage, build_run_image, build_runtime_image
 
 _TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
 MAX_NAME = 40
@@ -179,7 +179,7 @@ class RemoteRunner:
         self.image_builder = image_builder
         self.runtime_builder = runtime_builder
         self.ledger = ledger or Ledger()
-        self.trust = trust  # how far run outputs are believed (see nbcontainer_kernel.trust)
+        self.trust = trust  # how far run outputs are believed (see runtime.trust)
         self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
         # The stop signal of each run waited on (a sweep's parent and children share one).
         self._stops: dict[str, StopSignal] = {}

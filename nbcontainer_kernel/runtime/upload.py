@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import OUTPUT_URI_ENV
+from .contract import OUTPUT_URI_ENV
 
 __all__ = [
     "Credentials",

@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..runtime.contract import POOL_READY_MARK
+from ..runtime.errors import NbcontainerError, WaiterDied
 from . import labels
-from .contract import POOL_READY_MARK
 from .engine import Engine
-from .errors import NbcontainerError, WaiterDied
 
 __all__ = [
     "READY_MARK",

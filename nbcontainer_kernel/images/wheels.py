@@ -31,7 +31,7 @@ from pathlib import Path
 
 import platformdirs
 
-from .errors import PackageIndexUnreachable, WheelResolutionError
+from ..runtime.errors import PackageIndexUnreachable, WheelResolutionError
 
 __all__ = [
     "TargetPython",
@@ -113,7 +113,7 @@ def _no_index() -> bool:
 
 
 def _index_named() -> str:
-    from .kernel.package_index import describe_index
+    from .package_index import describe_index
 
     if _no_index():
         return "none: PIP_NO_INDEX is set"
@@ -121,7 +121,7 @@ def _index_named() -> str:
 
 
 def _unreachable(cause: str) -> PackageIndexUnreachable:
-    from .config import in_container_kernel
+    from ..config import in_container_kernel
 
     if in_container_kernel():
         fix = (
@@ -358,9 +358,9 @@ def resolve_wheels(
 
 # Console scripts that only make sense inside an image.
 IMAGE_ONLY_SCRIPTS = {
-    "nbcontainer-run": "nbcontainer_kernel.runner.main:console",
+    "nbcontainer-run": "nbcontainer_kernel.runtime.main:console",
     # SageMaker may start `train` directly when it overrides the entrypoint.
-    "train": "nbcontainer_kernel.runner.main:console_train",
+    "train": "nbcontainer_kernel.runtime.main:console_train",
 }
 
 
@@ -380,9 +380,9 @@ def build_self_wheel(dest: Path) -> Path:
     Fixed timestamps and sorted entries make the wheel identical while the
     code is unchanged, so Docker's layer cache holds across builds.
     """
-    from . import __version__
+    from .. import __version__
 
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parent.parent  # the nbcontainer_kernel package
     name, dist = "nbcontainer_kernel", f"nbcontainer_kernel-{__version__}.dist-info"
     files: dict[str, bytes] = {}
     for path in sorted(pkg.rglob("*")):

@@ -9,11 +9,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .. import metrics
-from ..serialize import SerializationError, deserialize, serialize_value
-from ..snapshots.capture import Snapshot
-from ..snapshots.names import is_ipython_name, names_assigned, names_imported
+from . import metrics
+from .names import is_ipython_name, names_assigned, names_imported
 from .paths import Paths
+from .serialize import SerializationError, deserialize, serialize_value
+from .snapshot import Snapshot
 
 __all__ = ["restore_namespace", "run_cell"]
 
@@ -182,7 +182,7 @@ def _from_the_cell(tb: Any) -> Any:
 
 def write_failure(error: BaseException, paths: Paths, context: str) -> None:
     """The failure file (reason, then traceback) and the pickled exception."""
-    from ..serialize import dumps_exception
+    from .serialize import dumps_exception
 
     paths.make()
     tb = "".join(

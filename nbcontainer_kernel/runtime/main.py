@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..contract import OUTPUT_URI_ENV
+from .contract import OUTPUT_URI_ENV
 from .paths import Paths
 
 __all__ = ["main", "train"]
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [WAIT_FLAG]:  # a warm pool's container: the run arrives later
         argv = wait_for_claim(argv[1])
-        from ..contract import EXIT_MARK_ENV
+        from .contract import EXIT_MARK_ENV
 
         mark = os.environ.pop(EXIT_MARK_ENV, None)
         code = _main(argv)
@@ -74,8 +74,8 @@ def _main(argv: list[str]) -> int:
             code = _run(args.param, paths, index)
     finally:
         # Whatever happened (a failing cell, a runner error), the outputs are sealed.
-        from ..trust import prune_special_files, seal
         from .training import carry_unreturned, on_sagemaker
+        from .trust import prune_special_files, seal
 
         for removed in prune_special_files(paths.ml):
             print(f"[nbcontainer] not kept: {removed} (only regular files travel)", file=sys.stderr)
@@ -90,8 +90,8 @@ WAIT_FLAG = "--wait-for-claim"
 # What a run imports on its way, done while the container waits (the cell's own imports,
 # numpy's included, stay the cell's).
 _PRELOAD = (
-    "nbcontainer_kernel.runner.cell",
-    "nbcontainer_kernel.trust",
+    "nbcontainer_kernel.runtime.cell",
+    "nbcontainer_kernel.runtime.trust",
     "IPython.core.interactiveshell",
     "cloudpickle",
 )
@@ -106,7 +106,7 @@ def wait_for_claim(claim_file: str) -> list[str]:
     import json
     import signal
 
-    from ..contract import POOL_READY_MARK
+    from .contract import POOL_READY_MARK
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
     for name in _PRELOAD:
@@ -150,9 +150,9 @@ def _upload(paths: Paths, code: int) -> int:
 
 
 def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> int:
-    from ..snapshots.capture import Snapshot
     from .cell import write_failure
     from .params import checked, resolve_params
+    from .snapshot import Snapshot
     from .sweep import sweep_row
 
     def get_object(uri: str, env: Any) -> bytes:  # only a sweep of an array job reads S3

@@ -15,7 +15,7 @@ from typing import Any
 
 from traitlets import Bool, CaselessStrEnum, Float, HasTraits, Int, List, TraitError, Unicode
 
-from ..errors import InvalidOption
+from ..runtime.errors import InvalidOption
 
 __all__ = [
     "ContainerOptions",

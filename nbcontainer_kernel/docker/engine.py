@@ -2,7 +2,7 @@
 
 Everything else in the package calls :class:`Engine`; docker-py's and
 requests' exceptions are translated here, once, into
-:mod:`nbcontainer_kernel.errors`, so callers see messages that say what to do.
+:mod:`nbcontainer_kernel.runtime.errors`, so callers see messages that say what to do.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.models.images import Image
 
-from . import config
-from .errors import (
+from .. import config
+from ..runtime.errors import (
     AccessRefused,
     CommandNotFound,
     Conflict,

@@ -12,6 +12,10 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 PREFIX = "io.nbcontainer."
 ROLE = PREFIX + "role"
@@ -129,13 +133,31 @@ def user() -> str:
 
 def container_labels(role: str, **extra: str) -> dict[str, str]:
     """Labels for a container this process makes (owner, role, created, version)."""
-    from . import __version__
+    from .. import __version__
 
     labels = {ROLE: role, CREATED: now_iso(), VERSION: __version__}
     labels.update(Owner.current().labels())
-    from .config import in_container_kernel
+    from ..config import in_container_kernel
 
     if in_container_kernel():
         labels[OWNER_CONTAINER] = socket.gethostname()  # Docker sets it to the container id
     labels.update({PREFIX + k.replace("_", "-"): v for k, v in extra.items()})
     return labels
+
+
+# ------------------------------------------------- finding a kernel's container
+def kernel_container_name(kernel_id: str) -> str:
+    """The name a claimed pool container takes: gc, `docker ps` and re-attach find it by it."""
+    return f"nbcontainer-kernel-{kernel_id}"
+
+
+def kernel_containers(engine: Engine, kernel_id: str, all: bool = True) -> list[Any]:
+    """A kernel's container: one started cold carries the kernel's id in a label, one
+    claimed from the pool (made before its kernel existed) in its name."""
+    by_label = engine.containers({KERNEL_ID: kernel_id}, all=all)
+    if by_label:
+        return by_label
+    claimed = engine.container(kernel_container_name(kernel_id))
+    if claimed is None or (not all and claimed.status != "running"):
+        return []
+    return [claimed]

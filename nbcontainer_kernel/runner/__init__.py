@@ -1,1 +1,0 @@
-"""What runs inside a run image: `nbcontainer-run` (and `train`, for SageMaker)."""
