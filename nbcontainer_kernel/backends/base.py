@@ -3,9 +3,10 @@
 A backend implements a few steps, like jupyter_client's provisioner base:
 ``submit`` a job, report its ``status`` as a :class:`Phase`, return its
 ``logs`` since a line, ``cancel`` it, ``fetch_results`` into a directory, and
-``cleanup`` whatever it made. :class:`RunDriver` owns the lifecycle around
-them: phase changes with timestamps, the progress hooks, the timeout, the
-cancel request, and the always-run cleanup.
+``cleanup`` whatever it made. :class:`RunDriver` follows a submitted job
+to its end around them (the timeout, a cancel asked for, the always-run cleanup)
+and returns an :class:`Outcome`; the run's record, and every phase written to
+it, is its owner's (remote.lifecycle.RunRecord).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from ..runtime.trust import Verdict
 
 __all__ = [
     "Phase",
@@ -26,6 +29,10 @@ __all__ = [
     "Job",
     "Backend",
     "RunDriver",
+    "Outcome",
+    "Progress",
+    "HooksProgress",
+    "Verifier",
     "StopSignal",
     "Hooks",
     "PhaseCallback",
@@ -162,7 +169,7 @@ class Backend(ABC):
 
     @abstractmethod
     def submit(self, spec: RunSpec) -> Job:
-        """Start the run; called once by RunDriver after the image exists."""
+        """Start the run; called once per run by RemoteRunner once the image exists."""
 
     @abstractmethod
     def status(self, job: Job) -> tuple[Phase, int | None]:
@@ -218,85 +225,108 @@ class StopSignal(threading.Event):
             raise KeyboardInterrupt
 
 
-class RunDriver:
-    """Owns a run's lifecycle on a backend: phases, hooks, timeout, cancel, cleanup.
+@dataclass(frozen=True)
+class Outcome:
+    """How a run waited on ended: :meth:`RunDriver.wait`'s answer, which the run's owner
+    records (remote.lifecycle.RunRecord.end)."""
 
-    Every run it waits on ends in a terminal phase with a reason (``self.reason``
-    for ends the run could not write itself: timed out, cancelled, the wait
-    failed), and the backend's cleanup runs whatever happens; a cleanup error
-    is logged beside the error that ended the run, never instead of it.
+    phase: Phase  # terminal
+    exit_code: int | None = None
+    timed_out: bool = False
+    verdict: Verdict | None = None  # None: outputs never collected
+    verified: str | None = None  # the verdict in words (which file was refused, and why)
+    #: What the host knows of an end the run could not write itself (timed out, cancelled,
+    #: out of memory, the wait failed).
+    reason: str | None = None
+    #: The collected outputs, verified once (a RunOutputs; reads do not hash them again).
+    outputs: Any = field(default=None, compare=False, repr=False)
+    #: What ended the wait early (the daemon went away): re-raised once the end is recorded.
+    error: BaseException | None = field(default=None, compare=False)
+
+
+class Progress(Protocol):
+    """Where a driver reports a run's progress (the host's RunRecord; run_image's hooks)."""
+
+    def enter(self, phase: Phase) -> None:
+        """A non-terminal phase began."""
+
+    def log(self, line: str) -> None:
+        """A line of the run's log."""
+
+
+#: Checks collected outputs: (verdict, the verdict in words, the verified RunOutputs).
+Verifier = Callable[[Path], tuple[Verdict, str, Any]]
+
+
+class RunDriver:
+    """Follows one submitted job to its end: a poll loop that returns an :class:`Outcome`.
+
+    It writes nothing itself: the phases it sees go to `progress`, its end is the
+    Outcome it returns (or the KeyboardInterrupt it lets through). A cancel asked for
+    (`cancel` set) or the timeout stops the job on its backend; the backend's cleanup
+    runs whatever happens, and an error in it is logged beside what ended the run,
+    never instead of it.
     """
 
     def __init__(
         self,
         backend: Backend,
-        hooks: Hooks | None = None,
-        on_phase_record: Callable[[str, Phase, float], None] | None = None,
+        progress: Progress,
+        *,
         on_interrupt: str = "cancel",
-        verify: Callable[[Path], str] | None = None,
+        verify: Verifier | None = None,
         stop: StopSignal | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.backend = backend
-        self.stop = stop  # a stop asked from another thread (the Cancel button, an interrupt)
+        self.progress = progress
         self.on_interrupt = on_interrupt  # what Ctrl-C while waiting does: "cancel" or "detach"
-        self.hooks = hooks or Hooks()
-        self.record = on_phase_record
-        self.verify = (
-            verify  # checks the collected outputs; returns the verdict ("refused: ..." or other)
-        )
-        self.cancel_event = threading.Event()
-        self.timed_out = False
-        self.reason: str | None = None
-        self.verdict: str | None = None
-        self.exit_code: int | None = None  # the run's, once its end is known
-        self.done = False  # set once the job's end is collected, or it was cancelled and cleaned up
-        self.timings: dict[str, float] = {}
-        self._phase_started: tuple[Phase, float] | None = None
+        self.verify = verify
+        self.stop = stop  # a stop asked from another thread (the Cancel button, an interrupt)
+        self.cancel = cancel if cancel is not None else threading.Event()
+        self._stopped = False  # the job was stopped and cleaned up after an interrupt
 
-    def enter(self, run_id: str, phase: Phase) -> None:
-        """Record a phase change (with its timestamp) and tell the listeners."""
-        now = time.time()
-        if self._phase_started is not None:
-            prev, t0 = self._phase_started
-            self.timings[prev.value.lower()] = self.timings.get(prev.value.lower(), 0.0) + now - t0
-        self._phase_started = None if phase.terminal else (phase, now)
-        if self.record:
-            self.record(run_id, phase, now)
-        self.hooks.phase(run_id, phase, dict(self.timings))
+    def wait(self, job: Job, spec: RunSpec, dest: Path, poll: float | None = None) -> Outcome:
+        """Follow a submitted job to its end, streaming its log; then collect and verify
+        its outputs into `dest`.
 
-    def wait(
-        self, job: Job, spec: RunSpec, dest: Path, poll: float | None = None
-    ) -> tuple[Phase, int | None]:
-        """Follow a submitted job to its end, streaming its log; then collect its results.
-
-        The backend's cleanup runs whatever happens (timeout, cancel, an error, Ctrl-C),
-        except when Ctrl-C is to detach: then the job runs on and can be attached later.
+        Ctrl-C (or a stop) raises KeyboardInterrupt after stopping the job and cleaning
+        up, except when it is to detach: then the job runs on and can be attached later.
+        Any other error ends the wait in an Outcome FAILED carrying it.
         """
         try:
-            return self._wait(job, spec, dest, poll)
+            outcome = self._poll(job, spec, dest, poll)
         except KeyboardInterrupt as interrupt:
-            if self.detaches():
-                raise
-            forced = self.stop is not None and self.stop.force_cancel
-            self.reason = "cancelled" if forced else "cancelled by a kernel interrupt"
-            self.cancel_and_clean(job, interrupt)
+            if not self.detaches():
+                self.stop_job(job, interrupt)
             raise
+        except Exception as exc:
+            # The daemon went away, a platform call failed, results could not be fetched.
+            self.clean(job, exc)
+            return Outcome(
+                Phase.FAILED, reason=f"{type(exc).__name__} while waiting: {exc}", error=exc
+            )
+        self.clean(job)
+        return outcome
 
     def detaches(self) -> bool:
         """Whether an interrupt now leaves the job running (detach) rather than cancelling it."""
         forced = self.stop is not None and self.stop.force_cancel
         return self.on_interrupt == "detach" and not forced
 
-    def cancel_and_clean(self, job: Job, cause: BaseException | None = None) -> None:
-        """Stop the job, record it CANCELLED and remove what it left (after Ctrl-C)."""
-        if self.done:
+    def interrupt_reason(self) -> str:
+        """Why a run stopped by an interrupt ended (the Cancel button, or Ctrl-C)."""
+        forced = self.stop is not None and self.stop.force_cancel
+        return "cancelled" if forced else "cancelled by a kernel interrupt"
+
+    def stop_job(self, job: Job, cause: BaseException | None = None) -> None:
+        """Stop the job on its backend and remove what it left (once)."""
+        if self._stopped:
             return
-        self.done = True
-        self.reason = self.reason or "cancelled"
+        self._stopped = True
         try:
             self.backend.cancel(job)
         finally:
-            self.enter(job.run_id, Phase.CANCELLED)
             self.clean(job, cause)
 
     def clean(self, job: Job, cause: BaseException | None = None) -> None:
@@ -310,7 +340,7 @@ class RunDriver:
                 "`nbcontainer gc` removes what it left"
             )
             log.warning(msg)
-            self.hooks.log(job.run_id, f"[nbcontainer] {msg}")
+            self.progress.log(f"[nbcontainer] {msg}")
             if cause is not None and hasattr(cause, "add_note"):
                 cause.add_note(f"({msg})")
 
@@ -322,82 +352,66 @@ class RunDriver:
             if self.stop is not None:
                 self.stop.check()
             left = deadline - time.monotonic()
-            if left <= 0 or self.cancel_event.is_set():
+            if left <= 0 or self.cancel.is_set():
                 return
             time.sleep(min(left, 0.1))
 
-    def _wait(
-        self, job: Job, spec: RunSpec, dest: Path, poll: float | None
-    ) -> tuple[Phase, int | None]:
+    def _poll(self, job: Job, spec: RunSpec, dest: Path, poll: float | None) -> Outcome:
         seen = 0
         started = time.monotonic()
-        cancel_sent = False
-        phase = Phase.SUBMITTED
-        code = None
-        deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
-        try:
-            while True:
-                new, code = self.backend.status(job)
-                if new != phase and not new.terminal:
-                    self.enter(job.run_id, new)
-                phase = new
-                for line in self.backend.logs(job, seen):
-                    seen += 1
-                    self.hooks.log(job.run_id, line)
-                if phase.terminal:
-                    break
-                if self.stop is not None:
-                    self.stop.check()
-                if not self.cancel_event.is_set() and (
-                    deadline is not None and time.monotonic() > deadline
-                ):
-                    self.timed_out = True
-                    self.cancel_event.set()
-                if self.cancel_event.is_set() and not cancel_sent:
-                    # Once: a platform may take a while to stop the job; we wait for it.
-                    cancel_sent = True
-                    self.backend.cancel(job)
-                self._sleep(
-                    poll
-                    if poll is not None
-                    else self.backend.poll_interval(time.monotonic() - started)
-                )
+        cancel_sent = timed_out = False
+        phase, code = Phase.SUBMITTED, None
+        deadline = None if spec.timeout is None else started + spec.timeout
+        while True:
+            new, code = self.backend.status(job)
+            if new != phase and not new.terminal:
+                self.progress.enter(new)
+            phase = new
             for line in self.backend.logs(job, seen):
-                self.hooks.log(job.run_id, line)
-            self.enter(job.run_id, Phase.COLLECTING)
-            self.backend.fetch_results(job, dest)
-            if self.verify is not None:
-                self.verdict = self.verify(dest)
-            if self.timed_out:
-                self.reason = f"the run timed out after {spec.timeout:g} s and was stopped"
-                phase = Phase.FAILED
-            elif self.cancel_event.is_set():
-                self.reason = self.reason or "cancelled"
-                phase = Phase.CANCELLED
-            elif phase == Phase.SUCCEEDED and self.verdict and self.verdict.startswith("refused"):
-                self.reason = f"its outputs were {self.verdict}"
-                phase = Phase.FAILED
-            elif phase == Phase.FAILED:
-                self.reason = self.reason or self.backend.end_reason(job)
-        except KeyboardInterrupt:
-            raise  # wait() decides: cancel (and clean up) or detach
-        except Exception as exc:
-            # The daemon went away, a platform call failed, results could not be fetched:
-            # the run still ends, in FAILED, with the reason.
-            self.done = True
-            self.reason = (
-                f"{type(exc).__name__} while {'collecting' if phase.terminal else 'waiting'}: {exc}"
-            )
-            try:
-                self.enter(job.run_id, Phase.FAILED)
-            finally:
-                self.clean(job, exc)
-            raise
-        self.done = True
-        self.exit_code = code
-        self.enter(job.run_id, phase)
-        self.clean(job)
-        return phase, code
+                seen += 1
+                self.progress.log(line)
+            if phase.terminal:
+                break
+            if self.stop is not None:
+                self.stop.check()
+            if not self.cancel.is_set() and deadline is not None and time.monotonic() > deadline:
+                timed_out = True
+                self.cancel.set()
+            if self.cancel.is_set() and not cancel_sent:
+                # Once: a platform may take a while to stop the job; we wait for it.
+                cancel_sent = True
+                self.backend.cancel(job)
+            waited = time.monotonic() - started
+            self._sleep(poll if poll is not None else self.backend.poll_interval(waited))
+        for line in self.backend.logs(job, seen):
+            self.progress.log(line)
+        self.progress.enter(Phase.COLLECTING)
+        self.backend.fetch_results(job, dest)
+        verdict, verified, outputs = self.verify(dest) if self.verify else (None, None, None)
+        reason = None
+        if timed_out:
+            reason = f"the run timed out after {spec.timeout:g} s and was stopped"
+            phase = Phase.FAILED
+        elif self.cancel.is_set():
+            reason, phase = "cancelled", Phase.CANCELLED
+        elif phase == Phase.SUCCEEDED and verdict == Verdict.REFUSED:
+            reason, phase = f"its outputs were {verified}", Phase.FAILED
+        elif phase == Phase.FAILED:
+            reason = self.backend.end_reason(job)
+        return Outcome(phase, code, timed_out, verdict, verified, reason, outputs)
+
+
+class HooksProgress:
+    """Progress of one run told to hooks alone (a run outside the ledger: run_image)."""
+
+    def __init__(self, run_id: str, hooks: Hooks) -> None:
+        self.run_id, self.hooks = run_id, hooks
+
+    def enter(self, phase: Phase) -> None:
+        self.hooks.phase(self.run_id, phase, {})
+
+    def log(self, line: str) -> None:
+        self.hooks.log(self.run_id, line)
 
 
 def write_log(dest: Path, lines: list[str]) -> None:

@@ -60,7 +60,7 @@ __all__ = [
 
 RUNTIME_FOR_CELLS = ["ipython", "cloudpickle"]
 RUNTIME_FOR_NOTEBOOKS = ["ipykernel", "cloudpickle", "nbclient", "nbformat", "nbconvert"]
-_DEPS_LAYOUT = 4  # bump when the dependency layer's recipe or resolution changes
+_DEPS_LAYOUT = 4  # bump when the resolution changes (the recipe is in the key itself)
 
 
 @dataclass
@@ -322,7 +322,9 @@ def _build_deps_image(
     runtime_pins = pinned(runtime) + list(snap.requirements)
     with tempfile.TemporaryDirectory(prefix="nbcontainer-deps-") as tmp:
         # This package's own code is not in the key: it is a layer of its own above.
-        key_src = json.dumps([_DEPS_LAYOUT, engine.get_image(base).id, lock, runtime_pins])
+        key_src = json.dumps(
+            [_DEPS_LAYOUT, _DEPS_DOCKERFILE, engine.get_image(base).id, lock, runtime_pins]
+        )
         key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
         tag = f"nbcontainer/deps:{key}"
         if engine.has_image(tag):

@@ -8,7 +8,7 @@ import ast
 import os
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -20,6 +20,9 @@ from ..backends.registry import UnknownBackend, available
 from ..config import trait_default
 from ..remote.ledger import Ledger
 from ..runtime.errors import InvalidOption, UnknownRun
+
+if TYPE_CHECKING:
+    from ..remote.results import RunResult
 
 __all__ = ["RemoteRun", "parse_sweep", "parse_value"]
 
@@ -670,16 +673,13 @@ class RemoteRun(Magics):
             settings["instance_count"] = args.instance_count
         return settings
 
-    def _show(self, outcome: Any, listener: Any) -> Any:
-        from ..remote.results import RunResult
+    def _show(self, outcome: RunResult, listener: Any) -> Any:
         from ..remote.runs import RunHandle
 
-        if isinstance(outcome, RunHandle):
-            return outcome
-        if isinstance(outcome, dict):  # a sweep: its combined results are in the namespace
-            self._user_ns.update(outcome)
+        if outcome.pending:  # --no-wait: the cell shows where the run is
+            return RunHandle(outcome.run_id or "", self.runner)
+        if outcome.children:  # a sweep: its combined results are in the namespace
             return None
-        assert isinstance(outcome, RunResult)
         if isinstance(listener, dict):  # the panel showed the log; the cell shows stdout too
             for line in outcome.logs:
                 if not line.startswith(("[nbcontainer", "[sagemaker")):  # the platform's own

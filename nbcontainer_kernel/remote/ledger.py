@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS runs (
     job TEXT,
     run_key TEXT,
     verified TEXT,
+    verdict TEXT,
+    timed_out INTEGER NOT NULL DEFAULT 0,
     platform TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
@@ -69,14 +71,30 @@ CREATE INDEX IF NOT EXISTS metric_points_run ON metric_points(run_id);
 """
 _JSON = {"params", "metrics", "phases", "result_files", "outputs", "job", "platform"}
 # Columns added after the first release: added to older ledgers when they are opened.
-_ADDED_COLUMNS = {"run_key": "TEXT", "verified": "TEXT", "platform": "TEXT"}
+#: `verified` holds the verdict's words (which file was refused, and why); `verdict` its
+#: kind (runtime.trust.Verdict) and `timed_out` whether --timeout stopped the run.
+_ADDED_COLUMNS = {
+    "run_key": "TEXT",
+    "verified": "TEXT",
+    "platform": "TEXT",
+    "verdict": "TEXT",
+    "timed_out": "INTEGER NOT NULL DEFAULT 0",
+}
 
+#: Runs recorded before the verdict and the timeout had columns: both read from the words
+#: those runs recorded (the only place they were then).
+_FROM_VERSION_3 = (
+    "UPDATE runs SET timed_out = 1 WHERE failure LIKE 'the run timed out after %'",
+    "UPDATE runs SET verdict = CASE WHEN verified = 'signed' THEN 'signed' "
+    "WHEN verified LIKE 'refused:%' THEN 'refused' "
+    "WHEN verified LIKE 'not checked%' THEN 'not checked' END WHERE verified IS NOT NULL",
+)
 
 #: Seconds SQLite waits for another process's write to end, per statement.
 BUSY_TIMEOUT = 30.0
 #: Seconds a busy step is tried again (with backoff) before it fails.
 RETRY_FOR = 120.0
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PENDING_DIR = ".pending-ends"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -243,6 +261,9 @@ class Ledger:
                 for col, typ in _ADDED_COLUMNS.items():
                     if col not in have:
                         db.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+                if "verdict" not in have:
+                    for statement in _FROM_VERSION_3:
+                        db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:

@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Hooks, Phase, RunDriver, RunSpec
+from ..backends.base import Hooks, HooksProgress, Phase, RunDriver, RunSpec
 from ..backends.local import LocalBackend
 from ..docker.engine import Engine
-from ..runtime.trust import KEY_ENV, RunOutputs, new_key
+from ..runtime.trust import KEY_ENV, RunOutputs, Verdict, new_key
 from .results import RunResult
 
 __all__ = ["run_image"]
@@ -56,16 +56,14 @@ def run_image(
             on_log(line)
 
     hooks = Hooks(on_log=[keep])
+
+    def verify(dest: Path) -> tuple[Verdict, str, RunOutputs]:
+        outputs = RunOutputs(dest, key, trust)
+        return (*outputs.check(), outputs)
+
     driver = RunDriver(
-        LocalBackend(engine), hooks, verify=lambda dest: RunOutputs(dest, key, trust).verdict()
+        LocalBackend(engine), HooksProgress(run_id, hooks), verify=verify, cancel=cancel
     )
-    if cancel is not None:
-
-        def forward_cancel(event: threading.Event) -> None:
-            event.wait()
-            driver.cancel_event.set()
-
-        threading.Thread(target=forward_cancel, args=(cancel,), daemon=True).start()
     spec = RunSpec(
         run_id,
         image,
@@ -79,17 +77,22 @@ def run_image(
     )
     t0 = time.monotonic()
     job = driver.backend.submit(spec)
-    phase, code = driver.wait(job, spec, out)
+    outcome = driver.wait(job, spec, out)
+    if outcome.error is not None:
+        raise outcome.error
     return RunResult(
         image=image,
-        exit_code=code,
+        exit_code=outcome.exit_code,
         output_dir=out,
         logs=logs,
         duration=time.monotonic() - t0,
-        timed_out=driver.timed_out,
-        cancelled=phase == Phase.CANCELLED,
+        timed_out=outcome.timed_out,
+        cancelled=outcome.phase == Phase.CANCELLED,
         container=job.handle["container_name"],
         key=key,
         trust=trust,
-        reason=driver.reason,
+        reason=outcome.reason,
+        checked_outputs=outcome.outputs,
+        verdict=outcome.verdict,
+        status=outcome.phase.value,
     )

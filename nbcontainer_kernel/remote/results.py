@@ -23,7 +23,7 @@ from ..runtime.errors import (
     UntrustedResults,
 )
 from ..runtime.serialize import DATA_SERIALIZERS, deserialize
-from ..runtime.trust import RunOutputs
+from ..runtime.trust import RunOutputs, Verdict
 
 __all__ = ["RunResult", "RemoteTraceback", "load_results"]
 
@@ -96,13 +96,27 @@ class RunResult:
     reason: str | None = None
     run_id: str | None = None
     backend: str | None = None
-    _outputs: RunOutputs | None = field(default=None, init=False, repr=False, compare=False)
+    #: The run's phase when this was made: SUCCEEDED, FAILED or CANCELLED once it ended;
+    #: an earlier one for a run that goes on without the cell (``--no-wait``).
+    status: str = ""
+    verdict: Verdict | None = None  # how far its outputs are believed, once collected
+    #: A sweep's children by run id, and its combined values (name -> DataFrame with the
+    #: swept parameters as columns; those of the children that succeeded).
+    children: dict[str, RunResult] = field(default_factory=dict, repr=False)
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: The outputs as the driver verified them (every file hashed once, not again here).
+    checked_outputs: RunOutputs | None = field(default=None, repr=False, compare=False)
 
     @property
     def outputs(self) -> RunOutputs:
-        if self._outputs is None:
-            self._outputs = RunOutputs(self.output_dir, self.key, self.trust)
-        return self._outputs
+        if self.checked_outputs is None:
+            self.checked_outputs = RunOutputs(self.output_dir, self.key, self.trust)
+        return self.checked_outputs
+
+    @property
+    def pending(self) -> bool:
+        """Whether the run goes on (``--no-wait``): its results come with %remote_attach."""
+        return self.status not in ("SUCCEEDED", "FAILED", "CANCELLED")
 
     @property
     def model_dir(self) -> Path:

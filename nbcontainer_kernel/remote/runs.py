@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, Hooks, Job, Phase, RunDriver, RunSpec, StopSignal
+from ..backends.base import Backend, Hooks, Job, Outcome, Phase, RunDriver, RunSpec, StopSignal
 from ..backends.registry import get_backend
 from ..images.runs import RunImage, build_run_image, build_runtime_image
 from ..images.wheels import resolution_budget
-from ..runtime.errors import InvalidOption, LedgerError, NbcontainerError, RunCancelled, SweepFailed
+from ..runtime.errors import InvalidOption, NbcontainerError, RunCancelled, SweepFailed
 from ..runtime.metrics import metric_names_in
-from ..runtime.trust import KEY_ENV, TRUST_MODES, RunOutputs
+from ..runtime.trust import KEY_ENV, TRUST_MODES, RunOutputs, Verdict
 from ..snapshots import Snapshot, names_assigned, snapshot
 from .ledger import Ledger
+from .lifecycle import RunRecord, read_logs
 from .results import RunResult, load_results
 
 _TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
@@ -139,20 +140,18 @@ def swept_values(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return out
 
 
-@dataclass
 class RunHandle:
     """A run that goes on without the cell waiting (``--no-wait``)."""
 
-    run_id: str
-    runner: RemoteRunner
-    thread: threading.Thread | None = None
+    def __init__(self, run_id: str, runner: RemoteRunner) -> None:
+        self.run_id = run_id
+        self.runner = runner
 
     def status(self) -> str:
-        return self.runner.ledger.get(self.run_id)["status"]
+        return str(self.runner.ledger.get(self.run_id)["status"])
 
     def wait(self, timeout: float | None = None) -> str:
-        if self.thread is not None:
-            self.thread.join(timeout)
+        self.runner.join(self.run_id, timeout)
         return self.status()
 
     def __repr__(self) -> str:
@@ -162,7 +161,12 @@ class RunHandle:
 
 
 class RemoteRunner:
-    """Runs cells remotely and records every run in the ledger."""
+    """Runs cells remotely and records every run in the ledger.
+
+    Each run's record (:class:`RunRecord`) is the only writer of its phases; the
+    driver (:class:`RunDriver`) follows a submitted job and answers with an Outcome,
+    which the record ends the run with.
+    """
 
     def __init__(
         self,
@@ -180,12 +184,10 @@ class RemoteRunner:
         self.runtime_builder = runtime_builder
         self.ledger = ledger or Ledger()
         self.trust = trust  # how far run outputs are believed (see runtime.trust)
-        self.drivers: dict[str, RunDriver] = {}  # runs being waited on, for cancel buttons
+        self.records: dict[str, RunRecord] = {}  # runs waited on here, for cancel buttons
         # The stop signal of each run waited on (a sweep's parent and children share one).
         self._stops: dict[str, StopSignal] = {}
-        # Runs _finish waits on: how each records its end with its terminal phase.
-        self._ending: dict[str, Callable[[Phase, float], None]] = {}
-        self._ending_lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}  # --no-wait runs followed here
 
     # ---------------------------------------------------------------- entry
     def run(
@@ -195,7 +197,7 @@ class RemoteRunner:
         hooks: Hooks,
         notebook: str | None = None,
         stop: StopSignal | None = None,
-    ) -> RunResult | RunHandle | dict[str, Any]:
+    ) -> RunResult:
         """Snapshot `namespace` for `req.cell`, build (or reuse) the run image, run it on
         the request's backend, record every phase in the ledger, and bring results back.
 
@@ -203,9 +205,10 @@ class RemoteRunner:
         makes the call end as an interrupt would (:class:`StopSignal`), and
         ``cancel(run_id)`` sets it.
 
-        Returns the RunResult of a run waited on (its results are already in
-        `namespace`), a RunHandle for ``wait=False``, or for a sweep the combined
-        results (name -> DataFrame with the swept parameters as columns), also put in
+        Returns the run's RunResult: of a run waited on, its results already in
+        `namespace`; for ``wait=False`` one that is ``pending`` (:meth:`join` waits for
+        it); for a sweep the parent's, with its children and their combined values
+        (name -> DataFrame with the swept parameters as columns), also put in
         `namespace` (those of the children that succeeded, when some failed: then
         SweepFailed names the failed ones). Raises RemoteExecutionError when the run failed,
         UntrustedResults when its outputs are refused, and NbcontainerError subclasses
@@ -223,10 +226,11 @@ class RemoteRunner:
         if req.sweep:
             params.update(swept_values(req.sweep_rows))
         run_id = self.ledger.create(name, backend.name, params=params, notebook=notebook)
+        record = RunRecord(self.ledger, run_id, hooks)
         stop = stop or StopSignal()
         self._stops[run_id] = stop
         try:
-            return self._run(req, namespace, hooks, run_id, name, backend, out_names, stop)
+            return self._run(req, namespace, record, name, backend, out_names, stop)
         except KeyboardInterrupt:
             if stop.force_cancel:  # Cancel, not Ctrl-C: the run ended as asked, say so briefly
                 raise RunCancelled(run_id) from None
@@ -238,103 +242,110 @@ class RemoteRunner:
         self,
         req: RemoteRequest,
         namespace: dict[str, Any],
-        hooks: Hooks,
-        run_id: str,
+        record: RunRecord,
         name: str,
         backend: Backend,
         out_names: list[str],
         stop: StopSignal,
-    ) -> RunResult | RunHandle | dict[str, Any]:
-        driver = self._driver(run_id, backend, hooks, req.interrupt, stop)
-        self.drivers[run_id] = driver
+    ) -> RunResult:
+        run_id = record.run_id
+        self.records[run_id] = record
         snap: Snapshot | None = None
         try:
             backend.configure(req.settings)  # a missing setting fails here, recorded
             backend.check_resources(req.cpus, req.memory, req.gpus, req.settings)
             stop.check()
             image, digest, snap = self._image_for(
-                run_id, driver, req, namespace, warm=self._runs_warm(backend, req)
+                record, req, namespace, warm=self._runs_warm(backend, req), stop=stop
             )
             stop.check()
             # A snapshot run without a run image records none: --rerun makes one if needed.
             self.ledger.update(run_id, image="" if snap else image, snapshot_digest=digest)
             if backend.needs_push:
-                driver.enter(run_id, Phase.PUSH)
-                image = backend.push(image, driver.hooks, run_id)
+                record.enter(Phase.PUSH)
+                image = backend.push(image, record.hooks, run_id)
                 self.ledger.update(run_id, image=image)
         except BaseException as exc:
             # Nothing ran, but the record stays, saying why (an unusable base, Ctrl-C, ...).
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            self.ledger.update(
-                run_id,
-                failure="interrupted before it started"
-                if interrupted
-                else f"{type(exc).__name__}: {exc}",
-            )
-            driver.enter(run_id, Phase.CANCELLED if interrupted else Phase.FAILED)
-            self.drivers.pop(run_id, None)
+            record.fail_from(exc)
+            self.records.pop(run_id, None)
             self._keep(run_id, snap)
             raise
         try:
             snapshot_dir = str(snap.directory) if snap else None
             if req.sweep:
                 return self._sweep(
-                    run_id,
-                    name,
-                    backend,
-                    image,
-                    req,
-                    hooks,
-                    out_names,
-                    stop,
-                    namespace,
-                    snapshot_dir,
+                    record, name, backend, image, req, out_names, stop, namespace, snapshot_dir
                 )
             spec = self._spec(run_id, image, req, params=dict(req.params), snapshot=snapshot_dir)
+            driver = self._driver(record, backend, req.interrupt, stop)
             job = None
             try:
-                job = self._submit(driver, backend, spec)
+                job = self._submit(record, backend, spec)
                 if not req.wait:
-                    handle = RunHandle(run_id, self)
-                    handle.thread = threading.Thread(
-                        target=self._finish, args=(driver, job, spec, []), daemon=True
-                    )
-                    handle.thread.start()
-                    return handle
-                result = self._finish(driver, job, spec, out_names)
+                    return self._follow(record, driver, job, spec)
+                result = self._wait(record, driver, job, spec)
             except KeyboardInterrupt:
                 # Wherever Ctrl-C lands once the job exists, the run is cancelled (or detached).
                 if job is not None and not driver.detaches():
-                    driver.cancel_and_clean(job)
+                    driver.stop_job(job)
+                    record.cancel(driver.interrupt_reason())
                 raise
             result.raise_for_status()
             namespace.update(load_results(result.outputs, out_names))
             return result
         finally:
+            if run_id not in self._threads:  # a --no-wait run's record is its thread's
+                self.records.pop(run_id, None)
             self._keep(run_id, snap)
+
+    def _follow(self, record: RunRecord, driver: RunDriver, job: Job, spec: RunSpec) -> RunResult:
+        """A --no-wait run: followed to its end on a thread of its own; its result now."""
+        self.records[record.run_id] = record
+        thread = threading.Thread(
+            target=self._wait_quietly, args=(record, driver, job, spec), daemon=True
+        )
+        self._threads[record.run_id] = thread
+        thread.start()
+        return self._result(self.ledger.get(record.run_id), image=spec.image)
+
+    def _wait_quietly(self, record: RunRecord, driver: RunDriver, job: Job, spec: RunSpec) -> None:
+        try:
+            self._wait(record, driver, job, spec)
+        except Exception:  # recorded in the run's row; %remote_attach shows it
+            pass
+        finally:
+            self.records.pop(record.run_id, None)
+            self._threads.pop(record.run_id, None)
+
+    def join(self, run_id: str, timeout: float | None = None) -> None:
+        """Wait for a --no-wait run followed here to end (at most `timeout` seconds)."""
+        thread = self._threads.get(run_id)
+        if thread is not None:
+            thread.join(timeout)
 
     def _driver(
         self,
-        run_id: str,
+        record: RunRecord,
         backend: Backend,
-        hooks: Hooks,
         interrupt: str,
         stop: StopSignal | None = None,
     ) -> RunDriver:
-        trust = self.trust
+        trust, run_id = self.trust, record.run_id
 
-        def verify(dest: Path) -> str:
+        def verify(dest: Path) -> tuple[Verdict, str, RunOutputs]:
             # The key as the ledger holds it when the outputs arrive (a sweep submitted in
             # one step gives its children the parent's key after their drivers exist).
-            return RunOutputs(dest, self.ledger.get(run_id).get("run_key"), trust).verdict()
+            outputs = RunOutputs(dest, self.ledger.get(run_id).get("run_key"), trust)
+            return (*outputs.check(), outputs)
 
         return RunDriver(
             backend,
-            hooks,
-            self._record,
-            interrupt,
+            record,
+            on_interrupt=interrupt,
             verify=verify,
             stop=stop,
+            cancel=record.cancel_requested,
         )
 
     def attach(
@@ -348,27 +359,30 @@ class RemoteRunner:
         """Pick a run up where it is (after a kernel restart) and collect it."""
         row = self.ledger.get(run_id)
         if row["status"] not in _TERMINAL:
+            record = RunRecord(self.ledger, run_id, hooks)
             if not row["job"]:
                 # Its kernel died before the run reached a backend: nothing runs, record why.
                 reason = (
                     f"abandoned in {row['status']}: its kernel went away before the run "
                     "was submitted"
                 )
-                self.ledger.update(run_id, failure=reason)
-                self.ledger.add_phase(run_id, Phase.FAILED.value)
+                record.fail(reason)
                 raise NbcontainerError(
                     f"Run {run_id} never reached its backend ({reason}); there is "
                     "nothing to attach to. Run the cell again."
                 )
             backend = get_backend(row["backend"])
-            driver = self._driver(run_id, backend, hooks, interrupt)
-            self.drivers[run_id] = driver
+            driver = self._driver(record, backend, interrupt)
+            self.records[run_id] = record
             job = Job(row["backend"], run_id, row["job"])
             attach = getattr(backend, "attach", None)
             if attach is not None:
                 attach(job)
             spec = RunSpec(run_id, row["image"] or "", params=row["params"])
-            result = self._finish(driver, job, spec, [])
+            try:
+                result = self._wait(record, driver, job, spec)
+            finally:
+                self.records.pop(run_id, None)
         else:
             result = self.result_of(run_id)
         result.raise_for_status()
@@ -383,8 +397,8 @@ class RemoteRunner:
         if run_id in self._stops:
             self._stops[run_id].cancel()
             return
-        if run_id in self.drivers:
-            self.drivers[run_id].cancel_event.set()
+        if run_id in self.records:
+            self.records[run_id].cancel_requested.set()
             return
         if row["job"] and row["status"] not in _TERMINAL:
             backend = get_backend(row["backend"])
@@ -393,40 +407,55 @@ class RemoteRunner:
                 backend.cancel(job)
                 backend.cleanup(job)
             finally:
-                self.ledger.update(run_id, failure="cancelled")
-                self.ledger.add_phase(run_id, Phase.CANCELLED.value)
+                RunRecord(self.ledger, run_id).cancel("cancelled")
 
     def result_of(self, run_id: str, trust: str | None = None) -> RunResult:
         """A recorded run's outputs, read under `trust` (default: the runner's)."""
-        row = self.ledger.get(run_id)
+        return self._result(self.ledger.get(run_id), trust=trust)
+
+    def _result(
+        self,
+        row: Mapping[str, Any],
+        outcome: Outcome | None = None,
+        image: str | None = None,
+        trust: str | None = None,
+    ) -> RunResult:
+        """The one place a RunResult is made: from the run's row, and the Outcome of a run
+        that just ended (which the row may not hold yet: an end kept to be recorded)."""
+        dest = Path(row["result_dir"])
+        verdict = row.get("verdict")
+        status = outcome.phase.value if outcome else row["status"]
         return RunResult(
-            image=row["image"] or "",
-            exit_code=row["exit_code"],
-            output_dir=Path(row["result_dir"]),
-            logs=_read_logs(Path(row["result_dir"])),
-            cancelled=row["status"] == Phase.CANCELLED.value,
+            image=image if image is not None else (row["image"] or ""),
+            exit_code=outcome.exit_code if outcome else row["exit_code"],
+            output_dir=dest,
+            logs=read_logs(dest),
+            cancelled=status == Phase.CANCELLED.value,
+            timed_out=outcome.timed_out if outcome else bool(row.get("timed_out")),
             key=row.get("run_key"),
             trust=trust or self.trust,
-            reason=row.get("failure"),
-            run_id=run_id,
+            reason=outcome.reason if outcome else row.get("failure"),
+            run_id=row["id"],
             backend=row["backend"],
-            timed_out=(row.get("failure") or "").startswith("the run timed out"),
+            status=status,
+            verdict=outcome.verdict if outcome else (Verdict(verdict) if verdict else None),
+            checked_outputs=outcome.outputs if outcome else None,
         )
 
     # -------------------------------------------------------------- phases
     def _image_for(
         self,
-        run_id: str,
-        driver: RunDriver,
+        record: RunRecord,
         req: RemoteRequest,
         namespace: Mapping[str, Any],
         warm: bool,
+        stop: StopSignal,
     ) -> tuple[str, str, Snapshot | None]:
         """(image, snapshot digest, the snapshot when the image is only its runtime)."""
         if not req.rerun:
-            driver.enter(run_id, Phase.SNAPSHOT)
+            record.enter(Phase.SNAPSHOT)
             snap = snapshot(namespace, req.cell, variables=req.variables, all_vars=req.all_vars)
-            return self._build(run_id, driver, req, snap, warm)
+            return self._build(record, req, snap, warm, stop)
         prior = self.ledger.get(req.rerun)
         if prior.get("image"):
             return prior["image"], prior["snapshot_digest"], None
@@ -442,32 +471,30 @@ class RemoteRunner:
                 f"The snapshot kept for run {req.rerun} ({kept}) is not the one it ran: its "
                 "files changed since. Run the cell without --rerun."
             )
-        return self._build(run_id, driver, req, snap, warm)
+        return self._build(record, req, snap, warm, stop)
 
     def _build(
-        self, run_id: str, driver: RunDriver, req: RemoteRequest, snap: Snapshot, warm: bool
+        self, record: RunRecord, req: RemoteRequest, snap: Snapshot, warm: bool, stop: StopSignal
     ) -> tuple[str, str, Snapshot | None]:
         """The BUILD phase: the snapshot's runtime image (warm: the snapshot is copied into
         a container of it), else its run image."""
         try:
             skipped = [f"{v.name} ({v.skipped})" for v in snap.skipped]
             if skipped:
-                driver.hooks.log(run_id, f"[nbcontainer] not shipped: {'; '.join(skipped)}")
-            if driver.stop is not None:
-                driver.stop.check()
-            driver.enter(run_id, Phase.BUILD)
+                record.log(f"[nbcontainer] not shipped: {'; '.join(skipped)}")
+            stop.check()
+            record.enter(Phase.BUILD)
             with resolution_budget(req.resolve_timeout):
                 image = (self.runtime_builder if warm else self.image_builder)(
                     snap,
                     base=req.base,
                     allow_unpinned=req.allow_unpinned,
-                    on_line=_warnings_to(driver.hooks, run_id, driver.stop),
+                    on_line=_warnings_to(record, stop),
                 )
             if image.skipped_requirements:
-                driver.hooks.log(
-                    run_id,
+                record.log(
                     "[nbcontainer] not in the image (no wheel for its platform): "
-                    + ", ".join(image.skipped_requirements),
+                    + ", ".join(image.skipped_requirements)
                 )
         except BaseException:
             snap.cleanup()
@@ -476,16 +503,6 @@ class RemoteRunner:
             return image.tag, snap.digest, snap
         snap.cleanup()
         return image.tag, snap.digest, None
-
-    def _record(self, run_id: str, phase: Phase, at: float) -> None:
-        record_end = None
-        if phase.terminal:
-            with self._ending_lock:
-                record_end = self._ending.pop(run_id, None)
-        if record_end is not None:
-            record_end(phase, at)  # with the run's results, in one transaction
-        else:
-            self.ledger.add_phase(run_id, phase.value, at)
 
     @staticmethod
     def _runs_warm(backend: Backend, req: RemoteRequest) -> bool:
@@ -553,156 +570,87 @@ class RemoteRunner:
             snapshot=snapshot,
         )
 
-    def _submit(self, driver: RunDriver, backend: Backend, spec: RunSpec) -> Job:
-        driver.enter(spec.run_id, Phase.SUBMITTED)
+    def _submit(self, record: RunRecord, backend: Backend, spec: RunSpec) -> Job:
+        record.enter(Phase.SUBMITTED)
         try:
             job = backend.submit(spec)
         except BaseException as exc:
             # Nothing runs; the record says why and ends (a half-submitted job is the
             # backend's to undo).
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            self.ledger.update(
-                spec.run_id,
-                failure="interrupted before it started"
-                if interrupted
-                else f"{type(exc).__name__} while submitting: {exc}",
-            )
-            driver.done = True
-            driver.enter(spec.run_id, Phase.CANCELLED if interrupted else Phase.FAILED)
+            record.fail_from(exc, "submitting")
             raise
         self.ledger.update(spec.run_id, job=job.handle)
         return job
 
-    def _finish(
-        self, driver: RunDriver, job: Job, spec: RunSpec, out_names: list[str]
-    ) -> RunResult:
-        """Wait for the run; its end (results, metric points, the terminal phase) goes
-        into the ledger in one transaction as the driver enters that phase, before the
-        listeners hear of it: no reader sees a run that ended without its results."""
-        dest = self.ledger.run_dir(spec.run_id)
-        row = self.ledger.get(spec.run_id)
-        ended: list[RunResult] = []
-
-        def result_of(phase: Phase) -> RunResult:
-            return RunResult(
-                image=spec.image,
-                exit_code=driver.exit_code,
-                output_dir=dest,
-                logs=_read_logs(dest),
-                cancelled=phase == Phase.CANCELLED,
-                timed_out=driver.timed_out,
-                key=row.get("run_key"),
-                trust=self.trust,
-                reason=driver.reason,
-                run_id=spec.run_id,
-                backend=row["backend"],
-            )
-
-        def record_end(phase: Phase, at: float) -> None:
-            result = result_of(phase)
-            ended.append(result)
-            self._record_end(driver, job, spec, result, (phase.value, at))
-
-        with self._ending_lock:
-            self._ending[spec.run_id] = record_end
+    def _wait(self, record: RunRecord, driver: RunDriver, job: Job, spec: RunSpec) -> RunResult:
+        """Wait for the run, then record its end (results, metric points, the terminal
+        phase) in one transaction before the listeners hear of it: no reader sees a run
+        that ended without its results. After a KeyboardInterrupt the run ends CANCELLED,
+        unless it is to detach."""
         try:
-            phase, _code = driver.wait(job, spec, dest)
-        finally:
-            with self._ending_lock:
-                self._ending.pop(spec.run_id, None)
-            self.drivers.pop(spec.run_id, None)
-        return ended[-1] if ended else result_of(phase)
-
-    def _record_end(
-        self,
-        driver: RunDriver,
-        job: Job,
-        spec: RunSpec,
-        result: RunResult,
-        end: tuple[str, float],
-    ) -> None:
-        trusted = driver.verdict is None or not driver.verdict.startswith("refused")
-        try:
-            accounting = driver.backend.accounting(job)
-        except Exception as exc:  # what it cost is a note on the record, never its end
-            accounting = {"error": f"{type(exc).__name__}: {exc}"}
-        try:
-            fields = {
-                "platform": accounting,
-                "exit_code": driver.exit_code,
-                "verified": driver.verdict,
-                "metrics": result.metrics if trusted else {},
-                "failure": (result.failure if trusted else driver.reason) or driver.reason,
-                "result_files": sorted(p.name for p in result.model_dir.glob("*"))
-                if result.model_dir.exists()
-                else [],
-            }
-            points = result.metric_history if trusted and result.metric_history else None
-        except (NbcontainerError, OSError, ValueError) as exc:
-            # Outputs that cannot be read (refused while read, unreadable): the end says so.
-            fields = {"exit_code": driver.exit_code, "failure": driver.reason or str(exc)}
-            points = None
-        try:
-            self.ledger.finish(spec.run_id, fields, points, end)
-        except LedgerError as exc:
-            # Its outputs are kept, and its end with them: recorded when a ledger next opens.
-            driver.hooks.log(
-                spec.run_id,
-                f"[nbcontainer] the run's end is kept to be recorded later: {exc}",
-            )
+            outcome = driver.wait(job, spec, self.ledger.run_dir(spec.run_id))
+        except KeyboardInterrupt:
+            if not driver.detaches():
+                record.cancel(driver.interrupt_reason())
+            raise
+        result = self._result(self.ledger.get(spec.run_id), outcome, image=spec.image)
+        record.end(outcome, result, _accounting(driver.backend, job))
+        if outcome.error is not None:
+            raise outcome.error
+        return result
 
     # --------------------------------------------------------------- sweeps
     def _sweep(
         self,
-        parent: str,
+        parent: RunRecord,
         name: str,
         backend: Backend,
         image: str,
         req: RemoteRequest,
-        hooks: Hooks,
         out_names: list[str],
         stop: StopSignal,
         namespace: dict[str, Any],
         snapshot_dir: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunResult:
         rows = req.sweep_rows
-        digest = self.ledger.get(parent)["snapshot_digest"]
-        children: list[tuple[str, dict[str, Any]]] = []
+        digest = self.ledger.get(parent.run_id)["snapshot_digest"]
+        children: list[tuple[RunRecord, dict[str, Any]]] = []
         for row in rows:
             child = self.ledger.create(
-                name, backend.name, params={**req.params, **row}, parent=parent
+                name, backend.name, params={**req.params, **row}, parent=parent.run_id
             )
             self.ledger.update(child, image="" if snapshot_dir else image, snapshot_digest=digest)
-            children.append((child, row))
-        parent_driver = self.drivers[parent]
+            children.append((RunRecord(self.ledger, child, parent.hooks), row))
         if snapshot_dir is not None:
             # As many warm containers as children run at once, made while others run.
             size = int(req.settings.get("run_pool_size", 1) or 0)
             backend.configure(
                 {**req.settings, "run_pool_size": max(size, min(req.max_parallel, len(rows)))}
             )
-        drivers = {c: self._driver(c, backend, hooks, "cancel", stop) for c, _ in children}
+        drivers = {c.run_id: self._driver(c, backend, "cancel", stop) for c, _ in children}
         jobs: dict[str, tuple[Job, RunSpec]] = {}
         if backend.one_job_per_sweep:
-            jobs = self._submit_sweep(parent, backend, image, req, children, drivers)
-        parent_driver.enter(parent, Phase.RUNNING)
+            jobs = self._submit_sweep(parent, backend, image, req, children)
+        parent.enter(Phase.RUNNING)
 
-        def one(child: str, row: dict[str, Any]) -> RunResult:
-            driver = drivers[child]
-            self.drivers[child] = driver
-            self._stops[child] = stop
-            if child in jobs:  # submitted with the whole sweep: wait on it
-                job, spec = jobs[child]
-                return self._finish(driver, job, spec, out_names)
-            if parent_driver.cancel_event.is_set() or stop.is_set():
-                self.ledger.update(child, failure="cancelled before it started")
-                self.ledger.add_phase(child, Phase.CANCELLED.value)
-                raise KeyboardInterrupt
-            spec = self._spec(
-                child, image, req, params={**req.params, **row}, snapshot=snapshot_dir
-            )
-            job = self._submit(driver, backend, spec)
-            return self._finish(driver, job, spec, out_names)
+        def one(child: RunRecord, row: dict[str, Any]) -> RunResult:
+            driver = drivers[child.run_id]
+            self.records[child.run_id] = child
+            self._stops[child.run_id] = stop
+            try:
+                if child.run_id in jobs:  # submitted with the whole sweep: wait on it
+                    job, spec = jobs[child.run_id]
+                    return self._wait(child, driver, job, spec)
+                if parent.cancel_requested.is_set() or stop.is_set():
+                    child.cancel("cancelled before it started")
+                    raise KeyboardInterrupt
+                spec = self._spec(
+                    child.run_id, image, req, params={**req.params, **row}, snapshot=snapshot_dir
+                )
+                job = self._submit(child, backend, spec)
+                return self._wait(child, driver, job, spec)
+            finally:
+                self.records.pop(child.run_id, None)
 
         # Child by child, `max_parallel` run at once; a sweep the platform took in one
         # step runs there at its pace, and these threads only collect (finished children
@@ -710,8 +658,10 @@ class RemoteRunner:
         parallel = min(len(children), 16) if jobs else max(1, req.max_parallel)
         results: dict[str, RunResult] = {}
         errors: dict[str, BaseException] = {}
-        pool = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix=f"sweep-{parent}")
-        futures: dict[concurrent.futures.Future[RunResult], str] = {}
+        pool = concurrent.futures.ThreadPoolExecutor(
+            parallel, thread_name_prefix=f"sweep-{parent.run_id}"
+        )
+        futures: dict[concurrent.futures.Future[RunResult], RunRecord] = {}
         try:
             # A Ctrl-C inside submit() could start a worker the pool never joins, or a
             # child this loop never records: SIGINT waits until every child is queued.
@@ -725,9 +675,9 @@ class RemoteRunner:
                 )
                 for fut in done:
                     try:
-                        results[futures[fut]] = fut.result()
+                        results[futures[fut].run_id] = fut.result()
                     except Exception as exc:  # recorded in the child's row; the others go on
-                        errors[futures[fut]] = exc
+                        errors[futures[fut].run_id] = exc
                 stop.check()
         except KeyboardInterrupt:
             # Ctrl-C anywhere in a sweep cancels it: queued children never start, running
@@ -737,119 +687,109 @@ class RemoteRunner:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             for c, _ in children:
-                self._stops.pop(c, None)
+                self._stops.pop(c.run_id, None)
             if snapshot_dir is not None:
                 # The sweep's extra runner containers go: back to run_pool_size.
                 backend.configure(req.settings)
+        return self._end_sweep(parent, children, results, errors, out_names, namespace)
+
+    def _end_sweep(
+        self,
+        parent: RunRecord,
+        children: list[tuple[RunRecord, dict[str, Any]]],
+        results: dict[str, RunResult],
+        errors: dict[str, BaseException],
+        out_names: list[str],
+        namespace: dict[str, Any],
+    ) -> RunResult:
+        """The parent's end once every child ended: SUCCEEDED when all did, else FAILED
+        naming the failed ones (SweepFailed, after the others' values came back)."""
         failures: dict[str, tuple[dict[str, Any], str]] = {}
         first_error: BaseException | None = None
         for c, row in children:
             try:
-                if c in errors:
-                    raise errors[c]
-                results[c].raise_for_status()
+                if c.run_id in errors:
+                    raise errors[c.run_id]
+                results[c.run_id].raise_for_status()
             except Exception as exc:  # each failed child is named; the others come back
                 first_error = first_error or exc
                 why = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-                failures[c] = (row, str(why).split("\n", 1)[0])
-        self.ledger.update(
-            parent,
-            failure=f"{len(failures)} of {len(children)} children failed" if failures else None,
-        )
-        parent_driver.done = True
-        parent_driver.enter(parent, Phase.FAILED if failures else Phase.SUCCEEDED)
-        self.drivers.pop(parent, None)
+                failures[c.run_id] = (row, str(why).split("\n", 1)[0])
+        if failures:
+            parent.fail(f"{len(failures)} of {len(children)} children failed")
+        else:
+            parent.succeed()
         combined = combine_sweep(
-            [(row, results[c]) for c, row in children if c not in failures], out_names
+            [(row, results[c.run_id]) for c, row in children if c.run_id not in failures],
+            out_names,
         )
         namespace.update(combined)
         if failures:
-            raise SweepFailed(parent, failures, len(children), sorted(combined)) from first_error
-        return combined
+            raise SweepFailed(
+                parent.run_id, failures, len(children), sorted(combined)
+            ) from first_error
+        result = self.result_of(parent.run_id)
+        result.children = {c.run_id: results[c.run_id] for c, _ in children}
+        result.values = combined
+        return result
 
     def _submit_sweep(
         self,
-        parent: str,
+        parent: RunRecord,
         backend: Backend,
         image: str,
         req: RemoteRequest,
-        children: list[tuple[str, dict[str, Any]]],
-        drivers: dict[str, RunDriver],
+        children: list[tuple[RunRecord, dict[str, Any]]],
     ) -> dict[str, tuple[Job, RunSpec]]:
         """The whole sweep in one step (an array job): the children share its environment,
         so they share the parent's signing key."""
-        key = self.ledger.get(parent)["run_key"]
+        key = self.ledger.get(parent.run_id)["run_key"]
         specs = []
         for child, row in children:
-            self.ledger.update(child, run_key=key)
-            specs.append(self._spec(child, image, req, params={**req.params, **row}))
-            drivers[child].enter(child, Phase.SUBMITTED)
+            self.ledger.update(child.run_id, run_key=key)
+            specs.append(self._spec(child.run_id, image, req, params={**req.params, **row}))
+            child.enter(Phase.SUBMITTED)
         try:
-            submitted = backend.submit_sweep(parent, specs)
+            submitted = backend.submit_sweep(parent.run_id, specs)
         except BaseException as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            why = (
-                "interrupted before it started"
-                if interrupted
-                else f"{type(exc).__name__} while submitting: {exc}"
-            )
             for child, _ in children:
-                self.ledger.update(child, failure=why)
-                drivers[child].done = True
-                drivers[child].enter(child, Phase.CANCELLED if interrupted else Phase.FAILED)
-            self.ledger.update(parent, failure=why)
-            self.drivers[parent].done = True
-            self.drivers[parent].enter(parent, Phase.CANCELLED if interrupted else Phase.FAILED)
-            self.drivers.pop(parent, None)
+                child.fail_from(exc, "submitting")
+            parent.fail_from(exc, "submitting")
             raise
         jobs = {}
         for (child, _), spec, job in zip(children, specs, submitted, strict=True):
-            self.ledger.update(child, job=job.handle)
-            jobs[child] = (job, spec)
+            self.ledger.update(child.run_id, job=job.handle)
+            jobs[child.run_id] = (job, spec)
         return jobs
 
     def _cancel_sweep(
         self,
-        parent: str,
-        children: list[tuple[str, dict[str, Any]]],
-        futures: dict[concurrent.futures.Future[RunResult], str],
+        parent: RunRecord,
+        children: list[tuple[RunRecord, dict[str, Any]]],
+        futures: dict[concurrent.futures.Future[RunResult], RunRecord],
         pool: concurrent.futures.ThreadPoolExecutor,
         stop: StopSignal,
         jobs: dict[str, tuple[Job, RunSpec]],
         backend: Backend,
     ) -> None:
-        if parent in self.drivers:
-            self.drivers[parent].cancel_event.set()  # a child starting now cancels itself at once
-        waited = set(futures.values())
+        parent.cancel_requested.set()  # a child starting now cancels itself at once
+        waited = {c.run_id for c in futures.values()}
         for fut, child in futures.items():
             if fut.cancel():  # still queued: it never starts (or is never waited on)
-                waited.discard(child)
+                waited.discard(child.run_id)
         for child, _ in children:
-            if child in waited:
-                continue
-            if child in jobs:  # on the platform already: stop it there
+            if child.run_id in waited:
+                child.cancel_requested.set()  # running: stops within a poll, ends CANCELLED
+            elif child.run_id in jobs:  # on the platform already: stop it there
                 try:
-                    backend.cancel(jobs[child][0])
+                    backend.cancel(jobs[child.run_id][0])
                 finally:
-                    self.ledger.update(child, failure="cancelled")
-                    self.ledger.add_phase(child, Phase.CANCELLED.value)
+                    child.cancel("cancelled")
             else:
-                self.ledger.update(child, failure="cancelled before it started")
-                self.ledger.add_phase(child, Phase.CANCELLED.value)
-        for child, _ in children:
-            if child in self.drivers:
-                self.drivers[child].cancel_event.set()
-        # Running children see their cancel within a poll, stop, and record CANCELLED.
+                child.cancel("cancelled before it started")
         concurrent.futures.wait(futures)
         pool.shutdown(wait=True, cancel_futures=True)
-        why = "cancelled" if stop.force_cancel else "cancelled by a kernel interrupt"
-        self.ledger.update(parent, failure=why)
-        parent_driver = self.drivers.pop(parent, None)
-        if parent_driver is not None:
-            parent_driver.done = True
-            parent_driver.enter(parent, Phase.CANCELLED)
-        else:
-            self.ledger.add_phase(parent, Phase.CANCELLED.value)
+        parent.cancel("cancelled" if stop.force_cancel else "cancelled by a kernel interrupt")
 
 
 def combine_sweep(
@@ -887,9 +827,12 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _read_logs(dest: Path) -> list[str]:
-    p = dest / "logs.txt"
-    return p.read_text().splitlines() if p.exists() else []
+def _accounting(backend: Backend, job: Job) -> dict[str, Any]:
+    """What the platform says the ended job cost: a note on the record, never its end."""
+    try:
+        return backend.accounting(job)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 @contextlib.contextmanager
@@ -910,7 +853,7 @@ def _sigint_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _warnings_to(hooks: Hooks, run_id: str, stop: StopSignal | None = None):  # noqa: ANN202
+def _warnings_to(record: RunRecord, stop: StopSignal | None = None) -> Callable[[str], None]:
     """Build output goes nowhere, except its warnings: those reach the run's log. A stop
     asked for during the build ends it at its next line."""
 
@@ -918,6 +861,6 @@ def _warnings_to(hooks: Hooks, run_id: str, stop: StopSignal | None = None):  # 
         if stop is not None:
             stop.check()
         if line.startswith("warning:"):
-            hooks.log(run_id, f"[nbcontainer] {line}")
+            record.log(f"[nbcontainer] {line}")
 
     return on_line

@@ -26,6 +26,7 @@ This module is imported inside run images: standard library only.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import json
@@ -48,11 +49,22 @@ __all__ = [
     "seal",
     "sign",
     "RunOutputs",
+    "Verdict",
     "plain_name",
     "prune_special_files",
 ]
 
 KEY_ENV = "NBCONTAINER_RUN_KEY"
+
+
+class Verdict(str, enum.Enum):
+    """How far a run's collected outputs are believed (a ledger column of its own)."""
+
+    SIGNED = "signed"  # the signature holds over every file
+    NOT_CHECKED = "not checked"  # trust 'always': read as they are
+    REFUSED = "refused"  # a file or the signature is not what the run wrote
+
+
 MANIFEST = "results.json"  # under model/
 SIGNED_DIRS = ("model", "output")
 SCHEME = "hmac-sha256"
@@ -352,15 +364,20 @@ class RunOutputs:
                     if not path.is_dir() or path.is_symlink():
                         yield path.relative_to(self.root).as_posix()
 
-    def verdict(self) -> str:
-        """One line for the ledger: how far these outputs are believed."""
+    def check(self) -> tuple[Verdict, str]:
+        """(how far these outputs are believed, that in words for the ledger). Every file
+        is verified here once; later reads of this RunOutputs do not hash them again."""
         try:
             self.verify_all()
         except UntrustedResults as exc:
-            return f"refused: {exc.file}: {exc.reason}"
+            return Verdict.REFUSED, f"refused: {exc.file}: {exc.reason}"
         if self.trust == "always":
-            return "not checked (trust 'always')"
-        return "signed"
+            return Verdict.NOT_CHECKED, "not checked (trust 'always')"
+        return Verdict.SIGNED, "signed"
+
+    def verdict(self) -> str:
+        """The verdict in words (:meth:`check`)."""
+        return self.check()[1]
 
     def source(self, subdir: str = "model") -> _Source:
         """A FileSource for deserialize: plain names under `subdir`, digests checked."""

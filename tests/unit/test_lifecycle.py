@@ -221,8 +221,9 @@ def test_a_sweep_with_a_failing_child_keeps_the_others(runner, ledger, backend) 
 def test_attach_collects_a_run_after_a_restart(ledger, backend, tmp_path: Path) -> None:
     backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 7}))}
     first = RemoteRunner(ledger, image_builder=fake_image_builder)
-    handle = first.run(_req(name="bg", wait=False), {"x": 1}, Hooks())
-    handle.wait(5)
+    started = first.run(_req(name="bg", wait=False), {"x": 1}, Hooks())
+    assert started.pending and started.run_id == "bg-1"
+    first.join("bg-1", 5)
     # A new kernel (a new runner over the same ledger) attaches and gets the results.
     ns: dict = {}
     RemoteRunner(Ledger(ledger.path)).attach("bg-1", ns, Hooks())
@@ -368,11 +369,15 @@ def test_a_sweep_taken_in_one_step_shares_the_parents_key_and_comes_back_whole(
     )
     ns: dict = {"a": 0, "b": 0}
     rows = [{"a": a, "b": b} for a in (1, 2) for b in (3, 4)]
-    combined = runner.run(
+    result = runner.run(
         RemoteRequest(cell="y = a * 10 + b", backend="scripted-array", name="grid", sweep=rows),
         ns,
         Hooks(),
     )
+    combined = result.values
+    assert result.status == "SUCCEEDED" and sorted(result.children) == [
+        f"grid-{i}" for i in range(2, 6)
+    ]
     assert [c for c in array_backend.calls if c[0].startswith("submit")] == [
         ("submit_sweep", "grid-1")
     ]
@@ -451,3 +456,134 @@ def test_a_run_whose_end_cannot_be_recorded_keeps_its_results_and_is_recorded_la
     again = Ledger(ledger.path)  # the next ledger to open records it
     row = again.get("late-1")
     assert row["status"] == "SUCCEEDED" and row["verified"] == "signed" and row["exit_code"] == 0
+
+
+# ------------------------------------------------- one owner of a run's record
+def _heard(hooks_log: list[tuple[str, str]], run_id: str) -> list[str]:
+    return [phase for rid, phase in hooks_log if rid == run_id]
+
+
+@pytest.mark.parametrize(
+    ("script", "expect_end"),
+    [
+        (Script(outputs=None, exit_code=0), "SUCCEEDED"),
+        (Script(phases=[Phase.RUNNING, Phase.FAILED], exit_code=3), "FAILED"),
+        (Script(fail_on={"submit": RuntimeError("quota exceeded")}), "FAILED"),
+        (Script(fail_on={"status": RuntimeError("the daemon went away")}), "FAILED"),
+        (Script(fail_on={"fetch_results": OSError("disk full")}), "FAILED"),
+    ],
+    ids=["succeeded", "the run failed", "submit failed", "the wait failed", "collect failed"],
+)
+def test_listeners_hear_every_transition_the_ledger_records_ending_with_one_terminal(
+    runner, ledger, backend, script: Script, expect_end: str
+) -> None:
+    if script.outputs is None and expect_end == "SUCCEEDED":
+        script.outputs = sealed_outputs({"y": 1})
+    backend.scripts = {"*": script}
+    heard: list[tuple[str, str]] = []
+    hooks = Hooks(on_phase=[lambda rid, phase, _t: heard.append((rid, phase.value))])
+    try:
+        runner.run(_req(name="t"), {"x": 1}, hooks)
+    except Exception:  # the failing rows: what matters is what was recorded and heard
+        pass
+    recorded = _phases(ledger, "t-1")
+    assert _heard(heard, "t-1") == recorded
+    assert recorded[-1] == expect_end and [p for p in recorded if p in TERMINAL] == [expect_end]
+    assert ledger.get("t-1")["status"] == expect_end
+
+
+def test_a_sweeps_parent_and_children_are_heard_ending_as_recorded(runner, ledger, backend) -> None:
+    backend.scripts = lambda spec: Script(
+        phases=[Phase.RUNNING, Phase.FAILED if spec.params["x"] == 2 else Phase.SUCCEEDED],
+        exit_code=1 if spec.params["x"] == 2 else 0,
+        outputs=sealed_outputs({"y": spec.params["x"]}),
+    )
+    heard: list[tuple[str, str]] = []
+    hooks = Hooks(on_phase=[lambda rid, phase, _t: heard.append((rid, phase.value))])
+    with pytest.raises(SweepFailed):
+        runner.run(_req(name="sw", sweep=("x", [1, 2, 3])), {"x": 0}, hooks)
+    for row in ledger.find(name="sw"):
+        assert _heard(heard, row["id"]) == _phases(ledger, row["id"]), row["id"]
+    assert ledger.get("sw-1")["status"] == "FAILED"
+
+
+def test_the_verdict_and_the_timeout_have_columns_of_their_own(runner, ledger, backend) -> None:
+    backend.scripts = {"ok-1": Script(outputs=sealed_outputs({"y": 1}))}
+    runner.run(_req(name="ok"), {"x": 1}, Hooks())
+    assert ledger.get("ok-1")["verdict"] == "signed" and ledger.get("ok-1")["timed_out"] == 0
+    backend.scripts = {"*": Script(wait_for_cancel=True)}
+    with pytest.raises(RunTimeout):
+        runner.run(_req(name="slow", timeout=0.2), {"x": 1}, Hooks())
+    row = ledger.get("slow-1")
+    assert row["timed_out"] == 1
+    # Read back from the column, not from the words: changing them changes nothing.
+    ledger.update("slow-1", failure="stopped")
+    assert runner.result_of("slow-1").timed_out is True
+    assert runner.result_of("ok-1").timed_out is False
+
+
+def test_refused_outputs_are_a_refused_verdict_in_the_ledger(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 1}, key=new_key()))}
+    with pytest.raises(UntrustedResults):
+        runner.run(_req(name="forged"), {"x": 1}, Hooks())
+    row = ledger.get("forged-1")
+    assert row["verdict"] == "refused" and row["verified"].startswith("refused: ")
+    assert runner.result_of("forged-1").verdict is not None
+
+
+def test_a_run_s_outputs_are_hashed_once_from_collect_to_its_values(
+    runner, ledger, backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbcontainer_kernel.runtime import trust
+
+    hashed: list[str] = []
+    real = trust.RunOutputs.verify_all
+
+    def counting(self: trust.RunOutputs) -> None:
+        if not self._all_verified and not self.lenient:
+            hashed.append(str(self.root))
+        real(self)
+
+    monkeypatch.setattr(trust.RunOutputs, "verify_all", counting)
+    backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 5, "z": "text"}))}
+    ns = {"x": 1}
+    result = runner.run(_req(name="once", cell="y = x\nz = 'text'"), ns, Hooks())
+    assert ns["y"] == 5 and result.succeeded
+    assert len(hashed) == 1
+
+
+def test_the_one_result_type_says_pending_for_a_run_that_goes_on(runner, ledger, backend) -> None:
+    backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 1}), polls_to_stop=0)}
+    started = runner.run(_req(name="bg", wait=False), {"x": 1}, Hooks())
+    assert started.pending and started.status in {"SUBMITTED", "QUEUED", "RUNNING"}
+    runner.join("bg-1", 10)
+    done = runner.result_of("bg-1")
+    assert not done.pending and done.status == "SUCCEEDED" and done.result("y") == 1
+
+
+def test_a_ledger_from_before_the_verdict_columns_reads_them_from_its_words(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "runs.db"
+    old = Ledger(path)
+    old.create("a", "local")
+    old.create("b", "local")
+    old.create("c", "local")
+    old.close()
+    db = sqlite3.connect(path)
+    # As version 3 left them: no verdict, no timed_out; the words only.
+    db.execute("ALTER TABLE runs DROP COLUMN verdict")
+    db.execute("ALTER TABLE runs DROP COLUMN timed_out")
+    db.execute("UPDATE runs SET verified = 'signed' WHERE name = 'a'")
+    db.execute(
+        "UPDATE runs SET verified = 'refused: model/x: changed', "
+        "failure = 'the run timed out after 5 s and was stopped' WHERE name = 'b'"
+    )
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    rows = {r["name"]: r for r in ledger.find()}
+    assert (rows["a"]["verdict"], rows["a"]["timed_out"]) == ("signed", 0)
+    assert (rows["b"]["verdict"], rows["b"]["timed_out"]) == ("refused", 1)
+    assert (rows["c"]["verdict"], rows["c"]["timed_out"]) == (None, 0)

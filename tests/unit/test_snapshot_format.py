@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbcontainer_kernel.remote.results import load_results
+from nbcontainer_kernel.runtime import snapshot as snapshot_format
 from nbcontainer_kernel.runtime.contract import OUTPUT_URI_ENV, PLATFORM_ENV
 from nbcontainer_kernel.runtime.errors import UntrustedResults
 from nbcontainer_kernel.runtime.paths import Paths
 from nbcontainer_kernel.runtime.serialize import deserialize, serialize_value
 from nbcontainer_kernel.runtime.trust import RunOutputs, new_key, seal
-from nbcontainer_kernel.runtime import snapshot as snapshot_format
 from nbcontainer_kernel.snapshots import Snapshot, snapshot
 
 

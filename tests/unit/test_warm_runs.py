@@ -107,7 +107,7 @@ def test_a_run_builds_its_image_when_the_pool_is_off_or_it_does_not_wait(
     runner = _runner(ledger, runtime, images)
     out = runner.run(_req(name="b", settings=settings, wait=wait), {"x": 1}, Hooks())
     if not wait:
-        out.wait(10)  # type: ignore[union-attr]
+        runner.join(out.run_id or "", 10)
     assert runtime == [] and len(images) == 1
     assert snap_backend.specs["b-1"].snapshot is None
     assert ledger.get("b-1")["image"].startswith("fake/run:")
