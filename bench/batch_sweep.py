@@ -115,8 +115,10 @@ def _bench(n: int, tmp: Path) -> int:
     image = ledger.find(name="arr")[0]["image"]
     counts.clear()
     t = time.perf_counter()
+    settings = backend.settings()  # as the shell configured it (bench_shell)
     separate = [
-        backend.submit(RunSpec(f"sep-{i}", image, name="sep", params={"i": i})) for i in range(n)
+        backend.submit(RunSpec(f"sep-{i}", image, name="sep", params={"i": i}, settings=settings))
+        for i in range(n)
     ]
     submit_time["separate"] = time.perf_counter() - t
     separate_calls = dict(counts)

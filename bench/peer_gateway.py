@@ -14,7 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nbcontainer_kernel.docker.engine import Engine, build_context
+from nbcontainer_kernel.docker.archives import build_context
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.images.kernel import probe_python
 from nbcontainer_kernel.images.wheels import pinned, resolve_wheels
 

@@ -1,6 +1,6 @@
 """End-to-end `%%remote_run --local` of a trivial cell with ~10 MB of state, in one run:
 the warm path (the snapshot copied into a waiting runner container, no image built), the
-build path (a run image per run: `RemoteRun.run_pool_size = 0`) and the same cell
+build path (a run image per run: `LocalBackend.run_pool_size = 0`) and the same cell
 in-process; medians of --runs, interleaved, each broken down by phase (from the run
 ledger's phase timestamps).
 
@@ -76,7 +76,7 @@ def main() -> int:
     try:
         for i in range(args.runs + 1):  # the first of each makes its layers: not counted
             for path, size in paths.items():
-                ip.run_line_magic("config", f"RemoteRun.run_pool_size = {size}")
+                ip.run_line_magic("config", f"LocalBackend.run_pool_size = {size}")
                 if path == "warm":
                     for pool in warm.pools():
                         pool.fill()
@@ -127,7 +127,7 @@ def sweep(ip, engine, ledger, children: int) -> None:  # noqa: ANN001
     from nbcontainer_kernel.runtime.trust import KEY_ENV, new_key
     from nbcontainer_kernel.snapshots import Snapshot
 
-    ip.run_line_magic("config", "RemoteRun.run_pool_size = 1")
+    ip.run_line_magic("config", "LocalBackend.run_pool_size = 1")
     values = ",".join(str(v) for v in range(children))
     t = time.perf_counter()
     quietly(ip, f"%%remote_run --local --name sw --sweep k={values} --max-parallel 2\ny = k * 2")

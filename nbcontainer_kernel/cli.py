@@ -274,17 +274,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------- push
-def _remote_setting(name: str) -> Any:
-    """A RemoteRun setting as a notebook would see it: env var, then [tool.nbcontainer]."""
-    from .magics.remote_run import RemoteRun
+def _batch_setting(name: str) -> Any:
+    """A Batch setting as a notebook would see it (env var, then [tool.nbcontainer])."""
+    from .backends.batch import BatchBackend
 
-    return getattr(RemoteRun(shell=None), name)
+    return BatchBackend().settings()[name]
 
 
 def cmd_push(args: argparse.Namespace) -> int:
     from .backends.push import parse_registry, push_image
 
-    address = args.registry or _remote_setting("registry")
+    address = args.registry or _batch_setting("registry")
     if not address:
         raise InvalidOption(
             "--registry", None, "give --registry HOST[:PORT]/REPO or set NBCONTAINER_REGISTRY"
@@ -319,7 +319,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         from .backends.batch import deregister_old_definitions
 
         old = deregister_old_definitions(
-            keep=args.keep, queue=_remote_setting("batch_queue"), dry_run=args.dry_run
+            keep=args.keep, queue=_batch_setting("queue"), dry_run=args.dry_run
         )
         verb = "would deregister" if args.dry_run else "deregistered"
         for arn in old:
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--aws",
         action="store_true",
         help="also deregister old revisions of nbcontainer's Batch job definitions (those no "
-        "queued or running job of RemoteRun.batch_queue uses)",
+        "queued or running job of BatchBackend.queue uses)",
     )
     g.add_argument(
         "--keep", type=int, default=1, help="newest revisions kept per job definition (--aws)"
@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pu.add_argument("image")
     pu.add_argument(
-        "--registry", help="HOST[:PORT]/REPO (default: RemoteRun.registry, NBCONTAINER_REGISTRY)"
+        "--registry", help="HOST[:PORT]/REPO (default: AWSBackend.registry, NBCONTAINER_REGISTRY)"
     )
     pu.set_defaults(func=cmd_push)
     return p

@@ -12,22 +12,28 @@ A setting's value, highest precedence first:
 5. the built-in default.
 
 Values from 3 and 4 are validated like any trait value; a bad one is refused
-with :class:`InvalidOption` naming where it came from. Standard library only
-at import time (this module is also imported inside images).
+with :class:`InvalidOption` naming where it came from (:class:`EnvDefaults`).
+Host side only: nothing in images reads these settings.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from traitlets.config import Configurable
 
 from .runtime.errors import InvalidOption
 
 __all__ = [
     "ENVIRONMENT",
+    "EnvDefaults",
+    "environment_variables",
+    "settings_table",
     "trait_default",
     "pyproject_table",
     "in_container_kernel",
@@ -39,44 +45,27 @@ __all__ = [
     "max_result_bytes",
 ]
 
-#: Every environment variable the host side reads, and what it sets. (The in-container
-#: contract's variables, NBCONTAINER_PARAMS and friends, are the runner's: runner/.)
+#: The environment variables the host side reads that are not a setting's (a setting names
+#: its own in its trait's metadata, ``env``: :func:`environment_variables` lists them all).
 ENVIRONMENT = {
-    "NBCONTAINER_REGISTRY": "RemoteRun.registry: host[:port]/repository run images are pushed to",
-    "NBCONTAINER_S3_PREFIX": "RemoteRun.s3_prefix: s3://bucket/prefix where remote results go",
-    "NBCONTAINER_BATCH_QUEUE": "RemoteRun.batch_queue: the AWS Batch job queue",
-    "NBCONTAINER_BATCH_JOB_ROLE": "RemoteRun.batch_job_role: the IAM role Batch jobs run as",
-    "NBCONTAINER_BATCH_RETRIES": "RemoteRun.batch_retries: attempts after a failed one",
-    "NBCONTAINER_BATCH_PLATFORM": "RemoteRun.batch_platform: EC2 or FARGATE",
-    "NBCONTAINER_BATCH_EXECUTION_ROLE": "RemoteRun.batch_execution_role: Fargate's role",
-    "NBCONTAINER_SAGEMAKER_ROLE": "RemoteRun.sagemaker_role: the SageMaker execution role's ARN",
-    "NBCONTAINER_INSTANCE_TYPE": "RemoteRun.instance_type: SageMaker instance type (ml.m5.large)",
-    "NBCONTAINER_VOLUME_SIZE": "RemoteRun.volume_size: GB of storage of a SageMaker instance",
-    "NBCONTAINER_SPOT": "RemoteRun.spot: SageMaker managed spot training (true/false)",
-    "NBCONTAINER_KMS_KEY": "RemoteRun.kms_key: KMS key of a remote run's signing key at rest",
-    "NBCONTAINER_RUN_POOL_SIZE": "RemoteRun.run_pool_size: --local runner containers kept "
-    "waiting (0: a run image per run)",
-    "NBCONTAINER_RESOLVE_TIMEOUT": "RemoteRun.resolve_timeout: seconds a dependency layer's "
-    "wheel resolution may take before it fails",
-    "NBCONTAINER_BACKEND": "RemoteRun.backend: where runs go by default (local, batch, sagemaker)",
-    "NBCONTAINER_MAX_PARALLEL": "RemoteRun.max_parallel: children of a sweep running at once",
-    "NBCONTAINER_TIMEOUT": "RemoteRun.timeout: seconds before a run is stopped",
-    "NBCONTAINER_MEMORY": "RemoteRun.memory: memory limit of runs, e.g. 4g",
-    "NBCONTAINER_CPUS": "RemoteRun.cpus: CPU limit of runs",
-    "NBCONTAINER_INTERRUPT": "RemoteRun.interrupt: cancel or detach on a kernel interrupt",
-    "NBCONTAINER_PROGRESS": "RemoteRun.progress: auto, widget or text",
-    "NBCONTAINER_TRUST": "RemoteRun.trust: signed, always or never",
-    "NBCONTAINER_RUNS_DB": "RemoteRun.ledger_path: the run ledger's SQLite file",
+    "NBCONTAINER_RUNS_DB": "the run ledger's SQLite file (RemoteRun.ledger_path overrides it)",
     "NBCONTAINER_BASE_IMAGE": "the base of run images built outside a containerized kernel",
     "NBCONTAINER_MAX_CONTEXT_BYTES": "cap on a build context (default 16 GiB)",
     "NBCONTAINER_MAX_RESULT_BYTES": "cap on the outputs unpacked from one run (default 16 GiB)",
     "DOCKER_HOST": "the Docker daemon (docker-py's own variable)",
 }
+#: Classes whose settings read the environment (EnvDefaults subclasses, as they are made).
+_SETTINGS_CLASSES: list[type[Any]] = []
 _GIB = 1024**3
 
 
 def _env(name: str) -> str | None:
     assert name in ENVIRONMENT, f"undocumented environment variable {name}"
+    return _set(name)
+
+
+def _set(name: str) -> str | None:
+    """The variable's value; unset and empty are one."""
     value = os.environ.get(name)
     return value if value not in (None, "") else None
 
@@ -114,24 +103,79 @@ def trait_default(obj: Any, name: str) -> Any:
 
     trait = obj.traits()[name]
     env_name = trait.metadata.get("env")
+    key = trait.metadata.get("setting", name)  # its name in [tool.nbcontainer]
     raw: Any = None
     source = ""
-    if env_name and _env(env_name) is not None:
+    value = _set(env_name) if env_name else None
+    if value is not None:
         source = f"environment variable {env_name}"
         try:
-            raw = trait.from_string(_env(env_name))
+            raw = trait.from_string(value)
         except (TraitError, ValueError) as exc:
-            raise InvalidOption(source, _env(env_name), str(exc).splitlines()[0]) from None
+            raise InvalidOption(source, value, str(exc).splitlines()[0]) from None
     else:
         path, table = pyproject_table()
-        if name in table:
-            source, raw = f"{path} [tool.nbcontainer] {name.replace('_', '-')}", table[name]
+        if key in table:
+            source, raw = f"{path} [tool.nbcontainer] {key.replace('_', '-')}", table[key]
     if not source:
         return trait.default_value
     try:
         return trait.validate(obj, raw)
     except TraitError as exc:
         raise InvalidOption(source, raw, str(exc).splitlines()[0]) from None
+
+
+class EnvDefaults(Configurable):
+    """A Configurable whose settings (its ``config=True`` traits) default to the
+    environment variable named in their metadata (``env``), then to the
+    ``[tool.nbcontainer]`` table (under the trait's name, or the ``setting`` its metadata
+    names), then to the trait's own default: :func:`trait_default`, for every setting,
+    with no ``@default`` method each."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _SETTINGS_CLASSES.append(cls)
+
+    def setup_instance(*args: Any, **kwargs: Any) -> None:
+        self = args[0]
+        super(EnvDefaults, self).setup_instance(*args[1:], **kwargs)
+        # traitlets fills plain defaults before any generator runs: take them back out.
+        for name in self.trait_names(config=True):
+            self._trait_values.pop(name, None)
+
+    def _get_trait_default_generator(self, name: str) -> Any:
+        if self.traits()[name].metadata.get("config"):
+            return lambda obj: trait_default(obj, name)
+        return super()._get_trait_default_generator(name)
+
+
+def environment_variables() -> dict[str, str]:
+    """Every environment variable the host side reads -> what it sets: the settings' own
+    (``Class.setting: help``) and the others (:data:`ENVIRONMENT`)."""
+    found = dict(ENVIRONMENT)
+    for cls in _SETTINGS_CLASSES:
+        for name, trait in cls.class_own_traits(config=True).items():
+            env = trait.metadata.get("env")
+            if env:
+                found.setdefault(env, f"{cls.__name__}.{name}: {trait.help.split('(')[0].strip()}")
+    return found
+
+
+def settings_table(classes: list[type[Any]]) -> str:
+    """The settings of `classes` as a Markdown table (setting, default, environment
+    variable, what it is): the README's list is this, and a test keeps it so."""
+    rows = ["| setting | default | environment | what it is |", "| --- | --- | --- | --- |"]
+    for cls in classes:
+        for name, trait in sorted(cls.class_own_traits(config=True).items()):
+            env = trait.metadata.get("env", "")
+            what = re.sub(r"[;,]?\s*env [A-Z0-9_]+", "", " ".join(trait.help.split()))
+            what = re.sub(r"\s*\(\s*\)", "", what).replace("|", "\\|")
+            default = trait.default_value
+            shown = "" if default in (None, "") else f"`{default!r}`"
+            rows.append(
+                f"| `{cls.__name__}.{name}` | {shown} | {f'`{env}`' if env else ''} | {what} |"
+            )
+    return "\n".join(rows) + "\n"
 
 
 # ----------------------------------------------------------- host-side settings

@@ -16,14 +16,16 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from traitlets import Unicode
+
 from ..runtime.errors import CloudError, NbcontainerError
+from .base import Backend
 
 __all__ = [
     "Clients",
-    "REMOTE_SETTINGS",
+    "AWSBackend",
     "aws_errors",
     "poll_interval",
-    "require_settings",
     "read_log_forward",
     "run_prefix",
     "s3_chunks",
@@ -79,17 +81,51 @@ class Clients:
         return self._clients[service]
 
     def refresh(self) -> None:
-        """Forget the clients when the environment changed (called by configure)."""
+        """Forget the clients when the environment changed (called by each run's check)."""
         if self._env != environment_key():
             self._clients.clear()
             self._env = environment_key()
 
 
-#: What every remote backend needs: where run images go and where results come back.
-REMOTE_SETTINGS = {
-    "s3_prefix": ("NBCONTAINER_S3_PREFIX", "the s3://bucket/prefix where results go"),
-    "registry": ("NBCONTAINER_REGISTRY", "the registry run images are pushed to"),
-}
+class AWSBackend(Backend):
+    """What every AWS backend is set with: where run images go, where results come back,
+    and the KMS key of a run's signing key at rest (``c.AWSBackend.registry`` sets it
+    for all of them; ``c.BatchBackend.registry`` for one)."""
+
+    registry = Unicode(
+        None,
+        allow_none=True,
+        help="Where run images are pushed for remote backends: host[:port]/repository, e.g. "
+        "ACCOUNT.dkr.ecr.REGION.amazonaws.com/nbcontainer (env NBCONTAINER_REGISTRY).",
+    ).tag(config=True, env="NBCONTAINER_REGISTRY")
+    s3_prefix = Unicode(
+        None,
+        allow_none=True,
+        help="s3://bucket/prefix where remote runs leave their results (env "
+        "NBCONTAINER_S3_PREFIX).",
+    ).tag(config=True, env="NBCONTAINER_S3_PREFIX")
+    kms_key = Unicode(
+        None,
+        allow_none=True,
+        help="KMS key (id, ARN or alias) that encrypts a remote run's signing key where it "
+        "waits for the run: the SSM parameter on Batch, the S3 object on SageMaker (env "
+        "NBCONTAINER_KMS_KEY); by default AWS's own key for SSM and S3-managed keys.",
+    ).tag(config=True, env="NBCONTAINER_KMS_KEY")
+
+    def require(self, settings: Mapping[str, Any], needed: Mapping[str, str]) -> None:
+        """MissingSetting for the first of `needed` (setting -> what it is) unset, naming
+        the setting as it is configured and its environment variable."""
+        from ..runtime.errors import MissingSetting
+
+        traits = self.traits(config=True)
+        for name, what in {
+            **needed,
+            "s3_prefix": "the s3://bucket/prefix where results go",
+            "registry": "the registry run images are pushed to",
+        }.items():
+            if not settings.get(name):
+                env = traits[name].metadata.get("env", "")
+                raise MissingSetting(f"{type(self).__name__}.{name}", env, what)
 
 
 def run_prefix(s3_prefix: str, run_id: str) -> str:
@@ -100,15 +136,6 @@ def run_prefix(s3_prefix: str, run_id: str) -> str:
 
     bucket, prefix = split_s3_uri(s3_prefix)
     return f"s3://{bucket}/{prefix + '/' if prefix else ''}{run_id}-{secrets.token_hex(4)}"
-
-
-def require_settings(settings: Mapping[str, Any], needed: Mapping[str, tuple[str, str]]) -> None:
-    """MissingSetting for the first of `needed` (setting -> (env var, what it is)) unset."""
-    from ..runtime.errors import MissingSetting
-
-    for name, (env, what) in needed.items():
-        if not settings.get(name):
-            raise MissingSetting(f"RemoteRun.{name}", env, what)
 
 
 def poll_interval(waited: float) -> float:

@@ -15,12 +15,17 @@ import enum
 import logging
 import threading
 import time
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
+from traitlets import MetaHasTraits, TraitError
+
+from ..config import EnvDefaults, trait_default
+from ..runtime.errors import InvalidOption
 from ..runtime.trust import Verdict
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "RunSpec",
     "Job",
     "Backend",
+    "Settings",
     "RunDriver",
     "Outcome",
     "Progress",
@@ -87,6 +93,11 @@ class Hooks:
             cb(run_id, line)
 
 
+#: One run's backend settings, resolved when the run starts and frozen (read-only): the
+#: run carries them (RunSpec.settings), and nothing a later run configures changes them.
+Settings = Mapping[str, Any]
+
+
 @dataclass
 class RunSpec:
     """What to run: an image, its parameters, and its resources."""
@@ -104,9 +115,8 @@ class RunSpec:
     detached: bool = False
     name: str = "run"  # the run's name (job definitions and job names use it)
     notebook: str | None = None  # the notebook the run came from (a tag where platforms take one)
-    #: The backend settings of this run (RemoteRun's registry, instance_type, ...), fixed at
-    #: submit: another run may configure the shared backend meanwhile.
-    settings: dict[str, Any] = field(default_factory=dict)
+    #: This run's backend settings (Backend.settings), frozen when the run started.
+    settings: Settings = field(default_factory=lambda: MappingProxyType({}))
     #: A private directory of this run on the host (the ledger's run directory), at the same
     #: path in a containerized kernel; for backends that stage files beside the run.
     workdir: str | None = None
@@ -126,9 +136,20 @@ class Job:
     handle: dict[str, Any]
 
 
-class Backend(ABC):
+class _BackendType(MetaHasTraits, ABCMeta):
+    """A backend is a traitlets Configurable (its settings) and an abstract base."""
+
+
+class Backend(EnvDefaults, metaclass=_BackendType):
     """Runs run images somewhere. Found by name through the
-    ``nbcontainer_kernel.backends`` entry points (see registry.py)."""
+    ``nbcontainer_kernel.backends`` entry points (see registry.py).
+
+    Its settings are its ``config=True`` traits (``c.BatchBackend.queue``, or ``%config
+    BatchBackend.queue``; the environment variable in each trait's metadata, then the
+    ``[tool.nbcontainer]`` table, as config.EnvDefaults reads them). One instance serves
+    every run of a process, so no run changes it: RemoteRunner resolves a run's settings
+    once (:meth:`settings`) and hands them to every step with the run.
+    """
 
     name: str = "?"
     #: Whether the image must be pushed to a registry before submit.
@@ -138,18 +159,46 @@ class Backend(ABC):
     one_job_per_sweep: bool = False
     #: Whether it can run a snapshot on its runtime image (RunSpec.snapshot) without a run
     #: image made for it: the local backend copies the snapshot into a warm container.
+    #: Such a backend has a ``run_pool_size`` setting (0: a run image for every run).
     runs_snapshots: bool = False
 
-    def configure(self, settings: Mapping[str, Any]) -> None:  # noqa: B027 - optional step
-        """Take the RemoteRun settings (registry, s3_prefix, queue names, ...); called by
-        RemoteRunner before each run. Raise MissingSetting or InvalidOption, naming the
-        setting, for what cannot work: the run is then recorded FAILED with that reason."""
+    def settings(self, overrides: Mapping[str, Any] | None = None) -> Settings:
+        """A run's settings, frozen: each configured value, with `overrides` (a run's
+        flags, by setting name or by its ``[tool.nbcontainer]`` name) over them; None in
+        `overrides` is not given. Called by RemoteRunner once, when the run starts.
+        InvalidOption names a bad value and where it came from."""
+        traits = self.traits(config=True)
+        aliases = {t.metadata.get("setting", n): n for n, t in traits.items()}
+        sections = [self.config[s] for s in self.section_names() if s in self.config]
+        values = {
+            # A configured value as it is; the others read afresh (the environment of now).
+            name: getattr(self, name)
+            if any(name in section for section in sections)
+            else trait_default(self, name)
+            for name in traits
+        }
+        for key, value in (overrides or {}).items():
+            name = aliases.get(key, key)
+            if value is None or name not in traits:
+                continue
+            try:
+                values[name] = traits[name]._validate(self, value)
+            except TraitError as exc:
+                # Overrides are a run's flags: named as the flag (the magic shows a UsageError).
+                flag = f"--{name.replace('_', '-')}"
+                raise InvalidOption(flag, value, str(exc).splitlines()[0]) from None
+        return MappingProxyType(values)
+
+    def check(self, settings: Settings) -> None:  # noqa: B027 - optional step
+        """Refuse settings a run cannot go with (MissingSetting or InvalidOption, naming
+        the setting); called by RemoteRunner before each run, which is then recorded
+        FAILED with that reason."""
 
     def check_resources(  # noqa: B027 - optional step
-        self, cpus: float | None, memory: str | None, gpus: str | None, settings: Mapping[str, Any]
+        self, cpus: float | None, memory: str | None, gpus: str | None, settings: Settings
     ) -> None:
         """Refuse resources this backend cannot give (InvalidOption naming the flag, which the
-        magic shows as a UsageError); called by RemoteRunner after configure, before a build."""
+        magic shows as a UsageError); called by RemoteRunner after check, before a build."""
 
     def accounting(self, job: Job) -> dict[str, Any]:
         """What the platform says the ended job cost (billable seconds, instance type, spot
@@ -195,10 +244,12 @@ class Backend(ABC):
     def cleanup(self, job: Job) -> None:  # noqa: B027 - optional step: nothing to remove by default
         """Remove what the run left on the platform (RunDriver's `finally` calls it)."""
 
-    def push(self, image: str, hooks: Hooks | None = None, run_id: str = "") -> str:
-        """Push the image where the backend can pull it; returns the pushed reference (by
-        digest). Called by RemoteRunner in the PUSH phase when needs_push; progress goes
-        to `hooks` as log lines of `run_id`."""
+    def push(
+        self, image: str, settings: Settings, hooks: Hooks | None = None, run_id: str = ""
+    ) -> str:
+        """Push the image where the backend can pull it (its `settings` say where); returns
+        the pushed reference (by digest). Called by RemoteRunner in the PUSH phase when
+        needs_push; progress goes to `hooks` as log lines of `run_id`."""
         return image
 
 

@@ -1,12 +1,11 @@
 """The AWS Batch backend: the run image, pushed by digest, runs as a Batch job; a sweep
 is ONE array job; logs come from CloudWatch Logs; results come back from S3.
 
-Settings (RemoteRun traits, handed over by :meth:`BatchBackend.configure`):
-``batch_queue`` (required), ``batch_job_role`` (the job's IAM role: the container's
-credentials come from it, never from the user's keys; required), ``s3_prefix``
-(``s3://bucket/prefix``, where outputs go; required), ``registry`` (required),
-``batch_retries``, ``batch_platform`` (EC2 or FARGATE) and ``batch_execution_role``
-(Fargate's). Nothing outside backends/ knows any of this.
+Settings (its traits: ``c.BatchBackend.queue``, ...; frozen per run in RunSpec.settings):
+``queue`` (required), ``job_role`` (the job's IAM role: the container's credentials come
+from it, never from the user's keys; required), ``s3_prefix`` (``s3://bucket/prefix``,
+where outputs go; required), ``registry`` (required), ``retries``, ``platform`` (EC2 or
+FARGATE) and ``execution_role`` (Fargate's). Nothing outside backends/ knows any of this.
 
 API use, for sweeps of up to Batch's 10,000 children: one ``submit_job`` per run or
 per sweep; job status through one shared view refreshed at most once per poll
@@ -28,17 +27,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from traitlets import CaselessStrEnum, Int, Unicode
+
 from ..config import max_result_bytes
 from ..docker import labels
-from ..docker.engine import extract_tar
+from ..docker.archives import extract_tar
 from ..docker.options import parse_bytes
-from ..runtime.errors import CloudError, InvalidOption, MissingSetting
+from ..runtime.errors import CloudError, InvalidOption, MissingSetting, NbcontainerError
 from ..runtime.run_key import KEY_REF_ENV
 from ..runtime.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
 from ..runtime.trust import KEY_ENV
 from ..runtime.upload import OUTPUTS_OBJECT, URI_ENV
 from .aws import (
-    REMOTE_SETTINGS,
+    AWSBackend,
     Clients,
     aws_errors,
     check_credentials,
@@ -46,14 +47,13 @@ from .aws import (
     poll_interval,
     read_log_forward,
     region,
-    require_settings,
     run_prefix,
     s3_chunks,
     s3_endpoint,
     split_s3_uri,
     tag_value,
 )
-from .base import Backend, Hooks, Job, Phase, RunSpec, write_log
+from .base import Hooks, Job, Phase, RunSpec, Settings, write_log
 from .push import parse_registry, push_to_registry
 from .run_keys import delete_ssm_key, put_ssm_key
 
@@ -190,13 +190,41 @@ class _LogStream:
         self.finished = False
 
 
-class BatchBackend(Backend):
+class BatchBackend(AWSBackend):
     name = "batch"
     needs_push = True
     one_job_per_sweep = True
 
-    def __init__(self) -> None:
-        self.settings: dict[str, Any] = {}
+    queue = Unicode(
+        None,
+        allow_none=True,
+        help="The AWS Batch job queue of --backend batch (env NBCONTAINER_BATCH_QUEUE).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_QUEUE", setting="batch_queue")
+    job_role = Unicode(
+        None,
+        allow_none=True,
+        help="ARN of the IAM role Batch jobs run as: the job's credentials, never yours "
+        "(env NBCONTAINER_BATCH_JOB_ROLE).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_JOB_ROLE", setting="batch_job_role")
+    retries = Int(
+        0,
+        min=0,
+        max=9,
+        help="Batch attempts after a failed one (env NBCONTAINER_BATCH_RETRIES).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_RETRIES", setting="batch_retries")
+    platform = CaselessStrEnum(
+        ["EC2", "FARGATE"],
+        default_value="EC2",
+        help="Batch compute: EC2 or FARGATE (env NBCONTAINER_BATCH_PLATFORM).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_PLATFORM", setting="batch_platform")
+    execution_role = Unicode(
+        None,
+        allow_none=True,
+        help="ARN of the execution role of Fargate jobs (env NBCONTAINER_BATCH_EXECUTION_ROLE).",
+    ).tag(config=True, env="NBCONTAINER_BATCH_EXECUTION_ROLE", setting="batch_execution_role")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.view = _JobView(self)
         self._logs: dict[str, _LogStream] = {}
         self._terminated_arrays: set[str] = set()
@@ -206,29 +234,23 @@ class BatchBackend(Backend):
         self.last_push: Any = None  # what the last push did (layers, bytes)
 
     # ---------------------------------------------------------------- settings
-    def configure(self, settings: Mapping[str, Any]) -> None:
+    def check(self, settings: Settings) -> None:
         """Check the settings a Batch run needs (called by RemoteRunner before a run)."""
-        needed = {
-            "batch_queue": ("NBCONTAINER_BATCH_QUEUE", "the AWS Batch job queue runs go to"),
-            "batch_job_role": (
-                "NBCONTAINER_BATCH_JOB_ROLE",
-                "the IAM role a job runs as (its credentials write the results to S3)",
-            ),
-            **REMOTE_SETTINGS,
-        }
-        require_settings(settings, needed)
-        platform = str(settings.get("batch_platform") or "EC2").upper()
-        if platform not in ("EC2", "FARGATE"):
-            raise InvalidOption("RemoteRun.batch_platform", platform, "expected EC2 or FARGATE")
-        if platform == "FARGATE" and not settings.get("batch_execution_role"):
+        self.require(
+            settings,
+            {
+                "queue": "the AWS Batch job queue runs go to",
+                "job_role": "the IAM role a job runs as (its credentials write the results to S3)",
+            },
+        )
+        if settings["platform"] == "FARGATE" and not settings.get("execution_role"):
             raise MissingSetting(
-                "RemoteRun.batch_execution_role",
+                "BatchBackend.execution_role",
                 "NBCONTAINER_BATCH_EXECUTION_ROLE",
                 "Fargate jobs need an execution role (to pull the image and write logs)",
             )
         split_s3_uri(str(settings["s3_prefix"]))
         parse_registry(str(settings["registry"]))
-        self.settings = {**settings, "batch_platform": platform}
         self._clients.refresh()  # new credentials or endpoints: new clients
         check_credentials("batch")
         region()
@@ -244,8 +266,10 @@ class BatchBackend(Backend):
         return poll_interval(waited)
 
     # -------------------------------------------------------------------- push
-    def push(self, image: str, hooks: Hooks | None = None, run_id: str = "") -> str:
-        ref, self.last_push = push_to_registry(str(self.settings["registry"]), image, hooks, run_id)
+    def push(
+        self, image: str, settings: Settings, hooks: Hooks | None = None, run_id: str = ""
+    ) -> str:
+        ref, self.last_push = push_to_registry(str(settings["registry"]), image, hooks, run_id)
         return ref
 
     # ---------------------------------------------------------- job definition
@@ -267,16 +291,16 @@ class BatchBackend(Backend):
         container: dict[str, Any] = {
             "image": spec.image,
             "resourceRequirements": requirements,
-            "jobRoleArn": self.settings["batch_job_role"],
+            "jobRoleArn": spec.settings["job_role"],
         }
-        if self.settings["batch_platform"] == "FARGATE":
-            container["executionRoleArn"] = self.settings["batch_execution_role"]
+        if spec.settings["platform"] == "FARGATE":
+            container["executionRoleArn"] = spec.settings["execution_role"]
             container["networkConfiguration"] = {"assignPublicIp": "ENABLED"}
         shape: dict[str, Any] = {"containerProperties": container}
-        retries = int(self.settings.get("batch_retries") or 0)
+        retries = int(spec.settings.get("retries") or 0)
         if retries:
             shape["retryStrategy"] = {"attempts": min(10, retries + 1)}
-        shape["platformCapabilities"] = [self.settings["batch_platform"]]
+        shape["platformCapabilities"] = [spec.settings["platform"]]
         return shape
 
     def job_definition(self, spec: RunSpec) -> str:
@@ -309,8 +333,8 @@ class BatchBackend(Backend):
         return str(made["jobDefinitionArn"])
 
     # ------------------------------------------------------------------ submit
-    def _output_uri(self, run_id: str) -> str:
-        return run_prefix(str(self.settings["s3_prefix"]), run_id) + "/"
+    def _output_uri(self, spec: RunSpec, run_id: str) -> str:
+        return run_prefix(str(spec.settings["s3_prefix"]), run_id) + "/"
 
     def _environment(self, spec: RunSpec, output_uri: str, key_owner: str) -> dict[str, str]:
         """The job's environment. The run's key is not in it (DescribeJobs would show it
@@ -319,14 +343,12 @@ class BatchBackend(Backend):
         env = {**spec.env, URI_ENV: output_uri, "AWS_DEFAULT_REGION": region()}
         key = env.pop(KEY_ENV, None)
         if key:
-            env.update(put_ssm_key(self._client("ssm"), key_owner, key, self._kms_key()))
+            kms_key = spec.settings.get("kms_key") or None
+            env.update(put_ssm_key(self._client("ssm"), key_owner, key, kms_key))
         endpoint = s3_endpoint()
         if endpoint:  # an S3-compatible store: the runner must write there too
             env["AWS_ENDPOINT_URL_S3"] = endpoint
         return env
-
-    def _kms_key(self) -> str | None:
-        return str(self.settings["kms_key"]) if self.settings.get("kms_key") else None
 
     def _key_in_use(self, env: Mapping[str, str], job_ids: list[str]) -> str | None:
         """Remember which jobs read a run key parameter (deleted when the last ends)."""
@@ -358,7 +380,7 @@ class BatchBackend(Backend):
         ]
         kwargs: dict[str, Any] = {
             "jobName": job_definition_name(run_id)[:128],
-            "jobQueue": self.settings["batch_queue"],
+            "jobQueue": spec.settings["queue"],
             "jobDefinition": self.job_definition(spec),
             "containerOverrides": overrides,
             "propagateTags": True,
@@ -377,7 +399,7 @@ class BatchBackend(Backend):
             return str(self.batch.submit_job(**kwargs)["jobId"])
 
     def submit(self, spec: RunSpec) -> Job:
-        uri = self._output_uri(spec.run_id)
+        uri = self._output_uri(spec, spec.run_id)
         env = self._environment(spec, uri, spec.run_id)
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
@@ -401,8 +423,8 @@ class BatchBackend(Backend):
         its array index and writes its outputs under ``<prefix>/<parent>/<index>/``."""
         first = specs[0]
         if len({s.env.get(KEY_ENV) for s in specs}) != 1:
-            raise ValueError("an array job's children share one environment: one signing key")
-        uri = self._output_uri(parent)
+            raise NbcontainerError("an array job's children share one environment: one signing key")
+        uri = self._output_uri(first, parent)
         env = self._environment(first, uri, parent)
         key_name = env.get(KEY_REF_ENV, "")[4:] or None
         try:

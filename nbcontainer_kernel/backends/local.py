@@ -17,18 +17,33 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from traitlets import Int
 
 from ..config import max_result_bytes
 from ..docker import labels, warm
-from ..docker.engine import Engine, context_member, extract_tar, get_engine
+from ..docker.archives import context_member, extract_tar
 from ..docker.options import resource_kwargs
 from ..docker.warm import WarmPool
 from ..runtime.contract import EXIT_MARK_ENV, ML_ROOT, POOL_READY_MARK, RUN_CLAIM_FILE, SNAPSHOT_DIR
+from ..runtime.errors import InvalidOption
 from ..runtime.main import WAIT_FLAG
 from .base import Backend, Job, Phase, RunSpec, write_log
+
+if TYPE_CHECKING:
+    from ..docker.engine import Engine
+
+
+def get_engine() -> Engine:
+    """The process's engine, imported when a run first needs Docker (docker-py is the
+    slow part of importing this module, which %config reads for its settings)."""
+    from ..docker.engine import get_engine as shared
+
+    return shared()
+
 
 __all__ = ["LocalBackend", "kernel_share", "run_containers", "run_pool", "snapshot_archive"]
 
@@ -75,7 +90,17 @@ class LocalBackend(Backend):
     needs_push = False
     runs_snapshots = True
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    run_pool_size = Int(
+        1,
+        min=0,
+        max=16,
+        help="Runner containers of --local kept started and waiting (env "
+        "NBCONTAINER_RUN_POOL_SIZE): a --local run copies its snapshot into one and builds no "
+        "image (--rerun makes one when it is needed). 0 builds a run image for every run.",
+    ).tag(config=True, env="NBCONTAINER_RUN_POOL_SIZE")
+
+    def __init__(self, engine: Engine | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._engine = engine
         self._followers: dict[str, _LogFollower] = {}
         self._pool_of: dict[str, WarmPool] = {}  # container id -> the pool it came from
@@ -83,17 +108,10 @@ class LocalBackend(Backend):
         self._said_running: set[str] = set()  # containers whose RUNNING a status reported
         self._pools: set[WarmPool] = set()  # the runner pools this backend has used
         self._sharing: set[str] = set()  # containers holding a share of the kernel's limits
-        self.pool_size = 1
-
-    def configure(self, settings: Mapping[str, Any]) -> None:
-        """RemoteRun.run_pool_size: runner containers kept waiting per runtime image (for
-        a sweep, as many as its children run at once; set back when the sweep ends, and
-        the pools it used shrink to it)."""
-        size = int(settings.get("run_pool_size", 1) or 0)
-        if size < self.pool_size:
-            for pool in set(self._pools):
-                pool.shrink(size)
-        self.pool_size = size
+        # Pool sizes the runs in flight asked for (a sweep's children: as many as run at
+        # once), by container: a pool keeps the largest, and shrinks as they end.
+        self._wanted: dict[str, int] = {}
+        self._wanted_lock = threading.Lock()
 
     def _resources(self, spec: RunSpec) -> tuple[dict[str, Any], bool]:
         """A run's limits, and whether runner containers may wait for runs.
@@ -105,7 +123,7 @@ class LocalBackend(Backend):
         memory, nano_cpus = kernel_share()
         if memory is None and nano_cpus is None:
             return resource_kwargs(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus), True
-        at_once = max(1, self.pool_size)
+        at_once = max(1, _pool_size(spec))
         return (
             resource_kwargs(
                 cpus=spec.cpus or (nano_cpus / at_once / 1e9 if nano_cpus else None),
@@ -171,10 +189,9 @@ class LocalBackend(Backend):
         if spec.params:
             env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
         resources, may_wait = self._resources(spec)
-        pool = run_pool(self.engine, spec.image, resources, max(self.pool_size, 1))
+        size = _pool_size(spec) if may_wait else 0  # else one is made per run, none waits
+        pool = run_pool(self.engine, spec.image, resources, max(size, self._size_wanted()))
         self._pools.add(pool)
-        if not may_wait:
-            pool.size = 0  # a container is made for each run, and none waits after it
         name = f"nbcontainer-run-{spec.run_id}-{labels.now_iso()[11:19].replace(':', '')}"
         with snapshot_archive(Path(spec.snapshot), {"argv": list(spec.command), "env": env}) as f:
 
@@ -186,6 +203,8 @@ class LocalBackend(Backend):
         assert claimed is not None  # make=True makes one when none waits
         if not may_wait:
             self._sharing.add(claimed.container_id)
+        with self._wanted_lock:
+            self._wanted[claimed.container_id] = size
         try:
             self._followers[claimed.container_id] = _LogFollower(
                 self.engine, claimed.container_id, mark
@@ -287,6 +306,11 @@ class LocalBackend(Backend):
         pool = self._pool_of.pop(cid, None)
         shares_limits = cid in self._sharing
         self._sharing.discard(cid)
+        with self._wanted_lock:
+            self._wanted.pop(cid, None)
+        target = max(self._size_wanted(), self._configured_size())
+        if pool is not None and pool.size > target:
+            pool.shrink(target)  # a sweep that needed more has ended
         if pool is None or follower is None or follower.exit_code != 0 or shares_limits:
             # Cancelled, timed out or failed: gone before the cell ends. And in a kernel whose
             # limits its runs share: gone before the next run asks for its share (a container
@@ -296,8 +320,23 @@ class LocalBackend(Backend):
             # A run that succeeded and whose results are in: removed in the background,
             # off the cell's path.
             warm.reaper.remove(get_engine, cid)
-        if pool is not None and self.pool_size > 0:
+        if pool is not None and pool.size > 0:
             pool.fill_later(0.0)  # the next run finds a container waiting
+
+    def _configured_size(self) -> int:
+        try:
+            return int(self.run_pool_size)
+        except InvalidOption:  # a bad value in the environment: the run that reads it says so
+            return 1
+
+    def _size_wanted(self) -> int:
+        """The largest pool size a run in flight asked for (0 with none in flight)."""
+        with self._wanted_lock:
+            return max(self._wanted.values(), default=0)
+
+
+def _pool_size(spec: RunSpec) -> int:
+    return int(spec.settings.get("run_pool_size", 1) or 0)
 
 
 def kernel_share() -> tuple[int | None, int | None]:

@@ -2,7 +2,7 @@
 and the job is given it by digest (``repo@sha256:...``), so what runs is what
 was built.
 
-``RemoteRun.registry`` is ``host[:port]/repository``. For an ECR address
+``AWSBackend.registry`` is ``host[:port]/repository``. For an ECR address
 (``ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO``) the login comes from
 ``ecr.get_authorization_token`` (boto3's credential chain), the repository is
 created when missing, and the login travels with the push request only (never
@@ -17,10 +17,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..docker.engine import Engine
 from ..runtime.errors import EngineError, InvalidOption, RegistryError
+
+if TYPE_CHECKING:
+    from ..docker.engine import Engine
 
 __all__ = [
     "Registry",
@@ -59,14 +61,14 @@ def parse_registry(text: str) -> Registry:
     host, sep, repo = text.strip().partition("/")
     if not sep or not _HOST.match(host) or not ("." in host or ":" in host or host == "localhost"):
         raise InvalidOption(
-            "RemoteRun.registry",
+            "AWSBackend.registry",
             text,
             "expected host[:port]/repository, e.g. "
             "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbcontainer or 127.0.0.1:5000/runs",
         )
     if not _REPO.match(repo):
         raise InvalidOption(
-            "RemoteRun.registry",
+            "AWSBackend.registry",
             text,
             "the repository part must be lowercase letters, digits and . _ - / separators",
         )
@@ -183,7 +185,7 @@ def push_image(
 def push_to_registry(
     registry: str, image: str, hooks: Any = None, run_id: str = ""
 ) -> tuple[str, PushProgress]:
-    """A remote backend's PUSH phase: `image` to ``RemoteRun.registry``, progress as log
+    """A remote backend's PUSH phase: `image` to ``AWSBackend.registry``, progress as log
     lines of `run_id` on `hooks`; returns (repo@sha256:..., what the push did)."""
     from ..docker.engine import get_engine
 

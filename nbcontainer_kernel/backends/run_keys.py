@@ -6,7 +6,7 @@ account; with write access to the run's S3 prefix, such a reader could forge sig
 outputs whose pickles the host loads. So on AWS the key travels as a reference:
 
 * Batch: an SSM Parameter Store SecureString ``/nbcontainer/runs/<run>`` (encrypted with
-  ``RemoteRun.kms_key``, or AWS's own key for SSM), made for the run (one per sweep: an
+  ``AWSBackend.kms_key``, or AWS's own key for SSM), made for the run (one per sweep: an
   array job's children share a key) and deleted when it ends; the job gets
   ``NBCONTAINER_RUN_KEY_REF=ssm:<name>`` and its runner reads the parameter with the job
   role. (Not an ECS ``secrets`` entry: those live in the job definition, not in a job's
@@ -14,7 +14,7 @@ outputs whose pickles the host loads. So on AWS the key travels as a reference:
   values into the container's configuration on the instance, where ``docker inspect``
   shows them.)
 * SageMaker: an S3 object ``<run prefix>/nbcontainer-key/run-key`` (SSE-KMS with
-  ``RemoteRun.kms_key``, else SSE-S3), given to the job as the input channel
+  ``AWSBackend.kms_key``, else SSE-S3), given to the job as the input channel
   ``nbcontainer-key``; deleted when the run ends.
 
 ``nbcontainer gc --aws`` deletes keys a killed kernel left (their runs ended, or are

@@ -6,11 +6,11 @@ SageMaker starts it as ``IMAGE train``, writes the run's parameters to
 ``model.tar.gz`` and ``/opt/ml/output/data`` as ``output.tar.gz``, and turns
 ``/opt/ml/output/failure`` into the job's FailureReason.
 
-Settings (RemoteRun traits, handed over by :meth:`SageMakerBackend.configure`):
-``sagemaker_role`` (the execution role's ARN: the job's credentials; required),
-``s3_prefix`` (where outputs go; required), ``registry`` (required),
-``instance_type`` (ml.m5.large), ``instance_count`` (1), ``volume_size`` (GB) and
-``spot`` (managed spot training). Nothing outside backends/ knows any of this.
+Settings (its traits: ``c.SageMakerBackend.role``, ...; frozen per run in
+RunSpec.settings): ``role`` (the execution role's ARN: the job's credentials; required),
+``s3_prefix`` (where outputs go; required), ``registry`` (required), ``instance_type``
+(ml.m5.large), ``instance_count`` (1), ``volume_size`` (GB) and ``spot`` (managed spot
+training). Nothing outside backends/ knows any of this.
 
 The request is made by :func:`training_job_request`, a pure function, so the
 backend and SageMaker's own local mode (sagemaker_local.py) send the same one.
@@ -32,9 +32,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from traitlets import Bool, Int, Unicode
+
 from ..config import max_result_bytes
 from ..docker import labels
-from ..docker.engine import extract_tar
+from ..docker.archives import extract_tar
 from ..runtime.errors import CloudError, InvalidOption
 from ..runtime.metrics import metric_regex
 from ..runtime.run_key import KEY_REF_ENV
@@ -47,20 +49,19 @@ from ..runtime.training import (
 )
 from ..runtime.trust import KEY_ENV
 from .aws import (
-    REMOTE_SETTINGS,
+    AWSBackend,
     Clients,
     aws_errors,
     check_credentials,
     poll_interval,
     read_log_forward,
     region,
-    require_settings,
     run_prefix,
     s3_chunks,
     split_s3_uri,
     tag_value,
 )
-from .base import Backend, Hooks, Job, Phase, RunSpec, write_log
+from .base import Hooks, Job, Phase, RunSpec, Settings, write_log
 from .push import parse_registry, push_to_registry
 from .run_keys import KEY_CHANNEL, delete_key_object, put_key_object
 
@@ -285,32 +286,60 @@ class _JobState:
         self.log_read = 0.0
 
 
-class SageMakerBackend(Backend):
+class SageMakerBackend(AWSBackend):
     name = "sagemaker"
     needs_push = True
 
-    def __init__(self) -> None:
-        self.settings: dict[str, Any] = {}
+    role = Unicode(
+        None,
+        allow_none=True,
+        help="ARN of the SageMaker execution role training jobs run as: the job's credentials, "
+        "never yours (env NBCONTAINER_SAGEMAKER_ROLE).",
+    ).tag(config=True, env="NBCONTAINER_SAGEMAKER_ROLE", setting="sagemaker_role")
+    instance_type = Unicode(
+        DEFAULT_INSTANCE_TYPE,
+        help="SageMaker instance type of --backend sagemaker (--instance-type; env "
+        "NBCONTAINER_INSTANCE_TYPE). sagemaker-local runs on this machine whatever it says.",
+    ).tag(config=True, env="NBCONTAINER_INSTANCE_TYPE")
+    instance_count = Int(
+        1, help="Instances of a training job (--instance-count): a cell runs on one."
+    ).tag(config=True)
+    volume_size = Int(
+        DEFAULT_VOLUME_GB,
+        min=1,
+        max=16384,
+        help="GB of storage of a SageMaker training instance (--volume-size; env "
+        "NBCONTAINER_VOLUME_SIZE).",
+    ).tag(config=True, env="NBCONTAINER_VOLUME_SIZE")
+    spot = Bool(
+        False,
+        help="Managed spot training on SageMaker (--spot; env NBCONTAINER_SPOT): cheaper, may "
+        "wait for capacity; checkpoints go under the run's S3 prefix.",
+    ).tag(config=True, env="NBCONTAINER_SPOT")
+    spot_max_wait = Int(
+        None,
+        allow_none=True,
+        min=1,
+        help="Seconds a spot job may wait for capacity and run in all (default: twice "
+        "its time limit).",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._jobs: dict[str, _JobState] = {}
         self._lock = threading.Lock()
         self._clients = Clients()
         self.last_push: Any = None
 
     # ---------------------------------------------------------------- settings
-    def configure(self, settings: Mapping[str, Any]) -> None:
+    def check(self, settings: Settings) -> None:
         """Check the settings a SageMaker run needs (called by RemoteRunner before a run)."""
-        needed = {
-            "sagemaker_role": (
-                "NBCONTAINER_SAGEMAKER_ROLE",
-                "the ARN of the SageMaker execution role a training job runs as",
-            ),
-            **REMOTE_SETTINGS,
-        }
-        require_settings(settings, needed)
+        self.require(
+            settings, {"role": "the ARN of the SageMaker execution role a training job runs as"}
+        )
         split_s3_uri(str(settings["s3_prefix"]))
         parse_registry(str(settings["registry"]))
         self._check_shape(settings)
-        self.settings = dict(settings)
         self._clients.refresh()
         check_credentials("sagemaker")
         region()
@@ -349,20 +378,18 @@ class SageMakerBackend(Backend):
     def poll_interval(self, waited: float) -> float:
         return poll_interval(waited)
 
-    def push(self, image: str, hooks: Hooks | None = None, run_id: str = "") -> str:
-        ref, self.last_push = push_to_registry(str(self.settings["registry"]), image, hooks, run_id)
+    def push(
+        self, image: str, settings: Settings, hooks: Hooks | None = None, run_id: str = ""
+    ) -> str:
+        ref, self.last_push = push_to_registry(str(settings["registry"]), image, hooks, run_id)
         return ref
-
-    # ------------------------------------------------------------------ submit
-    def _run_uri(self, run_id: str) -> str:
-        return run_prefix(str(self.settings["s3_prefix"]), run_id)
 
     def request_for(self, spec: RunSpec, job_name: str) -> dict[str, Any]:
         """The CreateTrainingJob request (a params channel object, when needed, is put in S3
         here, before the job exists)."""
-        settings = {**self.settings, **spec.settings}
+        settings = spec.settings
         hyper, document = hyperparameters_for(spec.params)
-        run_uri = self._run_uri(spec.run_id)
+        run_uri = run_prefix(str(settings["s3_prefix"]), spec.run_id)
         channel = None
         if document is not None:
             bucket, prefix = split_s3_uri(f"{run_uri}/{PARAMS_CHANNEL}/")
@@ -379,7 +406,7 @@ class SageMakerBackend(Backend):
         return training_job_request(
             spec,
             job_name=job_name,
-            role=str(settings["sagemaker_role"]),
+            role=str(settings["role"]),
             output_path=f"{run_uri}/",
             settings=settings,
             params_channel_uri=channel,

@@ -38,7 +38,7 @@ from ..runtime.errors import ImageNotFound, InvalidOption, NbcontainerError
 from ..runtime.run_key import KEY_FILE
 from ..runtime.training import PARAMS_CHANNEL, PARAMS_FILE
 from ..runtime.trust import KEY_ENV
-from .base import Hooks, Job, RunSpec, write_log
+from .base import Hooks, Job, RunSpec, Settings, write_log
 from .run_keys import KEY_CHANNEL
 from .sagemaker import (
     SageMakerBackend,
@@ -202,11 +202,11 @@ class SageMakerLocalBackend(SageMakerBackend):
     name = "sagemaker-local"
     needs_push = False
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._local: dict[str, _LocalJob] = {}
 
-    def configure(self, settings: Mapping[str, Any]) -> None:
+    def check(self, settings: Settings) -> None:
         """Nothing is required: no role, bucket or registry (local mode needs none)."""
         try:
             import sagemaker.core.local.local_session  # noqa: F401
@@ -217,10 +217,9 @@ class SageMakerLocalBackend(SageMakerBackend):
             ) from exc
         self._check_shape(settings)
         compose_command()
-        self.settings = dict(settings)
 
     def check_resources(
-        self, cpus: float | None, memory: str | None, gpus: str | None, settings: Mapping[str, Any]
+        self, cpus: float | None, memory: str | None, gpus: str | None, settings: Settings
     ) -> None:
         instance_type = str(settings.get("instance_type") or "local")
         if instance_type not in ("local", "local_gpu") and not instance_type.startswith("ml."):
@@ -235,7 +234,9 @@ class SageMakerLocalBackend(SageMakerBackend):
     def poll_interval(self, waited: float) -> float:
         return 0.2  # no API to spare: this process holds the state
 
-    def push(self, image: str, hooks: Hooks | None = None, run_id: str = "") -> str:
+    def push(
+        self, image: str, settings: Settings, hooks: Hooks | None = None, run_id: str = ""
+    ) -> str:
         return image
 
     # ------------------------------------------------------------------ submit
@@ -252,12 +253,14 @@ class SageMakerLocalBackend(SageMakerBackend):
                 "not. Run it from a kernelspec with docker_access 'raw' (single-user machines) "
                 "or from the host, or use --backend sagemaker",
             )
-        settings = {**self.settings, **spec.settings}
+        settings = spec.settings
         job_name = job_name_for(spec.run_id)
         if not get_engine().has_image(spec.image):  # compose would try Docker Hub for it
             raise ImageNotFound(spec.image, "sagemaker-local runs images of this engine only")
         if not spec.workdir:
-            raise ValueError("sagemaker-local needs the run's private directory (RunSpec.workdir)")
+            raise NbcontainerError(
+                "sagemaker-local needs the run's private directory (RunSpec.workdir)"
+            )
         # Under the run's directory: private, and at the same path on the host and in a
         # containerized kernel (the ledger's directory is mounted there), as compose's
         # bind mounts need.
@@ -290,7 +293,7 @@ class SageMakerLocalBackend(SageMakerBackend):
         request = training_job_request(
             spec,
             job_name=job_name,
-            role=str(settings.get("sagemaker_role") or LOCAL_ROLE),
+            role=str(settings.get("role") or LOCAL_ROLE),
             output_path=f"file://{job.out_dir}",
             settings=local_settings,
             params_channel_uri=channel,

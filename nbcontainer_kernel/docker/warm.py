@@ -28,12 +28,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..runtime.contract import POOL_READY_MARK
 from ..runtime.errors import NbcontainerError, WaiterDied
 from . import labels
-from .engine import Engine
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 __all__ = [
     "READY_MARK",

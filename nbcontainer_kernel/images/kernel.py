@@ -22,7 +22,8 @@ from pathlib import Path
 from docker.models.images import Image
 
 from ..docker import labels
-from ..docker.engine import Engine, build_context
+from ..docker.archives import build_context
+from ..docker.engine import Engine
 from ..runtime.contract import VENV
 from ..runtime.errors import CommandNotFound, ImageNotUsable
 from .wheels import PROBE_SNIPPET, TargetPython, build_self_wheel, pinned, resolve_wheels

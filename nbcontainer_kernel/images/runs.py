@@ -30,7 +30,8 @@ from typing import Any
 
 from .. import config
 from ..docker import labels
-from ..docker.engine import Engine, build_context, get_engine
+from ..docker.archives import build_context
+from ..docker.engine import Engine, get_engine
 from ..docker.labels import kernel_containers
 from ..runtime.contract import (
     DEFAULT_BASE_IMAGE,

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..docker import labels, warm
-from ..docker.engine import Engine, make_tar
+from ..docker.archives import make_tar
+from ..docker.engine import Engine
 from ..docker.labels import kernel_container_name
 from ..docker.warm import READY_MARK, WarmContainer, WarmPool
 from ..runtime.contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE

@@ -5,6 +5,7 @@ progress goes to the widget panel or its text twin, both listeners on the librar
 from __future__ import annotations
 
 import ast
+import copy
 import os
 import sys
 import threading
@@ -13,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, default
+from traitlets import CaselessStrEnum, Float, Int, Unicode
 
 from ..backends.base import Hooks, StopSignal
 from ..backends.registry import UnknownBackend, available
-from ..config import trait_default
+from ..config import EnvDefaults
 from ..remote.ledger import Ledger
 from ..runtime.errors import InvalidOption, UnknownRun
 
@@ -145,7 +146,7 @@ class _Prepared:
 
 
 @magics_class
-class RemoteRun(Magics):
+class RemoteRun(EnvDefaults, Magics):
     """Run notebook cells in a container: here (--local), on AWS Batch or on SageMaker.
 
     Each setting is a trait: a flag wins, then ``%config RemoteRun.<name>`` (or a
@@ -210,87 +211,6 @@ class RemoteRun(Magics):
         "values only; env NBCONTAINER_TRUST).",
     ).tag(config=True, env="NBCONTAINER_TRUST")
 
-    # Remote backends (each backend takes what it needs: Backend.configure).
-    registry = Unicode(
-        None,
-        allow_none=True,
-        help="Where run images are pushed for remote backends: host[:port]/repository, e.g. "
-        "ACCOUNT.dkr.ecr.REGION.amazonaws.com/nbcontainer (env NBCONTAINER_REGISTRY).",
-    ).tag(config=True, env="NBCONTAINER_REGISTRY")
-    s3_prefix = Unicode(
-        None,
-        allow_none=True,
-        help="s3://bucket/prefix where remote runs leave their results (env "
-        "NBCONTAINER_S3_PREFIX).",
-    ).tag(config=True, env="NBCONTAINER_S3_PREFIX")
-    batch_queue = Unicode(
-        None,
-        allow_none=True,
-        help="The AWS Batch job queue of --backend batch (env NBCONTAINER_BATCH_QUEUE).",
-    ).tag(config=True, env="NBCONTAINER_BATCH_QUEUE")
-    batch_job_role = Unicode(
-        None,
-        allow_none=True,
-        help="ARN of the IAM role Batch jobs run as: the job's credentials, never yours "
-        "(env NBCONTAINER_BATCH_JOB_ROLE).",
-    ).tag(config=True, env="NBCONTAINER_BATCH_JOB_ROLE")
-    batch_retries = Int(
-        0,
-        min=0,
-        max=9,
-        help="Batch attempts after a failed one (env NBCONTAINER_BATCH_RETRIES).",
-    ).tag(config=True, env="NBCONTAINER_BATCH_RETRIES")
-    batch_platform = CaselessStrEnum(
-        ["EC2", "FARGATE"],
-        default_value="EC2",
-        help="Batch compute: EC2 or FARGATE (env NBCONTAINER_BATCH_PLATFORM).",
-    ).tag(config=True, env="NBCONTAINER_BATCH_PLATFORM")
-    batch_execution_role = Unicode(
-        None,
-        allow_none=True,
-        help="ARN of the execution role of Fargate jobs (env NBCONTAINER_BATCH_EXECUTION_ROLE).",
-    ).tag(config=True, env="NBCONTAINER_BATCH_EXECUTION_ROLE")
-
-    sagemaker_role = Unicode(
-        None,
-        allow_none=True,
-        help="ARN of the SageMaker execution role training jobs run as: the job's credentials, "
-        "never yours (env NBCONTAINER_SAGEMAKER_ROLE).",
-    ).tag(config=True, env="NBCONTAINER_SAGEMAKER_ROLE")
-    instance_type = Unicode(
-        "ml.m5.large",
-        help="SageMaker instance type of --backend sagemaker (--instance-type; env "
-        "NBCONTAINER_INSTANCE_TYPE). sagemaker-local runs on this machine whatever it says.",
-    ).tag(config=True, env="NBCONTAINER_INSTANCE_TYPE")
-    volume_size = Int(
-        30,
-        min=1,
-        max=16384,
-        help="GB of storage of a SageMaker training instance (--volume-size; env "
-        "NBCONTAINER_VOLUME_SIZE).",
-    ).tag(config=True, env="NBCONTAINER_VOLUME_SIZE")
-    spot = Bool(
-        False,
-        help="Managed spot training on SageMaker (--spot; env NBCONTAINER_SPOT): cheaper, may "
-        "wait for capacity; checkpoints go under the run's S3 prefix.",
-    ).tag(config=True, env="NBCONTAINER_SPOT")
-    kms_key = Unicode(
-        None,
-        allow_none=True,
-        help="KMS key (id, ARN or alias) that encrypts a remote run's signing key where it "
-        "waits for the run: the SSM parameter on Batch, the S3 object on SageMaker (env "
-        "NBCONTAINER_KMS_KEY); by default AWS's own key for SSM and S3-managed keys.",
-    ).tag(config=True, env="NBCONTAINER_KMS_KEY")
-
-    run_pool_size = Int(
-        1,
-        min=0,
-        max=16,
-        help="Runner containers of --local kept started and waiting (env "
-        "NBCONTAINER_RUN_POOL_SIZE): a --local run copies its snapshot into one and builds no "
-        "image (--rerun makes one when it is needed). 0 builds a run image for every run.",
-    ).tag(config=True, env="NBCONTAINER_RUN_POOL_SIZE")
-
     resolve_timeout = Float(
         300.0,
         min=1.0,
@@ -299,123 +219,13 @@ class RemoteRun(Magics):
         "it does at once when the index cannot be reached.",
     ).tag(config=True, env="NBCONTAINER_RESOLVE_TIMEOUT")
 
-    #: The settings handed to backends as they are.
-    _BACKEND_SETTINGS = (
-        "run_pool_size",
-        "registry",
-        "s3_prefix",
-        "batch_queue",
-        "batch_job_role",
-        "batch_retries",
-        "batch_platform",
-        "batch_execution_role",
-        "sagemaker_role",
-        "instance_type",
-        "volume_size",
-        "spot",
-        "kms_key",
-    )
-
-    # Defaults: the environment variable, then [tool.nbcontainer] (config.trait_default).
-    @default("backend")
-    def _backend_default(self) -> str:
-        return trait_default(self, "backend")
-
-    @default("max_parallel")
-    def _max_parallel_default(self) -> int:
-        return trait_default(self, "max_parallel")
-
-    @default("timeout")
-    def _timeout_default(self) -> float | None:
-        return trait_default(self, "timeout")
-
-    @default("memory")
-    def _memory_default(self) -> str | None:
-        return trait_default(self, "memory")
-
-    @default("cpus")
-    def _cpus_default(self) -> float | None:
-        return trait_default(self, "cpus")
-
-    @default("interrupt")
-    def _interrupt_default(self) -> str:
-        return trait_default(self, "interrupt")
-
-    @default("progress")
-    def _progress_default(self) -> str:
-        return trait_default(self, "progress")
-
-    @default("trust")
-    def _trust_default(self) -> str:
-        return trait_default(self, "trust")
-
-    @default("base")
-    def _base_default(self) -> str | None:
-        return trait_default(self, "base")
-
-    @default("registry")
-    def _registry_default(self) -> str | None:
-        return trait_default(self, "registry")
-
-    @default("s3_prefix")
-    def _s3_prefix_default(self) -> str | None:
-        return trait_default(self, "s3_prefix")
-
-    @default("batch_queue")
-    def _batch_queue_default(self) -> str | None:
-        return trait_default(self, "batch_queue")
-
-    @default("batch_job_role")
-    def _batch_job_role_default(self) -> str | None:
-        return trait_default(self, "batch_job_role")
-
-    @default("batch_retries")
-    def _batch_retries_default(self) -> int:
-        return trait_default(self, "batch_retries")
-
-    @default("batch_platform")
-    def _batch_platform_default(self) -> str:
-        return trait_default(self, "batch_platform")
-
-    @default("batch_execution_role")
-    def _batch_execution_role_default(self) -> str | None:
-        return trait_default(self, "batch_execution_role")
-
-    @default("sagemaker_role")
-    def _sagemaker_role_default(self) -> str | None:
-        return trait_default(self, "sagemaker_role")
-
-    @default("instance_type")
-    def _instance_type_default(self) -> str:
-        return trait_default(self, "instance_type")
-
-    @default("volume_size")
-    def _volume_size_default(self) -> int:
-        return trait_default(self, "volume_size")
-
-    @default("spot")
-    def _spot_default(self) -> bool:
-        return trait_default(self, "spot")
-
-    @default("kms_key")
-    def _kms_key_default(self) -> str | None:
-        return trait_default(self, "kms_key")
-
-    @default("run_pool_size")
-    def _run_pool_size_default(self) -> int:
-        return trait_default(self, "run_pool_size")
-
-    @default("resolve_timeout")
-    def _resolve_timeout_default(self) -> float:
-        return trait_default(self, "resolve_timeout")
-
-    @default("ledger_path")
-    def _ledger_path_default(self) -> str | None:
-        return trait_default(self, "ledger_path")
-
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._runner: Any = None
+        if shell is not None:
+            from .settings import register_backends
+
+            register_backends(shell)  # %config BatchBackend.queue = ... reaches them
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -551,7 +361,8 @@ class RemoteRun(Magics):
     @argument(
         "--instance-type",
         metavar="TYPE",
-        help="SageMaker instance type, e.g. ml.m5.large, ml.g5.xlarge (RemoteRun.instance_type).",
+        help="SageMaker instance type, e.g. ml.m5.large, ml.g5.xlarge "
+        "(SageMakerBackend.instance_type).",
     )
     @argument(
         "--instance-count", type=int, help="SageMaker instances (1: a cell runs on one instance)."
@@ -561,7 +372,7 @@ class RemoteRun(Magics):
         "--spot",
         action="store_true",
         default=None,
-        help="SageMaker managed spot training (RemoteRun.spot).",
+        help="SageMaker managed spot training (SageMakerBackend.spot).",
     )
     @argument(
         "--no-wait",
@@ -655,23 +466,37 @@ class RemoteRun(Magics):
             interrupt=self._setting("interrupt"),
             allow_unpinned=args.allow_unpinned,
             resolve_timeout=self.resolve_timeout,
-            settings=self._backend_settings(args),
+            overrides=self._overrides(args),
         )
         stop = StopSignal()
         hooks, listener = self._listeners(lambda _run_id: stop.cancel(), sweep=bool(sweep))
         return _Prepared(self, req, hooks, listener, stop, self._notebook())
 
-    def _backend_settings(self, args: Any) -> dict[str, Any]:
-        """The RemoteRun settings backends take, the flags that set some of them winning."""
-        flags = {
+    @staticmethod
+    def _overrides(args: Any) -> dict[str, Any]:
+        """The flags that set a backend's settings for this run (None: not given)."""
+        return {
             "instance_type": args.instance_type,
+            "instance_count": args.instance_count,
             "volume_size": args.volume_size,
             "spot": args.spot,
         }
-        settings = {name: self._setting(name, flags.get(name)) for name in self._BACKEND_SETTINGS}
-        if args.instance_count is not None:
-            settings["instance_count"] = args.instance_count
-        return settings
+
+    def _load_config(self, cfg: Any, section_names: Any = None, traits: Any = None) -> None:
+        """`RemoteRun.<name>` for a backend's setting (earlier releases' spelling) goes to
+        that backend, with a warning; the rest is RemoteRun's own."""
+        from .settings import legacy_names, register_backends, translate_legacy
+
+        legacy = translate_legacy(cfg)
+        if legacy:
+            cfg = copy.deepcopy(cfg)  # the shell's own config keeps what it was given
+            old_names = set(legacy_names())
+            for old in [k for k in cfg["RemoteRun"] if k in old_names]:
+                del cfg["RemoteRun"][old]
+            if self.shell is not None:
+                for backend in register_backends(self.shell):
+                    backend.update_config(legacy)
+        super()._load_config(cfg, section_names, traits)
 
     def _show(self, outcome: RunResult, listener: Any) -> Any:
         from ..remote.runs import RunHandle

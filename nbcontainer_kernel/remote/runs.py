@@ -18,9 +18,20 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from ..backends.base import Backend, Hooks, Job, Outcome, Phase, RunDriver, RunSpec, StopSignal
+from ..backends.base import (
+    Backend,
+    Hooks,
+    Job,
+    Outcome,
+    Phase,
+    RunDriver,
+    RunSpec,
+    Settings,
+    StopSignal,
+)
 from ..backends.registry import get_backend
 from ..images.runs import RunImage, build_run_image, build_runtime_image
 from ..images.wheels import resolution_budget
@@ -82,8 +93,9 @@ class RemoteRequest:
         interrupt: what Ctrl-C while waiting does to a single run: cancel or detach.
         allow_unpinned: take the newest version of a package whose pin has no wheel.
         resolve_timeout: seconds the dependency layer's wheel resolution may take in all.
-        settings: the RemoteRun settings handed to the backend (registry, s3_prefix,
-            batch_queue, ...): each backend takes what it needs (Backend.configure).
+        overrides: this run's values of backend settings, over the configured ones
+            (--instance-type and friends; by setting name, e.g. ``queue``, or by its
+            ``[tool.nbcontainer]`` name, ``batch_queue``): Backend.settings.
     """
 
     cell: str
@@ -105,7 +117,7 @@ class RemoteRequest:
     interrupt: str = "cancel"
     allow_unpinned: bool = False
     resolve_timeout: float | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.sweep, tuple):
@@ -252,18 +264,21 @@ class RemoteRunner:
         self.records[run_id] = record
         snap: Snapshot | None = None
         try:
-            backend.configure(req.settings)  # a missing setting fails here, recorded
-            backend.check_resources(req.cpus, req.memory, req.gpus, req.settings)
+            # Resolved once, frozen, and carried with the run: what another run (or
+            # thread) configures meanwhile changes nothing here. Bad or missing: recorded.
+            settings = backend.settings(req.overrides)
+            backend.check(settings)
+            backend.check_resources(req.cpus, req.memory, req.gpus, settings)
             stop.check()
             image, digest, snap = self._image_for(
-                record, req, namespace, warm=self._runs_warm(backend, req), stop=stop
+                record, req, namespace, warm=self._runs_warm(backend, req, settings), stop=stop
             )
             stop.check()
             # A snapshot run without a run image records none: --rerun makes one if needed.
             self.ledger.update(run_id, image="" if snap else image, snapshot_digest=digest)
             if backend.needs_push:
                 record.enter(Phase.PUSH)
-                image = backend.push(image, record.hooks, run_id)
+                image = backend.push(image, settings, record.hooks, run_id)
                 self.ledger.update(run_id, image=image)
         except BaseException as exc:
             # Nothing ran, but the record stays, saying why (an unusable base, Ctrl-C, ...).
@@ -275,9 +290,18 @@ class RemoteRunner:
             snapshot_dir = str(snap.directory) if snap else None
             if req.sweep:
                 return self._sweep(
-                    record, name, backend, image, req, out_names, stop, namespace, snapshot_dir
+                    record,
+                    name,
+                    backend,
+                    image,
+                    req,
+                    settings,
+                    out_names,
+                    stop,
+                    namespace,
+                    snapshot_dir,
                 )
-            spec = self._spec(run_id, image, req, params=dict(req.params), snapshot=snapshot_dir)
+            spec = self._spec(run_id, image, req, dict(req.params), settings, snapshot_dir)
             driver = self._driver(record, backend, req.interrupt, stop)
             job = None
             try:
@@ -505,13 +529,11 @@ class RemoteRunner:
         return image.tag, snap.digest, None
 
     @staticmethod
-    def _runs_warm(backend: Backend, req: RemoteRequest) -> bool:
+    def _runs_warm(backend: Backend, req: RemoteRequest, settings: Settings) -> bool:
         """Whether this run goes without a run image: its backend runs snapshots (the local
         backend's warm pool), the cell waits for it, and the pool is not turned off."""
         return (
-            backend.runs_snapshots
-            and req.wait
-            and int(req.settings.get("run_pool_size", 1) or 0) > 0
+            backend.runs_snapshots and req.wait and int(settings.get("run_pool_size", 1) or 0) > 0
         )
 
     def kept_snapshot(self, run_id: str) -> Path | None:
@@ -548,6 +570,7 @@ class RemoteRunner:
         image: str,
         req: RemoteRequest,
         params: dict[str, Any],
+        settings: Settings,
         snapshot: str | None = None,
     ) -> RunSpec:
         # The signing key reaches the run only here, at run time, in its environment.
@@ -564,7 +587,7 @@ class RemoteRunner:
             timeout=req.timeout,
             detached=not req.wait,
             env={KEY_ENV: row["run_key"]},
-            settings=dict(req.settings),
+            settings=settings,
             metric_names=list(req.metric_names),
             workdir=str(self.ledger.run_dir(run_id)),
             snapshot=snapshot,
@@ -607,6 +630,7 @@ class RemoteRunner:
         backend: Backend,
         image: str,
         req: RemoteRequest,
+        settings: Settings,
         out_names: list[str],
         stop: StopSignal,
         namespace: dict[str, Any],
@@ -622,15 +646,16 @@ class RemoteRunner:
             self.ledger.update(child, image="" if snapshot_dir else image, snapshot_digest=digest)
             children.append((RunRecord(self.ledger, child, parent.hooks), row))
         if snapshot_dir is not None:
-            # As many warm containers as children run at once, made while others run.
-            size = int(req.settings.get("run_pool_size", 1) or 0)
-            backend.configure(
-                {**req.settings, "run_pool_size": max(size, min(req.max_parallel, len(rows)))}
+            # As many warm containers as children run at once, made while others run (the
+            # pool shrinks back as the children end).
+            size = int(settings.get("run_pool_size", 1) or 0)
+            settings = MappingProxyType(
+                {**settings, "run_pool_size": max(size, min(req.max_parallel, len(rows)))}
             )
         drivers = {c.run_id: self._driver(c, backend, "cancel", stop) for c, _ in children}
         jobs: dict[str, tuple[Job, RunSpec]] = {}
         if backend.one_job_per_sweep:
-            jobs = self._submit_sweep(parent, backend, image, req, children)
+            jobs = self._submit_sweep(parent, backend, image, req, settings, children)
         parent.enter(Phase.RUNNING)
 
         def one(child: RunRecord, row: dict[str, Any]) -> RunResult:
@@ -644,9 +669,8 @@ class RemoteRunner:
                 if parent.cancel_requested.is_set() or stop.is_set():
                     child.cancel("cancelled before it started")
                     raise KeyboardInterrupt
-                spec = self._spec(
-                    child.run_id, image, req, params={**req.params, **row}, snapshot=snapshot_dir
-                )
+                params = {**req.params, **row}
+                spec = self._spec(child.run_id, image, req, params, settings, snapshot_dir)
                 job = self._submit(child, backend, spec)
                 return self._wait(child, driver, job, spec)
             finally:
@@ -688,9 +712,6 @@ class RemoteRunner:
             pool.shutdown(wait=True, cancel_futures=True)
             for c, _ in children:
                 self._stops.pop(c.run_id, None)
-            if snapshot_dir is not None:
-                # The sweep's extra runner containers go: back to run_pool_size.
-                backend.configure(req.settings)
         return self._end_sweep(parent, children, results, errors, out_names, namespace)
 
     def _end_sweep(
@@ -739,6 +760,7 @@ class RemoteRunner:
         backend: Backend,
         image: str,
         req: RemoteRequest,
+        settings: Settings,
         children: list[tuple[RunRecord, dict[str, Any]]],
     ) -> dict[str, tuple[Job, RunSpec]]:
         """The whole sweep in one step (an array job): the children share its environment,
@@ -747,7 +769,7 @@ class RemoteRunner:
         specs = []
         for child, row in children:
             self.ledger.update(child.run_id, run_key=key)
-            specs.append(self._spec(child.run_id, image, req, params={**req.params, **row}))
+            specs.append(self._spec(child.run_id, image, req, {**req.params, **row}, settings))
             child.enter(Phase.SUBMITTED)
         try:
             submitted = backend.submit_sweep(parent.run_id, specs)

@@ -521,7 +521,7 @@ class RegistryError(NbcontainerError, ConnectionError):
         self.reason = reason
         super().__init__(
             f"Could not push to the registry {registry}: {reason}. Check that it answers "
-            "(`curl http://HOST:PORT/v2/`), that `RemoteRun.registry` names it as "
+            "(`curl http://HOST:PORT/v2/`), that `AWSBackend.registry` names it as "
             "host[:port]/repository, and for ECR that your AWS credentials may push there."
         )
 

@@ -39,10 +39,10 @@ from tests.integration.conftest import BASE_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
-    "registry": "NBCONTAINER_REGISTRY",
-    "s3_prefix": "NBCONTAINER_S3_PREFIX",
-    "batch_queue": "NBCONTAINER_BATCH_QUEUE",
-    "batch_job_role": "NBCONTAINER_BATCH_JOB_ROLE",
+    "BatchBackend.registry": "NBCONTAINER_REGISTRY",
+    "BatchBackend.s3_prefix": "NBCONTAINER_S3_PREFIX",
+    "BatchBackend.queue": "NBCONTAINER_BATCH_QUEUE",
+    "BatchBackend.job_role": "NBCONTAINER_BATCH_JOB_ROLE",
 }
 
 
@@ -50,10 +50,10 @@ SETTINGS = {
 def batch_ip(ip, aws_env: dict[str, str]):
     """The shell with the test bed's settings, set as a user would (%config)."""
     for trait, env in SETTINGS.items():
-        ip.run_line_magic("config", f"RemoteRun.{trait} = {aws_env[env]!r}")
+        ip.run_line_magic("config", f"{trait} = {aws_env[env]!r}")
     yield ip
     for trait in SETTINGS:
-        ip.run_line_magic("config", f"RemoteRun.{trait} = None")
+        ip.run_line_magic("config", f"{trait} = None")
 
 
 def _calls(service: str, operation: str) -> list[dict]:
@@ -224,10 +224,10 @@ def test_timeout_stops_the_job_and_says_so(batch_ip, ledger: Ledger) -> None:
 
 
 def test_a_missing_queue_is_a_clear_error_and_the_run_is_recorded(batch_ip, ledger: Ledger) -> None:
-    batch_ip.run_line_magic("config", "RemoteRun.batch_queue = None")
+    batch_ip.run_line_magic("config", "BatchBackend.queue = None")
     result = batch_ip.run_cell("%%remote_run --backend batch --name noq\ny = 1")
     err = result.error_in_exec
-    assert isinstance(err, MissingSetting) and "RemoteRun.batch_queue" in str(err), err
+    assert isinstance(err, MissingSetting) and "BatchBackend.queue" in str(err), err
     assert "NBCONTAINER_BATCH_QUEUE" in str(err)
     row = ledger.find(name="noq")[0]
     assert row["status"] == "FAILED" and "batch_queue" in row["failure"]
@@ -251,7 +251,7 @@ def test_missing_credentials_are_a_clear_error_before_any_build(
 
 
 def test_an_unreachable_registry_is_a_clear_error(batch_ip, ledger: Ledger) -> None:
-    batch_ip.run_line_magic("config", "RemoteRun.registry = '127.0.0.1:9/nbcontainer'")
+    batch_ip.run_line_magic("config", "BatchBackend.registry = '127.0.0.1:9/nbcontainer'")
     result = batch_ip.run_cell("%%remote_run --backend batch --name noreg\ny = 1")
     err = result.error_in_exec
     assert isinstance(err, RegistryError) and "127.0.0.1:9/nbcontainer" in str(err), err
@@ -289,15 +289,18 @@ def test_gc_aws_deregisters_old_job_definition_revisions(aws_env: dict[str, str]
     from nbcontainer_kernel.backends.batch import BatchBackend
 
     backend = BatchBackend()
-    backend.configure(
-        {trait: aws_env[env] for trait, env in SETTINGS.items()} | {"batch_platform": "EC2"}
+    settings = backend.settings(
+        {trait.split(".")[1]: aws_env[env] for trait, env in SETTINGS.items()} | {"platform": "EC2"}
     )
-    arns = [
-        backend.job_definition(RunSpec("gcd-1", f"127.0.0.1:1/x@sha256:{d * 64}", name="gcd"))
-        for d in "abc"
-    ]
+    backend.check(settings)
+
+    def spec(run_id: str, digit: str) -> RunSpec:
+        image = f"127.0.0.1:1/x@sha256:{digit * 64}"
+        return RunSpec(run_id, image, name="gcd", settings=settings)
+
+    arns = [backend.job_definition(spec("gcd-1", d)) for d in "abc"]
     assert len(set(arns)) == 3
-    again = backend.job_definition(RunSpec("gcd-2", "127.0.0.1:1/x@sha256:" + "c" * 64, name="gcd"))
+    again = backend.job_definition(spec("gcd-2", "c"))
     assert again == arns[-1], "a definition of the same image and shape is reused"
     out = subprocess.run(
         [sys.executable, "-m", "nbcontainer_kernel.cli", "gc", "--aws"],
@@ -401,3 +404,62 @@ def test_make_demo_aws_runs_a_cell_and_a_sweep_on_batch(
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "ran on" in out.stdout and "demo-sweep" in out.stdout, out.stdout[-3000:]
+
+
+def test_runs_submitted_from_several_threads_at_once_each_keep_their_own_settings(
+    batch_ip, ledger: Ledger
+) -> None:
+    """What the runs page and notebook jobs will do: submit from a server's threads at once.
+    Each run's queue and registry are its own, whatever the others (and the shell's
+    %config, changed meanwhile) say."""
+    import threading
+
+    from nbcontainer_kernel.backends.base import Hooks
+    from nbcontainer_kernel.remote.runs import RemoteRequest, RemoteRunner
+
+    ip = batch_ip
+    result = ip.run_cell("%%remote_run --local --name base\nout = topics * 3")
+    assert result.error_in_exec is None, result.error_in_exec
+    batch = boto3.client("batch")
+    (queue,) = batch.describe_job_queues(jobQueues=[os.environ["NBCONTAINER_BATCH_QUEUE"]])[
+        "jobQueues"
+    ]
+    order = queue["computeEnvironmentOrder"]
+    queues = [f"nbcontainer-threads-{i}" for i in range(3)]
+    for name in queues:
+        batch.create_job_queue(
+            jobQueueName=name, state="ENABLED", priority=1, computeEnvironmentOrder=order
+        )
+    registry = os.environ["NBCONTAINER_REGISTRY"]
+    runner = RemoteRunner(Ledger(ledger.path))
+    start = threading.Barrier(len(queues))
+    errors: list[BaseException] = []
+
+    def submit(i: int) -> None:
+        req = RemoteRequest(
+            "out = topics * 3",
+            name=f"thread{i}",
+            backend="batch",
+            rerun="base-1",
+            overrides={"queue": queues[i], "registry": f"{registry}-team{i}"},
+        )
+        start.wait()
+        try:
+            runner.run(req, {}, Hooks())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(queues))]
+    for t in threads:
+        t.start()
+    ip.run_line_magic("config", "BatchBackend.queue = 'not-this-one'")  # meanwhile
+    for t in threads:
+        t.join(600)
+    assert errors == []
+    for i, name in enumerate(queues):
+        row = ledger.get(f"thread{i}-1")
+        assert row["status"] == "SUCCEEDED", row["failure"]
+        (job,) = batch.describe_jobs(jobs=[row["job"]["job_id"]])["jobs"]
+        assert job["jobQueue"].endswith(f"/{name}") or job["jobQueue"] == name, job["jobQueue"]
+        assert job["container"]["image"].startswith(f"{registry}-team{i}@sha256:")
+        assert row["image"].startswith(f"{registry}-team{i}@sha256:")

@@ -170,7 +170,7 @@ def test_credentials_in_the_index_url_stay_out_of_run_images(
     monkeypatch.setenv("PIP_INDEX_URL", https_index.replace("https://", f"https://u:{password}@"))
     name = make_kernelspec("nbc-index-creds", network_mode="host")
     with started(name, cwd=str(tmp_path)) as (km, kc):
-        run(kc, "%config RemoteRun.run_pool_size = 0")  # a run image, built from a commit
+        run(kc, "%config LocalBackend.run_pool_size = 0")  # a run image, built from a commit
         content, outputs = run(kc, "%%remote_run --local --name creds\nimport os\ny = 1", 600)
         assert content["status"] == "ok", _stream(outputs)
         content, outputs = run(kc, "import os\nprint(os.environ['PIP_INDEX_URL'])")

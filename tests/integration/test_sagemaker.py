@@ -33,9 +33,9 @@ from tests.helpers import record_calls
 pytestmark = pytest.mark.integration
 
 SETTINGS = {
-    "registry": "NBCONTAINER_REGISTRY",
-    "s3_prefix": "NBCONTAINER_S3_PREFIX",
-    "sagemaker_role": "NBCONTAINER_BATCH_JOB_ROLE",  # the test bed's one role
+    "SageMakerBackend.registry": "NBCONTAINER_REGISTRY",
+    "SageMakerBackend.s3_prefix": "NBCONTAINER_S3_PREFIX",
+    "SageMakerBackend.role": "NBCONTAINER_BATCH_JOB_ROLE",  # the test bed's one role
 }
 
 
@@ -43,10 +43,10 @@ SETTINGS = {
 def sm_ip(ip, aws_env: dict[str, str]):
     """The shell with the test bed's settings, set as a user would (%config)."""
     for trait, env in SETTINGS.items():
-        ip.run_line_magic("config", f"RemoteRun.{trait} = {aws_env[env]!r}")
+        ip.run_line_magic("config", f"{trait} = {aws_env[env]!r}")
     yield ip
     for trait in SETTINGS:
-        ip.run_line_magic("config", f"RemoteRun.{trait} = None")
+        ip.run_line_magic("config", f"{trait} = None")
 
 
 def _sent(operation: str) -> list[dict]:
@@ -147,14 +147,15 @@ def test_a_parameter_set_too_large_for_hyperparameters_goes_by_s3(sm_ip, ledger:
 
 def test_status_is_polled_and_cloudwatch_logs_are_followed(aws_env: dict[str, str]) -> None:
     backend = get_backend("sagemaker")
-    backend.configure(
+    settings = backend.settings(
         {
-            "sagemaker_role": aws_env["NBCONTAINER_BATCH_JOB_ROLE"],
+            "role": aws_env["NBCONTAINER_BATCH_JOB_ROLE"],
             "s3_prefix": aws_env["NBCONTAINER_S3_PREFIX"],
             "registry": aws_env["NBCONTAINER_REGISTRY"],
         }
     )
-    job = backend.submit(RunSpec("logs-1", "127.0.0.1:1/r@sha256:" + "b" * 64))
+    backend.check(settings)
+    job = backend.submit(RunSpec("logs-1", "127.0.0.1:1/r@sha256:" + "b" * 64, settings=settings))
     # What SageMaker's agent would write; moto keeps no log group of its own.
     logs = boto3.client("logs")
     stream = f"{job.handle['job_name']}/algo-1-1764590000"
@@ -201,7 +202,7 @@ def test_no_wait_then_attach_from_a_new_runner_finds_the_job(sm_ip, ledger: Ledg
 @pytest.mark.parametrize(
     ("line", "error", "says"),
     [
-        ("--backend sagemaker", MissingSetting, "RemoteRun.sagemaker_role is not set"),
+        ("--backend sagemaker", MissingSetting, "SageMakerBackend.role is not set"),
         ("--backend sagemaker --gpus 1", UsageError, "ml.m5.large has no GPU"),
         ("--backend sagemaker-local --gpus 1", UsageError, "use --instance-type local_gpu"),
     ],
@@ -210,7 +211,7 @@ def test_bad_input_is_a_clear_error_and_the_run_is_recorded(
     sm_ip, ledger: Ledger, line: str, error: type[Exception], says: str
 ) -> None:
     if "role" in says:
-        sm_ip.run_line_magic("config", "RemoteRun.sagemaker_role = None")
+        sm_ip.run_line_magic("config", "SageMakerBackend.role = None")
     result = sm_ip.run_cell(f"%%remote_run {line} --name smbad\nx = 1")
     assert isinstance(result.error_in_exec, error) and says in str(result.error_in_exec)
     (row,) = ledger.find(name="smbad")

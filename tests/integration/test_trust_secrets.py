@@ -44,7 +44,7 @@ def test_a_run_image_from_a_kernel_holds_none_of_its_secrets(
             "print(answer)",
             # The warm run made no image: its rerun, without the pool, makes one from the
             # kept snapshot. Both are scanned.
-            "%config RemoteRun.run_pool_size = 0",
+            "%config LocalBackend.run_pool_size = 0",
             "%%remote_run --local --rerun leak-1\n# its image",
         ]
         outs = []

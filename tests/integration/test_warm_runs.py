@@ -41,14 +41,14 @@ def test_a_warm_run_sees_the_files_its_run_image_holds_and_makes_no_image(
     ip, ledger: Ledger, engine: Engine
 ) -> None:
     before = _run_images(engine)
-    ip.run_cell("%config RemoteRun.run_pool_size = 1")
+    ip.run_cell("%config LocalBackend.run_pool_size = 1")
     res = ip.run_cell(f"%%remote_run --local --name files\n{LIST_FILES}")
     assert res.error_in_exec is None, res.error_in_exec
     warm_seen = ip.user_ns["seen"]
     assert ledger.get("files-1")["image"] == "" and _run_images(engine) == before
     assert any(p.startswith("/opt/nbcontainer/snapshot/") for p in warm_seen)
     # The same snapshot, run from the run image that --rerun makes of it.
-    ip.run_cell("%config RemoteRun.run_pool_size = 0")
+    ip.run_cell("%config LocalBackend.run_pool_size = 0")
     res = ip.run_cell("%%remote_run --local --rerun files-1\n# the same snapshot")
     assert res.error_in_exec is None, res.error_in_exec
     built = ledger.get("files-2")
@@ -57,7 +57,7 @@ def test_a_warm_run_sees_the_files_its_run_image_holds_and_makes_no_image(
 
 
 def test_no_container_configuration_holds_the_run_key(ip, ledger: Ledger, engine: Engine) -> None:
-    ip.run_cell("%config RemoteRun.run_pool_size = 1")
+    ip.run_cell("%config LocalBackend.run_pool_size = 1")
     res = ip.run_cell(
         "%%remote_run --local --name key\nimport os\nkeys = sorted(os.environ)",
         store_history=False,
@@ -73,7 +73,7 @@ def test_no_container_configuration_holds_the_run_key(ip, ledger: Ledger, engine
 
 
 def test_a_failing_cell_fails_with_its_traceback_and_keeps_its_outputs(ip, ledger: Ledger) -> None:
-    ip.run_cell("%config RemoteRun.run_pool_size = 1")
+    ip.run_cell("%config LocalBackend.run_pool_size = 1")
     res = ip.run_cell(
         "%%remote_run --local --name bad\npartial = 7\nraise ValueError('no good ' + str(partial))"
     )
@@ -86,7 +86,7 @@ def test_a_failing_cell_fails_with_its_traceback_and_keeps_its_outputs(ip, ledge
 
 def test_a_sweep_runs_every_child_through_the_warm_pool(ip, ledger: Ledger, engine: Engine) -> None:
     before = _run_images(engine)
-    ip.run_cell("%config RemoteRun.run_pool_size = 2")
+    ip.run_cell("%config LocalBackend.run_pool_size = 2")
     res = ip.run_cell(
         "%%remote_run --local --name sw --sweep k=1,2,3,4,5 --max-parallel 3\ny = k * 10"
     )
@@ -113,7 +113,7 @@ def test_a_sweep_runs_every_child_through_the_warm_pool(ip, ledger: Ledger, engi
 def test_runs_leave_no_container_once_the_kernel_is_gone(
     ip, engine: Engine, pool_size: int
 ) -> None:
-    ip.run_cell(f"%config RemoteRun.run_pool_size = {pool_size}")
+    ip.run_cell(f"%config LocalBackend.run_pool_size = {pool_size}")
     for _ in range(3):
         res = ip.run_cell("%%remote_run --local --name leak\nz = 1")
         assert res.error_in_exec is None, res.error_in_exec
@@ -144,7 +144,7 @@ def test_a_runner_that_finished_before_its_wake_up_signal_is_a_finished_run(
         return real_signal(self, ident, signum)
 
     monkeypatch.setattr(EngineClass, "signal", signal_after_the_work)
-    ip.run_cell("%config RemoteRun.run_pool_size = 1")
+    ip.run_cell("%config LocalBackend.run_pool_size = 1")
     res = ip.run_cell("%%remote_run --local --name fast\nanswer = 6 * 7")
     assert res.error_in_exec is None, res.error_in_exec
     assert late, "the signal came before the container ended: the order was not forced"

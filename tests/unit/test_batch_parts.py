@@ -18,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
+from nbcontainer_kernel import config
 from nbcontainer_kernel.backends.base import Phase
 from nbcontainer_kernel.backends.batch import BatchBackend, batch_phase, job_definition_name
 from nbcontainer_kernel.backends.push import PushProgress, parse_registry
-from nbcontainer_kernel.docker.engine import extract_tar
+from nbcontainer_kernel.docker.archives import extract_tar
 from nbcontainer_kernel.magics.remote_run import parse_sweep
 from nbcontainer_kernel.remote.runs import sweep_grid, swept_values
 from nbcontainer_kernel.runtime.errors import InvalidOption, MissingSetting
@@ -225,7 +226,7 @@ def test_registry_addresses(text: str, host: str, repo: str, ecr: tuple | None) 
     "text", ["nbcontainer", "host/", "127.0.0.1:5000/Upper", "a b/c", "/repo", "host/re po"]
 )
 def test_bad_registry_addresses_name_the_setting(text: str) -> None:
-    with pytest.raises(InvalidOption, match="RemoteRun.registry"):
+    with pytest.raises(InvalidOption, match="AWSBackend.registry"):
         parse_registry(text)
 
 
@@ -277,31 +278,45 @@ def test_job_definition_names_are_valid_for_batch(name: str) -> None:
 _COMPLETE = {
     "registry": "127.0.0.1:5000/nbcontainer",
     "s3_prefix": "s3://bucket/runs",
-    "batch_queue": "q",
-    "batch_job_role": "arn:aws:iam::123456789012:role/job",
+    "queue": "q",
+    "job_role": "arn:aws:iam::123456789012:role/job",
 }
+
+
+@pytest.fixture
+def batch(monkeypatch: pytest.MonkeyPatch) -> BatchBackend:
+    """A Batch backend with nothing configured in the environment."""
+    for name in config.environment_variables():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return BatchBackend()
 
 
 @pytest.mark.parametrize(
     ("missing", "env"),
     [
-        ("batch_queue", "NBCONTAINER_BATCH_QUEUE"),
-        ("batch_job_role", "NBCONTAINER_BATCH_JOB_ROLE"),
+        ("queue", "NBCONTAINER_BATCH_QUEUE"),
+        ("job_role", "NBCONTAINER_BATCH_JOB_ROLE"),
         ("s3_prefix", "NBCONTAINER_S3_PREFIX"),
         ("registry", "NBCONTAINER_REGISTRY"),
     ],
 )
-def test_a_missing_batch_setting_is_named_with_its_variable(missing: str, env: str) -> None:
-    with pytest.raises(MissingSetting, match=f"RemoteRun.{missing} is not set") as err:
-        BatchBackend().configure({**_COMPLETE, missing: None})
-    assert env in str(err.value)
+def test_a_missing_batch_setting_is_named_with_its_variable(
+    batch: BatchBackend, missing: str, env: str
+) -> None:
+    settings = batch.settings({k: v for k, v in _COMPLETE.items() if k != missing})
+    with pytest.raises(MissingSetting, match=f"BatchBackend.{missing} is not set") as err:
+        batch.check(settings)
+    assert env in str(err.value) and f"%config BatchBackend.{missing}" in str(err.value)
 
 
-def test_fargate_needs_an_execution_role_and_platforms_are_checked() -> None:
-    with pytest.raises(MissingSetting, match="batch_execution_role"):
-        BatchBackend().configure({**_COMPLETE, "batch_platform": "fargate"})
-    with pytest.raises(InvalidOption, match="EC2 or FARGATE"):
-        BatchBackend().configure({**_COMPLETE, "batch_platform": "lambda"})
+def test_fargate_needs_an_execution_role_and_platforms_are_checked(batch: BatchBackend) -> None:
+    fargate = batch.settings({**_COMPLETE, "platform": "fargate"})
+    assert fargate["platform"] == "FARGATE"  # as Batch spells it, whatever the case given
+    with pytest.raises(MissingSetting, match="BatchBackend.execution_role"):
+        batch.check(fargate)
+    with pytest.raises(InvalidOption, match="EC2.*FARGATE"):
+        batch.settings({**_COMPLETE, "platform": "lambda"})
 
 
 def test_nothing_imports_boto3_unless_a_remote_backend_is_used() -> None:

@@ -12,13 +12,14 @@ from traitlets.config import Config
 
 from nbcontainer_kernel import config
 from nbcontainer_kernel.magics.remote_run import RemoteRun
+from nbcontainer_kernel.magics.settings import backend_classes
 from nbcontainer_kernel.runtime.errors import InvalidOption
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project directory (the cwd) whose pyproject.toml the test writes; no NBCONTAINER_* env."""
-    for name in config.ENVIRONMENT:
+    for name in config.environment_variables():
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
@@ -89,10 +90,21 @@ def test_a_bad_environment_value_is_refused_and_names_the_variable(
 
 
 def test_every_environment_setting_is_named_in_its_trait_help() -> None:
-    for name, trait in RemoteRun.class_traits(config=True).items():
-        env = trait.metadata.get("env")
-        if env:
-            assert env in config.ENVIRONMENT and env in trait.help, name
+    variables = config.environment_variables()
+    for cls in [RemoteRun, *backend_classes()]:
+        for name, trait in cls.class_own_traits(config=True).items():
+            env = trait.metadata.get("env")
+            if env:
+                assert env in trait.help, name
+                assert variables[env].startswith(f"{cls.__name__}.{name}: "), env
+    # Each named once: no two settings read one variable.
+    envs = [
+        t.metadata["env"]
+        for cls in [RemoteRun, *backend_classes()]
+        for t in cls.class_own_traits(config=True).values()
+        if t.metadata.get("env")
+    ]
+    assert len(envs) == len(set(envs))
 
 
 def test_the_pyproject_table_is_read_once_per_directory(project: Path) -> None:

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from nbcontainer_kernel.docker.engine import Engine, make_tar
+from nbcontainer_kernel.docker.archives import make_tar
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.runtime.errors import DaemonNotAvailable
 
 

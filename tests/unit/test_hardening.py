@@ -16,7 +16,7 @@ import pytest
 from IPython.core.error import UsageError
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbcontainer_kernel.docker.engine import build_context, extract_tar
+from nbcontainer_kernel.docker.archives import build_context, extract_tar
 from nbcontainer_kernel.images import runs as run_images
 from nbcontainer_kernel.images.kernel import KernelImageFacts, dockerfile_labels, kernel_dockerfile
 from nbcontainer_kernel.images.runs import _forbidden_paths

@@ -312,7 +312,8 @@ def test_a_container_made_for_a_claim_that_dies_at_once_is_reported_not_retried(
     import pickle
 
     from nbcontainer_kernel.docker import warm
-    from nbcontainer_kernel.docker.engine import Engine, make_tar
+    from nbcontainer_kernel.docker.archives import make_tar
+    from nbcontainer_kernel.docker.engine import Engine
     from nbcontainer_kernel.runtime.errors import WaiterDied
 
     pool = warm.WarmPool(

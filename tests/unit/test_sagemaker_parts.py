@@ -19,6 +19,7 @@ from botocore.validate import ParamValidator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nbcontainer_kernel import config
 from nbcontainer_kernel.backends.base import Phase, RunSpec
 from nbcontainer_kernel.backends.sagemaker import (
     SageMakerBackend,
@@ -429,9 +430,11 @@ class _Objects:
         return {}
 
 
+_RUN_SETTINGS = {"role": "arn:aws:iam::1:role/r", "s3_prefix": "s3://b/runs"}
+
+
 def _backend(client: _ScriptedSageMaker) -> SageMakerBackend:
     backend = SageMakerBackend()
-    backend.settings = {"sagemaker_role": "arn:aws:iam::1:role/r", "s3_prefix": "s3://b/runs"}
     backend._clients._clients["sagemaker"] = client
     backend._clients._clients["s3"] = _Objects()
     return backend
@@ -443,8 +446,7 @@ def test_the_run_key_is_a_channel_object_encrypted_at_rest_and_deleted_at_the_en
 ) -> None:
     client = _ScriptedSageMaker([("Completed", "Completed")])
     backend = _backend(client)
-    backend.settings["kms_key"] = kms_key
-    spec = _spec()
+    spec = _spec(settings=backend.settings({**_RUN_SETTINGS, "kms_key": kms_key}))
     job = backend.submit(spec)
     objects = backend._clients._clients["s3"].objects
     [(where, put)] = objects.items()
@@ -469,7 +471,7 @@ def test_phases_and_status_lines_follow_the_job(monkeypatch: pytest.MonkeyPatch)
     client = _ScriptedSageMaker(script, "AlgorithmError: the cell raised, exit code: 3")
     backend = _backend(client)
     monkeypatch.setattr(backend, "_read_log", lambda job, state: None)
-    job = backend.submit(_spec())
+    job = backend.submit(_spec(settings=backend.settings(_RUN_SETTINGS)))
     seen = []
     for _ in script:
         phase, code = backend.status(job)
@@ -494,7 +496,7 @@ def test_phases_and_status_lines_follow_the_job(monkeypatch: pytest.MonkeyPatch)
 def test_cancel_stops_the_job_and_a_job_that_ended_meanwhile_is_not_an_error() -> None:
     client = _ScriptedSageMaker([("InProgress", "Training")])
     backend = _backend(client)
-    job = backend.submit(_spec())
+    job = backend.submit(_spec(settings=backend.settings(_RUN_SETTINGS)))
     backend.cancel(job)
     assert client.stopped == [job.handle["job_name"]]
     client.states = [("Completed", "Completed")]
@@ -508,17 +510,17 @@ def test_cancel_stops_the_job_and_a_job_that_ended_meanwhile_is_not_an_error() -
         (
             {"s3_prefix": "s3://b/p", "registry": "127.0.0.1:5000/r"},
             MissingSetting,
-            "RemoteRun.sagemaker_role",
+            "SageMakerBackend.role",
         ),
         (
             {"sagemaker_role": "arn:x", "registry": "127.0.0.1:5000/r"},
             MissingSetting,
-            "RemoteRun.s3_prefix",
+            "SageMakerBackend.s3_prefix",
         ),
         (
             {"sagemaker_role": "arn:x", "s3_prefix": "s3://b/p"},
             MissingSetting,
-            "RemoteRun.registry",
+            "SageMakerBackend.registry",
         ),
         (
             {"sagemaker_role": "arn:x", "s3_prefix": "b/p", "registry": "127.0.0.1:5000/r"},
@@ -538,10 +540,15 @@ def test_cancel_stops_the_job_and_a_job_that_ended_meanwhile_is_not_an_error() -
     ],
 )
 def test_settings_a_sagemaker_run_cannot_work_without_are_named(
-    settings_: dict[str, Any], error: type[Exception], names: str
+    settings_: dict[str, Any], error: type[Exception], names: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Given by their names in [tool.nbcontainer] (sagemaker_role), as earlier releases
+    read them; named in errors as they are configured now."""
+    for name in config.environment_variables():
+        monkeypatch.delenv(name, raising=False)
+    backend = SageMakerBackend()
     with pytest.raises(error, match=re.escape(names)):
-        SageMakerBackend().configure(settings_)
+        backend.check(backend.settings(settings_))
 
 
 def test_gpus_on_an_instance_type_without_them_are_refused_naming_the_flag() -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from nbcontainer_kernel.docker import labels, warm
-from nbcontainer_kernel.docker.engine import Engine, make_tar
+from nbcontainer_kernel.docker.archives import make_tar
+from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.kernel.pool import CLAIM_FILE, KernelPool
 from nbcontainer_kernel.runtime.contract import RUN_CLAIM_FILE
 from nbcontainer_kernel.runtime.errors import WaiterDied

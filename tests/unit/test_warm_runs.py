@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from traitlets import Int
 
 from nbcontainer_kernel.backends.base import Hooks
 from nbcontainer_kernel.backends.local import _LogFollower, snapshot_archive
-from nbcontainer_kernel.docker.engine import build_context, extract_tar
+from nbcontainer_kernel.docker.archives import build_context, extract_tar
 from nbcontainer_kernel.images.runs import RunImage
 from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.remote.results import load_results
@@ -48,6 +49,8 @@ class SnapshotBackend(ScriptedBackend):
 
     name = "scripted-snapshots"
     runs_snapshots = True
+    # As the local backend's: how many runner containers wait (0: a run image per run).
+    run_pool_size = Int(1, min=0).tag(config=True)
 
 
 @pytest.fixture
@@ -105,7 +108,7 @@ def test_a_run_builds_its_image_when_the_pool_is_off_or_it_does_not_wait(
     snap_backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 2}))}
     runtime, images = [], []
     runner = _runner(ledger, runtime, images)
-    out = runner.run(_req(name="b", settings=settings, wait=wait), {"x": 1}, Hooks())
+    out = runner.run(_req(name="b", overrides=settings, wait=wait), {"x": 1}, Hooks())
     if not wait:
         runner.join(out.run_id or "", 10)
     assert runtime == [] and len(images) == 1
@@ -127,7 +130,7 @@ def test_a_rerun_of_a_run_without_an_image_runs_its_kept_snapshot(
     assert (ledger.run_dir("r-1") / "snapshot").is_dir()  # it stays for the next rerun
     assert runner.kept_snapshot("r-2") == ledger.run_dir("r-2") / "snapshot"  # its own link
     # On a backend that needs an image, the rerun makes one from the kept snapshot.
-    runner.run(_req(rerun="r-1", settings={"run_pool_size": 0}), {}, Hooks())
+    runner.run(_req(rerun="r-1", overrides={"run_pool_size": 0}), {}, Hooks())
     assert images == [runtime[0]]
 
 
