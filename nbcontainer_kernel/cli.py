@@ -358,10 +358,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
+_Commands = argparse._SubParsersAction  # the `nbcontainer COMMAND` parsers
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nbcontainer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_image, _kernelspec, _containerize, _run, _gc, _push):
+        add(sub)
+    return p
 
+
+def _image(sub: _Commands) -> None:
     image = sub.add_parser("image", help="kernel images").add_subparsers(dest="sub", required=True)
     b = image.add_parser("build", help="build a kernel image FROM any base with Python 3")
     b.add_argument(
@@ -387,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_image_list
     )
 
+
+def _kernelspec(sub: _Commands) -> None:
     ks = sub.add_parser("kernelspec", help="kernelspecs").add_subparsers(dest="sub", required=True)
     i = ks.add_parser(
         "install",
@@ -414,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("names", nargs="+")
     r.set_defaults(func=cmd_kernelspec_remove)
 
+
+def _containerize(sub: _Commands) -> None:
     c = sub.add_parser("containerize", help="build an image that runs a notebook with parameters")
     c.add_argument("notebook")
     c.add_argument("--tag", required=True)
@@ -425,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=cmd_containerize)
 
+
+def _run(sub: _Commands) -> None:
     rn = sub.add_parser("run", help="run a notebook (or an image made by containerize) in Docker")
     rn.add_argument("target", help="a notebook path or an image")
     rn.add_argument(
@@ -447,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--verbose", "-v", action="store_true", help="show the build's output")
     rn.set_defaults(func=cmd_run)
 
+
+def _gc(sub: _Commands) -> None:
     g = sub.add_parser("gc", help="remove containers whose owning process is gone")
     g.add_argument("--dry-run", action="store_true", help="only list them")
     g.add_argument(
@@ -465,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(func=cmd_gc)
 
+
+def _push(sub: _Commands) -> None:
     pu = sub.add_parser(
         "push",
         help="push an image to the registry by digest (as a remote run's PUSH phase does)",
@@ -474,7 +492,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry", help="HOST[:PORT]/REPO (default: AWSBackend.registry, NBCONTAINER_REGISTRY)"
     )
     pu.set_defaults(func=cmd_push)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,8 +64,12 @@ def run(kc, code: str, timeout: float = 60) -> tuple[dict, list[dict]]:
 def start_busy_loop(kc, timeout: float = 60) -> str:
     """Execute a busy loop and return its msg_id once the loop runs (its marker came on
     iopub): an interrupt sent then lands in the cell, not in the kernel's own code on a
-    machine slow to start the cell (a fixed sleep before the interrupt raced it)."""
-    msg_id = kc.execute("print('looping', flush=True)\nwhile True: pass")
+    machine slow to start the cell (a fixed sleep before the interrupt raced it).
+
+    Sent with stop_on_error off: the interrupt's error must not abort the test's next
+    request (ipykernel 7 aborts what reaches its shell thread before its own "stop
+    aborting" message, which a quick next request can beat)."""
+    msg_id = kc.execute("print('looping', flush=True)\nwhile True: pass", stop_on_error=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))

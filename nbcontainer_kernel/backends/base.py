@@ -17,6 +17,7 @@ import threading
 import time
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -328,9 +329,12 @@ class RunDriver:
         verify: Verifier | None = None,
         stop: StopSignal | None = None,
         cancel: threading.Event | None = None,
+        collecting: Callable[[Path], AbstractContextManager[None]] | None = None,
     ) -> None:
         self.backend = backend
         self.progress = progress
+        #: Held while outputs are fetched and verified (one collector of a run at a time).
+        self.collecting = collecting or (lambda _dest: nullcontext())
         self.on_interrupt = on_interrupt  # what Ctrl-C while waiting does: "cancel" or "detach"
         self.verify = verify
         self.stop = stop  # a stop asked from another thread (the Cancel button, an interrupt)
@@ -437,8 +441,9 @@ class RunDriver:
         for line in self.backend.logs(job, seen):
             self.progress.log(line)
         self.progress.enter(Phase.COLLECTING)
-        self.backend.fetch_results(job, dest)
-        verdict, verified, outputs = self.verify(dest) if self.verify else (None, None, None)
+        with self.collecting(dest):
+            self.backend.fetch_results(job, dest)
+            verdict, verified, outputs = self.verify(dest) if self.verify else (None, None, None)
         reason = None
         if timed_out:
             reason = f"the run timed out after {spec.timeout:g} s and was stopped"

@@ -242,82 +242,22 @@ class SageMakerLocalBackend(SageMakerBackend):
     # ------------------------------------------------------------------ submit
     def submit(self, spec: RunSpec) -> Job:
         from ..docker.engine import get_engine
-        from .aws import region as aws_region
 
-        if os.environ.get("NBCONTAINER_DOCKER_ACCESS") == "guarded":
-            raise InvalidOption(
-                "docker_access",
-                "guarded",
-                "SageMaker's local mode runs docker-compose, which makes a network and binds "
-                "the run's directory: a kernel reaching Docker through nbcontainer's guard may "
-                "not. Run it from a kernelspec with docker_access 'raw' (single-user machines) "
-                "or from the host, or use --backend sagemaker",
-            )
-        settings = spec.settings
+        self._check_can_run(spec)
         job_name = job_name_for(spec.run_id)
-        if not get_engine().has_image(spec.image):  # compose would try Docker Hub for it
-            raise ImageNotFound(spec.image, "sagemaker-local runs images of this engine only")
-        if not spec.workdir:
-            raise NbcontainerError(
-                "sagemaker-local needs the run's private directory (RunSpec.workdir)"
-            )
         # Under the run's directory: private, and at the same path on the host and in a
         # containerized kernel (the ledger's directory is mounted there), as compose's
         # bind mounts need.
+        assert spec.workdir is not None  # _check_can_run
         root = Path(spec.workdir) / "sagemaker-local"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True, mode=0o700)
         job = _LocalJob(job_name, spec.run_id, root)
-        hyper, document = hyperparameters_for(spec.params)
-        channel = None
-        if document is not None:
-            (root / PARAMS_CHANNEL).mkdir()
-            (root / PARAMS_CHANNEL / PARAMS_FILE).write_bytes(document)
-            channel = f"file://{root / PARAMS_CHANNEL}"
-        key_channel = None
-        if spec.env.get(KEY_ENV):
-            # As on SageMaker, the key is a channel, not in the job's Environment (which
-            # local mode writes into its compose file).
-            (root / KEY_CHANNEL).mkdir(mode=0o700)
-            key_file = root / KEY_CHANNEL / KEY_FILE
-            key_file.write_text(spec.env[KEY_ENV])
-            key_file.chmod(0o600)
-            key_channel = f"file://{root / KEY_CHANNEL}"
-        job.out_dir.mkdir()
-        gpu = bool(spec.gpus)
-        local_settings = {
-            **settings,
-            "instance_type": "local_gpu" if gpu else "local",
-            "spot": False,  # no spot capacity on this machine
-        }
-        request = training_job_request(
-            spec,
-            job_name=job_name,
-            role=str(settings.get("role") or LOCAL_ROLE),
-            output_path=f"file://{job.out_dir}",
-            settings=local_settings,
-            params_channel_uri=channel,
-            hyperparameters=hyper,
-            key_channel_uri=key_channel,
-        )
-        try:
-            region_name = aws_region()
-        except NbcontainerError:
-            region_name = "us-east-1"  # local mode needs one; it only names it to the container
-        run_labels = {
-            **labels.container_labels(labels.ROLE_RUN, image=spec.image),
-            labels.RUN_ID: spec.run_id,
-            **spec.labels,
-        }
+        request = self._request(spec, job)
         _patch_local_mode()
         with _patch_lock:  # compose runs of one sweep would each make the network otherwise
             get_engine().ensure_network(NETWORK, NETWORK_LABELS)
-        container_config: dict[str, Any] = {"labels": run_labels, "init": True}
-        if spec.cpus:  # --cpus and --memory hold here as for --local
-            container_config["cpus"] = float(spec.cpus)
-        if spec.memory:
-            container_config["mem_limit"] = str(spec.memory)
-        session = _local_session(region_name, root, container_config)
+        session = _local_session(_region_name(), root, _container_config(spec))
 
         def work() -> None:
             from sagemaker.core.local.local_session import LocalSagemakerClient
@@ -339,6 +279,62 @@ class SageMakerLocalBackend(SageMakerBackend):
         self._local[job_name] = job
         job.thread.start()
         return Job(self.name, spec.run_id, {"job_name": job_name, "local_dir": str(root)})
+
+    @staticmethod
+    def _check_can_run(spec: RunSpec) -> None:
+        from ..docker.engine import get_engine
+
+        if os.environ.get("NBCONTAINER_DOCKER_ACCESS") == "guarded":
+            raise InvalidOption(
+                "docker_access",
+                "guarded",
+                "SageMaker's local mode runs docker-compose, which makes a network and binds "
+                "the run's directory: a kernel reaching Docker through nbcontainer's guard may "
+                "not. Run it from a kernelspec with docker_access 'raw' (single-user machines) "
+                "or from the host, or use --backend sagemaker",
+            )
+        if not get_engine().has_image(spec.image):  # compose would try Docker Hub for it
+            raise ImageNotFound(spec.image, "sagemaker-local runs images of this engine only")
+        if not spec.workdir:
+            raise NbcontainerError(
+                "sagemaker-local needs the run's private directory (RunSpec.workdir)"
+            )
+
+    @staticmethod
+    def _request(spec: RunSpec, job: _LocalJob) -> dict[str, Any]:
+        """The CreateTrainingJob request SageMaker would get, its channels local files."""
+        root = job.root
+        hyper, document = hyperparameters_for(spec.params)
+        channel = None
+        if document is not None:
+            (root / PARAMS_CHANNEL).mkdir()
+            (root / PARAMS_CHANNEL / PARAMS_FILE).write_bytes(document)
+            channel = f"file://{root / PARAMS_CHANNEL}"
+        key_channel = None
+        if spec.env.get(KEY_ENV):
+            # As on SageMaker, the key is a channel, not in the job's Environment (which
+            # local mode writes into its compose file).
+            (root / KEY_CHANNEL).mkdir(mode=0o700)
+            key_file = root / KEY_CHANNEL / KEY_FILE
+            key_file.write_text(spec.env[KEY_ENV])
+            key_file.chmod(0o600)
+            key_channel = f"file://{root / KEY_CHANNEL}"
+        job.out_dir.mkdir()
+        local_settings = {
+            **spec.settings,
+            "instance_type": "local_gpu" if spec.gpus else "local",
+            "spot": False,  # no spot capacity on this machine
+        }
+        return training_job_request(
+            spec,
+            job_name=job.job_name,
+            role=str(spec.settings.get("role") or LOCAL_ROLE),
+            output_path=f"file://{job.out_dir}",
+            settings=local_settings,
+            params_channel_uri=channel,
+            hyperparameters=hyper,
+            key_channel_uri=key_channel,
+        )
 
     # ------------------------------------------------------------------- watch
     def _job(self, job: Job) -> _LocalJob | None:
@@ -444,3 +440,28 @@ class _opened:
     def __exit__(self, *exc: object) -> None:
         if self.fh is not None:
             self.fh.close()
+
+
+def _region_name() -> str:
+    from .aws import region
+
+    try:
+        return region()
+    except NbcontainerError:
+        return "us-east-1"  # local mode needs one; it only names it to the container
+
+
+def _container_config(spec: RunSpec) -> dict[str, Any]:
+    """What local mode gives docker-compose for the run's container: its labels, an init,
+    and --cpus and --memory, which hold here as for --local."""
+    run_labels = {
+        **labels.container_labels(labels.ROLE_RUN, image=spec.image),
+        labels.RUN_ID: spec.run_id,
+        **spec.labels,
+    }
+    config: dict[str, Any] = {"labels": run_labels, "init": True}
+    if spec.cpus:
+        config["cpus"] = float(spec.cpus)
+    if spec.memory:
+        config["mem_limit"] = str(spec.memory)
+    return config

@@ -119,6 +119,29 @@ def check_create(body: dict[str, Any], grant: Grant, look: Lookups | None = None
     out = dict(body)
     out["User"] = _user(body.get("User", ""), grant, what, "User")
     host: dict[str, Any] = dict(body.get("HostConfig") or {})
+    _refuse_host_fields(host, refuse)
+    _force_privileges(host, refuse)
+    if host.get("DeviceRequests"):
+        _check_gpus("HostConfig.DeviceRequests", host["DeviceRequests"], grant, refuse)
+    host["Binds"] = [
+        _check_bind_string(f"HostConfig.Binds[{i}]", b, grant, refuse)
+        for i, b in enumerate(host.get("Binds") or [])
+    ]
+    host["Mounts"] = [
+        _check_mount(f"HostConfig.Mounts[{i}]", m, grant, refuse)
+        for i, m in enumerate(host.get("Mounts") or [])
+    ]
+    if "PortBindings" in host:
+        host["PortBindings"] = _check_ports("HostConfig.PortBindings", host["PortBindings"], refuse)
+    _check_endpoints(body.get("NetworkingConfig") or {}, refuse)
+    _limit_resources(host, grant, look, refuse)
+    out["HostConfig"] = {k: v for k, v in host.items() if not (k in ("Binds", "Mounts") and not v)}
+    out["Labels"] = {**(body.get("Labels") or {}), **grant.forced_labels()}
+    return out
+
+
+def _refuse_host_fields(host: dict[str, Any], refuse: Callable[[str, str], Refused]) -> None:
+    """HostConfig fields a guarded kernel may not set, or set only to the defaults."""
     for name in ("MaskedPaths", "ReadonlyPaths"):  # even empty: that unmasks /proc
         if name in host:
             raise refuse(f"HostConfig.{name}", _REFUSED_WHY[name])
@@ -143,6 +166,11 @@ def check_create(body: dict[str, Any], grant: Grant, look: Lookups | None = None
         value = host.get(name, "")
         if value not in allowed:
             raise refuse(f"HostConfig.{name}", f"is {value!r}: containers get their own namespaces")
+
+
+def _force_privileges(host: dict[str, Any], refuse: Callable[[str, str], Refused]) -> None:
+    """The safe defaults, forced: no-new-privileges, capabilities dropped but the few,
+    a log driver on this host, restart policy no."""
     bad_opts = [o for o in host.get("SecurityOpt") or [] if o not in _NO_NEW_PRIVILEGES]
     if bad_opts:
         raise refuse("HostConfig.SecurityOpt", f"has {bad_opts[0]!r}: only no-new-privileges")
@@ -156,23 +184,6 @@ def check_create(body: dict[str, Any], grant: Grant, look: Lookups | None = None
             f"is {restart!r}: a guarded kernel's containers end with it (restart policy no)",
         )
     host["RestartPolicy"] = {"Name": "no"}
-    if host.get("DeviceRequests"):
-        _check_gpus("HostConfig.DeviceRequests", host["DeviceRequests"], grant, refuse)
-    host["Binds"] = [
-        _check_bind_string(f"HostConfig.Binds[{i}]", b, grant, refuse)
-        for i, b in enumerate(host.get("Binds") or [])
-    ]
-    host["Mounts"] = [
-        _check_mount(f"HostConfig.Mounts[{i}]", m, grant, refuse)
-        for i, m in enumerate(host.get("Mounts") or [])
-    ]
-    if "PortBindings" in host:
-        host["PortBindings"] = _check_ports("HostConfig.PortBindings", host["PortBindings"], refuse)
-    _check_endpoints(body.get("NetworkingConfig") or {}, refuse)
-    _limit_resources(host, grant, look, refuse)
-    out["HostConfig"] = {k: v for k, v in host.items() if not (k in ("Binds", "Mounts") and not v)}
-    out["Labels"] = {**(body.get("Labels") or {}), **grant.forced_labels()}
-    return out
 
 
 def _unset(value: Any) -> bool:

@@ -153,13 +153,40 @@ def _canonical(key: str, raw: str, what: str) -> dict[str, str | list[str]]:
         raise Refused(what, str(exc), 400) from None
 
 
+#: Endpoints that name nothing of anyone's: (method, path) -> their query's key.
+_SYSTEM = {
+    ("GET", "/_ping"): "ping",
+    ("HEAD", "/_ping"): "ping",
+    ("GET", "/version"): "version",
+    ("GET", "/info"): "info",
+}
+
+
 def decide(method: str, target: str, grant: Grant, look: Lookups) -> Action:
     """The action for one request (its method and target as sent), or Refused."""
+    t = _parse_target(method, target)
+    system = _SYSTEM.get((method, t.path))
+    if system is not None:
+        return Action(t.prefix + t.path, query_pairs(_canonical(system, t.raw_query, t.what)))
+    if t.parts[0] == "containers":
+        return _containers(t, grant, look)
+    if t.parts[0] == "exec" and len(t.parts) == 3:
+        return _exec(t, look)
+    if t.parts == ["build"] and method == "POST":
+        return _build(t, grant, look)
+    if t.parts == ["commit"] and method == "POST":
+        return _commit(t, grant, look)
+    if t.parts[0] == "images":
+        return _images(t, grant, look)
+    raise Refused(t.what, "this endpoint is not available to a guarded kernel")
+
+
+def _parse_target(method: str, target: str) -> _Target:
+    """The target as the daemon will read it: the path decoded (so that no escaped slash
+    or dot segment can make one endpoint look like another), its API version apart."""
     raw_path, _, raw_query = target.partition("?")
     if "#" in raw_query or "#" in raw_path:
         raise Refused(f"{method} {raw_path[:80]}", "the target has a fragment", 400)
-    # Decided on the path as the daemon will read it (decoded), so that no escaped slash
-    # or dot segment can make one endpoint look like another.
     try:
         decoded = unquote(raw_path, errors="strict")
     except UnicodeDecodeError:
@@ -172,67 +199,61 @@ def decide(method: str, target: str, grant: Grant, look: Lookups) -> Action:
     parts = path.strip("/").split("/")
     if any(p in (".", "..") or "\x00" in p for p in parts) or "//" in path:
         raise Refused(what, "the path has a dot segment, an empty segment or a NUL", 400)
-    prefix = version.group(0) if version else ""
+    return _Target(method, path, parts, raw_query, version.group(0) if version else "", what)
 
-    def act(key: str, new_path: str = path, **kw: Any) -> Action:
-        query = _canonical(key, raw_query, what)
-        return Action(prefix + new_path, query_pairs(query), **kw)
 
-    if (method, path) in {("GET", "/_ping"), ("HEAD", "/_ping")}:
-        return act("ping")
-    if (method, path) == ("GET", "/version"):
-        return act("version")
-    if (method, path) == ("GET", "/info"):
-        return act("info")
-    target_of = _Target(method, path, parts, raw_query, prefix, what)
-    if parts[0] == "containers":
-        return _containers(target_of, grant, look)
-    if parts[0] == "exec" and len(parts) == 3:
-        if parts[1] not in look.exec_ids:
-            raise Refused(what, f"exec {parts[1][:12]} was not made by this kernel")
-        if (method, parts[2]) == ("POST", "start"):
-            return act(
-                "exec/start",
-                content_type="application/json",
-                body="json",
-                rewrite=lambda raw: dumps(_decode(raw, EXEC_START, what)),
-                hijack=True,
-                stream=True,
-                headers=("user-agent",),
-            )
-        if (method, parts[2]) == ("POST", "resize"):
-            return act("exec/resize")
-        if (method, parts[2]) == ("GET", "json"):
-            return act("exec/json")
-        raise Refused(what, "this exec operation is not available to a guarded kernel")
-    if parts == ["build"] and method == "POST":
-        query = _canonical("build", raw_query, what)
-        built = check_build(query, grant, look)
-        dockerfile = str(query.get("dockerfile") or "Dockerfile")
-        build_args = json.loads(str(query.get("buildargs") or "{}") or "{}")
-        return Action(
-            prefix + path,
-            query_pairs(built),
-            body="context",
-            dockerfile=dockerfile,
-            check_dockerfile=lambda text: _check_dockerfile(text, build_args, look, what),
-            stream=True,
-            content_type="application/x-tar",
-        )
-    if parts == ["commit"] and method == "POST":
-        query = _canonical("commit", raw_query, what)
-        return Action(
-            prefix + path,
-            query_pairs(_check_commit(query, grant, look)),
-            body="json",
-            rewrite=lambda raw: _commit_body(raw, grant),
-            content_type="application/json",
-            verify="commit",
-            stream=True,
-        )
-    if parts[0] == "images":
-        return _images(target_of, grant, look)
-    raise Refused(what, "this endpoint is not available to a guarded kernel")
+def _exec(t: _Target, look: Lookups) -> Action:
+    """Execs this kernel made: started (the body checked), resized, inspected."""
+    if t.parts[1] not in look.exec_ids:
+        raise Refused(t.what, f"exec {t.parts[1][:12]} was not made by this kernel")
+    key = {("POST", "start"): "exec/start", ("POST", "resize"): "exec/resize"}.get(
+        (t.method, t.parts[2]), "exec/json" if (t.method, t.parts[2]) == ("GET", "json") else ""
+    )
+    if not key:
+        raise Refused(t.what, "this exec operation is not available to a guarded kernel")
+    query = query_pairs(_canonical(key, t.raw_query, t.what))
+    if key != "exec/start":
+        return Action(t.prefix + t.path, query)
+    return Action(
+        t.prefix + t.path,
+        query,
+        content_type="application/json",
+        body="json",
+        rewrite=lambda raw: dumps(_decode(raw, EXEC_START, t.what)),
+        hijack=True,
+        stream=True,
+        headers=("user-agent",),
+    )
+
+
+def _build(t: _Target, grant: Grant, look: Lookups) -> Action:
+    """A build offline, within the kernel's limits, its Dockerfile read before it runs."""
+    query = _canonical("build", t.raw_query, t.what)
+    built = check_build(query, grant, look)
+    dockerfile = str(query.get("dockerfile") or "Dockerfile")
+    build_args = json.loads(str(query.get("buildargs") or "{}") or "{}")
+    return Action(
+        t.prefix + t.path,
+        query_pairs(built),
+        body="context",
+        dockerfile=dockerfile,
+        check_dockerfile=lambda text: _check_dockerfile(text, build_args, look, t.what),
+        stream=True,
+        content_type="application/x-tar",
+    )
+
+
+def _commit(t: _Target, grant: Grant, look: Lookups) -> Action:
+    query = _canonical("commit", t.raw_query, t.what)
+    return Action(
+        t.prefix + t.path,
+        query_pairs(_check_commit(query, grant, look)),
+        body="json",
+        rewrite=lambda raw: _commit_body(raw, grant),
+        content_type="application/json",
+        verify="commit",
+        stream=True,
+    )
 
 
 def _decode(raw: bytes, model: Any, what: str) -> Any:

@@ -26,6 +26,49 @@ def container_outside(info: dict[str, Any], grant: Grant, *, cgroup_v1: bool = F
     allow ('' when all is within it)."""
     config = info.get("Config") or {}
     host = info.get("HostConfig") or {}
+    checks = (
+        lambda: _identity(config, grant),
+        lambda: _host_fields(host),
+        lambda: _namespaces(host, cgroup_v1),
+        lambda: _privileges(host),
+        lambda: _outside_world(host, grant),
+        lambda: _mounts(info.get("Mounts") or [], grant),
+        lambda: _limits(host, grant),
+    )
+    return next((found for found in (check() for check in checks) if found), "")
+
+
+#: HostConfig fields a guarded kernel's container leaves unset (empty, zero or false).
+_UNSET_FIELDS = (
+    "Privileged",
+    "PublishAllPorts",
+    "OomKillDisable",
+    "Devices",
+    "DeviceCgroupRules",
+    "Sysctls",
+    "VolumesFrom",
+    "Links",
+    "GroupAdd",
+    "Ulimits",
+    "Capabilities",
+    "StorageOpt",
+    "BlkioWeightDevice",
+    "BlkioDeviceReadBps",
+    "BlkioDeviceWriteBps",
+    "BlkioDeviceReadIOps",
+    "BlkioDeviceWriteIOps",
+    "CgroupParent",
+    "VolumeDriver",
+    "Cgroup",
+    "CpuRealtimePeriod",
+    "CpuRealtimeRuntime",
+    "KernelMemory",
+    "KernelMemoryTCP",
+)
+
+
+def _identity(config: dict[str, Any], grant: Grant) -> str:
+    """The kernel's own user, its forced labels, no ONBUILD."""
     uid, gid = grant.uid_gid
     if config.get("User") != f"{uid}:{gid}":
         return f"Config.User is {config.get('User')!r}, not the kernel's {uid}:{gid}"
@@ -33,44 +76,25 @@ def container_outside(info: dict[str, Any], grant: Grant, *, cgroup_v1: bool = F
     for key, value in grant.forced_labels().items():
         if found.get(key) != value:
             return f"Config.Labels[{key!r}] is {found.get(key)!r}"
-    if config.get("OnBuild"):
-        return "Config.OnBuild is set"
-    flags = ("Privileged", "PublishAllPorts", "OomKillDisable")
-    for name in flags:
+    return "Config.OnBuild is set" if config.get("OnBuild") else ""
+
+
+def _host_fields(host: dict[str, Any]) -> str:
+    for name in _UNSET_FIELDS:
         if host.get(name):
-            return f"HostConfig.{name} is true"
-    for name in (
-        "Devices",
-        "DeviceCgroupRules",
-        "Sysctls",
-        "VolumesFrom",
-        "Links",
-        "GroupAdd",
-        "Ulimits",
-        "Capabilities",
-        "StorageOpt",
-        "BlkioWeightDevice",
-        "BlkioDeviceReadBps",
-        "BlkioDeviceWriteBps",
-        "BlkioDeviceReadIOps",
-        "BlkioDeviceWriteIOps",
-        "CgroupParent",
-        "VolumeDriver",
-        "Cgroup",
-        "CpuRealtimePeriod",
-        "CpuRealtimeRuntime",
-        "KernelMemory",
-        "KernelMemoryTCP",
-    ):
-        if host.get(name):
-            return f"HostConfig.{name} is {host[name]!r}"
+            value = "true" if host[name] is True else repr(host[name])
+            return f"HostConfig.{name} is {value}"
     if int(host.get("OomScoreAdj") or 0) < 0:
         return "HostConfig.OomScoreAdj is negative"
     if host.get("Runtime") not in (None, "", "runc"):
         return f"HostConfig.Runtime is {host['Runtime']!r}"
+    return ""
+
+
+def _namespaces(host: dict[str, Any], cgroup_v1: bool) -> str:
     if host.get("NetworkMode") not in ("", "default", "bridge", "none"):
         return f"HostConfig.NetworkMode is {host.get('NetworkMode')!r}"
-    namespaces = {
+    allowed_modes = {
         "PidMode": {""},
         "UTSMode": {""},
         "UsernsMode": {""},
@@ -78,9 +102,13 @@ def container_outside(info: dict[str, Any], grant: Grant, *, cgroup_v1: bool = F
         # cgroup v1 has no cgroup namespace of its own: the daemon stores 'host' for all.
         "CgroupnsMode": {"", "private", "host"} if cgroup_v1 else {"", "private"},
     }
-    for name, allowed in namespaces.items():
+    for name, allowed in allowed_modes.items():
         if (host.get(name) or "") not in allowed:
             return f"HostConfig.{name} is {host.get(name)!r}"
+    return ""
+
+
+def _privileges(host: dict[str, Any]) -> str:
     security = host.get("SecurityOpt") or []
     if not any(str(o).startswith("no-new-privileges") for o in security):
         return "HostConfig.SecurityOpt lacks no-new-privileges"
@@ -91,6 +119,13 @@ def container_outside(info: dict[str, Any], grant: Grant, *, cgroup_v1: bool = F
     beyond = {_cap(c) for c in host.get("CapAdd") or []} - set(SAFE_CAPABILITIES)
     if beyond:
         return f"HostConfig.CapAdd has {sorted(beyond)[0]}"
+    if not host.get("MaskedPaths") or not host.get("ReadonlyPaths"):
+        return "HostConfig.MaskedPaths or ReadonlyPaths is empty (/proc unmasked)"
+    return ""
+
+
+def _outside_world(host: dict[str, Any], grant: Grant) -> str:
+    """Logs, restarts, published ports and devices: what reaches beyond the container."""
     if ((host.get("LogConfig") or {}).get("Type") or "") not in LOCAL_LOG_DRIVERS:
         return f"HostConfig.LogConfig.Type is {host['LogConfig']['Type']!r}"
     if ((host.get("RestartPolicy") or {}).get("Name") or "") not in ("", "no"):
@@ -99,12 +134,16 @@ def container_outside(info: dict[str, Any], grant: Grant, *, cgroup_v1: bool = F
         for b in bindings or []:
             if (b or {}).get("HostIp") not in ("127.0.0.1", "::1"):
                 return f"HostConfig.PortBindings[{port!r}].HostIp is {(b or {}).get('HostIp')!r}"
-    if not host.get("MaskedPaths") or not host.get("ReadonlyPaths"):
-        return "HostConfig.MaskedPaths or ReadonlyPaths is empty (/proc unmasked)"
     if host.get("DeviceRequests") and not grant.gpus:
         return "HostConfig.DeviceRequests is set"
+    return ""
+
+
+def _mounts(stored: list[dict[str, Any]], grant: Grant) -> str:
+    """Binds of the kernel's own mounts only (never writable where the kernel's is not),
+    local volumes and tmpfs."""
     mounts = {os.path.realpath(m): ro for m, ro in grant.mounts}
-    for i, mount in enumerate(info.get("Mounts") or []):
+    for i, mount in enumerate(stored):
         kind = mount.get("Type")
         if kind == "bind":
             source = mount.get("Source") or ""
@@ -119,6 +158,10 @@ def container_outside(info: dict[str, Any], grant: Grant, *, cgroup_v1: bool = F
                 return f"Mounts[{i}] is a volume of driver {mount.get('Driver')!r}"
         elif kind != "tmpfs":
             return f"Mounts[{i}] is of type {kind!r}"
+    return ""
+
+
+def _limits(host: dict[str, Any], grant: Grant) -> str:
     if grant.memory and not 0 < int(host.get("Memory") or 0) <= grant.memory:
         return f"HostConfig.Memory is {host.get('Memory')}, beyond the kernel's {grant.memory}"
     if grant.nano_cpus:

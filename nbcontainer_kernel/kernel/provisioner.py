@@ -145,22 +145,15 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         return await super().pre_launch(cmd=cmd, **kwargs)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        """Called by KernelManager to start the kernel: create, fill and start its container.
-
-        Returns the connection info with the host ports Docker published.
-        """
+        """Called by KernelManager to start the kernel: create, fill and start its container
+        (or claim a warm one). Returns the connection info with the host ports Docker
+        published."""
         km = self.parent
         key = km.session.key if km is not None else secrets.token_hex(32).encode()
         scheme = km.session.signature_scheme if km is not None else "hmac-sha256"
         host_network = self.network_mode == "host"
-        inner_ports = dict(KERNEL_PORTS)
-        if host_network:
-            # No port publishing on the host network: bind free loopback ports directly.
-            from jupyter_client.localinterfaces import localhost
-            from jupyter_client.provisioning.local_provisioner import LocalPortCache
-
-            lpc = LocalPortCache.instance()
-            inner_ports = {name: lpc.find_available_port(localhost()) for name in KERNEL_PORTS}
+        inner_ports = _inner_ports(host_network)
+        curve = self._curve_keys(km)
         inner = {
             **inner_ports,
             "ip": "127.0.0.1" if host_network else "0.0.0.0",
@@ -168,26 +161,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             "key": key.decode(),
             "signature_scheme": scheme,
             "kernel_name": self.kernel_spec.display_name if self.kernel_spec else "",
+            **curve,
         }
-        curve = self._curve_keys(km)
-        if curve:
-            inner.update(curve)
-
         create_kwargs = self._container_kwargs(cmd, kwargs, inner_ports, host_network)
         pool = self._pool(cmd, create_kwargs)
-        warm = None
-        if pool is not None and not self._host_ports:  # a restart keeps its ports: cold
-            uid, gid = _uid_gid(create_kwargs.get("user"))
-            warm = await asyncio.to_thread(
-                pool.claim_kernel,
-                self.kernel_id or "",
-                inner,
-                cmd,
-                create_kwargs["environment"],
-                create_kwargs.get("working_dir"),
-                uid,
-                gid,
-            )
+        warm = await self._claim_warm(pool, cmd, create_kwargs, inner)
         if warm is not None:
             self.container_id, self.container_name = warm.container_id, warm.name
             self._host_ports = (
@@ -196,23 +174,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 else {name: warm.host_ports[f"{port}/tcp"] for name, port in inner_ports.items()}
             )
         else:
-            await asyncio.to_thread(self._create_and_start, create_kwargs, inner)
-            assert self.container_id is not None  # _create_and_start made it
-            info = await asyncio.to_thread(self.engine.inspect, self.container_id)
-            state = (info or {}).get("State") or {}
-            if not state.get("Running"):
-                # Died before its ports could be read: report why, leave nothing behind.
-                self._report_exit(info, state, gone=info is None)
-                await self.cleanup()
-                assert self.exit_error is not None
-                raise self.exit_error
-            if host_network:
-                self._host_ports = dict(inner_ports)
-            else:
-                self._host_ports = self._published_ports(info or {})
+            await self._start_cold(create_kwargs, inner, inner_ports, host_network)
         self._grant_docker(create_kwargs)
         if pool is not None:
             pool.fill_later()  # off this kernel's path: after it has started
+        assert self._host_ports is not None  # read from the container, warm or cold
         info_out: dict[str, Any] = {
             **self._host_ports,
             "ip": "127.0.0.1",
@@ -231,6 +197,49 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             self._host_ports,
         )
         return self.connection_info
+
+    async def _claim_warm(
+        self,
+        pool: KernelPool | None,
+        cmd: list[str],
+        create_kwargs: dict[str, Any],
+        inner: dict[str, Any],
+    ) -> Any:
+        """A warm container of the pool, claimed for this kernel (None: start one cold). A
+        restart keeps its ports, so it always starts cold."""
+        if pool is None or self._host_ports:
+            return None
+        uid, gid = _uid_gid(create_kwargs.get("user"))
+        return await asyncio.to_thread(
+            pool.claim_kernel,
+            self.kernel_id or "",
+            inner,
+            cmd,
+            create_kwargs["environment"],
+            create_kwargs.get("working_dir"),
+            uid,
+            gid,
+        )
+
+    async def _start_cold(
+        self,
+        create_kwargs: dict[str, Any],
+        inner: dict[str, Any],
+        inner_ports: dict[str, int],
+        host_network: bool,
+    ) -> None:
+        """Create and start the kernel's container; read the ports Docker published. One
+        that dies first is reported (why it died) and removed."""
+        await asyncio.to_thread(self._create_and_start, create_kwargs, inner)
+        assert self.container_id is not None  # _create_and_start made it
+        info = await asyncio.to_thread(self.engine.inspect, self.container_id)
+        state = (info or {}).get("State") or {}
+        if not state.get("Running"):
+            self._report_exit(info, state, gone=info is None)
+            await self.cleanup()
+            assert self.exit_error is not None
+            raise self.exit_error
+        self._host_ports = dict(inner_ports) if host_network else self._published_ports(info or {})
 
     def _grant_docker(self, create_kwargs: dict[str, Any]) -> None:
         """A guarded kernel's container may now use the guard, within its own limits."""
@@ -342,12 +351,45 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         inner_ports: dict[str, int],
         host_network: bool,
     ) -> dict[str, Any]:
+        """docker-py's ``containers.create`` arguments of the kernel's container."""
         cwd = kwargs.get("cwd") or os.getcwd()
         user = parse_user(self.user)
         env = self._container_env(kwargs.get("env") or {}, user)
+        mounts = self._own_mounts(str(cwd), env)
+        group_add = self._docker_access(mounts, env)
+        self._package_index(mounts, env)
+        kernel_id = self.kernel_id or ""
+        out: dict[str, Any] = {
+            "entrypoint": cmd[:1],
+            "command": cmd[1:],
+            "name": f"nbcontainer-kernel-{kernel_id[:8] or 'x'}-{secrets.token_hex(3)}",
+            "labels": labels.container_labels(
+                labels.ROLE_KERNEL, kernel_id=kernel_id, image=self.image
+            ),
+            "environment": env,
+            "working_dir": str(cwd) if self.mount_cwd else None,
+            "mounts": mounts,
+            "user": user,
+            "init": self.init,
+            "detach": True,
+            "group_add": group_add or None,
+            # /tmp (and HOME, IPython's profile and history, snapshot work directories) is a
+            # tmpfs: a commit of the kernel's container for %%remote_run never sees it.
+            "tmpfs": {KERNEL_SCRATCH: "rw,exec,nosuid,mode=1777"},
+            **self._network(inner_ports, host_network),
+        }
+        out.update(
+            resource_kwargs(
+                cpus=self.cpus, memory=self.memory, gpus=self.gpus, shm_size=self.shm_size
+            )
+        )
+        return out
+
+    def _own_mounts(self, cwd: str, env: dict[str, str]) -> list[docker.types.Mount]:
+        """The working directory, the kernelspec's mounts and the ledger's folder."""
         mounts: list[docker.types.Mount] = []
         if self.mount_cwd:
-            root = self._mount_root(str(cwd))
+            root = self._mount_root(cwd)
             mounts.append(docker.types.Mount(target=root, source=root, type="bind"))
         for spec in self.mounts:
             src, dst, mode = parse_mount(spec)
@@ -365,6 +407,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 )
             )
             env["NBCONTAINER_RUNS_DB"] = str(ledger)
+        return mounts
+
+    def _docker_access(self, mounts: list[docker.types.Mount], env: dict[str, str]) -> list[str]:
+        """The kernel's way to Docker (docker_access): the daemon's socket, the guard's, or
+        none; returns the groups the kernel's user joins for it."""
         group_add: list[str] = []
         access = self.docker_access_mode
         self._guard = None
@@ -386,7 +433,10 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         if access != "none":
             env["DOCKER_HOST"] = f"unix://{DOCKER_SOCKET_IN_KERNEL}"
         env[DOCKER_ACCESS_ENV] = access
-        # The host's package index settings: the kernelspec's own env wins over them.
+        return group_add
+
+    def _package_index(self, mounts: list[docker.types.Mount], env: dict[str, str]) -> None:
+        """The host's package index settings: the kernelspec's own env wins over them."""
         index = host_settings(self.package_index)
         for note in index.left_out:
             if note not in _left_out_said:
@@ -401,42 +451,18 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             mounts.append(
                 docker.types.Mount(target=target, source=source, type="bind", read_only=True)
             )
-        kernel_id = self.kernel_id or ""
-        out: dict[str, Any] = {
-            "entrypoint": cmd[:1],
-            "command": cmd[1:],
-            "name": f"nbcontainer-kernel-{kernel_id[:8] or 'x'}-{secrets.token_hex(3)}",
-            "labels": labels.container_labels(
-                labels.ROLE_KERNEL, kernel_id=kernel_id, image=self.image
-            ),
-            "environment": env,
-            "working_dir": str(cwd) if self.mount_cwd else None,
-            "mounts": mounts,
-            "user": user,
-            "init": self.init,
-            "detach": True,
-            "group_add": group_add or None,
-            # /tmp (and HOME, IPython's profile and history, snapshot work directories) is a
-            # tmpfs: a commit of the kernel's container for %%remote_run never sees it.
-            "tmpfs": {KERNEL_SCRATCH: "rw,exec,nosuid,mode=1777"},
-        }
+
+    def _network(self, inner_ports: dict[str, int], host_network: bool) -> dict[str, Any]:
         if host_network:
-            out["network_mode"] = "host"
-        else:
-            if self.network_mode:
-                out["network"] = self.network_mode
-            # Keep the host ports of a previous container across a restart, so that
-            # clients connected before the restart keep working (as LocalProvisioner does).
-            previous = self._host_ports or {}
-            out["ports"] = {
-                f"{port}/tcp": ("127.0.0.1", previous[name]) if name in previous else ("127.0.0.1",)
-                for name, port in inner_ports.items()
-            }
-        out.update(
-            resource_kwargs(
-                cpus=self.cpus, memory=self.memory, gpus=self.gpus, shm_size=self.shm_size
-            )
-        )
+            return {"network_mode": "host"}
+        out: dict[str, Any] = {"network": self.network_mode} if self.network_mode else {}
+        # Keep the host ports of a previous container across a restart, so that
+        # clients connected before the restart keep working (as LocalProvisioner does).
+        previous = self._host_ports or {}
+        out["ports"] = {
+            f"{port}/tcp": ("127.0.0.1", previous[name]) if name in previous else ("127.0.0.1",)
+            for name, port in inner_ports.items()
+        }
         return out
 
     def _mount_root(self, cwd: str) -> str:
@@ -680,3 +706,15 @@ def _docker_socket_path() -> str:
     if not os.path.exists(path) or not stat.S_ISSOCK(os.stat(path).st_mode):
         raise InvalidOption("docker_access", "guarded/raw", f"{path} is not a Docker socket")
     return path
+
+
+def _inner_ports(host_network: bool) -> dict[str, int]:
+    """The kernel's ports inside its container: the fixed ones, published by Docker; on the
+    host network (no publishing) free loopback ports, bound directly."""
+    if not host_network:
+        return dict(KERNEL_PORTS)
+    from jupyter_client.localinterfaces import localhost
+    from jupyter_client.provisioning.local_provisioner import LocalPortCache
+
+    lpc = LocalPortCache.instance()
+    return {name: lpc.find_available_port(localhost()) for name in KERNEL_PORTS}

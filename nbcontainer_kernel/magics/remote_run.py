@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import (
+    argument,
+    argument_group,
+    magic_arguments,
+    parse_argstring,
+)
 from traitlets import CaselessStrEnum, Float, Int, Unicode
 
 from ..backends.base import Hooks, StopSignal
@@ -307,6 +312,8 @@ class RemoteRun(EnvDefaults, Magics):
 
     # ------------------------------------------------------------------ magics
     @magic_arguments()
+    @argument("--name", help="The run's name; runs are numbered NAME-1, NAME-2, ...")
+    @argument_group("Backend: where it runs")
     @argument(
         "--local", action="store_true", help="Run in Docker on this machine (--backend local)."
     )
@@ -315,6 +322,35 @@ class RemoteRun(EnvDefaults, Magics):
         help="Where to run: a name registered in the nbcontainer_kernel.backends "
         "entry points (local, batch, sagemaker, sagemaker-local).",
     )
+    @argument(
+        "--image",
+        "--base",
+        dest="base",
+        metavar="IMAGE",
+        help="Base image of the run image (default: the kernel's container, or python:X.Y-slim).",
+    )
+    @argument(
+        "--rerun",
+        metavar="RUN",
+        help="Run RUN's image again with other parameters (no snapshot, no build).",
+    )
+    @argument(
+        "--instance-type",
+        metavar="TYPE",
+        help="SageMaker instance type, e.g. ml.m5.large, ml.g5.xlarge "
+        "(SageMakerBackend.instance_type).",
+    )
+    @argument(
+        "--instance-count", type=int, help="SageMaker instances (1: a cell runs on one instance)."
+    )
+    @argument("--volume-size", type=int, metavar="GB", help="SageMaker instance storage in GB.")
+    @argument(
+        "--spot",
+        action="store_true",
+        default=None,
+        help="SageMaker managed spot training (SageMakerBackend.spot).",
+    )
+    @argument_group("Parameters and sweeps")
     @argument(
         "-p",
         "--param",
@@ -337,6 +373,7 @@ class RemoteRun(EnvDefaults, Magics):
         "(values are Python literals where they parse).",
     )
     @argument("--max-parallel", type=int, help="Children of a sweep running at once.")
+    @argument_group("Variables: what travels")
     @argument(
         "--vars", metavar="A,B", help="Variables to ship (default: the names the cell reads)."
     )
@@ -346,50 +383,23 @@ class RemoteRun(EnvDefaults, Magics):
         metavar="A,B",
         help="Variables to bring back (default: the names the cell assigns).",
     )
-    @argument("--name", help="The run's name; runs are numbered NAME-1, NAME-2, ...")
-    @argument(
-        "--image",
-        "--base",
-        dest="base",
-        metavar="IMAGE",
-        help="Base image of the run image (default: the kernel's container, or python:X.Y-slim).",
-    )
-    @argument("--cpus", type=float, help="CPU limit.")
-    @argument("--memory", help="Memory limit, e.g. 4g.")
-    @argument("--gpus", help="GPUs: 'all', a count, or 'device=0,1'.")
-    @argument("--timeout", type=float, help="Seconds before the run is stopped.")
-    @argument(
-        "--instance-type",
-        metavar="TYPE",
-        help="SageMaker instance type, e.g. ml.m5.large, ml.g5.xlarge "
-        "(SageMakerBackend.instance_type).",
-    )
-    @argument(
-        "--instance-count", type=int, help="SageMaker instances (1: a cell runs on one instance)."
-    )
-    @argument("--volume-size", type=int, metavar="GB", help="SageMaker instance storage in GB.")
-    @argument(
-        "--spot",
-        action="store_true",
-        default=None,
-        help="SageMaker managed spot training (SageMakerBackend.spot).",
-    )
-    @argument(
-        "--no-wait",
-        action="store_true",
-        help="Return a handle at once; %%remote_attach collects it.",
-    )
-    @argument(
-        "--rerun",
-        metavar="RUN",
-        help="Run RUN's image again with other parameters (no snapshot, no build).",
-    )
     @argument(
         "--allow-unpinned",
         action="store_true",
         help="When a pinned package has no wheel for the image, take the newest version of that "
         "name from the package index (never done without this flag: a private package's name "
         "may belong to someone else there).",
+    )
+    @argument_group("Resources")
+    @argument("--cpus", type=float, help="CPU limit.")
+    @argument("--memory", help="Memory limit, e.g. 4g.")
+    @argument("--gpus", help="GPUs: 'all', a count, or 'device=0,1'.")
+    @argument("--timeout", type=float, help="Seconds before the run is stopped.")
+    @argument_group("Waiting")
+    @argument(
+        "--no-wait",
+        action="store_true",
+        help="Return a handle at once; %%remote_attach collects it.",
     )
     @cell_magic
     def remote_run(self, line: str, cell: str) -> Any:

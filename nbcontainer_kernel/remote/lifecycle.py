@@ -11,8 +11,11 @@ record ends once, and later ends are no-ops.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from ..runtime.trust import Verdict
 from .ledger import Ledger
 from .results import RunResult
 
-__all__ = ["RunRecord", "end_fields", "failure_of"]
+__all__ = ["RunRecord", "collecting", "end_fields", "failure_of"]
 
 
 def failure_of(exc: BaseException, doing: str = "") -> tuple[str, bool]:
@@ -155,3 +158,17 @@ def end_fields(
 def read_logs(dest: Path) -> list[str]:
     p = dest / "logs.txt"
     return p.read_text().splitlines() if p.exists() else []
+
+
+@contextlib.contextmanager
+def collecting(dest: Path) -> Iterator[None]:
+    """One collector of a run's outputs at a time, across threads and processes (a
+    --no-wait run's thread and %remote_attach, two kernels attached to one run): the
+    second waits, then collects the same files again, never a half-written one."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / ".collecting", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

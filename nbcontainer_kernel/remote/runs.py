@@ -40,7 +40,7 @@ from ..runtime.metrics import metric_names_in
 from ..runtime.trust import KEY_ENV, TRUST_MODES, RunOutputs, Verdict
 from ..snapshots import Snapshot, names_assigned, snapshot
 from .ledger import Ledger
-from .lifecycle import RunRecord, read_logs
+from .lifecycle import RunRecord, collecting, read_logs
 from .results import RunResult, load_results
 
 _TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
@@ -370,6 +370,7 @@ class RemoteRunner:
             verify=verify,
             stop=stop,
             cancel=record.cancel_requested,
+            collecting=collecting,
         )
 
     def attach(
@@ -637,14 +638,7 @@ class RemoteRunner:
         snapshot_dir: str | None = None,
     ) -> RunResult:
         rows = req.sweep_rows
-        digest = self.ledger.get(parent.run_id)["snapshot_digest"]
-        children: list[tuple[RunRecord, dict[str, Any]]] = []
-        for row in rows:
-            child = self.ledger.create(
-                name, backend.name, params={**req.params, **row}, parent=parent.run_id
-            )
-            self.ledger.update(child, image="" if snapshot_dir else image, snapshot_digest=digest)
-            children.append((RunRecord(self.ledger, child, parent.hooks), row))
+        children = self._sweep_children(parent, name, backend.name, req, image, snapshot_dir)
         if snapshot_dir is not None:
             # As many warm containers as children run at once, made while others run (the
             # pool shrinks back as the children end).
@@ -680,8 +674,6 @@ class RemoteRunner:
         # step runs there at its pace, and these threads only collect (finished children
         # at once, so a few threads serve thousands).
         parallel = min(len(children), 16) if jobs else max(1, req.max_parallel)
-        results: dict[str, RunResult] = {}
-        errors: dict[str, BaseException] = {}
         pool = concurrent.futures.ThreadPoolExecutor(
             parallel, thread_name_prefix=f"sweep-{parent.run_id}"
         )
@@ -692,17 +684,7 @@ class RemoteRunner:
             with _sigint_deferred():
                 for c, row in children:
                     futures[pool.submit(one, c, row)] = c
-            pending = set(futures)
-            while pending:
-                done, pending = concurrent.futures.wait(
-                    pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for fut in done:
-                    try:
-                        results[futures[fut].run_id] = fut.result()
-                    except Exception as exc:  # recorded in the child's row; the others go on
-                        errors[futures[fut].run_id] = exc
-                stop.check()
+            results, errors = _collect(futures, stop)
         except KeyboardInterrupt:
             # Ctrl-C anywhere in a sweep cancels it: queued children never start, running
             # ones are cancelled, and every row ends in a terminal phase.
@@ -713,6 +695,26 @@ class RemoteRunner:
             for c, _ in children:
                 self._stops.pop(c.run_id, None)
         return self._end_sweep(parent, children, results, errors, out_names, namespace)
+
+    def _sweep_children(
+        self,
+        parent: RunRecord,
+        name: str,
+        backend: str,
+        req: RemoteRequest,
+        image: str,
+        snapshot_dir: str | None,
+    ) -> list[tuple[RunRecord, dict[str, Any]]]:
+        """A record per row of the sweep, under its parent (the same snapshot)."""
+        digest = self.ledger.get(parent.run_id)["snapshot_digest"]
+        children = []
+        for row in req.sweep_rows:
+            child = self.ledger.create(
+                name, backend, params={**req.params, **row}, parent=parent.run_id
+            )
+            self.ledger.update(child, image="" if snapshot_dir else image, snapshot_digest=digest)
+            children.append((RunRecord(self.ledger, child, parent.hooks), row))
+        return children
 
     def _end_sweep(
         self,
@@ -812,6 +814,26 @@ class RemoteRunner:
         concurrent.futures.wait(futures)
         pool.shutdown(wait=True, cancel_futures=True)
         parent.cancel("cancelled" if stop.force_cancel else "cancelled by a kernel interrupt")
+
+
+def _collect(
+    futures: dict[concurrent.futures.Future[RunResult], RunRecord], stop: StopSignal
+) -> tuple[dict[str, RunResult], dict[str, BaseException]]:
+    """Each child's result or error as it finishes (a stop asked for ends the wait)."""
+    results: dict[str, RunResult] = {}
+    errors: dict[str, BaseException] = {}
+    pending = set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(
+            pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        for fut in done:
+            try:
+                results[futures[fut].run_id] = fut.result()
+            except Exception as exc:  # recorded in the child's row; the others go on
+                errors[futures[fut].run_id] = exc
+        stop.check()
+    return results, errors
 
 
 def combine_sweep(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 
 __all__ = ["to_python", "names_read", "names_assigned", "names_imported", "is_ipython_name"]
 
@@ -86,50 +87,57 @@ def names_read(cell: str) -> set[str]:
 
 def names_assigned(cell: str) -> list[str]:
     """Names the cell binds at top level, in order (assignments, for/with targets, defs)."""
-    tree = _parse(cell)
     found: list[str] = []
-
-    def add(name: str) -> None:
+    for name in _bound_in(_parse(cell).body):
         if name not in found and not is_ipython_name(name):
             found.append(name)
-
-    def targets(node: ast.AST) -> None:
-        for n in ast.walk(node):
-            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
-                add(n.id)
-
-    def visit(body: list[ast.stmt]) -> None:
-        for stmt in body:
-            if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-                for t in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
-                    targets(t)
-            elif isinstance(stmt, (ast.For, ast.AsyncFor)):
-                targets(stmt.target)
-                visit(stmt.body)
-                visit(stmt.orelse)
-            elif isinstance(stmt, (ast.With, ast.AsyncWith)):
-                for item in stmt.items:
-                    if item.optional_vars is not None:
-                        targets(item.optional_vars)
-                visit(stmt.body)
-            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                add(stmt.name)
-            elif isinstance(stmt, (ast.If, ast.While)):
-                visit(stmt.body)
-                visit(stmt.orelse)
-            elif isinstance(stmt, ast.Try):
-                visit(stmt.body)
-                for h in stmt.handlers:
-                    visit(h.body)
-                visit(stmt.orelse)
-                visit(stmt.finalbody)
-            elif isinstance(stmt, ast.Expr):
-                for n in ast.walk(stmt):  # walrus targets
-                    if isinstance(n, ast.NamedExpr):
-                        add(n.target.id)
-
-    visit(tree.body)
     return found
+
+
+def _stored(node: ast.AST) -> Iterator[str]:
+    """The names a target binds (``a``, ``a, (b, c)``, ``*rest``)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            yield n.id
+
+
+def _bound_in(body: list[ast.stmt]) -> Iterator[str]:
+    """The names statements bind at their own level, in order: nested blocks of control
+    flow are the same level; function and class bodies are not."""
+    for stmt in body:
+        yield from _bound_by(stmt)
+        for block in _blocks(stmt):
+            yield from _bound_in(block)
+
+
+def _bound_by(stmt: ast.stmt) -> Iterator[str]:
+    """What the statement itself binds (not its nested blocks)."""
+    if isinstance(stmt, ast.Assign):
+        for t in stmt.targets:
+            yield from _stored(t)
+    elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
+        yield from _stored(stmt.target)
+    elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+        for item in stmt.items:
+            if item.optional_vars is not None:
+                yield from _stored(item.optional_vars)
+    elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield stmt.name
+    elif isinstance(stmt, ast.Expr):
+        for n in ast.walk(stmt):  # walrus targets
+            if isinstance(n, ast.NamedExpr):
+                yield n.target.id
+
+
+def _blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
+    """The nested blocks of a control-flow statement run at the cell's level."""
+    if isinstance(stmt, (ast.For, ast.AsyncFor, ast.If, ast.While)):
+        return [stmt.body, stmt.orelse]
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        return [stmt.body]
+    if isinstance(stmt, ast.Try):
+        return [stmt.body, *(h.body for h in stmt.handlers), stmt.orelse, stmt.finalbody]
+    return []
 
 
 def names_imported(cell: str) -> set[str]:

@@ -226,7 +226,22 @@ class RunOutputs:
         )
 
     def _load_manifest(self) -> dict[str, Any]:
+        """The results manifest, read and checked in order: a JSON object, signed with this
+        run's key (unless trust is 'always'), its file list plain and complete, its
+        entries ones the runner writes."""
         rel = f"model/{MANIFEST}"
+        doc = self._read_manifest(rel)
+        if self.trust != "always":
+            self._check_signature(doc, rel)
+        files = doc.get("files")
+        if files is not None:
+            self._check_files(files, rel)
+        elif self.trust != "always":
+            raise self._refuse(rel, "it lists no file digests")
+        self._check_entries(doc, rel)
+        return doc
+
+    def _read_manifest(self, rel: str) -> dict[str, Any]:
         path = self.root / "model" / MANIFEST
         if not path.is_file() or path.is_symlink():
             raise self._refuse(
@@ -240,40 +255,45 @@ class RunOutputs:
             raise self._refuse(rel, f"not JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise self._refuse(rel, "not a JSON object")
-        if self.trust != "always":
-            if doc.get("signature") is None:
-                raise self._refuse(rel, "it is not signed")
-            if not self.key:
-                raise self._refuse(
-                    rel, "the ledger holds no key for this run (made before signed results?)"
-                )
-            if not self._signature_ok(doc):
-                raise self._refuse(rel, "its signature does not match this run's key")
-        files = doc.get("files")
-        if files is not None:
-            if not isinstance(files, dict):
-                raise self._refuse(rel, "'files' is not an object")
-            for name, digest in files.items():
-                if not _plain_relpath(name):
-                    raise self._refuse(str(name), "not a plain path under model/ or output/")
-                if not isinstance(digest, str) or len(digest) != 64:
-                    raise self._refuse(name, "no SHA-256 digest")
-            if not self.lenient:
-                # Names only (cheap): nothing added, renamed or removed since the run sealed them.
-                present = set(self._present()) - {rel}
-                for extra in sorted(present - set(files)):
-                    raise self._refuse(extra, "present, but not in the signed manifest")
-                for missing in sorted(set(files) - present):
-                    raise self._refuse(missing, "listed in the signed manifest, but missing")
-        elif self.trust != "always":
-            raise self._refuse(rel, "it lists no file digests")
+        return doc
+
+    def _check_signature(self, doc: dict[str, Any], rel: str) -> None:
+        if doc.get("signature") is None:
+            raise self._refuse(rel, "it is not signed")
+        if not self.key:
+            raise self._refuse(
+                rel, "the ledger holds no key for this run (made before signed results?)"
+            )
+        if not self._signature_ok(doc):
+            raise self._refuse(rel, "its signature does not match this run's key")
+
+    def _check_files(self, files: Any, rel: str) -> None:
+        if not isinstance(files, dict):
+            raise self._refuse(rel, "'files' is not an object")
+        for name, digest in files.items():
+            if not _plain_relpath(name):
+                raise self._refuse(str(name), "not a plain path under model/ or output/")
+            if not isinstance(digest, str) or len(digest) != 64:
+                raise self._refuse(name, "no SHA-256 digest")
+        if self.lenient:
+            return
+        # Names only (cheap): nothing added, renamed or removed since the run sealed them.
+        present = set(self._present()) - {rel}
+        for extra in sorted(present - set(files)):
+            raise self._refuse(extra, "present, but not in the signed manifest")
+        for missing in sorted(set(files) - present):
+            raise self._refuse(missing, "listed in the signed manifest, but missing")
+
+    def _check_entries(self, doc: dict[str, Any], rel: str) -> None:
+        """Results entries the runner writes; lenient (data on request): what is not
+        plainly data is left out instead."""
         variables = doc.get("variables") or {}
         if not isinstance(variables, dict):
             raise self._refuse(rel, "'variables' is not an object")
         for name, entry in list(variables.items()):
             problem = _entry_problem(entry)
             if problem and self.lenient:
-                del variables[name]  # data on request: what is not plainly data is left out
+                del variables[name]
             elif problem:
                 raise self._refuse(*problem)
         doc["variables"] = variables
@@ -283,7 +303,6 @@ class RunOutputs:
                 doc["last_value"] = None
             elif problem:
                 raise self._refuse(*problem)
-        return doc
 
     # ----------------------------------------------------------- the files
     def _path(self, rel: str) -> Path:

@@ -74,62 +74,23 @@ def snapshot(
     secret filter; dependencies are captured as a lock; local code under
     `cwd` and the notebook (when the kernel knows its path) travel as files.
     """
-    from .deps import capture_dependencies
-    from .env import filter_env, looks_like_secret
-    from .sources import collect_sources
+    from .env import filter_env
 
     env = dict(os.environ if env is None else env)
-    cwd_path = Path(cwd or os.getcwd()).resolve()
     owned = dest is None
     directory = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="nbcontainer-snapshot-"))
     directory.mkdir(parents=True, exist_ok=True)
     snap = Snapshot(directory=directory, cell=cell, _owned=owned)
     try:
         (directory / "cell.py").write_text(cell)
-        names, missing = _select(namespace, cell, variables, all_vars)
-        for name in missing:
-            snap.variables.append(
-                VariableRecord(name, "skipped", "-", skipped="not defined in the namespace")
-            )
-        named = set(variables or ())
-        for name in names:
-            value = namespace[name]
-            if isinstance(value, str) and name not in named and looks_like_secret(value):
-                # Only shipped when asked for by name; the reason names it, never the value.
-                snap.variables.append(
-                    VariableRecord(
-                        name,
-                        "skipped",
-                        "str",
-                        skipped="its value looks like a secret (a token, a password "
-                        "or a URL with credentials); name it in --vars to ship it",
-                    )
-                )
-                continue
-            record = _capture_one(name, value, directory / "vars")
-            snap.variables.append(record)
-            for f in record.files:
-                snap.hash_later(directory / f)
-
+        _capture_variables(snap, namespace, cell, variables, all_vars)
         kept, secrets, _machine = filter_env(env)
         (directory / "env.json").write_text(json.dumps(kept))
         snap.env_names, snap.env_secrets_dropped = sorted(kept), secrets
-
         if include_dependencies:
-            deps, roots = capture_dependencies(in_image=bool(env.get("NBCONTAINER_KERNEL_ID")))
-            _copy_local_packages(deps, roots, directory / "src" / "site")
-            snap.packages = deps.lock
-            snap.local_packages = [asdict(p) for p in deps.local]
-            (directory / "requirements.lock").write_text("\n".join(deps.lock_lines()) + "\n")
+            _capture_dependencies(snap, in_image=bool(env.get("NBCONTAINER_KERNEL_ID")))
         if include_sources:
-            tree = collect_sources(cwd_path, max_bytes=max_source_bytes)
-            for rel in tree.files:
-                target = directory / "src" / "code" / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(tree.root / rel, target)
-            snap.sources = [p.as_posix() for p in tree.files]
-            snap.source_paths = tree.path_entries
-
+            _capture_sources(snap, Path(cwd or os.getcwd()).resolve(), max_source_bytes)
         nb = Path(notebook) if notebook else _find_notebook(namespace, env)
         if nb is not None:
             copy_notebook_without_outputs(nb, directory / "notebook.ipynb")
@@ -144,6 +105,67 @@ def snapshot(
     except BaseException:
         snap.cleanup()
         raise
+
+
+def _capture_variables(
+    snap: Snapshot,
+    namespace: Mapping[str, Any],
+    cell: str,
+    variables: Iterable[str] | None,
+    all_vars: bool,
+) -> None:
+    """Each selected name as files under vars/ (hashed while the rest is written), or a
+    record of why it does not travel."""
+    from .env import looks_like_secret
+
+    names, missing = _select(namespace, cell, variables, all_vars)
+    for name in missing:
+        snap.variables.append(
+            VariableRecord(name, "skipped", "-", skipped="not defined in the namespace")
+        )
+    named = set(variables or ())
+    for name in names:
+        value = namespace[name]
+        if isinstance(value, str) and name not in named and looks_like_secret(value):
+            # Only shipped when asked for by name; the reason names it, never the value.
+            snap.variables.append(
+                VariableRecord(
+                    name,
+                    "skipped",
+                    "str",
+                    skipped="its value looks like a secret (a token, a password "
+                    "or a URL with credentials); name it in --vars to ship it",
+                )
+            )
+            continue
+        record = _capture_one(name, value, snap.directory / "vars")
+        snap.variables.append(record)
+        for f in record.files:
+            snap.hash_later(snap.directory / f)
+
+
+def _capture_dependencies(snap: Snapshot, in_image: bool) -> None:
+    """The lock of installed distributions, and local (editable) ones' code under src/site."""
+    from .deps import capture_dependencies
+
+    deps, roots = capture_dependencies(in_image=in_image)
+    _copy_local_packages(deps, roots, snap.directory / "src" / "site")
+    snap.packages = deps.lock
+    snap.local_packages = [asdict(p) for p in deps.local]
+    (snap.directory / "requirements.lock").write_text("\n".join(deps.lock_lines()) + "\n")
+
+
+def _capture_sources(snap: Snapshot, cwd: Path, max_bytes: int) -> None:
+    """The code under `cwd` the kernel can import, under src/code."""
+    from .sources import collect_sources
+
+    tree = collect_sources(cwd, max_bytes=max_bytes)
+    for rel in tree.files:
+        target = snap.directory / "src" / "code" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tree.root / rel, target)
+    snap.sources = [p.as_posix() for p in tree.files]
+    snap.source_paths = tree.path_entries
 
 
 def copy_notebook_without_outputs(src: Path, dest: Path) -> None:

@@ -77,6 +77,20 @@ def collect_sources(
     """The code under cwd that the kernel can import: cwd's modules and packages, and
     every sys.path entry inside cwd (e.g. ``src/``)."""
     root = (cwd or Path.cwd()).resolve()
+    collector = _Collector(root, _ignore_patterns(root))
+    entries = _entries_inside(root, path if path is not None else sys.path)
+    # Each entry holds importable modules (top-level *.py) and packages (dirs with __init__.py).
+    for entry in sorted(entries):
+        collector.add_entry(root / entry)
+    sizes = collector.sizes
+    files = [Path(p) for p in sorted(sizes)]
+    total = sum(sizes.values())
+    if total > max_bytes:
+        raise SourcesTooLarge(total, max_bytes, sorted(sizes.items(), key=lambda kv: -kv[1]))
+    return SourceTree(root, files, total, sorted(e for e in entries if e != "."))
+
+
+def _ignore_patterns(root: Path) -> list[str]:
     patterns = list(DEFAULT_IGNORE)
     ignore_file = root / IGNORE_FILE
     if ignore_file.exists():
@@ -85,54 +99,61 @@ def collect_sources(
             for ln in ignore_file.read_text().splitlines()
             if ln.strip() and not ln.startswith("#")
         ]
-    entries = {"."}
-    for p in path if path is not None else sys.path:
-        resolved = Path(p or ".").resolve()
-        if resolved == root or root in resolved.parents:
-            if "site-packages" not in resolved.parts:
-                entries.add(resolved.relative_to(root).as_posix())
-    sizes: dict[str, int] = {}
-    visited: set[Path] = set()
+    return patterns
 
-    def inside(path: Path) -> bool:
+
+def _entries_inside(root: Path, path: list[str]) -> set[str]:
+    """ "." and each import path entry inside `root` (not a site-packages), relative to it."""
+    entries = {"."}
+    for p in path:
+        resolved = Path(p or ".").resolve()
+        inside = resolved == root or root in resolved.parents
+        if inside and "site-packages" not in resolved.parts:
+            entries.add(resolved.relative_to(root).as_posix())
+    return entries
+
+
+class _Collector:
+    """The code files found so far (relative path -> size)."""
+
+    def __init__(self, root: Path, patterns: list[str]) -> None:
+        self.root, self.patterns = root, patterns
+        self.sizes: dict[str, int] = {}
+        self._visited: set[Path] = set()
+
+    def _inside(self, path: Path) -> bool:
         # A symlink is followed only when it points inside the tree (never to ~/.aws).
         target = path.resolve()
-        return target == root or root in target.parents
+        return target == self.root or self.root in target.parents
 
-    def add(path: Path) -> None:
-        rel = path.relative_to(root).as_posix()
-        if rel not in sizes and not _ignored(rel, patterns) and inside(path):
-            sizes[rel] = path.stat().st_size
+    def _ignored(self, path: Path) -> bool:
+        return _ignored(path.relative_to(self.root).as_posix(), self.patterns)
 
-    def add_package(pkg: Path) -> None:
+    def add(self, path: Path) -> None:
+        rel = path.relative_to(self.root).as_posix()
+        if rel not in self.sizes and not self._ignored(path) and self._inside(path):
+            self.sizes[rel] = path.stat().st_size
+
+    def add_package(self, pkg: Path) -> None:
         real = pkg.resolve()
-        if real in visited or not inside(pkg):  # a symlink loop, or a way out
+        if real in self._visited or not self._inside(pkg):  # a symlink loop, or a way out
             return
-        visited.add(real)
+        self._visited.add(real)
         for child in sorted(pkg.iterdir()):
-            rel = child.relative_to(root).as_posix()
-            if _ignored(rel, patterns):
+            if self._ignored(child):
                 continue
             if child.is_dir() and (child / "__init__.py").exists():
-                add_package(child)
+                self.add_package(child)
             elif child.is_file() and child.suffix in _CODE_SUFFIXES:
-                add(child)
+                self.add(child)
 
-    # Each entry holds importable modules (top-level *.py) and packages (dirs with __init__.py).
-    for entry in sorted(entries):
-        base = root / entry
+    def add_entry(self, base: Path) -> None:
         if not base.is_dir():
-            continue
+            return
         for child in sorted(base.iterdir()):
-            rel = child.relative_to(root).as_posix()
-            if _ignored(rel, patterns):
+            if self._ignored(child):
                 continue
             if child.is_file() and child.suffix == ".py":
-                add(child)
+                self.add(child)
             elif child.is_dir() and (child / "__init__.py").exists():
-                add_package(child)
-    files = [Path(p) for p in sorted(sizes)]
-    total = sum(sizes.values())
-    if total > max_bytes:
-        raise SourcesTooLarge(total, max_bytes, sorted(sizes.items(), key=lambda kv: -kv[1]))
-    return SourceTree(root, files, total, sorted(e for e in entries if e != "."))
+                self.add_package(child)

@@ -11,7 +11,6 @@ import pytest
 
 from nbcontainer_kernel.docker import labels
 from nbcontainer_kernel.docker.engine import Engine
-from nbcontainer_kernel.kernel import pool
 from tests.helpers import run_gc
 from tests.lab import Lab
 
@@ -24,7 +23,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def _kernel_containers(engine: Engine, kernel_id: str) -> list:
-    return pool.kernel_containers(engine, kernel_id)
+    return labels.kernel_containers(engine, kernel_id)
 
 
 def test_lab_lists_starts_runs_and_stops_the_containerized_kernel(

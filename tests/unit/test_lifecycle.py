@@ -587,3 +587,40 @@ def test_a_ledger_from_before_the_verdict_columns_reads_them_from_its_words(tmp_
     assert (rows["a"]["verdict"], rows["a"]["timed_out"]) == ("signed", 0)
     assert (rows["b"]["verdict"], rows["b"]["timed_out"]) == ("refused", 1)
     assert (rows["c"]["verdict"], rows["c"]["timed_out"]) == (None, 0)
+
+
+def test_two_waiters_of_one_run_collect_it_one_after_the_other(
+    ledger: Ledger, backend, tmp_path: Path
+) -> None:
+    """A --no-wait run's own thread and %remote_attach (or two kernels) both collect the
+    run: each fetch rewrites the files, and a verify in the middle of the other's fetch
+    would see half-written ones. One collector at a time: both come back signed."""
+    sealed = sealed_outputs({"y": list(range(20000))})
+    fetches: list[str] = []
+    other_fetched = threading.Event()
+
+    def fetch(spec, dest: Path) -> None:
+        sealed(spec, dest)
+        fetches.append(threading.current_thread().name)
+        if len(fetches) > 1:
+            other_fetched.set()  # the second fetch ends here; its verify comes next
+            return
+        # The first fetch rewrites a file once the second fetch ended (or a second on):
+        # without one collector at a time, the second's verify reads it half-written.
+        other_fetched.wait(1.0)
+        target = next((dest / "model").glob("y.*"))
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+        time.sleep(0.3)
+        target.write_bytes(data)
+
+    backend.scripts = {"*": Script(outputs=fetch)}
+    first = RemoteRunner(ledger, image_builder=fake_image_builder)
+    first.run(_req(name="two", cell="y = list(range(20000))", wait=False), {}, Hooks())
+    ns: dict = {}
+    second = RemoteRunner(Ledger(ledger.path), image_builder=fake_image_builder)
+    result = second.attach("two-1", ns, Hooks())
+    first.join("two-1", 10)
+    assert len(fetches) == 2 and result.succeeded and ns["y"] == list(range(20000))
+    row = ledger.get("two-1")
+    assert row["status"] == "SUCCEEDED" and row["verdict"] == "signed"

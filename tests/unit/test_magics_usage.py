@@ -89,3 +89,26 @@ def test_remote_runs_is_a_dataframe_even_when_empty(ip) -> None:
     df = ip.run_line_magic("remote_runs", "")
     assert df.empty
     assert list(df.columns) == ["id", "name", "backend", "status", "created", "duration"]
+
+
+@pytest.mark.parametrize(
+    ("section", "flags"),
+    [
+        (
+            "Backend: where it runs",
+            ["--local", "--backend", "--rerun", "--instance-type", "--spot"],
+        ),
+        ("Parameters and sweeps", ["--param", "--sweep", "--sweep-file", "--max-parallel"]),
+        ("Variables: what travels", ["--vars", "--all-vars", "--out"]),
+        ("Resources", ["--cpus", "--memory", "--gpus", "--timeout"]),
+        ("Waiting", ["--no-wait"]),
+    ],
+)
+def test_the_help_of_remote_run_reads_in_sections(section: str, flags: list[str]) -> None:
+    from nbcontainer_kernel.magics.remote_run import RemoteRun
+
+    parser = RemoteRun.remote_run.parser
+    (group,) = [g for g in parser._action_groups if g.title == section]
+    in_group = {opt for action in group._group_actions for opt in action.option_strings}
+    assert set(flags) <= in_group
+    assert f"\n{section}:\n" in parser.format_help()
