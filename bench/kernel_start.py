@@ -126,7 +126,7 @@ def main() -> int:
             kernelspec.remove(name)
 
     results = {}
-    for label, got in samples.items():
+    for label, got in samples.items():  # type: ignore[assignment]
         first = [g[0] * 1000 for g in got]
         ready = [g[1] * 1000 for g in got]
         results[label] = {

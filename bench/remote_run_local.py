@@ -27,7 +27,7 @@ CELL = "total = float(state.sum())\nscaled = state[:10] * factor"
 
 
 def quietly(ip, code: str) -> float:  # noqa: ANN001 - an IPython shell
-    devnull = open(os.devnull, "w")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
     saved, sys.stdout = sys.stdout, devnull
     try:
         t = time.perf_counter()

@@ -55,6 +55,7 @@ def load_ipython_extension(ipython: Any) -> None:
     In a containerized kernel it also removes the kernel's connection file,
     read at start and never needed again, so its keys are in no later commit.
     """
+    import contextlib
     import os
 
     from .config import in_container_kernel
@@ -64,9 +65,8 @@ def load_ipython_extension(ipython: Any) -> None:
     if conn and in_container_kernel():
         from .images.package_index import prepare_pip
 
-        try:
+        # Already gone, or not ours to remove: the commit check refuses it then.
+        with contextlib.suppress(OSError):
             os.unlink(conn)
-        except OSError:  # already gone, or not ours to remove: the commit check refuses it then
-            pass
         prepare_pip(ipython)
     load(ipython)

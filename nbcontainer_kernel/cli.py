@@ -11,9 +11,15 @@ import re
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .runtime.errors import InvalidOption, NbcontainerError
+
+if TYPE_CHECKING:
+    from .docker.engine import Engine
+
+    # The `nbcontainer COMMAND` parsers.
+    _Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 __all__ = ["main"]
 
@@ -23,7 +29,7 @@ class _BuildPrinter:
 
     _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream: IO[str] = sys.stderr) -> None:
         self.stream = stream
         self.width = min(30, max(10, shutil.get_terminal_size((80, 20)).columns - 60))
 
@@ -38,7 +44,7 @@ class _BuildPrinter:
             print(f"    {line}", file=self.stream, flush=True)
 
 
-def _engine():
+def _engine() -> Engine:
     from .docker.engine import Engine
 
     return Engine.connect()
@@ -356,9 +362,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     for row in [header, *rows]:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
-
-
-_Commands = argparse._SubParsersAction  # the `nbcontainer COMMAND` parsers
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests: their full example counts in `make test` (the default profile, 100 a
+# test unless it says otherwise); a tenth of them in `make unit` (--hypothesis-profile
+# unit), the tier that runs in seconds on every change. tests.helpers.examples scales a
+# test's own count by the profile's.
+settings.register_profile("unit", max_examples=10, deadline=None)
 
 # Kernelspecs and connection files made by tests go to a throwaway Jupyter
 # home, never the user's; set before jupyter_core computes its paths.

@@ -51,6 +51,9 @@ class ScriptedBackend(Backend):
         self._state: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
+    def poll_interval(self, waited: float) -> float:
+        return 0.01  # the scripts answer at once: no platform to spare
+
     def script_for(self, spec: RunSpec) -> Script:
         if callable(self.scripts):
             return self.scripts(spec)
@@ -378,7 +381,7 @@ class _FakeAPI:
         with tarfile.open(fileobj=fileobj) as tar:
             for m in tar.getmembers():
                 if m.isfile():
-                    c.files[f"{path.rstrip('/')}/{m.name}"] = tar.extractfile(m).read()  # type: ignore[union-attr]
+                    c.files[f"{path.rstrip('/')}/{m.name}"] = tar.extractfile(m).read()
         return True
 
     def logs(
@@ -416,7 +419,7 @@ class ArrayScriptedBackend(ScriptedBackend):
     def submit_sweep(self, parent: str, specs: list[RunSpec]) -> list[Job]:
         with self._lock:
             self.calls.append(("submit_sweep", parent))
-        jobs = []
+        jobs: list[Job] = []
         for spec in specs:
             self._accept(spec)
             jobs.append(Job(self.name, spec.run_id, {"fake_id": f"{parent}:{len(jobs)}"}))

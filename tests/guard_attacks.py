@@ -14,6 +14,7 @@ policies, networks, propagation, builds that fetch, limits), exhaustion.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -473,10 +474,8 @@ def exhaust(sock_path: str, count: int = 5000, hold: float = 2.0) -> dict[str, A
             s.close()
             continue
         if i % 2:
-            try:
+            with contextlib.suppress(OSError):
                 s.sendall(b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Le")
-            except OSError:
-                pass
         opened.append(s)
     time.sleep(hold)
     for s in opened:
@@ -493,10 +492,8 @@ def exhaust(sock_path: str, count: int = 5000, hold: float = 2.0) -> dict[str, A
 
 def close_all(sockets: list[socket.socket]) -> None:
     for s in sockets:
-        try:
+        with contextlib.suppress(OSError):
             s.close()
-        except OSError:
-            pass
 
 
 def run_table(table: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -92,7 +92,7 @@ def interrupt_and_reply(km, kc, msg_id: str, timeout: float = 60) -> dict:
 
 
 @contextlib.contextmanager
-def started(kernel_name: str, **start_kw) -> Iterator[tuple[KernelManager, object]]:
+def started(kernel_name: str, **start_kw: Any) -> Iterator[tuple[KernelManager, Any]]:
     """A started kernel and a ready client; shut down (and its container removed) afterwards."""
     km = KernelManager(kernel_name=kernel_name)
     km.start_kernel(**start_kw)
@@ -189,3 +189,27 @@ def save_executed(nb: Any, name: str) -> None:
         target = Path(__file__).resolve().parents[1] / "examples" / "executed"
         target.mkdir(exist_ok=True)
         nbformat.write(nb, target / name)
+
+
+def examples(full: int) -> int:
+    """A property test's example count: `full` in the default profile (100 examples),
+    scaled down with the profile (`make unit` runs a tenth)."""
+    from hypothesis import settings
+
+    return max(1, full * settings.default.max_examples // 100)
+
+
+def docker_provisioner(km: Any) -> Any:
+    """A kernel manager's provisioner, which the tests' kernelspecs make ours (jupyter_client
+    types it as the base class, or None before a start)."""
+    from nbcontainer_kernel.kernel.provisioner import DockerProvisioner
+
+    assert isinstance(km.provisioner, DockerProvisioner), km.provisioner
+    return km.provisioner
+
+
+def inspected(engine: Any, ident: str | None) -> dict[str, Any]:
+    """What the daemon says of a container the test expects to exist."""
+    info = engine.inspect(ident or "")
+    assert info is not None, f"container {ident} is gone"
+    return dict(info)

@@ -30,7 +30,7 @@ class Lab:
         self.port = _free_port()
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(root / "lab.log", "w+")
+        self.log = open(root / "lab.log", "w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -49,6 +49,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Left in a run's output directory once its outputs are fetched in full.
+COLLECTED = ".collected"
+
 
 class Phase(str, enum.Enum):
     """One status model for every backend."""
@@ -442,7 +445,12 @@ class RunDriver:
             self.progress.log(line)
         self.progress.enter(Phase.COLLECTING)
         with self.collecting(dest):
-            self.backend.fetch_results(job, dest)
+            # Collected once: another waiter of this run (a --no-wait run's thread and
+            # %remote_attach) reads the same files, which a second fetch would rewrite
+            # under whoever reads them.
+            if not (dest / COLLECTED).exists():
+                self.backend.fetch_results(job, dest)
+                (dest / COLLECTED).touch()
             verdict, verified, outputs = self.verify(dest) if self.verify else (None, None, None)
         reason = None
         if timed_out:

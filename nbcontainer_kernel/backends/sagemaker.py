@@ -503,9 +503,11 @@ class SageMakerBackend(AWSBackend):
             state.lines.append(f"[sagemaker] {t.get('Status')}: {message}".rstrip(": "))
         state.transitions_said = len(transitions)
         ended = desc.get("TrainingJobStatus") in ("Completed", "Failed", "Stopped")
-        if desc.get("SecondaryStatus") in ("Training", "Uploading") or ended:
-            if ended or time.monotonic() - state.log_read >= 1.0:
-                self._read_log(job, state)
+        if ended or (
+            desc.get("SecondaryStatus") in ("Training", "Uploading")
+            and time.monotonic() - state.log_read >= 1.0
+        ):
+            self._read_log(job, state)
         return state.lines[since:]
 
     def _read_log(self, job: Job, state: _JobState) -> None:

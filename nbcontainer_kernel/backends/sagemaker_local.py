@@ -138,7 +138,7 @@ def _follow(process: subprocess.Popen[bytes]) -> int:
     not the kernel's stdout."""
     job: _LocalJob | None = getattr(_tls, "job", None)
     if job is None:
-        return _original_stream(process)  # someone else's local-mode call
+        return int(_original_stream(process))  # someone else's local-mode call
     job.process = process
     job.secondary = "Training"
     assert process.stdout is not None
@@ -342,11 +342,15 @@ class SageMakerLocalBackend(SageMakerBackend):
 
     def describe(self, job: Job, fresh: bool = False) -> dict[str, Any]:
         local = self._job(job)
-        if local is not None and local.cancelled and local.status == "InProgress":
-            # A cancel that came before compose made the container: kill it once it exists.
-            if time.monotonic() - local.killed_at >= 1.0:
-                local.killed_at = time.monotonic()
-                self._kill(job)
+        # A cancel that came before compose made the container: kill it once it exists.
+        if (
+            local is not None
+            and local.cancelled
+            and local.status == "InProgress"
+            and time.monotonic() - local.killed_at >= 1.0
+        ):
+            local.killed_at = time.monotonic()
+            self._kill(job)
         if local is None:
             return {
                 "TrainingJobStatus": "Failed",

@@ -56,7 +56,8 @@ def build_context(
     anything but regular files and directories (links outside a tree, FIFOs).
     """
     cap = config.max_context_bytes() if max_bytes is None else max_bytes
-    ctx = tempfile.TemporaryFile(prefix="nbcontainer-context-")
+    # Returned open (the caller streams it to the daemon); closed here on an error.
+    ctx = tempfile.TemporaryFile(prefix="nbcontainer-context-")  # noqa: SIM115
     total = 0
     try:
         with tarfile.open(fileobj=ctx, mode="w") as tar:

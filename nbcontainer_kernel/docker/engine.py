@@ -183,13 +183,16 @@ class Engine:
 
     def images(self, labels: dict[str, str] | Iterable[str]) -> list[Image]:
         with translate_errors("list images"):
-            return self.client.images.list(filters={"label": _label_filters(labels)})
+            found: list[Any] = self.client.images.list(filters={"label": _label_filters(labels)})
+            return found
 
     def remove_image(self, ref: str, force: bool = False) -> None:
         """Remove an image (idempotent: one already gone is fine)."""
-        with contextlib.suppress(ImageNotFound, ResourceNotFound):
-            with translate_errors(f"remove image {ref}", image=ref):
-                self.client.images.remove(ref, force=force, noprune=False)
+        with (
+            contextlib.suppress(ImageNotFound, ResourceNotFound),
+            translate_errors(f"remove image {ref}", image=ref),
+        ):
+            self.client.images.remove(ref, force=force, noprune=False)
 
     def remove_unused_image(self, image_id: str) -> bool:
         """Remove an untagged image nothing uses; False when it is kept."""
@@ -268,7 +271,8 @@ class Engine:
         """Raw inspect data, or None when the container no longer exists."""
         try:
             with translate_errors(f"inspect container {ident}"):
-                return self.api.inspect_container(ident)
+                info: dict[str, Any] = self.api.inspect_container(ident)
+                return info
         except ResourceNotFound:
             return None
 
@@ -280,9 +284,10 @@ class Engine:
         for attempt in range(5):
             try:
                 with translate_errors("list containers"):
-                    return self.client.containers.list(
+                    found: list[Any] = self.client.containers.list(
                         all=all, filters={"label": _label_filters(labels)}
                     )
+                    return found
             except ResourceNotFound:
                 if attempt == 4:
                     raise
@@ -372,14 +377,16 @@ class Engine:
                 raw = self.api.logs(ident, stdout=True, stderr=True, tail=lines)
         except (ResourceNotFound, Conflict):
             return []
-        return raw.decode("utf-8", "replace").splitlines()
+        return str(raw.decode("utf-8", "replace")).splitlines()
 
     def follow_logs(self, ident: str) -> Iterator[bytes]:
         """The container's output as it is written, until it exits or is removed."""
         # A container removed under the stream (cancel, cleanup) ends the log there.
-        with contextlib.suppress(NbcontainerError):
-            with translate_errors(f"follow the log of container {ident}"):
-                yield from self.api.logs(ident, stream=True, follow=True, stdout=True, stderr=True)
+        with (
+            contextlib.suppress(NbcontainerError),
+            translate_errors(f"follow the log of container {ident}"),
+        ):
+            yield from self.api.logs(ident, stream=True, follow=True, stdout=True, stderr=True)
 
     def get_archive(self, ident: str, path: str) -> Iterator[bytes] | None:
         """A tar stream of `path` in the container; None when the path does not exist."""

@@ -63,7 +63,7 @@ class Orphan:
 
 def _outlives_its_owner(c: Any) -> bool:
     """A --no-wait run goes on without its kernel; %remote_attach collects it."""
-    return c.labels.get(labels.DETACHED) == "true" and c.status == "running"
+    return bool(c.labels.get(labels.DETACHED) == "true" and c.status == "running")
 
 
 def remove_made_by_kernel(engine: Engine, container_id: str) -> int:

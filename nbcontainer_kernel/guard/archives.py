@@ -76,7 +76,11 @@ class BufferedSink:
 
 def _open_stream(source: IterReader) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=source, mode="r|*")  # type: ignore[call-overload]
+        # Returned open: the caller reads the stream through it.
+        opened: tarfile.TarFile = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115
+            fileobj=source, mode="r|*"
+        )
+        return opened
     except tarfile.TarError as exc:
         raise ArchiveRefused(f"the archive is not a tar the guard can read ({exc})") from None
 
@@ -119,7 +123,8 @@ def rewrite_archive(
     from a stream that was refused — the daemon fails a truncated body)."""
     sink = BufferedSink(send)
     tin = _open_stream(IterReader(chunks))
-    tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+    # Closed at the end, not on a refusal: no end-of-archive blocks follow a refused member.
+    tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]  # noqa: SIM115, E501
     count = 0
     for member in _members(tin):
         kind = _kind(member)
@@ -155,7 +160,8 @@ def rewrite_context(
         wanted = {"Dockerfile", "dockerfile"}  # the daemon falls back to the lower-case name
     sink = BufferedSink(send)
     tin = _open_stream(IterReader(chunks))
-    tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+    # Closed at the end, not on a refusal: no end-of-archive blocks follow a refused member.
+    tout = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]  # noqa: SIM115, E501
     found: dict[str, str] = {}
     links: set[str] = set()
     for member in _members(tin):

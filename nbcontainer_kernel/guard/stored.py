@@ -10,6 +10,7 @@ then removes what was made and answers 403. Pure functions over inspect answers.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from .create import capability_name, nano_cpus
@@ -26,7 +27,7 @@ def container_outside(info: dict[str, Any], grant: Grant, *, cgroup_v1: bool = F
     allow ('' when all is within it)."""
     config = info.get("Config") or {}
     host = info.get("HostConfig") or {}
-    checks = (
+    checks: tuple[Callable[[], str], ...] = (
         lambda: _identity(config, grant),
         lambda: _host_fields(host),
         lambda: _namespaces(host, cgroup_v1),

@@ -192,10 +192,7 @@ class KernelSide:
             event = self._event(self.timeouts.body)
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                self.body_done = True
-                return
-            elif event is h11.PAUSED:  # an upgrade request's end: it had no body
+            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
                 self.body_done = True
                 return
             else:
@@ -302,9 +299,12 @@ class DaemonSide:
         self.conn: h11.Connection | None = None
 
     def _connect(self) -> None:
-        if self.conn is not None and self.conn.our_state is h11.DONE:
-            if self.conn.their_state is h11.DONE:
-                self.conn.start_next_cycle()
+        if (
+            self.conn is not None
+            and self.conn.our_state is h11.DONE
+            and self.conn.their_state is h11.DONE
+        ):
+            self.conn.start_next_cycle()
         if self.conn is None or self.conn.our_state is not h11.IDLE:
             self.close()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

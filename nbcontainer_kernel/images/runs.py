@@ -211,11 +211,11 @@ def _needs_other_python(pip_output: str, name: str, version: str) -> bool:
     """Whether pip says the index (or the wheel cache) has `name` `version`, but for
     another Python than the target's. pip says it in one of two ways."""
     for line in pip_output.splitlines():
-        if "require a different python version" in line:  # versions seen on the index
-            if any(
-                part.strip().startswith(f"{version} ") for part in line.split(":", 1)[-1].split(";")
-            ):
-                return True
+        # Versions seen on the index, each with the Pythons it requires.
+        if "require a different python version" in line and any(
+            part.strip().startswith(f"{version} ") for part in line.split(":", 1)[-1].split(";")
+        ):
+            return True
         m = re.search(
             r"Package '([^']+)' requires a different Python", line
         )  # the pinned file itself

@@ -416,12 +416,14 @@ def build_self_wheel(dest: Path) -> Path:
 
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / f"nbcontainer_kernel-{__version__}-py3-none-any.whl"
-    with tempfile.NamedTemporaryFile(dir=dest, delete=False) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for fname, data in files.items():
-                info = zipfile.ZipInfo(fname, date_time=(1980, 1, 1, 0, 0, 0))
-                info.external_attr = 0o644 << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, data)
+    with (
+        tempfile.NamedTemporaryFile(dir=dest, delete=False) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf,
+    ):
+        for fname, data in files.items():
+            info = zipfile.ZipInfo(fname, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
     Path(tmp.name).replace(out)
     return out

@@ -43,7 +43,8 @@ def _template() -> dict[str, Any]:
         .joinpath("kernelspecs/python/kernel.json")
         .read_text()
     )
-    return json.loads(text)
+    spec: dict[str, Any] = json.loads(text)
+    return spec
 
 
 def render(

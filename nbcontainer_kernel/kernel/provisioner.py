@@ -669,7 +669,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     # --------------------------------------------------------------- helpers
     def _python_command(self) -> str:
         argv = list(getattr(self.kernel_spec, "argv", None) or ["python3"])
-        return argv[0]
+        return str(argv[0])
 
     def _check_options(self) -> None:
         from ..docker.options import validate_options
@@ -714,7 +714,9 @@ def _inner_ports(host_network: bool) -> dict[str, int]:
     if not host_network:
         return dict(KERNEL_PORTS)
     from jupyter_client.localinterfaces import localhost
-    from jupyter_client.provisioning.local_provisioner import LocalPortCache
+    from jupyter_client.provisioning.local_provisioner import (  # type: ignore[attr-defined]
+        LocalPortCache,
+    )
 
     lpc = LocalPortCache.instance()
     return {name: lpc.find_available_port(localhost()) for name in KERNEL_PORTS}

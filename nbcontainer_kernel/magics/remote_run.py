@@ -21,7 +21,7 @@ from IPython.core.magic_arguments import (
 )
 from traitlets import CaselessStrEnum, Float, Int, Unicode
 
-from ..backends.base import Hooks, StopSignal
+from ..backends.base import Hooks, Phase, StopSignal
 from ..backends.registry import UnknownBackend, available
 from ..config import EnvDefaults
 from ..remote.ledger import Ledger
@@ -236,7 +236,8 @@ class RemoteRun(EnvDefaults, Magics):
     @property
     def _user_ns(self) -> dict[str, Any]:
         assert self.shell is not None, "the magics are registered on a shell"
-        return self.shell.user_ns
+        user_ns: dict[str, Any] = self.shell.user_ns
+        return user_ns
 
     @property
     def runner(self) -> Any:
@@ -275,7 +276,7 @@ class RemoteRun(EnvDefaults, Magics):
             holder: dict[str, Any] = {}
             made = threading.Lock()  # a sweep's children report from several threads
 
-            def on_phase(run_id, phase, timings):
+            def on_phase(run_id: str, phase: Phase, timings: dict[str, float]) -> None:
                 with made:
                     if "panel" not in holder:
                         holder["panel"] = RunPanel(
@@ -647,10 +648,11 @@ class RemoteRun(EnvDefaults, Magics):
 
     def _check_run(self, run_id: str) -> dict[str, Any]:
         try:
-            return self.runner.ledger.get(run_id)
+            row: dict[str, Any] = self.runner.ledger.get(run_id)
+            return row
         except UnknownRun as exc:
             raise UsageError(str(exc)) from exc
 
-    def _result(self, run_id: str):
+    def _result(self, run_id: str) -> Any:
         self._check_run(run_id)
         return self.runner.result_of(run_id)

@@ -164,7 +164,7 @@ def read_logs(dest: Path) -> list[str]:
 def collecting(dest: Path) -> Iterator[None]:
     """One collector of a run's outputs at a time, across threads and processes (a
     --no-wait run's thread and %remote_attach, two kernels attached to one run): the
-    second waits, then collects the same files again, never a half-written one."""
+    second waits, then reads what the first fetched (RunDriver fetches once)."""
     dest.mkdir(parents=True, exist_ok=True)
     with open(dest / ".collecting", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

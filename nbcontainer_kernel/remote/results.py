@@ -13,7 +13,7 @@ import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..runtime.errors import (
     RemoteExecutionError,
@@ -220,7 +220,7 @@ class RunResult:
             exc = RuntimeError(f"remote exception stand-in: {type(exc).__name__} {exc!r:.200}")
         tb = (self._verified_failure() or "").partition("\n\n")[2]
         exc.__cause__ = RemoteTraceback(tb)
-        return exc
+        return cast(BaseException, exc)
 
     def raise_for_status(self) -> None:
         """Raise if the run failed (RemoteExecutionError, with the remote exception as its

@@ -28,12 +28,12 @@ _STATUS_COLOURS = {
 }
 
 
-class RunsTable(pd.DataFrame):
+class RunsTable(pd.DataFrame):  # type: ignore[misc]  # pandas without its stubs
     """A runs frame that a notebook shows with its status coloured (in every other way a
     DataFrame: slicing it gives plain DataFrames)."""
 
     @property
-    def _constructor(self) -> type[pd.DataFrame]:
+    def _constructor(self) -> Any:  # type[pd.DataFrame]
         return pd.DataFrame
 
     def _repr_html_(self) -> str | None:

@@ -52,7 +52,7 @@ def restore_namespace(snap: Snapshot) -> dict[str, Any]:
     return ns
 
 
-def shell():  # noqa: ANN201 - IPython's InteractiveShell, imported here
+def shell() -> Any:  # IPython's InteractiveShell, imported here
     """The shell cells run in: made on first call (a warm runner makes it while it waits),
     with a display publisher of the run's own, new on every call."""
     from IPython.core.displaypub import DisplayPublisher
@@ -65,7 +65,9 @@ def shell():  # noqa: ANN201 - IPython's InteractiveShell, imported here
             super().__init__(*a, **kw)
             self.kept: list[dict[str, Any]] = []
 
-        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kw):
+        def publish(  # type: ignore[no-untyped-def]  # IPython's DisplayPublisher.publish
+            self, data, metadata=None, source=None, *, transient=None, update=False, **kw
+        ):
             self.kept.append({"data": _jsonable(data), "metadata": _jsonable(metadata or {})})
             if "text/plain" in data:
                 print(data["text/plain"], flush=True)

@@ -50,7 +50,8 @@ def to_python(cell: str) -> str:
         from IPython.core.inputtransformer2 import TransformerManager
     except ImportError:  # no IPython: plain Python is all there can be
         return cell
-    return TransformerManager().transform_cell(cell)
+    plain: str = TransformerManager().transform_cell(cell)  # type: ignore[no-untyped-call]
+    return plain
 
 
 def _parse(cell: str) -> ast.Module:

@@ -105,7 +105,7 @@ def run_notebook(
     class EchoingClient(NotebookClient):
         """Echo each cell's stream output to our stdout/stderr as it comes (the run's log)."""
 
-        def output(self, outs, msg, display_id, cell_index):
+        def output(self, outs, msg, display_id, cell_index):  # type: ignore[no-untyped-def]  # nbclient's
             if msg["msg_type"] == "stream":
                 stream = sys.stderr if msg["content"]["name"] == "stderr" else sys.stdout
                 stream.write(msg["content"]["text"])

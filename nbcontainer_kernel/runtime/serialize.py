@@ -380,8 +380,11 @@ def dumps_exception(exc: BaseException) -> bytes:
     import cloudpickle
 
     try:
-        data = cloudpickle.dumps(exc, protocol=5)
+        data: bytes = cloudpickle.dumps(exc, protocol=5)
         pickle.loads(data)
         return data
     except Exception:
-        return cloudpickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"), protocol=5)
+        stand_in: bytes = cloudpickle.dumps(
+            RuntimeError(f"{type(exc).__name__}: {exc}"), protocol=5
+        )
+        return stand_in

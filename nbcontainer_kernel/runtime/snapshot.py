@@ -91,7 +91,7 @@ class Snapshot:
         data["format"] = FORMAT
         return data
 
-    def preview(self):  # -> pandas.DataFrame
+    def preview(self) -> Any:  # a pandas.DataFrame (pandas is the host's, not the image's)
         """The manifest's variables as a DataFrame: a dry run of what would travel."""
         import pandas as pd
 
@@ -220,6 +220,10 @@ def chunk_futures(path: Path) -> list[Future[bytes]]:
 def _chunk_digest(path: str, offset: int, length: int) -> bytes:
     if length == 0:
         return hashlib.sha256(b"").digest()
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        with memoryview(mm) as view, view[offset : offset + length] as chunk:
-            return hashlib.sha256(chunk).digest()
+    with (
+        open(path, "rb") as fh,
+        mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+        memoryview(mm) as view,
+        view[offset : offset + length] as chunk,
+    ):
+        return hashlib.sha256(chunk).digest()

@@ -107,8 +107,8 @@ def restore_carried(dest: Path) -> None:
         if src.is_file() and not src.is_symlink() and not target.exists():
             src.replace(target)
     model = carried_root / "model"
-    if model.is_dir() and not model.is_symlink():
-        if not (dest / "model").is_dir() or not any((dest / "model").iterdir()):
-            shutil.rmtree(dest / "model", ignore_errors=True)
-            model.replace(dest / "model")
+    nothing_there = not (dest / "model").is_dir() or not any((dest / "model").iterdir())
+    if model.is_dir() and not model.is_symlink() and nothing_there:
+        shutil.rmtree(dest / "model", ignore_errors=True)
+        model.replace(dest / "model")
     shutil.rmtree(carried_root)

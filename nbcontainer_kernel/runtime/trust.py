@@ -132,7 +132,9 @@ def seal(ml_root: Path, key: str | None, index: dict[str, Any]) -> dict[str, Any
                 if path.is_file() and not path.is_symlink() and rel != f"model/{MANIFEST}":
                     files[rel] = _sha256(path)
     # Round-trip through JSON first, so the host signs over exactly what it reads.
-    doc = json.loads(json.dumps({**index, "format": FORMAT, "files": files}, default=str))
+    doc: dict[str, Any] = json.loads(
+        json.dumps({**index, "format": FORMAT, "files": files}, default=str)
+    )
     doc["signature"] = {"scheme": SCHEME, "value": sign(doc, key)} if key else None
     tmp = ml_root / "model" / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(doc, indent=1))
@@ -328,7 +330,7 @@ class RunOutputs:
             return None
         if rel not in files:
             raise self._refuse(rel, "not listed in the signed manifest")
-        return files[rel]
+        return str(files[rel])
 
     def exists(self, rel: str) -> bool:
         files = self.manifest().get("files")

@@ -234,7 +234,8 @@ def get_object(uri: str, env: Mapping[str, str], timeout: float = 60) -> bytes:
         with urllib.request.urlopen(
             urllib.request.Request(url, headers=headers), timeout=timeout
         ) as resp:
-            return resp.read()
+            body: bytes = resp.read()
+            return body
     except urllib.error.HTTPError as exc:
         raise UploadError(f"S3 answered {exc.code} for GET {url}") from exc
     except OSError as exc:

@@ -50,7 +50,7 @@ class Dependencies:
         return [f"{n}=={v}" for n, v in sorted(self.lock.items())]
 
 
-def _direct_url(dist: md.Distribution) -> dict | None:
+def _direct_url(dist: md.Distribution) -> dict[str, Any] | None:
     try:
         text = dist.read_text("direct_url.json")
     except Exception:
@@ -117,7 +117,7 @@ def _capture(in_image: bool) -> tuple[Dependencies, dict[str, Path]]:
     seen: set[str] = set()
     for dist in md.distributions():
         meta = dist.metadata
-        name = meta["Name"] if "Name" in meta else None  # a broken .dist-info has none
+        name = meta["Name"] if "Name" in meta else None  # noqa: SIM401 - a broken .dist-info has none; PackageMetadata has no get
         if not name:
             continue
         canon = _canon(name)

@@ -303,9 +303,7 @@ def is_secret(name: str, value: str = "") -> bool:
         return False
     if value and plain_value(value):
         return False
-    if words <= _FIELD_WORDS and _IDENTIFIER.match(value.strip()):
-        return False
-    return True
+    return not (words <= _FIELD_WORDS and _IDENTIFIER.match(value.strip()))
 
 
 def filter_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:

@@ -184,7 +184,7 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                 cell.locator(
                     ".widget-html", has_text=re.compile("cmp-1.*SUCCEEDED")
                 ).first.wait_for(timeout=300_000)
-                rows = cell.locator(".widget-hbox").all_inner_texts()
+                rows = cell.locator(".widget-hbox").all_inner_texts()  # type: ignore[assignment]
                 assert [r.split()[0] for r in rows if re.match(r"cmp-\d+\s", r)] == [
                     "cmp-2",
                     "cmp-3",

@@ -10,7 +10,7 @@ from jupyter_client import KernelManager
 
 from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.runtime.errors import ImageNotFound, ImageNotUsable, KernelDied
-from tests.helpers import started
+from tests.helpers import docker_provisioner, started
 
 from .conftest import BASE_IMAGE
 
@@ -23,7 +23,7 @@ def test_missing_image_is_reported_before_the_start(engine: Engine, make_kernels
     assert err.value.image == "nbcontainer/does-not-exist:1"
     assert "could not be pulled" in str(err.value)
     assert "nbcontainer image build" in str(err.value)
-    assert km.provisioner is None or km.provisioner.container_id is None
+    assert km.provisioner is None or docker_provisioner(km).container_id is None
 
 
 def test_image_without_ipykernel_is_refused(engine: Engine, make_kernelspec) -> None:
@@ -54,7 +54,7 @@ def test_kernel_dying_at_once_fails_the_start_with_its_log(engine: Engine, make_
     try:
         with pytest.raises(RuntimeError, match="died"):
             kc.wait_for_ready(timeout=30)
-        assert "boom at once" in km.provisioner.exit_error.log_tail
+        assert "boom at once" in docker_provisioner(km).exit_error.log_tail
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -79,7 +79,7 @@ def test_kernel_dying_during_start_reports_its_last_log_lines(
     try:
         with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="died"):
             kc.wait_for_ready(timeout=30)
-        err = km.provisioner.exit_error
+        err = docker_provisioner(km).exit_error
         assert err is not None and err.exit_code == 3 and not err.oom_killed
         assert "boom at start" in err.log_tail
         assert "boom at start" in caplog.text
@@ -93,7 +93,7 @@ def test_out_of_memory_is_reported_and_restart_works(
 ) -> None:
     name = make_kernelspec("nbc-oom", memory="160m")
     with started(name) as (km, kc):
-        info = engine.inspect(km.provisioner.container_id)
+        info = engine.inspect(docker_provisioner(km).container_id)
         assert info["HostConfig"]["Memory"] == 160 * 1024**2
         with caplog.at_level(logging.ERROR):
             kc.execute("hog = b'x' * (600 * 1024 ** 2)")
@@ -101,7 +101,7 @@ def test_out_of_memory_is_reported_and_restart_works(
             while km.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert not km.is_alive(), "the kernel should have been killed"
-        err = km.provisioner.exit_error
+        err = docker_provisioner(km).exit_error
         assert err is not None and err.oom_killed
         assert "OOMKilled" in caplog.text and "160m" in caplog.text
 
@@ -109,4 +109,4 @@ def test_out_of_memory_is_reported_and_restart_works(
         kc.wait_for_ready(timeout=60)
         reply = kc.execute_interactive("small = b'x' * 1024", timeout=30)
         assert reply["content"]["status"] == "ok"
-        assert km.provisioner.exit_error is None
+        assert docker_provisioner(km).exit_error is None

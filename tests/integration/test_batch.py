@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -121,7 +122,7 @@ def test_a_batch_run_gives_the_results_of_a_local_run_of_the_same_image(
 
 def test_the_second_run_pushes_only_the_snapshot_layer(batch_ip, ledger: Ledger) -> None:
     ip = batch_ip
-    backend = get_backend("batch")
+    backend: Any = get_backend("batch")  # a BatchBackend: its push and client
     ip.run_cell("%%remote_run --backend batch --name push1\nout1 = docs.w.sum() * topics")
     first = backend.last_push
     ip.run_cell("more = list(range(1000))")  # another snapshot, the same dependencies
@@ -205,7 +206,7 @@ def test_cancel_while_running_stops_the_job(batch_ip, ledger: Ledger) -> None:
     row = ledger.find(name="long")[0]
     assert row["status"] == "CANCELLED"
     assert time.monotonic() - t0 < 50, "the run must end long before the cell would have"
-    batch = get_backend("batch").batch
+    batch = get_backend("batch").batch  # type: ignore[attr-defined]  # a BatchBackend's client
     job_id = row["job"]["job_id"]
     deadline = time.monotonic() + 20
     while batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] not in ("FAILED", "SUCCEEDED"):
@@ -230,7 +231,7 @@ def test_a_missing_queue_is_a_clear_error_and_the_run_is_recorded(batch_ip, ledg
     assert isinstance(err, MissingSetting) and "BatchBackend.queue" in str(err), err
     assert "NBCONTAINER_BATCH_QUEUE" in str(err)
     row = ledger.find(name="noq")[0]
-    assert row["status"] == "FAILED" and "batch_queue" in row["failure"]
+    assert row["status"] == "FAILED" and "BatchBackend.queue" in row["failure"]
 
 
 def test_missing_credentials_are_a_clear_error_before_any_build(
@@ -455,11 +456,15 @@ def test_runs_submitted_from_several_threads_at_once_each_keep_their_own_setting
     ip.run_line_magic("config", "BatchBackend.queue = 'not-this-one'")  # meanwhile
     for t in threads:
         t.join(600)
+    ip.run_line_magic("config", f"BatchBackend.queue = {os.environ['NBCONTAINER_BATCH_QUEUE']!r}")
     assert errors == []
     for i, name in enumerate(queues):
         row = ledger.get(f"thread{i}-1")
         assert row["status"] == "SUCCEEDED", row["failure"]
         (job,) = batch.describe_jobs(jobs=[row["job"]["job_id"]])["jobs"]
         assert job["jobQueue"].endswith(f"/{name}") or job["jobQueue"] == name, job["jobQueue"]
-        assert job["container"]["image"].startswith(f"{registry}-team{i}@sha256:")
-        assert row["image"].startswith(f"{registry}-team{i}@sha256:")
+        (definition,) = batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])[
+            "jobDefinitions"
+        ]
+        image = definition["containerProperties"]["image"]
+        assert image.startswith(f"{registry}-team{i}@sha256:") and row["image"] == image

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jupyter_client import KernelManager
 
 from nbcontainer_kernel.docker.engine import Engine
-from tests.helpers import run, stdout_of
+from tests.helpers import docker_provisioner, inspected, run, stdout_of
 
 
 @pytest.fixture
 def kernel(make_kernelspec):
-    started = []
+    started: list[Any] = []
 
     def start(**options):
         km = KernelManager(kernel_name=make_kernelspec(f"nbc-opt{len(started)}", **options))
@@ -45,8 +46,8 @@ def test_environment_is_the_spec_env_plus_the_allowlist(
     assert env["NBC_TEST_ALLOWED"] == "passed-through"
     assert env["TZ"] == "Europe/Paris"
     assert "MY_API_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
-    inspected = engine.inspect(km.provisioner.container_id)["Config"]["Env"]
-    assert not any("s3cr3t" in e for e in inspected)
+    stored_env = inspected(engine, docker_provisioner(km).container_id)["Config"]["Env"]
+    assert not any("s3cr3t" in e for e in stored_env)
 
 
 def test_user_resources_mounts_and_labels(engine: Engine, kernel, tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ def test_user_resources_mounts_and_labels(engine: Engine, kernel, tmp_path: Path
     )
     # the kernel runs as the given user and the read-only mount refuses writes
     assert out == "1234 2345 mounted\nOSError\n"
-    info = engine.inspect(km.provisioner.container_id)
+    info = engine.inspect(docker_provisioner(km).container_id)
     host = info["HostConfig"]
     assert host["NanoCpus"] == 500_000_000
     assert host["Memory"] == host["MemorySwap"] == 256 * 1024**2
@@ -101,7 +102,7 @@ def test_a_kernel_reaches_docker_through_the_guard_by_default_as_any_user(
     engine: Engine, kernel
 ) -> None:
     km, kc = kernel(user="4321:4321")
-    assert km.provisioner.docker_access == "guarded"
+    assert docker_provisioner(km).docker_access == "guarded"
     # The guard speaks HTTP/1.1 only (what docker-py and the CLI speak).
     assert stdout_of(run(kc, PING_AND_VOLUMES)[1]).strip() == (
         "HTTP/1.1 200 OK | HTTP/1.1 403 Forbidden | HTTP/1.1 505 HTTP Version Not Supported"
@@ -123,7 +124,7 @@ def test_no_docker_access_leaves_no_socket_and_says_why_docker_is_missing(
 
 def test_host_network_binds_loopback_only(engine: Engine, kernel) -> None:
     km, kc = kernel(network_mode="host")
-    info = engine.inspect(km.provisioner.container_id)
+    info = engine.inspect(docker_provisioner(km).container_id)
     assert info["HostConfig"]["NetworkMode"] == "host"
     # The kernel read its connection file and removed it; the app holds what it said.
     code = (

@@ -19,7 +19,7 @@ from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.guard import GUARD_KERNEL, current_guard
 from nbcontainer_kernel.guard.server import DIR_PREFIX
 from nbcontainer_kernel.remote.ledger import Ledger
-from tests.helpers import run, started, stdout_of
+from tests.helpers import docker_provisioner, inspected, run, started, stdout_of
 
 BASE = "nbcontainer/base:bookworm"
 
@@ -88,7 +88,7 @@ def test_a_guarded_kernel_is_refused_what_would_reach_the_host(
     try:
         engine.start(foreign)
         with started(make_kernelspec("nbc-guard-refusals"), cwd=str(tmp_path)) as (km, kc):
-            assert km.provisioner.docker_access_mode == "guarded"
+            assert docker_provisioner(km).docker_access_mode == "guarded"
             content, outputs = run(kc, ATTEMPTS.format(base=BASE, foreign=foreign.id), 120)
             assert content["status"] == "ok", outputs
             answers = json.loads(stdout_of(outputs))
@@ -233,7 +233,7 @@ def test_attacks_from_a_guarded_kernels_cells_are_refused_and_starve_no_one(
         user = f"{os.getuid()}:{os.getgid()}"  # the kernel's user: 'host', the default
         mounts = {str(tmp_path.resolve()), str(read_only.resolve())}
         attacks_judge(results, engine, user, attacker, mounts)
-        assert foreign.id == engine.inspect(foreign.id)["Id"]  # untouched
+        assert foreign.id == inspected(engine, foreign.id)["Id"]  # untouched
 
         lab.execute(attacker, HOLD_IN_A_CELL.format(hold=8), timeout=120)
         took, api = [], []

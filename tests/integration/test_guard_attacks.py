@@ -36,6 +36,7 @@ from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.guard import GUARD_KERNEL, DockerGuard, Grant
 from nbcontainer_kernel.kernel.provisioner import _docker_socket_path
 from tests import guard_attacks as attacks
+from tests.helpers import inspected
 
 BASE = "nbcontainer/base:bookworm"
 USER = "1000:1000"
@@ -217,7 +218,7 @@ def test_a_kernel_gets_no_more_containers_than_its_limit(
         # What is left of the kernel's 64 MiB: 24 MiB, given when none is asked.
         second = attacks.create(ctx, body)
         assert second["status"] == 201, second
-        assert engine.inspect(second["created"])["HostConfig"]["Memory"] == 24 << 20
+        assert inspected(engine, second["created"])["HostConfig"]["Memory"] == 24 << 20
         third = attacks.create(ctx, body)
         assert third["status"] == 403 and "leave 0" in third["message"], third
     finally:

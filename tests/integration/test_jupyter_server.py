@@ -11,7 +11,7 @@ import pytest
 
 from nbcontainer_kernel.docker import labels
 from nbcontainer_kernel.docker.engine import Engine
-from tests.helpers import run_gc
+from tests.helpers import inspected, run_gc
 from tests.lab import Lab
 
 
@@ -56,7 +56,7 @@ def test_sigkilled_server_leaves_a_container_that_gc_removes(
     [container] = _kernel_containers(engine, kernel["id"])
     lab.proc.send_signal(signal.SIGKILL)
     lab.proc.wait(timeout=10)
-    assert engine.inspect(container.id)["State"]["Running"]
+    assert inspected(engine, container.id)["State"]["Running"]
     out = run_gc()
     assert container.name in out
     assert engine.inspect(container.id) is None

@@ -10,7 +10,15 @@ import pytest
 from jupyter_client import AsyncKernelManager, KernelManager
 
 from nbcontainer_kernel.docker.engine import Engine
-from tests.helpers import interrupt_and_reply, run, start_busy_loop, started, stdout_of
+from tests.helpers import (
+    docker_provisioner,
+    inspected,
+    interrupt_and_reply,
+    run,
+    start_busy_loop,
+    started,
+    stdout_of,
+)
 
 
 def test_start_execute_interrupt_restart_shutdown(engine: Engine, make_kernelspec) -> None:
@@ -21,8 +29,8 @@ def test_start_execute_interrupt_restart_shutdown(engine: Engine, make_kernelspe
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=60)
-        container_id = km.provisioner.container_id
-        assert engine.inspect(container_id)["State"]["Running"]
+        container_id = docker_provisioner(km).container_id
+        assert inspected(engine, container_id)["State"]["Running"]
 
         # stdout and rich display come back
         content, outputs = run(
@@ -50,13 +58,13 @@ def test_start_execute_interrupt_restart_shutdown(engine: Engine, make_kernelspe
         # restart: a fresh container, the state is gone
         km.restart_kernel(now=True)
         kc.wait_for_ready(timeout=60)
-        assert km.provisioner.container_id != container_id
+        assert docker_provisioner(km).container_id != container_id
         assert engine.inspect(container_id) is None, "the old container must be removed"
         content, outputs = run(kc, "print('x' in dir())")
         assert stdout_of(outputs) == "False\n"
     finally:
         kc.stop_channels()
-        new_id = km.provisioner.container_id
+        new_id = docker_provisioner(km).container_id
         km.shutdown_kernel()
     assert not km.is_alive()
     assert engine.inspect(new_id) is None
@@ -93,13 +101,13 @@ async def test_async_kernel_manager(engine: Engine, make_kernelspec) -> None:
         reply = await kc.execute_interactive("print(6 * 7)", timeout=30)
         assert reply["content"]["status"] == "ok"
         assert await km.is_alive()
-        first = km.provisioner.container_id
+        first = docker_provisioner(km).container_id
         await km.restart_kernel(now=True)
         await kc.wait_for_ready(timeout=60)
-        assert km.provisioner.container_id not in (None, first)
+        assert docker_provisioner(km).container_id not in (None, first)
     finally:
         kc.stop_channels()
-        cid = km.provisioner.container_id
+        cid = docker_provisioner(km).container_id
         await km.shutdown_kernel()
     assert engine.inspect(cid) is None
 
@@ -115,7 +123,7 @@ def test_two_kernels_have_separate_ports_and_state(engine: Engine, make_kernelsp
             kc.start_channels()
             kc.wait_for_ready(timeout=60)
             kcs.append(kc)
-        ports = [set(km.provisioner._host_ports.values()) for km in kms]
+        ports = [set(docker_provisioner(km)._host_ports.values()) for km in kms]
         assert not ports[0] & ports[1]
         run(kcs[0], "state = 'first'")
         run(kcs[1], "state = 'second'")
@@ -136,7 +144,7 @@ def test_ports_are_published_on_loopback_only(engine: Engine, make_kernelspec) -
     km = KernelManager(kernel_name=name)
     km.start_kernel()
     try:
-        info = engine.inspect(km.provisioner.container_id)
+        info = engine.inspect(docker_provisioner(km).container_id)
         bindings = [b for v in info["NetworkSettings"]["Ports"].values() for b in (v or [])]
         assert len(bindings) == 5
         assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}
@@ -164,7 +172,9 @@ def test_curve_encryption_keeps_out_a_client_without_the_keys(
         assert info.get("curve_publickey"), "CurveZMQ keys must be in the connection info"
         # The same ports and HMAC key, but no Curve keys: the kernel must not answer.
         plain = BlockingKernelClient()
-        plain.load_connection_info({k: v for k, v in info.items() if not k.startswith("curve")})
+        plain.load_connection_info(
+            {k: v for k, v in info.items() if not k.startswith("curve")}  # type: ignore[arg-type]
+        )
         plain.start_channels()
         try:
             plain.kernel_info()
@@ -184,7 +194,7 @@ def test_reattach_with_provisioner_info(engine: Engine, make_kernelspec) -> None
     kc.wait_for_ready(timeout=60)
     run(kc, "remembered = 'yes'")
     kc.stop_channels()
-    info = asyncio.run(km.provisioner.get_provisioner_info())
+    info = asyncio.run(docker_provisioner(km).get_provisioner_info())
     conn = km.get_connection_info()
 
     from jupyter_client.provisioning import KernelProvisionerFactory
@@ -194,7 +204,7 @@ def test_reattach_with_provisioner_info(engine: Engine, make_kernelspec) -> None
     km2.provisioner = KernelProvisionerFactory.instance().create_provisioner_instance(
         km.kernel_id, km2.kernel_spec, parent=km2
     )
-    asyncio.run(km2.provisioner.load_provisioner_info(info))
+    asyncio.run(docker_provisioner(km2).load_provisioner_info(info))
     km2.load_connection_info(conn)
     assert km2.is_alive()
     kc2 = km2.client()
@@ -206,4 +216,4 @@ def test_reattach_with_provisioner_info(engine: Engine, make_kernelspec) -> None
         kc2.stop_channels()
         km2.shutdown_kernel(now=True)
     assert engine.inspect(info["container_id"]) is None
-    km.provisioner.container_id = None  # km2 owns and removed it
+    docker_provisioner(km).container_id = None  # km2 owns and removed it

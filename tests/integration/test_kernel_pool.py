@@ -23,7 +23,16 @@ from nbcontainer_kernel.guard.server import DIR_PREFIX
 from nbcontainer_kernel.kernel import pool
 from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.runtime.contract import KERNEL_CONNECTION_DIR
-from tests.helpers import interrupt_and_reply, run, run_gc, start_busy_loop, started, stdout_of
+from tests.helpers import (
+    docker_provisioner,
+    inspected,
+    interrupt_and_reply,
+    run,
+    run_gc,
+    start_busy_loop,
+    started,
+    stdout_of,
+)
 
 from .conftest import own_containers
 
@@ -38,7 +47,7 @@ def _ready_pool() -> pool.KernelPool:
 def _pool_after_a_cold_start(name: str, cwd: Path) -> pool.KernelPool:
     """The first kernel of a shape starts cold (and is shut down); its pool, filled."""
     with started(name, cwd=str(cwd)) as (km, _kc):
-        assert km.provisioner.container_name != f"nbcontainer-kernel-{km.kernel_id}"
+        assert docker_provisioner(km).container_name != f"nbcontainer-kernel-{km.kernel_id}"
     return _ready_pool()
 
 
@@ -63,9 +72,9 @@ def test_a_claimed_kernel_executes_interrupts_restarts_and_shuts_down(
     (notebook_dir / "data.txt").write_text("beside the notebook")
     _pool_after_a_cold_start(name, tmp_path)
     with started(name, cwd=str(notebook_dir)) as (km, kc):
-        cid = km.provisioner.container_id
-        assert km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"
-        assert engine.inspect(cid)["Name"] == f"/nbcontainer-kernel-{km.kernel_id}"
+        cid = docker_provisioner(km).container_id
+        assert docker_provisioner(km).container_name == f"nbcontainer-kernel-{km.kernel_id}"
+        assert inspected(engine, cid)["Name"] == f"/nbcontainer-kernel-{km.kernel_id}"
         content, outputs = run(
             kc,
             "import os\nprint(os.getcwd(), open('data.txt').read(), os.environ['NBC_SPEC_VALUE'], "
@@ -84,10 +93,10 @@ def test_a_claimed_kernel_executes_interrupts_restarts_and_shuts_down(
         assert interrupt_and_reply(km, kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
         km.restart_kernel(now=True)
         kc.wait_for_ready(timeout=60)
-        assert km.provisioner.container_id != cid and engine.inspect(cid) is None
+        assert docker_provisioner(km).container_id != cid and engine.inspect(cid) is None
         content, outputs = run(kc, "print(41 + 1)")
         assert stdout_of(outputs) == "42\n"
-        restarted = km.provisioner.container_id
+        restarted = docker_provisioner(km).container_id
     assert engine.inspect(restarted) is None
 
 
@@ -117,7 +126,7 @@ def test_two_kernels_started_at_once_get_two_containers(
                 kc.start_channels()
                 await kc.wait_for_ready(timeout=60)
                 kc.stop_channels()
-            return [km.provisioner.container_id for km in kms]
+            return [docker_provisioner(km).container_id for km in kms]
         finally:
             await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms))
 
@@ -138,8 +147,8 @@ def test_fifty_start_stop_cycles_leave_only_the_pool_and_closing_leaves_nothing(
         kc = km.client()
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
-        seen.add(km.provisioner.container_id)
-        claimed += km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"
+        seen.add(docker_provisioner(km).container_id)
+        claimed += docker_provisioner(km).container_name == f"nbcontainer-kernel-{km.kernel_id}"
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert len(seen) == 50 and claimed >= 5
@@ -157,7 +166,7 @@ def test_pool_size_zero_starts_every_kernel_in_a_new_container(
     for _ in range(2):
         with started(name, cwd=str(tmp_path)) as (km, kc):
             assert stdout_of(run(kc, "print('ok')")[1]) == "ok\n"
-            assert km.provisioner.container_name != f"nbcontainer-kernel-{km.kernel_id}"
+            assert docker_provisioner(km).container_name != f"nbcontainer-kernel-{km.kernel_id}"
     time.sleep(1.5)  # past the refill delay: still nothing made
     assert pool.pools() == [] and own_containers(engine) == []
 
@@ -171,7 +180,7 @@ OWNER_SCRIPT = textwrap.dedent("""
     [p] = pool.pools()
     p.fill()
     assert p.wait_ready(60)
-    print(km.provisioner.container_id, flush=True)
+    print(docker_provisioner(km).container_id, flush=True)
     sys.stdin.read()
 """)
 
@@ -197,8 +206,8 @@ def test_kill_9_of_the_server_then_gc_leaves_no_pool_container(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         proc.stdout.close()
-        proc.stdin.close()  # type: ignore[union-attr]
-    assert engine.inspect(waiting[0])["State"]["Running"], "kill -9 leaves the pool behind"
+        proc.stdin.close()
+    assert inspected(engine, waiting[0])["State"]["Running"], "kill -9 leaves the pool behind"
     guard_dirs = list(Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}{proc.pid}-*"))
     assert guard_dirs, "the killed server's kernel had a Docker guard socket"
     out = run_gc()
@@ -214,12 +223,12 @@ def test_remote_run_from_a_claimed_kernel_commits_its_container(
     name = make_kernelspec("nbc-pool-remote")
     _pool_after_a_cold_start(name, tmp_path)
     with started(name, cwd=str(tmp_path)) as (km, kc):
-        assert km.provisioner.container_name == f"nbcontainer-kernel-{km.kernel_id}"
+        assert docker_provisioner(km).container_name == f"nbcontainer-kernel-{km.kernel_id}"
         assert run(kc, "x = 20")[0]["status"] == "ok"
         content, outputs = run(kc, "%%remote_run --local --name pooled\ny = x + 22", timeout=300)
         assert content["status"] == "ok", [o["content"] for o in outputs]
         assert stdout_of(run(kc, "print(y)")[1]) == "42\n"
-        made_by_kernel = {labels.OWNER_CONTAINER: km.provisioner.container_id[:12]}
+        made_by_kernel = {labels.OWNER_CONTAINER: docker_provisioner(km).container_id[:12]}
         assert engine.containers(made_by_kernel), "the kernel keeps a warm runner waiting"
     # Shut down with now=True: the kernel is killed, its own exit never runs.
     assert ledger.get("pooled-1")["status"] == "SUCCEEDED"

@@ -12,7 +12,7 @@ from jupyter_client import KernelManager
 
 from nbcontainer_kernel.docker import labels
 from nbcontainer_kernel.docker.engine import Engine
-from tests.helpers import run, stdout_of
+from tests.helpers import docker_provisioner, run, stdout_of
 
 
 def _probe_wheel(dest: Path) -> Path:
@@ -72,7 +72,9 @@ def test_cell_run_from_a_containerized_kernel_uses_its_runtime_installs(
         assert deps.startswith("nbcontainer/kernel-commit:")
         committed = engine.get_image(deps)
         assert committed.labels[labels.ROLE] == "deps-image"
-        assert committed.labels["io.nbcontainer.committed-from"] == km.provisioner.container_id
+        assert (
+            committed.labels["io.nbcontainer.committed-from"] == docker_provisioner(km).container_id
+        )
         # The kernel's connection secrets are not in the committed image.
         raw = b"".join(committed.save(named=True))
         assert km.session.key not in raw
@@ -81,7 +83,7 @@ def test_cell_run_from_a_containerized_kernel_uses_its_runtime_installs(
         if run_tag:
             engine.remove_image(run_tag, force=True)
         kc.stop_channels()
-        container_id = km.provisioner.container_id
+        container_id = docker_provisioner(km).container_id
         km.shutdown_kernel(now=True)
     # The commit goes with its kernel.
     assert engine.images({"io.nbcontainer.committed-from": container_id}) == []

@@ -15,7 +15,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from nbcontainer_kernel.docker import orphans
 from nbcontainer_kernel.docker.engine import Engine
-from tests.helpers import run_gc
+from tests.helpers import docker_provisioner, inspected, run_gc
 
 from .conftest import own_containers
 
@@ -31,7 +31,7 @@ def test_twenty_start_stop_cycles_leave_nothing_behind(engine: Engine, make_kern
         kc = km.client()
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
-        seen.add(km.provisioner.container_id)
+        seen.add(docker_provisioner(km).container_id)
         kc.stop_channels()
         km.shutdown_kernel()
     assert len(seen) == 20
@@ -46,7 +46,7 @@ OWNER_SCRIPT = textwrap.dedent("""
     from jupyter_client import KernelManager
     km = KernelManager(kernel_name=sys.argv[1])
     km.start_kernel()
-    print(km.provisioner.container_id, flush=True)
+    print(docker_provisioner(km).container_id, flush=True)
     time.sleep(600)
 """)
 
@@ -77,10 +77,10 @@ def test_gc_removes_the_container_of_a_sigkilled_owner(engine: Engine, make_kern
     try:
         # While the owner lives, gc leaves its kernel alone.
         out = run_gc()
-        assert cid[:12] not in out and engine.inspect(cid)["State"]["Running"]
+        assert cid[:12] not in out and inspected(engine, cid)["State"]["Running"]
     finally:
         _kill9(proc)
-    assert engine.inspect(cid)["State"]["Running"], "SIGKILL leaves the container running"
+    assert inspected(engine, cid)["State"]["Running"], "SIGKILL leaves the container running"
     out = run_gc()
     assert "removed 1 orphaned container(s)" in out or engine.inspect(cid) is None
     assert engine.inspect(cid) is None
@@ -98,7 +98,7 @@ def test_next_provisioner_start_sweeps_orphans(engine: Engine, make_kernelspec) 
         while engine.inspect(cid) is not None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert engine.inspect(cid) is None
-        assert engine.inspect(cid2)["State"]["Running"]
+        assert inspected(engine, cid2)["State"]["Running"]
     finally:
         _kill9(proc2)
         engine.remove(cid2)

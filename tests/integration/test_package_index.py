@@ -18,7 +18,7 @@ import pytest
 from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.images.package_index import NO_INDEX_NOTE
 from nbcontainer_kernel.remote.ledger import Ledger
-from tests.helpers import run, started, stdout_of
+from tests.helpers import docker_provisioner, inspected, run, started, stdout_of
 from tests.index_server import (
     closed_port_url,
     make_pki,
@@ -70,7 +70,7 @@ def test_pip_install_in_a_kernel_uses_the_hosts_index_and_ca(
         if user != "host":  # not the image's environment: the user's own site
             where = stdout_of(run(kc, "print(nbc_probe_pkg.__file__)")[1])
             assert where.startswith("/tmp/.local/"), where
-        info = engine.inspect(km.provisioner.container_id)
+        info = engine.inspect(docker_provisioner(km).container_id)
         assert info is not None
         # Read when the kernel started, from the host; the CA mounted read-only.
         ca = [m for m in info["Mounts"] if m["Destination"].endswith("host-ca-certificates.crt")]
@@ -101,7 +101,8 @@ def test_pip_install_from_a_file_index_mirror_whose_pages_link_elsewhere(
         assert "Successfully installed nbc-mirror-pkg-2.0" in _stream(outputs), _stream(outputs)
         assert stdout_of(run(kc, "import nbc_mirror_pkg\nprint(nbc_mirror_pkg.VALUE)")[1]) == "7\n"
         mounts = {
-            m["Source"]: m["RW"] for m in engine.inspect(km.provisioner.container_id)["Mounts"]
+            m["Source"]: m["RW"]
+            for m in inspected(engine, docker_provisioner(km).container_id)["Mounts"]
         }
         assert mounts[str(mirror / "files")] is False and mounts[str(mirror / "simple")] is False
 

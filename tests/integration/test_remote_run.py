@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from jupyter_client import KernelManager
@@ -118,7 +119,7 @@ def test_no_wait_then_cancel_stops_the_container(engine: Engine, ip, ledger: Led
     assert _run_containers(engine, "bg-1") == []
 
 
-def _kernel(make_kernelspec, tmp_path: Path) -> tuple[KernelManager, object]:
+def _kernel(make_kernelspec, tmp_path: Path) -> tuple[KernelManager, Any]:
     km = KernelManager(kernel_name=make_kernelspec("nbc-magics"))
     km.start_kernel(cwd=str(tmp_path))
     kc = km.client()

@@ -133,7 +133,7 @@ def test_unserializable_values_are_skipped_and_the_run_works(build_and_run, tmp_
     import socket
     import threading
 
-    fh = open(tmp_path / "f.txt", "w")
+    fh = open(tmp_path / "f.txt", "w")  # noqa: SIM115 - an open file is the value under test
     sock = socket.socket()
     try:
         ns = {

@@ -79,6 +79,7 @@ def test_a_cell_sends_a_valid_training_job_request_and_the_run_is_recorded(
         .operation_model("CreateTrainingJob")
         .input_shape
     )
+    assert shape is not None
     report = ParamValidator().validate(request, shape)
     assert not report.has_errors(), report.generate_report()
     algo = request["AlgorithmSpecification"]

@@ -114,7 +114,7 @@ def test_outputs_tampered_after_a_real_run_are_refused(
     marker = tmp_path / "MARKER"
 
     class Payload:
-        def __reduce__(self):  # type: ignore[no-untyped-def]
+        def __reduce__(self):
             return (Path.touch, (marker,))
 
     (model / "lookup.pkl").write_bytes(pickle.dumps(Payload()))

@@ -50,7 +50,7 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocker]:
             }
         }
     )
-    engine = Engine(fake)  # type: ignore[arg-type]
+    engine = Engine(fake)
     monkeypatch.setattr(provisioner_module, "get_engine", lambda: engine)
     monkeypatch.setattr(provisioner_module, "_swept", True)  # the orphan sweep has its own tests
     yield fake

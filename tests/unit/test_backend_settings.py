@@ -105,7 +105,7 @@ def test_a_runs_settings_do_not_change_when_the_backend_is_configured_meanwhile(
     )
     assert seen == ["before"] and queues.specs["a-1"].settings["queue"] == "before"
     with pytest.raises(TypeError):
-        queues.specs["a-1"].settings["queue"] = "x"  # type: ignore[index]
+        queues.specs["a-1"].settings["queue"] = "x"
     runner.run(RemoteRequest("y = 1", name="b", backend="scripted-queues"), {}, Hooks())
     assert queues.specs["b-1"].settings["queue"] == "after"
 
@@ -208,4 +208,4 @@ def test_a_runspec_made_without_settings_has_an_empty_frozen_mapping() -> None:
     spec = RunSpec("r-1", "img")
     assert dict(spec.settings) == {}
     with pytest.raises(TypeError):
-        spec.settings["x"] = 1  # type: ignore[index]
+        spec.settings["x"] = 1

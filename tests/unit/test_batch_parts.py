@@ -34,6 +34,7 @@ from nbcontainer_kernel.runtime.upload import (
     sign_request,
     split_s3_uri,
 )
+from tests.helpers import examples
 
 # ---------------------------------------------------------------- SigV4 in the runner
 _keys = st.text(
@@ -43,7 +44,7 @@ _keys = st.text(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     key=_keys,
     secret=st.text(min_size=8, max_size=40),
@@ -141,10 +142,14 @@ def test_a_child_finds_its_index(env: dict[str, str], index: int | None) -> None
     assert array_index(env) == index
 
 
+def _no_s3(uri: str) -> bytes:
+    raise AssertionError(f"nothing is read from S3 here ({uri})")
+
+
 def test_a_child_picks_its_row_and_refuses_a_table_changed_in_s3() -> None:
     rows = [{"lr": 0.1}, {"lr": 0.01}]
     table = json.dumps(rows)
-    assert sweep_row({"NBCONTAINER_SWEEP": table, "AWS_BATCH_JOB_ID": "j:1"}, bytes) == (
+    assert sweep_row({"NBCONTAINER_SWEEP": table, "AWS_BATCH_JOB_ID": "j:1"}, _no_s3) == (
         1,
         {"lr": 0.01},
     )
@@ -157,10 +162,10 @@ def test_a_child_picks_its_row_and_refuses_a_table_changed_in_s3() -> None:
     with pytest.raises(ValueError, match="not the one submitted"):
         sweep_row(env, lambda _uri: json.dumps([{"lr": 99}, {"lr": 0.01}]).encode())
     with pytest.raises(ValueError, match="outside the sweep's 2 rows"):
-        sweep_row({"NBCONTAINER_SWEEP": table, "AWS_BATCH_JOB_ARRAY_INDEX": "2"}, bytes)
+        sweep_row({"NBCONTAINER_SWEEP": table, "AWS_BATCH_JOB_ARRAY_INDEX": "2"}, _no_s3)
     with pytest.raises(ValueError, match="needs AWS_BATCH_JOB_ARRAY_INDEX"):
-        sweep_row({"NBCONTAINER_SWEEP": table}, bytes)
-    assert sweep_row({}, bytes) is None
+        sweep_row({"NBCONTAINER_SWEEP": table}, _no_s3)
+    assert sweep_row({}, _no_s3) is None
 
 
 def test_several_sweeps_make_a_grid_and_a_file_makes_rows(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@ source validated; server-wide provisioner defaults from a Jupyter config."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
@@ -17,7 +19,7 @@ from nbcontainer_kernel.runtime.errors import InvalidOption
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A project directory (the cwd) whose pyproject.toml the test writes; no NBCONTAINER_* env."""
     for name in config.environment_variables():
         monkeypatch.delenv(name, raising=False)
@@ -91,7 +93,8 @@ def test_a_bad_environment_value_is_refused_and_names_the_variable(
 
 def test_every_environment_setting_is_named_in_its_trait_help() -> None:
     variables = config.environment_variables()
-    for cls in [RemoteRun, *backend_classes()]:
+    classes: list[type[Any]] = [RemoteRun, *backend_classes()]
+    for cls in classes:
         for name, trait in cls.class_own_traits(config=True).items():
             env = trait.metadata.get("env")
             if env:
@@ -100,7 +103,7 @@ def test_every_environment_setting_is_named_in_its_trait_help() -> None:
     # Each named once: no two settings read one variable.
     envs = [
         t.metadata["env"]
-        for cls in [RemoteRun, *backend_classes()]
+        for cls in classes
         for t in cls.class_own_traits(config=True).values()
         if t.metadata.get("env")
     ]

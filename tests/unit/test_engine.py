@@ -37,7 +37,8 @@ def test_make_tar_owner_and_mode() -> None:
     import tarfile
 
     data = make_tar({"a.json": b"{}"}, uid=1000, gid=1001, mode=0o600)
-    member = tarfile.open(fileobj=io.BytesIO(data)).getmember("a.json")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.getmember("a.json")
     assert (member.uid, member.gid, member.mode, member.size) == (1000, 1001, 0o600, 2)
 
 
@@ -57,8 +58,8 @@ def test_a_container_removed_while_containers_are_listed_makes_the_listing_start
             raise vanishing.pop()
         return real_list(**kw)  # type: ignore[arg-type]
 
-    daemon.containers.list = list_while_one_goes  # type: ignore[method-assign]
-    engine = Engine(daemon)  # type: ignore[arg-type]
+    daemon.containers.list = list_while_one_goes  # type: ignore[method-assign,assignment]
+    engine = Engine(daemon)
     assert [c.id for c in engine.containers({labels.ROLE: "run"})] == [kept.id]
     vanishing.extend([api_error(404, "No such container: gone")] * 5)
     with pytest.raises(ResourceNotFound):

@@ -158,9 +158,8 @@ def test_daemon_errors_are_classified_by_status(
     assert type(error) is expected
     if isinstance(error, EngineError):
         assert error.status_code == status and error.explanation == explanation
-    with pytest.raises(expected) as err:
-        with translate_errors("do a thing", image=image):
-            raise api_error(status, explanation)
+    with pytest.raises(expected) as err, translate_errors("do a thing", image=image):
+        raise api_error(status, explanation)
     assert isinstance(err.value.__cause__, docker.errors.APIError)
 
 

@@ -19,6 +19,7 @@ from nbcontainer_kernel.runtime.cell import restore_namespace, write_results
 from nbcontainer_kernel.runtime.paths import Paths
 from nbcontainer_kernel.runtime.trust import new_key, seal
 from nbcontainer_kernel.snapshots import snapshot
+from tests.helpers import examples
 
 EXACT = {
     "check_exact": True,
@@ -30,7 +31,7 @@ EXACT = {
 
 _INT = st.integers(-(2**40), 2**40)
 _FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=64)
-_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8)
 _TS = st.datetimes(min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(2200, 1, 1))
 
 
@@ -181,7 +182,7 @@ def _result_round_trip(value: Any, tmp: Path) -> tuple[Any, dict[str, Any]]:
 
 
 _SETTINGS = settings(
-    max_examples=150,
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -20,6 +20,7 @@ from nbcontainer_kernel.guard.dockerfile import DockerfileRefused, check_dockerf
 from nbcontainer_kernel.guard.models import CREATE, EXEC_CREATE
 from nbcontainer_kernel.guard.policy import GUARD_KERNEL, Grant
 from nbcontainer_kernel.guard.stored import container_outside, exec_outside, volume_outside
+from tests.helpers import examples
 
 # ------------------------------------------------------------------------- folding
 FOLDS = [
@@ -39,7 +40,7 @@ def test_keys_fold_as_gos_decoder_matches_them(key: str, name: str, same: bool) 
     assert (go_fold(key) == go_fold(name)) is same
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=20))
 def test_folding_is_case_blind_and_idempotent(name: str) -> None:
     assert go_fold(go_fold(name)) == go_fold(name)
@@ -47,7 +48,7 @@ def test_folding_is_case_blind_and_idempotent(name: str) -> None:
         assert go_fold(name.upper()) == go_fold(name.lower())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(
         st.sampled_from(["Image", "image", "IMAGE", "User", "user", "Labels", "Tty", "tTY"]),
@@ -205,7 +206,7 @@ def _rewrite(raw: bytes, chunk: int = 1000) -> list[tarfile.TarInfo]:
         return tar.getmembers()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(mode=st.integers(0, 0o7777), uid=st.integers(0, 65535), chunk=st.integers(1, 4096))
 def test_an_archive_comes_out_owned_by_the_kernel_without_set_id_bits(
     mode: int, uid: int, chunk: int

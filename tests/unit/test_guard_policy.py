@@ -33,6 +33,7 @@ from nbcontainer_kernel.guard.policy import (
     check_create,
     decide,
 )
+from tests.helpers import examples
 
 API = "1.41"
 KERNEL = "k-0123"
@@ -229,7 +230,8 @@ def test_the_kernels_own_mount_may_be_bound_and_a_read_only_one_stays_read_only(
     tmp_path: Path,
 ) -> None:
     rw, ro = tmp_path / "rw", tmp_path / "ro"
-    rw.mkdir(), ro.mkdir()
+    rw.mkdir()
+    ro.mkdir()
     grant = Grant(KERNEL, KERNEL_CID, mounts=((str(rw), False), (str(ro), True)))
     out = _check(_body({"binds": {str(rw): {"bind": "/a", "mode": "rw"}}}), grant)
     assert out["HostConfig"]["Binds"] == [f"{rw}:/a"]
@@ -285,7 +287,7 @@ def test_a_bind_does_not_propagate_mounts(tmp_path: Path, propagation: str) -> N
         _check(_body({"binds": [f"{tmp_path}:/x:{propagation}"]}), grant)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(asked=st.dictionaries(st.text(min_size=1, max_size=40), st.text(max_size=40), max_size=6))
 def test_no_label_a_kernel_asks_for_overrides_the_owner_labels(asked: dict[str, str]) -> None:
     asked = {**asked, GUARD_KERNEL: "someone-else", labels.OWNER_CONTAINER: "f" * 12}
@@ -300,7 +302,7 @@ def test_no_label_a_kernel_asks_for_overrides_the_owner_labels(asked: dict[str, 
     assert json.loads(str(built["labels"]))[GUARD_KERNEL] == KERNEL
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(source=st.text(min_size=1, max_size=60))
 def test_any_host_path_other_than_the_kernels_mounts_is_refused(source: str) -> None:
     allowed = "/srv/notebooks-of-this-kernel"
@@ -318,7 +320,7 @@ def test_any_host_path_other_than_the_kernels_mounts_is_refused(source: str) -> 
                 _check(body, grant)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     field_name=st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", min_size=1),
     value=st.one_of(st.just(True), st.integers(1, 10), st.text(min_size=1), st.just(["x"])),
@@ -349,7 +351,7 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     host=st.dictionaries(
         st.sampled_from(
@@ -405,7 +407,7 @@ def _spellings(name: str) -> st.SearchStrategy[str]:
     return st.lists(st.integers(0, 2), min_size=len(name), max_size=len(name)).map(spell)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     host_key=_spellings("HostConfig"),
     field_key=_spellings("Privileged"),
@@ -425,7 +427,7 @@ def test_a_risky_field_in_any_spelling_is_refused(
     assert caught.value.status in (400, 403)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(type_key=_spellings("Type"), source_key=_spellings("Source"), ro_key=_spellings("ReadOnly"))
 def test_a_mount_spelled_twice_never_becomes_a_bind_of_the_host(
     type_key: str, source_key: str, ro_key: str, tmp_path_factory: Any
@@ -651,7 +653,7 @@ def test_a_query_two_readers_could_read_differently_is_a_400(
     assert caught.value.status == 400 and names in caught.value.reason, caught.value
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     key=st.sampled_from(["networkmode", "remote", "version", "memory", "dockerfile", "q"]),
     values=st.lists(st.sampled_from(["", "1", "host", "2", "bridge", "x"]), min_size=2, max_size=4),

@@ -10,6 +10,7 @@ nothing. What it forwards, against the real daemon: tests/integration/test_guard
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from nbcontainer_kernel.guard import DockerGuard, Grant, remove_stale
 from nbcontainer_kernel.guard.server import DIR_PREFIX
 from nbcontainer_kernel.guard.wire import HttpError, KernelSide, Timeouts
+from tests.helpers import examples
 
 KERNEL_CID = "a" * 64
 
@@ -122,7 +124,7 @@ def test_an_idle_connection_ends_quietly_after_the_idle_timeout() -> None:
         b.close()
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     data=st.one_of(
         st.binary(max_size=300),
@@ -150,12 +152,24 @@ def test_any_bytes_are_a_request_or_a_refusal_never_a_crash(data: bytes) -> None
 
 # ------------------------------------------------------------------- the guard itself
 @pytest.fixture
-def guard(tmp_path: Path) -> Iterator[DockerGuard]:
+def sock_dir() -> Iterator[Path]:
+    """A short directory for unix sockets (pytest's, under parallel workers, can pass the
+    108 bytes a socket path may have)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="gw-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def guard(sock_dir: Path) -> Iterator[DockerGuard]:
     # No daemon: these requests are answered by the guard itself, never forwarded.
     g = DockerGuard(
-        str(tmp_path / "no-daemon.sock"),
+        str(sock_dir / "no-daemon.sock"),
         identify=lambda _: KERNEL_CID,
-        parent=str(tmp_path),
+        parent=str(sock_dir),
         timeouts=Timeouts(idle=1, head=0.5, body=0.5),
         max_connections=30,
         max_per_kernel=10,
@@ -173,10 +187,8 @@ def _ask(path: str, data: bytes) -> bytes:
         s.connect(path)
 
         def send() -> None:
-            try:
+            with contextlib.suppress(OSError):  # the guard answered and closed first
                 s.sendall(data)
-            except OSError:
-                pass  # the guard answered and closed first
 
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
@@ -202,9 +214,9 @@ def test_a_refusal_is_a_403_with_its_reason_and_the_connection_goes_on(
     assert guard.connection_count() == 1
 
 
-def test_a_process_that_is_not_a_granted_kernel_is_refused_everything(tmp_path: Path) -> None:
+def test_a_process_that_is_not_a_granted_kernel_is_refused_everything(sock_dir: Path) -> None:
     for who in (None, "e" * 64):  # not in a container; a container with no grant
-        g = DockerGuard("/nonexistent", identify=lambda _, w=who: w, parent=str(tmp_path))
+        g = DockerGuard("/nonexistent", identify=lambda _, w=who: w, parent=str(sock_dir))  # type: ignore[misc]
         try:
             api = docker.APIClient(base_url=f"unix://{g.path}", version="1.41", timeout=10)
             with pytest.raises(docker.errors.APIError, match="serves nbcontainer's") as caught:
@@ -241,7 +253,7 @@ def test_a_half_sent_request_is_closed_by_the_head_timeout(guard: DockerGuard) -
     assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - start < 4
 
 
-def test_a_failing_identity_check_does_not_end_the_accept_loop(tmp_path: Path) -> None:
+def test_a_failing_identity_check_does_not_end_the_accept_loop(sock_dir: Path) -> None:
     calls = {"n": 0}
 
     def flaky(_: socket.socket) -> str | None:
@@ -250,7 +262,7 @@ def test_a_failing_identity_check_does_not_end_the_accept_loop(tmp_path: Path) -
             raise RuntimeError("boom")  # a bug in one connection's path
         return KERNEL_CID
 
-    g = DockerGuard("/nonexistent", identify=flaky, parent=str(tmp_path))
+    g = DockerGuard("/nonexistent", identify=flaky, parent=str(sock_dir))
     g.grant(Grant(kernel_id="k1", container_id=KERNEL_CID))
     try:
         answers = [
@@ -275,11 +287,11 @@ def test_a_revoked_kernel_loses_its_open_connections(guard: DockerGuard) -> None
 
 
 def test_closing_removes_the_socket_and_its_directory_and_ends_every_thread(
-    tmp_path: Path,
+    sock_dir: Path,
 ) -> None:
     before = {t.ident for t in threading.enumerate()}
     for _ in range(5):
-        g = DockerGuard("/nonexistent", identify=lambda _: KERNEL_CID, parent=str(tmp_path))
+        g = DockerGuard("/nonexistent", identify=lambda _: KERNEL_CID, parent=str(sock_dir))
         g.grant(Grant(kernel_id="k1", container_id=KERNEL_CID))
         s = socket.socket(socket.AF_UNIX)
         s.connect(g.path)  # a connection open when the guard closes
@@ -296,23 +308,23 @@ def test_closing_removes_the_socket_and_its_directory_and_ends_every_thread(
         ]  # fmt: skip
 
     _until(lambda: not leftover())
-    assert not list(tmp_path.glob(f"{DIR_PREFIX}*"))
+    assert not list(sock_dir.glob(f"{DIR_PREFIX}*"))
 
 
 def test_a_dead_processes_guard_directory_is_removed_and_a_live_ones_kept(
-    tmp_path: Path,
+    sock_dir: Path,
 ) -> None:
-    live = DockerGuard("/nonexistent", identify=lambda _: None, parent=str(tmp_path))
-    dead = tmp_path / f"{DIR_PREFIX}999999999-abc"
+    live = DockerGuard("/nonexistent", identify=lambda _: None, parent=str(sock_dir))
+    dead = sock_dir / f"{DIR_PREFIX}999999999-abc"
     dead.mkdir()
     (dead / "docker.sock").touch()
     # A live pid whose socket no longer answers (the pid was reused): stale too.
-    reused = tmp_path / f"{DIR_PREFIX}1-xyz"
+    reused = sock_dir / f"{DIR_PREFIX}1-xyz"
     reused.mkdir()
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(reused / "docker.sock"))
     try:
-        removed = remove_stale(str(tmp_path))
+        removed = remove_stale(str(sock_dir))
         assert sorted(removed) == sorted([str(dead), str(reused)])
         assert Path(live.path).exists()
     finally:

@@ -317,7 +317,7 @@ def test_a_container_made_for_a_claim_that_dies_at_once_is_reported_not_retried(
     from nbcontainer_kernel.runtime.errors import WaiterDied
 
     pool = warm.WarmPool(
-        lambda: Engine(daemon),  # type: ignore[arg-type]
+        lambda: Engine(daemon),
         role=labels.ROLE_RUN_POOL,
         shape="s" * 16,
         image=IMAGE,

@@ -82,7 +82,7 @@ def test_every_provisioner_option_has_an_install_flag_made_from_its_trait() -> N
     from nbcontainer_kernel.cli import build_parser
     from nbcontainer_kernel.docker.options import ContainerOptions
 
-    install = build_parser()._subparsers._group_actions[0].choices["kernelspec"]  # type: ignore[union-attr]
+    install = build_parser()._subparsers._group_actions[0].choices["kernelspec"]
     install = install._subparsers._group_actions[0].choices["install"]
     by_dest = {a.dest: a for a in install._actions}
     for name, trait in ContainerOptions.class_traits(config=True).items():

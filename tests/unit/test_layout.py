@@ -63,7 +63,7 @@ def _imports() -> list[tuple[str, str, str]]:
                 folder = target[1]
                 # The version is a constant of the facade: every layer may read it.
                 if folder not in (source, "__version__"):
-                    found.append((source, folder, f"{rel}:{node.lineno}"))
+                    found.append((source, folder, f"{rel}:{getattr(node, 'lineno', 0)}"))
     return found
 
 

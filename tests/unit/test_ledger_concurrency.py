@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.runtime.errors import LedgerError
+from tests.helpers import examples
 
 WRITERS = 8
 RUNS_EACH = 12
@@ -207,7 +208,7 @@ _OPS = st.lists(
 )
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=examples(8), deadline=None)
 @given(ops=st.lists(_OPS, min_size=3, max_size=3))
 def test_interleaved_operations_of_three_processes_equal_each_ones_own(
     tmp_path_factory: Any, ops: list[list[tuple[str, int]]]

@@ -4,6 +4,7 @@ whole on Ctrl-C, and refused outputs are recorded as such."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -145,13 +146,12 @@ def test_a_timeout_cancels_cleans_and_says_so(runner, ledger, backend) -> None:
 
 def test_cancel_from_another_thread_ends_the_run_cancelled(runner, ledger, backend) -> None:
     backend.scripts = {"*": Script(wait_for_cancel=True)}
-    hooks = Hooks(
-        on_phase=[
-            lambda rid, phase, _t: (
-                phase == Phase.RUNNING and threading.Timer(0.1, runner.cancel, args=(rid,)).start()
-            )
-        ]
-    )
+
+    def cancel_once_running(rid: str, phase: Phase, _t: dict[str, float]) -> None:
+        if phase == Phase.RUNNING:
+            threading.Timer(0.1, runner.cancel, args=(rid,)).start()
+
+    hooks = Hooks(on_phase=[cancel_once_running])
     with pytest.raises(RunCancelled, match="stop-1"):
         runner.run(_req(name="stop"), {"x": 1}, hooks)
     assert ledger.get("stop-1")["status"] == "CANCELLED" and backend.cleaned("stop-1")
@@ -167,7 +167,7 @@ def test_ctrl_c_in_a_sweep_stops_queued_children_and_ends_every_row(
         if phase == Phase.RUNNING and run_id != "sw-1" and not fired.is_set():
             fired.set()
             # Ctrl-C: a real SIGINT to the main thread, which wakes it from its wait.
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
         runner.run(
@@ -240,7 +240,7 @@ def test_attach_of_a_run_that_never_reached_its_backend_says_so(runner, ledger) 
 
 
 class _InterruptsWhenPickled:
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         raise KeyboardInterrupt
 
 
@@ -426,7 +426,7 @@ def test_a_run_the_ledger_cannot_record_is_not_started(
 
     monkeypatch.setattr(ledger, "create", full)
     built: list[object] = []
-    runner.image_builder = lambda *a, **k: built.append(a)  # type: ignore[assignment]
+    runner.image_builder = lambda *a, **k: built.append(a)
     with pytest.raises(LedgerError, match="free space"):
         runner.run(_req(name="nope"), {"x": 1}, Hooks())
     assert built == [] and backend.specs == {}
@@ -443,7 +443,7 @@ def test_a_run_whose_end_cannot_be_recorded_keeps_its_results_and_is_recorded_la
     def write(doing: str, step: object) -> object:
         if doing.startswith("record the end"):
             raise LedgerError(str(ledger.path), doing, "OperationalError: database is locked")
-        return real_write(doing, step)  # type: ignore[arg-type]
+        return real_write(doing, step)
 
     monkeypatch.setattr(ledger, "_write", write)
     logged: list[str] = []
@@ -482,10 +482,9 @@ def test_listeners_hear_every_transition_the_ledger_records_ending_with_one_term
     backend.scripts = {"*": script}
     heard: list[tuple[str, str]] = []
     hooks = Hooks(on_phase=[lambda rid, phase, _t: heard.append((rid, phase.value))])
-    try:
+    # The failing rows raise: what matters here is what was recorded and heard.
+    with contextlib.suppress(Exception):
         runner.run(_req(name="t"), {"x": 1}, hooks)
-    except Exception:  # the failing rows: what matters is what was recorded and heard
-        pass
     recorded = _phases(ledger, "t-1")
     assert _heard(heard, "t-1") == recorded
     assert recorded[-1] == expect_end and [p for p in recorded if p in TERMINAL] == [expect_end]
@@ -593,8 +592,8 @@ def test_two_waiters_of_one_run_collect_it_one_after_the_other(
     ledger: Ledger, backend, tmp_path: Path
 ) -> None:
     """A --no-wait run's own thread and %remote_attach (or two kernels) both collect the
-    run: each fetch rewrites the files, and a verify in the middle of the other's fetch
-    would see half-written ones. One collector at a time: both come back signed."""
+    run. A fetch rewrites the files, so a second one would rewrite them under whoever
+    reads them: one collector at a time, and what was fetched is not fetched again."""
     sealed = sealed_outputs({"y": list(range(20000))})
     fetches: list[str] = []
     other_fetched = threading.Event()
@@ -605,8 +604,8 @@ def test_two_waiters_of_one_run_collect_it_one_after_the_other(
         if len(fetches) > 1:
             other_fetched.set()  # the second fetch ends here; its verify comes next
             return
-        # The first fetch rewrites a file once the second fetch ended (or a second on):
-        # without one collector at a time, the second's verify reads it half-written.
+        # The first fetch rewrites a file once a second fetch ended (or after a second):
+        # a second collector reading meanwhile would see it half-written.
         other_fetched.wait(1.0)
         target = next((dest / "model").glob("y.*"))
         data = target.read_bytes()
@@ -621,6 +620,6 @@ def test_two_waiters_of_one_run_collect_it_one_after_the_other(
     second = RemoteRunner(Ledger(ledger.path), image_builder=fake_image_builder)
     result = second.attach("two-1", ns, Hooks())
     first.join("two-1", 10)
-    assert len(fetches) == 2 and result.succeeded and ns["y"] == list(range(20000))
+    assert len(fetches) == 1 and result.succeeded and ns["y"] == list(range(20000))
     row = ledger.get("two-1")
     assert row["status"] == "SUCCEEDED" and row["verdict"] == "signed"

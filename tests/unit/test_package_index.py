@@ -25,6 +25,7 @@ from nbcontainer_kernel.images.package_index import (
 from nbcontainer_kernel.images.wheels import index_trouble, resolution_budget, run_pip
 from nbcontainer_kernel.runtime.errors import PackageIndexUnreachable, WheelResolutionError
 from nbcontainer_kernel.snapshots.env import filter_env
+from tests.helpers import examples
 from tests.index_server import (
     closed_port_url,
     make_pki,
@@ -79,7 +80,9 @@ def test_a_kernel_gets_the_hosts_index_ca_proxies_and_local_paths_read_only(
     tmp_path: Path,
 ) -> None:
     wheels, index, ca = tmp_path / "wheels", tmp_path / "pypi" / "simple", tmp_path / "ca.pem"
-    wheels.mkdir(), index.mkdir(parents=True), ca.write_text("CA")
+    wheels.mkdir()
+    index.mkdir(parents=True)
+    ca.write_text("CA")
     constraints = _conf(tmp_path / "c.txt", "x==1\n")
     environ = _environ(
         tmp_path,
@@ -125,7 +128,7 @@ _USERINFO = st.text(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(user=_USERINFO, password=_USERINFO)
 def test_index_credentials_never_show_in_a_message_and_never_travel_in_a_snapshot(
     user: str, password: str

@@ -23,7 +23,7 @@ def _run(
     tmp_path: Path,
     ns: dict,
     cell: str,
-    args: list[str] = (),
+    args: tuple[str, ...] = (),
     env: dict | None = None,
     hyper: dict | None = None,
 ) -> tuple[subprocess.CompletedProcess, RunResult]:
@@ -105,7 +105,10 @@ def test_a_base_with_another_python_minor_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ImageNotUsable, match="Pickles do not cross Python versions"):
             _check_python("python:3.9-slim", other, snap)
         same = TargetPython(
-            tuple(int(x) for x in snap.python.split(".")), "x86_64", "glibc", "2.36"
+            tuple(int(x) for x in snap.python.split("."))[:3],  # type: ignore[arg-type]
+            "x86_64",
+            "glibc",
+            "2.36",
         )
         _check_python("ok", same, snap)
 

@@ -42,6 +42,7 @@ from nbcontainer_kernel.runtime.training import (
     restore_carried,
 )
 from nbcontainer_kernel.runtime.trust import RunOutputs, new_key, seal
+from tests.helpers import examples
 
 _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # CreateTrainingJob's pattern
 
@@ -74,7 +75,7 @@ _names = st.from_regex(r"[a-z_][a-z0-9_]{0,15}", fullmatch=True).filter(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(params=st.dictionaries(_names, _json_values, max_size=6))
 def test_hyperparameters_bring_back_exactly_the_values_and_types_sent(
     params: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
@@ -118,6 +119,7 @@ def test_parameter_sets_beyond_sagemakers_limits_go_as_a_channel(
     (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyper))
     channel = ml / "input" / "data" / PARAMS_CHANNEL
     channel.mkdir(parents=True)
+    assert document is not None
     (channel / "params.json").write_bytes(document)
     if all(k.isidentifier() for k in params):
         got, source = resolve_params([], {}, ml / "input" / "config" / "hyperparameters.json")
@@ -172,6 +174,7 @@ def test_the_request_is_valid_against_botocores_service_model(
         key_channel_uri="s3://b/runs/lda-3/nbcontainer-key/",
     )
     shape = _SAGEMAKER_MODEL.operation_model("CreateTrainingJob").input_shape
+    assert shape is not None
     report = ParamValidator().validate(request, shape)
     assert not report.has_errors(), report.generate_report()
     algo = request["AlgorithmSpecification"]
@@ -583,4 +586,4 @@ def test_local_mode_in_a_guarded_kernel_says_it_needs_the_raw_socket(
 
     monkeypatch.setenv("NBCONTAINER_DOCKER_ACCESS", "guarded")
     with pytest.raises(InvalidOption, match="docker_access 'raw'"):
-        SageMakerLocalBackend().submit(None)  # type: ignore[arg-type]  (refused before use)
+        SageMakerLocalBackend().submit(None)  # type: ignore[arg-type]  # refused before use

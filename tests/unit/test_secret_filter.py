@@ -8,6 +8,7 @@ import base64
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +18,7 @@ from nbcontainer_kernel.images.runs import _shown_parameters
 from nbcontainer_kernel.snapshots import filter_env, snapshot
 from nbcontainer_kernel.snapshots.env import is_secret, looks_like_secret
 from nbcontainer_kernel.snapshots.sources import collect_sources
+from tests.helpers import examples
 
 _B = base64.b64encode(b"alice:wonderland").decode()
 _JWT = (
@@ -179,7 +181,7 @@ def test_secret_values_are_in_no_snapshot_file(tmp_path: Path) -> None:
 _TOKEN_CHARS = string.ascii_letters + string.digits
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     user=st.text(_TOKEN_CHARS + "._-", max_size=12),
     password=st.text(_TOKEN_CHARS + "!$%^*()/-_.~", min_size=1, max_size=30).filter(
@@ -196,7 +198,7 @@ def test_any_url_with_a_password_is_a_secret(
     assert looks_like_secret(f"{scheme}://{user}:{password}@{host}/db")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     prefix=st.sampled_from(["ghp_", "gho_", "ghs_", "xoxb-", "sk-", "glpat-", "hf_", "sk_live_"]),
     body=st.text(_TOKEN_CHARS, min_size=36, max_size=60),
@@ -205,7 +207,7 @@ def test_token_formats_are_caught_anywhere_in_a_value(prefix: str, body: str) ->
     assert looks_like_secret(f"token is {prefix}{body} (do not share)")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(
         st.sampled_from(
@@ -270,8 +272,10 @@ def test_a_string_variable_that_looks_like_a_secret_is_shipped_only_by_name(tmp_
         "n": 3,
     }
     cell = "print(token, url, n)"
-    for kwargs in ({}, {"all_vars": True}):
-        with snapshot(ns, cell, cwd=tmp_path, include_dependencies=False, **kwargs) as snap:
+    for all_vars in (False, True):
+        with snapshot(
+            ns, cell, cwd=tmp_path, include_dependencies=False, all_vars=all_vars
+        ) as snap:
             kinds = {v.name: (v.kind, v.skipped) for v in snap.variables}
             assert kinds["n"][0] == "value"
             for name in ("token", "url"):
@@ -331,7 +335,7 @@ def test_cell_mode_ships_the_notebook_without_outputs(tmp_path: Path) -> None:
 
 
 def test_parameter_defaults_in_labels_pass_the_filter() -> None:
-    params = [
+    params: list[dict[str, Any]] = [
         {"name": "alpha", "type": "float", "default": 0.5},
         {"name": "api_token", "type": "str", "default": "abc"},
         {"name": "db", "type": "str", "default": "postgres://u:hunter2@db/x"},
@@ -351,7 +355,7 @@ _SECRET_NAMES = st.lists(
 ).map("_".join)  # fmt: skip
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     name=_SECRET_NAMES,
     value=st.one_of(
@@ -364,7 +368,7 @@ def test_a_short_number_or_boolean_is_no_secret_under_any_name(name: str, value:
     assert not is_secret(name, value), (name, value)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     name=st.sampled_from(["AUTHORIZATION", "HEADER", "X", "UPSTREAM_AUTHORIZATION", "H"]),
     scheme=st.sampled_from(["token", "Token", "Bearer", "bearer", "ApiKey", "Negotiate"]),

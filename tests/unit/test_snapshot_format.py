@@ -23,6 +23,7 @@ from nbcontainer_kernel.runtime.paths import Paths
 from nbcontainer_kernel.runtime.serialize import deserialize, serialize_value
 from nbcontainer_kernel.runtime.trust import RunOutputs, new_key, seal
 from nbcontainer_kernel.snapshots import Snapshot, snapshot
+from tests.helpers import examples
 
 
 def _storage(arr: np.ndarray) -> object:
@@ -100,7 +101,7 @@ def test_a_digest_hashed_while_writing_equals_one_hashed_afterwards(
     assert fresh._compute_digest() == snap.digest
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(position=st.integers(min_value=0, max_value=(3 << 16) - 1))
 def test_one_changed_byte_anywhere_changes_the_digest(position: int) -> None:
     import tempfile

@@ -29,6 +29,7 @@ from nbcontainer_kernel.remote.tables import (
 )
 from nbcontainer_kernel.runtime import metrics
 from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
+from tests.helpers import examples
 
 _METRICS = threading.Lock()  # log_metric keeps one list per process; children run in threads
 
@@ -59,7 +60,8 @@ def _train(spec: RunSpec) -> Script:
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [rate, 2 * rate, 3 * rate]})
     if rate > 0.3:
         frame = frame.assign(extra=1)
-    steps = [("loss", 1.0 - rate * s, s) for s in range(3)] + [("acc", 0.5 + rate, None)]
+    steps: list[tuple[str, float, int | None]] = [("loss", 1.0 - rate * s, s) for s in range(3)]
+    steps.append(("acc", 0.5 + rate, None))
     return Script(outputs=_outputs({"frame": frame, "best": rate * 10}, steps))
 
 
@@ -180,7 +182,9 @@ _values = st.one_of(
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     params=st.dictionaries(

@@ -34,7 +34,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         return (Path.touch, (self.marker,))
 
 
@@ -240,7 +240,7 @@ def test_trust_always_reads_runs_made_before_signing(run) -> None:
 def test_data_of_a_refused_run_is_readable_on_request_and_its_pickles_never(run) -> None:
     out, key, marker = run
     tampered_pickle(out, key, marker)
-    import_entry(out, None, marker)  # and an unsigned manifest with an import entry
+    import_entry(out, None, marker)  # type: ignore[arg-type]  # an unsigned manifest's entry
     outputs = RunOutputs(out, key)
     values = load_results(outputs, unverified_data=True)
     assert sorted(values) == ["df", "score"]

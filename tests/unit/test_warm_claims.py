@@ -27,7 +27,7 @@ IMAGE = FAKE_KERNEL_IMAGE  # an image the fake daemon holds
 
 def _pool(daemon: FakeDocker, claim_file: str, cls: type[warm.WarmPool] = warm.WarmPool) -> Any:
     return cls(
-        lambda: Engine(daemon),  # type: ignore[arg-type]
+        lambda: Engine(daemon),
         role=labels.ROLE_RUN_POOL,
         shape="s" * 16,
         image=IMAGE,

@@ -84,7 +84,8 @@ def test_a_local_run_copies_its_snapshot_and_builds_no_image(
     ledger: Ledger, snap_backend: SnapshotBackend
 ) -> None:
     snap_backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 42}))}
-    runtime, images = [], []
+    runtime: list[Any] = []
+    images: list[Any] = []
     ns: dict[str, Any] = {"x": 41}
     _runner(ledger, runtime, images).run(_req(name="w"), ns, Hooks())
     assert ns["y"] == 42 and len(runtime) == 1 and images == []
@@ -106,7 +107,8 @@ def test_a_run_builds_its_image_when_the_pool_is_off_or_it_does_not_wait(
     ledger: Ledger, snap_backend: SnapshotBackend, settings: dict[str, Any], wait: bool
 ) -> None:
     snap_backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 2}))}
-    runtime, images = [], []
+    runtime: list[Any] = []
+    images: list[Any] = []
     runner = _runner(ledger, runtime, images)
     out = runner.run(_req(name="b", overrides=settings, wait=wait), {"x": 1}, Hooks())
     if not wait:
@@ -121,7 +123,8 @@ def test_a_rerun_of_a_run_without_an_image_runs_its_kept_snapshot(
     ledger: Ledger, snap_backend: SnapshotBackend
 ) -> None:
     snap_backend.scripts = {"*": Script(outputs=sealed_outputs({"y": 2}))}
-    runtime, images = [], []
+    runtime: list[Any] = []
+    images: list[Any] = []
     runner = _runner(ledger, runtime, images)
     runner.run(_req(name="r"), {"x": 1}, Hooks())
     runner.run(_req(rerun="r-1"), {}, Hooks())
