@@ -34,6 +34,7 @@ from ..docker import labels
 from ..docker.archives import extract_tar
 from ..docker.options import parse_bytes
 from ..runtime.errors import CloudError, InvalidOption, MissingSetting, NbcontainerError
+from ..runtime.params import params_env, sweep_table
 from ..runtime.run_key import KEY_REF_ENV
 from ..runtime.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
 from ..runtime.trust import KEY_ENV
@@ -401,8 +402,7 @@ class BatchBackend(AWSBackend):
     def submit(self, spec: RunSpec) -> Job:
         uri = self._output_uri(spec, spec.run_id)
         env = self._environment(spec, uri, spec.run_id)
-        if spec.params:
-            env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
+        env.update(params_env(spec.params))
         key_name = env.get(KEY_REF_ENV, "")[4:] or None
         try:
             job_id = self._submit(spec, env, None, spec.run_id)
@@ -443,7 +443,7 @@ class BatchBackend(AWSBackend):
         key_name: str | None,
     ) -> list[Job]:
         first = specs[0]
-        table = json.dumps([s.params for s in specs], default=str)
+        table = sweep_table([s.params for s in specs])
         if len(table) <= MAX_INLINE_SWEEP:
             env[SWEEP_ENV] = table
         else:

@@ -31,6 +31,7 @@ from ..docker.warm import WarmPool
 from ..runtime.contract import EXIT_MARK_ENV, ML_ROOT, POOL_READY_MARK, RUN_CLAIM_FILE, SNAPSHOT_DIR
 from ..runtime.errors import InvalidOption
 from ..runtime.main import WAIT_FLAG
+from ..runtime.params import params_env
 from .base import Backend, Job, Phase, RunSpec, write_log
 
 if TYPE_CHECKING:
@@ -143,8 +144,7 @@ class LocalBackend(Backend):
         if spec.snapshot is not None:
             return self._submit_snapshot(spec)
         env = dict(spec.env)
-        if spec.params:
-            env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
+        env.update(params_env(spec.params))
         run_labels = {
             **labels.container_labels(labels.ROLE_RUN, image=spec.image),
             labels.RUN_ID: spec.run_id,
@@ -186,8 +186,7 @@ class LocalBackend(Backend):
         assert spec.snapshot is not None
         mark = secrets.token_hex(16)
         env = {**spec.env, EXIT_MARK_ENV: mark}
-        if spec.params:
-            env["NBCONTAINER_PARAMS"] = json.dumps(spec.params, default=str)
+        env.update(params_env(spec.params))
         resources, may_wait = self._resources(spec)
         size = _pool_size(spec) if may_wait else 0  # else one is made per run, none waits
         pool = run_pool(self.engine, spec.image, resources, max(size, self._size_wanted()))

@@ -20,8 +20,6 @@ SageMaker has no array jobs: a sweep is one training job per child, at most
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import re
@@ -39,11 +37,11 @@ from ..docker import labels
 from ..docker.archives import extract_tar
 from ..runtime.errors import CloudError, InvalidOption
 from ..runtime.metrics import metric_regex
+from ..runtime.params import hyperparameters_for
 from ..runtime.run_key import KEY_REF_ENV
 from ..runtime.training import (
     PARAMS_CHANNEL,
     PARAMS_FILE,
-    PARAMS_SHA256,
     PLATFORM_ENV,
     restore_carried,
 )
@@ -82,11 +80,6 @@ DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 DEFAULT_VOLUME_GB = 30
 #: SageMaker's own default MaxRuntimeInSeconds (one day) when the run has no --timeout.
 DEFAULT_MAX_RUNTIME = 86400
-#: SageMaker's limits on HyperParameters (CreateTrainingJob API reference): beyond them the
-#: parameters travel as an input channel.
-MAX_HYPERPARAMETERS = 100
-MAX_HYPERPARAMETER_KEY = 256
-MAX_HYPERPARAMETER_VALUE = 2500
 #: At most 40 metric definitions per training job.
 MAX_METRIC_DEFINITIONS = 40
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
@@ -136,21 +129,6 @@ def job_name_for(run_id: str, token: str | None = None) -> str:
 
 def has_gpus(instance_type: str) -> bool:
     return bool(_GPU_TYPE.match(instance_type))
-
-
-def hyperparameters_for(params: Mapping[str, Any]) -> tuple[dict[str, str], bytes | None]:
-    """(HyperParameters, channel bytes): each value as its JSON (which round-trips types
-    exactly: str(v) would turn '7' into 7); a set beyond SageMaker's limits goes as one
-    JSON document for the parameters channel, and the hyperparameters carry its SHA-256."""
-    encoded = {str(k): json.dumps(v, default=str) for k, v in params.items()}
-    fits = len(encoded) <= MAX_HYPERPARAMETERS - 1 and all(
-        len(k) <= MAX_HYPERPARAMETER_KEY and len(v) <= MAX_HYPERPARAMETER_VALUE
-        for k, v in encoded.items()
-    )
-    if fits:
-        return encoded, None
-    document = json.dumps(dict(params), default=str, sort_keys=True).encode()
-    return {PARAMS_SHA256: hashlib.sha256(document).hexdigest()}, document
 
 
 def training_job_request(

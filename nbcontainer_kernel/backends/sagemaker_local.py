@@ -149,6 +149,8 @@ def _follow(process: subprocess.Popen[bytes]) -> int:
                 job.lines.append(line)
     code = process.wait()
     if code not in (0, 130):
+        # Local mode's own failure, as its streamer raises it: its caller (inside
+        # sagemaker-core) reads this error, not ours.
         raise RuntimeError(f"Failed to run: {process.args!r}. Process exited with code: {code}")
     return code
 

@@ -112,7 +112,8 @@ def _update_sql(fields: dict[str, Any]) -> tuple[str, list[Any]]:
     cols, values = [], []
     for k, v in fields.items():
         if not _COLUMN.match(k):
-            raise ValueError(f"not a ledger column: {k!r}")
+            # A caller's mistake, never a user's: the names come from this package.
+            raise LedgerError("", f"record field {k!r}", "it is not a column of the ledger")
         cols.append(f"{k} = ?")
         values.append(json.dumps(v, default=str) if k in _JSON else v)
     return f"UPDATE runs SET {', '.join(cols)}, updated = ? WHERE id = ?", values

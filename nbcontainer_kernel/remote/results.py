@@ -20,6 +20,7 @@ from ..runtime.errors import (
     RunCancelled,
     RunTimeout,
     SerializationError,
+    UnknownResult,
     UntrustedResults,
 )
 from ..runtime.serialize import DATA_SERIALIZERS, deserialize
@@ -147,9 +148,8 @@ class RunResult:
     def result(self, name: str, *, unverified_data: bool = False) -> Any:
         values = load_results(self.outputs, [name], unverified_data=unverified_data)
         if name not in values:
-            raise KeyError(
-                f"the run produced no result named {name!r}; it has "
-                f"{sorted(self.index.get('variables', {}))}"
+            raise UnknownResult(
+                self.run_id or str(self.output_dir), name, sorted(self.index.get("variables", {}))
             )
         return values[name]
 

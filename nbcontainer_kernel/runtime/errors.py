@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "NbcontainerError",
+    "UnknownResult",
     "DaemonNotAvailable",
     "EngineError",
     "ResourceNotFound",
@@ -252,6 +253,22 @@ class UnknownRun(NbcontainerError, LookupError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"No run {run_id!r} in the ledger; `%remote_runs` lists them.")
+
+
+class UnknownResult(NbcontainerError, KeyError):
+    """A run has no result of this name (a KeyError too, as a mapping's missing key is)."""
+
+    _fields = ("run_id", "name", "names")
+
+    def __init__(self, run_id: str, name: str, names: list[str]) -> None:
+        self.run_id, self.name, self.names = run_id, name, names
+        super().__init__(
+            f"Run {run_id} produced no result named {name!r}; it has {names}. "
+            "`%remote_result RUN` loads them all."
+        )
+
+    def __str__(self) -> str:  # KeyError's own quotes the message
+        return str(self.args[0])
 
 
 class LedgerError(NbcontainerError, OSError):

@@ -1,7 +1,12 @@
-"""Parameters of a run: first found wins among -p arguments, NBCONTAINER_PARAMS
-(JSON) and SageMaker's hyperparameters.json (string values, decoded as JSON
-where they parse; or, for a parameter set too large for SageMaker's limits, the
-parameters channel those hyperparameters point at: see training.py)."""
+"""Parameters of a run, encoded and decoded in one place.
+
+The host encodes them one way per platform: NBCONTAINER_PARAMS (a JSON object:
+:func:`params_env`), SageMaker's hyperparameters (each value its JSON, or one
+document in the parameters channel when the set passes SageMaker's limits:
+:func:`hyperparameters_for`), and a Batch sweep's table of rows (a JSON list:
+:func:`sweep_table`). The runner decodes them here, first found wins: -p
+arguments, NBCONTAINER_PARAMS, hyperparameters.json (see training.py for the
+channel)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,58 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["checked", "decode", "resolve_params"]
+__all__ = [
+    "PARAMS_ENV",
+    "checked",
+    "decode",
+    "encode",
+    "hyperparameters_for",
+    "params_env",
+    "resolve_params",
+    "sweep_table",
+]
+
+#: The environment variable a run's parameters travel in (local runs, Batch).
+PARAMS_ENV = "NBCONTAINER_PARAMS"
+#: SageMaker's limits on hyperparameters (one entry is kept for the channel's digest).
+MAX_HYPERPARAMETERS = 100
+MAX_HYPERPARAMETER_KEY = 256
+MAX_HYPERPARAMETER_VALUE = 2500
+
+
+def encode(value: Any) -> str:
+    """A value as its JSON (which round-trips types exactly: str(v) would turn '7' into 7);
+    what JSON cannot say travels as its str()."""
+    return json.dumps(value, default=str)
+
+
+def params_env(params: Mapping[str, Any]) -> dict[str, str]:
+    """The environment that carries `params` ({} for none)."""
+    return {PARAMS_ENV: encode(dict(params))} if params else {}
+
+
+def sweep_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A sweep's rows, one parameter object each (a child picks its row: sweep.py)."""
+    return encode([dict(r) for r in rows])
+
+
+def hyperparameters_for(params: Mapping[str, Any]) -> tuple[dict[str, str], bytes | None]:
+    """(HyperParameters, channel bytes): each value as its JSON; a set beyond SageMaker's
+    limits goes as one JSON document for the parameters channel, and the hyperparameters
+    carry its SHA-256."""
+    import hashlib
+
+    from .training import PARAMS_SHA256
+
+    encoded = {str(k): encode(v) for k, v in params.items()}
+    fits = len(encoded) <= MAX_HYPERPARAMETERS - 1 and all(
+        len(k) <= MAX_HYPERPARAMETER_KEY and len(v) <= MAX_HYPERPARAMETER_VALUE
+        for k, v in encoded.items()
+    )
+    if fits:
+        return encoded, None
+    document = json.dumps(dict(params), default=str, sort_keys=True).encode()
+    return {PARAMS_SHA256: hashlib.sha256(document).hexdigest()}, document
 
 
 def decode(value: Any) -> Any:
@@ -44,11 +100,11 @@ def resolve_params(
     """(parameters, where they came from). Names that are not identifiers are refused."""
     if pairs:
         return checked({name: decode(value) for name, value in pairs}, "arguments"), "arguments"
-    if env.get("NBCONTAINER_PARAMS"):
-        data = json.loads(env["NBCONTAINER_PARAMS"])
+    if env.get(PARAMS_ENV):
+        data = json.loads(env[PARAMS_ENV])
         if not isinstance(data, dict):
-            raise ValueError("NBCONTAINER_PARAMS must be a JSON object")
-        return checked(data, "NBCONTAINER_PARAMS"), "NBCONTAINER_PARAMS"
+            raise ValueError(f"{PARAMS_ENV} must be a JSON object")
+        return checked(data, PARAMS_ENV), PARAMS_ENV
     if hyperparameters.is_file():
         data = json.loads(hyperparameters.read_text())
         if not isinstance(data, dict):

@@ -74,6 +74,7 @@ EXAMPLES: list[tuple[NbcontainerError, type[BaseException] | None]] = [
     (errors.UnsafeArchive("../x", "its path leaves the destination"), ValueError),
     (errors.UnknownBackend("nowhere", ["local", "batch"]), LookupError),
     (errors.UnknownRun("nope-1"), LookupError),
+    (errors.UnknownResult("fit-1", "scores", ["loss"]), KeyError),
     (errors.LedgerError("/x/runs.db", "record run a-1", "OperationalError: disk is full"), OSError),
     (
         errors.SweepFailed("sw-1", {"sw-3": ({"lr": 0.1}, "exit code 1")}, 4, ["scores"]),
@@ -82,7 +83,7 @@ EXAMPLES: list[tuple[NbcontainerError, type[BaseException] | None]] = [
     (errors.RegistryError("127.0.0.1:5000/runs", "connection refused"), ConnectionError),
     (errors.CloudError("batch", "SubmitJob", "ClientException", "no queue q", 400), RuntimeError),
     (
-        errors.MissingSetting("RemoteRun.batch_queue", "NBCONTAINER_BATCH_QUEUE", "the queue"),
+        errors.MissingSetting("BatchBackend.queue", "NBCONTAINER_BATCH_QUEUE", "the queue"),
         LookupError,
     ),
 ]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import keyword
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_notebook
 
 from nbcontainer_kernel.images.runs import _check_python
@@ -16,7 +20,7 @@ from nbcontainer_kernel.runtime.errors import ImageNotUsable
 from nbcontainer_kernel.runtime.notebook import inject_parameters, parameters_of
 from nbcontainer_kernel.runtime.params import resolve_params
 from nbcontainer_kernel.snapshots import snapshot
-from tests.helpers import run_runner
+from tests.helpers import examples, run_runner
 
 
 def _run(
@@ -157,3 +161,45 @@ def test_outputs_that_cannot_be_uploaded_fail_the_run_and_stay_sealed_here(
     assert result.results == {"y": 4}, "the outputs are sealed before the upload is tried"
     failed, result = run_runner(tmp_path / "f", {"x": 2}, "raise ValueError('x')", env=env)
     assert failed.returncode == 1, "the cell's own failure is what the exit code says"
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+_NAMES = st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True).filter(
+    lambda n: not keyword.iskeyword(n)
+)
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.dictionaries(_NAMES, _JSON_VALUES, min_size=1, max_size=6))
+def test_parameters_come_back_exactly_through_every_way_they_travel(
+    params: dict[str, Any],
+) -> None:
+    """One encoding per transport (params.py), each decoded by the runner to the same
+    values and types: the environment (local, Batch), SageMaker's hyperparameters, a
+    Batch sweep's table."""
+    import tempfile
+
+    from nbcontainer_kernel.runtime.params import hyperparameters_for, params_env, sweep_table
+    from nbcontainer_kernel.runtime.sweep import array_index, sweep_row
+
+    nowhere = Path("/nonexistent/hyperparameters.json")
+    assert resolve_params([], params_env(params), nowhere)[0] == params
+    hyper, document = hyperparameters_for(params)
+    assert document is None  # a few small values fit SageMaker's limits
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "hyperparameters.json"
+        file.write_text(json.dumps(hyper))
+        assert resolve_params([], {}, file)[0] == params
+    env = {"NBCONTAINER_SWEEP": sweep_table([{"x": 0}, params]), "AWS_BATCH_JOB_ARRAY_INDEX": "1"}
+    assert array_index(env) == 1
+    assert sweep_row(env, lambda _uri: b"") == (1, params)
