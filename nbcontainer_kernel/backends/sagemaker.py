@@ -173,39 +173,11 @@ def training_job_request(
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": max(1, max_runtime)},
         "Environment": env,
-        "Tags": [
-            {"Key": labels.RUN_ID, "Value": tag_value(spec.run_id)},
-            {"Key": labels.OWNER_USER, "Value": tag_value(labels.user())},
-            *(
-                [{"Key": "io.nbcontainer.notebook", "Value": tag_value(spec.notebook)}]
-                if spec.notebook
-                else []
-            ),
-        ],
+        "Tags": _tags(spec),
     }
-    channels = [
-        (name, uri, content_type)
-        for name, uri, content_type in (
-            (PARAMS_CHANNEL, params_channel_uri, "application/json"),
-            (KEY_CHANNEL, key_channel_uri, "text/plain"),
-        )
-        if uri
-    ]
+    channels = _channels(params_channel_uri, key_channel_uri)
     if channels:
-        request["InputDataConfig"] = [
-            {
-                "ChannelName": name,
-                "DataSource": {
-                    "S3DataSource": {
-                        "S3DataType": "S3Prefix",
-                        "S3Uri": uri,
-                        "S3DataDistributionType": "FullyReplicated",
-                    }
-                },
-                "ContentType": content_type,
-            }
-            for name, uri, content_type in channels
-        ]
+        request["InputDataConfig"] = channels
     if settings.get("spot"):
         request["EnableManagedSpotTraining"] = True
         wait = int(settings.get("spot_max_wait") or 2 * max_runtime)
@@ -213,6 +185,39 @@ def training_job_request(
         if checkpoint_uri:
             request["CheckpointConfig"] = {"S3Uri": checkpoint_uri}
     return request
+
+
+def _tags(spec: RunSpec) -> list[dict[str, str]]:
+    tags = [
+        {"Key": labels.RUN_ID, "Value": tag_value(spec.run_id)},
+        {"Key": labels.OWNER_USER, "Value": tag_value(labels.user())},
+    ]
+    if spec.notebook:
+        tags.append({"Key": "io.nbcontainer.notebook", "Value": tag_value(spec.notebook)})
+    return tags
+
+
+def _channels(params_uri: str | None, key_uri: str | None) -> list[dict[str, Any]]:
+    """The input channels: the parameters (a set beyond the hyperparameters' limits) and
+    the run's key, each an S3 prefix (a file:// one in local mode)."""
+    return [
+        {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": uri,
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+            "ContentType": content_type,
+        }
+        for name, uri, content_type in (
+            (PARAMS_CHANNEL, params_uri, "application/json"),
+            (KEY_CHANNEL, key_uri, "text/plain"),
+        )
+        if uri
+    ]
 
 
 def unpack_training_outputs(

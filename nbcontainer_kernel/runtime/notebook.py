@@ -134,48 +134,61 @@ def run_notebook(
         client.execute()
     except Exception as exc:  # a failing cell, a dead kernel, a kernel that never started
         code = 1
-        failed = next(
-            (
-                i
-                for i, c in enumerate(nb.cells)
-                if c.cell_type == "code"
-                and any(o.get("output_type") == "error" for o in c.get("outputs", []))
-            ),
-            None,
-        )
-        where = f"cell {failed}" if failed is not None else "a cell"
-        source = nb.cells[failed].source if failed is not None else ""
-        paths.failure.write_text(
-            _strip_ansi(
-                f"notebook failed in {where}: {getattr(exc, 'ename', type(exc).__name__)}: "
-                f"{getattr(exc, 'evalue', exc)}\n\n--- cell source ---\n{source}\n\n--- traceback "
-                f"---\n{exc}\n"
-            )
-        )
-        (paths.output / "failed_cell.json").write_text(
-            json.dumps({"index": failed, "source": source})
-        )
-        from .serialize import dumps_exception
-
-        paths.exception.write_bytes(dumps_exception(exc))
+        _write_failure(nb, exc, paths)
     finally:
-        out_nb = paths.output_data / f"{stem}.ipynb"
-        nbformat.write(nb, out_nb)
-        try:
-            from nbconvert import HTMLExporter
-
-            html, _ = HTMLExporter().from_notebook_node(nb)
-            (paths.output_data / f"{stem}.html").write_text(html)
-        except Exception as exc:  # the executed notebook is kept even when HTML fails
-            print(f"[nbcontainer] HTML export failed: {exc}", file=sys.stderr)
-        text = "".join(
-            o.get("text", "")
-            for c in nb.cells
-            for o in c.get("outputs", [])
-            if o.get("output_type") == "stream"
-        )
-        (paths.model / "metrics.json").write_text(
-            json.dumps(metrics.summary(metrics.parse_metric_lines(text)), indent=1)
-        )
-        index.update({"parameters": params, "notebook": out_nb.name})
+        _write_outputs(nb, params, paths, index, stem)
     return code
+
+
+def _write_failure(nb: Any, exc: Exception, paths: Paths) -> None:
+    """The failing cell (its index and source), the error, and the exception itself."""
+    failed = next(
+        (
+            i
+            for i, c in enumerate(nb.cells)
+            if c.cell_type == "code"
+            and any(o.get("output_type") == "error" for o in c.get("outputs", []))
+        ),
+        None,
+    )
+    where = f"cell {failed}" if failed is not None else "a cell"
+    source = nb.cells[failed].source if failed is not None else ""
+    paths.failure.write_text(
+        _strip_ansi(
+            f"notebook failed in {where}: {getattr(exc, 'ename', type(exc).__name__)}: "
+            f"{getattr(exc, 'evalue', exc)}\n\n--- cell source ---\n{source}\n\n--- traceback "
+            f"---\n{exc}\n"
+        )
+    )
+    (paths.output / "failed_cell.json").write_text(json.dumps({"index": failed, "source": source}))
+    from .serialize import dumps_exception
+
+    paths.exception.write_bytes(dumps_exception(exc))
+
+
+def _write_outputs(
+    nb: Any, params: dict[str, Any], paths: Paths, index: dict[str, Any], stem: str
+) -> None:
+    """The executed notebook (and its HTML), the metrics its cells printed, and what the
+    results manifest says of the run; whether the notebook failed or not."""
+    import nbformat
+
+    out_nb = paths.output_data / f"{stem}.ipynb"
+    nbformat.write(nb, out_nb)
+    try:
+        from nbconvert import HTMLExporter
+
+        html, _ = HTMLExporter().from_notebook_node(nb)
+        (paths.output_data / f"{stem}.html").write_text(html)
+    except Exception as exc:  # the executed notebook is kept even when HTML fails
+        print(f"[nbcontainer] HTML export failed: {exc}", file=sys.stderr)
+    text = "".join(
+        o.get("text", "")
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream"
+    )
+    (paths.model / "metrics.json").write_text(
+        json.dumps(metrics.summary(metrics.parse_metric_lines(text)), indent=1)
+    )
+    index.update({"parameters": params, "notebook": out_nb.name})

@@ -119,3 +119,15 @@ def test_each_in_image_module_imports_only_the_standard_library_at_its_top(modul
         if isinstance(n, ast.ImportFrom) and n.module and not n.level
     ]
     assert [n for n in names if n not in sys.stdlib_module_names and n != "__future__"] == []
+
+
+def test_no_function_of_the_package_is_longer_than_80_lines() -> None:
+    """Split where a name would explain a part (ruff's C901 keeps the branching down)."""
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (node.end_lineno or node.lineno) - node.lineno + 1 > 80
+    ]
+    assert long == []
