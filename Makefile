@@ -53,9 +53,11 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 # The tests that need no Docker engine and no root: seconds, on any machine with Python
-# (two workers; property tests with a tenth of their examples: `make test` runs them all).
+# (two workers; property tests with a tenth of their examples: `make test` runs them all;
+# bytecode cached even where the environment turns that off, as each worker compiles).
 unit: venv
-	$(VENV)/bin/python -m pytest tests/unit -n 2 --hypothesis-profile=unit $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/python -m pytest tests/unit -n 2 \
+	  --hypothesis-profile=unit $(PYTEST_ARGS)
 
 bench: image
 	$(VENV)/bin/python bench/kernel_start.py --image $(IMAGE)

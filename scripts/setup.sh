@@ -30,6 +30,13 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating the virtualenv $venv"
   python3 -m venv "$venv"
 fi
+# What was installed is stamped with pyproject.toml's digest: the same file installs nothing
+# again (an editable install picks code changes up by itself), so `make unit` starts at once.
+stamp="$venv/.nbcontainer-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  log "nbcontainer-kernel and its extras are installed in $venv (pyproject.toml unchanged)"
+else
 log "installing nbcontainer-kernel (editable, with the test, lint, aws and sagemaker extras) into $venv"
 pip_log="$(mktemp)"
 if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check \
@@ -43,8 +50,10 @@ if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check \
 fi
 grep -v '^WARNING: Location' "$pip_log" >&2 || true  # pip's warnings, if any
 rm -f "$pip_log"
+echo "$want" > "$stamp"
+fi
 # Every part the README promises imports (the extras included).
-"$venv/bin/python" -c 'import nbcontainer_kernel, boto3, moto, sagemaker.core.local.local_session, playwright, hypothesis, ruff, mypy' \
+"$venv/bin/python" -c 'import nbcontainer_kernel, boto3, moto, sagemaker.core.local.local_session, playwright, hypothesis, xdist, ruff, mypy' \
   || { log "the install into $venv is incomplete (an import above failed)"; exit 1; }
 
 if [ "$venv_only" -eq 0 ]; then

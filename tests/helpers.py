@@ -191,6 +191,13 @@ def save_executed(nb: Any, name: str) -> None:
         nbformat.write(nb, target / name)
 
 
+def full_tier() -> bool:
+    """Whether the tests run at full scale (`make test`), not the quick unit tier."""
+    from hypothesis import settings
+
+    return settings.default.max_examples >= 100
+
+
 def examples(full: int) -> int:
     """A property test's example count: `full` in the default profile (100 examples),
     scaled down with the profile (`make unit` runs a tenth)."""

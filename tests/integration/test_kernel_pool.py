@@ -229,6 +229,10 @@ def test_remote_run_from_a_claimed_kernel_commits_its_container(
         assert content["status"] == "ok", [o["content"] for o in outputs]
         assert stdout_of(run(kc, "print(y)")[1]) == "42\n"
         made_by_kernel = {labels.OWNER_CONTAINER: docker_provisioner(km).container_id[:12]}
+        # The refill is made off the run's path: wait for it (a loaded machine is slow).
+        deadline = time.monotonic() + 60
+        while not engine.containers(made_by_kernel) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert engine.containers(made_by_kernel), "the kernel keeps a warm runner waiting"
     # Shut down with now=True: the kernel is killed, its own exit never runs.
     assert ledger.get("pooled-1")["status"] == "SUCCEEDED"

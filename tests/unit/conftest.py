@@ -20,7 +20,11 @@ _B = TypeVar("_B", bound=ScriptedBackend)
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ledger:
+    """A ledger of the test's own, and a working directory of its own: a run snapshots
+    the code under its working directory, which is otherwise this whole repository."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     return Ledger(tmp_path / "ledger" / "runs.db")
 
 

@@ -23,6 +23,7 @@ from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.remote.runs import RemoteRequest, RemoteRunner
 from nbcontainer_kernel.runtime.errors import InvalidOption
 from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
+from tests.helpers import full_tier
 from tests.unit.conftest import registered
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -57,7 +58,7 @@ def test_runs_from_many_threads_at_once_each_carry_their_own_settings(
 ) -> None:
     queues.scripts = {"*": Script(outputs=sealed_outputs({"y": 1}))}
     runner = RemoteRunner(ledger, image_builder=fake_image_builder)
-    n = 12
+    n = 12 if full_tier() else 6
     start = threading.Barrier(n)
     errors: list[BaseException] = []
 

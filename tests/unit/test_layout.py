@@ -4,6 +4,7 @@ and every import between the package's folders goes one way (down the layers bel
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ LAYERS = [
 FACADE = "<root>"
 
 
+@functools.cache
 def _imports() -> list[tuple[str, str, str]]:
     """(importing module's folder, imported module's folder, where) for every import of
     the package by the package."""

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.runtime.errors import LedgerError
-from tests.helpers import examples
+from tests.helpers import examples, full_tier
 
 WRITERS = 8
 RUNS_EACH = 12
@@ -112,7 +112,7 @@ def _opener(path: str, start: Any) -> None:
 def test_opening_a_new_ledger_from_many_processes_at_once_never_fails(tmp_path: Path) -> None:
     """The first open makes the file, its WAL mode and its tables; the others must wait for
     that, not fail on 'database is locked' (the failure a user saw in one cell of 60)."""
-    for attempt in range(3):
+    for attempt in range(3 if full_tier() else 1):  # a race: more tries find it more often
         path = str(tmp_path / f"runs-{attempt}.db")
         start = _ctx.Event()
         procs = [_ctx.Process(target=_opener, args=(path, start)) for _ in range(WRITERS)]

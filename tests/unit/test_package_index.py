@@ -245,11 +245,11 @@ def test_an_index_that_cannot_be_reached_stops_pip_after_its_first_retry(
 def test_an_index_that_never_answers_fails_when_the_budget_is_spent(
     pip_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with silent_server() as url, resolution_budget(2.0):
+    with silent_server() as url, resolution_budget(1.0):
         t = time.monotonic()
-        with pytest.raises(PackageIndexUnreachable, match="budget of 2 s"):
+        with pytest.raises(PackageIndexUnreachable, match="budget of 1 s"):
             _download(url, pip_env / "out", monkeypatch)
-        assert time.monotonic() - t < 6
+        assert time.monotonic() - t < 5
 
 
 def test_a_missing_wheel_is_still_a_missing_wheel(

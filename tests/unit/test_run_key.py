@@ -43,7 +43,8 @@ class _Ssm(BaseHTTPRequestHandler):
 @pytest.fixture
 def ssm() -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), _Ssm)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for the loop to see it.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     _Ssm.seen.clear()
     _Ssm.answers = {"/nbcontainer/runs/r-1": (200, {"Parameter": {"Value": "k" * 64}})}
