@@ -21,7 +21,8 @@ from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.runtime.errors import LedgerError
 from tests.helpers import examples, full_tier
 
-WRITERS = 8
+# Processes at once (the parent's count: a spawned child reads only RUNS_EACH and STEPS).
+WRITERS = 8 if full_tier() else 4
 RUNS_EACH = 12
 STEPS = 25
 _ctx = multiprocessing.get_context("spawn")
