@@ -180,7 +180,7 @@ OWNER_SCRIPT = textwrap.dedent("""
     [p] = pool.pools()
     p.fill()
     assert p.wait_ready(60)
-    print(docker_provisioner(km).container_id, flush=True)
+    print(km.provisioner.container_id, flush=True)
     sys.stdin.read()
 """)
 

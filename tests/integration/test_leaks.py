@@ -46,7 +46,7 @@ OWNER_SCRIPT = textwrap.dedent("""
     from jupyter_client import KernelManager
     km = KernelManager(kernel_name=sys.argv[1])
     km.start_kernel()
-    print(docker_provisioner(km).container_id, flush=True)
+    print(km.provisioner.container_id, flush=True)
     time.sleep(600)
 """)
 
