@@ -53,11 +53,12 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 # The tests that need no Docker engine and no root: seconds, on any machine with Python
-# (two workers; property tests with a tenth of their examples: `make test` runs them all;
-# bytecode cached even where the environment turns that off, as each worker compiles).
+# (three workers on two cores: many tests wait on a subprocess or a socket; idle workers
+# steal queued tests; property tests with a tenth of their examples, which `make test`
+# runs in full; bytecode cached even where the environment turns that off).
 unit: venv
-	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/python -m pytest tests/unit -n 2 \
-	  --hypothesis-profile=unit $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/python -m pytest tests/unit -n 3 \
+	  --dist worksteal -p no:cacheprovider --hypothesis-profile=unit $(PYTEST_ARGS)
 
 bench: image
 	$(VENV)/bin/python bench/kernel_start.py --image $(IMAGE)

@@ -220,3 +220,26 @@ def inspected(engine: Any, ident: str | None) -> dict[str, Any]:
     info = engine.inspect(ident or "")
     assert info is not None, f"container {ident} is gone"
     return dict(info)
+
+
+def new_notebook(**kw: Any) -> Any:
+    """nbformat's, imported when a test makes one (nbformat's validation imports take a
+    second, which every parallel worker would pay at collection)."""
+    from nbformat.v4 import new_notebook as make
+
+    return make(**kw)
+
+
+def new_code_cell(source: str = "", **kw: Any) -> Any:
+    from nbformat.v4 import new_code_cell as make
+
+    return make(source, **kw)
+
+
+def ipython_shell() -> Any:
+    """IPython's one test shell of this process, started on first use (IPython.testing
+    imports matplotlib: a cost every parallel worker would pay at collection)."""
+    from IPython.testing import globalipapp
+
+    globalipapp.start_ipython()  # once per process; later calls do nothing
+    return globalipapp.get_ipython()

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from IPython.testing import globalipapp
 from traitlets import Int, Unicode
 from traitlets.config import Config
 
@@ -23,7 +22,7 @@ from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.remote.runs import RemoteRequest, RemoteRunner
 from nbcontainer_kernel.runtime.errors import InvalidOption
 from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
-from tests.helpers import full_tier
+from tests.helpers import full_tier, ipython_shell
 from tests.unit.conftest import registered
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -175,8 +174,7 @@ def test_each_setting_of_earlier_releases_still_works_with_a_warning(old: str, n
 
 
 def test_the_shells_config_reaches_the_backends_and_the_old_names_too() -> None:
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
+    shell = ipython_shell()
     shell.run_line_magic("load_ext", "nbcontainer_kernel")
     from nbcontainer_kernel.backends.registry import get_backend
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing import globalipapp
 from traitlets.config import Config
 
 from nbcontainer_kernel import config
 from nbcontainer_kernel.magics.remote_run import RemoteRun
 from nbcontainer_kernel.magics.settings import backend_classes
 from nbcontainer_kernel.runtime.errors import InvalidOption
+from tests.helpers import ipython_shell
 
 
 @pytest.fixture
@@ -31,8 +31,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def _magics(cfg: Config | None = None) -> RemoteRun:
-    globalipapp.start_ipython()
-    return RemoteRun(shell=globalipapp.get_ipython(), config=cfg or Config())
+    return RemoteRun(shell=ipython_shell(), config=cfg or Config())
 
 
 # (pyproject value, env value, %config value, flag) -> what the run gets

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import docker.errors
 import pytest
-from IPython.testing import globalipapp
 
 from nbcontainer_kernel.docker.engine import classify, translate_errors
 from nbcontainer_kernel.runtime import errors
@@ -25,7 +24,7 @@ from nbcontainer_kernel.runtime.errors import (
     ResourceNotFound,
 )
 from tests.fakes import api_error
-from tests.helpers import run_runner
+from tests.helpers import ipython_shell, run_runner
 
 # One instance of every error the library raises, with the built-in each also is.
 EXAMPLES: list[tuple[NbcontainerError, type[BaseException] | None]] = [
@@ -190,8 +189,7 @@ def test_a_failed_remote_cell_reads_in_one_screen(tmp_path: Path) -> None:
 
 def test_ipython_shows_the_short_block_not_the_host_traceback(tmp_path: Path, capsys) -> None:
     err = _failed_run(tmp_path)
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
+    shell = ipython_shell()
     shell.user_ns["err"] = err
     shell.run_cell("raise err")
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
@@ -200,8 +198,7 @@ def test_ipython_shows_the_short_block_not_the_host_traceback(tmp_path: Path, ca
 
 
 def test_library_errors_in_ipython_are_one_line(capsys) -> None:
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
+    shell = ipython_shell()
     shell.user_ns["err"] = errors.DaemonNotAvailable("unix:///nowhere.sock", "FileNotFoundError")
     shell.run_cell("raise err")
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).strip()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from nbformat.v4 import new_code_cell, new_notebook
 
 from nbcontainer_kernel.docker.archives import build_context, extract_tar
 from nbcontainer_kernel.images import runs as run_images
@@ -25,6 +24,7 @@ from nbcontainer_kernel.remote.runs import check_run_name
 from nbcontainer_kernel.runtime.errors import ImageBuildError, InvalidOption, UnsafeArchive
 from nbcontainer_kernel.runtime.notebook import inject_parameters
 from nbcontainer_kernel.runtime.params import resolve_params
+from tests.helpers import ipython_shell, new_code_cell, new_notebook
 
 
 def _tar(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> bytes:
@@ -129,10 +129,8 @@ def test_run_names_are_checked_before_anything_runs(name: str) -> None:
 
 
 def test_a_long_name_is_a_usage_error_in_the_magic() -> None:
-    from IPython.testing import globalipapp
 
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
+    shell = ipython_shell()
     shell.run_line_magic("load_ext", "nbcontainer_kernel")
     with pytest.raises(UsageError, match="--name"):
         shell.run_cell_magic("remote_run", f"--local --name {'x' * 300}", "1")

@@ -604,9 +604,9 @@ def test_two_waiters_of_one_run_collect_it_one_after_the_other(
         if len(fetches) > 1:
             other_fetched.set()  # the second fetch ends here; its verify comes next
             return
-        # The first fetch rewrites a file once a second fetch ended (or after a second):
+        # The first fetch rewrites a file once a second fetch ended (or after half a second):
         # a second collector reading meanwhile would see it half-written.
-        other_fetched.wait(1.0)
+        other_fetched.wait(0.5)
         target = next((dest / "model").glob("y.*"))
         data = target.read_bytes()
         target.write_bytes(data[: len(data) // 2])

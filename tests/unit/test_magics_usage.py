@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing import globalipapp
 
 from nbcontainer_kernel.magics.remote_run import parse_value
+from tests.helpers import ipython_shell
 
 
 @pytest.fixture(scope="module")
 def ip(tmp_path_factory: pytest.TempPathFactory):
-    globalipapp.start_ipython()  # once per process; later calls do nothing
-    shell = globalipapp.get_ipython()
+    shell = ipython_shell()
     shell.run_line_magic("load_ext", "nbcontainer_kernel")
     shell.run_line_magic(
         "config", f"RemoteRun.ledger_path = {str(tmp_path_factory.mktemp('ledger') / 'runs.db')!r}"

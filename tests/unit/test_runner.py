@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nbformat.v4 import new_code_cell, new_notebook
 
 from nbcontainer_kernel.images.runs import _check_python
 from nbcontainer_kernel.images.wheels import TargetPython
@@ -20,7 +19,7 @@ from nbcontainer_kernel.runtime.errors import ImageNotUsable
 from nbcontainer_kernel.runtime.notebook import inject_parameters, parameters_of
 from nbcontainer_kernel.runtime.params import resolve_params
 from nbcontainer_kernel.snapshots import snapshot
-from tests.helpers import examples, run_runner
+from tests.helpers import examples, new_code_cell, new_notebook, run_runner
 
 
 def _run(

@@ -6,6 +6,7 @@ and the backend's state machine over a scripted client behind its own seam."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -144,7 +145,10 @@ def _spec(**kw: Any) -> RunSpec:
     return RunSpec(**base)
 
 
-_SAGEMAKER_MODEL = botocore.session.get_session().get_service_model("sagemaker")
+@functools.cache
+def _sagemaker_model() -> Any:
+    """botocore's model of the SageMaker API (loaded once, when a test first asks)."""
+    return botocore.session.get_session().get_service_model("sagemaker")
 
 
 @pytest.mark.parametrize(
@@ -173,7 +177,7 @@ def test_the_request_is_valid_against_botocores_service_model(
         checkpoint_uri="s3://b/runs/lda-3/checkpoints/",
         key_channel_uri="s3://b/runs/lda-3/nbcontainer-key/",
     )
-    shape = _SAGEMAKER_MODEL.operation_model("CreateTrainingJob").input_shape
+    shape = _sagemaker_model().operation_model("CreateTrainingJob").input_shape
     assert shape is not None
     report = ParamValidator().validate(request, shape)
     assert not report.has_errors(), report.generate_report()

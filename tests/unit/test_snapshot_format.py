@@ -79,7 +79,7 @@ def test_arrow_files_are_compressed_only_when_outputs_cross_a_network(
 ) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    frame = pd.DataFrame({"a": np.zeros(100_000), "b": pd.Categorical(["x", "y"] * 50_000)})
+    frame = pd.DataFrame({"a": np.zeros(20_000), "b": pd.Categorical(["x", "y"] * 10_000)})
     entry = serialize_value("frame", frame, tmp_path)
     raw = frame.memory_usage(deep=False).sum()
     size = (tmp_path / entry.files[0]).stat().st_size

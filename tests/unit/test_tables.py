@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
-from IPython.testing import globalipapp
 
 from nbcontainer_kernel.backends.base import Hooks, RunSpec
 from nbcontainer_kernel.remote.ledger import Ledger
@@ -29,7 +28,7 @@ from nbcontainer_kernel.remote.tables import (
 )
 from nbcontainer_kernel.runtime import metrics
 from tests.fakes import Script, ScriptedBackend, fake_image_builder, sealed_outputs
-from tests.helpers import examples
+from tests.helpers import examples, ipython_shell
 
 _METRICS = threading.Lock()  # log_metric keeps one list per process; children run in threads
 
@@ -312,8 +311,7 @@ def test_plots_lines_over_steps_points_over_a_swept_parameter_or_bars(
 # -------------------------------------------------------------------- the magics
 @pytest.fixture
 def ip(ledger: Ledger, runs: list[str]):
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
+    shell = ipython_shell()
     shell.run_line_magic("load_ext", "nbcontainer_kernel")
     shell.run_line_magic("config", f"RemoteRun.ledger_path = {str(ledger.path)!r}")
     return shell
