@@ -496,7 +496,8 @@ class RemoteRun(EnvDefaults, Magics):
     def _load_config(self, cfg: Any, section_names: Any = None, traits: Any = None) -> None:
         """`RemoteRun.<name>` for a backend's setting (earlier releases' spelling) goes to
         that backend, with a warning; the rest is RemoteRun's own."""
-        from .settings import legacy_names, register_backends, translate_legacy
+        from ..backends.settings import legacy_names, translate_legacy
+        from .settings import register_backends
 
         legacy = translate_legacy(cfg)
         if legacy:

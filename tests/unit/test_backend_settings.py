@@ -17,7 +17,7 @@ from nbcontainer_kernel.backends.base import Hooks, Phase, RunSpec
 from nbcontainer_kernel.backends.batch import BatchBackend
 from nbcontainer_kernel.backends.local import LocalBackend
 from nbcontainer_kernel.backends.sagemaker import SageMakerBackend
-from nbcontainer_kernel.magics.settings import backend_classes, legacy_names, translate_legacy
+from nbcontainer_kernel.backends.settings import backend_classes, legacy_names, translate_legacy
 from nbcontainer_kernel.remote.ledger import Ledger
 from nbcontainer_kernel.remote.runs import RemoteRequest, RemoteRunner
 from nbcontainer_kernel.runtime.errors import InvalidOption

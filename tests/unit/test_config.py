@@ -12,8 +12,8 @@ from IPython.core.error import UsageError
 from traitlets.config import Config
 
 from nbcontainer_kernel import config
+from nbcontainer_kernel.backends.settings import backend_classes
 from nbcontainer_kernel.magics.remote_run import RemoteRun
-from nbcontainer_kernel.magics.settings import backend_classes
 from nbcontainer_kernel.runtime.errors import InvalidOption
 from tests.helpers import ipython_shell
 
