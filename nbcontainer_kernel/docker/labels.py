@@ -11,8 +11,9 @@ import getpass
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
+
+from ..runtime.snapshot import now_iso as now_iso  # one format for every timestamp written
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -65,10 +66,6 @@ OCI_VERSION = "org.opencontainers.image.version"
 OCI_BASE_NAME = "org.opencontainers.image.base.name"
 
 SOURCE_URL = "https://github.com/nbcontainer/nbcontainer-kernel"
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import os
 import re
 import shutil
@@ -42,6 +43,8 @@ from ..snapshots import Snapshot, names_assigned, snapshot
 from .ledger import Ledger
 from .lifecycle import RunRecord, collecting, read_logs
 from .results import RunResult, load_results
+
+log = logging.getLogger(__name__)
 
 _TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
 MAX_NAME = 40
@@ -336,8 +339,9 @@ class RemoteRunner:
     def _wait_quietly(self, record: RunRecord, driver: RunDriver, job: Job, spec: RunSpec) -> None:
         try:
             self._wait(record, driver, job, spec)
-        except Exception:  # recorded in the run's row; %remote_attach shows it
-            pass
+        except Exception as exc:
+            # No cell waits to be told: the run's row holds why (%remote_attach raises it).
+            log.info("run %s ended: %s: %s", record.run_id, type(exc).__name__, exc)
         finally:
             self.records.pop(record.run_id, None)
             self._threads.pop(record.run_id, None)

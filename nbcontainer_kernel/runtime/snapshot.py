@@ -21,14 +21,24 @@ from typing import Any
 
 from .contract import SNAPSHOT_DIR
 
-__all__ = ["Snapshot", "VariableRecord", "SNAPSHOT_DIR", "MANIFEST", "FORMAT"]
+__all__ = [
+    "Snapshot",
+    "VariableRecord",
+    "SNAPSHOT_DIR",
+    "MANIFEST",
+    "FORMAT",
+    "now_iso",
+    "python_version",
+]
 
 
-def _python_version() -> str:
+def python_version() -> str:
+    """This interpreter's version, X.Y.Z (a snapshot's `python`)."""
     return ".".join(map(str, sys.version_info[:3]))
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """Now, in UTC, as every timestamp this project writes (manifests, labels)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -61,7 +71,7 @@ class Snapshot:
     variables: list[VariableRecord] = field(default_factory=list)
     env_names: list[str] = field(default_factory=list)
     env_secrets_dropped: list[str] = field(default_factory=list)
-    python: str = field(default_factory=_python_version)
+    python: str = field(default_factory=python_version)
     packages: dict[str, str] = field(default_factory=dict)
     requirements: list[str] = field(default_factory=list)  # resolved with their dependencies
     local_packages: list[dict[str, Any]] = field(default_factory=list)
@@ -70,7 +80,7 @@ class Snapshot:
     notebook: str | None = None
     parameters: list[dict[str, Any]] = field(default_factory=list)
     kernel: dict[str, str] = field(default_factory=dict)
-    created: str = field(default_factory=_now)
+    created: str = field(default_factory=now_iso)
     digest: str = ""
     _owned: bool = False
     # Files being hashed (path -> (size when queued, its chunks' digests to come)).

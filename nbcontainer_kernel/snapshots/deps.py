@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.snapshot import python_version
+
 __all__ = ["Dependencies", "capture_dependencies", "python_version"]
 
 # Never pinned: the image provides them (pip in its venv, this package from its own wheel).
@@ -26,10 +28,6 @@ _PROVIDED = {"pip", "setuptools", "wheel", "nbcontainer-kernel", "distribute"}
 
 def _canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def python_version() -> str:
-    return ".".join(map(str, sys.version_info[:3]))
 
 
 @dataclass
