@@ -34,7 +34,14 @@ fi
 # again (an editable install picks code changes up by itself), so `make unit` starts at once.
 stamp="$venv/.nbcontainer-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+# Found, not imported: importing them all (sagemaker above all) takes seconds, which
+# `make unit` would pay on every run; a fresh install below imports them in full.
+found_all() {
+  "$venv/bin/python" -c 'import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in ("nbcontainer_kernel", "boto3", "moto",
+         "sagemaker", "playwright", "hypothesis", "xdist", "ruff", "mypy")))'
+}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && found_all; then
   log "nbcontainer-kernel and its extras are installed in $venv (pyproject.toml unchanged)"
 else
 log "installing nbcontainer-kernel (editable, with the test, lint, aws and sagemaker extras) into $venv"
@@ -50,11 +57,11 @@ if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check \
 fi
 grep -v '^WARNING: Location' "$pip_log" >&2 || true  # pip's warnings, if any
 rm -f "$pip_log"
-echo "$want" > "$stamp"
-fi
 # Every part the README promises imports (the extras included).
 "$venv/bin/python" -c 'import nbcontainer_kernel, boto3, moto, sagemaker.core.local.local_session, playwright, hypothesis, xdist, ruff, mypy' \
   || { log "the install into $venv is incomplete (an import above failed)"; exit 1; }
+echo "$want" > "$stamp"
+fi
 
 if [ "$venv_only" -eq 0 ]; then
   # The AWS test bed's registry (scripts/aws-testbed.sh starts it with its own config), and

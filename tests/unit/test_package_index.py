@@ -4,6 +4,7 @@ run the real pip against indexes this test serves on 127.0.0.1 (no Docker)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import time
@@ -277,7 +278,9 @@ def test_no_index_fails_at_once_saying_so(pip_env: Path, monkeypatch: pytest.Mon
         resolve_wheels(["nbc-missing-pkg==1.0"], target, pip_env / "out", no_deps=True)
 
 
+@functools.cache
 def _probe() -> str:
+    """The interpreter's own probe, asked once: every test here targets the same Python."""
     import subprocess
     import sys
 
