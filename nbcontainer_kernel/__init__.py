@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "log_metric",
+    "record",
     "snapshot",
     "build_run_image",
     "run_image",
@@ -28,6 +29,7 @@ __all__ = [
 
 _LAZY = {
     "log_metric": ("nbcontainer_kernel.runtime.metrics", "log_metric"),
+    "record": ("nbcontainer_kernel.runtime.recorded", "record"),
     "snapshot": ("nbcontainer_kernel.snapshots", "snapshot"),
     "Snapshot": ("nbcontainer_kernel.snapshots", "Snapshot"),
     "build_run_image": ("nbcontainer_kernel.images.runs", "build_run_image"),

@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS runs (
     verdict TEXT,
     timed_out INTEGER NOT NULL DEFAULT 0,
     platform TEXT,
+    kind TEXT NOT NULL DEFAULT 'cell',
+    recorded TEXT NOT NULL DEFAULT '{}',
+    schedule TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -69,7 +72,18 @@ CREATE TABLE IF NOT EXISTS metric_points (
 );
 CREATE INDEX IF NOT EXISTS metric_points_run ON metric_points(run_id);
 """
-_JSON = {"params", "metrics", "phases", "result_files", "outputs", "job", "platform"}
+_JSON = {
+    "params",
+    "metrics",
+    "phases",
+    "result_files",
+    "outputs",
+    "job",
+    "platform",
+    "recorded",
+}
+#: What a run ran: a cell (%%remote_run) or a notebook (nbcontainer run, a schedule).
+KINDS = ("cell", "notebook")
 # Columns added after the first release: added to older ledgers when they are opened.
 #: `verified` holds the verdict's words (which file was refused, and why); `verdict` its
 #: kind (runtime.trust.Verdict) and `timed_out` whether --timeout stopped the run.
@@ -79,6 +93,10 @@ _ADDED_COLUMNS = {
     "platform": "TEXT",
     "verdict": "TEXT",
     "timed_out": "INTEGER NOT NULL DEFAULT 0",
+    # 5: notebook runs beside cell runs, what they recorded, the schedule that started one.
+    "kind": "TEXT NOT NULL DEFAULT 'cell'",
+    "recorded": "TEXT NOT NULL DEFAULT '{}'",
+    "schedule": "TEXT",
 }
 
 #: Runs recorded before the verdict and the timeout had columns: both read from the words
@@ -94,7 +112,7 @@ _FROM_VERSION_3 = (
 BUSY_TIMEOUT = 30.0
 #: Seconds a busy step is tried again (with backoff) before it fails.
 RETRY_FOR = 120.0
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PENDING_DIR = ".pending-ends"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -338,12 +356,16 @@ class Ledger:
         parent: str | None = None,
         notebook: str | None = None,
         status: str = "SNAPSHOT",
+        kind: str = "cell",
+        schedule: str | None = None,
     ) -> str:
         """A new run row with its own signing key; its id is NAME-N (N counts runs of that
         name). LedgerError when it cannot be recorded: the run is then not started."""
         from ..runtime.trust import new_key
 
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
+        if kind not in KINDS:
+            raise LedgerError("", f"run kind {kind!r}", f"a run is one of {', '.join(KINDS)}")
         key = new_key()
         params_text = json.dumps(params or {}, default=str)
 
@@ -355,7 +377,8 @@ class Ledger:
             run_id = f"{name}-{seq}"
             db.execute(
                 "INSERT INTO runs (id, name, seq, backend, params, status, parent, notebook, "
-                "created, updated, result_dir, run_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "created, updated, result_dir, run_key, kind, schedule) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_id,
                     name,
@@ -369,6 +392,8 @@ class Ledger:
                     now,
                     str(self.runs_dir / run_id),
                     key,
+                    kind,
+                    schedule,
                 ),
             )
             return run_id
@@ -497,9 +522,21 @@ class Ledger:
         status: str | None = None,
         parent: str | None = None,
         ids: Iterable[str] | None = None,
+        kind: str | None = None,
+        schedule: str | None = None,
+        last: int | None = None,
     ) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM runs WHERE 1=1", []
-        for col, val in (("name", name), ("status", status), ("parent", parent)):
+        """Runs by column values (all given must hold), oldest first; `last` keeps the
+        newest K of them."""
+        sql, args = "SELECT * FROM runs WHERE 1=1", list[Any]()
+        filters = (
+            ("name", name),
+            ("status", status),
+            ("parent", parent),
+            ("kind", kind),
+            ("schedule", schedule),
+        )
+        for col, val in filters:
             if val is not None:
                 sql += f" AND {col} = ?"
                 args.append(val.upper() if col == "status" else val)
@@ -508,8 +545,13 @@ class Ledger:
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             args += ids
 
+        order = " ORDER BY created, seq"
+        if last is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY created DESC, seq DESC LIMIT ?)"
+            args.append(max(0, int(last)))
+
         def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            cur = db.execute(sql + " ORDER BY created, seq", args)
+            cur = db.execute(sql + order, args)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 

@@ -143,6 +143,7 @@ def end_fields(
         fields = {
             **base,
             "metrics": result.metrics if trusted else {},
+            "recorded": result.recorded if trusted else {},
             "failure": (result.failure if trusted else outcome.reason) or outcome.reason,
             "result_files": sorted(p.name for p in result.model_dir.glob("*"))
             if result.model_dir.exists()

@@ -186,6 +186,21 @@ class RunResult:
         history = self._metrics_doc.get("history") or []
         return [r for r in history if isinstance(r, dict) and isinstance(r.get("name"), str)]
 
+    @functools.cached_property
+    def recorded(self) -> dict[str, Any]:
+        """What the run recorded for comparison (record(), scrapbook's glue), verified."""
+        if not self.outputs.exists("model/recorded.json"):
+            return {}
+        doc = json.loads(self.outputs.read_bytes("model/recorded.json"))
+        return doc if isinstance(doc, dict) else {}
+
+    @property
+    def notebooks(self) -> list[Path]:
+        """The executed notebooks a notebook run left (a pipeline's in order), with their
+        HTML beside them."""
+        names = self.index.get("notebooks") or []
+        return [self.data_dir / n for n in names if isinstance(n, str) and "/" not in n]
+
     def _verified_failure(self) -> str | None:
         try:
             if self.outputs.exists("output/failure"):

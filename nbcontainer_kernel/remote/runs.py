@@ -99,6 +99,12 @@ class RemoteRequest:
         overrides: this run's values of backend settings, over the configured ones
             (--instance-type and friends; by setting name, e.g. ``queue``, or by its
             ``[tool.nbcontainer]`` name, ``batch_queue``): Backend.settings.
+        notebooks: a notebook run (``nbcontainer run``): these notebooks, in order, are
+            the run (a pipeline when several); `cell` is then empty.
+        image: a notebook run of an image ``nbcontainer containerize`` made (no snapshot,
+            no build).
+        requirements: a notebook run's requirements file (else this environment's lock).
+        schedule: the schedule or trigger that started the run (its ledger row says so).
     """
 
     cell: str
@@ -121,6 +127,15 @@ class RemoteRequest:
     allow_unpinned: bool = False
     resolve_timeout: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    notebooks: list[str] | None = None
+    image: str | None = None
+    requirements: str | None = None
+    schedule: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the run runs: "notebook" (notebooks or an image of them) or "cell"."""
+        return "notebook" if self.notebooks or self.image else "cell"
 
     def __post_init__(self) -> None:
         if isinstance(self.sweep, tuple):
@@ -240,7 +255,16 @@ class RemoteRunner:
         params = dict(req.params)
         if req.sweep:
             params.update(swept_values(req.sweep_rows))
-        run_id = self.ledger.create(name, backend.name, params=params, notebook=notebook)
+        if notebook is None and req.notebooks:
+            notebook = str(Path(req.notebooks[0]).resolve())
+        run_id = self.ledger.create(
+            name,
+            backend.name,
+            params=params,
+            notebook=notebook,
+            kind=req.kind,
+            schedule=req.schedule,
+        )
         record = RunRecord(self.ledger, run_id, hooks)
         stop = stop or StopSignal()
         self._stops[run_id] = stop
@@ -481,6 +505,14 @@ class RemoteRunner:
         stop: StopSignal,
     ) -> tuple[str, str, Snapshot | None]:
         """(image, snapshot digest, the snapshot when the image is only its runtime)."""
+        if req.image:  # made by `nbcontainer containerize`: run as it is
+            return req.image, _image_digest(req.image), None
+        if req.notebooks and not req.rerun:
+            record.enter(Phase.SNAPSHOT)
+            from .notebooks import notebook_snapshot
+
+            snap = notebook_snapshot(req.notebooks, req.requirements)
+            return self._build(record, req, snap, warm, stop)
         if not req.rerun:
             record.enter(Phase.SNAPSHOT)
             snap = snapshot(namespace, req.cell, variables=req.variables, all_vars=req.all_vars)
@@ -866,6 +898,16 @@ def combine_sweep(
                 frames, ignore_index=not isinstance(frames[0].index, pd.DatetimeIndex)
             )
     return combined
+
+
+def _image_digest(image: str) -> str:
+    """The snapshot digest a run image's label holds ("" for another image); a missing
+    image is an ImageNotFound that says how to make one."""
+    from ..docker import labels
+    from ..docker.engine import get_engine
+
+    found = get_engine().get_image(image)
+    return str((found.labels or {}).get(labels.SNAPSHOT_DIGEST, ""))
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -9,6 +9,7 @@ notebook shows one (status coloured).
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,6 +60,11 @@ def _status_cell(value: Any) -> str:
     return f"<span style='color: {hue}; font-weight: bold'>{html.escape(str(value))}</span>"
 
 
+def _cell(value: Any) -> Any:
+    """A recorded value as a table cell: lists and dicts as their JSON text."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else _round(value, 6)
+
+
 def _round(value: Any, digits: int) -> Any:
     return round(value, digits) if isinstance(value, float) and math.isfinite(value) else value
 
@@ -84,14 +90,18 @@ def runs_frame(
     backend: str | None = None,
     last: int | None = None,
     sweep: str | None = None,
+    kind: str | None = None,
 ) -> RunsTable:
     """One flat row per run, oldest first: id, name, backend, status, created (local time),
     duration (s), ``param.NAME`` (each parameter with its own type), ``metric.NAME`` (last
-    value), ``time.PHASE`` (s), exit code, image (short), and what the platform billed where
-    it says (instance type, billable seconds, spot savings). Filters: run name, status,
-    backend, the `last` K runs, the children of sweep `sweep`."""
+    value), ``recorded.NAME`` (what a notebook recorded), ``time.PHASE`` (s), exit code,
+    image (short), and what the platform billed where it says (instance type, billable
+    seconds, spot savings). Filters: run name, status, backend, the `last` K runs, the
+    children of sweep `sweep`, the `kind` of run (cell or notebook)."""
     ledger = ledger or Ledger()
     rows = _rows(ledger, name, status, backend, sweep)
+    if kind is not None:
+        rows = [r for r in rows if r.get("kind", "cell") == kind]
     if last is not None:
         rows = rows[-last:] if last > 0 else []
     records = []
@@ -100,6 +110,7 @@ def runs_frame(
         record: dict[str, Any] = {
             "id": r["id"],
             "name": r["name"],
+            "kind": r.get("kind", "cell"),
             "backend": r["backend"],
             "status": r["status"],
             "created": pd.Timestamp(r["created"], unit="s", tz="UTC").tz_convert(_local_tz()),
@@ -115,6 +126,7 @@ def runs_frame(
             record["children"] = swept[next(iter(swept))]
         record.update({f"param.{k}": v for k, v in params.items()})
         record.update({f"metric.{k}": _round(v, 6) for k, v in (r.get("metrics") or {}).items()})
+        record.update({f"recorded.{k}": _cell(v) for k, v in (r.get("recorded") or {}).items()})
         record.update({f"time.{k}": round(v, 2) for k, v in Ledger.timings(r).items()})
         platform = r.get("platform") or {}
         for key in ("instance_type", "billable_seconds", "spot_savings"):
@@ -125,7 +137,7 @@ def runs_frame(
         if r.get("parent"):
             record["parent"] = r["parent"]
         records.append(record)
-    fixed = ["id", "name", "backend", "status", "created", "duration"]
+    fixed = ["id", "name", "kind", "backend", "status", "created", "duration"]
     frame = pd.DataFrame.from_records(records, columns=_columns(records, fixed))
     for column in ("exit_code", "children"):
         if column in frame:

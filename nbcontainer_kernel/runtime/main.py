@@ -180,7 +180,15 @@ def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> in
         + (f", parameters from {source}: {params}" if params else ""),
         flush=True,
     )
-    if snap.mode == "notebook":
+    if snap.mode == "notebook" and snap.pipeline:
+        from .notebook import run_pipeline
+
+        steps = [
+            (paths.snapshot / "pipeline" / f"{i:02d}.ipynb", stem)
+            for i, stem in enumerate(snap.pipeline)
+        ]
+        code = run_pipeline(steps, params, paths, index, workdir=paths.snapshot / "src" / "code")
+    elif snap.mode == "notebook":
         from .notebook import run_notebook
 
         code = run_notebook(

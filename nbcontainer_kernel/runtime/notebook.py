@@ -11,8 +11,9 @@ from typing import Any
 
 from . import metrics
 from .paths import Paths
+from .recorded import recorded_in
 
-__all__ = ["parameters_of", "inject_parameters", "run_notebook"]
+__all__ = ["parameters_of", "inject_parameters", "run_notebook", "run_pipeline"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -68,12 +69,13 @@ def parameters_of(nb: Any) -> list[dict[str, Any]]:
     return []
 
 
-def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
-    """Insert a cell tagged `injected-parameters` after the `parameters` cell (or first)."""
+def inject_parameters(nb: Any, params: dict[str, Any]) -> str:
+    """Insert a cell tagged `injected-parameters` after the `parameters` cell (or first);
+    returns where it went, in words (the run's log says so)."""
     import nbformat
 
     if not params:
-        return
+        return ""
     bad = [k for k in params if not _is_identifier(k)]
     if bad:  # names become code in the injected cell: identifiers only
         raise ValueError(f"parameter names must be Python identifiers, not {bad[0]!r}")
@@ -89,6 +91,40 @@ def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
         0,
     )
     nb.cells.insert(index, cell)
+    if index == 0:
+        return (
+            "as a new first cell: the notebook has no cell tagged 'parameters', so its own "
+            "assignments of these names run after them and win"
+        )
+    return f"after the cell tagged 'parameters' (as cell {index})"
+
+
+def run_pipeline(
+    notebooks: list[tuple[Path, str]],
+    params: dict[str, Any],
+    paths: Paths,
+    index: dict[str, Any],
+    workdir: Path,
+) -> int:
+    """Run (notebook, stem) pairs in order with the same parameters, each executed copy
+    kept; stop at the first that fails, naming it (the failure file starts with it)."""
+    index["pipeline"] = [stem for _, stem in notebooks]
+    recorded: dict[str, Any] = {}
+    for step, (notebook, stem) in enumerate(notebooks, 1):
+        print(f"[nbcontainer] pipeline step {step}/{len(notebooks)}: {stem}", flush=True)
+        code = run_notebook(notebook, params, paths, index, workdir, stem)
+        recorded.update(index.get("recorded") or {})
+        index["recorded"] = dict(recorded)
+        _write_recorded(recorded, paths)
+        if code != 0:
+            text = paths.failure.read_text() if paths.failure.exists() else ""
+            paths.failure.write_text(
+                f"pipeline stopped at step {step} of {len(notebooks)} ({stem}); the steps "
+                f"after it did not run.\n{text}"
+            )
+            index["failed_step"] = stem
+            return code
+    return 0
 
 
 def run_notebook(
@@ -114,7 +150,9 @@ def run_notebook(
 
     paths.make()
     nb = nbformat.read(notebook, as_version=4)
-    inject_parameters(nb, params)
+    where = inject_parameters(nb, params)
+    if where:
+        print(f"[nbcontainer] parameters {sorted(params)} injected {where}", flush=True)
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
 
     def on_start(cell: Any, cell_index: int) -> None:
@@ -191,4 +229,12 @@ def _write_outputs(
     (paths.model / "metrics.json").write_text(
         json.dumps(metrics.summary(metrics.parse_metric_lines(text)), indent=1)
     )
-    index.update({"parameters": params, "notebook": out_nb.name})
+    recorded = recorded_in(nb.cells)
+    _write_recorded(recorded, paths)
+    index.update({"parameters": params, "notebook": out_nb.name, "recorded": recorded})
+    index.setdefault("notebooks", []).append(out_nb.name)
+
+
+def _write_recorded(recorded: dict[str, Any], paths: Paths) -> None:
+    """What the notebook recorded (record(), scrapbook's glue): model/recorded.json."""
+    (paths.model / "recorded.json").write_text(json.dumps(recorded, indent=1, default=str))

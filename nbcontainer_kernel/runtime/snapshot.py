@@ -79,6 +79,9 @@ class Snapshot:
     source_paths: list[str] = field(default_factory=list)
     notebook: str | None = None
     parameters: list[dict[str, Any]] = field(default_factory=list)
+    #: A pipeline's notebooks in order (their names; files pipeline/NN.ipynb), each run
+    #: with the run's parameters; empty for one notebook (notebook.ipynb).
+    pipeline: list[str] = field(default_factory=list)
     kernel: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=now_iso)
     digest: str = ""

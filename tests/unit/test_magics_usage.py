@@ -87,7 +87,7 @@ def test_parameter_values_are_literals_or_strings() -> None:
 def test_remote_runs_is_a_dataframe_even_when_empty(ip) -> None:
     df = ip.run_line_magic("remote_runs", "")
     assert df.empty
-    assert list(df.columns) == ["id", "name", "backend", "status", "created", "duration"]
+    assert list(df.columns) == ["id", "name", "kind", "backend", "status", "created", "duration"]
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,15 @@ def test_runs_are_flat_rows_with_typed_params_rounded_times_and_last_metrics(
 ) -> None:
     frame = runs_frame(ledger, name="fit")
     assert isinstance(frame, RunsTable) and list(frame.id) == ["fit-1", "fit-2"]
-    assert list(frame.columns[:6]) == ["id", "name", "backend", "status", "created", "duration"]
+    assert list(frame.columns[:7]) == [
+        "id",
+        "name",
+        "kind",
+        "backend",
+        "status",
+        "created",
+        "duration",
+    ]
     assert frame["param.rate"].tolist() == [0.1, 0.2] and frame["param.rate"].dtype == float
     assert frame["metric.loss"].tolist() == [0.8, 0.6]  # the last step's value
     assert frame["metric.acc"].tolist() == [0.6, 0.7]
@@ -120,6 +128,7 @@ def test_filters_select_runs(ledger: Ledger, runs: list[str]) -> None:
     assert list(runs_frame(ledger, name="nothing").columns) == [
         "id",
         "name",
+        "kind",
         "backend",
         "status",
         "created",

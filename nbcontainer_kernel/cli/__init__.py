@@ -13,10 +13,11 @@ import sys
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from .runtime.errors import InvalidOption, NbcontainerError
+from ..runtime.errors import InvalidOption, NbcontainerError
+from .runs import add_commands
 
 if TYPE_CHECKING:
-    from .docker.engine import Engine
+    from ..docker.engine import Engine
 
     # The `nbcontainer COMMAND` parsers.
     _Commands = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -45,14 +46,14 @@ class _BuildPrinter:
 
 
 def _engine() -> Engine:
-    from .docker.engine import Engine
+    from ..docker.engine import Engine
 
     return Engine.connect()
 
 
 # ------------------------------------------------------------------ image
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .images.kernel import build_kernel_image
+    from ..images.kernel import build_kernel_image
 
     reqs = list(args.pip or [])
     if args.requirements:
@@ -74,8 +75,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
-    from .docker import labels
-    from .images.kernel import list_kernel_images
+    from ..docker import labels
+    from ..images.kernel import list_kernel_images
 
     rows = []
     for img in list_kernel_images(_engine()):
@@ -108,8 +109,8 @@ def _kv(values: Sequence[str] | None, what: str) -> dict[str, str]:
 
 
 def cmd_kernelspec_install(args: argparse.Namespace) -> int:
-    from .docker.options import DEFAULT_ENV_ALLOWLIST, ContainerOptions, effective_docker_access
-    from .kernel import kernelspec
+    from ..docker.options import DEFAULT_ENV_ALLOWLIST, ContainerOptions, effective_docker_access
+    from ..kernel import kernelspec
 
     single_user = not (args.sys_prefix or args.prefix)
     options: dict[str, Any] = {}
@@ -153,7 +154,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
     """
     from traitlets import Bool, CaselessStrEnum, Enum, Float, Int, List
 
-    from .docker.options import ContainerOptions
+    from ..docker.options import ContainerOptions
 
     for name, trait in sorted(ContainerOptions.class_traits(config=True).items()):
         flag = trait.metadata.get("flag", "--" + name.replace("_", "-"))
@@ -178,7 +179,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_kernelspec_list(args: argparse.Namespace) -> int:
-    from .kernel import kernelspec
+    from ..kernel import kernelspec
 
     _table(
         ("NAME", "DISPLAY NAME", "IMAGE", "DIRECTORY"),
@@ -188,7 +189,7 @@ def cmd_kernelspec_list(args: argparse.Namespace) -> int:
 
 
 def cmd_kernelspec_remove(args: argparse.Namespace) -> int:
-    from .kernel import kernelspec
+    from ..kernel import kernelspec
 
     for name in args.names:
         print(f"removed {kernelspec.remove(name)}")
@@ -197,12 +198,21 @@ def cmd_kernelspec_remove(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------- headless notebooks
 def cmd_containerize(args: argparse.Namespace) -> int:
-    from .remote.notebooks import containerize
+    from ..remote.notebooks import containerize, pipeline_notebooks
 
+    notebooks = list(args.notebooks) or [str(p) for p in pipeline_notebooks()]
+    if not notebooks:
+        raise InvalidOption(
+            "notebook",
+            "",
+            "name a notebook (several make a pipeline), or list them in "
+            "pyproject.toml's [tool.nbcontainer.pipeline] notebooks",
+        )
     printer = _BuildPrinter()
-    _phase("snapshot + build", f"{args.notebook} -> {args.tag}")
+    what = " then ".join(notebooks)
+    print(f"==> snapshot + build: {what} -> {args.tag}", file=sys.stderr, flush=True)
     image = containerize(
-        args.notebook,
+        notebooks,
         args.tag,
         base=args.base,
         requirements=args.requirements,
@@ -212,83 +222,22 @@ def cmd_containerize(args: argparse.Namespace) -> int:
     deps = "reused" if image.deps_reused else "built"
     print(f"built {image.tag} ({image.image_id[7:19]}); dependency layer {image.deps_image} {deps}")
     print(
-        f"run it: docker run --rm {image.tag} -p NAME VALUE   or   nbcontainer run {image.tag} -p "
-        "NAME VALUE"
+        f"run it: nbcontainer run {image.tag} -p NAME VALUE [--backend batch]   or   "
+        f"docker run --rm {image.tag} -p NAME VALUE"
     )
-    return 0
-
-
-def _phase(name: str, detail: str = "") -> None:
-    print(f"==> {name}" + (f": {detail}" if detail else ""), file=sys.stderr, flush=True)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
-
-    from .images.runs import remove_run_image
-    from .remote.local_run import run_image
-    from .remote.notebooks import containerize
-
-    engine = _engine()
-    target = args.target
-    built = None
-    if target.endswith(".ipynb") or Path(target).is_file():
-        _phase("snapshot + build", target)
-        built = containerize(
-            target,
-            base=args.base,
-            requirements=args.requirements,
-            engine=engine,
-            on_line=_BuildPrinter() if args.verbose else None,
-        )
-        image = built.tag
-        name = Path(target).stem
-    else:
-        image = target
-        name = target.split("/")[-1].replace(":", "-")
-    out = Path(args.output or Path("nbcontainer-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
-    cmd: list[str] = []
-    for pname, value in args.param or []:
-        cmd += ["-p", pname, value]
-    _phase("run", f"{image} (outputs: {out})")
-    try:
-        result = run_image(
-            image,
-            args=cmd,
-            output_dir=out,
-            timeout=args.timeout,
-            engine=engine,
-            on_log=lambda line: print(f"    {line}", flush=True),
-        )
-    finally:
-        if built is not None and not args.keep_image:
-            remove_run_image(built.tag, engine)
-    _phase(
-        "done" if result.succeeded else "failed",
-        f"exit code {result.exit_code} in {result.duration:.1f} s",
-    )
-    produced = sorted(p.name for p in result.data_dir.glob("*")) if result.data_dir.exists() else []
-    print(f"outputs in {out.resolve()}" + (f": {', '.join(produced)}" if produced else ""))
-    if not result.succeeded:
-        print(
-            result.failure or ("timed out" if result.timed_out else "the run failed"),
-            file=sys.stderr,
-        )
-        return 1
     return 0
 
 
 # ------------------------------------------------------------------- push
 def _batch_setting(name: str) -> Any:
     """A Batch setting as a notebook would see it (env var, then [tool.nbcontainer])."""
-    from .backends.batch import BatchBackend
+    from ..backends.batch import BatchBackend
 
     return BatchBackend().settings()[name]
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .backends.push import parse_registry, push_image
+    from ..backends.push import parse_registry, push_image
 
     address = args.registry or _batch_setting("registry")
     if not address:
@@ -309,7 +258,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- gc
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .docker.orphans import sweep
+    from ..docker.orphans import sweep
 
     orphans = sweep(_engine(), dry_run=args.dry_run, images=args.images)
     verb = "would remove" if args.dry_run else "removed"
@@ -317,12 +266,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"{verb} {o.role} container {o.name} ({o.status}; owner {o.owner} is gone)")
     print(f"{verb} {len(orphans)} orphaned container(s)")
     if not args.dry_run:
-        from .guard import remove_stale
+        from ..guard import remove_stale
 
         for directory in remove_stale():  # a Docker guard's socket left by a server killed -9
             print(f"removed the Docker guard socket {directory} (its server is gone)")
     if args.aws:
-        from .backends.batch import deregister_old_definitions
+        from ..backends.batch import deregister_old_definitions
 
         old = deregister_old_definitions(
             keep=args.keep, queue=_batch_setting("queue"), dry_run=args.dry_run
@@ -337,10 +286,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def _gc_run_keys(dry_run: bool) -> None:
     """Run-key parameters left by a kernel killed before its Batch run ended."""
-    from .backends.aws import client
-    from .backends.run_keys import delete_ssm_key, stale_ssm_keys
-    from .remote.ledger import Ledger
-    from .runtime.errors import UnknownRun
+    from ..backends.aws import client
+    from ..backends.run_keys import delete_ssm_key, stale_ssm_keys
+    from ..remote.ledger import Ledger
+    from ..runtime.errors import UnknownRun
 
     ledger = Ledger()
 
@@ -367,7 +316,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nbcontainer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_image, _kernelspec, _containerize, _run, _gc, _push):
+    for add in (_image, _kernelspec, _containerize, add_commands, _gc, _push):
         add(sub)
     return p
 
@@ -430,7 +379,13 @@ def _kernelspec(sub: _Commands) -> None:
 
 def _containerize(sub: _Commands) -> None:
     c = sub.add_parser("containerize", help="build an image that runs a notebook with parameters")
-    c.add_argument("notebook")
+    c.add_argument(
+        "notebooks",
+        nargs="*",
+        metavar="NOTEBOOK",
+        help="the notebook; several run in order as a pipeline (default: pyproject.toml's "
+        "[tool.nbcontainer.pipeline] notebooks)",
+    )
     c.add_argument("--tag", required=True)
     c.add_argument(
         "--base", help="base image (default: python:X.Y-slim, or NBCONTAINER_BASE_IMAGE)"
@@ -439,30 +394,6 @@ def _containerize(sub: _Commands) -> None:
         "--requirements", "-r", help="requirements file (default: this environment's packages)"
     )
     c.set_defaults(func=cmd_containerize)
-
-
-def _run(sub: _Commands) -> None:
-    rn = sub.add_parser("run", help="run a notebook (or an image made by containerize) in Docker")
-    rn.add_argument("target", help="a notebook path or an image")
-    rn.add_argument(
-        "-p",
-        "--param",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="a parameter (repeatable); values are JSON where they parse",
-    )
-    rn.add_argument(
-        "--output", "-o", help="where to put the outputs (default: nbcontainer-runs/...)"
-    )
-    rn.add_argument("--base", help="base image when building from a notebook")
-    rn.add_argument("--requirements", "-r", help="requirements file when building from a notebook")
-    rn.add_argument("--timeout", type=float, help="seconds before the run is stopped")
-    rn.add_argument(
-        "--keep-image", action="store_true", help="keep the image built from a notebook"
-    )
-    rn.add_argument("--verbose", "-v", action="store_true", help="show the build's output")
-    rn.set_defaults(func=cmd_run)
 
 
 def _gc(sub: _Commands) -> None:

@@ -1,0 +1,7 @@
+"""`python -m nbcontainer_kernel.cli`: the `nbcontainer` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
