@@ -77,6 +77,19 @@ class Phase(str, enum.Enum):
         return list(Phase).index(self)
 
 
+#: The phases a progress bar counts (a terminal phase fills it), in order.
+PROGRESS_STEPS = (
+    Phase.SNAPSHOT,
+    Phase.BUILD,
+    Phase.PUSH,
+    Phase.SUBMITTED,
+    Phase.QUEUED,
+    Phase.STARTING,
+    Phase.RUNNING,
+    Phase.COLLECTING,
+    Phase.SUCCEEDED,
+)
+
 PhaseCallback = Callable[[str, "Phase", dict[str, float]], None]
 LogCallback = Callable[[str, str], None]
 

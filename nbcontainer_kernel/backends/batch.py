@@ -223,6 +223,13 @@ class BatchBackend(AWSBackend):
         allow_none=True,
         help="ARN of the execution role of Fargate jobs (env NBCONTAINER_BATCH_EXECUTION_ROLE).",
     ).tag(config=True, env="NBCONTAINER_BATCH_EXECUTION_ROLE", setting="batch_execution_role")
+    schedule_role = Unicode(
+        None,
+        allow_none=True,
+        help="ARN of the IAM role EventBridge Scheduler and rules submit a schedule's or "
+        "trigger's Batch jobs with: `nbcontainer schedule create` only "
+        "(env NBCONTAINER_SCHEDULE_ROLE).",
+    ).tag(config=True, env="NBCONTAINER_SCHEDULE_ROLE", setting="schedule_role")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

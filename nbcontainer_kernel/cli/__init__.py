@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from ..runtime.errors import InvalidOption, NbcontainerError
+from . import schedules
 from .runs import add_commands
 
 if TYPE_CHECKING:
@@ -316,7 +317,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nbcontainer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_image, _kernelspec, _containerize, add_commands, _gc, _push):
+    for add in (
+        _image,
+        _kernelspec,
+        _containerize,
+        add_commands,
+        schedules.add_commands,
+        _gc,
+        _push,
+    ):
         add(sub)
     return p
 

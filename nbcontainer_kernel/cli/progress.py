@@ -17,19 +17,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import IO
 
+from ..backends.base import PROGRESS_STEPS as _STEPS
 from ..backends.base import Hooks, Phase
 
 __all__ = ["TerminalProgress"]
-
-_STEPS = [
-    Phase.SNAPSHOT,
-    Phase.BUILD,
-    Phase.PUSH,
-    Phase.SUBMITTED,
-    Phase.RUNNING,
-    Phase.COLLECTING,
-    Phase.SUCCEEDED,
-]
 
 
 class TerminalProgress:

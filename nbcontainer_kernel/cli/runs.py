@@ -201,9 +201,9 @@ def _print_failure(ledger: Ledger, rows: list[dict[str, Any]], failed: Exception
 # ------------------------------------------------------------------ runs
 def cmd_runs(args: argparse.Namespace) -> int:
     if args.schedule:
-        from ..backends.schedules import bring_in_runs
+        from ..remote.notebook_runs import bring_in_runs
 
-        bring_in_runs(args.schedule, _ledger(), backend_name="batch")
+        bring_in_runs(args.schedule, _ledger())
     ledger = _ledger()
     rows = ledger.find(
         name=args.name,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends.base import Hooks
 from ..runtime.errors import InvalidOption, NbcontainerError
 from .ledger import Ledger
 from .runs import RemoteRequest, check_run_name, sweep_grid
@@ -30,6 +31,7 @@ __all__ = [
     "sweep_axis",
     "recorded_frame",
     "MAX_ARRAY",
+    "bring_in_runs",
 ]
 
 #: Batch's limit on an array job's children: a larger sweep is refused before it is built.
@@ -225,3 +227,48 @@ def _flat(params: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in (params or {}).items()
     }
+
+
+def bring_in_runs(name: str, ledger: Ledger, backend_name: str = "batch") -> list[str]:
+    """Record the Batch jobs a schedule or trigger started in the ledger (kind notebook,
+    schedule NAME; their outputs checked with the schedule's key), and collect those that
+    ended. Returns the run ids brought in now."""
+    from ..backends.registry import get_backend
+    from ..backends.schedules import Schedules
+    from .runs import RemoteRunner
+
+    backend = get_backend(backend_name)
+    schedules = Schedules(backend, backend.settings({}))  # type: ignore[arg-type]
+    doc = schedules.describe(name)
+    known = {(r.get("job") or {}).get("job_id") for r in ledger.find(schedule=name)}
+    jobs = [j for j in schedules.jobs(name) if j["jobId"] not in known]
+    key = schedules.key_of(name) if jobs else None
+    made = []
+    for job in jobs:
+        run_id = ledger.create(
+            name,
+            backend_name,
+            params=doc.get("params") or {},
+            kind="notebook",
+            schedule=name,
+            notebook=doc.get("notebook"),
+            status="SUBMITTED",
+        )
+        ledger.update(
+            run_id,
+            job={"job_id": job["jobId"], "output_uri": job["output_uri"]},
+            run_key=key,
+            image=doc.get("image") or "",
+        )
+        made.append(run_id)
+    runner = RemoteRunner(ledger)
+    ended = {j["jobId"] for j in schedules.jobs(name) if j["status"] in ("SUCCEEDED", "FAILED")}
+    for row in ledger.find(schedule=name):
+        if row["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED") and (
+            (row.get("job") or {}).get("job_id") in ended
+        ):
+            try:
+                runner.attach(row["id"], {}, Hooks(), out=[])
+            except NbcontainerError:
+                continue  # a failed run: its row says why
+    return made

@@ -18,6 +18,7 @@ __all__ = [
     "POOL_READY_MARK",
     "EXIT_MARK_ENV",
     "OUTPUT_URI_ENV",
+    "OUTPUT_PER_JOB_ENV",
     "PLATFORM_ENV",
     "DEFAULT_BASE_IMAGE",
 ]
@@ -47,6 +48,9 @@ POOL_READY_MARK = "nbcontainer-pool: ready"
 EXIT_MARK_ENV = "NBCONTAINER_EXIT_MARK"
 #: Where a run puts its sealed outputs when the platform does not collect them (Batch).
 OUTPUT_URI_ENV = "NBCONTAINER_OUTPUT_URI"
+#: Set on a schedule's or trigger's jobs (one job definition, many jobs): each writes under
+#: <output uri>/<its Batch job id>/.
+OUTPUT_PER_JOB_ENV = "NBCONTAINER_OUTPUT_PER_JOB"
 #: Set to "sagemaker" in a training job's environment: outputs go back SageMaker's way.
 PLATFORM_ENV = "NBCONTAINER_PLATFORM"
 #: A kernel's /tmp and HOME: a tmpfs, so nothing written there (IPython's history, snapshot

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .contract import OUTPUT_PER_JOB_ENV as PER_JOB_ENV
 from .contract import OUTPUT_URI_ENV
 from .paths import Paths
 
@@ -56,6 +57,9 @@ def _main(argv: list[str]) -> int:
         prog="nbcontainer-run", description="Run the snapshot in this image."
     )
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    p.add_argument(
+        "-P", "--text-param", nargs=2, action="append", default=[], metavar=("NAME", "TEXT")
+    )
     args = p.parse_args(argv)
 
     paths = Paths.from_env()
@@ -71,7 +75,7 @@ def _main(argv: list[str]) -> int:
             print(f"[nbcontainer] cannot start: {key_error}", file=sys.stderr, flush=True)
             code = 2
         else:
-            code = _run(args.param, paths, index)
+            code = _run(args.param, paths, index, args.text_param)
     finally:
         # Whatever happened (a failing cell, a runner error), the outputs are sealed.
         from .training import carry_unreturned, on_sagemaker
@@ -139,6 +143,9 @@ def _upload(paths: Paths, code: int) -> int:
     index = array_index(env)
     if env.get(URI_ENV) and index is not None and (env.get(SWEEP_ENV) or env.get(SWEEP_URI_ENV)):
         env[URI_ENV] = f"{env[URI_ENV].rstrip('/')}/{index}/"  # one prefix per array child
+    elif env.get(URI_ENV) and env.get(PER_JOB_ENV) and env.get("AWS_BATCH_JOB_ID"):
+        # A schedule's or trigger's jobs share one definition: a prefix per job id.
+        env[URI_ENV] = f"{env[URI_ENV].rstrip('/')}/{env['AWS_BATCH_JOB_ID']}/"
     try:
         where = upload_outputs(paths.ml, env)
     except UploadError as exc:
@@ -149,7 +156,12 @@ def _upload(paths: Paths, code: int) -> int:
     return code
 
 
-def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> int:
+def _run(
+    param_args: list[list[str]],
+    paths: Paths,
+    index: dict[str, Any],
+    text_args: list[list[str]] | None = None,
+) -> int:
     from .cell import write_failure
     from .params import checked, resolve_params
     from .snapshot import Snapshot
@@ -164,7 +176,10 @@ def _run(param_args: list[list[str]], paths: Paths, index: dict[str, Any]) -> in
     try:
         snap = Snapshot.load(paths.snapshot)
         params, source = resolve_params(
-            [(n, v) for n, v in param_args], os.environ, paths.hyperparameters
+            [(n, v) for n, v in param_args],
+            os.environ,
+            paths.hyperparameters,
+            [(n, v) for n, v in text_args or []],
         )
         row = sweep_row(os.environ, lambda uri: get_object(uri, os.environ))
         if row is not None:  # one child of a sweep submitted as one array job

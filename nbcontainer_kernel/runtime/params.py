@@ -95,11 +95,26 @@ def checked(params: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def resolve_params(
-    pairs: Sequence[tuple[str, str]], env: Mapping[str, str], hyperparameters: Path
+    pairs: Sequence[tuple[str, str]],
+    env: Mapping[str, str],
+    hyperparameters: Path,
+    text_pairs: Sequence[tuple[str, str]] = (),
 ) -> tuple[dict[str, Any], str]:
-    """(parameters, where they came from). Names that are not identifiers are refused."""
-    if pairs:
-        return checked({name: decode(value) for name, value in pairs}, "arguments"), "arguments"
+    """(parameters, where they came from). Names that are not identifiers are refused.
+
+    The environment's (or SageMaker's hyperparameters) come first; arguments override
+    them by name: ``-p NAME VALUE`` decoded as JSON where it parses, ``-P NAME VALUE``
+    kept as text (what a trigger passes: an S3 key that looks like a number stays text)."""
+    base, where = _base_params(env, hyperparameters)
+    given = {name: decode(value) for name, value in pairs}
+    given.update({name: value for name, value in text_pairs})
+    if not given:
+        return base, where
+    merged = {**base, **checked(given, "arguments")}
+    return merged, "arguments" if where == "none" else f"{where} and arguments"
+
+
+def _base_params(env: Mapping[str, str], hyperparameters: Path) -> tuple[dict[str, Any], str]:
     if env.get(PARAMS_ENV):
         data = json.loads(env[PARAMS_ENV])
         if not isinstance(data, dict):

@@ -16,23 +16,12 @@ from collections.abc import Callable
 
 import ipywidgets as w
 
+from ..backends.base import PROGRESS_STEPS as _STEPS
 from ..backends.base import Phase
 from ..runtime.metrics import parse_metric_lines
 
 __all__ = ["RunPanel"]
 
-# The bar counts the phases of a run; a terminal phase fills it.
-_STEPS = [
-    Phase.SNAPSHOT,
-    Phase.BUILD,
-    Phase.PUSH,
-    Phase.SUBMITTED,
-    Phase.QUEUED,
-    Phase.STARTING,
-    Phase.RUNNING,
-    Phase.COLLECTING,
-    Phase.SUCCEEDED,
-]
 _STYLE = {Phase.SUCCEEDED: "success", Phase.FAILED: "danger", Phase.CANCELLED: "warning"}
 #: A sweep shows at most this many child rows (failed children first, then running ones),
 #: under a summary line that counts every child by phase.

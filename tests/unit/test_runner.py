@@ -33,13 +33,21 @@ def _run(
     return run_runner(tmp_path, ns, cell, args, env, hyper)
 
 
-def test_parameters_first_found_wins(tmp_path: Path) -> None:
+def test_parameters_first_found_wins_and_arguments_override_by_name(tmp_path: Path) -> None:
     hyper = tmp_path / "h.json"
     hyper.write_text(json.dumps({"alpha": "0.25", "name": "from-hyper", "flags": "[1, 2]"}))
-    assert resolve_params([("alpha", "0.5")], {"NBCONTAINER_PARAMS": '{"alpha": 0.7}'}, hyper) == (
+    env = {"NBCONTAINER_PARAMS": '{"alpha": 0.7, "beta": 1}'}
+    assert resolve_params([("alpha", "0.5")], env, hyper) == (
+        {"alpha": 0.5, "beta": 1},
+        "NBCONTAINER_PARAMS and arguments",
+    )
+    assert resolve_params([("alpha", "0.5")], {}, tmp_path / "none.json") == (
         {"alpha": 0.5},
         "arguments",
     )
+    # -P keeps text as text (a trigger's S3 key that looks like a number or JSON).
+    got, _ = resolve_params([], {}, tmp_path / "none.json", [("input_key", "42"), ("k", "[1]")])
+    assert got == {"input_key": "42", "k": "[1]"}
     assert resolve_params([], {"NBCONTAINER_PARAMS": '{"alpha": 0.7}'}, hyper) == (
         {"alpha": 0.7},
         "NBCONTAINER_PARAMS",
