@@ -329,7 +329,8 @@ class Schedules:
 
     def trigger_target(self, name: str, definition: str, role: str) -> dict[str, Any]:
         """The rule's Batch target: the input transformer passes the object's bucket and
-        key (in quotes: EventBridge writes them as JSON strings)."""
+        key. The placeholders stand outside quotes, so EventBridge writes each as a JSON
+        string, escaped: a key holding quotes or backslashes stays one string value."""
         return {
             "Id": "batch",
             "Arn": self._queue_arn(),
@@ -337,8 +338,7 @@ class Schedules:
             "BatchParameters": {"JobDefinition": definition, "JobName": _job_name(name)},
             "InputTransformer": {
                 "InputPathsMap": {"bucket": "$.detail.bucket.name", "key": "$.detail.object.key"},
-                "InputTemplate": '{"Parameters": {"input_bucket": "<bucket>", '
-                '"input_key": "<key>"}}',
+                "InputTemplate": '{"Parameters": {"input_bucket": <bucket>, "input_key": <key>}}',
             },
         }
 
@@ -482,7 +482,9 @@ class Schedules:
             rule = self._rule(name)
             if rule is None:
                 raise NbcontainerError(f"No schedule or trigger named {name!r}.")
-            target = rule["Targets"][0]
+            target = next((t for t in rule["Targets"] if t.get("Id") == "batch"), None)
+            if target is None:
+                raise NbcontainerError(f"The trigger {name!r} has lost its Batch target.")
             doc = {
                 "name": name,
                 "kind": "trigger",

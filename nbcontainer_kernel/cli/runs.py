@@ -35,17 +35,31 @@ def _ledger() -> Ledger:
     return Ledger()
 
 
+def resolve_run(ledger: Ledger, ref: str) -> str:
+    """A run id, or a run name meaning its newest run (`nbcontainer result grid`)."""
+    from ..runtime.errors import UnknownRun
+
+    try:
+        return str(ledger.get(ref)["id"])
+    except UnknownRun:
+        named = [r for r in ledger.find(name=ref) if not r["parent"]]
+        if not named:
+            raise
+        return str(named[-1]["id"])
+
+
 def _emit_json(doc: Any) -> None:
     print(json.dumps(doc, indent=1, default=str))
 
 
 def _screen(text: str, reserve: int = 4) -> str:
-    """At most one screen of `text` (its last lines: where a traceback ends)."""
+    """At most one screen of `text`: its first line (what failed, and where) and its last
+    lines (where a traceback ends)."""
     rows = max(10, shutil.get_terminal_size((80, 24)).lines - reserve)
     lines = text.rstrip().splitlines()
     if len(lines) <= rows:
         return "\n".join(lines)
-    return "\n".join([f"... ({len(lines) - rows + 1} lines above)", *lines[-rows + 1 :]])
+    return "\n".join([lines[0], f"... ({len(lines) - rows + 1} lines)", *lines[-rows + 2 :]])
 
 
 # ------------------------------------------------------------------- run
@@ -286,6 +300,7 @@ def _row_doc(r: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ logs
 def cmd_logs(args: argparse.Namespace) -> int:
     ledger = _ledger()
+    args.run = resolve_run(ledger, args.run)
     row = ledger.get(args.run)
     log = Path(row["result_dir"] or "") / "logs.txt"
     shown = 0
@@ -311,6 +326,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from ..remote.runs import RemoteRunner
 
     runner = RemoteRunner()
+    args.run = resolve_run(runner.ledger, args.run)
     row = runner.ledger.get(args.run)
     if row["status"] in _TERMINAL:
         print(f"{args.run} already ended ({row['status']})")
@@ -328,6 +344,7 @@ def cmd_result(args: argparse.Namespace) -> int:
     from ..remote.notebook_runs import recorded_frame
 
     ledger = _ledger()
+    args.run = resolve_run(ledger, args.run)
     frame = recorded_frame(ledger, args.run)
     if args.write:
         out = Path(args.write)
@@ -362,6 +379,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     from .progress import TerminalProgress
 
     runner = RemoteRunner()
+    args.run = resolve_run(runner.ledger, args.run)
     progress = TerminalProgress(logs=None if args.json else sys.stdout)
     progress.top = args.run
     failed: Exception | None = None
@@ -387,20 +405,20 @@ def add_commands(sub: _Commands) -> None:
     r.add_argument("--json", action="store_true", help="print JSON")
     r.set_defaults(func=cmd_runs)
     lg = sub.add_parser("logs", help="a run's log")
-    lg.add_argument("run")
+    lg.add_argument("run", help="a run id, or a name (its newest run)")
     lg.add_argument("-f", "--follow", action="store_true", help="follow it until the run ends")
     lg.set_defaults(func=cmd_logs)
     c = sub.add_parser("cancel", help="cancel a run (a sweep with all its children)")
-    c.add_argument("run")
+    c.add_argument("run", help="a run id, or a name (its newest run)")
     c.set_defaults(func=cmd_cancel)
     res = sub.add_parser("result", help="what a run (a sweep: each child) recorded, as a table")
-    res.add_argument("run")
+    res.add_argument("run", help="a run id, or a name (its newest run)")
     res.add_argument("--write", "-w", metavar="FILE", help="write it to FILE (.csv or .parquet)")
     res.add_argument("--open", action="store_true", help="open the executed notebook's HTML")
     res.add_argument("--json", action="store_true", help="print JSON")
     res.set_defaults(func=cmd_result)
     a = sub.add_parser("attach", help="follow a run started elsewhere (--no-wait) and collect it")
-    a.add_argument("run")
+    a.add_argument("run", help="a run id, or a name (its newest run)")
     a.add_argument("--output", "-o", help="copy its outputs here")
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_attach)

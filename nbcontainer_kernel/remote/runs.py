@@ -742,11 +742,18 @@ class RemoteRunner:
         snapshot_dir: str | None,
     ) -> list[tuple[RunRecord, dict[str, Any]]]:
         """A record per row of the sweep, under its parent (the same snapshot)."""
-        digest = self.ledger.get(parent.run_id)["snapshot_digest"]
+        row = self.ledger.get(parent.run_id)
+        digest, notebook = row["snapshot_digest"], row.get("notebook")
         children = []
         for row in req.sweep_rows:
             child = self.ledger.create(
-                name, backend, params={**req.params, **row}, parent=parent.run_id
+                name,
+                backend,
+                params={**req.params, **row},
+                parent=parent.run_id,
+                kind=req.kind,
+                notebook=notebook,
+                schedule=req.schedule,
             )
             self.ledger.update(child, image="" if snapshot_dir else image, snapshot_digest=digest)
             children.append((RunRecord(self.ledger, child, parent.hooks), row))

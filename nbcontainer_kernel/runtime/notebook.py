@@ -156,7 +156,9 @@ def run_notebook(
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
 
     def on_start(cell: Any, cell_index: int) -> None:
-        n = code_cells.index(cell_index) + 1 if cell_index in code_cells else 0
+        if cell_index not in code_cells:
+            return  # markdown: nothing runs
+        n = code_cells.index(cell_index) + 1
         print(f"[nbcontainer] cell {n}/{len(code_cells)} (index {cell_index})", flush=True)
 
     client = EchoingClient(

@@ -5,6 +5,7 @@ executed copies are written to examples/executed/ (what the README links to)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,12 +122,18 @@ def test_headless_notebook_containerizes_and_runs_an_analysis_with_parameters(
         if engine.has_image("nbcontainer-example/analysis:1"):
             engine.remove_image("nbcontainer-example/analysis:1", force=True)
     save_executed(nb, "headless_notebook.ipynb")
-    built, ran = (_outputs(c) for c in nb.cells if c.source.startswith("!nbcontainer"))
+    built, ran, swept, tabled = (
+        _outputs(c) for c in nb.cells if c.source.startswith("!nbcontainer")
+    )
     assert "built nbcontainer-example/analysis:1" in built, built
-    assert "==> done: exit code 0" in ran, ran
-    last = nb.cells[-1]
-    assert _outputs(last).startswith("total 12.0"), _outputs(last)
-    assert "analysis.html" in _outputs(last) and "analysis.ipynb" in _outputs(last)
+    assert re.search(r"alpha-\d+ +SUCCEEDED", ran), ran
+    read = _outputs(nb.cells[4])
+    assert read.startswith("total 12.0"), read
+    assert "analysis.html" in read and "analysis.ipynb" in read
+    # The sweep: six children, each with what it recorded (total = alpha * n(n-1)/2).
+    assert swept.count("SUCCEEDED") >= 6, swept
+    assert "wrote 6 rows to grid.csv" in tabled and tabled.count("SUCCEEDED") == 6, tabled
+    assert "30.0" in tabled  # alpha 2, n 6
 
 
 def test_make_demo_runs_the_quickstart_and_says_where_it_ran(

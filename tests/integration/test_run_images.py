@@ -336,6 +336,7 @@ def test_notebook_mode_with_parameters_and_failure(
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "NBCONTAINER_RUNS_DB": str(tmp_path / "ledger" / "runs.db")},
     )
     assert proc.returncode == 1
     assert "notebook failed in cell 3: AssertionError: alpha too large" in proc.stderr

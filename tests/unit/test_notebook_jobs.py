@@ -68,7 +68,7 @@ def test_a_value_recorded_outside_ipython_comes_back_exactly(name: str, value: A
 
 
 def test_every_way_a_notebook_records_is_read_and_the_last_value_of_a_name_wins() -> None:
-    cells = [
+    cells: list[dict[str, Any]] = [
         {"outputs": [{"output_type": "display_data", "data": {RECORD_MIME: {"mae": 0.5}}}]},
         {"outputs": [{"output_type": "stream", "text": f'{RECORD_PREFIX}{{"mae": 0.25}}\n'}]},
         {
@@ -451,5 +451,12 @@ def test_runs_result_and_logs_read_the_ledger(
     assert math.isclose(pd.read_csv(tmp_path / "r.csv")["mae"].sum(), 0.3)
     assert main(["logs", parent]) == 0
     assert capsys.readouterr().out == "one\ntwo\n"
+    # A name stands for its newest run (not a sweep's child).
+    assert main(["logs", "study"]) == 0
+    assert capsys.readouterr().out == "one\ntwo\n"
+    newer = ledger.create("study", "local", kind="notebook")
+    ledger.update(newer, recorded={"mae": 9})
+    assert main(["result", "study", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"run": newer, "status": "SNAPSHOT", "mae": 9}]
     assert main(["result", "nope-1"]) == 1
     assert "nope-1" in capsys.readouterr().err
