@@ -1,0 +1,165 @@
+"""A notebook swept over a 1,000-row `--sweep-file` on AWS Batch, on the AWS test bed
+(scripts/aws_testbed.py: moto in server mode runs every child in Docker, Debian's
+docker-registry), against `nbcontainer run --backend local` of one child, in one run:
+
+* SubmitJob calls (one array job) and seconds from the run's start to the submit's
+  answer (snapshot, build and push included, then the submit alone);
+* per-child wall time of the whole sweep against one local run of the same notebook
+  (the baseline, measured in the same run after a warm-up);
+* every child's recorded value back as one DataFrame (checked, row by row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NOTEBOOK_CELLS = [
+    ("i = 0\nx = 1.0", ["parameters"]),
+    ("import nbcontainer_kernel as nbk\nnbk.record('y', x * 2)\nnbk.record('i', i)", []),
+]
+
+
+def _notebook(path: Path) -> Path:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    cells = []
+    for source, tags in NOTEBOOK_CELLS:
+        cell = new_code_cell(source)
+        cell.metadata["tags"] = tags
+        cells.append(cell)
+    nbformat.write(new_notebook(cells=cells), path)
+    return path
+
+
+def _cli(*argv: str) -> tuple[int, str, float]:
+    """`nbcontainer ARGV` in this process: (status, stdout, seconds)."""
+    from nbcontainer_kernel.cli import main as cli
+
+    out, err = io.StringIO(), io.StringIO()
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli(list(argv))
+    took = time.perf_counter() - t
+    if code != 0:
+        print(err.getvalue()[-3000:], file=sys.stderr)
+    return code, out.getvalue(), took
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1000)
+    p.add_argument("--base", default="nbcontainer/base:bookworm")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="nbcontainer-bench-nbsweep-"))
+    state = tmp / "testbed"
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "aws-testbed.sh"), "start", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "VENV": str(Path(sys.executable).parent.parent)},
+    )
+    os.environ.update(dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line))
+    os.environ["NBCONTAINER_BASE_IMAGE"] = args.base
+    os.environ["NBCONTAINER_RUNS_DB"] = str(tmp / "runs.db")
+    os.chdir(tmp)
+    try:
+        return _bench(args.rows, tmp)
+    finally:
+        from nbcontainer_kernel.images.runs import remove_run_images_of
+        from nbcontainer_kernel.remote.ledger import Ledger
+
+        remove_run_images_of(Ledger(tmp / "runs.db").find())
+        subprocess.run(
+            [str(ROOT / "scripts" / "aws-testbed.sh"), "stop", "--state", str(state)], check=False
+        )
+
+
+def _bench(rows: int, tmp: Path) -> int:
+    import pandas as pd
+
+    from nbcontainer_kernel.backends.registry import get_backend
+    from nbcontainer_kernel.remote.ledger import Ledger
+
+    nb = _notebook(tmp / "small.ipynb")
+    table = pd.DataFrame({"i": range(rows), "x": [i / 10 for i in range(rows)]})
+    table.to_csv(tmp / "rows.csv", index=False)
+
+    # The baseline: one child on this machine (a warm-up first builds the runtime image).
+    _cli("run", str(nb), "-p", "i", "0", "--name", "warmup", "-q")
+    code, _, local_one = _cli("run", str(nb), "-p", "i", "1", "--name", "local", "-q")
+    assert code == 0, "the local baseline failed"
+
+    backend: Any = get_backend("batch")
+    backend._clients.refresh()
+    counts: collections.Counter[str] = collections.Counter()
+    submitted_at: list[float] = []
+    batch = backend._client("batch")
+    batch.meta.events.register(
+        "before-call.batch", lambda model, **_: counts.update([f"batch.{model.name}"])
+    )
+    batch.meta.events.register(
+        "after-call.batch.SubmitJob", lambda **_: submitted_at.append(time.perf_counter())
+    )
+    submit_started: list[float] = []
+    batch.meta.events.register(
+        "before-call.batch.SubmitJob", lambda **_: submit_started.append(time.perf_counter())
+    )
+    t0 = time.perf_counter()
+    code, out, whole = _cli(
+        "run",
+        str(nb),
+        "--backend",
+        "batch",
+        "--sweep-file",
+        "rows.csv",
+        "--name",
+        "sweep",
+        "--json",
+        "-q",
+    )
+    doc = json.loads(out)
+    ledger = Ledger(tmp / "runs.db")
+    children = ledger.find(parent=doc["run"])
+    frame = pd.DataFrame(doc["recorded"])
+    ok = (
+        len(frame) == rows
+        and sorted(frame["i"].tolist()) == list(range(rows))
+        and all(abs(r["y"] - r["x"] * 2) < 1e-9 for r in doc["recorded"])
+    )
+    result = {
+        "rows": rows,
+        "status": doc["status"],
+        "children_succeeded": sum(c["status"] == "SUCCEEDED" for c in children),
+        "submit_job_calls": counts["batch.SubmitJob"],
+        "api_calls": dict(counts),
+        "seconds_to_submit_answer": round(submitted_at[0] - t0, 2) if submitted_at else None,
+        "seconds_in_submit_job": round(submitted_at[0] - submit_started[0], 3)
+        if submitted_at and submit_started
+        else None,
+        "sweep_wall_s": round(whole, 1),
+        "per_child_wall_s": round(whole / rows, 3),
+        "local_one_child_s": round(local_one, 2),
+        "per_child_over_local_one": round((whole / rows) / local_one, 3),
+        "all_values_back_as_one_frame": ok,
+    }
+    print(json.dumps(result, indent=1))
+    return 0 if ok and code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
