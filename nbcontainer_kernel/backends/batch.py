@@ -36,7 +36,7 @@ from ..docker.options import parse_bytes
 from ..runtime.errors import CloudError, InvalidOption, MissingSetting, NbcontainerError
 from ..runtime.params import params_env, sweep_table
 from ..runtime.run_key import KEY_REF_ENV
-from ..runtime.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV
+from ..runtime.sweep import SWEEP_ENV, SWEEP_SHA256_ENV, SWEEP_URI_ENV, SWEEP_URL_ENV
 from ..runtime.trust import KEY_ENV
 from ..runtime.upload import OUTPUTS_OBJECT, URI_ENV
 from .aws import (
@@ -75,6 +75,9 @@ _PHASES = {
 _BEFORE_RUNNING = ("SUBMITTED", "PENDING", "RUNNABLE")
 #: Environment values above this travel as an S3 object (Batch caps a request's size).
 MAX_INLINE_SWEEP = 6000
+#: How long the presigned GET of a large sweep table lasts: SigV4's longest (a week; a
+#: session's credentials end it sooner, then the job role's own credentials read it).
+PRESIGNED_SWEEP_SECONDS = 7 * 24 * 3600
 #: Array children whose logs are followed while they run; larger sweeps read each
 #: child's log once, when it ends (the panel cannot show 10,000 logs anyway).
 LIVE_LOG_CHILDREN = 10
@@ -460,6 +463,12 @@ class BatchBackend(AWSBackend):
                 self._client("s3").put_object(Bucket=bucket, Key=key, Body=table.encode())
             env[SWEEP_URI_ENV] = f"s3://{bucket}/{key}"
             env[SWEEP_SHA256_ENV] = hashlib.sha256(table.encode()).hexdigest()
+            with aws_errors("s3", "GeneratePresignedUrl"):
+                env[SWEEP_URL_ENV] = self._client("s3").generate_presigned_url(
+                    "get_object",
+                    Params={"Bucket": bucket, "Key": key},
+                    ExpiresIn=PRESIGNED_SWEEP_SECONDS,
+                )
         size = len(specs)
         array_id = self._submit(first, env, size, parent)
         jobs = []

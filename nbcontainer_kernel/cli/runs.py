@@ -299,26 +299,40 @@ def _row_doc(r: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ logs
 def cmd_logs(args: argparse.Namespace) -> int:
+    """The run's log: what was collected (logs.txt), or, for a run still going, what its
+    platform has (the container's log, CloudWatch); -f follows it to the end."""
     ledger = _ledger()
     args.run = resolve_run(ledger, args.run)
     row = ledger.get(args.run)
-    log = Path(row["result_dir"] or "") / "logs.txt"
+    if row["status"] in _TERMINAL or not row["job"]:
+        log = Path(row["result_dir"] or "") / "logs.txt"
+        if not log.is_file():
+            print(f"{args.run} has no log yet ({row['status']})", file=sys.stderr)
+            return 0
+        print(log.read_text(errors="replace"), end="")
+        return 0
+    from ..backends.base import Job
+    from ..backends.registry import get_backend
+
+    backend = get_backend(row["backend"])
+    job = Job(row["backend"], args.run, row["job"])
+    attach = getattr(backend, "attach", None)
+    if attach is not None:
+        attach(job)
     shown = 0
     while True:
-        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-        for line in lines[shown:]:
+        lines = backend.logs(job, shown)
+        for line in lines:
             print(line, flush=True)
-        shown = len(lines)
-        if not args.follow or ledger.get(args.run)["status"] in _TERMINAL:
-            break
+        shown += len(lines)
+        if not args.follow:
+            return 0
+        phase, _ = backend.status(job)
+        if phase.terminal:
+            for line in backend.logs(job, shown):  # the last lines, written as it ended
+                print(line, flush=True)
+            return 0
         time.sleep(1.0)
-    if args.follow:  # the end may have brought the last lines
-        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-        for line in lines[shown:]:
-            print(line)
-    if not log.is_file() and not args.follow:
-        print(f"{args.run} has no log yet ({row['status']})", file=sys.stderr)
-    return 0
 
 
 # ---------------------------------------------------------------- cancel

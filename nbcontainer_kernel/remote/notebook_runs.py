@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Hooks
-from ..runtime.errors import InvalidOption, NbcontainerError
+from ..runtime.errors import ImageNotFound, InvalidOption, NbcontainerError
 from .ledger import Ledger
 from .runs import RemoteRequest, check_run_name, sweep_grid
 
@@ -93,7 +93,14 @@ def declared_of(notebooks: Sequence[str] | None, image: str | None) -> list[dict
         from ..docker import labels
         from ..docker.engine import get_engine
 
-        found = get_engine().get_image(image)  # ImageNotFound says how to make one
+        try:
+            found = get_engine().get_image(image)
+        except ImageNotFound as exc:
+            raise NbcontainerError(
+                f"No image {image!r} on this Docker engine ({exc.reason or 'not found'}). "
+                f"Make one with `nbcontainer containerize NOTEBOOK --tag {image}`, or run the "
+                "notebook itself: `nbcontainer run NOTEBOOK.ipynb`."
+            ) from exc
         raw = (found.labels or {}).get(labels.PARAMETERS)
         if raw is None:
             raise NbcontainerError(

@@ -194,13 +194,6 @@ class RunResult:
         doc = json.loads(self.outputs.read_bytes("model/recorded.json"))
         return doc if isinstance(doc, dict) else {}
 
-    @property
-    def notebooks(self) -> list[Path]:
-        """The executed notebooks a notebook run left (a pipeline's in order), with their
-        HTML beside them."""
-        names = self.index.get("notebooks") or []
-        return [self.data_dir / n for n in names if isinstance(n, str) and "/" not in n]
-
     def _verified_failure(self) -> str | None:
         try:
             if self.outputs.exists("output/failure"):

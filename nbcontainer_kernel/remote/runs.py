@@ -742,8 +742,8 @@ class RemoteRunner:
         snapshot_dir: str | None,
     ) -> list[tuple[RunRecord, dict[str, Any]]]:
         """A record per row of the sweep, under its parent (the same snapshot)."""
-        row = self.ledger.get(parent.run_id)
-        digest, notebook = row["snapshot_digest"], row.get("notebook")
+        parent_row = self.ledger.get(parent.run_id)
+        digest, notebook = parent_row["snapshot_digest"], parent_row.get("notebook")
         children = []
         for row in req.sweep_rows:
             child = self.ledger.create(

@@ -275,7 +275,8 @@ def compare_frame(
 ) -> pd.DataFrame:
     """Runs side by side, one column per run: the parameters that differ first, then those
     that do not, then each metric with its difference to the first run (``metric.NAME Δ``),
-    then status, backend and times, then results summarised (:func:`summarise`). Results are
+    then what each recorded (``recorded.NAME``, a number with its ``Δ``), then status,
+    kind, backend and times, then results summarised (:func:`summarise`). Results are
     read under `trust`; a run whose outputs are refused says why."""
     from .results import RunResult, load_results
 
@@ -287,6 +288,8 @@ def compare_frame(
     table: dict[str, dict[str, Any]] = {r["id"]: {} for r in rows}
     first_metrics = rows[0].get("metrics") or {}
     metric_names = _union(r.get("metrics") or {} for r in rows)
+    first_recorded = rows[0].get("recorded") or {}
+    recorded_names = _union(r.get("recorded") or {} for r in rows)
     results: dict[str, dict[str, Any]] = {}
     stored: dict[str, dict[str, int]] = {}  # run -> result name -> bytes of its files
     for r in rows:
@@ -324,7 +327,14 @@ def compare_frame(
                 if isinstance(value, (int, float)) and isinstance(base, (int, float))
                 else None
             )
+        for name in recorded_names:
+            value = (r.get("recorded") or {}).get(name)
+            col[f"recorded.{name}"] = _cell(value)
+            base = first_recorded.get(name)
+            if _is_number(value) and _is_number(base):
+                col[f"recorded.{name} Δ"] = _round(value - base, 6)
         col["status"] = r["status"]
+        col["kind"] = r.get("kind", "cell")
         col["backend"] = r["backend"]
         col.update({f"time.{k}": round(v, 2) for k, v in Ledger.timings(r).items()})
         for name in result_names:
@@ -337,6 +347,10 @@ def compare_frame(
             )
     index = list(dict.fromkeys(k for col in table.values() for k in col))
     return pd.DataFrame(table, index=index, dtype=object)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _union(dicts: Iterable[dict[str, Any]]) -> list[str]:

@@ -168,8 +168,15 @@ def _run(
     from .sweep import sweep_row
 
     def get_object(uri: str, env: Any) -> bytes:  # only a sweep of an array job reads S3
+        from .sweep import SWEEP_URL_ENV
+        from .upload import UploadError, get_url
         from .upload import get_object as get
 
+        if env.get(SWEEP_URL_ENV):
+            try:
+                return get_url(env[SWEEP_URL_ENV])
+            except UploadError as exc:  # expired, say: the job's own credentials next
+                print(f"[nbcontainer] presigned sweep table: {exc}", file=sys.stderr)
         return get(uri, env)
 
     t0 = time.monotonic()

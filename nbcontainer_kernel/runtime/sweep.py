@@ -17,11 +17,22 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["SWEEP_ENV", "SWEEP_URI_ENV", "SWEEP_SHA256_ENV", "array_index", "sweep_row"]
+__all__ = [
+    "SWEEP_ENV",
+    "SWEEP_URI_ENV",
+    "SWEEP_URL_ENV",
+    "SWEEP_SHA256_ENV",
+    "array_index",
+    "sweep_row",
+]
 
 SWEEP_ENV = "NBCONTAINER_SWEEP"
 SWEEP_URI_ENV = "NBCONTAINER_SWEEP_URI"
 SWEEP_SHA256_ENV = "NBCONTAINER_SWEEP_SHA256"
+#: A presigned GET of the same object: a job whose container holds no credentials (a
+#: job role the platform has not handed over yet, a test bed) still reads its row. The
+#: SHA-256 check stands either way.
+SWEEP_URL_ENV = "NBCONTAINER_SWEEP_URL"
 
 
 def array_index(env: Mapping[str, str]) -> int | None:
@@ -39,7 +50,8 @@ def sweep_row(
 ) -> tuple[int, dict[str, Any]] | None:
     """(index, parameters) of this child, or None when this run is not part of an array.
 
-    `fetch` reads an s3:// object (only called for NBCONTAINER_SWEEP_URI)."""
+    `fetch` reads an s3:// object (only called for NBCONTAINER_SWEEP_URI; it is given the
+    presigned URL of NBCONTAINER_SWEEP_URL when there is one, and tries it first)."""
     if env.get(SWEEP_ENV):
         raw = env[SWEEP_ENV].encode()
     elif env.get(SWEEP_URI_ENV):

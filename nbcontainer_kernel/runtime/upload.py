@@ -217,6 +217,20 @@ def upload_outputs(ml_root: Path, env: Mapping[str, str]) -> str | None:
     return f"s3://{bucket}/{key}"
 
 
+def get_url(url: str, timeout: float = 60) -> bytes:
+    """GET a presigned https:// (or the test bed's http://) URL: its query is the signature."""
+    if not url.startswith(("https://", "http://")):
+        raise UploadError(f"not an HTTP URL: {url[:40]}")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url), timeout=timeout) as resp:
+            body: bytes = resp.read()
+            return body
+    except urllib.error.HTTPError as exc:
+        raise UploadError(f"S3 answered {exc.code} for a presigned GET") from exc
+    except OSError as exc:
+        raise UploadError(f"S3 could not be reached: {exc}") from exc
+
+
 def get_object(uri: str, env: Mapping[str, str], timeout: float = 60) -> bytes:
     """GET an s3:// object with the platform's credentials (as upload_outputs puts one)."""
     bucket, key = split_s3_uri(uri)

@@ -390,7 +390,7 @@ def test_an_ecr_registry_gets_its_repository_and_a_login_from_the_ecr_api(
     assert ecr_login(registry)["username"] == "AWS", "an existing repository is used as it is"
 
 
-def test_make_demo_aws_runs_a_cell_and_a_sweep_on_batch(
+def test_make_demo_aws_runs_a_cell_a_sweep_a_notebook_sweep_and_a_trigger_on_batch(
     aws_env: dict[str, str], new_images, tmp_path: Path
 ) -> None:
     """What `make demo-aws` runs: examples/batch_demo.py, with the test bed's environment."""
@@ -405,6 +405,10 @@ def test_make_demo_aws_runs_a_cell_and_a_sweep_on_batch(
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "ran on" in out.stdout and "demo-sweep" in out.stdout, out.stdout[-3000:]
+    # The notebook sweep's table of recorded values, and the triggered run with its key.
+    assert re.search(r"study-\d+ +SUCCEEDED +0\.5 +0\.667", out.stdout), out.stdout[-3000:]
+    assert "ingesting incoming/sales-2026-12-05.csv" in out.stdout, out.stdout[-3000:]
+    assert re.search(r"landing-1 +notebook +batch +SUCCEEDED", out.stdout), out.stdout[-3000:]
 
 
 def test_runs_submitted_from_several_threads_at_once_each_keep_their_own_settings(

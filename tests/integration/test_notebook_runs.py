@@ -199,6 +199,8 @@ def test_a_pipeline_image_runs_its_notebooks_in_order_and_stops_at_the_first_fai
         # An image's declared parameters are checked as a notebook's are.
         code, _, err = cli("run", tag, "-p", "nope", "1")
         assert code == 1 and "declares no parameter 'nope'" in err
+        code, _, err = cli("run", f"{tag}-gone")
+        assert code == 1 and f"nbcontainer containerize NOTEBOOK --tag {tag}-gone" in err
     finally:
         engine.remove_image(tag, force=True)
 
@@ -243,6 +245,82 @@ def test_the_command_line_itself_runs_an_image_and_keeps_the_ledger_it_is_told(
         engine.remove_image(tag, force=True)
 
 
+def test_a_notebook_runs_under_sagemakers_local_mode_as_a_training_image(
+    cli: Callable[..., tuple[int, str, str]], ledger: Ledger, study: str
+) -> None:
+    code, out, err = cli(
+        "run", study, "--backend", "sagemaker-local", "-p", "alpha", "0.3", "--json", "-q"
+    )
+    doc = json.loads(out)
+    assert code == 0, err
+    row = ledger.get(doc["run"])
+    assert row["backend"] == "sagemaker-local" and row["verdict"] == "signed"
+    # What SageMaker returns (model.tar.gz, output data) carried the values and notebook.
+    assert row["recorded"] == {"mae": 0.6, "label": "x"}
+    assert [Path(p).name for p in doc["notebooks"][doc["run"]]] == ["study.html", "study.ipynb"]
+    logs = (Path(row["result_dir"]) / "logs.txt").read_text()
+    assert "parameters from /opt/ml/input/config/hyperparameters.json" in logs
+
+
+def test_a_run_left_to_itself_is_followed_collected_or_cancelled_from_another_process(
+    cli: Callable[..., tuple[int, str, str]], ledger: Ledger, engine: Engine, tmp_path: Path
+) -> None:
+    from nbcontainer_kernel.docker import labels
+
+    nb = write_notebook(
+        tmp_path / "slow.ipynb",
+        "seconds = 1",
+        "import time, nbcontainer_kernel as nbk\nprint('sleeping', seconds, flush=True)\n"
+        "time.sleep(seconds)\nprint('woke', flush=True)\nnbk.record('slept', seconds)",
+    )
+    env = {**os.environ, "NBCONTAINER_RUNS_DB": str(ledger.path)}
+
+    def submit(name: str, seconds: int) -> str:
+        # Another process submits and exits, as `nbcontainer run --no-wait` in a shell does.
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nbcontainer_kernel.cli",
+                "run",
+                nb,
+                "--no-wait",
+                "--json",
+                "--name",
+                name,
+                "-p",
+                "seconds",
+                str(seconds),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert doc["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED") and doc["job"]
+        return str(doc["run"])
+
+    later = submit("later", 3)
+    code, out, _ = cli("logs", later, "-f")  # follows the container's log to its end
+    assert code == 0 and "sleeping 3" in out and "woke" in out
+    code, out, err = cli("attach", later, "--json")
+    assert code == 0, err
+    assert json.loads(out)["recorded"] == [
+        {"run": later, "status": "SUCCEEDED", "seconds": 3, "slept": 3}
+    ]
+    assert engine.containers({labels.RUN_ID: later}) == []
+
+    stuck = submit("stuck", 300)
+    code, out, _ = cli("cancel", "stuck")  # a name: its newest run
+    assert code == 0 and f"{stuck}: CANCELLED" in out
+    assert ledger.get(stuck)["status"] == "CANCELLED"
+    assert engine.containers({labels.RUN_ID: stuck}) == []
+    code, out, _ = cli("cancel", stuck)
+    assert code == 0 and "already ended" in out
+
+
 # ---------------------------------------------------------------------- AWS
 @pytest.fixture
 def batch_env(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
@@ -270,6 +348,31 @@ def test_a_notebook_sweep_on_batch_is_one_array_job_and_its_values_come_back(
     assert sum(k.endswith("/2/outputs.tar.gz") and doc["run"] in k for k in keys) == 1
     for child in ledger.find(parent=doc["run"]):
         assert child["kind"] == "notebook" and child["verdict"] == "signed"
+
+
+def test_a_sweep_table_too_large_for_the_environment_is_read_from_s3_by_every_child(
+    cli: Callable[..., tuple[int, str, str]],
+    ledger: Ledger,
+    tmp_path: Path,
+    aws_env: dict[str, str],
+) -> None:
+    """Above 6 kB the table is an S3 object: each child reads it by a presigned GET (moto's
+    job containers hold no credentials, as a job whose role is not handed over yet) and
+    checks its SHA-256."""
+    nb = write_notebook(
+        tmp_path / "wide.ipynb",
+        "note = ''\ni = 0",
+        "import nbcontainer_kernel as nbk\nnbk.record('length', len(note) + i)",
+    )
+    rows = tmp_path / "rows.csv"
+    rows.write_text("note,i\n" + "".join(f"{'x' * 3000},{i}\n" for i in range(3)))
+    submits = record_calls("batch", "batch", "SubmitJob")
+    code, out, err = cli("run", nb, "--backend", "batch", "--sweep-file", str(rows), "--json", "-q")
+    assert code == 0, err
+    env = {e["name"]: e["value"] for e in submits[0]["containerOverrides"]["environment"]}
+    assert "NBCONTAINER_SWEEP" not in env and env["NBCONTAINER_SWEEP_URI"].startswith("s3://")
+    assert env["NBCONTAINER_SWEEP_URL"].startswith(aws_env["AWS_ENDPOINT_URL"])
+    assert sorted(r["length"] for r in json.loads(out)["recorded"]) == [3000, 3001, 3002]
 
 
 def test_a_notebook_on_sagemaker_sends_one_training_job_per_child_at_most_max_parallel(
@@ -368,6 +471,7 @@ def test_a_schedule_submits_what_a_batch_run_would_and_its_runs_come_into_the_le
         "scale = 1",
         STUDY.replace("alpha", "scale").replace("nbk.record('label', label)", ""),
     )
+    creates = record_calls("batch", "scheduler", "CreateSchedule")
     code, out, err = cli(
         "schedule",
         "create",
@@ -382,6 +486,8 @@ def test_a_schedule_submits_what_a_batch_run_would_and_its_runs_come_into_the_le
     )
     assert code == 0, err
     schedules_made.append("daily")
+    (sent,) = creates
+    _validate("CreateSchedule", sent, "scheduler")
     scheduler = boto3.client("scheduler")
     got = scheduler.get_schedule(Name="daily", GroupName="nbcontainer")
     assert got["ScheduleExpression"] == "cron(0 6 * * ? *)"
@@ -431,9 +537,12 @@ def test_an_s3_trigger_runs_the_notebook_with_the_objects_key(
         "nbk.record('bucket', input_bucket)",
     )
     bucket = batch_env["NBCONTAINER_S3_PREFIX"].split("/")[2]
+    rules = record_calls("batch", "events", "PutRule")
     code, _, err = cli("schedule", "create", "landing", nb, "--on-s3", f"s3://{bucket}/incoming/")
     assert code == 0, err
     schedules_made.append("landing")
+    (sent,) = rules
+    _validate("PutRule", sent, "events")
     events, sqs = boto3.client("events"), boto3.client("sqs")
     rule = events.describe_rule(Name="nbcontainer-landing")
     pattern = json.loads(rule["EventPattern"])

@@ -460,3 +460,18 @@ def test_runs_result_and_logs_read_the_ledger(
     assert json.loads(capsys.readouterr().out) == [{"run": newer, "status": "SNAPSHOT", "mae": 9}]
     assert main(["result", "nope-1"]) == 1
     assert "nope-1" in capsys.readouterr().err
+
+
+def test_compare_shows_what_notebook_runs_recorded_with_differences(tmp_path: Path) -> None:
+    from nbcontainer_kernel.remote.tables import compare_frame
+
+    ledger = Ledger(tmp_path / "runs.db")
+    a = ledger.create("study", "local", kind="notebook", params={"alpha": 1})
+    b = ledger.create("study", "local", kind="notebook", params={"alpha": 2})
+    ledger.update(a, recorded={"mae": 0.5, "label": "x"})
+    ledger.update(b, recorded={"mae": 0.25, "label": "y", "extra": [1]})
+    frame = compare_frame([a, b], ledger)
+    assert frame.loc["recorded.mae", b] == 0.25 and frame.loc["recorded.mae Δ", b] == -0.25
+    assert frame.loc["recorded.label", b] == "y" and "recorded.label Δ" not in frame.index
+    assert frame.loc["recorded.extra", b] == "[1]" and frame.loc["recorded.extra", a] is None
+    assert frame.loc["kind", a] == "notebook"
