@@ -331,9 +331,9 @@ def compare_frame(
             value = (r.get("recorded") or {}).get(name)
             col[f"recorded.{name}"] = _cell(value)
             base = first_recorded.get(name)
-            if isinstance(value, (int, float)) and isinstance(base, (int, float)):
-                if _is_number(value) and _is_number(base):
-                    col[f"recorded.{name} Δ"] = _round(value - base, 6)
+            numbers = isinstance(value, (int, float)) and isinstance(base, (int, float))
+            if numbers and _is_number(value) and _is_number(base):
+                col[f"recorded.{name} Δ"] = _round(value - base, 6)
         col["status"] = r["status"]
         col["kind"] = r.get("kind", "cell")
         col["backend"] = r["backend"]
