@@ -331,9 +331,9 @@ def compare_frame(
             value = (r.get("recorded") or {}).get(name)
             col[f"recorded.{name}"] = _cell(value)
             base = first_recorded.get(name)
-            numbers = isinstance(value, (int, float)) and isinstance(base, (int, float))
-            if numbers and _is_number(value) and _is_number(base):
-                col[f"recorded.{name} Δ"] = _round(value - base, 6)
+            difference = _difference(value, base)
+            if difference is not None:
+                col[f"recorded.{name} Δ"] = _round(difference, 6)
         col["status"] = r["status"]
         col["kind"] = r.get("kind", "cell")
         col["backend"] = r["backend"]
@@ -350,8 +350,13 @@ def compare_frame(
     return pd.DataFrame(table, index=index, dtype=object)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _difference(value: Any, base: Any) -> float | None:
+    """value - base for two numbers (not booleans), else None."""
+    if isinstance(value, bool) or isinstance(base, bool):
+        return None
+    if isinstance(value, (int, float)) and isinstance(base, (int, float)):
+        return float(value - base)
+    return None
 
 
 def _union(dicts: Iterable[dict[str, Any]]) -> list[str]:
