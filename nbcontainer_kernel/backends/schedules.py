@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..docker import labels
 from ..runtime.contract import OUTPUT_PER_JOB_ENV
 from ..runtime.errors import InvalidOption, NbcontainerError
-from ..runtime.params import params_env
+from ..runtime.params import PARAMS_ENV, params_env
 from ..runtime.run_key import KEY_REF_ENV
 from ..runtime.trust import new_key
 from .aws import aws_errors, region, split_s3_uri, tag_value
@@ -406,21 +406,20 @@ class Schedules:
     # ---------------------------------------------------------- reading
     def _schedule(self, name: str) -> dict[str, Any] | None:
         scheduler = self._client("scheduler")
-        try:
-            with aws_errors("scheduler", "GetSchedule"):
+        with aws_errors("scheduler", "GetSchedule"):
+            try:
                 got: dict[str, Any] = scheduler.get_schedule(Name=name, GroupName=GROUP)
-                return got
-        except NbcontainerError as exc:
-            if "ResourceNotFound" in str(exc) or "not found" in str(exc).lower():
+            except scheduler.exceptions.ResourceNotFoundException:
                 return None
-            raise
+        return got
 
     def _rule(self, name: str) -> dict[str, Any] | None:
         events = self._client("events")
-        try:
-            rule: dict[str, Any] = events.describe_rule(Name=RULE_PREFIX + name)
-        except events.exceptions.ResourceNotFoundException:
-            return None
+        with aws_errors("events", "DescribeRule"):
+            try:
+                rule: dict[str, Any] = events.describe_rule(Name=RULE_PREFIX + name)
+            except events.exceptions.ResourceNotFoundException:
+                return None
         with aws_errors("events", "ListTargetsByRule"):
             rule["Targets"] = events.list_targets_by_rule(Rule=RULE_PREFIX + name)["Targets"]
         return rule
@@ -432,12 +431,14 @@ class Schedules:
         """Every schedule and trigger: name, kind, expression or prefix, state."""
         found: list[dict[str, Any]] = []
         scheduler = self._client("scheduler")
-        try:
-            with aws_errors("scheduler", "ListSchedules"):
-                pages = scheduler.list_schedules(GroupName=GROUP).get("Schedules", [])
-        except NbcontainerError:
-            pages = []
-        for s in pages:
+        schedules: list[dict[str, Any]] = []
+        with aws_errors("scheduler", "ListSchedules"):
+            try:
+                for page in scheduler.get_paginator("list_schedules").paginate(GroupName=GROUP):
+                    schedules += page.get("Schedules", [])
+            except scheduler.exceptions.ResourceNotFoundException:
+                pass  # no group yet: no schedule was ever made here
+        for s in schedules:
             full = self._schedule(s["Name"]) or {}
             found.append(
                 {
@@ -448,8 +449,10 @@ class Schedules:
                 }
             )
         events = self._client("events")
+        rules: list[dict[str, Any]] = []
         with aws_errors("events", "ListRules"):
-            rules = events.list_rules(NamePrefix=RULE_PREFIX).get("Rules", [])
+            for page in events.get_paginator("list_rules").paginate(NamePrefix=RULE_PREFIX):
+                rules += page.get("Rules", [])
         for r in rules:
             pattern = json.loads(r.get("EventPattern") or "{}")
             detail = pattern.get("detail", {})
@@ -468,7 +471,9 @@ class Schedules:
     def describe(self, name: str) -> dict[str, Any]:
         """What the schedule runs, when, and whether its image is still in the registry."""
         schedule = self._schedule(name)
+        made: dict[str, Any]
         if schedule is not None:
+            made = schedule
             submit = json.loads(schedule["Target"]["Input"])
             doc = {
                 "name": name,
@@ -482,6 +487,7 @@ class Schedules:
             rule = self._rule(name)
             if rule is None:
                 raise NbcontainerError(f"No schedule or trigger named {name!r}.")
+            made = rule
             target = next((t for t in rule["Targets"] if t.get("Id") == "batch"), None)
             if target is None:
                 raise NbcontainerError(f"The trigger {name!r} has lost its Batch target.")
@@ -493,17 +499,24 @@ class Schedules:
                 "target": target,
                 "definition": target["BatchParameters"]["JobDefinition"],
             }
-        doc.update(json.loads(_description_of(schedule, name, self)))
-        image = self._definition_image(doc["definition"])
+        doc.update(_described(made.get("Description")))
+        container = self._definition(doc["definition"])
+        image = container.get("image")
         doc["image"] = image
         doc["image_status"] = image_status(image) if image else "the job definition is gone"
+        # The parameters the jobs get, from what they get them from (the description may
+        # have been cut): the schedule's request, else the trigger's job definition.
+        env = (doc.get("submit") or {}).get("containerOverrides", container).get("environment")
+        values = {e["name"]: e["value"] for e in env or []}
+        doc["params"] = json.loads(values.get(PARAMS_ENV) or "{}")
         return doc
 
-    def _definition_image(self, definition: str) -> str | None:
+    def _definition(self, definition: str) -> dict[str, Any]:
+        """The job definition's containerProperties ({} once it is deregistered)."""
         with aws_errors("batch", "DescribeJobDefinitions"):
             found = self.backend.batch.describe_job_definitions(jobDefinitions=[definition])
         defs = found.get("jobDefinitions", [])
-        return str(defs[0]["containerProperties"]["image"]) if defs else None
+        return dict(defs[0]["containerProperties"]) if defs else {}
 
     # ------------------------------------------------------------ delete
     def delete(self, name: str) -> None:
@@ -541,6 +554,17 @@ class Schedules:
             {**j, "output_uri": f"{uri}/{j['jobId']}/"}
             for j in sorted(found.values(), key=lambda j: j.get("createdAt", 0))
         ]
+
+    def job_parameters(self, job_ids: list[str]) -> dict[str, dict[str, str]]:
+        """What each of a trigger's jobs was given (the object's bucket and key), by id."""
+        found: dict[str, dict[str, str]] = {}
+        for start in range(0, len(job_ids), 100):  # DescribeJobs takes 100 at a time
+            with aws_errors("batch", "DescribeJobs"):
+                page = self.backend.batch.describe_jobs(jobs=job_ids[start : start + 100])
+            for job in page.get("jobs", []):
+                given = job.get("parameters") or {}
+                found[job["jobId"]] = {p: given[p] for p in TRIGGER_PARAMS if given.get(p)}
+        return found
 
     # ----------------------------------------------------------- run now
     def run_now(self, name: str, bucket: str | None = None, key: str | None = None) -> str:
@@ -590,11 +614,13 @@ def _description(req: ScheduleRequest) -> str:
     return text
 
 
-def _description_of(schedule: dict[str, Any] | None, name: str, schedules: Schedules) -> str:
-    if schedule is not None:
-        return str(schedule.get("Description") or "{}")
-    rule = schedules._rule(name) or {}
-    return str(rule.get("Description") or "{}")
+def _described(description: str | None) -> dict[str, Any]:
+    """What create wrote in the description (image, parameters, notebook), or nothing."""
+    try:
+        doc = json.loads(description or "{}")
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def image_status(image: str) -> str:

@@ -250,12 +250,13 @@ def bring_in_runs(name: str, ledger: Ledger, backend_name: str = "batch") -> lis
     known = {(r.get("job") or {}).get("job_id") for r in ledger.find(schedule=name)}
     jobs = [j for j in schedules.jobs(name) if j["jobId"] not in known]
     key = schedules.key_of(name) if jobs else None
+    given = schedules.job_parameters([j["jobId"] for j in jobs]) if doc["kind"] == "trigger" else {}
     made = []
     for job in jobs:
         run_id = ledger.create(
             name,
             backend_name,
-            params=doc.get("params") or {},
+            params={**(doc.get("params") or {}), **given.get(job["jobId"], {})},
             kind="notebook",
             schedule=name,
             notebook=doc.get("notebook"),

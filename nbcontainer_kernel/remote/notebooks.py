@@ -114,6 +114,7 @@ def notebook_snapshot(
         _owned=dest is None,
     )
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         if len(read) > 1:
             (directory / "pipeline").mkdir()
             for i, (path, _) in enumerate(read):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
+import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,23 +164,47 @@ def run_notebook(
         n = code_cells.index(cell_index) + 1
         print(f"[nbcontainer] cell {n}/{len(code_cells)} (index {cell_index})", flush=True)
 
-    client = EchoingClient(
-        nb,
-        kernel_name="python3",
-        timeout=None,
-        startup_timeout=120,
-        resources={"metadata": {"path": str(workdir)}},
-        on_cell_start=on_start,
-    )
     code = 0
     try:
-        client.execute()
+        with _ipc_kernel_config() as config:
+            EchoingClient(
+                nb,
+                kernel_name="python3",
+                timeout=None,
+                startup_timeout=120,
+                resources={"metadata": {"path": str(workdir)}},
+                on_cell_start=on_start,
+                config=config,
+            ).execute()
     except Exception as exc:  # a failing cell, a dead kernel, a kernel that never started
         code = 1
         _write_failure(nb, exc, paths)
     finally:
         _write_outputs(nb, params, paths, index, stem)
     return code
+
+
+@contextlib.contextmanager
+def _ipc_kernel_config() -> Iterator[Any]:
+    """The notebook's kernel talks over Unix sockets, not TCP ports: containers that share
+    a network (a platform's host networking) would race for the same free ports, and a
+    kernel that lost died before its first reply. The sockets (an absolute path: the
+    kernel runs in the notebook's directory) and the connection file go in a short
+    private directory (a socket's path is at most 107 bytes), removed at the end."""
+    import shutil
+    import tempfile
+
+    from traitlets.config import Config
+
+    made = tempfile.mkdtemp(prefix="nbk-")
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = os.path.join(made, "kernel")
+    config.KernelManager.connection_file = os.path.join(made, "kernel.json")
+    try:
+        yield config
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _write_failure(nb: Any, exc: Exception, paths: Paths) -> None:

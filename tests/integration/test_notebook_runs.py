@@ -577,6 +577,7 @@ def test_an_s3_trigger_runs_the_notebook_with_the_objects_key(
     (row,) = _wait_for_runs(cli, "landing", 1)
     assert row["status"] == "SUCCEEDED", row["failure"]
     assert row["recorded"] == {"key": key, "bucket": bucket}
+    assert row["params"] == {"input_bucket": bucket, "input_key": key}  # what it was given
 
 
 def test_describe_says_when_a_schedules_image_is_gone(
