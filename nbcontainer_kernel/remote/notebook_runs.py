@@ -172,6 +172,13 @@ class NotebookJob:
         declared = declared_of(self.notebooks, self.image)
         check_names(declared, list(self.params), "-p")
         rows = self.rows()
+        if rows and not self.wait:
+            raise InvalidOption(
+                "--no-wait",
+                True,
+                "a sweep is waited on (Ctrl-C or `nbcontainer cancel` stops it), as "
+                "%%remote_run's is; run it in the background of your shell instead",
+            )
         if rows:
             columns = list(dict.fromkeys(k for row in rows for k in row))
             where = f"--sweep-file {self.sweep_file}" if self.sweep_file else "--sweep"

@@ -407,6 +407,7 @@ def test_run_usage_errors_are_one_line_before_anything_is_built(
         (["run", nb, "--sweep-file", str(tmp_path / "none.csv")], "no such file"),
         (["run", nb, "img:1"], "notebooks or one image"),
         (["run", nb, "--set", "queue"], "SETTING=VALUE"),
+        (["run", nb, "--sweep", "alpha=1,2", "--no-wait"], "a sweep is waited on"),
         (["schedule", "create", "x", nb, "--cron", "0 6 * * * *"], "day-of-week"),
         (["schedule", "create", "bad name", nb, "--rate", "1 day"], "schedule name"),
     ):
