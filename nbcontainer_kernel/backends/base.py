@@ -189,8 +189,10 @@ class Backend(EnvDefaults, metaclass=_BackendType):
         sections = [self.config[s] for s in self.section_names() if s in self.config]
         values = {
             # A configured value as it is; the others read afresh (the environment of now).
+            # A value configured as None is not set (`%config BatchBackend.queue = None`
+            # undoes an earlier one): the environment and pyproject.toml speak again.
             name: getattr(self, name)
-            if any(name in section for section in sections)
+            if any(section.get(name) is not None for section in sections)
             else trait_default(self, name)
             for name in traits
         }

@@ -141,6 +141,17 @@ def test_a_backend_setting_comes_from_the_most_explicit_source(
     assert backend.settings({"queue": flag})["queue"] == expected
 
 
+def test_a_setting_configured_back_to_none_lets_the_environment_speak_again(
+    monkeypatch: pytest.MonkeyPatch, clean_env: None
+) -> None:
+    monkeypatch.setenv("NBCONTAINER_BATCH_QUEUE", "from-env")
+    backend = BatchBackend()
+    backend.update_config(Config({"BatchBackend": {"queue": "configured"}}))
+    assert backend.settings()["queue"] == "configured"
+    backend.update_config(Config({"BatchBackend": {"queue": None}}))  # `%config ... = None`
+    assert backend.settings()["queue"] == "from-env"
+
+
 def test_a_bad_value_is_refused_naming_where_it_came_from(
     monkeypatch: pytest.MonkeyPatch, clean_env: None
 ) -> None:
