@@ -219,8 +219,8 @@ def test_lab_launcher_notebook_and_remote_run_panel(
                 header = table.locator("thead th").all_inner_texts()
                 assert {"param.rate", "metric.loss", "time.running"} <= set(header), header
                 body = [r.split("\t") for r in table.locator("tbody tr").all_inner_texts()]
-                run_id, status_at = header.index("id"), header.index("status")
-                assert [(r[run_id], r[status_at]) for r in body] == [
+                id_at, status_at = header.index("id"), header.index("status")
+                assert [(r[id_at], r[status_at]) for r in body] == [
                     ("cmp-2", "SUCCEEDED"),
                     ("cmp-3", "SUCCEEDED"),
                     ("cmp-4", "SUCCEEDED"),
