@@ -219,21 +219,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
         bring_in_runs(args.schedule, _ledger())
     ledger = _ledger()
-    rows = ledger.find(
-        name=args.name,
-        status=args.status,
-        kind=args.kind,
-        schedule=args.schedule,
-        last=None if args.children else args.last,
-    )
-    rows = [r for r in rows if args.children or not r["parent"]]
-    if args.last is not None and args.children:
+    rows = ledger.find(name=args.name, status=args.status, kind=args.kind, schedule=args.schedule)
+    rows = [r for r in rows if args.children or not r["parent"]]  # a sweep: its parent row
+    if args.last is not None:
         rows = rows[-args.last :] if args.last > 0 else []
     if args.json:
         _emit_json([_row_doc(r) for r in rows])
         return 0
     if not rows:
-        print("no runs recorded" + (" that match" if any(vars(args).values()) else ""))
+        filtered = any((args.name, args.status, args.kind, args.schedule))
+        print("no runs recorded" + (" that match" if filtered else ""))
         return 0
     print(_runs_table(rows, shutil.get_terminal_size((120, 24)).columns))
     return 0
