@@ -157,7 +157,11 @@ def check_schedule_name(name: str) -> str:
 
 
 def _job_name(name: str) -> str:
-    return f"nbc-sched-{name}"
+    """The name of a schedule's jobs: its own for each schedule made (a schedule made
+    again under a deleted one's name does not take the old one's jobs for its own)."""
+    import secrets
+
+    return f"nbc-sched-{name}-{secrets.token_hex(3)}"
 
 
 class Schedules:
@@ -197,7 +201,7 @@ class Schedules:
             raise InvalidOption("NAME", req.name, "a schedule or trigger of this name exists")
         key_env = self._put_key(req.name)
         try:
-            spec = self._spec(req, key_env)
+            spec = self._spec(req, key_env, _job_name(req.name))
             if req.on_s3:
                 self._create_trigger(req, spec, str(role))
             else:
@@ -208,8 +212,9 @@ class Schedules:
             raise
         return self.describe(req.name)
 
-    def _spec(self, req: ScheduleRequest, key_env: dict[str, str]) -> RunSpec:
-        """The RunSpec a `nbcontainer run --backend batch` of this image would submit."""
+    def _spec(self, req: ScheduleRequest, key_env: dict[str, str], job_name: str) -> RunSpec:
+        """The RunSpec a `nbcontainer run --backend batch` of this image would submit (its
+        run id and name are the schedule's job name)."""
         uri = self.output_prefix(req.name) + "/"
         env = {
             **key_env,
@@ -222,9 +227,9 @@ class Schedules:
         if endpoint_of(s3):
             env["AWS_ENDPOINT_URL_S3"] = str(endpoint_of(s3))
         return RunSpec(
-            _job_name(req.name),
+            job_name,
             req.image,
-            name=_job_name(req.name),
+            name=job_name,
             params=dict(req.params),
             cpus=req.cpus,
             memory=req.memory,
@@ -238,7 +243,7 @@ class Schedules:
     def submit_input(self, req: ScheduleRequest, spec: RunSpec) -> dict[str, Any]:
         """The SubmitJob request (Batch's own member names) the schedule submits."""
         submit: dict[str, Any] = {
-            "jobName": _job_name(req.name),
+            "jobName": spec.name,
             "jobQueue": self.settings["queue"],
             "jobDefinition": self.backend.job_definition(spec),
             "containerOverrides": {
@@ -293,7 +298,7 @@ class Schedules:
         container["command"] = [arg for p in TRIGGER_PARAMS for arg in ("-P", p, f"Ref::{p}")]
         with aws_errors("batch", "RegisterJobDefinition"):
             made = self.backend.batch.register_job_definition(
-                jobDefinitionName=_job_name(name),
+                jobDefinitionName=spec.name,
                 type="container",
                 parameters={p: "" for p in TRIGGER_PARAMS},
                 propagateTags=True,
@@ -324,10 +329,12 @@ class Schedules:
                 Tags=[{"Key": SCHEDULE_TAG, "Value": tag_value(req.name)}],
             )
         with aws_errors("events", "PutTargets"):
-            events.put_targets(Rule=rule, Targets=[self.trigger_target(req.name, definition, role)])
+            events.put_targets(
+                Rule=rule, Targets=[self.trigger_target(spec.name, definition, role)]
+            )
         self._enable_bucket_events(bucket)
 
-    def trigger_target(self, name: str, definition: str, role: str) -> dict[str, Any]:
+    def trigger_target(self, job_name: str, definition: str, role: str) -> dict[str, Any]:
         """The rule's Batch target: the input transformer passes the object's bucket and
         key. The placeholders stand outside quotes, so EventBridge writes each as a JSON
         string, escaped: a key holding quotes or backslashes stays one string value."""
@@ -335,7 +342,7 @@ class Schedules:
             "Id": "batch",
             "Arn": self._queue_arn(),
             "RoleArn": role,
-            "BatchParameters": {"JobDefinition": definition, "JobName": _job_name(name)},
+            "BatchParameters": {"JobDefinition": definition, "JobName": job_name},
             "InputTransformer": {
                 "InputPathsMap": {"bucket": "$.detail.bucket.name", "key": "$.detail.object.key"},
                 "InputTemplate": '{"Parameters": {"input_bucket": <bucket>, "input_key": <key>}}',
@@ -536,19 +543,23 @@ class Schedules:
         self._delete_key(name)
 
     def jobs(self, name: str) -> list[dict[str, Any]]:
-        """The Batch jobs the schedule or trigger started (found by their name), oldest
+        """The Batch jobs the schedule or trigger started (found by its jobs' name), oldest
         first, each with its status and where its outputs go."""
-        batch = self.backend.batch
+        doc = self.describe(name)
+        job_name = (doc.get("submit") or {}).get("jobName") or doc.get("target", {}).get(
+            "BatchParameters", {}
+        ).get("JobName")
         found: dict[str, dict[str, Any]] = {}
+        pages = self.backend.batch.get_paginator("list_jobs")
         for status in BATCH_STATUSES:
             with aws_errors("batch", "ListJobs"):
-                page = batch.list_jobs(
+                for page in pages.paginate(
                     jobQueue=self.settings["queue"],
                     jobStatus=status,
-                    filters=[{"name": "JOB_NAME", "values": [_job_name(name)]}],
-                )
-            for job in page.get("jobSummaryList", []):
-                found[job["jobId"]] = job
+                    filters=[{"name": "JOB_NAME", "values": [job_name]}],
+                ):
+                    for job in page.get("jobSummaryList", []):
+                        found[job["jobId"]] = job
         uri = self.output_prefix(name)
         return [
             {**j, "output_uri": f"{uri}/{j['jobId']}/"}

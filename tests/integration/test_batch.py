@@ -224,8 +224,12 @@ def test_timeout_stops_the_job_and_says_so(batch_ip, ledger: Ledger) -> None:
     assert row["status"] == "FAILED" and row["failure"].startswith("the run timed out after 4 s")
 
 
-def test_a_missing_queue_is_a_clear_error_and_the_run_is_recorded(batch_ip, ledger: Ledger) -> None:
+def test_a_missing_queue_is_a_clear_error_and_the_run_is_recorded(
+    batch_ip, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set nowhere: not configured (None is not set), not in the environment.
     batch_ip.run_line_magic("config", "BatchBackend.queue = None")
+    monkeypatch.delenv("NBCONTAINER_BATCH_QUEUE", raising=False)
     result = batch_ip.run_cell("%%remote_run --backend batch --name noq\ny = 1")
     err = result.error_in_exec
     assert isinstance(err, MissingSetting) and "BatchBackend.queue" in str(err), err

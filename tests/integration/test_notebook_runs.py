@@ -343,10 +343,12 @@ def test_a_notebook_sweep_on_batch_is_one_array_job_and_its_values_come_back(
     got = {r["alpha"]: (r["status"], r["mae"]) for r in doc["recorded"]}
     assert got == {0.1: ("SUCCEEDED", 0.2), 0.3: ("SUCCEEDED", 0.6), 7: ("FAILED", 14)}
     s3 = boto3.client("s3")
-    bucket = batch_env["NBCONTAINER_S3_PREFIX"].split("/")[2]
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert sum(k.endswith("/2/outputs.tar.gz") and doc["run"] in k for k in keys) == 1
-    for child in ledger.find(parent=doc["run"]):
+    children = ledger.find(parent=doc["run"])
+    third = children[2]["job"]["output_uri"]  # <prefix>/<parent>-<8 hex>/2/
+    bucket, _, prefix = third[len("s3://") :].partition("/")
+    assert prefix.endswith("/2/")
+    s3.head_object(Bucket=bucket, Key=f"{prefix}outputs.tar.gz")  # the failed child's too
+    for child in children:
         assert child["kind"] == "notebook" and child["verdict"] == "signed"
 
 
