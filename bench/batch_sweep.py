@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _count_calls(backend, counts: collections.Counter) -> None:  # noqa: ANN001
@@ -41,23 +38,10 @@ def main() -> int:
     args = p.parse_args()
     n = args.children
     tmp = Path(tempfile.mkdtemp(prefix="nbcontainer-bench-batch-"))
-    state = tmp / "testbed"
-    out = subprocess.run(
-        [str(ROOT / "scripts" / "aws-testbed.sh"), "start", "--state", str(state)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "VENV": str(Path(sys.executable).parent.parent)},
-    )
-    os.environ.update(dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line))
-    os.environ["NBCONTAINER_BASE_IMAGE"] = args.base
-    os.chdir(tmp)
-    try:
+    from _shell import testbed
+
+    with testbed(tmp, args.base):
         return _bench(n, tmp)
-    finally:
-        subprocess.run(
-            [str(ROOT / "scripts" / "aws-testbed.sh"), "stop", "--state", str(state)], check=False
-        )
 
 
 def _bench(n: int, tmp: Path) -> int:

@@ -23,15 +23,12 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
 
 NOTEBOOK_CELLS = [
     ("i = 0\nx = 1.0", ["parameters"]),
@@ -74,28 +71,17 @@ def main() -> int:
     p.add_argument("--base", default="nbcontainer/base:bookworm")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nbcontainer-bench-nbsweep-"))
-    state = tmp / "testbed"
-    out = subprocess.run(
-        [str(ROOT / "scripts" / "aws-testbed.sh"), "start", "--state", str(state)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "VENV": str(Path(sys.executable).parent.parent)},
-    )
-    os.environ.update(dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line))
-    os.environ["NBCONTAINER_BASE_IMAGE"] = args.base
-    os.environ["NBCONTAINER_RUNS_DB"] = str(tmp / "runs.db")
-    os.chdir(tmp)
-    try:
-        return _bench(args.rows, args.run_rows, tmp)
-    finally:
-        from nbcontainer_kernel.images.runs import remove_run_images_of
-        from nbcontainer_kernel.remote.ledger import Ledger
+    from _shell import testbed
 
-        remove_run_images_of(Ledger(tmp / "runs.db").find())
-        subprocess.run(
-            [str(ROOT / "scripts" / "aws-testbed.sh"), "stop", "--state", str(state)], check=False
-        )
+    os.environ["NBCONTAINER_RUNS_DB"] = str(tmp / "runs.db")
+    with testbed(tmp, args.base):
+        try:
+            return _bench(args.rows, args.run_rows, tmp)
+        finally:
+            from nbcontainer_kernel.images.runs import remove_run_images_of
+            from nbcontainer_kernel.remote.ledger import Ledger
+
+            remove_run_images_of(Ledger(tmp / "runs.db").find())
 
 
 def _bench(rows: int, run_rows: int, tmp: Path) -> int:

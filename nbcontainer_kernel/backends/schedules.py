@@ -542,10 +542,11 @@ class Schedules:
                 self.backend.batch.deregister_job_definition(jobDefinition=doc["definition"])
         self._delete_key(name)
 
-    def jobs(self, name: str) -> list[dict[str, Any]]:
+    def jobs(self, name: str, doc: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """The Batch jobs the schedule or trigger started (found by its jobs' name), oldest
-        first, each with its status and where its outputs go."""
-        doc = self.describe(name)
+        first, each with its status and where its outputs go; `doc` is its describe(),
+        when the caller has it."""
+        doc = doc or self.describe(name)
         job_name = (doc.get("submit") or {}).get("jobName") or doc.get("target", {}).get(
             "BatchParameters", {}
         ).get("JobName")

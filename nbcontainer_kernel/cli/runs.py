@@ -64,7 +64,7 @@ def _screen(text: str, reserve: int = 4) -> str:
 
 # ------------------------------------------------------------------- run
 def _job(args: argparse.Namespace) -> Any:
-    from ..remote.notebook_runs import NotebookJob, parse_value, sweep_axis
+    from ..remote.notebook_runs import NotebookJob, parse_settings, parse_value, sweep_axis
 
     targets = list(args.targets)
     notebooks = [t for t in targets if t.endswith(".ipynb") or Path(t).is_file()]
@@ -81,11 +81,7 @@ def _job(args: argparse.Namespace) -> Any:
         }.items()
         if v is not None
     }
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidOption("--set", item, "expected SETTING=VALUE (e.g. queue=gpu-queue)")
-        overrides[key.strip()] = parse_value(value)
+    overrides.update(parse_settings(args.set))
     return NotebookJob(
         notebooks=notebooks,
         image=None if notebooks else targets[0],

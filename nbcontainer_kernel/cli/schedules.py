@@ -61,7 +61,7 @@ def _pushed_image(target: str, schedules: Schedules, args: argparse.Namespace) -
 
 def cmd_create(args: argparse.Namespace) -> int:
     from ..backends.schedules import ScheduleRequest, check_expression, check_schedule_name
-    from ..remote.notebook_runs import parse_value
+    from ..remote.notebook_runs import parse_settings, parse_value
 
     check_schedule_name(args.name)
     if not args.on_s3:
@@ -70,7 +70,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         raise InvalidOption("--on-s3", args.on_s3, "a trigger has no --cron or --rate")
     if args.backend != "batch":
         raise InvalidOption("--backend", args.backend, "schedules and triggers run on batch")
-    schedules = _schedules(_overrides(args))
+    schedules = _schedules(parse_settings(args.set))
     image, notebook = _pushed_image(args.target, schedules, args)
     doc = schedules.create(
         ScheduleRequest(
@@ -89,18 +89,6 @@ def cmd_create(args: argparse.Namespace) -> int:
     )
     _show(doc, args.json)
     return 0
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from ..remote.notebook_runs import parse_value
-
-    out: dict[str, Any] = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidOption("--set", item, "expected SETTING=VALUE")
-        out[key.strip()] = parse_value(value)
-    return out
 
 
 def _show(doc: dict[str, Any], as_json: bool) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "NotebookJob",
     "declared_of",
     "check_names",
+    "parse_settings",
     "parse_value",
     "read_sweep_file",
     "sweep_axis",
@@ -45,6 +46,17 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set SETTING=VALUE`` (repeatable) -> a run's backend setting overrides."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidOption("--set", item, "expected SETTING=VALUE (e.g. queue=gpu-queue)")
+        out[key.strip()] = parse_value(value)
+    return out
 
 
 def sweep_axis(spec: str) -> tuple[str, list[Any]]:
@@ -255,7 +267,8 @@ def bring_in_runs(name: str, ledger: Ledger, backend_name: str = "batch") -> lis
     schedules = Schedules(backend, backend.settings({}))  # type: ignore[arg-type]
     doc = schedules.describe(name)
     known = {(r.get("job") or {}).get("job_id") for r in ledger.find(schedule=name)}
-    jobs = [j for j in schedules.jobs(name) if j["jobId"] not in known]
+    listed = schedules.jobs(name, doc)
+    jobs = [j for j in listed if j["jobId"] not in known]
     key = schedules.key_of(name) if jobs else None
     given = schedules.job_parameters([j["jobId"] for j in jobs]) if doc["kind"] == "trigger" else {}
     made = []
@@ -277,7 +290,7 @@ def bring_in_runs(name: str, ledger: Ledger, backend_name: str = "batch") -> lis
         )
         made.append(run_id)
     runner = RemoteRunner(ledger)
-    ended = {j["jobId"] for j in schedules.jobs(name) if j["status"] in ("SUCCEEDED", "FAILED")}
+    ended = {j["jobId"] for j in listed if j["status"] in ("SUCCEEDED", "FAILED")}
     for row in ledger.find(schedule=name):
         if row["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED") and (
             (row.get("job") or {}).get("job_id") in ended

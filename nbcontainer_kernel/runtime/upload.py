@@ -217,18 +217,23 @@ def upload_outputs(ml_root: Path, env: Mapping[str, str]) -> str | None:
     return f"s3://{bucket}/{key}"
 
 
+def _get(request: urllib.request.Request, shown: str, timeout: float) -> bytes:
+    """The body of one GET; UploadError naming `shown` (never a signed query) otherwise."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            body: bytes = resp.read()
+            return body
+    except urllib.error.HTTPError as exc:
+        raise UploadError(f"S3 answered {exc.code} for GET {shown}") from exc
+    except OSError as exc:
+        raise UploadError(f"S3 could not be reached at {shown}: {exc}") from exc
+
+
 def get_url(url: str, timeout: float = 60) -> bytes:
     """GET a presigned https:// (or the test bed's http://) URL: its query is the signature."""
     if not url.startswith(("https://", "http://")):
         raise UploadError(f"not an HTTP URL: {url[:40]}")
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url), timeout=timeout) as resp:
-            body: bytes = resp.read()
-            return body
-    except urllib.error.HTTPError as exc:
-        raise UploadError(f"S3 answered {exc.code} for a presigned GET") from exc
-    except OSError as exc:
-        raise UploadError(f"S3 could not be reached: {exc}") from exc
+    return _get(urllib.request.Request(url), "a presigned URL", timeout)
 
 
 def get_object(uri: str, env: Mapping[str, str], timeout: float = 60) -> bytes:
@@ -244,13 +249,4 @@ def get_object(uri: str, env: Mapping[str, str], timeout: float = 60) -> bytes:
         if creds is not None
         else {"x-amz-content-sha256": empty}
     )
-    try:
-        with urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=timeout
-        ) as resp:
-            body: bytes = resp.read()
-            return body
-    except urllib.error.HTTPError as exc:
-        raise UploadError(f"S3 answered {exc.code} for GET {url}") from exc
-    except OSError as exc:
-        raise UploadError(f"S3 could not be reached at {url}: {exc}") from exc
+    return _get(urllib.request.Request(url, headers=headers), url, timeout)
