@@ -72,3 +72,13 @@ def load_ipython_extension(ipython: Any) -> None:
             os.unlink(conn)
         prepare_pip(ipython)
     load(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The Jupyter server extension: the runs API and pages under /nbcontainer/."""
+    return [{"module": "nbcontainer_kernel.server"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab extension (`jupyter labextension develop` links it)."""
+    return [{"src": "labextension", "dest": "nbcontainer-kernel"}]

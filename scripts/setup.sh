@@ -3,6 +3,7 @@
 #   a Docker engine (started when none answers), an offline-made base image,
 #   the project's virtualenv (.venv) with the package installed editable, Debian's
 #   docker-registry for the AWS test bed, docker-compose for SageMaker's local mode,
+#   the JupyterLab extension built from labextension/ (Node.js and npm),
 #   and, with --browser, Debian's chromium for the browser tests.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib.sh"
@@ -64,6 +65,8 @@ echo "$want" > "$stamp"
 fi
 
 if [ "$venv_only" -eq 0 ]; then
+  # The JupyterLab extension (the Runs sidebar), built from its TypeScript sources.
+  "$here/labextension.sh"
   # The AWS test bed's registry (scripts/aws-testbed.sh starts it with its own config), and
   # Docker Compose for SageMaker's local mode (--backend sagemaker-local).
   apt_install docker-registry docker-compose

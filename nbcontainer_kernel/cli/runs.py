@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["add_commands"]
 
-_TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
-
 
 def _ledger() -> Ledger:
     from ..remote.ledger import Ledger
@@ -292,36 +290,20 @@ def _row_doc(r: dict[str, Any]) -> dict[str, Any]:
 def cmd_logs(args: argparse.Namespace) -> int:
     """The run's log: what was collected (logs.txt), or, for a run still going, what its
     platform has (the container's log, CloudWatch); -f follows it to the end."""
+    from ..remote.run_logs import RunLog
+
     ledger = _ledger()
     args.run = resolve_run(ledger, args.run)
-    row = ledger.get(args.run)
-    if row["status"] in _TERMINAL or not row["job"]:
-        log = Path(row["result_dir"] or "") / "logs.txt"
-        if not log.is_file():
-            print(f"{args.run} has no log yet ({row['status']})", file=sys.stderr)
-            return 0
-        print(log.read_text(errors="replace"), end="")
-        return 0
-    from ..backends.base import Job
-    from ..backends.registry import get_backend
-
-    backend = get_backend(row["backend"])
-    job = Job(row["backend"], args.run, row["job"])
-    attach = getattr(backend, "attach", None)
-    if attach is not None:
-        attach(job)
+    log = RunLog(ledger, args.run)
     shown = 0
     while True:
-        lines = backend.logs(job, shown)
+        lines, ended = log.read(shown)
         for line in lines:
             print(line, flush=True)
         shown += len(lines)
-        if not args.follow:
-            return 0
-        phase, _ = backend.status(job)
-        if phase.terminal:
-            for line in backend.logs(job, shown):  # the last lines, written as it ended
-                print(line, flush=True)
+        if ended or not args.follow:
+            if not shown and ended:
+                print(f"{args.run} left no log", file=sys.stderr)
             return 0
         time.sleep(1.0)
 
@@ -332,14 +314,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     runner = RemoteRunner()
     args.run = resolve_run(runner.ledger, args.run)
-    row = runner.ledger.get(args.run)
-    if row["status"] in _TERMINAL:
-        print(f"{args.run} already ended ({row['status']})")
+    if not runner.cancel_tree(args.run):
+        print(f"{args.run} already ended ({runner.ledger.get(args.run)['status']})")
         return 0
-    for child in runner.ledger.find(parent=args.run):
-        if child["status"] not in _TERMINAL:
-            runner.cancel(child["id"])
-    runner.cancel(args.run)
     print(f"{args.run}: {runner.ledger.get(args.run)['status']}")
     return 0
 

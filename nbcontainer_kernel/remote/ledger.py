@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_name ON runs(name);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
+CREATE INDEX IF NOT EXISTS runs_newest ON runs(created DESC, id DESC);
 CREATE TABLE IF NOT EXISTS metric_points (
     run_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -112,7 +113,8 @@ _FROM_VERSION_3 = (
 BUSY_TIMEOUT = 30.0
 #: Seconds a busy step is tried again (with backoff) before it fails.
 RETRY_FOR = 120.0
-SCHEMA_VERSION = 5
+# 6: the newest-first index the runs page and its API page through.
+SCHEMA_VERSION = 6
 PENDING_DIR = ".pending-ends"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -124,6 +126,8 @@ _POINTS_SQL = (
     "INSERT INTO metric_points (run_id, name, step, value, time, seq) VALUES (?,?,?,?,?,?)"
 )
 _COLUMN = re.compile(r"^[a-z_]+$")
+#: Columns a page of runs may be filtered by (Ledger.page).
+_PAGE_FILTERS = ("name", "status", "backend", "kind", "parent", "schedule")
 
 
 def _update_sql(fields: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -556,6 +560,65 @@ class Ledger:
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
         return [self._decode(r) for r in self._read("list runs", read)]
+
+    def page(
+        self,
+        *,
+        filters: dict[str, str] | None = None,
+        top_only: bool = False,
+        since: float | None = None,
+        search: str | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """One page of runs, newest first, filtered in SQL: `filters` by column value (name,
+        status, backend, kind, parent, schedule), `top_only` leaves sweeps' children out,
+        `since` keeps runs created then or later, `search` matches the id, name or
+        parameters' text, and `after` is the (created, id) of the previous page's last row.
+        Reads `limit` rows (+1 to tell whether more follow), never the whole ledger."""
+        sql, args = "SELECT * FROM runs WHERE 1=1", list[Any]()
+        for col, val in (filters or {}).items():
+            if col not in _PAGE_FILTERS:
+                raise LedgerError("", f"filter {col!r}", f"filters are {', '.join(_PAGE_FILTERS)}")
+            sql += f" AND {col} = ?"
+            args.append(val.upper() if col == "status" else val)
+        if top_only:
+            sql += " AND parent IS NULL"
+        if since is not None:
+            sql += " AND created >= ?"
+            args.append(since)
+        if search:
+            like = "%" + re.sub(r"([%_\\])", r"\\\1", search) + "%"
+            sql += " AND (id LIKE ? ESCAPE '\\' OR params LIKE ? ESCAPE '\\')"
+            args += [like, like]
+        if after is not None:
+            sql += " AND (created < ? OR (created = ? AND id < ?))"
+            args += [after[0], after[0], after[1]]
+        sql += " ORDER BY created DESC, id DESC LIMIT ?"
+        args.append(max(0, int(limit)))
+
+        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = db.execute(sql, args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+        return [self._decode(r) for r in self._read("list runs", read)]
+
+    def child_counts(self, parents: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Each parent's children counted by status: {parent: {status: count}}."""
+        ids = list(parents)
+        if not ids:
+            return {}
+        sql = (
+            "SELECT parent, status, COUNT(*) FROM runs "
+            f"WHERE parent IN ({','.join('?' * len(ids))}) GROUP BY parent, status"
+        )
+        out: dict[str, dict[str, int]] = {}
+        for parent, status, count in self._read(
+            "count children", lambda db: db.execute(sql, ids).fetchall()
+        ):
+            out.setdefault(parent, {})[status] = count
+        return out
 
     @staticmethod
     def _decode(row: dict[str, Any]) -> dict[str, Any]:

@@ -462,6 +462,17 @@ class RemoteRunner:
             finally:
                 RunRecord(self.ledger, run_id).cancel("cancelled")
 
+    def cancel_tree(self, run_id: str) -> bool:
+        """Cancel a run and, for a sweep, each child still going (from any process: the
+        command line, the server). False when the run had already ended."""
+        if self.ledger.get(run_id)["status"] in _TERMINAL:
+            return False
+        for child in self.ledger.find(parent=run_id):
+            if child["status"] not in _TERMINAL:
+                self.cancel(child["id"])
+        self.cancel(run_id)
+        return True
+
     def result_of(self, run_id: str, trust: str | None = None) -> RunResult:
         """A recorded run's outputs, read under `trust` (default: the runner's)."""
         return self._result(self.ledger.get(run_id), trust=trust)

@@ -27,6 +27,7 @@ LAYERS = [
     "kernel",
     "widgets",
     "magics",
+    "server",  # the Jupyter server extension: the runs API and page
     "cli",
 ]
 #: The package's own __init__ is its facade: it names the API lazily, from any layer.
