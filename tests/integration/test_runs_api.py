@@ -43,8 +43,8 @@ SLOW = "import time\nfor i in range(120):\n    print('tick', i, flush=True)\n   
 API = "/nbcontainer/api"
 
 
-@pytest.fixture
-def jp_server_config() -> dict[str, Any]:  # type: ignore[no-redef]
+@pytest.fixture  # type: ignore[no-redef]  # replaces pytest-jupyter's
+def jp_server_config() -> dict[str, Any]:
     return {"ServerApp": {"jpserver_extensions": {"nbcontainer_kernel": True}}}
 
 
