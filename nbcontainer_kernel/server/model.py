@@ -66,8 +66,8 @@ class RunQuery:
         argument that does not fit. ``parent=none`` means runs that are no sweep's child."""
         one: dict[str, str] = {}
         for key, values in args.items():
-            if key in _AUTH_ARGS:
-                continue
+            if key in _AUTH_ARGS or (key.isdigit() and values == [""]):
+                continue  # the server's, and JupyterLab's cache buster (`&1796447949787`)
             if key not in (*_FILTERS, "since", "q", "cursor", "limit"):
                 known = ", ".join((*_FILTERS, "since", "q", "cursor", "limit"))
                 raise InvalidOption(key, values, f"not a filter of runs (they are {known})")

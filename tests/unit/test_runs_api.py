@@ -173,6 +173,7 @@ def test_a_sweep_shows_its_children_counted_by_status_and_they_page_under_it(
         ({"cursor": ["WyJhIiwgMV0"]}, "cursor"),  # ["a", 1]: the right shape, wrong types
         ({"db": ["/home/other/runs.db"]}, "db"),  # no argument picks another ledger
         ({"order": ["created"]}, "order"),
+        ({"17964": ["1"]}, "17964"),  # a number with a value is no cache buster
     ],
 )
 def test_a_query_that_does_not_fit_names_its_argument(
@@ -199,8 +200,10 @@ def test_since_takes_epoch_seconds_and_iso_times_utc_unless_they_say(
     assert model.parse_since(text) == seconds
 
 
-def test_the_server_reads_its_token_and_xsrf_arguments_not_as_filters() -> None:
-    query = model.RunQuery.parse({"token": ["abc"], "_xsrf": ["x"], "status": ["failed"]})
+def test_the_servers_token_and_xsrf_and_labs_cache_buster_are_not_filters() -> None:
+    query = model.RunQuery.parse(
+        {"token": ["abc"], "_xsrf": ["x"], "status": ["failed"], "1796447949787": [""]}
+    )
     assert dict(query.filters) == {"status": "failed"}
 
 
