@@ -15,7 +15,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Dialog, Page, sync_playwright
 
 from nbcontainer_kernel.backends.local import run_containers
 from nbcontainer_kernel.docker.engine import Engine
@@ -105,7 +105,12 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 alerts: list[str] = []
-                page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
+
+                def on_dialog(dialog: Dialog) -> None:  # an alert() a run's output got to call
+                    alerts.append(dialog.message)
+                    dialog.dismiss()
+
+                page.on("dialog", on_dialog)
                 page.goto(f"{lab.url}/lab/tree/study.ipynb?token={lab.token}")
                 page.add_style_tag(content=".Toastify { display: none !important; }")
                 page.locator(".jp-NotebookPanel:visible .jp-Cell").first.wait_for(timeout=90_000)
@@ -211,8 +216,9 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
                 assert XSS in page.locator("#run-failure").inner_text()
                 page.goto(f"{lab.url}/nbcontainer/runs/{hostile_id}")
                 page.locator("#log", has_text=XSS).wait_for(timeout=10_000)
-                frame = page.frame_locator("#notebook")
-                frame.locator("text=<b>bold</b>").first.wait_for(timeout=30_000)
+                page.frame_locator("#notebook").locator("text=<b>bold</b>").first.wait_for(
+                    timeout=30_000
+                )
                 time.sleep(1)
                 _no_script_ran(page, alerts)
             finally:

@@ -17,6 +17,7 @@ import pytest
 from nbcontainer_kernel.remote.ledger import Ledger
 from tests.helpers import execute_notebook, save_executed
 from tests.integration.conftest import ROOT
+from tests.lab import Lab
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +135,34 @@ def test_headless_notebook_containerizes_and_runs_an_analysis_with_parameters(
     assert swept.count("SUCCEEDED") >= 6, swept
     assert "wrote 6 rows to grid.csv" in tabled and tabled.count("SUCCEEDED") == 6, tabled
     assert "30.0" in tabled  # alpha 2, n 6
+
+
+def test_runs_in_the_browser_submits_follows_and_reads_a_run_over_the_rest_api(
+    ledger: Ledger, new_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "NBCONTAINER_BASE_IMAGE",
+        os.environ.get("NBCONTAINER_BASE_IMAGE", "nbcontainer/base:bookworm"),
+    )
+    for notebook in ("runs_in_the_browser.ipynb", "analysis.ipynb"):
+        shutil.copy(ROOT / "examples" / notebook, tmp_path)
+    lab = Lab(tmp_path)  # the server the notebook finds, with the ledger of this test
+    try:
+        nb = nbformat.read(tmp_path / "runs_in_the_browser.ipynb", as_version=4)
+        execute_notebook(nb, tmp_path, "python3", timeout=600)
+    finally:
+        lab.stop()
+    save_executed(nb, "runs_in_the_browser.ipynb")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "/nbcontainer/runs" in _outputs(code[0])
+    assert _outputs(code[1]).startswith("202 {'id': 'from-api-1'"), _outputs(code[1])
+    assert "total 12.0" in _outputs(code[2])  # the log, followed: alpha 2, n 4
+    assert _outputs(code[3]).startswith("SUCCEEDED {'alpha': 2.0, 'n': 4} {'total': 12.0"), (
+        _outputs(code[3])
+    )
+    assert "from-api-1" in _outputs(code[4])
+    assert _outputs(code[5]).startswith("422 {'error': 'InvalidOption'"), _outputs(code[5])
+    assert ledger.get("from-api-1")["recorded"]["total"] == 12.0
 
 
 def test_make_demo_runs_the_quickstart_and_says_where_it_ran(

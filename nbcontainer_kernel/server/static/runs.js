@@ -191,8 +191,10 @@
   async function startList() {
     $("list").hidden = false;
     document.title = "nbcontainer runs";
-    const backends = await api("backends").catch(() => ({ backends: [] }));
-    for (const b of backends.backends) $("backend").appendChild(el("option", b));
+    // The backends' names fill their filter meanwhile: the first rows wait for nothing.
+    api("backends")
+      .then((doc) => doc.backends.forEach((b) => $("backend").appendChild(el("option", b))))
+      .catch(() => {});
     let typing = null;
     $("filters").addEventListener("input", () => {
       clearTimeout(typing);
