@@ -195,6 +195,11 @@ class RunsSidebar extends Widget {
       li.appendChild(el('span', `${b.tag}: ${b.status}`, 'nbc-name'));
       const last = b.error ?? b.lines[b.lines.length - 1] ?? '';
       li.appendChild(el('div', last, 'nbc-detail'));
+      if (b.status === 'succeeded') {
+        // What `Run this notebook on…` and `nbcontainer run IMAGE -p` take.
+        const names = b.parameters.map(p => `${p.name}=${JSON.stringify(p.default)}`);
+        li.appendChild(el('div', `parameters: ${names.join(' ') || 'none'}`, 'nbc-detail'));
+      }
       this.buildList.appendChild(li);
       if (b.status !== 'building' && !this.told.has(b.id)) {
         this.told.add(b.id);

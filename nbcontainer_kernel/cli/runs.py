@@ -302,8 +302,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
             print(line, flush=True)
         shown += len(lines)
         if ended or not args.follow:
-            if not shown and ended:
-                print(f"{args.run} left no log", file=sys.stderr)
+            if not shown:
+                status = ledger.get(args.run)["status"]
+                said = "left no log" if ended else f"has no log yet ({status})"
+                print(f"{args.run} {said}", file=sys.stderr)
             return 0
         time.sleep(1.0)
 

@@ -10,6 +10,7 @@ project's errors become ``{"error": ..., "reason": ...}`` with their status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html
 import json
@@ -267,7 +268,8 @@ class LogsHandler(_Api):
             return  # the browser went away: nothing to stop but this loop
         finally:
             if not self._finished:
-                self.finish()
+                with contextlib.suppress(StreamClosedError):
+                    self.finish()
 
 
 class NotebookHandler(_Api):

@@ -99,6 +99,11 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
         crafted = ledger.create("crafted", "local", params={"title": XSS}, kind="notebook")
         ledger.update(crafted, failure=f"{XSS}\n<script>alert(2)</script>", status="FAILED")
         _wait(ledger, hostile_id, {"FAILED"})
+        sweep = ledger.create("swept", "local", params={"n": [1, 2]}, kind="notebook")
+        kids = [ledger.create("swept", "local", params={"n": n}, parent=sweep) for n in (1, 2)]
+        for kid, status in zip(kids, ("SUCCEEDED", "FAILED"), strict=True):
+            ledger.update(kid, status=status)
+        ledger.update(sweep, status="FAILED")
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -132,6 +137,7 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
                 build = sidebar.locator(".nbc-Build[data-status='succeeded']")
                 build.wait_for(timeout=600_000)
                 assert image in build.inner_text()
+                assert "parameters: alpha=0.1" in build.inner_text()  # the parameters cell's
                 assert engine.has_image(image)
 
                 # Run this notebook on… local, from the palette, with alpha changed.
@@ -176,6 +182,20 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
                 sidebar.locator(f".nbc-Run[data-run='{slow}'][data-status='CANCELLED']").wait_for(
                     timeout=10_000
                 )
+                # A sweep's children open under it.
+                parent_row = sidebar.locator(f".nbc-Run[data-run='{sweep}']")
+                counts = parent_row.inner_text()
+                assert "1 failed" in counts and "1 succeeded" in counts, counts
+                parent_row.locator(".nbc-Toggle").click()
+                for kid in kids:
+                    sidebar.locator(f".nbc-Run.nbc-child[data-run='{kid}']").wait_for(
+                        timeout=10_000
+                    )
+                # A click on a run opens its page in a Lab tab.
+                row.locator(".nbc-name").click()
+                page.frame_locator(".jp-MainAreaWidget:visible iframe").locator(
+                    "#run-status.SUCCEEDED"
+                ).wait_for(timeout=30_000)
                 # The hostile run's row shows its parameter as text, and nothing ran.
                 crafted_row = sidebar.locator(f".nbc-Run[data-run='{crafted}']")
                 assert XSS in crafted_row.inner_text()
@@ -189,6 +209,10 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
                 assert ids[0] == slow and {crafted, "fromcell-1", "study-1", hostile_id} <= set(ids)
                 assert XSS in table.locator(f"tr[data-run='{crafted}']").inner_text()
                 page.screenshot(path=str(shots / "runs_page.png"))
+                sweep_row = table.locator(f"tr[data-run='{sweep}']")
+                sweep_row.locator("button.toggle").click()
+                for kid in kids:
+                    table.locator(f"tr.child[data-run='{kid}']").wait_for(timeout=10_000)
                 page.locator("#status").select_option("CANCELLED")
                 table.locator("tr[data-run='study-1']").wait_for(state="detached", timeout=10_000)
                 assert [r.get_attribute("data-run") for r in table.locator("tr").all()] == [slow]
@@ -206,6 +230,19 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
                     timeout=30_000
                 )
                 page.screenshot(path=str(shots / "run_page.png"), full_page=True)
+
+                # A running run's page follows its log, and its Cancel stops it within 5 s.
+                second = lab.post("/nbcontainer/api/runs", {"notebook": "slow.ipynb"}).json()["id"]
+                _wait(ledger, second, {"RUNNING"})
+                page.goto(f"{lab.url}/nbcontainer/runs/{second}")
+                page.locator("#log", has_text="tick 2").wait_for(timeout=30_000)
+                assert page.locator("#log-state").inner_text() == "following"
+                clicked = time.monotonic()
+                page.locator("#cancel").click()
+                page.locator("#run-status.CANCELLED").wait_for(timeout=5_000)
+                took = time.monotonic() - clicked
+                assert took < 5 and ledger.get(second)["status"] == "CANCELLED", took
+                assert run_containers(engine, second) == []
 
                 # The hostile run's page: its log line, failure and notebook are inert.
                 for run_id in (hostile_id, crafted):

@@ -434,3 +434,28 @@ def test_errors_map_to_their_http_status() -> None:
         answer = server_handlers.api_error(exc)
         assert (answer.status_code, answer.error) == (status, type(exc).__name__)
         assert answer.reason_text == str(exc)
+
+
+def test_a_runs_log_is_read_on_from_a_line_and_says_when_no_line_will_follow(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbcontainer_kernel.cli import main
+    from nbcontainer_kernel.remote.run_logs import RunLog
+
+    monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(ledger.path))
+    building = ledger.create("logs", "local", status="BUILD")
+    assert RunLog(ledger, building).read() == ([], False)  # nothing submitted yet
+    assert main(["logs", building]) == 0
+    assert "has no log yet (BUILD)" in capsys.readouterr().err
+
+    ended = ledger.create("logs", "local")
+    ledger.run_dir(ended).mkdir()
+    (ledger.run_dir(ended) / "logs.txt").write_text("one\ntwo\nthree\n")
+    ledger.update(ended, status="SUCCEEDED")
+    assert RunLog(ledger, ended).read(1) == (["two", "three"], True)
+    assert main(["logs", ended, "-f"]) == 0
+    assert capsys.readouterr().out == "one\ntwo\nthree\n"
+
+    silent = ledger.create("logs", "local", status="FAILED")
+    assert main(["logs", silent]) == 0
+    assert "left no log" in capsys.readouterr().err
