@@ -12,6 +12,7 @@ loop (`Api`), so the tests are plain functions, as the runs they wait on are thr
 from __future__ import annotations
 
 import json
+import resource
 import time
 from collections.abc import Callable
 from http.cookies import SimpleCookie
@@ -21,7 +22,6 @@ from typing import Any
 import pandas as pd
 import pytest
 from jupyter_server.auth import Authorizer
-from pytest_jupyter.jupyter_server import *  # noqa: F403 - the server fixtures, this module's only
 
 from nbcontainer_kernel.backends.local import run_containers
 from nbcontainer_kernel.docker.engine import Engine
@@ -30,6 +30,14 @@ from nbcontainer_kernel.server.handlers import handlers
 from tests import openapi
 from tests.integration.conftest import BASE_IMAGE
 from tests.integration.test_notebook_runs import write_notebook
+
+# pytest-jupyter's import sets the whole process's open-file limit to 4,096 (its
+# jupyter_core module): the limit the other tests run with is put back at once (the guard's
+# tests hold thousands of connections).
+_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)
+from pytest_jupyter.jupyter_server import *  # noqa: E402, F403 - the server fixtures, this module's
+
+resource.setrlimit(resource.RLIMIT_NOFILE, _NOFILE)
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +68,11 @@ class Api:
     ) -> tuple[int, Any, Any]:
         if method == "POST" and raw is None:
             raw = json.dumps(body if body is not None else {}).encode()
-        r = self.loop.run_until_complete(
-            self.fetch(
+
+        async def fetch() -> Any:
+            # Made inside the server's loop: a future made outside belongs to whichever loop
+            # an earlier test of the session left current.
+            return await self.fetch(
                 *path.strip("/").split("/"),
                 method=method,
                 body=raw,
@@ -69,7 +80,8 @@ class Api:
                 follow_redirects=False,
                 **kw,
             )
-        )
+
+        r = self.loop.run_until_complete(fetch())
         text = r.body.decode() if r.body else ""
         is_json = (r.headers.get("Content-Type") or "").startswith("application/json")
         return r.code, json.loads(text) if is_json and text else text, r.headers
