@@ -108,6 +108,19 @@ class _Api(APIHandler):
     def state(self) -> ServerState:
         return self.settings["nbcontainer"]  # type: ignore[no-any-return]
 
+    @property
+    def ledger(self) -> Ledger:
+        """The server's ledger (opened on first use: one that cannot be is a 503)."""
+        try:
+            return self.state.ledger
+        except LedgerError as exc:
+            raise api_error(exc) from exc
+
+    @property
+    def submissions(self) -> Submissions:
+        self.ledger  # noqa: B018 - opened first: one that cannot be is a 503
+        return self.state.submissions
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a worker thread (the ledger and Docker block); the project's
         errors become API errors."""
@@ -167,7 +180,7 @@ class RunsHandler(_Api):
             )
         except InvalidOption as exc:
             raise api_error(exc) from exc
-        self.answer(await self.call(model.list_runs, self.state.ledger, query))
+        self.answer(await self.call(model.list_runs, self.ledger, query))
 
     @web.authenticated
     @authorized
@@ -179,12 +192,12 @@ class RunsHandler(_Api):
         except NbcontainerError as exc:
             raise api_error(exc) from exc
         try:
-            run_id = await asyncio.to_thread(self.state.submissions.submit, job)
+            run_id = await asyncio.to_thread(self.submissions.submit, job)
         except NbcontainerError as exc:
             if type(exc) is NbcontainerError:  # what the checks said of the request itself
                 raise ApiError(422, "InvalidRun", str(exc)) from exc
             raise api_error(exc) from exc
-        row = await self.call(self.state.ledger.get, run_id)
+        row = await self.call(self.ledger.get, run_id)
         self.set_header("Location", f"{self.base_url}nbcontainer/api/runs/{run_id}")
         self.answer({"id": run_id, "status": row["status"]}, status=202)
 
@@ -193,22 +206,22 @@ class RunHandler(_Api):
     @web.authenticated
     @authorized
     async def get(self, run_id: str) -> None:
-        self.answer(await self.call(model.run_detail, self.state.ledger, run_id))
+        self.answer(await self.call(model.run_detail, self.ledger, run_id))
 
 
 class ResultHandler(_Api):
     @web.authenticated
     @authorized
     async def get(self, run_id: str) -> None:
-        self.answer(await self.call(model.run_result, self.state.ledger, run_id))
+        self.answer(await self.call(model.run_result, self.ledger, run_id))
 
 
 class CancelHandler(_Api):
     @web.authenticated
     @authorized
     async def post(self, run_id: str) -> None:
-        ledger = self.state.ledger
-        if not await self.call(self.state.submissions.cancel, run_id):
+        ledger = self.ledger
+        if not await self.call(self.submissions.cancel, run_id):
             row = await self.call(ledger.get, run_id)
             raise ApiError(409, "RunEnded", f"run {run_id} already ended ({row['status']})")
         row = await self.call(ledger.get, run_id)
@@ -224,7 +237,7 @@ class LogsHandler(_Api):
         from ..remote.run_logs import RunLog
 
         since = self._since()
-        log = RunLog(self.state.ledger, run_id)
+        log = RunLog(self.ledger, run_id)
         lines, ended = await self.call(log.read, since)
         if self.get_argument("follow", "0") in ("0", "false", ""):
             self.answer({"lines": lines, "next": since + len(lines), "ended": ended})
@@ -252,7 +265,7 @@ class LogsHandler(_Api):
                     self.write(f"id: {at}\ndata: {json.dumps(line)}\n\n")
                     at += 1
                 if ended:
-                    status = (await self.call(self.state.ledger.get, log.run_id))["status"]
+                    status = (await self.call(self.ledger.get, log.run_id))["status"]
                     self.write(f"event: end\ndata: {json.dumps({'status': status})}\n\n")
                     await self.flush()
                     return
@@ -287,7 +300,7 @@ class NotebookHandler(_Api):
     async def get(self, run_id: str) -> None:
         """The executed notebook (a pipeline's last, or ?name=), rendered with nbconvert."""
         name = self.get_argument("name", None)
-        file_name, data = await self.call(model.notebook_bytes, self.state.ledger, run_id, name)
+        file_name, data = await self.call(model.notebook_bytes, self.ledger, run_id, name)
         page = await self.call(self._render, data)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.finish(page, set_content_type="text/html; charset=utf-8")

@@ -339,6 +339,19 @@ def test_unknown_runs_bad_queries_and_bad_bodies_get_their_status(api: Api) -> N
     assert code == 403 and doc["error"] == "OutsideRoot"
 
 
+def test_a_ledger_that_cannot_be_opened_is_a_503_saying_which(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("NBCONTAINER_RUNS_DB", str(blocked / "runs.db"))
+    for doc in (
+        api.ok("get", "/runs", 503),
+        api.ok("post", "/runs/{run_id}/cancel", 503, run_id="x-1"),
+    ):
+        assert doc["error"] == "LedgerError" and str(blocked) in doc["reason"], doc
+
+
 def test_pages_of_many_runs_are_cut_in_the_server_and_walk_by_cursor(
     api: Api, ledger: Ledger
 ) -> None:
