@@ -7,6 +7,7 @@ One reader for every place a log is shown: ``nbcontainer logs [-f]`` and the ser
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from .ledger import Ledger
 __all__ = ["RunLog", "TERMINAL"]
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+#: Seconds a job's end waits for the ledger's (its outputs collected) before a log ends.
+COLLECT_GRACE = 60.0
 
 
 class RunLog:
@@ -25,6 +28,7 @@ class RunLog:
         self.run_id = run_id
         self._backend: Any = None
         self._job: Any = None
+        self._job_ended: float | None = None  # when the platform first said the job ended
 
     def _platform(self, row: dict[str, Any]) -> tuple[Any, Any]:
         """The run's backend and job, attached once (a backend that follows a job started
@@ -42,7 +46,12 @@ class RunLog:
 
     def read(self, since: int = 0) -> tuple[list[str], bool]:
         """The lines from line `since` on, and whether the run has ended (no line will
-        follow them). A run not submitted yet (building) has none."""
+        follow them). A run not submitted yet (building) has none.
+
+        A run has ended when the ledger says so: after its job ends it is still collected
+        (its outputs, its log as logs.txt). A job that ended COLLECT_GRACE seconds ago
+        while the ledger still says otherwise has no one collecting it (`nbcontainer
+        attach` does): its log has ended too."""
         row = self.ledger.get(self.run_id)
         ended = row["status"] in TERMINAL
         if ended or not row["job"]:
@@ -50,9 +59,12 @@ class RunLog:
         backend, job = self._platform(row)
         lines: list[str] = list(backend.logs(job, since))
         phase, _ = backend.status(job)
-        if phase.terminal:  # the last lines, written as it ended
-            lines += backend.logs(job, since + len(lines))
-        return lines, bool(phase.terminal)
+        if not phase.terminal:
+            return lines, False
+        lines += backend.logs(job, since + len(lines))  # the last lines, written as it ended
+        if self._job_ended is None:
+            self._job_ended = time.monotonic()
+        return lines, time.monotonic() - self._job_ended > COLLECT_GRACE
 
 
 def collected_lines(row: dict[str, Any]) -> list[str]:

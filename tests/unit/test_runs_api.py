@@ -459,3 +459,37 @@ def test_a_runs_log_is_read_on_from_a_line_and_says_when_no_line_will_follow(
     silent = ledger.create("logs", "local", status="FAILED")
     assert main(["logs", silent]) == 0
     assert "left no log" in capsys.readouterr().err
+
+
+class _EndedJob(ScriptedBackend):
+    """A job whose platform says it ended, with three log lines."""
+
+    def status(self, job: Any) -> Any:
+        from nbcontainer_kernel.backends.base import Phase
+
+        return Phase.SUCCEEDED, 0
+
+    def logs(self, job: Any, since: int = 0) -> list[str]:
+        return ["a", "b", "c"][since:]
+
+
+def test_a_followed_log_ends_with_the_ledger_not_before_the_run_is_collected(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbcontainer_kernel.backends import registry
+    from nbcontainer_kernel.remote import run_logs
+
+    registry.register("ended", _EndedJob())
+    try:
+        run_id = ledger.create("collecting", "ended", status="COLLECTING")
+        ledger.update(run_id, job={"id": "j-1"})
+        log = run_logs.RunLog(ledger, run_id)
+        assert log.read() == (["a", "b", "c"], False)  # the job ended; the run is collected
+        assert log.read(3) == ([], False)
+        monkeypatch.setattr(run_logs, "COLLECT_GRACE", 0.0)
+        assert log.read(3) == ([], True)  # no one collects it: the log has ended anyway
+        monkeypatch.setattr(run_logs, "COLLECT_GRACE", 60.0)
+        ledger.update(run_id, status="SUCCEEDED")
+        assert run_logs.RunLog(ledger, run_id).read(3) == ([], True)
+    finally:
+        registry.unregister("ended")
