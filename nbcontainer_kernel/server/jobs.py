@@ -117,11 +117,11 @@ class Submissions:
         from ..remote.runs import RemoteRunner
 
         self.runner = runner or RemoteRunner(ledger)
-        self._threads: list[threading.Thread] = []
 
     def submit(self, job: NotebookJob) -> str:
         """Check the job, start it, and return its run id once it is recorded. What fails
-        before that (a bad parameter, no daemon) is raised here, recorded nowhere."""
+        before that (a bad parameter, an unknown backend) is raised here, recorded nowhere;
+        what fails after (no daemon, a failing notebook) is the run's, in its row."""
         req = job.request()  # InvalidOption before anything is built
         recorded = threading.Event()
         top: list[str] = []
@@ -140,9 +140,8 @@ class Submissions:
             finally:
                 recorded.set()
 
-        thread = threading.Thread(target=go, name=f"nbcontainer-run-{req.name}", daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
+        # A daemon: a server that stops leaves the run recorded (`nbcontainer attach` ends it).
+        threading.Thread(target=go, name=f"nbcontainer-run-{req.name}", daemon=True).start()
         recorded.wait(RECORD_WAIT)
         if top:
             return top[0]
