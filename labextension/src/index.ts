@@ -346,7 +346,7 @@ async function containerize(panel: NotebookPanel, sidebar: RunsSidebar): Promise
   const tag = `${stem.toLowerCase().replace(/[^a-z0-9._-]+/g, '-')}:latest`;
   const form = new Form([
     { name: 'tag', label: 'Image tag', value: tag },
-    { name: 'base', label: 'Base image (empty: this kernel’s)', value: '' },
+    { name: 'base', label: 'Base image (empty: NBCONTAINER_BASE_IMAGE or python:X.Y-slim)', value: '' },
     { name: 'requirements', label: 'Requirements file (empty: this environment)', value: '' }
   ]);
   const answer = await showDialog({
