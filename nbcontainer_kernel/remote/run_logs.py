@@ -16,8 +16,6 @@ from .ledger import Ledger
 __all__ = ["RunLog", "TERMINAL"]
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
-#: Seconds a job's end waits for the ledger's (its outputs collected) before a log ends.
-COLLECT_GRACE = 60.0
 
 
 class RunLog:
@@ -28,7 +26,6 @@ class RunLog:
         self.run_id = run_id
         self._backend: Any = None
         self._job: Any = None
-        self._job_ended: float | None = None  # when the platform first said the job ended
 
     def _platform(self, row: dict[str, Any]) -> tuple[Any, Any]:
         """The run's backend and job, attached once (a backend that follows a job started
@@ -45,13 +42,10 @@ class RunLog:
         return self._backend, self._job
 
     def read(self, since: int = 0) -> tuple[list[str], bool]:
-        """The lines from line `since` on, and whether the run has ended (no line will
-        follow them). A run not submitted yet (building) has none.
-
-        A run has ended when the ledger says so: after its job ends it is still collected
-        (its outputs, its log as logs.txt). A job that ended COLLECT_GRACE seconds ago
-        while the ledger still says otherwise has no one collecting it (`nbcontainer
-        attach` does): its log has ended too."""
+        """The lines from line `since` on, and whether the run's job has ended (no line
+        will follow them). A run not submitted yet (building) has none. A job that ended
+        may still be collected (its outputs, its log as logs.txt): the ledger says when
+        the run itself has ended (:meth:`ended_as`)."""
         row = self.ledger.get(self.run_id)
         ended = row["status"] in TERMINAL
         if ended or not row["job"]:
@@ -59,12 +53,20 @@ class RunLog:
         backend, job = self._platform(row)
         lines: list[str] = list(backend.logs(job, since))
         phase, _ = backend.status(job)
-        if not phase.terminal:
-            return lines, False
-        lines += backend.logs(job, since + len(lines))  # the last lines, written as it ended
-        if self._job_ended is None:
-            self._job_ended = time.monotonic()
-        return lines, time.monotonic() - self._job_ended > COLLECT_GRACE
+        if phase.terminal:  # the last lines, written as it ended
+            lines += backend.logs(job, since + len(lines))
+        return lines, bool(phase.terminal)
+
+    def ended_as(self, wait: float = 0.0) -> str:
+        """The run's status once it has ended in the ledger, waiting up to `wait` seconds
+        for its collection; else the status it has now (COLLECTING: no one has collected
+        it yet; `nbcontainer attach` does)."""
+        deadline = time.monotonic() + wait
+        while True:
+            status = str(self.ledger.get(self.run_id)["status"])
+            if status in TERMINAL or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.25)
 
 
 def collected_lines(row: dict[str, Any]) -> list[str]:

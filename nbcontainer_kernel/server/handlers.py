@@ -59,6 +59,8 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
 #: Seconds between reads of a followed log, and between keep-alive comments.
 FOLLOW_EVERY = 1.0
 KEEPALIVE = 15.0
+#: Seconds a followed log's end waits for its run to be collected (its final status).
+COLLECT_WAIT = 30.0
 
 
 class ApiError(web.HTTPError):
@@ -264,8 +266,8 @@ class LogsHandler(_Api):
                 for line in lines:
                     self.write(f"id: {at}\ndata: {json.dumps(line)}\n\n")
                     at += 1
-                if ended:
-                    status = (await self.call(self.ledger.get, log.run_id))["status"]
+                if ended:  # the job's end; the run's comes once it is collected
+                    status = await self.call(log.ended_as, COLLECT_WAIT)
                     self.write(f"event: end\ndata: {json.dumps({'status': status})}\n\n")
                     await self.flush()
                     return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -473,8 +474,8 @@ class _EndedJob(ScriptedBackend):
         return ["a", "b", "c"][since:]
 
 
-def test_a_followed_log_ends_with_the_ledger_not_before_the_run_is_collected(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+def test_a_followed_log_ends_with_its_job_and_its_end_waits_for_the_runs_collection(
+    ledger: Ledger,
 ) -> None:
     from nbcontainer_kernel.backends import registry
     from nbcontainer_kernel.remote import run_logs
@@ -484,12 +485,10 @@ def test_a_followed_log_ends_with_the_ledger_not_before_the_run_is_collected(
         run_id = ledger.create("collecting", "ended", status="COLLECTING")
         ledger.update(run_id, job={"id": "j-1"})
         log = run_logs.RunLog(ledger, run_id)
-        assert log.read() == (["a", "b", "c"], False)  # the job ended; the run is collected
-        assert log.read(3) == ([], False)
-        monkeypatch.setattr(run_logs, "COLLECT_GRACE", 0.0)
-        assert log.read(3) == ([], True)  # no one collects it: the log has ended anyway
-        monkeypatch.setattr(run_logs, "COLLECT_GRACE", 60.0)
-        ledger.update(run_id, status="SUCCEEDED")
+        assert log.read() == (["a", "b", "c"], True)  # the job ended: no line follows
+        assert log.ended_as() == "COLLECTING"  # not collected (yet): said as it is
+        threading.Timer(0.3, lambda: ledger.update(run_id, status="SUCCEEDED")).start()
+        assert log.ended_as(wait=10) == "SUCCEEDED"  # collected meanwhile: its final status
         assert run_logs.RunLog(ledger, run_id).read(3) == ([], True)
     finally:
         registry.unregister("ended")
