@@ -464,25 +464,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
     app.contextMenu.addItem({ command: CommandIDs.containerize, selector: '.jp-Notebook', rank: 60 });
     app.contextMenu.addItem({ command: CommandIDs.runNotebook, selector: '.jp-Notebook', rank: 61 });
+    // The notebook's toolbar: the same two actions, after the cell type picker.
+    const buttons = [
+      { name: 'nbcontainer-containerize', icon: buildIcon, tooltip: 'Containerize this notebook', act: containerize, what: 'Containerize' },
+      { name: 'nbcontainer-run', icon: runIcon, tooltip: 'Run this notebook on…', act: runNotebook, what: 'Run' }
+    ];
     tracker.widgetAdded.connect((_, panel) => {
-      panel.toolbar.insertAfter(
-        'cellType',
-        'nbcontainer-containerize',
-        new ToolbarButton({
-          icon: buildIcon,
-          tooltip: 'Containerize this notebook',
-          onClick: () => void containerize(panel, sidebar).catch(failed('Containerize'))
-        })
-      );
-      panel.toolbar.insertAfter(
-        'nbcontainer-containerize',
-        'nbcontainer-run',
-        new ToolbarButton({
-          icon: runIcon,
-          tooltip: 'Run this notebook on…',
-          onClick: () => void runNotebook(panel, sidebar).catch(failed('Run'))
-        })
-      );
+      let after = 'cellType';
+      for (const { name, icon, tooltip, act, what } of buttons) {
+        const onClick = () => void act(panel, sidebar).catch(failed(what));
+        panel.toolbar.insertAfter(after, name, new ToolbarButton({ icon, tooltip, onClick }));
+        after = name;
+      }
     });
   }
 };

@@ -233,10 +233,12 @@ def _runs_table(rows: list[dict[str, Any]], width: int) -> str:
     recorded values) takes what is left."""
     import datetime
 
+    from ..remote.ledger import Ledger
+
     lines = []
     for r in rows:
-        phases = r.get("phases") or []
-        took = f"{phases[-1][1] - phases[0][1]:.1f}s" if len(phases) > 1 else ""
+        seconds = Ledger.duration(r)
+        took = f"{seconds:.1f}s" if seconds is not None else ""
         when = datetime.datetime.fromtimestamp(r["created"]).strftime("%m-%d %H:%M")
         what = " ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items())
         got = " ".join(f"{k}={v}" for k, v in (r.get("recorded") or {}).items())

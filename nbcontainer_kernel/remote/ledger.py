@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -635,6 +635,12 @@ class Ledger:
         for (name, t0), (_next, t1) in zip(phases, phases[1:], strict=False):
             out[name.lower()] = out.get(name.lower(), 0.0) + (t1 - t0)
         return out
+
+    @staticmethod
+    def duration(row: Mapping[str, Any]) -> float | None:
+        """Seconds from a run's first recorded phase to its last (None before a second)."""
+        phases = row.get("phases") or []
+        return float(phases[-1][1] - phases[0][1]) if len(phases) > 1 else None
 
     def close(self) -> None:
         with self._lock:

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..backends.base import Phase
 from .ledger import Ledger
 
-__all__ = ["RunLog", "TERMINAL"]
+__all__ = ["RunLog"]
 
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL = tuple(p.value for p in Phase if p.terminal)
 
 
 class RunLog:

@@ -25,6 +25,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..remote.ledger import Ledger
+from ..remote.notebook_runs import declared_of
 from ..runtime.errors import (
     AccessRefused,
     DaemonNotAvailable,
@@ -36,7 +37,7 @@ from ..runtime.errors import (
     UnknownRun,
 )
 from . import model
-from .jobs import Builds, OutsideRoot, Submissions, check_tag, job_from_body, under_root
+from .jobs import Builds, OutsideRoot, Submissions, job_from_body, under_root
 
 __all__ = ["handlers", "ServerState"]
 
@@ -113,15 +114,18 @@ class _Api(APIHandler):
     @property
     def ledger(self) -> Ledger:
         """The server's ledger (opened on first use: one that cannot be is a 503)."""
-        try:
-            return self.state.ledger
-        except LedgerError as exc:
-            raise api_error(exc) from exc
+        return self._opened(lambda: self.state.ledger)
 
     @property
     def submissions(self) -> Submissions:
-        self.ledger  # noqa: B018 - opened first: one that cannot be is a 503
-        return self.state.submissions
+        return self._opened(lambda: self.state.submissions)  # opens the ledger too
+
+    @staticmethod
+    def _opened(get: Callable[[], T]) -> T:
+        try:
+            return get()
+        except LedgerError as exc:
+            raise api_error(exc) from exc
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a worker thread (the ledger and Docker block); the project's
@@ -329,12 +333,7 @@ class ParametersHandler(_Api):
         path = self.get_argument("path", "")
 
         def read() -> list[dict[str, Any]]:
-            import nbformat
-
-            from ..runtime.notebook import parameters_of
-
-            found = under_root(self.state.root, path)
-            return parameters_of(nbformat.read(str(found), as_version=4))
+            return declared_of([str(under_root(self.state.root, path))], None)
 
         self.answer({"path": path, "parameters": await self.call(read)})
 
@@ -353,21 +352,8 @@ class ImagesHandler(_Api):
     @authorized
     async def post(self) -> None:
         """Containerize a notebook under the root: 202 with the build's id."""
-        body = self.body()
-        if not isinstance(body, dict):
-            raise api_error(InvalidOption("body", body, "a JSON object"))
-        unknown = set(body) - {"notebook", "tag", "base", "requirements"}
-        if unknown:
-            raise api_error(InvalidOption(sorted(unknown)[0], "", "not a field of a build"))
         try:
-            notebook = under_root(self.state.root, body.get("notebook"))
-            tag = check_tag(body.get("tag"))
-            options: dict[str, Any] = {"base": body.get("base") or None}
-            if body.get("requirements"):
-                options["requirements"] = str(
-                    under_root(self.state.root, body["requirements"], "requirements")
-                )
-            build = self.state.builds.start(notebook, str(body["notebook"]), tag, options)
+            build = self.state.builds.start(self.body(), self.state.root)
         except NbcontainerError as exc:
             raise api_error(exc) from exc
         self.set_header("Location", f"{self.base_url}nbcontainer/api/images/{build.id}")

@@ -13,14 +13,13 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Hooks, Phase
 from ..remote.ledger import Ledger
-from ..remote.notebook_runs import NotebookJob
+from ..remote.notebook_runs import NotebookJob, declared_of
 from ..runtime.errors import InvalidOption, NbcontainerError
 
 if TYPE_CHECKING:
@@ -189,28 +188,41 @@ class Build:
 class Builds:
     """Image builds started over the API, by id (kept for the server's life)."""
 
-    def __init__(self, containerize: Callable[..., Any] | None = None) -> None:
-        self._containerize = containerize
+    def __init__(self) -> None:
         self._builds: dict[str, Build] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def start(
-        self, notebook: Path, rel: str, tag: str, options: Mapping[str, Any] | None = None
-    ) -> Build:
+    def start(self, body: Any, root: Path) -> Build:
+        """Start containerizing the notebook a POST images body names (under `root`);
+        InvalidOption or OutsideRoot for a body that does not fit, before anything runs."""
         from ..remote.notebooks import containerize
 
-        check_tag(tag)
+        if not isinstance(body, dict):
+            raise InvalidOption("body", type(body).__name__, "a JSON object")
+        for key in body:
+            if key not in ("notebook", "tag", "base", "requirements"):
+                raise InvalidOption(key, body[key], "not a field of a build")
+        notebook = under_root(root, body.get("notebook"))
+        tag = check_tag(body.get("tag"))
+        reqs = body.get("requirements")
+        base = body.get("base") or None
+        requirements = str(under_root(root, reqs, "requirements")) if reqs else None
         with self._lock:
-            build = Build(id=f"build-{next(self._ids)}", notebook=rel, tag=tag)
+            build = Build(id=f"build-{next(self._ids)}", notebook=str(body["notebook"]), tag=tag)
             self._builds[build.id] = build
-        make = self._containerize or containerize
 
         def go() -> None:
             try:
-                image = make([str(notebook)], tag, on_line=build.lines.append, **(options or {}))
+                image = containerize(
+                    [str(notebook)],
+                    tag,
+                    base=base,
+                    requirements=requirements,
+                    on_line=build.lines.append,
+                )
                 build.image_id = image.image_id
-                build.parameters = _parameters_of(notebook)
+                build.parameters = declared_of([str(notebook)], None)
                 build.status = "succeeded"
             except Exception as exc:  # noqa: BLE001 - said in the build's status
                 build.error = str(exc)
@@ -240,11 +252,3 @@ def check_tag(tag: Any) -> str:
     if tag.startswith("nbcontainer/"):
         raise InvalidOption("tag", tag, "nbcontainer/ holds the project's own images")
     return tag
-
-
-def _parameters_of(notebook: Path) -> list[dict[str, Any]]:
-    import nbformat
-
-    from ..runtime.notebook import parameters_of
-
-    return parameters_of(nbformat.read(str(notebook), as_version=4))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime
 import json
 import math
@@ -106,12 +107,9 @@ def _limit(text: str | None) -> int:
 
 def parse_since(text: str) -> float:
     """Seconds since the epoch, or an ISO 8601 date or time (UTC unless it says)."""
-    try:
-        value = float(text)
-        if math.isfinite(value):
+    with contextlib.suppress(ValueError):  # not a number: an ISO time, or neither
+        if math.isfinite(value := float(text)):
             return value
-    except ValueError:
-        pass
     try:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -130,23 +128,15 @@ def encode_cursor(row: Mapping[str, Any]) -> str:
 
 def decode_cursor(text: str) -> tuple[float, str]:
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        created, run_id = json.loads(raw)
-        if isinstance(created, (int, float)) and isinstance(run_id, str):
-            return float(created), run_id
-    except (binascii.Error, ValueError, TypeError):
-        pass
-    raise InvalidOption("cursor", text, "not a cursor this API gave (use a page's 'next')")
+        created, run_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError, TypeError):  # not base64, not JSON, not a pair
+        created = run_id = None
+    if not isinstance(created, (int, float)) or not isinstance(run_id, str):
+        raise InvalidOption("cursor", text, "not a cursor this API gave (use a page's 'next')")
+    return float(created), run_id
 
 
 # ------------------------------------------------------------------ rows
-def _duration(row: Mapping[str, Any]) -> float | None:
-    phases = row.get("phases") or []
-    if len(phases) < 2:
-        return None
-    return float(phases[-1][1] - phases[0][1])
-
-
 def summary(row: Mapping[str, Any], children: Mapping[str, int] | None = None) -> dict[str, Any]:
     """A run as a row of the runs table (the columns of %remote_runs)."""
     failure = row.get("failure") or ""
@@ -161,7 +151,7 @@ def summary(row: Mapping[str, Any], children: Mapping[str, int] | None = None) -
         "recorded": row.get("recorded") or {},
         "created": row["created"],
         "updated": row["updated"],
-        "duration": _duration(row),
+        "duration": Ledger.duration(row),
         "parent": row.get("parent"),
         "schedule": row.get("schedule"),
         "notebook": Path(row["notebook"]).name if row.get("notebook") else None,
@@ -198,6 +188,7 @@ def run_detail(ledger: Ledger, run_id: str) -> dict[str, Any]:
     history: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for _, name, step, value, at in ledger.metric_points([run_id]):
         history[name].append({"step": step, "value": value, "time": at})
+    files = _output_files(row)
     doc = summary(row, counts)
     doc.update(
         {
@@ -212,8 +203,8 @@ def run_detail(ledger: Ledger, run_id: str) -> dict[str, Any]:
             "failure": row.get("failure"),
             "timed_out": bool(row.get("timed_out")),
             "job": _public_job(row.get("job")),
-            "outputs": _output_files(row),
-            "notebooks": [n for n, _ in executed_notebooks(row)],
+            "outputs": files,
+            "notebooks": [n for n, _ in executed_notebooks(files)],
         }
     )
     return doc
@@ -244,12 +235,12 @@ def _output_files(row: Mapping[str, Any]) -> list[str]:
         return []
 
 
-def executed_notebooks(row: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(name, path in the outputs) of each executed notebook a run left, in the signed
-    manifest (a pipeline's in order)."""
+def executed_notebooks(files: list[str]) -> list[tuple[str, str]]:
+    """(name, path in the outputs) of each executed notebook among a run's signed output
+    files (a pipeline's in order)."""
     return [
         (f.rsplit("/", 1)[-1], f)
-        for f in _output_files(row)
+        for f in files
         if f.startswith("output/data/") and f.endswith(".ipynb")
     ]
 
@@ -263,7 +254,7 @@ def notebook_bytes(ledger: Ledger, run_id: str, name: str | None = None) -> tupl
             f"run {run_id}'s outputs were refused ({row.get('verified')}): nothing it wrote "
             "is shown"
         )
-    found = executed_notebooks(row)
+    found = executed_notebooks(_output_files(row))
     if not found:
         children = ledger.child_counts([run_id]).get(run_id)
         where = "each of its children has one" if children else f"it is {row['status']}"

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import nbformat
 import pytest
@@ -28,6 +29,9 @@ from tests.lab import Lab
 pytestmark = pytest.mark.e2e
 
 XSS = "<img src=x onerror=alert(1)>"
+#: A run id the ledger never makes (it cuts names to [A-Za-z0-9_.-]), as a ledger written by
+#: something else may hold it: the pages take what they read as text all the same.
+MARKUP_ID = "x<img src=x onerror=alert(3)>-1"
 STUDY = (
     "import nbcontainer_kernel as nbk\n"
     "for i in range(4):\n"
@@ -98,6 +102,8 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
         hostile_id = hostile.json()["id"]
         crafted = ledger.create("crafted", "local", params={"title": XSS}, kind="notebook")
         ledger.update(crafted, failure=f"{XSS}\n<script>alert(2)</script>", status="FAILED")
+        named = ledger.create("named", "local", kind="notebook")
+        ledger.update(named, id=MARKUP_ID, name=XSS, status="FAILED")
         _wait(ledger, hostile_id, {"FAILED"})
         sweep = ledger.create("swept", "local", params={"n": [1, 2]}, kind="notebook")
         kids = [ledger.create("swept", "local", params={"n": n}, parent=sweep) for n in (1, 2)]
@@ -199,6 +205,9 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
                 # The hostile run's row shows its parameter as text, and nothing ran.
                 crafted_row = sidebar.locator(f".nbc-Run[data-run='{crafted}']")
                 assert XSS in crafted_row.inner_text()
+                assert (
+                    MARKUP_ID in sidebar.locator(f".nbc-Run[data-run='{MARKUP_ID}']").inner_text()
+                )
                 _no_script_ran(page, alerts)
 
                 # The runs page: the table, filters in the server, a sweep-free list.
@@ -208,6 +217,12 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
                 ids = [r.get_attribute("data-run") for r in table.locator("tr").all()]
                 assert ids[0] == slow and {crafted, "fromcell-1", "study-1", hostile_id} <= set(ids)
                 assert XSS in table.locator(f"tr[data-run='{crafted}']").inner_text()
+                link = table.locator(f"tr[data-run='{MARKUP_ID}'] a")
+                assert link.inner_text() == MARKUP_ID  # the id as text, its link encoded
+                assert (link.get_attribute("href") or "").endswith(
+                    quote(MARKUP_ID, safe="()")
+                )  # encodeURIComponent
+                _no_script_ran(page, alerts)
                 page.screenshot(path=str(shots / "runs_page.png"))
                 sweep_row = table.locator(f"tr[data-run='{sweep}']")
                 sweep_row.locator("button.toggle").click()
@@ -244,14 +259,17 @@ def test_runs_sidebar_commands_pages_and_hostile_run_output_in_chromium(
                 assert took < 5 and ledger.get(second)["status"] == "CANCELLED", took
                 assert run_containers(engine, second) == []
 
-                # The hostile run's page: its log line, failure and notebook are inert.
-                for run_id in (hostile_id, crafted):
-                    page.goto(f"{lab.url}/nbcontainer/runs/{run_id}")
+                # The hostile runs' pages, reached as a reader does (a click in the runs
+                # table): their log line, failure and notebook are inert.
+                for run_id in (crafted, hostile_id):
+                    page.goto(f"{lab.url}/nbcontainer/runs")
+                    page.locator("#runs a", has_text=run_id).first.click()
                     page.locator("#run-status.FAILED").wait_for(timeout=30_000)
+                    assert page.locator("#run-title").inner_text() == run_id
                     time.sleep(1)  # the frame's outputs had their chance to run
                     _no_script_ran(page, alerts)
-                assert XSS in page.locator("#run-failure").inner_text()
-                page.goto(f"{lab.url}/nbcontainer/runs/{hostile_id}")
+                    if run_id == crafted:
+                        assert XSS in page.locator("#run-failure").inner_text()
                 page.locator("#log", has_text=XSS).wait_for(timeout=10_000)
                 page.frame_locator("#notebook").locator("text=<b>bold</b>").first.wait_for(
                     timeout=30_000
