@@ -122,7 +122,8 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     if "env_allowlist" in options:  # --env-allow adds to the allow-list, it does not replace it
         options["env_allowlist"] = DEFAULT_ENV_ALLOWLIST + options["env_allowlist"]
     if "docker_socket" not in options:  # the old flag still means raw (true) or none (false)
-        options.setdefault("docker_access", "guarded")
+        # A remote host's kernels get no Docker unless asked (the guard does not reach there).
+        options.setdefault("docker_access", "none" if options.get("docker_host") else "guarded")
     prefix = sys.prefix if args.sys_prefix else args.prefix
     path = kernelspec.install(
         args.opt_image,

@@ -108,10 +108,16 @@ class Engine:
         self.api = client.api
 
     @classmethod
-    def connect(cls, timeout: int = DEFAULT_TIMEOUT) -> Engine:
-        """Connect to the daemon named by the environment (DOCKER_HOST etc.) and ping it."""
+    def connect(
+        cls, timeout: int = DEFAULT_TIMEOUT, *, base_url: str | None = None, tls: Any = None
+    ) -> Engine:
+        """Connect to the daemon named by the environment (DOCKER_HOST etc.), or at
+        `base_url` (a remote host's forwarded socket, or TCP with `tls`), and ping it."""
         with translate_errors("connect"):
-            client = docker.from_env(timeout=timeout)
+            if base_url is None:
+                client = docker.from_env(timeout=timeout)
+            else:
+                client = docker.DockerClient(base_url=base_url, tls=tls or False, timeout=timeout)
             client.ping()
         return cls(client)
 
@@ -323,6 +329,24 @@ class Engine:
                 return False
             raise
 
+    def create_volume(self, name: str, labels: dict[str, str]) -> None:
+        with translate_errors(f"create volume {name}"):
+            self.api.create_volume(name, labels=labels)
+
+    def remove_volume(self, name: str) -> bool:
+        """Remove a volume; False when it is gone already or still in use."""
+        try:
+            with translate_errors(f"remove volume {name}"):
+                self.api.remove_volume(name, force=True)
+            return True
+        except (ResourceNotFound, Conflict):
+            return False
+
+    def volumes(self, labels: dict[str, str] | Iterable[str]) -> list[dict[str, Any]]:
+        with translate_errors("list volumes"):
+            found = self.api.volumes(filters={"label": _label_filters(labels)})
+        return list((found or {}).get("Volumes") or [])
+
     def ensure_network(self, name: str, labels: dict[str, str]) -> str:
         """The id of the one bridge network called `name`, made when none is. Docker allows
         several networks of one name (two makers racing); idle extras are removed, since a
@@ -436,7 +460,12 @@ class Engine:
             raise EngineError(f"copy files into container {ident}", f"{dest} does not exist in it")
 
     def run_probe(
-        self, image: str, command: list[str], labels: dict[str, str], timeout: float = 60
+        self,
+        image: str,
+        command: list[str],
+        labels: dict[str, str],
+        timeout: float = 60,
+        mounts: list[Any] | None = None,
     ) -> tuple[int, str]:
         """Run a short command in a throwaway container; returns (exit code, output)."""
         container = self.create_container(
@@ -446,6 +475,7 @@ class Engine:
             labels=labels,
             network_disabled=True,
             detach=True,
+            mounts=mounts or None,
         )
         try:
             self.start(container)

@@ -147,6 +147,38 @@ class ContainerOptions(HasTraits):
         "starts kernels keeps them, and removes them when it exits. 0 starts every kernel "
         "in a new container.",
     ).tag(config=True)
+    docker_host = Unicode(
+        None,
+        allow_none=True,
+        help="Run the kernel on another machine's Docker: 'ssh://[USER@]HOST[:PORT]' (your "
+        "ssh's config, agent and known_hosts apply; host keys are always verified) or "
+        "'tcp://HOST:2376' with TLS (docker_tls_dir). Its ports stay on that host's loopback "
+        "and reach this server through one SSH connection per kernel; its working directory "
+        "is a volume there, seeded from the notebook's directory. Default: this machine.",
+    ).tag(config=True)
+    ssh_config = Unicode(
+        None,
+        allow_none=True,
+        help="With docker_host: an OpenSSH client config file to use instead of "
+        "~/.ssh/config (ssh -F).",
+    ).tag(config=True)
+    docker_tls_dir = Unicode(
+        None,
+        allow_none=True,
+        help="With a tcp:// docker_host: the folder of ca.pem, cert.pem and key.pem "
+        "(default: DOCKER_CERT_PATH, else ~/.docker). The daemon is always verified.",
+    ).tag(config=True)
+    workdir_max_size = Unicode(
+        "2g",
+        help="With docker_host: the most the notebook's directory may send to seed the "
+        "kernel's working directory (what .gitignore and .dockerignore leave out is not sent).",
+    ).tag(config=True)
+    sync_back = Bool(
+        False,
+        help="With docker_host: at shutdown, bring back every file the kernel made or changed "
+        "in its working directory (a file changed here meanwhile is kept; the kernel's "
+        "version is written beside it as NAME.remote).",
+    ).tag(config=True)
     startup_log_lines = Int(
         20, help="How many of the container's last log lines to report when the kernel dies."
     ).tag(config=True)
@@ -248,6 +280,44 @@ def parse_user(value: str) -> str | None:
     raise InvalidOption("user", value, "expected 'host', 'image' or 'UID[:GID]'")
 
 
+def _check_remote(opts: ContainerOptions, config: dict[str, Any], check_paths: bool) -> None:
+    """What a kernel on another machine's Docker cannot have."""
+    from .hosts import DockerHost
+
+    DockerHost.parse(opts.docker_host or "")
+    if effective_docker_access(opts.docker_access, opts.docker_socket) == "guarded" and (
+        "docker_access" in config or config.get("docker_socket") is not None
+    ):
+        raise InvalidOption(
+            "docker_access",
+            "guarded",
+            "the Docker guard does not yet reach remote hosts (it is a socket this server "
+            "serves, on this machine); use 'none' (the default with docker_host) or 'raw' "
+            "(the remote daemon's own socket: root on that host)",
+        )
+    if opts.network_mode == "host":
+        raise InvalidOption(
+            "network_mode", "host", "a remote host's kernel is reached through published ports"
+        )
+    parse_size("workdir_max_size", opts.workdir_max_size)
+    if check_paths and opts.ssh_config and not os.path.isfile(os.path.expanduser(opts.ssh_config)):
+        raise InvalidOption("ssh_config", opts.ssh_config, "no such file on this host")
+
+
+def _check_env_names(names: list[str]) -> None:
+    bad_env = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+    if bad_env:
+        raise InvalidOption("env_allowlist", bad_env[0], "not an environment variable name")
+
+
+def parse_size(option: str, value: str) -> int:
+    """'2g' -> bytes, for a cap (no minimum)."""
+    m = _SIZE.match(str(value))
+    if not m:
+        raise InvalidOption(option, value, "expected a size such as '500m' or '2g'")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
 def validate_options(config: dict[str, Any], *, check_paths: bool = True) -> dict[str, Any]:
     """Check a provisioner config as a kernelspec would carry it; returns it normalised.
 
@@ -288,7 +358,7 @@ def validate_options(config: dict[str, Any], *, check_paths: bool = True) -> dic
         raise InvalidOption("pool_size", opts.pool_size, "must be 0 (no pool) to 16")
     if opts.startup_log_lines < 0:
         raise InvalidOption("startup_log_lines", opts.startup_log_lines, "must be >= 0")
-    bad_env = [n for n in opts.env_allowlist if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
-    if bad_env:
-        raise InvalidOption("env_allowlist", bad_env[0], "not an environment variable name")
+    if opts.docker_host is not None:
+        _check_remote(opts, config, check_paths)
+    _check_env_names(opts.env_allowlist)
     return {k: getattr(opts, k) for k in config}

@@ -88,10 +88,8 @@ def install(
         )
     spec = render(image, display_name, options, env)
     if check_image:
-        if engine is None:
-            engine = Engine.connect()
         try:
-            engine.get_image(image)
+            _check_image(image, spec["metadata"]["kernel_provisioner"]["config"], engine)
         except ImageNotFound as exc:
             raise ImageNotFound(
                 image,
@@ -103,6 +101,18 @@ def install(
         return KernelSpecManager().install_kernel_spec(
             tmp, kernel_name=name, user=user, prefix=prefix
         )
+
+
+def _check_image(image: str, config: dict[str, Any], engine: Engine | None) -> None:
+    """The image is where the kernel will run, or (a remote host's) here, to be copied."""
+    host = config.get("docker_host")
+    if host:
+        from ..docker.hosts import connection_for
+
+        remote = connection_for(host, config.get("ssh_config"), config.get("docker_tls_dir"))
+        if remote.engine.has_image(image):
+            return
+    (engine or Engine.connect()).get_image(image)
 
 
 def list_specs() -> list[InstalledSpec]:

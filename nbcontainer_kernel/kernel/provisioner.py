@@ -21,7 +21,7 @@ import signal as signal_mod
 import stat
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import docker.types
 import zmq
@@ -43,7 +43,21 @@ from ..guard import DockerGuard, Grant, process_guard
 from ..images.kernel import KernelImageFacts, inspect_kernel_image
 from ..images.package_index import host_settings
 from ..runtime.contract import KERNEL_CONNECTION_DIR, KERNEL_CONNECTION_FILE, KERNEL_SCRATCH
-from ..runtime.errors import EngineError, ImageNotUsable, InvalidOption, KernelDied, PortInUse
+from ..runtime.errors import (
+    EngineError,
+    HostUnreachable,
+    ImageNotFound,
+    ImageNotUsable,
+    InvalidOption,
+    KernelDied,
+    NbcontainerError,
+    PortInUse,
+    TunnelLost,
+)
+from . import remote_host
+
+if TYPE_CHECKING:
+    from ..docker.hosts import HostConnection
 from .pool import KernelPool, pool_for
 
 __all__ = ["DockerProvisioner", "KERNEL_PORTS"]
@@ -61,8 +75,11 @@ KERNEL_PORTS = {
 # apart, before it takes fresh ones.
 PORT_RETRIES = 10
 PORT_RETRY_WAIT = 0.2
-# The first kernel start of a process sweeps orphans once.
+# The first kernel start of a process sweeps orphans once (once per remote host, too).
 _swept = False
+_swept_hosts: set[str] = set()
+# Where a remote kernel's working directory is mounted when the notebook's path cannot be.
+REMOTE_WORKDIR = "/home/nbcontainer/work"
 # Where a kernel finds Docker (docker-py's default), and what it is told of its access.
 DOCKER_SOCKET_IN_KERNEL = "/var/run/docker.sock"
 DOCKER_ACCESS_ENV = "NBCONTAINER_DOCKER_ACCESS"
@@ -87,6 +104,14 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     _facts: KernelImageFacts | None = None
     _image_id: str | None = None
     _guard: DockerGuard | None = None  # guarded: the guard this kernel's socket is
+    # A kernel on a remote host (docker_host): its volume, seed, channels and pull watcher.
+    _volume: str | None = None
+    _workdir: str | None = None
+    _local_dir: str | None = None
+    _seed: Any = None
+    _local_ports: dict[str, int] | None = None
+    _tunnel: Any = None
+    _watcher: remote_host.PullWatcher | None = None
 
     # ------------------------------------------------------------ properties
     @property
@@ -96,11 +121,24 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
 
     @property
     def engine(self) -> Engine:
+        """This machine's Docker, or the kernelspec's docker_host's (over SSH)."""
+        if self.docker_host:
+            return self._host().engine
         return get_engine()
+
+    def _host(self) -> HostConnection:
+        from ..docker.hosts import connection_for
+
+        return connection_for(self.docker_host or "", self.ssh_config, self.docker_tls_dir)
 
     @property
     def docker_access_mode(self) -> str:
-        """'guarded', 'raw' or 'none' (an old kernelspec's docker_socket decides, if set)."""
+        """'guarded', 'raw' or 'none' (an old kernelspec's docker_socket decides, if set).
+        On a remote host 'none' unless the kernelspec chose: the guard does not reach there."""
+        if self.docker_host and not (
+            self.trait_has_value("docker_access") or self.docker_socket is not None
+        ):
+            return "none"
         return effective_docker_access(self.docker_access, self.docker_socket)
 
     # ---------------------------------------------------------------- launch
@@ -113,8 +151,13 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         """
         global _swept
         self._check_options()
-        if not _swept:
-            _swept = True
+        where = self.docker_host or ""
+        if not (_swept if not where else where in _swept_hosts):
+            if where:
+                _swept_hosts.add(where)
+                await asyncio.to_thread(remote_host.sweep_records)
+            else:
+                _swept = True
             try:
                 removed = await asyncio.to_thread(orphans.sweep, self.engine)
                 if removed:
@@ -123,12 +166,15 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 self.log.warning("nbcontainer: orphan sweep failed: %s", exc)
 
         self.log.info("nbcontainer: preparing image %s", self.image)
-        image = await asyncio.to_thread(
-            self.engine.ensure_image,
-            self.image,
-            self.pull_policy,
-            lambda line: self.log.info("pull %s", line),
-        )
+        if self.docker_host:
+            image = await asyncio.to_thread(self._remote_image)
+        else:
+            image = await asyncio.to_thread(
+                self.engine.ensure_image,
+                self.image,
+                self.pull_policy,
+                lambda line: self.log.info("pull %s", line),
+            )
         self._image_id = image.id
         self._facts = await asyncio.to_thread(
             inspect_kernel_image, self.engine, self.image, self._python_command()
@@ -164,7 +210,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             **curve,
         }
         create_kwargs = self._container_kwargs(cmd, kwargs, inner_ports, host_network)
-        pool = self._pool(cmd, create_kwargs)
+        pool = self._pool(cmd, create_kwargs) if not self.docker_host else None
         warm = await self._claim_warm(pool, cmd, create_kwargs, inner)
         if warm is not None:
             self.container_id, self.container_name = warm.container_id, warm.name
@@ -179,8 +225,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         if pool is not None:
             pool.fill_later()  # off this kernel's path: after it has started
         assert self._host_ports is not None  # read from the container, warm or cold
+        ports = self._host_ports
+        if self.docker_host:
+            ports = await asyncio.to_thread(self._open_channels, create_kwargs)
         info_out: dict[str, Any] = {
-            **self._host_ports,
+            **ports,
             "ip": "127.0.0.1",
             "transport": "tcp",
             "key": key,
@@ -194,7 +243,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             self.container_name,
             self.image,
             "from the warm pool" if warm is not None else "started cold",
-            self._host_ports,
+            ports if not self.docker_host else f"{ports} (forwarded from {self.docker_host})",
         )
         return self.connection_info
 
@@ -311,6 +360,8 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         def create_and_fill() -> Any:
             container = engine.create_container(self.image, **create_kwargs)
             self.container_id, self.container_name = container.id, container.name
+            if self.docker_host and self._seed is None:
+                self._seed_workdir(container.id, uid, gid)
             # In a directory of the kernel's own, so that it can remove the file once read.
             conn_dir = KERNEL_CONNECTION_DIR.lstrip("/")
             engine.put_files(
@@ -367,7 +418,9 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 labels.ROLE_KERNEL, kernel_id=kernel_id, image=self.image
             ),
             "environment": env,
-            "working_dir": str(cwd) if self.mount_cwd else None,
+            "working_dir": self._workdir
+            if self.docker_host
+            else (str(cwd) if self.mount_cwd else None),
             "mounts": mounts,
             "user": user,
             "init": self.init,
@@ -387,6 +440,8 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
 
     def _own_mounts(self, cwd: str, env: dict[str, str]) -> list[docker.types.Mount]:
         """The working directory, the kernelspec's mounts and the ledger's folder."""
+        if self.docker_host:
+            return self._remote_mounts(cwd, env)
         mounts: list[docker.types.Mount] = []
         if self.mount_cwd:
             root = self._mount_root(cwd)
@@ -409,13 +464,44 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             env["NBCONTAINER_RUNS_DB"] = str(ledger)
         return mounts
 
+    def _remote_mounts(self, cwd: str, env: dict[str, str]) -> list[docker.types.Mount]:
+        """A remote kernel's working directory is a volume on its host (made at its first
+        start, kept across restarts), mounted where the notebook's directory is here; the
+        kernelspec's mounts are the host's paths; the run ledger lives on the volume."""
+        self._local_dir = os.path.realpath(cwd)
+        self._workdir = self._local_dir if self._local_dir != "/" else REMOTE_WORKDIR
+        if self._volume is None:
+            name = f"nbcontainer-work-{self.kernel_id or secrets.token_hex(8)}"
+            self.engine.create_volume(
+                name,
+                labels.container_labels("kernel-workdir", kernel_id=self.kernel_id or ""),
+            )
+            self._volume, self._seed = name, None
+        mounts = [docker.types.Mount(target=self._workdir, source=self._volume, type="volume")]
+        for spec in self.mounts:
+            src, dst, mode = parse_mount(spec)
+            mounts.append(
+                docker.types.Mount(target=dst, source=src, type="bind", read_only=mode == "ro")
+            )
+        env["NBCONTAINER_RUNS_DB"] = f"{self._workdir}/.nbcontainer/runs.db"
+        env[remote_host.WORKDIR_ENV] = self._workdir
+        return mounts
+
     def _docker_access(self, mounts: list[docker.types.Mount], env: dict[str, str]) -> list[str]:
         """The kernel's way to Docker (docker_access): the daemon's socket, the guard's, or
         none; returns the groups the kernel's user joins for it."""
         group_add: list[str] = []
         access = self.docker_access_mode
         self._guard = None
-        if access == "raw":
+        if access == "raw" and self.docker_host:
+            # The remote daemon's own socket: root on that host (a machine of one's own).
+            mounts.append(
+                docker.types.Mount(
+                    target=DOCKER_SOCKET_IN_KERNEL, source=DOCKER_SOCKET_IN_KERNEL, type="bind"
+                )
+            )
+            group_add.append(self._remote_socket_gid())
+        elif access == "raw":
             sock = _docker_socket_path()
             mounts.append(
                 docker.types.Mount(target=DOCKER_SOCKET_IN_KERNEL, source=sock, type="bind")
@@ -446,6 +532,8 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         env.update({k: v for k, v in index.env.items() if k not in spec_env})
         taken = {m["Target"] for m in mounts}
         for source, target in sorted(index.mounts.items()):
+            if self.docker_host:  # paths of this machine: the remote host has none of them
+                break
             if target in taken:  # the kernelspec mounts something there itself
                 continue
             mounts.append(
@@ -506,6 +594,217 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             ports[name] = int(host["HostPort"])
         return ports
 
+    # ----------------------------------------------------------- remote host
+    def _remote_image(self) -> Any:
+        """The image on the remote host: there already; else pulled there from its registry
+        (a name that names one); else copied from this machine's engine, sending only the
+        layers the host lacks. Before the kernel's start timeout begins (pre_launch)."""
+        from ..docker.image_copy import copy_image
+
+        engine = self.engine
+        if self.pull_policy != "always" and engine.has_image(self.image):
+            return engine.get_image(self.image)
+        why = "it names no registry of its own"
+        if self.pull_policy != "never" and _names_registry(self.image):
+            try:
+                return engine.pull(self.image, lambda line: self.log.info("pull %s", line))
+            except (ImageNotFound, EngineError) as exc:
+                why = f"it could not pull it ({getattr(exc, 'reason', exc)})"
+        if engine.has_image(self.image):  # pull_policy always, and the pull failed
+            return engine.get_image(self.image)
+        try:
+            local = get_engine()
+            present = local.has_image(self.image)
+        except NbcontainerError:
+            present = False
+        if not present:
+            raise ImageNotFound(
+                self.image,
+                f"{self.docker_host} does not have it and {why}, and this machine has no "
+                "copy to send; build or pull it here, or push it to a registry the host reaches",
+            )
+        self.log.info("nbcontainer: copying %s to %s (%s)", self.image, self.docker_host, why)
+        said = [-1]
+
+        def progress(sent: int, total: int) -> None:
+            tenth = sent * 10 // total if total else 10
+            if tenth != said[0]:
+                said[0] = tenth
+                self.log.info(
+                    "nbcontainer: copying %s: %d of %d MB", self.image, sent >> 20, total >> 20
+                )
+
+        report = copy_image(local, engine, self.image, progress)
+        self.log.info(
+            "nbcontainer: copied %s to %s: %d of its %d layers (%d MB) were missing there",
+            self.image,
+            self.docker_host,
+            report.sent_layers,
+            report.layers,
+            report.sent_bytes >> 20,
+        )
+        return engine.get_image(self.image)
+
+    def _remote_socket_gid(self) -> str:
+        """The group of the remote daemon's socket, read by a probe on that host."""
+        code, out = self.engine.run_probe(
+            self.image,
+            [self._python_command(), "-c", "import os; print(os.stat('/s').st_gid)"],
+            labels.container_labels(labels.ROLE_PROBE),
+            mounts=[docker.types.Mount(target="/s", source=DOCKER_SOCKET_IN_KERNEL, type="bind")],
+        )
+        if code != 0 or not out.strip().splitlines()[-1:][0].isdigit():
+            raise InvalidOption(
+                "docker_access",
+                "raw",
+                f"{self.docker_host} has no Docker socket at "
+                f"{DOCKER_SOCKET_IN_KERNEL} to give the kernel ({out.strip()[-200:]})",
+            )
+        return out.strip().splitlines()[-1]
+
+    def _seed_workdir(self, container_id: str, uid: int, gid: int) -> None:
+        """Fill the new volume from the notebook's directory (streamed, capped, with
+        progress in the server's log)."""
+        from ..docker.options import parse_size
+        from ..docker.workdir import collect, seed
+
+        assert self._local_dir is not None and self._workdir is not None
+        cap = parse_size("workdir_max_size", self.workdir_max_size)
+        files = collect(Path(self._local_dir), cap)
+        total = sum(size for _, size in files)
+        started = time.monotonic()
+        said = [-1]
+
+        def progress(sent: int, total: int) -> None:
+            tenth = sent * 10 // total if total else 10
+            if total >= 32 << 20 and tenth != said[0]:  # a large tree: say how far it is
+                said[0] = tenth
+                self.log.info(
+                    "nbcontainer: seeding %s: %d of %d MB", self._workdir, sent >> 20, total >> 20
+                )
+
+        self._seed = seed(
+            self.engine,
+            container_id,
+            self._workdir,
+            Path(self._local_dir),
+            files,
+            uid=uid,
+            gid=gid,
+            on_progress=progress,
+        )
+        self.log.info(
+            "nbcontainer: seeded %s on %s with %d files (%d kB) in %.1f s",
+            self._workdir,
+            self.docker_host,
+            len(files),
+            total >> 10,
+            time.monotonic() - started,
+        )
+
+    def _open_channels(self, create_kwargs: dict[str, Any]) -> dict[str, int]:
+        """The kernel's SSH connection: the same local ports across restarts, each to the
+        port its container published on the host's loopback. Returns the local ports."""
+        assert self._host_ports is not None and self.container_id is not None
+        connection = self._host()
+        for attempt in range(2):
+            if self._local_ports is None:
+                free = _free_local_ports(len(KERNEL_PORTS))
+                self._local_ports = dict(zip(KERNEL_PORTS, free, strict=True))
+            mapping = {self._local_ports[n]: self._host_ports[n] for n in KERNEL_PORTS}
+            try:
+                self._tunnel = remote_host.open_tunnel(connection, mapping)
+                break
+            except HostUnreachable:
+                if attempt == 1 or not any(_taken(p) for p in self._local_ports.values()):
+                    raise
+                self._local_ports = None  # taken by something else meanwhile: fresh ones
+        uid, gid = _uid_gid(create_kwargs.get("user"))
+        assert self._workdir is not None and self._local_dir is not None
+        self._watcher = remote_host.PullWatcher(
+            self.engine, self.container_id, self._workdir, self._local_dir, uid, gid
+        )
+        self._watcher.start()
+        remote_host.save(
+            remote_host.RemoteKernelRecord(
+                kernel_id=self.kernel_id or "",
+                docker_host=self.docker_host or "",
+                ssh_config=self.ssh_config,
+                tls_dir=self.docker_tls_dir,
+                container_id=self.container_id,
+                workdir=self._workdir,
+                local_dir=self._local_dir,
+                volume=self._volume or "",
+                owner=labels.Owner.current().__dict__,
+                tunnel_pid=self._tunnel.pid,
+                tunnel_dir=str(self._tunnel.dir),
+            )
+        )
+        assert self._local_ports is not None  # chosen above
+        return dict(self._local_ports)
+
+    def _tunnel_lost(self) -> bool:
+        """True (and the kernel's death reported) once its SSH connection has ended."""
+        if self._tunnel is None or self._tunnel.alive():
+            return False
+        if not self._exit_reported:
+            self._exit_reported = True
+            if not self._shutdown_requested:
+                self.exit_error = TunnelLost(  # type: ignore[assignment]
+                    self.docker_host or "", self.container_name or "?", self._tunnel.reason()
+                )
+                self.log.error("nbcontainer: %s", self.exit_error)
+        return True
+
+    async def _remote_cleanup(self, cid: str | None, restart: bool) -> None:
+        """Before the container goes: its channels, and (sync_back) its files home."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            await asyncio.to_thread(tunnel.close)
+        if restart or cid is None or not self.sync_back or self._seed is None:
+            return
+        from ..docker.workdir import sync_back
+
+        try:
+            written, apart = await asyncio.to_thread(
+                sync_back,
+                self.engine,
+                cid,
+                self._workdir or "",
+                self._seed,
+                remote_host.PULL_MAX_BYTES,
+            )
+            self.log.info(
+                "nbcontainer: brought back %d file(s) from %s%s",
+                len(written),
+                self.docker_host,
+                f"; {len(apart)} changed here too, kept as NAME.remote: {', '.join(apart)}"
+                if apart
+                else "",
+            )
+        except NbcontainerError as exc:
+            self.log.error("nbcontainer: could not bring the kernel's files back: %s", exc)
+
+    async def _remove_volume(self) -> None:
+        volume, self._volume, self._seed = self._volume, None, None
+        remote_host.forget(self.kernel_id or "")
+        self._local_ports = None
+        if volume is not None:
+            try:
+                await asyncio.to_thread(self.engine.remove_volume, volume)
+            except NbcontainerError as exc:
+                self.log.warning(
+                    "nbcontainer: volume %s stays on %s (%s); `nbcontainer gc --docker-host "
+                    "%s` removes it",
+                    volume,
+                    self.docker_host,
+                    exc,
+                    self.docker_host,
+                )
+
     # ------------------------------------------------------------ encryption
     def _setup_encryption(self, km: Any, requested: str | None) -> None:
         policy = self.transport_encryption
@@ -553,7 +852,15 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         """Called by KernelManager.is_alive: None while the container runs, else its exit code."""
         if self.container_id is None:
             return 0
-        info = await asyncio.to_thread(self.engine.inspect, self.container_id)
+        if self.docker_host and self._tunnel_lost():
+            return 255
+        try:
+            info = await asyncio.to_thread(self.engine.inspect, self.container_id)
+        except (HostUnreachable, EngineError, ConnectionError) as exc:
+            if not self.docker_host:
+                raise
+            self.log.error("nbcontainer: %s", exc)
+            return None  # the kernel's own connection decides: it is still up
         if info is None:
             self._report_exit(None, {"ExitCode": None, "OOMKilled": False}, gone=True)
             return 255
@@ -621,7 +928,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         Idempotent: calling it again, or after the container is gone, does nothing.
         """
         cid, self.container_id = self.container_id, None
+        if self.docker_host:
+            await self._remote_cleanup(cid, restart)
         if cid is None:
+            if self.docker_host and not restart:
+                await self._remove_volume()
             return
         if self._guard is not None:
             self._guard.revoke(cid)
@@ -631,10 +942,23 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             # and containers its process made (its warm runner pool, its runs).
             await asyncio.to_thread(orphans.remove_commits_of_gone_containers, self.engine, cid)
             await asyncio.to_thread(orphans.remove_made_by_kernel, self.engine, cid)
+        except (HostUnreachable, ConnectionError) as exc:
+            if not self.docker_host:
+                raise
+            self.log.warning(
+                "nbcontainer: container %s stays on %s (%s); the next start there, or "
+                "`nbcontainer gc --docker-host %s`, removes it",
+                cid[:12],
+                self.docker_host,
+                exc,
+                self.docker_host,
+            )
         finally:
             orphans.release(cid)
         if not restart:
             self._host_ports = None
+            if self.docker_host:
+                await self._remove_volume()
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 5.0)
@@ -706,6 +1030,33 @@ def _docker_socket_path() -> str:
     if not os.path.exists(path) or not stat.S_ISSOCK(os.stat(path).st_mode):
         raise InvalidOption("docker_access", "guarded/raw", f"{path} is not a Docker socket")
     return path
+
+
+def _names_registry(ref: str) -> bool:
+    """Whether an image reference names its registry (Docker's rule for the first part)."""
+    first, sep, _ = ref.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
+
+
+def _free_local_ports(n: int) -> list[int]:
+    from jupyter_client.localinterfaces import localhost
+    from jupyter_client.provisioning.local_provisioner import (  # type: ignore[attr-defined]
+        LocalPortCache,
+    )
+
+    lpc = LocalPortCache.instance()
+    return [lpc.find_available_port(localhost()) for _ in range(n)]
+
+
+def _taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _inner_ports(host_network: bool) -> dict[str, int]:

@@ -23,6 +23,8 @@ from typing import Any
 
 __all__ = [
     "NbcontainerError",
+    "HostUnreachable",
+    "TunnelLost",
     "UnknownResult",
     "DaemonNotAvailable",
     "EngineError",
@@ -46,6 +48,7 @@ __all__ = [
     "SweepFailed",
     "SerializationError",
     "SourcesTooLarge",
+    "WorkdirTooLarge",
     "UntrustedResults",
     "UnsafeArchive",
     "UnknownBackend",
@@ -303,6 +306,39 @@ class LedgerError(NbcontainerError, OSError):
 
 
 # ---------------------------------------------------------------------- kernels
+class HostUnreachable(NbcontainerError, ConnectionError):
+    """A remote Docker host (a kernelspec's docker_host) cannot be reached, or its connection
+    was lost: carries the host and what SSH (or the TLS connection) said."""
+
+    _fields = ("host", "reason")
+
+    def __init__(self, host: str, reason: str) -> None:
+        self.host = host
+        self.reason = reason
+        super().__init__(
+            f"The Docker host {host} cannot be reached: {reason}. "
+            "Check that `ssh` reaches it as the kernelspec says (its host key in known_hosts, "
+            "a key the agent or ~/.ssh/config offers), or run `nbcontainer host check "
+            f"{host}`."
+        )
+
+
+class TunnelLost(NbcontainerError, ConnectionError):
+    """A remote kernel's SSH connection (its channels' forwards) ended: the kernel is
+    unreachable, and reported dead with this reason."""
+
+    _fields = ("host", "container", "reason")
+
+    def __init__(self, host: str, container: str, reason: str) -> None:
+        self.host = host
+        self.container = container
+        self.reason = reason
+        super().__init__(
+            f"The SSH connection to kernel container {container} on {host} was lost "
+            f"({reason}); the kernel cannot be reached and is reported dead."
+        )
+
+
 class KernelDied(NbcontainerError, RuntimeError):
     """A kernel's container exited; carries the exit code, OOM flag and log tail."""
 
@@ -493,6 +529,22 @@ class SourcesTooLarge(NbcontainerError, ValueError):
         super().__init__(
             f"local code is {size / 1e6:.1f} MB, over the {cap / 1e6:.0f} MB cap; biggest: "
             f"{top}. List what should not travel in .nbcontainerignore, or raise the cap."
+        )
+
+
+class WorkdirTooLarge(NbcontainerError, ValueError):
+    """A remote kernel's working directory would be seeded with more than its cap."""
+
+    _fields = ("size", "cap", "biggest")
+
+    def __init__(self, size: int, cap: int, biggest: list[tuple[str, int]]) -> None:
+        self.size, self.cap, self.biggest = size, cap, list(biggest)
+        top = ", ".join(f"{p} ({s / 1e6:.1f} MB)" for p, s in self.biggest[:5])
+        super().__init__(
+            f"the notebook's directory holds {size / 1e6:.1f} MB to seed the remote kernel's "
+            f"working directory with, over its {cap / 1e6:.0f} MB cap (workdir_max_size); "
+            f"biggest: {top}. Leave data out with .gitignore or .dockerignore (and read it on "
+            "the host from where it lives), or raise workdir_max_size."
         )
 
 

@@ -1,0 +1,235 @@
+"""What a kernel on a remote Docker host has besides its container (DockerProvisioner's).
+
+* the host's Docker API (a :class:`~..docker.hosts.HostConnection`, shared by the process);
+* its working directory: a volume there, seeded from the notebook's directory;
+* its channels: an :class:`~..docker.hosts.SshTunnel` of its own, from the same local ports
+  across restarts to the ports its container published on the host's loopback;
+* a watcher of its container's output, which serves ``%nbcontainer_pull``: the magic
+  writes a request line to the kernel process's own stdout (the container's log, not the
+  cell's output) and waits for the answer file this side puts in its working directory;
+* a record in Jupyter's runtime directory, which ``nbcontainer pull`` reads and which
+  ``nbcontainer gc`` uses to end the ssh processes of a server killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+from ..docker import labels
+from ..docker.engine import Engine
+from ..docker.hosts import HostConnection, SshTunnel, connection_for
+from ..docker.workdir import pull, remote_path
+from ..runtime.errors import NbcontainerError
+
+__all__ = [
+    "PULL_MARK",
+    "PULLED_DIR",
+    "WORKDIR_ENV",
+    "RemoteKernelRecord",
+    "PullWatcher",
+    "find_record",
+    "forget",
+    "open_tunnel",
+    "records",
+    "save",
+    "sweep_records",
+]
+
+log = logging.getLogger(__name__)
+
+#: What starts a pull request line on the kernel process's stdout; then JSON.
+PULL_MARK = "\x1enbcontainer-pull "
+#: Where this side answers a pull request, relative to the working directory.
+PULLED_DIR = ".nbcontainer/pulled"
+#: Set in a remote kernel: its working directory (the volume's mount point).
+WORKDIR_ENV = "NBCONTAINER_REMOTE_WORKDIR"
+#: Cap on one pull (the kernel's files are data: extracted safely, and bounded).
+PULL_MAX_BYTES = 16 * 1024**3
+
+
+@dataclass
+class RemoteKernelRecord:
+    """A remote kernel as this machine knows it (Jupyter's runtime directory)."""
+
+    kernel_id: str
+    docker_host: str
+    ssh_config: str | None
+    tls_dir: str | None
+    container_id: str
+    workdir: str
+    local_dir: str
+    volume: str
+    owner: dict[str, Any]
+    tunnel_pid: int | None
+    tunnel_dir: str | None
+
+    def connection(self) -> HostConnection:
+        return connection_for(self.docker_host, self.ssh_config, self.tls_dir)
+
+    def pull(self, rel: str, dest: Path | None = None) -> int:
+        """Copy `rel` from the kernel's working directory here; returns bytes written."""
+        return pull(
+            self.connection().engine,
+            self.container_id,
+            self.workdir,
+            rel,
+            dest or Path(self.local_dir),
+            PULL_MAX_BYTES,
+        )
+
+
+def _dir() -> Path:
+    return Path(jupyter_runtime_dir()) / "nbcontainer" / "remote-kernels"
+
+
+def save(record: RemoteKernelRecord) -> None:
+    d = _dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{record.kernel_id}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record)))
+    os.replace(tmp, path)
+
+
+def forget(kernel_id: str) -> None:
+    (_dir() / f"{kernel_id}.json").unlink(missing_ok=True)
+
+
+def records() -> list[RemoteKernelRecord]:
+    out = []
+    for f in sorted(_dir().glob("*.json")) if _dir().is_dir() else []:
+        with contextlib.suppress(ValueError, TypeError, OSError):
+            out.append(RemoteKernelRecord(**json.loads(f.read_text())))
+    return out
+
+
+def find_record(kernel: str) -> RemoteKernelRecord:
+    """The record of the remote kernel whose id starts with `kernel`."""
+    found = [r for r in records() if r.kernel_id.startswith(kernel)]
+    if len(found) != 1:
+        known = ", ".join(r.kernel_id[:8] for r in records()) or "none"
+        raise NbcontainerError(
+            f"{'No' if not found else 'More than one'} remote kernel matches {kernel!r} "
+            f"(remote kernels of this machine: {known})."
+        )
+    return found[0]
+
+
+def sweep_records() -> list[RemoteKernelRecord]:
+    """End what a dead server left here (its kernels' ssh processes, their folders) and
+    forget those kernels; their containers and volumes are swept on their host."""
+    gone = []
+    for rec in records():
+        owner = labels.Owner(**rec.owner)
+        if owner.is_alive():
+            continue
+        if rec.tunnel_pid and rec.tunnel_dir:
+            _end_ssh(rec.tunnel_pid, rec.tunnel_dir)
+        if rec.tunnel_dir:
+            import shutil
+
+            shutil.rmtree(rec.tunnel_dir, ignore_errors=True)
+        forget(rec.kernel_id)
+        gone.append(rec)
+    return gone
+
+
+def _end_ssh(pid: int, marker: str) -> None:
+    """SIGTERM an ssh process, if it is still the one that used `marker` (pids are reused)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        if any(marker in part for part in proc.cmdline()) or proc.name() == "ssh":
+            proc.terminate()
+
+
+class PullWatcher:
+    """Serves a remote kernel's ``%nbcontainer_pull`` requests from its container's log."""
+
+    def __init__(
+        self, engine: Engine, container_id: str, workdir: str, local_dir: str, uid: int, gid: int
+    ) -> None:
+        self.engine, self.container_id = engine, container_id
+        self.workdir, self.local_dir = workdir, local_dir
+        self.uid, self.gid = uid, gid
+        self._thread = threading.Thread(target=self._run, name="nbc-pull-watcher", daemon=True)
+        self._stopped = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def _run(self) -> None:
+        pending = b""
+        try:
+            for chunk in self.engine.follow_logs(self.container_id):
+                if self._stopped:
+                    return
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    text = line.decode("utf-8", "replace")
+                    at = text.find(PULL_MARK)
+                    if at >= 0:
+                        self._serve(text[at + len(PULL_MARK) :])
+        except Exception as exc:  # the host went away: the kernel's death says so
+            log.debug("nbcontainer: pull watcher of %s ended: %s", self.container_id, exc)
+
+    def _serve(self, request: str) -> None:
+        started = time.monotonic()
+        try:
+            req = json.loads(request)
+            ident, rel = str(req["id"]), str(req["path"])
+            if not ident.isalnum():
+                return
+        except (ValueError, KeyError, TypeError):
+            return
+        answer: dict[str, Any]
+        try:
+            remote_path(self.workdir, rel)
+            written = pull(
+                self.engine,
+                self.container_id,
+                self.workdir,
+                rel,
+                Path(self.local_dir),
+                PULL_MAX_BYTES,
+            )
+            answer = {
+                "ok": True,
+                "bytes": written,
+                "to": str(Path(self.local_dir) / rel),
+                "seconds": round(time.monotonic() - started, 3),
+            }
+        except NbcontainerError as exc:
+            answer = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(NbcontainerError):
+            self.engine.put_files(
+                self.container_id,
+                self.workdir,
+                {f"{PULLED_DIR}/{ident}.json": json.dumps(answer).encode()},
+                uid=self.uid,
+                gid=self.gid,
+                mode=0o644,
+                dirs=[".nbcontainer", PULLED_DIR],
+            )
+
+
+def open_tunnel(connection: HostConnection, ports: dict[int, int]) -> SshTunnel:
+    """The kernel's channels (local port -> host port), open."""
+    tunnel = SshTunnel(connection.host, connection.ssh_config, ports)
+    tunnel.open()
+    return tunnel
