@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from ..runtime.errors import InvalidOption, NbcontainerError
-from . import schedules
+from . import hosts, schedules
 from .runs import add_commands
 
 if TYPE_CHECKING:
@@ -261,8 +261,17 @@ def cmd_push(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- gc
 def cmd_gc(args: argparse.Namespace) -> int:
     from ..docker.orphans import sweep
+    from ..kernel.remote_host import sweep_records
 
-    orphans = sweep(_engine(), dry_run=args.dry_run, images=args.images)
+    engine = _engine()
+    if args.docker_host:
+        from ..docker.hosts import connection_for
+
+        engine = connection_for(args.docker_host, args.ssh_config).engine
+    if not args.dry_run:
+        for rec in sweep_records():  # the SSH connections of a server killed with SIGKILL
+            print(f"ended the SSH connection of remote kernel {rec.kernel_id} (its server is gone)")
+    orphans = sweep(engine, dry_run=args.dry_run, images=args.images)
     verb = "would remove" if args.dry_run else "removed"
     for o in orphans:
         print(f"{verb} {o.role} container {o.name} ({o.status}; owner {o.owner} is gone)")
@@ -326,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         schedules.add_commands,
         _gc,
         _push,
+        hosts.add_commands,
     ):
         add(sub)
     return p
@@ -423,6 +433,12 @@ def _gc(sub: _Commands) -> None:
     g.add_argument(
         "--keep", type=int, default=1, help="newest revisions kept per job definition (--aws)"
     )
+    g.add_argument(
+        "--docker-host",
+        metavar="URL",
+        help="sweep a remote Docker host (a kernelspec's docker_host) instead of this machine",
+    )
+    g.add_argument("--ssh-config", help="with --docker-host: an OpenSSH client config")
     g.set_defaults(func=cmd_gc)
 
 

@@ -121,6 +121,7 @@ def sweep(engine: Engine, dry_run: bool = False, images: bool = False) -> list[O
         remove_old_dependency_images(engine)
     if not dry_run:
         remove_commits_of_gone_containers(engine)
+        remove_orphaned_volumes(engine)
     if not dry_run:
         # SageMaker local mode's shared network (sagemaker-local backend), once no job uses it.
         for network in engine.network_ids({labels.ROLE: "sagemaker-local-network"}):
@@ -140,6 +141,17 @@ def _drop(engine: Engine, image: Any) -> int:
         with contextlib.suppress(EngineError):  # still in use: it stays
             engine.remove_image(tag)
             removed += 1
+    return removed
+
+
+def remove_orphaned_volumes(engine: Engine) -> int:
+    """Working-directory volumes of remote kernels whose server is gone (a volume in use
+    by a container is kept: Docker refuses to remove it)."""
+    removed = 0
+    for volume in engine.volumes([labels.OWNER_PID]):
+        owner = labels.Owner.from_labels(volume.get("Labels") or {})
+        if owner is not None and owner.is_local() and not owner.is_alive():
+            removed += engine.remove_volume(str(volume["Name"]))
     return removed
 
 

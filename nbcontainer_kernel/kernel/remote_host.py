@@ -41,6 +41,7 @@ __all__ = [
     "forget",
     "open_tunnel",
     "records",
+    "request_pull",
     "save",
     "sweep_records",
 ]
@@ -233,3 +234,43 @@ def open_tunnel(connection: HostConnection, ports: dict[int, int]) -> SshTunnel:
     tunnel = SshTunnel(connection.host, connection.ssh_config, ports)
     tunnel.open()
     return tunnel
+
+
+def request_pull(path: str, timeout: float = 600.0) -> dict[str, Any]:
+    """In a remote kernel (``%nbcontainer_pull``): ask the server that runs this kernel to
+    copy `path` (a file or folder under the working directory) to the notebook's machine.
+    The request goes to the container's own log; the answer comes back as a file."""
+    import secrets
+    import sys
+
+    workdir = os.environ.get(WORKDIR_ENV)
+    if not workdir:
+        raise NbcontainerError(
+            "This kernel does not run on a remote Docker host (no docker_host in its "
+            "kernelspec): its files are already where the notebook is."
+        )
+    full = os.path.realpath(os.path.join(os.getcwd(), path))
+    rel = os.path.relpath(full, workdir)
+    remote_path(workdir, rel)  # refuses what leaves the working directory
+    if not os.path.exists(full):
+        raise NbcontainerError(f"There is no {full} to pull.")
+    ident = secrets.token_hex(8)
+    answer_file = Path(workdir) / PULLED_DIR / f"{ident}.json"
+    line = f"{PULL_MARK}{json.dumps({'id': ident, 'path': rel})}\n".encode()
+    # The kernel's own stdout, not the cell's: ipykernel keeps a copy of the real one.
+    fd = getattr(sys.stdout, "_original_stdstream_copy", None)
+    os.write(fd if isinstance(fd, int) else sys.__stdout__.fileno(), line)  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    while not answer_file.exists():
+        if time.monotonic() > deadline:
+            raise NbcontainerError(
+                f"No answer to the pull of {rel} within {timeout:.0f} s: the server running "
+                "this kernel may be gone, or older than this kernel's nbcontainer-kernel."
+            )
+        time.sleep(0.05)
+    time.sleep(0.05)  # the file is written in one archive: let its extraction finish
+    answer: dict[str, Any] = json.loads(answer_file.read_text())
+    answer_file.unlink(missing_ok=True)
+    if not answer.get("ok"):
+        raise NbcontainerError(f"The pull of {rel} failed: {answer.get('error')}")
+    return answer

@@ -1,11 +1,12 @@
 """IPython magics: %%remote_run, %remote_runs, %remote_compare, %remote_result,
-%remote_logs, %remote_attach, %remote_cancel."""
+%remote_logs, %remote_attach, %remote_cancel; %nbcontainer_pull."""
 
 from typing import Any
 
 from .remote_run import RemoteRun
+from .workdir import WorkdirMagics
 
-__all__ = ["RemoteRun", "load_ipython_extension"]
+__all__ = ["RemoteRun", "WorkdirMagics", "load_ipython_extension"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -14,4 +15,5 @@ def load_ipython_extension(ipython: Any) -> None:
     from . import waiting
 
     ipython.register_magics(RemoteRun)
+    ipython.register_magics(WorkdirMagics)
     waiting.register(ipython)
