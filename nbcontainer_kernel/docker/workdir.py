@@ -22,12 +22,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pathspec
+from typing import TYPE_CHECKING
 
 from ..runtime.errors import EngineError, InvalidOption, WorkdirTooLarge
 from .archives import extract_tar
 from .engine import Engine
+
+if TYPE_CHECKING:
+    import pathspec
 
 __all__ = ["ALWAYS_LEFT_OUT", "Seed", "collect", "pull", "seed", "sync_back", "remote_path"]
 
@@ -49,6 +51,9 @@ class Seed:
 
 
 def _spec(lines: list[str]) -> pathspec.GitIgnoreSpec:
+    # Imported here: a remote kernel imports this module (for remote_path) without it.
+    import pathspec
+
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 

@@ -602,22 +602,25 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         from ..docker.image_copy import copy_image
 
         engine = self.engine
+        local_id = _local_image_id(self.image)
         if self.pull_policy != "always" and engine.has_image(self.image):
-            return engine.get_image(self.image)
+            there = engine.get_image(self.image)
+            if local_id in (None, there.id):
+                return there
+            self.log.info(
+                "nbcontainer: %s on %s is not the image of that name here: updating it",
+                self.image,
+                self.docker_host,
+            )
         why = "it names no registry of its own"
         if self.pull_policy != "never" and _names_registry(self.image):
             try:
                 return engine.pull(self.image, lambda line: self.log.info("pull %s", line))
             except (ImageNotFound, EngineError) as exc:
                 why = f"it could not pull it ({getattr(exc, 'reason', exc)})"
-        if engine.has_image(self.image):  # pull_policy always, and the pull failed
+        if local_id is None and engine.has_image(self.image):  # nothing here to copy
             return engine.get_image(self.image)
-        try:
-            local = get_engine()
-            present = local.has_image(self.image)
-        except NbcontainerError:
-            present = False
-        if not present:
+        if local_id is None:
             raise ImageNotFound(
                 self.image,
                 f"{self.docker_host} does not have it and {why}, and this machine has no "
@@ -634,7 +637,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                     "nbcontainer: copying %s: %d of %d MB", self.image, sent >> 20, total >> 20
                 )
 
-        report = copy_image(local, engine, self.image, progress)
+        report = copy_image(get_engine(), engine, self.image, progress)
         self.log.info(
             "nbcontainer: copied %s to %s: %d of its %d layers (%d MB) were missing there",
             self.image,
@@ -998,7 +1001,12 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     def _check_options(self) -> None:
         from ..docker.options import validate_options
 
-        config = {name: getattr(self, name) for name in ContainerOptions.option_names()}
+        # What the kernelspec (or the server's config) set: a default is not a choice.
+        config = {
+            name: getattr(self, name)
+            for name in ContainerOptions.option_names()
+            if name == "image" or self.trait_has_value(name)
+        }
         try:
             validate_options(config)
         except InvalidOption as exc:
@@ -1030,6 +1038,14 @@ def _docker_socket_path() -> str:
     if not os.path.exists(path) or not stat.S_ISSOCK(os.stat(path).st_mode):
         raise InvalidOption("docker_access", "guarded/raw", f"{path} is not a Docker socket")
     return path
+
+
+def _local_image_id(ref: str) -> str | None:
+    """The id of `ref` on this machine's engine (None: absent, or no engine here)."""
+    try:
+        return str(get_engine().get_image(ref).id)
+    except NbcontainerError:
+        return None
 
 
 def _names_registry(ref: str) -> bool:

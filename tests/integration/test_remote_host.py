@@ -1,0 +1,316 @@
+"""A kernel on a bigger machine: the same kernelspec on a remote Docker host over SSH.
+
+The host is the test bed of scripts/dockerhost_testbed.py: a second Docker engine in a
+container, reachable only by SSH on 127.0.0.1, with a key and a known_hosts entry made for
+it. Nothing is mocked: OpenSSH carries the Docker API and the kernel's channels,
+jupyter_client drives the kernel, and the remote engine runs its container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client import KernelManager
+from jupyter_client.ioloop import AsyncIOLoopKernelManager
+
+from nbcontainer_kernel.docker import hosts, labels
+from nbcontainer_kernel.docker.engine import Engine
+from nbcontainer_kernel.docker.image_copy import copy_image
+from nbcontainer_kernel.kernel import remote_host
+from tests.helpers import docker_provisioner, interrupt_and_reply, run, start_busy_loop, stdout_of
+
+from .conftest import BASE_IMAGE, ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def dockerhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The remote host test bed, started and stopped by the project's own script."""
+    state = tmp_path_factory.mktemp("dockerhost") / "state"
+    script = [sys.executable, str(ROOT / "scripts" / "dockerhost_testbed.py")]
+    out = subprocess.run(
+        [*script, "start", "--state", str(state)], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr
+    env = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    try:
+        yield env
+    finally:
+        hosts.close_all()
+        subprocess.run([*script, "stop", "--state", str(state)], timeout=120)
+
+
+@pytest.fixture(scope="module")
+def remote(dockerhost: dict[str, str]) -> Engine:
+    conn = hosts.connection_for(
+        dockerhost["NBCONTAINER_TESTBED_DOCKER_HOST"], dockerhost["NBCONTAINER_TESTBED_SSH_CONFIG"]
+    )
+    return conn.engine
+
+
+@pytest.fixture
+def remote_spec(make_kernelspec, dockerhost: dict[str, str]):
+    def make(name: str = "nbc-remote", **options: Any) -> str:
+        return make_kernelspec(
+            name,
+            docker_host=dockerhost["NBCONTAINER_TESTBED_DOCKER_HOST"],
+            ssh_config=dockerhost["NBCONTAINER_TESTBED_SSH_CONFIG"],
+            pool_size=0,
+            **options,
+        )
+
+    return make
+
+
+@pytest.fixture
+def notebook_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A notebook's directory: code, data, what .gitignore and .dockerignore leave out."""
+    d = tmp_path / "project"
+    (d / "pkg").mkdir(parents=True)
+    (d / "pkg" / "helper.py").write_text("ANSWER = 42\n")
+    (d / "data.csv").write_text("a,b\n1,2\n")
+    (d / ".gitignore").write_text("secret.env\n*.tmp\n")
+    (d / "secret.env").write_text("TOKEN=do-not-send\n")
+    (d / "scratch.tmp").write_text("x\n")
+    (d / ".dockerignore").write_text("big/\n")
+    (d / "big").mkdir()
+    (d / "big" / "blob.bin").write_bytes(b"\0" * 1024)
+    monkeypatch.chdir(d)
+    return d
+
+
+def _remote_leftovers(remote: Engine, kernel_id: str) -> dict[str, list[str]]:
+    return {
+        "containers": [c.name for c in remote.containers({labels.KERNEL_ID: kernel_id})],
+        "volumes": [v["Name"] for v in remote.volumes({labels.KERNEL_ID: kernel_id})],
+    }
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def _kernel(name: str, cwd: Path) -> Iterator[tuple[KernelManager, Any]]:
+    km = KernelManager(kernel_name=name)
+    km.start_kernel(cwd=str(cwd))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+
+
+def test_a_kernel_whose_image_the_host_lacks_gets_only_its_missing_layers_and_a_second_start_copies_nothing(  # noqa: E501
+    engine: Engine,
+    remote: Engine,
+    kernel_image: str,
+    remote_spec,
+    notebook_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    remote.remove_image(kernel_image, force=True)
+    copy_image(engine, remote, BASE_IMAGE)  # the host has the base: the kernel's own layers go
+    layers = len(engine.get_image(kernel_image).attrs["RootFS"]["Layers"])
+    base_layers = len(engine.get_image(BASE_IMAGE).attrs["RootFS"]["Layers"])
+    caplog.set_level(logging.INFO)
+    name = remote_spec(docker_access="none")
+    with _kernel(name, notebook_dir) as (_km, kc):
+        content, outputs = run(kc, "print(6 * 7)")
+        assert stdout_of(outputs) == "42\n"
+    copied = [r.getMessage() for r in caplog.records if "layers" in r.getMessage()]
+    assert any(f"{layers - base_layers} of its {layers} layers" in m for m in copied), copied
+    assert (
+        remote.get_image(kernel_image).attrs["RootFS"]["Layers"]
+        == engine.get_image(kernel_image).attrs["RootFS"]["Layers"]
+    )
+    caplog.clear()
+    with _kernel(name, notebook_dir) as (_km, kc):
+        run(kc, "1")
+    assert not [r for r in caplog.records if "copying" in r.getMessage()]
+
+
+def test_the_remote_kernel_passes_the_kernel_conformance_suite(
+    remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
+) -> None:
+    from jupyter_kernel_test import KernelTests
+
+    name = remote_spec("nbc-remote-conformance")
+
+    class RemoteKernelTests(KernelTests):
+        kernel_name = name
+        language_name = "python"
+        file_extension = ".py"
+        code_hello_world = "print('hello, world')"
+        completion_samples = [{"text": "zi", "matches": {"zip"}}]
+        complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n"]
+        incomplete_code_samples = ["print('''hello", "def f(x):\n  x*2"]
+        invalid_code_samples = ["import = 7q"]
+        code_page_something = "zip?"
+        code_generate_error = "raise"
+        code_execute_result = [{"code": "1+2+3", "result": "6"}]
+        code_display_data = [
+            {"code": "from IPython.display import HTML, display; display(HTML('<b>t</b>'))",
+             "mime": "text/html"},
+        ]  # fmt: skip
+        code_history_pattern = "1?2*"
+        supported_history_operations = ("tail", "search")
+        code_inspect_sample = "zip"
+        code_clear_output = "from IPython.display import clear_output; clear_output()"
+
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(RemoteKernelTests)
+    result = unittest.TextTestRunner(stream=sys.stderr, verbosity=1).run(suite)
+    problems = [f"{t}: {e}" for t, e in result.failures + result.errors]
+    assert result.wasSuccessful(), problems
+    assert result.testsRun - len(result.skipped) >= 10, result.skipped
+    assert not remote.containers({labels.ROLE: labels.ROLE_KERNEL})
+
+
+def test_interrupt_of_a_busy_cell_and_a_restart_on_the_same_local_ports_with_clients_carrying_on(
+    remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
+) -> None:
+    name = remote_spec(transport_encryption="required")
+    with _kernel(name, notebook_dir) as (km, kc):
+        prov = docker_provisioner(km)
+        first = prov.container_id
+        ports = {k: km.get_connection_info()[k] for k in ("shell_port", "iopub_port", "hb_port")}
+        run(kc, "x = 41")
+        msg_id = start_busy_loop(kc)
+        reply = interrupt_and_reply(km, kc, msg_id)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert stdout_of(run(kc, "print(x + 1)")[1]) == "42\n"
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=120)
+        assert prov.container_id != first and remote.inspect(first) is None
+        assert {k: km.get_connection_info()[k] for k in ports} == ports
+        # The client connected before the restart carries on, on the same ports.
+        assert stdout_of(run(kc, "print('x' in dir(), 'after')")[1]) == "False after\n"
+        assert km.get_connection_info().get("curve_publickey")  # CurveZMQ across the network
+
+
+async def test_a_killed_tunnel_is_reported_as_the_kernels_death_with_its_reason(
+    remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO)
+    km = AsyncIOLoopKernelManager(kernel_name=remote_spec())
+    await km.start_kernel(cwd=str(notebook_dir))
+    events: list[tuple[str, float]] = []
+    km.add_restart_callback(lambda: events.append(("dead", time.monotonic())), "dead")
+    km.add_restart_callback(lambda: events.append(("restart", time.monotonic())), "restart")
+    km.start_restarter()
+    try:
+        prov = docker_provisioner(km)
+        first = prov.container_id
+        interval = km._restarter.time_to_dead
+        os.kill(prov._tunnel.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        deadline = killed + 3 * interval + 60
+        while not events and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert events, "the restarter never heard of the kernel's death"
+        said = [r.getMessage() for r in caplog.records if "SSH connection" in r.getMessage()]
+        assert said and "was lost" in said[0] and "SIGKILL" in said[0], said
+
+        # The restarter's answer to a death: a new container, its own connection again.
+        def reconnected() -> bool:
+            tunnel = prov._tunnel
+            return prov.container_id not in (None, first) and bool(tunnel and tunnel.alive())
+
+        while not reconnected() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert reconnected()
+        assert remote.inspect(first) is None
+        await km.ready  # the restart's own start has ended
+    finally:
+        km.stop_restarter()
+        await km.shutdown_kernel(now=True)
+
+
+def test_shutdown_leaves_no_container_volume_or_forward_on_either_side(
+    remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
+) -> None:
+    name = remote_spec()
+    with _kernel(name, notebook_dir) as (km, _kc):
+        prov = docker_provisioner(km)
+        kernel_id = km.kernel_id
+        tunnel = prov._tunnel
+        local_ports = [km.get_connection_info()[k] for k in ("shell_port", "iopub_port", "hb_port")]
+        assert _remote_leftovers(remote, kernel_id) == {
+            "containers": [prov.container_name],
+            "volumes": [prov._volume],
+        }
+        published = remote.inspect(prov.container_id)["NetworkSettings"]["Ports"]
+        assert {b["HostIp"] for bindings in published.values() for b in bindings} == {"127.0.0.1"}
+        assert [r.kernel_id for r in remote_host.records()] == [kernel_id]
+    assert _remote_leftovers(remote, kernel_id) == {"containers": [], "volumes": []}
+    assert tunnel.proc is None and not tunnel.dir.exists()
+    assert all(_port_free(p) for p in local_ports)
+    assert remote_host.records() == []
+
+
+def test_the_working_directory_is_seeded_without_ignored_files_and_written_files_come_back(
+    remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
+) -> None:
+    name = remote_spec(sync_back=True)
+    with _kernel(name, notebook_dir) as (km, kc):
+        content, outputs = run(
+            kc,
+            "import os, socket\n"
+            "print(os.getcwd())\n"
+            "print(sorted(p for p in os.listdir('.')))\n"
+            "from pkg.helper import ANSWER; print(ANSWER)\n"
+            "os.makedirs('results', exist_ok=True)\n"
+            "open('results/model.txt', 'w').write('trained on ' + socket.gethostname())\n"
+            "open('kept.txt', 'w').write('at shutdown')\n",
+        )
+        cwd, listing, answer = stdout_of(outputs).splitlines()
+        assert cwd == str(notebook_dir.resolve())
+        assert eval(listing) == [".dockerignore", ".gitignore", "data.csv", "pkg"]
+        assert answer == "42"
+        assert not (notebook_dir / "results").exists()
+        content, outputs = run(kc, "%nbcontainer_pull results")
+        assert content["status"] == "ok", (content.get("evalue"), content.get("traceback"))
+        assert "pulled results" in stdout_of(outputs)
+        assert (notebook_dir / "results" / "model.txt").read_text().startswith("trained on ")
+        # From a terminal, by the kernel's id, somewhere else.
+        other = notebook_dir.parent / "elsewhere"
+        out = subprocess.run(
+            [sys.executable, "-m", "nbcontainer_kernel.cli", "pull", km.kernel_id[:8], "data.csv",
+             "--to", str(other)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert (other / "data.csv").read_text() == "a,b\n1,2\n"
+        # A path out of the working directory is refused, in the kernel and from here.
+        content, outputs = run(kc, "%nbcontainer_pull ../../etc/passwd")
+        assert content["status"] == "error" and "leaves" in str(content["evalue"])
+        # Changed here meanwhile: kept, the kernel's version beside it.
+        run(kc, "open('data.csv', 'w').write('kernel')")
+        (notebook_dir / "data.csv").write_text("mine")
+    assert (notebook_dir / "kept.txt").read_text() == "at shutdown"
+    assert (notebook_dir / "data.csv").read_text() == "mine"
+    assert (notebook_dir / "data.csv.remote").read_text() == "kernel"
+    assert not (notebook_dir / ".nbcontainer").exists()
