@@ -314,3 +314,61 @@ def test_the_working_directory_is_seeded_without_ignored_files_and_written_files
     assert (notebook_dir / "data.csv").read_text() == "mine"
     assert (notebook_dir / "data.csv.remote").read_text() == "kernel"
     assert not (notebook_dir / ".nbcontainer").exists()
+
+
+def test_remote_run_local_in_a_remote_kernel_runs_a_dataframe_cell_on_the_remote_engine(
+    engine: Engine, remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
+) -> None:
+    name = remote_spec(docker_access="raw")
+    def made_here() -> set[str]:
+        return {
+            i.id
+            for role in (labels.ROLE_RUN_IMAGE, labels.ROLE_RUNTIME_IMAGE)
+            for i in engine.images({labels.ROLE: role})
+        }
+
+    before_here = made_here()
+    with _kernel(name, notebook_dir) as (km, kc):
+        content, outputs = run(
+            kc,
+            "%load_ext nbcontainer_kernel\n"
+            "import pandas as pd\n"
+            "docs = pd.DataFrame({'w': [1.0, 2.0, 3.0]})",
+        )
+        assert content["status"] == "ok", content.get("evalue")
+        content, outputs = run(
+            kc,
+            "%%remote_run --local --name remote-df\n"
+            "import socket\n"
+            "scores = docs.assign(score=docs.w * 2)\n"
+            "ran_on = socket.gethostname()",
+            timeout=600,
+        )
+        assert content["status"] == "ok", (content.get("evalue"), content.get("traceback"))
+        content, outputs = run(
+            kc,
+            "import socket\n"
+            "print(type(scores).__name__, list(scores.score), ran_on != socket.gethostname())\n"
+            "%remote_runs",
+        )
+        text = stdout_of(outputs)
+        assert text.splitlines()[0] == "DataFrame [2.0, 4.0, 6.0] True", text
+        # The run's image was made, and the run ran, on the remote engine (from the warm
+        # runner pool the kernel keeps there); nothing here.
+        assert remote.images({labels.ROLE: labels.ROLE_RUNTIME_IMAGE})
+        pool_there = remote.containers({labels.ROLE: labels.ROLE_RUN_POOL})
+        assert pool_there and all(c.labels[labels.OWNER_CONTAINER] for c in pool_there)
+        # The run ledger is on the kernel's volume: %remote_runs lists the run there.
+        content, outputs = run(
+            kc,
+            "from nbcontainer_kernel.remote.ledger import Ledger\n"
+            "print([r['status'] for r in Ledger().find(name='remote-df')], Ledger().path)",
+        )
+        assert stdout_of(outputs).startswith("['SUCCEEDED'] " + str(notebook_dir.resolve())), (
+            stdout_of(outputs)
+        )
+    assert made_here() == before_here
+    assert not remote.containers({labels.ROLE: labels.ROLE_RUN})
+    assert not remote.containers({labels.ROLE: labels.ROLE_RUN_POOL})  # gone with its kernel
+    for image in remote.images({labels.ROLE: labels.ROLE_RUN_IMAGE}):
+        remote.remove_image(image.id, force=True)
