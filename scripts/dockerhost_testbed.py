@@ -65,7 +65,7 @@ def _default_state() -> Path:
 
 
 def _docker(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], check=check, capture_output=True, text=True, **kw)  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(["docker", *args], check=check, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -148,10 +148,10 @@ def _wait_engine(config: Path, timeout: float = 60) -> None:
     """Until the inner engine answers over SSH (sshd first, then dockerd)."""
     deadline = time.monotonic() + timeout
     while True:
+        version = ["docker", "version", "--format", "{{.Server.Version}}"]
         probe = subprocess.run(
-            ["ssh", "-F", str(config), ALIAS, "docker", "version", "--format", "{{.Server.Version}}"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            ["ssh", "-F", str(config), ALIAS, *version], capture_output=True, text=True, timeout=30
+        )
         if probe.returncode == 0:
             return
         if time.monotonic() > deadline:

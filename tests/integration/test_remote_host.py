@@ -243,7 +243,7 @@ async def test_a_killed_tunnel_is_reported_as_the_kernels_death_with_its_reason(
             await asyncio.sleep(0.2)
         assert reconnected()
         assert remote.inspect(first) is None
-        await km.ready  # the restart's own start has ended
+        await asyncio.wrap_future(km.ready) if not asyncio.isfuture(km.ready) else await km.ready
     finally:
         km.stop_restarter()
         await km.shutdown_kernel(now=True)
@@ -320,6 +320,7 @@ def test_remote_run_local_in_a_remote_kernel_runs_a_dataframe_cell_on_the_remote
     engine: Engine, remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
 ) -> None:
     name = remote_spec(docker_access="raw")
+
     def made_here() -> set[str]:
         return {
             i.id
