@@ -316,11 +316,12 @@ class Engine:
         with translate_errors(f"rename container {ident} to {name}"):
             self.api.rename(ident, name)
 
-    def remove(self, ident: str) -> bool:
-        """Force-remove a container; idempotent (False when it is gone or already going)."""
+    def remove(self, ident: str, volumes: bool = True) -> bool:
+        """Force-remove a container (and, `volumes`, the anonymous volumes it made);
+        idempotent (False when it is gone or already going)."""
         try:
             with translate_errors(f"remove container {ident}"):
-                self.api.remove_container(ident, force=True, v=True)
+                self.api.remove_container(ident, force=True, v=volumes)
             return True
         except ResourceNotFound:
             return False

@@ -299,7 +299,11 @@ def connection_for(
 
 @atexit.register
 def close_all() -> None:
-    """End every host connection of this process (at exit; tests call it too)."""
+    """End every host connection of this process (at exit; tests call it too), once the
+    warm pools kept on those hosts are gone (their removal needs the connection)."""
+    from . import warm
+
+    warm.close_all()
     with _connections_lock:
         conns = list(_connections.values())
         _connections.clear()

@@ -103,12 +103,18 @@ class WarmPool:
 
     # --------------------------------------------------------------- claim
     def claim(
-        self, archive: Callable[[], bytes | IO[bytes]], name: str, *, make: bool = False
+        self,
+        archive: Callable[[], bytes | IO[bytes]],
+        name: str,
+        *,
+        make: bool = False,
+        prepare: Callable[[str], None] | None = None,
     ) -> WarmContainer | None:
         """Hand a waiting container its work: `archive()` (a tar, extracted at /) goes in
         through the Docker API, SIGWINCH wakes the waiter, and the container takes `name`.
         None when none waits (with `make`, one is made now instead). A container that died
-        waiting is removed and the next one tried."""
+        waiting is removed and the next one tried. `prepare(container_id)` runs first (a
+        remote kernel's working directory is seeded so)."""
         engine = self._engine()
         while True:
             with self._lock:
@@ -119,6 +125,8 @@ class WarmPool:
                     return None
                 warm = self.make()
             try:
+                if prepare is not None:
+                    prepare(warm.container_id)
                 engine.put_archive(warm.container_id, "/", archive())
                 if engine.signal(warm.container_id, "SIGWINCH") or self._taken(
                     engine, warm.container_id

@@ -127,7 +127,10 @@ def seed(
     gid: int,
     on_progress: Progress | None = None,
 ) -> Seed:
-    """Stream `files` (from :func:`collect`) into `workdir` of a created container."""
+    """Stream `files` (from :func:`collect`) into `workdir` of a container (its folder
+    made, and every folder under it, owned by uid:gid: the kernel's user may write there).
+    The container may be running: the archive lands in its working directory's volume."""
+    parent, top = posixpath.split(workdir.rstrip("/"))
     done = Seed(str(root))
     total = sum(s for _, s in files)
     read_fd, write_fd = os.pipe()
@@ -136,6 +139,15 @@ def seed(
     def write() -> None:
         try:
             with os.fdopen(write_fd, "wb") as pipe, tarfile.open(fileobj=pipe, mode="w|") as tar:
+                folders = {top} | {
+                    posixpath.join(top, *rel.split("/")[:i])
+                    for rel, _ in files
+                    for i in range(1, rel.count("/") + 1)
+                }
+                for folder in sorted(folders):
+                    info = tarfile.TarInfo(folder)
+                    info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, uid, gid
+                    tar.addfile(info)
                 for rel, _size in files:
                     path = root / rel
                     try:
@@ -144,7 +156,7 @@ def seed(
                     except OSError:
                         continue  # gone since it was listed
                     with src:
-                        info = tarfile.TarInfo(rel)
+                        info = tarfile.TarInfo(posixpath.join(top, rel))
                         info.size, info.mtime = st.st_size, int(st.st_mtime)
                         info.mode = 0o755 if st.st_mode & 0o100 else 0o644
                         info.uid, info.gid = uid, gid
@@ -160,7 +172,7 @@ def seed(
     writer = threading.Thread(target=write, name="nbc-seed", daemon=True)
     writer.start()
     with os.fdopen(read_fd, "rb") as pipe:
-        engine.put_archive(container_id, workdir, pipe)
+        engine.put_archive(container_id, parent or "/", pipe)
     writer.join()
     if failure:
         raise EngineError("seed the kernel's working directory", str(failure[0]))

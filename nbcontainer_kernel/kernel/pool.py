@@ -101,13 +101,14 @@ def start_env(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def launch_shape(image_id: str, python: str, create_kwargs: dict[str, Any]) -> str:
+def launch_shape(image_id: str, python: str, create_kwargs: dict[str, Any], where: str = "") -> str:
     """A digest of what a container fixes at creation; kernels of one shape share a pool."""
     fixed = {k: v for k, v in create_kwargs.items() if k not in _PER_KERNEL}
     if "ports" in fixed:  # which container ports are published, not at which host ports
         fixed["ports"] = sorted(fixed["ports"])
     fixed["environment"] = start_env(create_kwargs.get("environment") or {})
-    return warm.shape_digest(image_id, python, fixed)
+    # `where`: the engine (a remote host's), so that each host has pools of its own.
+    return warm.shape_digest(image_id, python, fixed, *([where] if where else []))
 
 
 class KernelPool(WarmPool):
@@ -122,6 +123,7 @@ class KernelPool(WarmPool):
         cwd: str | None,
         uid: int,
         gid: int,
+        prepare: Callable[[str], None] | None = None,
     ) -> WarmContainer | None:
         """Called by the provisioner's launch_kernel: a waiting container becomes kernel
         `kernel_id`, or None when none is waiting (the caller starts one the usual way).
@@ -140,7 +142,7 @@ class KernelPool(WarmPool):
             mode=0o600,
             dirs=[KERNEL_CONNECTION_DIR.lstrip("/")],
         )
-        return self.claim(lambda: archive, kernel_container_name(kernel_id))
+        return self.claim(lambda: archive, kernel_container_name(kernel_id), prepare=prepare)
 
     def fill_later(self, delay: float = REFILL_DELAY) -> None:
         super().fill_later(delay)
@@ -164,10 +166,11 @@ def pool_for(
     python: str,
     create_kwargs: dict[str, Any],
     size: int,
+    where: str = "",
 ) -> KernelPool:
     """This process's kernel pool for the launch shape of `create_kwargs` (made on first
     use); a kernel pool of the same image name made from another image id is closed."""
-    shape = launch_shape(image_id, python, create_kwargs)
+    shape = launch_shape(image_id, python, create_kwargs, where)
 
     def make() -> KernelPool:
         return KernelPool(

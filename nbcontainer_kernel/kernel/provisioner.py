@@ -78,8 +78,11 @@ PORT_RETRY_WAIT = 0.2
 # The first kernel start of a process sweeps orphans once (once per remote host, too).
 _swept = False
 _swept_hosts: set[str] = set()
-# Where a remote kernel's working directory is mounted when the notebook's path cannot be.
-REMOTE_WORKDIR = "/home/nbcontainer/work"
+# A remote kernel's volume, and its working directory in it (a folder of the kernel's
+# user: a volume's own root is root's). One path for every kernel, so that one warm pool
+# on a host serves every notebook.
+REMOTE_HOME = "/home/nbcontainer"
+REMOTE_WORKDIR = f"{REMOTE_HOME}/work"
 # Where a kernel finds Docker (docker-py's default), and what it is told of its access.
 DOCKER_SOCKET_IN_KERNEL = "/var/run/docker.sock"
 DOCKER_ACCESS_ENV = "NBCONTAINER_DOCKER_ACCESS"
@@ -210,7 +213,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             **curve,
         }
         create_kwargs = self._container_kwargs(cmd, kwargs, inner_ports, host_network)
-        pool = self._pool(cmd, create_kwargs) if not self.docker_host else None
+        pool = self._pool(cmd, create_kwargs)
         warm = await self._claim_warm(pool, cmd, create_kwargs, inner)
         if warm is not None:
             self.container_id, self.container_name = warm.container_id, warm.name
@@ -221,6 +224,8 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             )
         else:
             await self._start_cold(create_kwargs, inner, inner_ports, host_network)
+        if self.docker_host and self._volume is None:
+            self._volume = await asyncio.to_thread(self._volume_of, self.container_id or "")
         self._grant_docker(create_kwargs)
         if pool is not None:
             pool.fill_later()  # off this kernel's path: after it has started
@@ -259,6 +264,10 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         if pool is None or self._host_ports:
             return None
         uid, gid = _uid_gid(create_kwargs.get("user"))
+
+        def seed(container_id: str) -> None:  # a remote kernel's files, before it starts
+            self._seed_workdir(container_id, uid, gid)
+
         return await asyncio.to_thread(
             pool.claim_kernel,
             self.kernel_id or "",
@@ -268,6 +277,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             create_kwargs.get("working_dir"),
             uid,
             gid,
+            seed if self.docker_host and self._seed is None else None,
         )
 
     async def _start_cold(
@@ -349,6 +359,17 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         """This kernel's launch shape's warm pool (None with pool_size 0)."""
         if self.pool_size <= 0 or not self._image_id:
             return None
+        if self.docker_host:  # kept on that host, through this process's connection to it
+            host = self._host()
+            return pool_for(
+                lambda: host.engine,
+                self.image,
+                self._image_id,
+                cmd[0],
+                create_kwargs,
+                self.pool_size,
+                where=self.docker_host,
+            )
         return pool_for(
             get_engine, self.image, self._image_id, cmd[0], create_kwargs, self.pool_size
         )
@@ -465,19 +486,20 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         return mounts
 
     def _remote_mounts(self, cwd: str, env: dict[str, str]) -> list[docker.types.Mount]:
-        """A remote kernel's working directory is a volume on its host (made at its first
-        start, kept across restarts), mounted where the notebook's directory is here; the
-        kernelspec's mounts are the host's paths; the run ledger lives on the volume."""
+        """A remote kernel's working directory is on a volume on its host: made with its
+        first container (a pool's, or its own), labelled with its owner (a sweep finds it),
+        and mounted again by name after a restart. The kernelspec's mounts are the host's
+        paths; the run ledger lives on the volume."""
         self._local_dir = os.path.realpath(cwd)
-        self._workdir = self._local_dir if self._local_dir != "/" else REMOTE_WORKDIR
+        self._workdir = REMOTE_WORKDIR
+        volume_labels = None
         if self._volume is None:
-            name = f"nbcontainer-work-{self.kernel_id or secrets.token_hex(8)}"
-            self.engine.create_volume(
-                name,
-                labels.container_labels("kernel-workdir", kernel_id=self.kernel_id or ""),
+            volume_labels = {labels.ROLE: "kernel-workdir", **labels.Owner.current().labels()}
+        mounts = [
+            docker.types.Mount(
+                target=REMOTE_HOME, source=self._volume, type="volume", labels=volume_labels
             )
-            self._volume, self._seed = name, None
-        mounts = [docker.types.Mount(target=self._workdir, source=self._volume, type="volume")]
+        ]
         for spec in self.mounts:
             src, dst, mode = parse_mount(spec)
             mounts.append(
@@ -647,6 +669,18 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             report.sent_bytes >> 20,
         )
         return engine.get_image(self.image)
+
+    def _volume_of(self, container_id: str) -> str | None:
+        """The name of the volume a remote kernel's container has its working directory on."""
+        info = self.engine.inspect(container_id) or {}
+        return next(
+            (
+                str(m.get("Name"))
+                for m in info.get("Mounts") or []
+                if m.get("Destination") == REMOTE_HOME and m.get("Name")
+            ),
+            None,
+        )
 
     def _remote_socket_gid(self) -> str:
         """The group of the remote daemon's socket, read by a probe on that host."""
@@ -940,7 +974,9 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         if self._guard is not None:
             self._guard.revoke(cid)
         try:
-            await asyncio.to_thread(self.engine.remove, cid)
+            # A remote kernel's restart keeps its working directory's volume.
+            keep = bool(self.docker_host and restart)
+            await asyncio.to_thread(self.engine.remove, cid, not keep)
             # What the kernel made goes with it: images committed from it for %%remote_run,
             # and containers its process made (its warm runner pool, its runs).
             await asyncio.to_thread(orphans.remove_commits_of_gone_containers, self.engine, cid)

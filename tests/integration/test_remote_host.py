@@ -65,11 +65,11 @@ def remote(dockerhost: dict[str, str]) -> Engine:
 @pytest.fixture
 def remote_spec(make_kernelspec, dockerhost: dict[str, str]):
     def make(name: str = "nbc-remote", **options: Any) -> str:
+        options.setdefault("pool_size", 0)  # started cold, unless a test says otherwise
         return make_kernelspec(
             name,
             docker_host=dockerhost["NBCONTAINER_TESTBED_DOCKER_HOST"],
             ssh_config=dockerhost["NBCONTAINER_TESTBED_SSH_CONFIG"],
-            pool_size=0,
             **options,
         )
 
@@ -94,9 +94,10 @@ def notebook_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _remote_leftovers(remote: Engine, kernel_id: str) -> dict[str, list[str]]:
+    """The kernel's container (by its id), and every working-directory volume there."""
     return {
-        "containers": [c.name for c in remote.containers({labels.KERNEL_ID: kernel_id})],
-        "volumes": [v["Name"] for v in remote.volumes({labels.KERNEL_ID: kernel_id})],
+        "containers": [c.name for c in labels.kernel_containers(remote, kernel_id)],
+        "volumes": [v["Name"] for v in remote.volumes({labels.ROLE: "kernel-workdir"})],
     }
 
 
@@ -287,7 +288,7 @@ def test_the_working_directory_is_seeded_without_ignored_files_and_written_files
             "open('kept.txt', 'w').write('at shutdown')\n",
         )
         cwd, listing, answer = stdout_of(outputs).splitlines()
-        assert cwd == str(notebook_dir.resolve())
+        assert cwd == "/home/nbcontainer/work"
         assert eval(listing) == [".dockerignore", ".gitignore", "data.csv", "pkg"]
         assert answer == "42"
         assert not (notebook_dir / "results").exists()
@@ -365,11 +366,36 @@ def test_remote_run_local_in_a_remote_kernel_runs_a_dataframe_cell_on_the_remote
             "from nbcontainer_kernel.remote.ledger import Ledger\n"
             "print([r['status'] for r in Ledger().find(name='remote-df')], Ledger().path)",
         )
-        assert stdout_of(outputs).startswith("['SUCCEEDED'] " + str(notebook_dir.resolve())), (
-            stdout_of(outputs)
-        )
+        assert stdout_of(outputs) == "['SUCCEEDED'] /home/nbcontainer/work/.nbcontainer/runs.db\n"
     assert made_here() == before_here
     assert not remote.containers({labels.ROLE: labels.ROLE_RUN})
     assert not remote.containers({labels.ROLE: labels.ROLE_RUN_POOL})  # gone with its kernel
     for image in remote.images({labels.ROLE: labels.ROLE_RUN_IMAGE}):
         remote.remove_image(image.id, force=True)
+
+
+def test_a_remote_kernel_starts_from_the_warm_pool_kept_on_its_host_with_its_own_files(
+    remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path, tmp_path: Path
+) -> None:
+    from nbcontainer_kernel.kernel import pool
+
+    name = remote_spec("nbc-remote-pooled", pool_size=1)
+    with _kernel(name, notebook_dir) as (km, kc):  # cold; the pool fills after it
+        run(kc, "open('mine.txt', 'w').write('first')")
+        pools = [p for p in pool.pools() if p.image == kernel_image]
+        assert pools and pools[0].wait_ready(120)
+        waiting = pools[0].waiting()[0]
+        assert remote.inspect(waiting.container_id)["State"]["Running"]
+    other = tmp_path / "other-notebook"
+    other.mkdir()
+    (other / "only-here.txt").write_text("second")
+    with _kernel(name, other) as (km, kc):
+        prov = docker_provisioner(km)
+        assert prov.container_id == waiting.container_id  # claimed, not started cold
+        _, outputs = run(kc, "import os; print(sorted(os.listdir('.')))")
+        assert stdout_of(outputs) == "['only-here.txt']\n"  # its own directory, nothing else
+        volume = prov._volume
+    assert volume not in [v["Name"] for v in remote.volumes({labels.ROLE: "kernel-workdir"})]
+    pool.close_all()
+    assert not remote.containers({labels.ROLE: labels.ROLE_KERNEL_POOL})
+    assert not remote.volumes({labels.ROLE: "kernel-workdir"})
