@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from ..runtime.errors import HostUnreachable, InvalidOption
 from .engine import Engine
 
 __all__ = [
+    "sweep_stale",
     "DockerHost",
     "HostConnection",
     "SshTunnel",
@@ -141,6 +143,7 @@ class _SshProcess:
                 stderr=err,
                 start_new_session=True,  # a terminal's Ctrl-C is the server's, not the tunnel's
             )
+        _record(self.proc.pid, self.dir)
 
     @property
     def pid(self) -> int | None:
@@ -177,6 +180,8 @@ class _SshProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        if proc is not None:
+            _records_dir().joinpath(f"{proc.pid}.json").unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -273,6 +278,61 @@ class SshTunnel(_SshProcess):
             waiting = {p for p in waiting if not _accepts(p)}
             if waiting:
                 time.sleep(0.02)
+
+
+# ------------------------------------------------- what a server killed -9 leaves here
+def _records_dir() -> Path:
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    return Path(jupyter_runtime_dir()) / "nbcontainer" / "ssh"
+
+
+def _record(pid: int, folder: Path) -> None:
+    """Each ssh process this process starts, with its owner: a server killed with SIGKILL
+    cannot end them itself (they run in sessions of their own)."""
+    import psutil
+
+    from .labels import Owner
+
+    d = _records_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:  # it ended already: nothing to end later
+        return
+    d.joinpath(f"{pid}.json").write_text(
+        json.dumps(
+            {"pid": pid, "started": started, "dir": str(folder), "owner": Owner.current().__dict__}
+        )
+    )
+
+
+def sweep_stale() -> list[int]:
+    """End the ssh processes (and remove the folders) of owners that are gone; returns
+    their pids. Called by `nbcontainer gc` and a process's first remote kernel start."""
+    import psutil
+
+    from .labels import Owner
+
+    ended = []
+    for f in sorted(_records_dir().glob("*.json")) if _records_dir().is_dir() else []:
+        try:
+            rec = json.loads(f.read_text())
+            owner = Owner(**rec["owner"])
+        except (OSError, ValueError, TypeError, KeyError):
+            f.unlink(missing_ok=True)
+            continue
+        if owner.is_alive():
+            continue
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(int(rec["pid"]))
+            if proc.create_time() == rec.get("started"):  # not a reused pid: the same ssh
+                proc.terminate()
+                ended.append(int(rec["pid"]))
+        if str(rec.get("dir", "")).startswith(tempfile.gettempdir()):
+            shutil.rmtree(rec["dir"], ignore_errors=True)
+        f.unlink(missing_ok=True)
+    return ended
 
 
 def _accepts(port: int) -> bool:

@@ -127,32 +127,20 @@ def find_record(kernel: str) -> RemoteKernelRecord:
 
 
 def sweep_records() -> list[RemoteKernelRecord]:
-    """End what a dead server left here (its kernels' ssh processes, their folders) and
-    forget those kernels; their containers and volumes are swept on their host."""
+    """End what a dead server left here (every ssh process it started: its kernels'
+    channels, its hosts' Docker connections) and forget its kernels; their containers and
+    volumes are swept on their host (``nbcontainer gc --docker-host``, or the next start
+    of a kernel there)."""
+    from ..docker.hosts import sweep_stale
+
+    sweep_stale()
     gone = []
     for rec in records():
-        owner = labels.Owner(**rec.owner)
-        if owner.is_alive():
+        if labels.Owner(**rec.owner).is_alive():
             continue
-        if rec.tunnel_pid and rec.tunnel_dir:
-            _end_ssh(rec.tunnel_pid, rec.tunnel_dir)
-        if rec.tunnel_dir:
-            import shutil
-
-            shutil.rmtree(rec.tunnel_dir, ignore_errors=True)
         forget(rec.kernel_id)
         gone.append(rec)
     return gone
-
-
-def _end_ssh(pid: int, marker: str) -> None:
-    """SIGTERM an ssh process, if it is still the one that used `marker` (pids are reused)."""
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        proc = psutil.Process(pid)
-        if any(marker in part for part in proc.cmdline()) or proc.name() == "ssh":
-            proc.terminate()
 
 
 class PullWatcher:

@@ -399,3 +399,50 @@ def test_a_remote_kernel_starts_from_the_warm_pool_kept_on_its_host_with_its_own
     pool.close_all()
     assert not remote.containers({labels.ROLE: labels.ROLE_KERNEL_POOL})
     assert not remote.volumes({labels.ROLE: "kernel-workdir"})
+
+
+def test_a_server_killed_with_sigkill_leaves_nothing_after_gc_on_either_side(
+    remote: Engine, kernel_image: str, remote_spec, dockerhost: dict[str, str], notebook_dir: Path
+) -> None:
+    import psutil
+
+    name = remote_spec("nbc-remote-killed")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from jupyter_client import KernelManager\n"
+            f"km = KernelManager(kernel_name={name!r})\n"
+            f"km.start_kernel(cwd={str(notebook_dir)!r})\n"
+            "print(km.kernel_id, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        kernel_id = server.stdout.readline().strip()  # type: ignore[union-attr]
+        assert kernel_id, "the server did not start its kernel"
+        ssh = [p for p in psutil.Process(server.pid).children() if p.name() == "ssh"]
+        assert len(ssh) == 2  # the host's Docker connection, and the kernel's channels
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait(30)
+        server.stdout.close()  # type: ignore[union-attr]
+    assert _remote_leftovers(remote, kernel_id)["containers"]
+    assert all(p.is_running() for p in ssh)  # nothing ended them: they are the litter
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "nbcontainer_kernel.cli", "gc",
+            "--docker-host", dockerhost["NBCONTAINER_TESTBED_DOCKER_HOST"],
+            "--ssh-config", dockerhost["NBCONTAINER_TESTBED_SSH_CONFIG"],
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"remote kernel {kernel_id}" in out.stdout
+    assert _remote_leftovers(remote, kernel_id) == {"containers": [], "volumes": []}
+    psutil.wait_procs(ssh, timeout=10)
+    assert not [p for p in ssh if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert remote_host.records() == []
