@@ -5,7 +5,8 @@
     python scripts/dockerhost_testbed.py env   [--state DIR]
 
 A container of the image scripts/dockerhost-image.sh makes (Debian's docker.io and
-openssh-server) runs `dockerd` and `sshd`; its SSH port is published on 127.0.0.1 only.
+openssh-server) runs `dockerd` and `sshd`; its SSH port, and its engine's TLS port (a CA,
+a server and a client certificate made here with openssl), are published on 127.0.0.1 only.
 The engine inside has nothing but what a test puts there. `start` makes, in the state
 directory, a client key, the host's own host key (made here and given to the container, so
 that the known_hosts entry is written from the key itself, never learnt on first use), and
@@ -13,6 +14,8 @@ an OpenSSH client config naming the host `nbc-testbed`:
 
     NBCONTAINER_TESTBED_DOCKER_HOST=ssh://nbc-testbed
     NBCONTAINER_TESTBED_SSH_CONFIG=<state>/ssh_config
+    NBCONTAINER_TESTBED_TCP_HOST=tcp://127.0.0.1:<port>     (TLS, client certificate)
+    NBCONTAINER_TESTBED_TLS_DIR=<state>/client              (ca.pem, cert.pem, key.pem)
 
 `stop` removes the container, its engine's storage (a volume) and the state directory.
 `--privileged` is refused on these machines; the capabilities below are what works.
@@ -43,7 +46,9 @@ LABEL = "io.nbcontainer.role=testbed-dockerhost"
 START = """#!/bin/sh
 set -e
 mkdir -p /run/sshd /var/run
-dockerd --host unix:///var/run/docker.sock --storage-driver overlay2 >/var/log/dockerd.log 2>&1 &
+dockerd --host unix:///var/run/docker.sock --host tcp://0.0.0.0:2376 --tlsverify \
+  --tlscacert /etc/docker/tls/ca.pem --tlscert /etc/docker/tls/cert.pem \
+  --tlskey /etc/docker/tls/key.pem --storage-driver overlay2 >/var/log/dockerd.log 2>&1 &
 exec /usr/sbin/sshd -D -e
 """
 SSHD_CONFIG = """Port 22
@@ -76,6 +81,40 @@ def _keygen(path: Path, comment: str) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _make_tls(state: Path) -> dict[str, bytes]:
+    """A CA, the engine's certificate (127.0.0.1) and a client's (state/client/)."""
+    pki = state / "pki"
+    client = state / "client"
+    pki.mkdir()
+    client.mkdir()
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=pki)
+    _openssl("req", "-new", "-x509", "-key", "ca.key", "-days", "2", "-subj",
+             "/CN=nbcontainer test bed CA", "-out", "ca.pem", cwd=pki)  # fmt: skip
+    for who, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{who}.key",
+                 cwd=pki)  # fmt: skip
+        _openssl("req", "-new", "-key", f"{who}.key", "-subj", f"/CN={who}", "-out",
+                 f"{who}.csr", cwd=pki)  # fmt: skip
+        (pki / f"{who}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", f"{who}.ext", "-out",
+                 f"{who}.pem", cwd=pki)  # fmt: skip
+    for src, dst in (("ca.pem", "ca.pem"), ("client.pem", "cert.pem"), ("client.key", "key.pem")):
+        (client / dst).write_bytes((pki / src).read_bytes())
+    return {
+        "etc/docker/tls/ca.pem": (pki / "ca.pem").read_bytes(),
+        "etc/docker/tls/cert.pem": (pki / "server.pem").read_bytes(),
+        "etc/docker/tls/key.pem": (pki / "server.key").read_bytes(),
+    }
+
+
 def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -103,10 +142,12 @@ def start(state: Path) -> dict[str, str]:
         "--security-opt", "systempaths=unconfined",
         "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
         "-v", f"{VOLUME}:/var/lib/docker",
-        "-p", "127.0.0.1::22",
+        "-p", "127.0.0.1::22", "-p", "127.0.0.1::2376",
         "--entrypoint", "/bin/sh", IMAGE, "/start.sh",
     )  # fmt: skip
+    tls = _make_tls(state)
     files = {
+        **{name: (data, 0o600) for name, data in tls.items()},
         "start.sh": (START.encode(), 0o755),
         "etc/ssh/sshd_config": (SSHD_CONFIG.encode(), 0o644),
         "etc/ssh/ssh_host_ed25519_key": ((state / "host_ed25519").read_bytes(), 0o600),
@@ -118,6 +159,7 @@ def start(state: Path) -> dict[str, str]:
     )
     _docker("start", CONTAINER)
     port = _docker("port", CONTAINER, "22/tcp").stdout.split(":")[-1].strip()
+    tls_port = _docker("port", CONTAINER, "2376/tcp").stdout.split(":")[-1].strip()
     known = state / "known_hosts"
     known.write_text(f"{ALIAS} {' '.join(host_pub.split()[:2])}\n")
     config = state / "ssh_config"
@@ -138,6 +180,8 @@ def start(state: Path) -> dict[str, str]:
     env = {
         "NBCONTAINER_TESTBED_DOCKER_HOST": f"ssh://{ALIAS}",
         "NBCONTAINER_TESTBED_SSH_CONFIG": str(config),
+        "NBCONTAINER_TESTBED_TCP_HOST": f"tcp://127.0.0.1:{tls_port}",
+        "NBCONTAINER_TESTBED_TLS_DIR": str(state / "client"),
     }
     (state / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     (state / "testbed.json").write_text(json.dumps({"port": int(port)}))

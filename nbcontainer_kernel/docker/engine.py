@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import docker
+import docker.constants
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
@@ -116,8 +117,20 @@ class Engine:
         with translate_errors("connect"):
             if base_url is None:
                 client = docker.from_env(timeout=timeout)
+            elif tls:
+                # requests lets REQUESTS_CA_BUNDLE (and proxy variables) override a session's
+                # own CA: a daemon verified by its own CA is reached with nothing of the
+                # environment's. The API version is asked once that holds.
+                client = docker.DockerClient(
+                    base_url=base_url,
+                    tls=tls,
+                    timeout=timeout,
+                    version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+                )
+                client.api.trust_env = False
+                client.api._version = client.api.version(api_version=False)["ApiVersion"]
             else:
-                client = docker.DockerClient(base_url=base_url, tls=tls or False, timeout=timeout)
+                client = docker.DockerClient(base_url=base_url, timeout=timeout)
             client.ping()
         return cls(client)
 

@@ -189,10 +189,18 @@ class HostConnection(_SshProcess):
     """The Docker API of one remote host, over SSH (or TCP with TLS): :attr:`engine`."""
 
     def __init__(
-        self, host: DockerHost, ssh_config: str | None = None, tls_dir: str | None = None
+        self,
+        host: DockerHost,
+        ssh_config: str | None = None,
+        tls_dir: str | None = None,
+        ssh_host: str | None = None,
     ) -> None:
         super().__init__(host, ssh_config, [])
         self.tls_dir = tls_dir
+        #: Where kernels' channels go by SSH: the host itself, or (tcp://) `ssh_host`.
+        self.channels_host = (
+            DockerHost.parse(ssh_host or f"ssh://{host.host}") if host.scheme == "tcp" else host
+        )
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
@@ -252,7 +260,21 @@ def _tls_engine(host: DockerHost, tls_dir: str | None) -> Engine:
     try:
         return Engine.connect(base_url=f"tcp://{host.host}:{host.port}", tls=tls)
     except Exception as exc:
-        raise HostUnreachable(host.url, str(exc)) from exc
+        raise HostUnreachable(host.url, _first_cause(exc)) from exc
+
+
+def _first_cause(exc: BaseException) -> str:
+    """What went wrong first (a TLS verification, a refused connection), in its words."""
+    import ssl
+
+    seen: BaseException | None = exc
+    words = str(exc)
+    while seen is not None:
+        if isinstance(seen, (ssl.SSLError, ConnectionRefusedError)):
+            return str(seen)
+        words = str(seen) or words
+        seen = seen.__cause__ or seen.__context__
+    return words
 
 
 class SshTunnel(_SshProcess):
@@ -341,19 +363,23 @@ def _accepts(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-_connections: dict[tuple[str, str | None, str | None], HostConnection] = {}
+_connections: dict[tuple[str, str | None, str | None, str | None], HostConnection] = {}
 _connections_lock = threading.Lock()
 
 
 def connection_for(
-    url: str, ssh_config: str | None = None, tls_dir: str | None = None
+    url: str,
+    ssh_config: str | None = None,
+    tls_dir: str | None = None,
+    ssh_host: str | None = None,
 ) -> HostConnection:
     """This process's connection to a Docker host (made once; closed at exit)."""
-    key = (url, ssh_config, tls_dir)
+    key = (url, ssh_config, tls_dir, ssh_host)
     with _connections_lock:
         conn = _connections.get(key)
         if conn is None:
-            conn = _connections[key] = HostConnection(DockerHost.parse(url), ssh_config, tls_dir)
+            conn = HostConnection(DockerHost.parse(url), ssh_config, tls_dir, ssh_host)
+            _connections[key] = conn
         return conn
 
 

@@ -162,6 +162,13 @@ class ContainerOptions(HasTraits):
         help="With docker_host: an OpenSSH client config file to use instead of "
         "~/.ssh/config (ssh -F).",
     ).tag(config=True)
+    ssh_host = Unicode(
+        None,
+        allow_none=True,
+        help="With a tcp:// docker_host: where the kernel's channels go by SSH, "
+        "'ssh://[USER@]HOST[:PORT]' (default: ssh:// to the same host). Its ports are on that "
+        "host's loopback, which only SSH reaches.",
+    ).tag(config=True)
     docker_tls_dir = Unicode(
         None,
         allow_none=True,
@@ -284,7 +291,13 @@ def _check_remote(opts: ContainerOptions, config: dict[str, Any], check_paths: b
     """What a kernel on another machine's Docker cannot have."""
     from .hosts import DockerHost
 
-    DockerHost.parse(opts.docker_host or "")
+    host = DockerHost.parse(opts.docker_host or "")
+    if opts.ssh_host is not None:
+        channels = DockerHost.parse(opts.ssh_host)
+        if host.scheme != "tcp" or channels.scheme != "ssh":
+            raise InvalidOption(
+                "ssh_host", opts.ssh_host, "an ssh:// host, for a tcp:// docker_host only"
+            )
     if effective_docker_access(opts.docker_access, opts.docker_socket) == "guarded" and (
         "docker_access" in config or config.get("docker_socket") is not None
     ):

@@ -109,7 +109,9 @@ def _check_image(image: str, config: dict[str, Any], engine: Engine | None) -> N
     if host:
         from ..docker.hosts import connection_for
 
-        remote = connection_for(host, config.get("ssh_config"), config.get("docker_tls_dir"))
+        remote = connection_for(
+            host, config.get("ssh_config"), config.get("docker_tls_dir"), config.get("ssh_host")
+        )
         if remote.engine.has_image(image):
             return
     (engine or Engine.connect()).get_image(image)

@@ -132,7 +132,9 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     def _host(self) -> HostConnection:
         from ..docker.hosts import connection_for
 
-        return connection_for(self.docker_host or "", self.ssh_config, self.docker_tls_dir)
+        return connection_for(
+            self.docker_host or "", self.ssh_config, self.docker_tls_dir, self.ssh_host
+        )
 
     @property
     def docker_access_mode(self) -> str:
@@ -768,6 +770,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 docker_host=self.docker_host or "",
                 ssh_config=self.ssh_config,
                 tls_dir=self.docker_tls_dir,
+                ssh_host=self.ssh_host,
                 container_id=self.container_id,
                 workdir=self._workdir,
                 local_dir=self._local_dir,

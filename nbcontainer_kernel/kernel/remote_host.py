@@ -66,6 +66,7 @@ class RemoteKernelRecord:
     docker_host: str
     ssh_config: str | None
     tls_dir: str | None
+    ssh_host: str | None
     container_id: str
     workdir: str
     local_dir: str
@@ -75,7 +76,7 @@ class RemoteKernelRecord:
     tunnel_dir: str | None
 
     def connection(self) -> HostConnection:
-        return connection_for(self.docker_host, self.ssh_config, self.tls_dir)
+        return connection_for(self.docker_host, self.ssh_config, self.tls_dir, self.ssh_host)
 
     def pull(self, rel: str, dest: Path | None = None) -> int:
         """Copy `rel` from the kernel's working directory here; returns bytes written."""
@@ -219,7 +220,7 @@ class PullWatcher:
 
 def open_tunnel(connection: HostConnection, ports: dict[int, int]) -> SshTunnel:
     """The kernel's channels (local port -> host port), open."""
-    tunnel = SshTunnel(connection.host, connection.ssh_config, ports)
+    tunnel = SshTunnel(connection.channels_host, connection.ssh_config, ports)
     tunnel.open()
     return tunnel
 

@@ -446,3 +446,36 @@ def test_a_server_killed_with_sigkill_leaves_nothing_after_gc_on_either_side(
     psutil.wait_procs(ssh, timeout=10)
     assert not [p for p in ssh if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert remote_host.records() == []
+
+
+def test_a_tcp_docker_host_is_verified_by_tls_and_its_kernels_channels_still_go_by_ssh(
+    remote: Engine, kernel_image: str, make_kernelspec, dockerhost: dict[str, str],
+    notebook_dir: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    tcp, tls = dockerhost["NBCONTAINER_TESTBED_TCP_HOST"], dockerhost["NBCONTAINER_TESTBED_TLS_DIR"]
+    name = make_kernelspec(
+        "nbc-remote-tcp",
+        docker_host=tcp,
+        docker_tls_dir=tls,
+        ssh_host=dockerhost["NBCONTAINER_TESTBED_DOCKER_HOST"],
+        ssh_config=dockerhost["NBCONTAINER_TESTBED_SSH_CONFIG"],
+        pool_size=0,
+    )
+    with _kernel(name, notebook_dir) as (km, kc):
+        prov = docker_provisioner(km)
+        assert remote.inspect(prov.container_id)["State"]["Running"]  # the same engine
+        assert stdout_of(run(kc, "print(open('data.csv').read())")[1]) == "a,b\n1,2\n\n"
+    # A daemon whose certificate another CA signed is refused, not trusted.
+    wrong = tmp_path / "wrong-ca"
+    wrong.mkdir()
+    for f in ("cert.pem", "key.pem"):
+        (wrong / f).write_bytes((Path(tls) / f).read_bytes())
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(wrong / "ca.key"), "-out", str(wrong / "ca.pem"), "-days", "1",
+         "-subj", "/CN=not the test bed's CA"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with pytest.raises(hosts.HostUnreachable) as err:
+        hosts.connection_for(tcp, None, str(wrong)).engine  # noqa: B018 (it connects)
+    assert "certificate verify failed" in err.value.reason.lower()
