@@ -422,14 +422,14 @@ def test_a_server_killed_with_sigkill_leaves_nothing_after_gc_on_either_side(
         text=True,
     )
     try:
-        kernel_id = server.stdout.readline().strip()  # type: ignore[union-attr]
+        kernel_id = server.stdout.readline().strip()
         assert kernel_id, "the server did not start its kernel"
         ssh = [p for p in psutil.Process(server.pid).children() if p.name() == "ssh"]
         assert len(ssh) == 2  # the host's Docker connection, and the kernel's channels
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait(30)
-        server.stdout.close()  # type: ignore[union-attr]
+        server.stdout.close()
     assert _remote_leftovers(remote, kernel_id)["containers"]
     assert all(p.is_running() for p in ssh)  # nothing ended them: they are the litter
     out = subprocess.run(
