@@ -14,6 +14,10 @@ every kind alike, after one warm-up start of each that is not counted.
 * pool cold: the same kernelspec options with pool_size 0: a container made
   and started for the kernel (what a start costs when the pool is empty).
 * gateway_provisioners (--peer): its DockerProvisioner (bench/peer_gateway.py).
+* remote warm / remote cold (--docker-host URL, or --testbed for the project's own remote
+  host test bed): the same two on another machine's Docker, reached by SSH; the kernel's
+  channels forwarded by its own SSH connection, its working directory (a small notebook
+  folder, as every kind here starts in) seeded into a volume there.
 
 Ratios are against the local kernel's median from the same run.
 """
@@ -25,6 +29,7 @@ import json
 import os
 import queue
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,12 +40,14 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from nbcontainer_kernel.kernel import kernelspec, pool
 
+TESTBED = Path(__file__).resolve().parents[1] / "scripts" / "dockerhost_testbed.py"
 
-def time_start(kernel_name: str) -> tuple[float, float]:
+
+def time_start(kernel_name: str, cwd: str) -> tuple[float, float]:
     """(seconds to the first kernel_info reply, seconds to wait_for_ready)."""
     km = KernelManager(kernel_name=kernel_name)
     t0 = time.perf_counter()
-    km.start_kernel()
+    km.start_kernel(cwd=cwd)
     kc = km.client()
     kc.start_channels()
     try:
@@ -72,12 +79,41 @@ def warm_pool_ready(timeout: float = 60) -> None:
             raise RuntimeError("the warm pool did not become ready")
 
 
+def remote_kernels(args: argparse.Namespace, prefix: str) -> dict[str, str]:
+    """The remote host's two kernelspecs (--docker-host, or the test bed with --testbed)."""
+    testbed = Path(prefix) / "testbed"
+    if args.testbed:
+        out = subprocess.run(
+            [sys.executable, str(TESTBED), "start", "--state", str(testbed)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        env = dict(line.split("=", 1) for line in out.stdout.splitlines())
+        args.docker_host = env["NBCONTAINER_TESTBED_DOCKER_HOST"]
+        args.ssh_config = env["NBCONTAINER_TESTBED_SSH_CONFIG"]
+    if args.docker_host:
+        remote = {"docker_host": args.docker_host, "ssh_config": args.ssh_config}
+        for name, size in (("bench-remote-warm", 1), ("bench-remote-cold", 0)):
+            options = {"pool_size": size, **{k: v for k, v in remote.items() if v}}
+            kernelspec.install(
+                args.image, name, options=options, user=False, prefix=prefix, check_image=False
+            )
+        return {"remote warm": "bench-remote-warm", "remote cold": "bench-remote-cold"}
+    return {}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image", default="nbcontainer/python:3.11", help="the kernel image")
     p.add_argument("--local", default="python3", help="the local ipykernel kernelspec")
     p.add_argument(
         "--peer", default=None, help="a gateway_provisioners docker kernelspec, if installed"
+    )
+    p.add_argument("--docker-host", help="also start kernels on this Docker host (ssh://...)")
+    p.add_argument("--ssh-config", help="with --docker-host: an OpenSSH client config")
+    p.add_argument(
+        "--testbed",
+        action="store_true",
+        help="start the remote host test bed (scripts/dockerhost_testbed.py) and use it",
     )
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -95,6 +131,11 @@ def main() -> int:
             args.image, name, options={**common, "pool_size": size}, user=False, prefix=prefix
         )
     kernels = {"local": args.local, "pool warm": "bench-warm", "pool cold": "bench-cold"}
+    kernels.update(remote_kernels(args, prefix))
+    notebook_dir = Path(prefix) / "notebook"  # what a notebook's folder holds, small
+    notebook_dir.mkdir()
+    (notebook_dir / "analysis.ipynb").write_text("{}")
+    (notebook_dir / "helpers.py").write_text("def f(x):\n    return 2 * x\n")
     if args.peer:
         if args.peer not in KernelSpecManager().find_kernel_specs():
             print(
@@ -109,9 +150,9 @@ def main() -> int:
     try:
         for i in range(args.runs + 1):  # the first round warms caches and is not counted
             for label, name in kernels.items():
-                if label == "pool warm":
+                if label in ("pool warm", "remote warm"):
                     warm_pool_ready()
-                got = time_start(name)
+                got = time_start(name, str(notebook_dir))
                 if i:
                     samples[label].append(got)
                 print(
@@ -122,8 +163,14 @@ def main() -> int:
                 )
     finally:
         pool.close_all()
-        for name in ("bench-warm", "bench-cold"):
+        for name in ("bench-warm", "bench-cold") + (
+            ("bench-remote-warm", "bench-remote-cold") if args.docker_host else ()
+        ):
             kernelspec.remove(name)
+        if args.testbed:
+            subprocess.run(
+                [sys.executable, str(TESTBED), "stop", "--state", str(Path(prefix) / "testbed")]
+            )
 
     results = {}
     for label, got in samples.items():  # type: ignore[assignment]

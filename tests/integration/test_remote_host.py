@@ -479,3 +479,33 @@ def test_a_tcp_docker_host_is_verified_by_tls_and_its_kernels_channels_still_go_
     with pytest.raises(hosts.HostUnreachable) as err:
         hosts.connection_for(tcp, None, str(wrong)).engine  # noqa: B018 (it connects)
     assert "certificate verify failed" in err.value.reason.lower()
+
+
+def test_host_check_says_what_a_host_has_and_what_it_lacks(
+    engine: Engine, remote: Engine, kernel_image: str, dockerhost: dict[str, str]
+) -> None:
+    url, config = (
+        dockerhost["NBCONTAINER_TESTBED_DOCKER_HOST"],
+        dockerhost["NBCONTAINER_TESTBED_SSH_CONFIG"],
+    )
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nbcontainer_kernel.cli", "host", "check", *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    if not remote.has_image(kernel_image):
+        copy_image(engine, remote, kernel_image)
+    out = check(url, "--ssh-config", config, "--image", kernel_image)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = {ln.split()[0]: ln for ln in out.stdout.splitlines()}
+    assert "host key verified" in lines["connection"]
+    assert "ok" in lines["image"] and "GiB free" in lines["disk"]
+    assert "warning" in lines["gpu"]  # the test bed has no NVIDIA runtime
+    out = check(url, "--ssh-config", config, "--image", kernel_image, "--gpus")
+    assert out.returncode == 1 and "MISSING" in out.stdout
+    out = check(url, "--ssh-config", config, "--image", "nbcontainer/nowhere:1")
+    assert out.returncode == 1 and "neither there nor here" in out.stdout
+    out = check("ssh://nbc-no-such-host.invalid", "--ssh-config", config)
+    assert out.returncode == 1 and "resolve" in out.stdout.lower()
