@@ -20,6 +20,7 @@ import secrets
 import signal as signal_mod
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -55,10 +56,11 @@ from ..runtime.errors import (
     TunnelLost,
 )
 from . import remote_host
+from .pool import KernelPool, pool_for
 
 if TYPE_CHECKING:
-    from ..docker.hosts import HostConnection
-from .pool import KernelPool, pool_for
+    from ..docker.hosts import HostConnection, SshTunnel
+    from ..docker.workdir import Seed
 
 __all__ = ["DockerProvisioner", "KERNEL_PORTS"]
 
@@ -100,7 +102,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
 
     container_id: str | None = None
     container_name: str | None = None
-    exit_error: KernelDied | None = None
+    exit_error: KernelDied | TunnelLost | None = None
     _host_ports: dict[str, int] | None = None
     _shutdown_requested = False
     _exit_reported = False
@@ -111,9 +113,9 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
     _volume: str | None = None
     _workdir: str | None = None
     _local_dir: str | None = None
-    _seed: Any = None
+    _seed: Seed | None = None
     _local_ports: dict[str, int] | None = None
-    _tunnel: Any = None
+    _tunnel: SshTunnel | None = None
     _watcher: remote_host.PullWatcher | None = None
 
     # ------------------------------------------------------------ properties
@@ -651,16 +653,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 "copy to send; build or pull it here, or push it to a registry the host reaches",
             )
         self.log.info("nbcontainer: copying %s to %s (%s)", self.image, self.docker_host, why)
-        said = [-1]
-
-        def progress(sent: int, total: int) -> None:
-            tenth = sent * 10 // total if total else 10
-            if tenth != said[0]:
-                said[0] = tenth
-                self.log.info(
-                    "nbcontainer: copying %s: %d of %d MB", self.image, sent >> 20, total >> 20
-                )
-
+        progress = self._progress(f"copying {self.image}")
         report = copy_image(get_engine(), engine, self.image, progress)
         self.log.info(
             "nbcontainer: copied %s to %s: %d of its %d layers (%d MB) were missing there",
@@ -671,6 +664,19 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             report.sent_bytes >> 20,
         )
         return engine.get_image(self.image)
+
+    def _progress(self, doing: str, at_least: int = 0) -> Callable[[int, int], None]:
+        """A progress callback that logs each tenth of the way (of `at_least` bytes or more:
+        a small transfer says nothing until it is done)."""
+        said = [-1]
+
+        def progress(sent: int, total: int) -> None:
+            tenth = sent * 10 // total if total else 10
+            if total >= at_least and tenth != said[0]:
+                said[0] = tenth
+                self.log.info("nbcontainer: %s: %d of %d MB", doing, sent >> 20, total >> 20)
+
+        return progress
 
     def _volume_of(self, container_id: str) -> str | None:
         """The name of the volume a remote kernel's container has its working directory on."""
@@ -692,14 +698,15 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
             labels.container_labels(labels.ROLE_PROBE),
             mounts=[docker.types.Mount(target="/s", source=DOCKER_SOCKET_IN_KERNEL, type="bind")],
         )
-        if code != 0 or not out.strip().splitlines()[-1:][0].isdigit():
+        said = out.strip().splitlines()
+        if code != 0 or not said or not said[-1].isdigit():
             raise InvalidOption(
                 "docker_access",
                 "raw",
                 f"{self.docker_host} has no Docker socket at "
                 f"{DOCKER_SOCKET_IN_KERNEL} to give the kernel ({out.strip()[-200:]})",
             )
-        return out.strip().splitlines()[-1]
+        return said[-1]
 
     def _seed_workdir(self, container_id: str, uid: int, gid: int) -> None:
         """Fill the new volume from the notebook's directory (streamed, capped, with
@@ -712,16 +719,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         files = collect(Path(self._local_dir), cap)
         total = sum(size for _, size in files)
         started = time.monotonic()
-        said = [-1]
-
-        def progress(sent: int, total: int) -> None:
-            tenth = sent * 10 // total if total else 10
-            if total >= 32 << 20 and tenth != said[0]:  # a large tree: say how far it is
-                said[0] = tenth
-                self.log.info(
-                    "nbcontainer: seeding %s: %d of %d MB", self._workdir, sent >> 20, total >> 20
-                )
-
+        progress = self._progress(f"seeding {self._workdir}", at_least=32 << 20)
         self._seed = seed(
             self.engine,
             container_id,
@@ -760,6 +758,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 self._local_ports = None  # taken by something else meanwhile: fresh ones
         uid, gid = _uid_gid(create_kwargs.get("user"))
         assert self._workdir is not None and self._local_dir is not None
+        assert self._tunnel is not None  # opened above, or raised
         self._watcher = remote_host.PullWatcher(
             self.engine, self.container_id, self._workdir, self._local_dir, uid, gid
         )
@@ -790,7 +789,7 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         if not self._exit_reported:
             self._exit_reported = True
             if not self._shutdown_requested:
-                self.exit_error = TunnelLost(  # type: ignore[assignment]
+                self.exit_error = TunnelLost(
                     self.docker_host or "", self.container_name or "?", self._tunnel.reason()
                 )
                 self.log.error("nbcontainer: %s", self.exit_error)

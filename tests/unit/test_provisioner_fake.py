@@ -145,3 +145,38 @@ async def test_an_error_other_than_a_port_is_not_retried(daemon: FakeDocker) -> 
     with pytest.raises(EngineError, match="OCI runtime"):
         await _started()
     assert daemon.containers_by_id == {}, "nothing left behind"
+
+
+async def test_a_remote_kernels_lost_ssh_connection_is_its_death_with_sshs_reason(
+    daemon: FakeDocker,
+) -> None:
+    from nbcontainer_kernel.docker.hosts import DockerHost, SshTunnel
+    from nbcontainer_kernel.runtime.errors import TunnelLost
+
+    prov = await _started()
+    # A real ssh whose connection ends at once (the name does not resolve), as a reset does.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    tunnel = SshTunnel(DockerHost.parse("ssh://nbc-no-such-host.invalid"), None, {free: 1})
+    tunnel.spawn([f"127.0.0.1:{free}:127.0.0.1:1"])
+    assert tunnel.proc is not None
+    tunnel.proc.wait(30)
+    prov._tunnel, prov.docker_host = tunnel, "ssh://nbc-no-such-host.invalid"
+    try:
+        assert await prov.poll() == 255
+        assert isinstance(prov.exit_error, TunnelLost)
+        assert "resolve" in prov.exit_error.reason.lower()
+        assert "nbc-no-such-host.invalid" in str(prov.exit_error)
+        assert await prov.poll() == 255  # reported once, still answered
+        # After a shutdown was asked for, the same end is no error.
+        prov.exit_error, prov._exit_reported = None, False
+        await prov.shutdown_requested()
+        assert await prov.poll() == 255 and prov.exit_error is None
+    finally:
+        tunnel.close()
+        prov._tunnel, prov.docker_host = None, None
+        await prov.cleanup()
+    assert not tunnel.dir.exists()
