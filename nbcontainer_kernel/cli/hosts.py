@@ -124,8 +124,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     record = find_record(args.kernel)
     dest = Path(args.to).resolve() if args.to else Path(record.local_dir)
-    written = record.pull(args.path, dest)
-    print(f"pulled {args.path} ({written:,} bytes) from {record.docker_host} to {dest}")
+    pulled = record.pull(args.path, dest)
+    print(f"pulled {args.path} ({pulled.bytes:,} bytes) from {record.docker_host} to {dest}")
+    if pulled.skipped:
+        print(f"left out (links are never followed): {', '.join(pulled.skipped)}")
     return 0
 
 

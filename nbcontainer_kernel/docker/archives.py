@@ -134,6 +134,7 @@ def extract_tar(
     *,
     within: str | None = None,
     only: Iterable[str] | None = None,
+    skipped: list[str] | None = None,
 ) -> int:
     """Unpack an archive (bytes, or a stream of chunks from the Docker API) into dest.
 
@@ -142,7 +143,9 @@ def extract_tar(
     UnsafeArchive, on every Python, and so is more than `max_bytes` in all
     (default max_result_bytes()). With `within` (a top directory's name), only what is
     under it is unpacked, without it; with `only`, only the top entries named (after
-    `within` is taken off). Returns the bytes written.
+    `within` is taken off). With `skipped` (a list), a link, FIFO or device is left out and
+    its name added there instead of refusing the whole archive (a remote kernel's folder
+    may hold a link; its files still come back). Returns the bytes written.
     """
     keep = set(only) if only is not None else None
     from pathlib import Path
@@ -160,6 +163,9 @@ def extract_tar(
                 parts = [p for p in name.split("/") if p not in ("", ".")]
                 if name.startswith("/") or ".." in parts or "\x00" in name:
                     raise UnsafeArchive(name, "its path leaves the destination")
+                if not (member.isfile() or member.isdir()) and skipped is not None:
+                    skipped.append(name)
+                    continue
                 if not (member.isfile() or member.isdir()):
                     kind = (
                         "a link"

@@ -31,7 +31,16 @@ from .engine import Engine
 if TYPE_CHECKING:
     import pathspec
 
-__all__ = ["ALWAYS_LEFT_OUT", "Seed", "collect", "pull", "seed", "sync_back", "remote_path"]
+__all__ = [
+    "ALWAYS_LEFT_OUT",
+    "Pulled",
+    "Seed",
+    "collect",
+    "pull",
+    "remote_path",
+    "seed",
+    "sync_back",
+]
 
 #: Never seeded, never synced back: version control, checkpoints, this package's state (the
 #: remote kernel keeps its run ledger there).
@@ -191,18 +200,28 @@ class _Hashing:
         return data
 
 
+@dataclass
+class Pulled:
+    """What a pull wrote: bytes, and the links (or other non-files) it left there."""
+
+    bytes: int
+    skipped: list[str]
+
+
 def pull(
     engine: Engine, container_id: str, workdir: str, rel: str, dest_root: Path, max_bytes: int
-) -> int:
+) -> Pulled:
     """Copy `rel` (a file or a folder under the kernel's working directory) to the same
-    place under `dest_root`; returns the bytes written."""
+    place under `dest_root`. Links in it are left out (and named), never followed."""
     source = remote_path(workdir, rel)
     stream = engine.get_archive(container_id, source)
     if stream is None:
         raise InvalidOption("path", rel, f"there is no {source} in the kernel's container")
     inner = posixpath.relpath(source, workdir)
     parent = dest_root / posixpath.dirname(inner) if inner != "." else dest_root.parent
-    return extract_tar(stream, parent, max_bytes)
+    skipped: list[str] = []
+    written = extract_tar(stream, parent, max_bytes, skipped=skipped)
+    return Pulled(written, skipped)
 
 
 def sync_back(
@@ -211,16 +230,19 @@ def sync_back(
     """Bring back every file the kernel made or changed; returns (written, kept apart).
 
     A file changed here too since it was seeded is not overwritten: the kernel's version
-    is written beside it as ``NAME.remote``.
+    is written beside it as ``NAME.remote``. Links the kernel made are not brought back;
+    nothing is written through a link here (such a file is kept apart, not written).
     """
-    root = Path(seeded.root)
+    root = Path(seeded.root).resolve()
     stream = engine.get_archive(container_id, workdir)
     if stream is None:
         return [], []
     written: list[str] = []
     apart: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nbc-sync-") as tmp:
-        extract_tar(stream, tmp, max_bytes, within=posixpath.basename(workdir.rstrip("/")))
+        extract_tar(
+            stream, tmp, max_bytes, within=posixpath.basename(workdir.rstrip("/")), skipped=[]
+        )
         for rel in _files(Path(tmp)):
             if rel.split("/", 1)[0] in ALWAYS_LEFT_OUT:
                 continue
@@ -230,18 +252,28 @@ def sync_back(
             if new == before:
                 continue
             target = root / rel
-            if target.is_symlink() or (target.exists() and not target.is_file()):
+            if not _writable_in(root, target):
                 apart.append(rel)
                 continue
             local_changed = target.exists() and _sha256(target) != before
             if local_changed:
                 target = target.with_name(target.name + ".remote")
                 apart.append(rel)
+                if not _writable_in(root, target):
+                    continue
             else:
                 written.append(rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(got), str(target))
     return written, apart
+
+
+def _writable_in(root: Path, target: Path) -> bool:
+    """`target` is a plain file (or nothing yet) whose every folder is a real folder under
+    `root`: writing it cannot go through a link to somewhere else."""
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        return False
+    return root in target.parent.resolve().parents or target.parent.resolve() == root
 
 
 def _files(root: Path) -> Iterator[str]:

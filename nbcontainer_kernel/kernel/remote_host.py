@@ -28,7 +28,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from ..docker import labels
 from ..docker.engine import Engine
 from ..docker.hosts import HostConnection, SshTunnel, connection_for
-from ..docker.workdir import pull, remote_path
+from ..docker.workdir import Pulled, pull, remote_path
 from ..runtime.errors import NbcontainerError
 
 __all__ = [
@@ -78,8 +78,8 @@ class RemoteKernelRecord:
     def connection(self) -> HostConnection:
         return connection_for(self.docker_host, self.ssh_config, self.tls_dir, self.ssh_host)
 
-    def pull(self, rel: str, dest: Path | None = None) -> int:
-        """Copy `rel` from the kernel's working directory here; returns bytes written."""
+    def pull(self, rel: str, dest: Path | None = None) -> Pulled:
+        """Copy `rel` from the kernel's working directory here (links left out)."""
         return pull(
             self.connection().engine,
             self.container_id,
@@ -190,7 +190,7 @@ class PullWatcher:
         answer: dict[str, Any]
         try:
             remote_path(self.workdir, rel)
-            written = pull(
+            pulled = pull(
                 self.engine,
                 self.container_id,
                 self.workdir,
@@ -200,7 +200,8 @@ class PullWatcher:
             )
             answer = {
                 "ok": True,
-                "bytes": written,
+                "bytes": pulled.bytes,
+                "skipped": pulled.skipped,
                 "to": str(Path(self.local_dir) / rel),
                 "seconds": round(time.monotonic() - started, 3),
             }

@@ -24,3 +24,5 @@ class WorkdirMagics(Magics):
         args = parse_argstring(self.nbcontainer_pull, line)
         answer = request_pull(args.path, args.timeout)
         print(f"pulled {args.path} ({answer['bytes']:,} bytes) to {answer['to']}")
+        if answer.get("skipped"):
+            print(f"left out (links are never followed): {', '.join(answer['skipped'])}")

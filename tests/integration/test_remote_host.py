@@ -292,10 +292,14 @@ def test_the_working_directory_is_seeded_without_ignored_files_and_written_files
         assert eval(listing) == [".dockerignore", ".gitignore", "data.csv", "pkg"]
         assert answer == "42"
         assert not (notebook_dir / "results").exists()
+        # What the kernel writes is data: a link in it is left out, never followed here.
+        run(kc, "os.symlink('/etc/hostname', 'results/evil'); os.symlink('/', 'results/root')")
         content, outputs = run(kc, "%nbcontainer_pull results")
         assert content["status"] == "ok", (content.get("evalue"), content.get("traceback"))
         assert "pulled results" in stdout_of(outputs)
+        assert "left out" in stdout_of(outputs) and "results/evil" in stdout_of(outputs)
         assert (notebook_dir / "results" / "model.txt").read_text().startswith("trained on ")
+        assert sorted(p.name for p in (notebook_dir / "results").iterdir()) == ["model.txt"]
         # From a terminal, by the kernel's id, somewhere else.
         other = notebook_dir.parent / "elsewhere"
         out = subprocess.run(
@@ -311,9 +315,15 @@ def test_the_working_directory_is_seeded_without_ignored_files_and_written_files
         # Changed here meanwhile: kept, the kernel's version beside it.
         run(kc, "open('data.csv', 'w').write('kernel')")
         (notebook_dir / "data.csv").write_text("mine")
+        # A folder that is a link here (to somewhere else) is never written through.
+        outside = notebook_dir.parent / "outside"
+        outside.mkdir()
+        os.symlink(outside, notebook_dir / "linked")
+        run(kc, "os.makedirs('linked', exist_ok=True); open('linked/x.txt', 'w').write('x')")
     assert (notebook_dir / "kept.txt").read_text() == "at shutdown"
     assert (notebook_dir / "data.csv").read_text() == "mine"
     assert (notebook_dir / "data.csv.remote").read_text() == "kernel"
+    assert list(outside.iterdir()) == []
     assert not (notebook_dir / ".nbcontainer").exists()
 
 

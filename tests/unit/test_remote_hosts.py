@@ -219,3 +219,39 @@ def test_a_remote_kernelspec_may_have_no_docker_or_the_hosts_own_socket() -> Non
         )
     # Left unsaid, the trait's default ('guarded') is not a choice of the kernelspec's.
     assert validate_options({"image": "img", "docker_host": "ssh://gpu-box"})
+
+
+def test_a_pulled_folders_links_are_left_out_and_named_not_refusing_the_rest(
+    tmp_path: Path,
+) -> None:
+    import io
+    import tarfile
+
+    from nbcontainer_kernel.docker.archives import extract_tar
+    from nbcontainer_kernel.runtime.errors import UnsafeArchive
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind in [("r/model.txt", tarfile.REGTYPE), ("r/evil", tarfile.SYMTYPE),
+                           ("r/hard", tarfile.LNKTYPE), ("r/fifo", tarfile.FIFOTYPE)]:  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "/etc/passwd" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            data = b"weights" if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        escape = tarfile.TarInfo("../escape.txt")
+        escape.size = 1
+        tar.addfile(escape, io.BytesIO(b"x"))
+    data = buf.getvalue()
+    skipped: list[str] = []
+    with pytest.raises(UnsafeArchive):  # a path out of the destination is still refused
+        extract_tar(data, tmp_path / "a", 1 << 20, skipped=skipped)
+    assert not (tmp_path / "escape.txt").exists()
+    cut = data[: data.index(b"../escape.txt")]  # the archive without its escaping member
+    skipped = []
+    extract_tar(cut.ljust(len(cut) + 1024, b"\0"), tmp_path / "b", 1 << 20, skipped=skipped)
+    assert skipped == ["r/evil", "r/hard", "r/fifo"]
+    assert [p.name for p in (tmp_path / "b" / "r").iterdir()] == ["model.txt"]
+    with pytest.raises(UnsafeArchive):  # without `skipped`, a link refuses the archive
+        extract_tar(cut.ljust(len(cut) + 1024, b"\0"), tmp_path / "c", 1 << 20)
