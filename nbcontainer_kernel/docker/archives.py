@@ -127,6 +127,14 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym() or member.islnk():
+        return "a link"
+    if member.isfifo():
+        return "a FIFO"
+    return "a device" if member.isdev() else "not a file"
+
+
 def extract_tar(
     data: bytes | Iterable[bytes],
     dest: os.PathLike[str] | str,
@@ -163,21 +171,13 @@ def extract_tar(
                 parts = [p for p in name.split("/") if p not in ("", ".")]
                 if name.startswith("/") or ".." in parts or "\x00" in name:
                     raise UnsafeArchive(name, "its path leaves the destination")
-                if not (member.isfile() or member.isdir()) and skipped is not None:
-                    skipped.append(name)
-                    continue
                 if not (member.isfile() or member.isdir()):
-                    kind = (
-                        "a link"
-                        if member.issym() or member.islnk()
-                        else "a FIFO"
-                        if member.isfifo()
-                        else "a device"
-                        if member.isdev()
-                        else "not a file"
-                    )
+                    if skipped is not None:
+                        skipped.append(name)
+                        continue
                     raise UnsafeArchive(
-                        name, f"it is {kind}; only regular files and directories are unpacked"
+                        name,
+                        f"it is {_kind(member)}; only regular files and directories are unpacked",
                     )
                 if within is not None:
                     if parts[:1] != [within]:
