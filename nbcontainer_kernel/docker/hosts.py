@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,6 +288,7 @@ class SshTunnel(_SshProcess):
     def open(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Start the forwards; returns once every local port accepts connections."""
         self.spawn([f"127.0.0.1:{lp}:127.0.0.1:{rp}" for lp, rp in self.ports.items()])
+        _tunnels.add(self)
         deadline = time.monotonic() + timeout
         waiting = set(self.ports)
         while waiting:
@@ -364,6 +366,9 @@ def _accepts(port: int) -> bool:
 
 
 _connections: dict[tuple[str, str | None, str | None, str | None], HostConnection] = {}
+# Kernels' tunnels still open: ended at exit (a kernel that was never shut down, such as
+# one whose shutdown failed, would keep its ssh running past this process).
+_tunnels: weakref.WeakSet[SshTunnel] = weakref.WeakSet()
 _connections_lock = threading.Lock()
 
 
@@ -385,11 +390,14 @@ def connection_for(
 
 @atexit.register
 def close_all() -> None:
-    """End every host connection of this process (at exit; tests call it too), once the
-    warm pools kept on those hosts are gone (their removal needs the connection)."""
+    """End every kernel tunnel and host connection of this process (at exit; tests call it
+    too), once the warm pools kept on those hosts are gone (their removal needs the
+    connection)."""
     from . import warm
 
     warm.close_all()
+    for tunnel in list(_tunnels):
+        tunnel.close()
     with _connections_lock:
         conns = list(_connections.values())
         _connections.clear()

@@ -255,3 +255,19 @@ def test_a_pulled_folders_links_are_left_out_and_named_not_refusing_the_rest(
     assert [p.name for p in (tmp_path / "b" / "r").iterdir()] == ["model.txt"]
     with pytest.raises(UnsafeArchive):  # without `skipped`, a link refuses the archive
         extract_tar(cut.ljust(len(cut) + 1024, b"\0"), tmp_path / "c", 1 << 20)
+
+
+def test_a_kernels_tunnel_still_open_at_exit_is_ended_with_its_folder() -> None:
+    import subprocess
+
+    from nbcontainer_kernel.docker import hosts
+
+    tunnel = hosts.SshTunnel(DockerHost.parse("ssh://gpu-box"), None, {1: 1})
+    # A stand-in for its ssh (no server here): a process that would outlive us.
+    tunnel.proc = subprocess.Popen(["sleep", "60"])
+    hosts._tunnels.add(tunnel)
+    proc = tunnel.proc
+    hosts.close_all()
+    assert proc.poll() is not None and tunnel.proc is None
+    assert not tunnel.dir.exists()
+    assert tunnel not in hosts._tunnels or not tunnel.alive()
