@@ -7,7 +7,6 @@ file or folder from a remote kernel's working directory to the notebook's machin
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,7 +150,3 @@ def add_commands(sub: _Commands) -> None:
     p.add_argument("path", help="relative to the kernel's working directory")
     p.add_argument("--to", help="the folder it goes under (default: the notebook's directory)")
     p.set_defaults(func=cmd_pull)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(1)

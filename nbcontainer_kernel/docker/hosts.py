@@ -124,11 +124,10 @@ def ssh_command(host: DockerHost, ssh_config: str | None, *args: str) -> list[st
 class _SshProcess:
     """One ssh client process with its forwards, its stderr kept for the reason it ends."""
 
-    def __init__(self, host: DockerHost, ssh_config: str | None, forwards: list[str]) -> None:
+    def __init__(self, host: DockerHost, ssh_config: str | None) -> None:
         self.host = host
         self.ssh_config = ssh_config
         self.dir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX))  # 0700: ours alone
-        self._forwards = forwards
         self._stderr_path = self.dir / "ssh.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -196,7 +195,7 @@ class HostConnection(_SshProcess):
         tls_dir: str | None = None,
         ssh_host: str | None = None,
     ) -> None:
-        super().__init__(host, ssh_config, [])
+        super().__init__(host, ssh_config)
         self.tls_dir = tls_dir
         #: Where kernels' channels go by SSH: the host itself, or (tcp://) `ssh_host`.
         self.channels_host = (
@@ -282,7 +281,7 @@ class SshTunnel(_SshProcess):
     """A kernel's channels: local loopback port -> the host's loopback port, one ssh."""
 
     def __init__(self, host: DockerHost, ssh_config: str | None, ports: dict[int, int]) -> None:
-        super().__init__(host, ssh_config, [])
+        super().__init__(host, ssh_config)
         self.ports = dict(ports)
 
     def open(self, timeout: float = CONNECT_TIMEOUT) -> None:
@@ -302,6 +301,10 @@ class SshTunnel(_SshProcess):
             waiting = {p for p in waiting if not _accepts(p)}
             if waiting:
                 time.sleep(0.02)
+
+    def close(self) -> None:
+        super().close()
+        _tunnels.discard(self)
 
 
 # ------------------------------------------------- what a server killed -9 leaves here

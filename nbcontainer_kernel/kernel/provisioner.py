@@ -32,6 +32,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from .. import config
 from ..docker import labels, orphans
 from ..docker.engine import Engine, get_engine
+from ..docker.hosts import SshTunnel
 from ..docker.options import (
     ContainerOptions,
     effective_docker_access,
@@ -59,7 +60,7 @@ from . import remote_host
 from .pool import KernelPool, pool_for
 
 if TYPE_CHECKING:
-    from ..docker.hosts import HostConnection, SshTunnel
+    from ..docker.hosts import HostConnection
     from ..docker.workdir import Seed
 
 __all__ = ["DockerProvisioner", "KERNEL_PORTS"]
@@ -80,6 +81,8 @@ PORT_RETRY_WAIT = 0.2
 # The first kernel start of a process sweeps orphans once (once per remote host, too).
 _swept = False
 _swept_hosts: set[str] = set()
+# The group of each remote host's Docker socket (docker_access raw there).
+_socket_gids: dict[str, str] = {}
 # A remote kernel's volume, and its working directory in it (a folder of the kernel's
 # user: a volume's own root is root's). One path for every kernel, so that one warm pool
 # on a host serves every notebook.
@@ -691,7 +694,14 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         )
 
     def _remote_socket_gid(self) -> str:
-        """The group of the remote daemon's socket, read by a probe on that host."""
+        """The group of the remote daemon's socket, read by a probe on that host (once per
+        host and process: a probe container is off every later kernel's start)."""
+        host = self.docker_host or ""
+        if host not in _socket_gids:
+            _socket_gids[host] = self._probe_socket_gid()
+        return _socket_gids[host]
+
+    def _probe_socket_gid(self) -> str:
         code, out = self.engine.run_probe(
             self.image,
             [self._python_command(), "-c", "import os; print(os.stat('/s').st_gid)"],
@@ -746,11 +756,11 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
         connection = self._host()
         for attempt in range(2):
             if self._local_ports is None:
-                free = _free_local_ports(len(KERNEL_PORTS))
-                self._local_ports = dict(zip(KERNEL_PORTS, free, strict=True))
+                self._local_ports = _inner_ports(host_network=True)  # free loopback ports
             mapping = {self._local_ports[n]: self._host_ports[n] for n in KERNEL_PORTS}
             try:
-                self._tunnel = remote_host.open_tunnel(connection, mapping)
+                self._tunnel = SshTunnel(connection.channels_host, connection.ssh_config, mapping)
+                self._tunnel.open()
                 break
             except HostUnreachable:
                 if attempt == 1 or not any(_taken(p) for p in self._local_ports.values()):
@@ -758,7 +768,6 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 self._local_ports = None  # taken by something else meanwhile: fresh ones
         uid, gid = _uid_gid(create_kwargs.get("user"))
         assert self._workdir is not None and self._local_dir is not None
-        assert self._tunnel is not None  # opened above, or raised
         self._watcher = remote_host.PullWatcher(
             self.engine, self.container_id, self._workdir, self._local_dir, uid, gid
         )
@@ -775,8 +784,6 @@ class DockerProvisioner(ContainerOptions, KernelProvisionerBase):  # type: ignor
                 local_dir=self._local_dir,
                 volume=self._volume or "",
                 owner=labels.Owner.current().__dict__,
-                tunnel_pid=self._tunnel.pid,
-                tunnel_dir=str(self._tunnel.dir),
             )
         )
         assert self._local_ports is not None  # chosen above
@@ -1090,16 +1097,6 @@ def _names_registry(ref: str) -> bool:
     """Whether an image reference names its registry (Docker's rule for the first part)."""
     first, sep, _ = ref.partition("/")
     return bool(sep) and ("." in first or ":" in first or first == "localhost")
-
-
-def _free_local_ports(n: int) -> list[int]:
-    from jupyter_client.localinterfaces import localhost
-    from jupyter_client.provisioning.local_provisioner import (  # type: ignore[attr-defined]
-        LocalPortCache,
-    )
-
-    lpc = LocalPortCache.instance()
-    return [lpc.find_available_port(localhost()) for _ in range(n)]
 
 
 def _taken(port: int) -> bool:

@@ -27,7 +27,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from ..docker import labels
 from ..docker.engine import Engine
-from ..docker.hosts import HostConnection, SshTunnel, connection_for
+from ..docker.hosts import HostConnection, connection_for
 from ..docker.workdir import Pulled, pull, remote_path
 from ..runtime.errors import NbcontainerError
 
@@ -39,7 +39,6 @@ __all__ = [
     "PullWatcher",
     "find_record",
     "forget",
-    "open_tunnel",
     "records",
     "request_pull",
     "save",
@@ -72,8 +71,6 @@ class RemoteKernelRecord:
     local_dir: str
     volume: str
     owner: dict[str, Any]
-    tunnel_pid: int | None
-    tunnel_dir: str | None
 
     def connection(self) -> HostConnection:
         return connection_for(self.docker_host, self.ssh_config, self.tls_dir, self.ssh_host)
@@ -217,13 +214,6 @@ class PullWatcher:
                 mode=0o644,
                 dirs=[".nbcontainer", PULLED_DIR],
             )
-
-
-def open_tunnel(connection: HostConnection, ports: dict[int, int]) -> SshTunnel:
-    """The kernel's channels (local port -> host port), open."""
-    tunnel = SshTunnel(connection.channels_host, connection.ssh_config, ports)
-    tunnel.open()
-    return tunnel
 
 
 def request_pull(path: str, timeout: float = 600.0) -> dict[str, Any]:

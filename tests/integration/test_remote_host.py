@@ -9,7 +9,6 @@ jupyter_client drives the kernel, and the remote engine runs its container.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -23,14 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyter_client import KernelManager
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 
 from nbcontainer_kernel.docker import hosts, labels
 from nbcontainer_kernel.docker.engine import Engine
 from nbcontainer_kernel.docker.image_copy import copy_image
 from nbcontainer_kernel.kernel import remote_host
-from tests.helpers import docker_provisioner, interrupt_and_reply, run, start_busy_loop, stdout_of
+from tests.helpers import (
+    docker_provisioner,
+    interrupt_and_reply,
+    run,
+    start_busy_loop,
+    started,
+    stdout_of,
+)
 
 from .conftest import BASE_IMAGE, ROOT
 
@@ -110,20 +115,6 @@ def _port_free(port: int) -> bool:
             return False
 
 
-@contextlib.contextmanager
-def _kernel(name: str, cwd: Path) -> Iterator[tuple[KernelManager, Any]]:
-    km = KernelManager(kernel_name=name)
-    km.start_kernel(cwd=str(cwd))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=120)
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel()
-
-
 def test_a_kernel_whose_image_the_host_lacks_gets_only_its_missing_layers_and_a_second_start_copies_nothing(  # noqa: E501
     engine: Engine,
     remote: Engine,
@@ -138,7 +129,7 @@ def test_a_kernel_whose_image_the_host_lacks_gets_only_its_missing_layers_and_a_
     base_layers = len(engine.get_image(BASE_IMAGE).attrs["RootFS"]["Layers"])
     caplog.set_level(logging.INFO)
     name = remote_spec(docker_access="none")
-    with _kernel(name, notebook_dir) as (_km, kc):
+    with started(name, cwd=str(notebook_dir)) as (_km, kc):
         content, outputs = run(kc, "print(6 * 7)")
         assert stdout_of(outputs) == "42\n"
     copied = [r.getMessage() for r in caplog.records if "layers" in r.getMessage()]
@@ -148,7 +139,7 @@ def test_a_kernel_whose_image_the_host_lacks_gets_only_its_missing_layers_and_a_
         == engine.get_image(kernel_image).attrs["RootFS"]["Layers"]
     )
     caplog.clear()
-    with _kernel(name, notebook_dir) as (_km, kc):
+    with started(name, cwd=str(notebook_dir)) as (_km, kc):
         run(kc, "1")
     assert not [r for r in caplog.records if "copying" in r.getMessage()]
 
@@ -193,7 +184,7 @@ def test_interrupt_of_a_busy_cell_and_a_restart_on_the_same_local_ports_with_cli
     remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
 ) -> None:
     name = remote_spec(transport_encryption="required")
-    with _kernel(name, notebook_dir) as (km, kc):
+    with started(name, cwd=str(notebook_dir)) as (km, kc):
         prov = docker_provisioner(km)
         first = prov.container_id
         ports = {k: km.get_connection_info()[k] for k in ("shell_port", "iopub_port", "hb_port")}
@@ -254,7 +245,7 @@ def test_shutdown_leaves_no_container_volume_or_forward_on_either_side(
     remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
 ) -> None:
     name = remote_spec()
-    with _kernel(name, notebook_dir) as (km, _kc):
+    with started(name, cwd=str(notebook_dir)) as (km, _kc):
         prov = docker_provisioner(km)
         kernel_id = km.kernel_id
         tunnel = prov._tunnel
@@ -276,7 +267,7 @@ def test_the_working_directory_is_seeded_without_ignored_files_and_written_files
     remote: Engine, kernel_image: str, remote_spec, notebook_dir: Path
 ) -> None:
     name = remote_spec(sync_back=True)
-    with _kernel(name, notebook_dir) as (km, kc):
+    with started(name, cwd=str(notebook_dir)) as (km, kc):
         content, outputs = run(
             kc,
             "import os, socket\n"
@@ -340,7 +331,7 @@ def test_remote_run_local_in_a_remote_kernel_runs_a_dataframe_cell_on_the_remote
         }
 
     before_here = made_here()
-    with _kernel(name, notebook_dir) as (km, kc):
+    with started(name, cwd=str(notebook_dir)) as (km, kc):
         content, outputs = run(
             kc,
             "%load_ext nbcontainer_kernel\n"
@@ -390,7 +381,7 @@ def test_a_remote_kernel_starts_from_the_warm_pool_kept_on_its_host_with_its_own
     from nbcontainer_kernel.kernel import pool
 
     name = remote_spec("nbc-remote-pooled", pool_size=1)
-    with _kernel(name, notebook_dir) as (km, kc):  # cold; the pool fills after it
+    with started(name, cwd=str(notebook_dir)) as (km, kc):  # cold; the pool fills after it
         run(kc, "open('mine.txt', 'w').write('first')")
         pools = [p for p in pool.pools() if p.image == kernel_image]
         assert pools and pools[0].wait_ready(120)
@@ -399,7 +390,7 @@ def test_a_remote_kernel_starts_from_the_warm_pool_kept_on_its_host_with_its_own
     other = tmp_path / "other-notebook"
     other.mkdir()
     (other / "only-here.txt").write_text("second")
-    with _kernel(name, other) as (km, kc):
+    with started(name, cwd=str(other)) as (km, kc):
         prov = docker_provisioner(km)
         assert prov.container_id == waiting.container_id  # claimed, not started cold
         _, outputs = run(kc, "import os; print(sorted(os.listdir('.')))")
@@ -471,7 +462,7 @@ def test_a_tcp_docker_host_is_verified_by_tls_and_its_kernels_channels_still_go_
         ssh_config=dockerhost["NBCONTAINER_TESTBED_SSH_CONFIG"],
         pool_size=0,
     )
-    with _kernel(name, notebook_dir) as (km, kc):
+    with started(name, cwd=str(notebook_dir)) as (km, kc):
         prov = docker_provisioner(km)
         assert remote.inspect(prov.container_id)["State"]["Running"]  # the same engine
         assert stdout_of(run(kc, "print(open('data.csv').read())")[1]) == "a,b\n1,2\n\n"
